@@ -1,0 +1,392 @@
+//! AdmissionReview in, AdmissionReview out.
+//!
+//! [`Reviewer::review`] takes the bytes the API server POSTs and returns the bytes to answer
+//! with, plus the [`Decision`] for logs and metrics. It reads `admission.k8s.io/v1` and
+//! `v1beta1`, never denies, echoes the apiVersion and `request.uid`, and sets
+//! `patchType: JSONPatch` only when there is a patch. Input that is not an AdmissionReview is
+//! a [`ReviewError`] that says what is wrong and where.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::classify::ScopeResolver;
+use crate::config::Config;
+use crate::decide::{Decision, SkipReason, decide};
+use crate::event::Event;
+
+pub const ADMISSION_V1: &str = "admission.k8s.io/v1";
+pub const ADMISSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
+
+/// Group, version and kind as AdmissionReview spells them.
+#[derive(Debug, Default, Deserialize)]
+pub struct GroupVersionKind<'a> {
+    #[serde(borrow, default)]
+    pub group: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub version: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub kind: Cow<'a, str>,
+}
+
+/// The parts of `request` the webhook uses.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Request<'a> {
+    #[serde(borrow)]
+    pub uid: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub kind: Option<GroupVersionKind<'a>>,
+    #[serde(borrow, default)]
+    pub request_kind: Option<GroupVersionKind<'a>>,
+    #[serde(borrow, default)]
+    pub sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub operation: Cow<'a, str>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+    /// Kept raw: decoded only when the request is about an Event.
+    #[serde(borrow, default)]
+    pub object: Option<&'a RawValue>,
+}
+
+/// An AdmissionReview as received.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReview<'a> {
+    #[serde(borrow)]
+    pub api_version: Cow<'a, str>,
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow)]
+    pub request: Option<Request<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ResponseReview<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    response: Response<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Response<'a> {
+    uid: &'a str,
+    allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+}
+
+/// Why input is not an AdmissionReview we can answer. `Display` is one line for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReviewError {
+    /// Where in the document, as a dotted path (`request.object.metadata.labels`), if known.
+    pub path: Option<String>,
+    /// 1-based line and column in the document, if known.
+    pub position: Option<(usize, usize)>,
+    pub reason: String,
+}
+
+impl fmt::Display for ReviewError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid AdmissionReview: ")?;
+        if let Some(path) = &self.path {
+            write!(f, "at `{path}`: ")?;
+        }
+        f.write_str(&self.reason)?;
+        if let Some((line, column)) = self.position {
+            write!(f, " (line {line}, column {column})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ReviewError {}
+
+impl ReviewError {
+    fn plain(reason: impl Into<String>) -> Self {
+        ReviewError {
+            path: None,
+            position: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// serde_json's message without the " at line L column C" it appends.
+fn json_reason(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg,
+    }
+}
+
+/// Decodes `text` as `T`; on failure, decodes again to learn the path of the error and
+/// reports it with `base` (the position of `text` inside the whole document) added.
+fn decode<'a, T: Deserialize<'a>>(
+    text: &'a str,
+    path_prefix: &str,
+    base: (usize, usize),
+) -> Result<T, ReviewError> {
+    match serde_json::from_str(text) {
+        Ok(v) => Ok(v),
+        Err(first) => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let path = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                Err(e) => e.path().to_string(),
+                Ok(_) => String::from("."),
+            };
+            let full = match (path_prefix, path.as_str()) {
+                (p, ".") if p.is_empty() => None,
+                (p, ".") => Some(p.to_owned()),
+                ("", q) => Some(q.to_owned()),
+                (p, q) => Some(format!("{p}.{q}")),
+            };
+            let position = (first.line() > 0).then(|| {
+                if first.line() == 1 {
+                    (base.0, base.1 + first.column().saturating_sub(1))
+                } else {
+                    (base.0 + first.line() - 1, first.column())
+                }
+            });
+            Err(ReviewError {
+                path: full,
+                position,
+                reason: json_reason(&first),
+            })
+        }
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+/// What one review produced.
+#[derive(Debug)]
+pub struct Reviewed {
+    /// The AdmissionReview to send back, serialized.
+    pub response: Vec<u8>,
+    pub decision: Decision,
+    pub uid: String,
+    pub operation: String,
+    pub api_version: String,
+    /// Event namespace and name (`generateName*` when the server names it).
+    pub namespace: String,
+    pub name: String,
+    pub dry_run: bool,
+}
+
+/// Answers AdmissionReviews with a configuration and a scope resolver.
+#[derive(Debug, Clone)]
+pub struct Reviewer {
+    pub config: Arc<Config>,
+    pub resolver: Arc<ScopeResolver>,
+}
+
+fn is_event_kind(gvk: &GroupVersionKind<'_>) -> bool {
+    gvk.kind == "Event" && (gvk.group.is_empty() || gvk.group == "events.k8s.io")
+}
+
+impl Reviewer {
+    pub fn new(config: Arc<Config>, resolver: Arc<ScopeResolver>) -> Self {
+        Reviewer { config, resolver }
+    }
+
+    /// Reviews one AdmissionReview given as bytes.
+    pub fn review(&self, body: &[u8]) -> Result<Reviewed, ReviewError> {
+        let text = std::str::from_utf8(body).map_err(|e| {
+            let (line, column) = line_column(
+                // The valid prefix is UTF-8 by definition.
+                std::str::from_utf8(body.get(..e.valid_up_to()).unwrap_or_default())
+                    .unwrap_or_default(),
+                e.valid_up_to(),
+            );
+            ReviewError {
+                path: None,
+                position: Some((line, column)),
+                reason: "body is not valid UTF-8".to_owned(),
+            }
+        })?;
+        let review: AdmissionReview = decode(text, "", (1, 1))?;
+        if review.kind != "AdmissionReview" {
+            return Err(ReviewError {
+                path: Some("kind".into()),
+                position: None,
+                reason: format!("kind is {:?}, expected \"AdmissionReview\"", review.kind),
+            });
+        }
+        if review.api_version != ADMISSION_V1 && review.api_version != ADMISSION_V1BETA1 {
+            return Err(ReviewError {
+                path: Some("apiVersion".into()),
+                position: None,
+                reason: format!(
+                    "apiVersion {:?} is not supported, expected {ADMISSION_V1} or {ADMISSION_V1BETA1}",
+                    review.api_version
+                ),
+            });
+        }
+        let Some(request) = &review.request else {
+            return Err(ReviewError::plain("missing field `request`"));
+        };
+        if request.uid.is_empty() {
+            return Err(ReviewError {
+                path: Some("request.uid".into()),
+                position: None,
+                reason: "is empty; the API server always sends one".into(),
+            });
+        }
+
+        let (decision, namespace, name) = self.decide_request(text, request)?;
+        let patch = if decision.patch.is_empty() {
+            None
+        } else {
+            let json = serde_json::to_vec(&decision.patch)
+                .map_err(|e| ReviewError::plain(format!("cannot encode the patch: {e}")))?;
+            Some(base64::engine::general_purpose::STANDARD.encode(json))
+        };
+        let out = ResponseReview {
+            api_version: &review.api_version,
+            kind: "AdmissionReview",
+            response: Response {
+                uid: &request.uid,
+                allowed: true,
+                patch_type: patch.as_ref().map(|_| "JSONPatch"),
+                patch,
+            },
+        };
+        let response = serde_json::to_vec(&out)
+            .map_err(|e| ReviewError::plain(format!("cannot encode the response: {e}")))?;
+        Ok(Reviewed {
+            response,
+            decision,
+            uid: request.uid.to_string(),
+            operation: request.operation.to_string(),
+            api_version: review.api_version.to_string(),
+            namespace,
+            name,
+            dry_run: request.dry_run.unwrap_or(false),
+        })
+    }
+
+    fn decide_request(
+        &self,
+        text: &str,
+        request: &Request<'_>,
+    ) -> Result<(Decision, String, String), ReviewError> {
+        let namespace = request.namespace.as_deref().unwrap_or("").to_owned();
+        let name = request.name.as_deref().unwrap_or("").to_owned();
+        let skipped = |reason| Ok((Decision::skipped(reason), namespace.clone(), name.clone()));
+        if !matches!(request.operation.as_ref(), "CREATE" | "UPDATE") {
+            return skipped(SkipReason::Operation);
+        }
+        if let Some(gvk) = &request.kind
+            && !is_event_kind(gvk)
+        {
+            return skipped(SkipReason::NotAnEvent);
+        }
+        if request
+            .sub_resource
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+        {
+            return skipped(SkipReason::NotAnEvent);
+        }
+        let Some(raw) = request.object else {
+            return skipped(SkipReason::NoObject);
+        };
+        let object_text = raw.get();
+        // `object_text` is a slice of `text`: its offset gives error positions in the document.
+        let offset = (object_text.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+        let event: Event = decode(object_text, "request.object", line_column(text, offset))?;
+        if !event.kind().is_empty() && event.kind() != "Event" {
+            return skipped(SkipReason::NotAnEvent);
+        }
+        if request.kind.is_none() && event.kind().is_empty() {
+            return skipped(SkipReason::NotAnEvent);
+        }
+        let name = if name.is_empty() {
+            event.display_name().into_owned()
+        } else {
+            name
+        };
+        Ok((
+            decide(&event, &self.config, &self.resolver),
+            namespace,
+            name,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reviewer() -> Reviewer {
+        Reviewer::new(
+            Arc::new(Config::embedded_default()),
+            Arc::new(ScopeResolver::new()),
+        )
+    }
+
+    #[test]
+    fn line_columns() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn errors_name_path_and_position() {
+        let e = reviewer()
+            .review(b"{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\n\"request\":{\"operation\":\"CREATE\"}}")
+            .unwrap_err();
+        assert_eq!(e.path.as_deref(), Some("request"));
+        assert!(e.reason.contains("missing field `uid`"), "{e}");
+        assert_eq!(e.position.map(|p| p.0), Some(2));
+
+        let doc = "{\"apiVersion\":\"admission.k8s.io/v1\",\"kind\":\"AdmissionReview\",\"request\":{\"uid\":\"u\",\"operation\":\"CREATE\",\n\"object\":{\"kind\":\"Event\",\n  \"involvedObject\":{\"kind\":7}}}}";
+        let e = reviewer().review(doc.as_bytes()).unwrap_err();
+        assert_eq!(
+            e.path.as_deref(),
+            Some("request.object.involvedObject.kind")
+        );
+        assert_eq!(e.position.map(|p| p.0), Some(3), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "invalid AdmissionReview: at `request.object.involvedObject.kind`: invalid type"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn wrong_version_kind_and_utf8() {
+        let e = reviewer()
+            .review(br#"{"apiVersion":"admission.k8s.io/v2","kind":"AdmissionReview","request":{"uid":"u","operation":"CREATE"}}"#)
+            .unwrap_err();
+        assert!(e.reason.contains("not supported"), "{e}");
+        let e = reviewer()
+            .review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod","request":{"uid":"u","operation":"CREATE"}}"#)
+            .unwrap_err();
+        assert!(e.reason.contains("expected \"AdmissionReview\""), "{e}");
+        let e = reviewer().review(b"{\"a\":\"\xff\"}").unwrap_err();
+        assert_eq!(e.position, Some((1, 7)));
+    }
+}

@@ -1,0 +1,229 @@
+//! The command line: `review` and `check-config`.
+//!
+//! Exit codes: 0 done; 1 an I/O problem (a file that cannot be read, stdout closed);
+//! 2 input that was refused (not an AdmissionReview, an invalid configuration, bad flags).
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+
+use crate::admission::Reviewer;
+use crate::classify::ScopeResolver;
+use crate::config::Config;
+
+/// Largest AdmissionReview `review` reads (the API server's own request limit is 3 MiB for
+/// objects; webhooks conventionally accept 7 MiB).
+pub const MAX_REVIEW_BYTES: u64 = 7 * 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "clusterscope",
+    version,
+    about = "Labels and routes Kubernetes events about cluster-scoped objects (a mutating admission webhook)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Answer one AdmissionReview offline: prints the response AdmissionReview as JSON.
+    Review {
+        /// Routing configuration (YAML); the embedded default when omitted.
+        #[arg(long, env = "CLUSTERSCOPE_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print the reviewed object with the patch applied instead of the response.
+        #[arg(long)]
+        patched_object: bool,
+        /// The AdmissionReview to read; `-` or nothing for standard input.
+        #[arg(value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
+    /// Validate a routing configuration and print its channels and routes.
+    CheckConfig {
+        /// The file to check; the embedded default when omitted.
+        #[arg(value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+}
+
+/// A failure the command reports on stderr, with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+fn refused(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 2,
+        message: message.into(),
+    }
+}
+
+fn io_failure(message: impl Into<String>) -> Failure {
+    Failure {
+        code: 1,
+        message: message.into(),
+    }
+}
+
+/// Parses the process arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("clusterscope: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Review {
+            config,
+            patched_object,
+            input,
+        } => review(config.as_deref(), patched_object, input.as_deref()),
+        Command::CheckConfig { file } => check_config(file.as_deref()),
+    }
+}
+
+/// Loads the configuration from `path`, or the embedded default.
+pub fn load_config(path: Option<&Path>) -> Result<Config, crate::config::ConfigError> {
+    match path {
+        Some(p) => Config::from_file(p),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn read_input(input: Option<&Path>) -> Result<Vec<u8>, Failure> {
+    let mut buf = Vec::new();
+    let (name, result) = match input {
+        None => (
+            "standard input".to_owned(),
+            read_limited(std::io::stdin().lock(), &mut buf),
+        ),
+        Some(p) if p == Path::new("-") => (
+            "standard input".to_owned(),
+            read_limited(std::io::stdin().lock(), &mut buf),
+        ),
+        Some(p) => {
+            let name = p.display().to_string();
+            match std::fs::File::open(p) {
+                Ok(f) => (name, read_limited(f, &mut buf)),
+                Err(e) => return Err(io_failure(format!("cannot read {name}: {e}"))),
+            }
+        }
+    };
+    match result {
+        Ok(true) => Ok(buf),
+        Ok(false) => Err(refused(format!(
+            "{name} is larger than {MAX_REVIEW_BYTES} bytes; an AdmissionReview never is"
+        ))),
+        Err(e) => Err(io_failure(format!("cannot read {name}: {e}"))),
+    }
+}
+
+/// Reads at most [`MAX_REVIEW_BYTES`]; `Ok(false)` when there was more.
+fn read_limited(r: impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    r.take(MAX_REVIEW_BYTES + 1).read_to_end(buf)?;
+    Ok(buf.len() as u64 <= MAX_REVIEW_BYTES)
+}
+
+fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| io_failure(format!("cannot write to standard output: {e}")))
+}
+
+fn review(
+    config: Option<&Path>,
+    patched_object: bool,
+    input: Option<&Path>,
+) -> Result<(), Failure> {
+    let config = load_config(config).map_err(|e| refused(e.to_string()))?;
+    let body = read_input(input)?;
+    let reviewer = Reviewer::new(Arc::new(config), Arc::new(ScopeResolver::new()));
+    let reviewed = reviewer.review(&body).map_err(|e| refused(e.to_string()))?;
+    if !patched_object {
+        return write_stdout(&reviewed.response);
+    }
+    let patched = patched_object_of(&body, &reviewed.decision.patch)?;
+    let text = serde_json::to_vec_pretty(&patched)
+        .map_err(|e| io_failure(format!("cannot encode the patched object: {e}")))?;
+    write_stdout(&text)
+}
+
+/// The review's `request.object` with `patch` applied, as the API server would store it.
+fn patched_object_of(
+    body: &[u8],
+    patch: &[json_patch::PatchOperation],
+) -> Result<serde_json::Value, Failure> {
+    let review: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| refused(format!("invalid AdmissionReview: {e}")))?;
+    let mut object = review
+        .get("request")
+        .and_then(|r| r.get("object"))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    json_patch::patch(&mut object, patch)
+        .map_err(|e| io_failure(format!("the patch does not apply to the object: {e}")))?;
+    Ok(object)
+}
+
+fn check_config(file: Option<&Path>) -> Result<(), Failure> {
+    let config = load_config(file).map_err(|e| refused(e.to_string()))?;
+    let mut out = String::new();
+    out.push_str(&format!("{}: valid\n", config.source));
+    out.push_str(&format!("label prefix: {}\n", config.label_prefix));
+    out.push_str(&format!("channels ({}):\n", config.channels.len()));
+    for (idx, ch) in config.channels.iter().enumerate() {
+        out.push_str(&format!("  {}", ch.name));
+        let extras: Vec<String> = ch
+            .labels
+            .iter()
+            .map(|(k, v)| format!("label {k}={v}"))
+            .chain(
+                ch.annotations
+                    .iter()
+                    .map(|(k, v)| format!("annotation {k}={v:?}")),
+            )
+            .collect();
+        if !extras.is_empty() {
+            out.push_str(&format!(" (adds {})", extras.join(", ")));
+        }
+        if !config.routes.iter().any(|r| r.channel == idx) {
+            out.push_str(" [no route leads here]");
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        "routes ({}), first match wins:\n",
+        config.routes.len()
+    ));
+    for (i, r) in config.routes.iter().enumerate() {
+        let channel = config
+            .channels
+            .get(r.channel)
+            .map_or("?", |c| c.name.as_str());
+        out.push_str(&format!(
+            "  {}. line {}: {} -> {}\n",
+            i + 1,
+            r.line,
+            r.matcher.describe(),
+            channel
+        ));
+    }
+    if !config.routes.iter().any(|r| r.matcher.is_catch_all()) {
+        out.push_str("note: no route matches every event; unmatched cluster-scoped events get scope and kind labels but no channel\n");
+    }
+    write_stdout(out.trim_end().as_bytes())
+}

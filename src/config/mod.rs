@@ -1,0 +1,468 @@
+//! The routing configuration: named channels and ordered routes, read from YAML.
+//!
+//! A file is parsed strictly (unknown fields and duplicate keys are errors), then checked the
+//! way the API server would check what we write from it: channel names, label keys and values,
+//! annotation keys. Every error names the file, line and column and says what is wrong.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::Path;
+
+use regex::Regex;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::labels::{
+    check_dns1123_label, check_dns1123_subdomain, check_label_value, check_qualified_name,
+};
+use crate::route::{Match, Route};
+
+/// The configuration used when no file is given.
+pub const DEFAULT_YAML: &str = include_str!("default.yaml");
+/// How the embedded default is named in messages.
+pub const DEFAULT_SOURCE: &str = "<embedded default>";
+/// Label prefix when the file names none.
+pub const DEFAULT_LABEL_PREFIX: &str = "clusterscope.dev";
+/// Largest configuration file accepted.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+/// Largest compiled size of one regular expression.
+const MAX_REGEX_BYTES: usize = 1024 * 1024;
+
+/// A configuration that was refused, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub source: String,
+    /// 1-based; 0 when the problem has no single place (an unreadable file).
+    pub line: u64,
+    pub column: u64,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.source, self.reason)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.source, self.line, self.column, self.reason
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A channel: where routed events go, and what it adds to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    pub name: String,
+    /// Extra labels, sorted by key.
+    pub labels: Vec<(String, String)>,
+    /// Extra annotations, sorted by key.
+    pub annotations: Vec<(String, String)>,
+}
+
+/// A validated configuration, ready to route events.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from: a file name or [`DEFAULT_SOURCE`].
+    pub source: String,
+    pub label_prefix: String,
+    pub channels: Vec<Channel>,
+    pub routes: Vec<Route>,
+}
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawConfig {
+    label_prefix: Option<Spanned<String>>,
+    channels: Option<Spanned<Vec<RawChannel>>>,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChannel {
+    name: Spanned<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    annotations: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    channel: Spanned<String>,
+    #[serde(rename = "match")]
+    matcher: Option<Spanned<RawMatch>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawMatch {
+    kinds: Option<Spanned<Vec<String>>>,
+    groups: Option<Spanned<Vec<String>>>,
+    reasons: Option<Spanned<Vec<String>>>,
+    types: Option<Spanned<Vec<String>>>,
+    reporting_controllers: Option<Spanned<Vec<String>>>,
+    name: Option<Spanned<String>>,
+    message: Option<Spanned<String>>,
+}
+
+// ---- loading ---------------------------------------------------------------------------------
+
+impl Config {
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Self {
+        match Self::from_yaml(DEFAULT_YAML, DEFAULT_SOURCE) {
+            Ok(config) => config,
+            // A test keeps the embedded file valid; this arm only satisfies the type.
+            Err(e) => unreachable!("the embedded default configuration is invalid: {e}"),
+        }
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let source = path.display().to_string();
+        let fail = |reason: String| ConfigError {
+            source: source.clone(),
+            line: 0,
+            column: 0,
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(fail(format!(
+                "file is {} bytes, larger than the {MAX_CONFIG_BYTES} bytes a configuration may be",
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        Self::from_yaml(&text, &source)
+    }
+
+    /// Parses and validates YAML text; `source` names it in errors.
+    pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .location()
+                .map(|l| (l.line(), l.column()))
+                .unwrap_or((0, 0));
+            ConfigError {
+                source: source.to_owned(),
+                line,
+                column,
+                reason: one_line(&e.without_snippet().to_string()),
+            }
+        })?;
+        Checker { source }.check(raw)
+    }
+
+    /// The channel with this name.
+    pub fn channel(&self, name: &str) -> Option<&Channel> {
+        self.channels.iter().find(|c| c.name == name)
+    }
+}
+
+/// The first line of a message, without a trailing location that we report ourselves.
+fn one_line(msg: &str) -> String {
+    let first = msg
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("invalid YAML");
+    let first = first.rfind(" at line ").map_or(first, |i| &first[..i]);
+    // Drop the parser's advice to its own API user.
+    first
+        .split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(first)
+        .to_owned()
+}
+
+struct Checker<'s> {
+    source: &'s str,
+}
+
+impl Checker<'_> {
+    fn err<T>(&self, at: &Spanned<T>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            source: self.source.to_owned(),
+            line: at.referenced.line(),
+            column: at.referenced.column(),
+            reason: reason.into(),
+        }
+    }
+
+    fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let label_prefix = match &raw.label_prefix {
+            Some(p) => {
+                check_dns1123_subdomain(&p.value)
+                    .map_err(|e| self.err(p, format!("labelPrefix {e}")))?;
+                // The longest key we write must stay a valid qualified name.
+                check_qualified_name(&format!("{}/involved-object", p.value))
+                    .map_err(|e| self.err(p, format!("labelPrefix: {e}")))?;
+                p.value.clone()
+            }
+            None => DEFAULT_LABEL_PREFIX.to_owned(),
+        };
+        let reserved: Vec<String> = crate::decide::RESERVED_KEYS
+            .iter()
+            .map(|k| format!("{label_prefix}/{k}"))
+            .collect();
+
+        let Some(raw_channels) = raw.channels else {
+            return Err(ConfigError {
+                source: self.source.to_owned(),
+                line: 1,
+                column: 1,
+                reason: "no `channels`: define at least one channel".to_owned(),
+            });
+        };
+        if raw_channels.value.is_empty() {
+            return Err(self.err(
+                &raw_channels,
+                "`channels` is empty: define at least one channel",
+            ));
+        }
+        let mut channels = Vec::with_capacity(raw_channels.value.len());
+        let mut seen = HashSet::new();
+        for ch in &raw_channels.value {
+            let name = &ch.name;
+            check_dns1123_label(&name.value)
+                .map_err(|e| self.err(name, format!("channel name {e}")))?;
+            if !seen.insert(name.value.as_str()) {
+                return Err(self.err(name, format!("duplicate channel {:?}", name.value)));
+            }
+            let mut labels = Vec::new();
+            for (key, value) in &ch.labels {
+                check_qualified_name(key)
+                    .map_err(|e| self.err(value, format!("channel {:?}: label {e}", name.value)))?;
+                if reserved.contains(key) {
+                    return Err(self.err(
+                        value,
+                        format!(
+                            "channel {:?}: label key {key:?} is reserved for clusterscope",
+                            name.value
+                        ),
+                    ));
+                }
+                check_label_value(&value.value).map_err(|e| {
+                    self.err(
+                        value,
+                        format!("channel {:?}: label {key:?}: {e}", name.value),
+                    )
+                })?;
+                labels.push((key.clone(), value.value.clone()));
+            }
+            let mut annotations = Vec::new();
+            for (key, value) in &ch.annotations {
+                check_qualified_name(key).map_err(|e| {
+                    self.err(value, format!("channel {:?}: annotation {e}", name.value))
+                })?;
+                if reserved.contains(key) {
+                    return Err(self.err(
+                        value,
+                        format!(
+                            "channel {:?}: annotation key {key:?} is reserved for clusterscope",
+                            name.value
+                        ),
+                    ));
+                }
+                annotations.push((key.clone(), value.value.clone()));
+            }
+            channels.push(Channel {
+                name: name.value.clone(),
+                labels,
+                annotations,
+            });
+        }
+
+        let mut routes = Vec::with_capacity(raw.routes.len());
+        for r in &raw.routes {
+            let Some(channel) = channels.iter().position(|c| c.name == r.channel.value) else {
+                return Err(self.err(
+                    &r.channel,
+                    format!(
+                        "route names channel {:?}, which is not defined under `channels`",
+                        r.channel.value
+                    ),
+                ));
+            };
+            let matcher = match &r.matcher {
+                Some(m) => self.check_match(&m.value)?,
+                None => Match::default(),
+            };
+            routes.push(Route {
+                channel,
+                line: r.channel.referenced.line(),
+                matcher,
+            });
+        }
+
+        Ok(Config {
+            source: self.source.to_owned(),
+            label_prefix,
+            channels,
+            routes,
+        })
+    }
+
+    fn list(
+        &self,
+        field: &str,
+        list: &Option<Spanned<Vec<String>>>,
+    ) -> Result<Vec<String>, ConfigError> {
+        match list {
+            None => Ok(Vec::new()),
+            Some(l) if l.value.is_empty() => Err(self.err(
+                l,
+                format!("`{field}` is empty and would match nothing; omit it to match any value"),
+            )),
+            Some(l) => Ok(l.value.clone()),
+        }
+    }
+
+    fn regex(
+        &self,
+        field: &str,
+        re: &Option<Spanned<String>>,
+    ) -> Result<Option<Regex>, ConfigError> {
+        let Some(re) = re else { return Ok(None) };
+        regex::RegexBuilder::new(&re.value)
+            .size_limit(MAX_REGEX_BYTES)
+            .build()
+            .map(Some)
+            .map_err(|e| {
+                let detail = e.to_string();
+                let last = detail
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("");
+                let last = last.trim().trim_start_matches("error: ");
+                self.err(
+                    re,
+                    format!("`{field}` is not a valid regular expression: {last}"),
+                )
+            })
+    }
+
+    fn check_match(&self, m: &RawMatch) -> Result<Match, ConfigError> {
+        Ok(Match {
+            kinds: self.list("kinds", &m.kinds)?,
+            groups: self
+                .list("groups", &m.groups)?
+                .into_iter()
+                .map(|g| if g == "core" { String::new() } else { g })
+                .collect(),
+            reasons: self.list("reasons", &m.reasons)?,
+            types: self.list("types", &m.types)?,
+            reporting_controllers: self.list("reportingControllers", &m.reporting_controllers)?,
+            name: self.regex("name", &m.name)?,
+            message: self.regex("message", &m.message)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(yaml: &str) -> ConfigError {
+        match Config::from_yaml(yaml, "test.yaml") {
+            Ok(_) => panic!("accepted:\n{yaml}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded_default();
+        assert_eq!(c.label_prefix, "clusterscope.dev");
+        let names: Vec<_> = c.channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["nodes", "storage", "cluster"]);
+        assert_eq!(c.routes.len(), 3);
+    }
+
+    #[test]
+    fn unknown_field_names_its_line() {
+        let e = err("channels:\n  - name: a\n    colour: red\n");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.reason.contains("colour"), "{e}");
+        assert!(e.to_string().starts_with("test.yaml:3:"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_channel() {
+        let e = err("channels:\n  - name: a\n  - name: a\n");
+        assert_eq!((e.line, e.reason.as_str()), (3, "duplicate channel \"a\""));
+    }
+
+    #[test]
+    fn bad_regex() {
+        let e = err(
+            "channels: [{name: a}]\nroutes:\n  - channel: a\n    match:\n      name: 'node-(['\n",
+        );
+        assert_eq!(e.line, 5, "{e}");
+        assert!(
+            e.reason
+                .contains("`name` is not a valid regular expression"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_labels_and_names() {
+        let e = err("channels:\n  - name: a\n    labels:\n      team: 'no spaces'\n");
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.reason.contains("only letters, digits"), "{e}");
+        let e = err("channels:\n  - name: a\n    labels:\n      'Bad Key': x\n");
+        assert!(e.reason.contains("Bad Key"), "{e}");
+        let e = err("channels:\n  - name: a\n    labels:\n      clusterscope.dev/channel: x\n");
+        assert!(e.reason.contains("reserved"), "{e}");
+        let e = err("channels:\n  - name: Nodes\n");
+        assert_eq!(e.line, 2);
+        let e = err("labelPrefix: Example.com\nchannels: [{name: a}]\n");
+        assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn route_to_undefined_channel() {
+        let e = err("channels: [{name: a}]\nroutes:\n  - channel: b\n");
+        assert_eq!(e.line, 3);
+        assert!(e.reason.contains("not defined"), "{e}");
+    }
+
+    #[test]
+    fn empty_lists_and_missing_channels() {
+        let e = err("channels: [{name: a}]\nroutes:\n  - channel: a\n    match: {kinds: []}\n");
+        assert!(e.reason.contains("`kinds` is empty"), "{e}");
+        assert!(err("routes: []\n").reason.contains("no `channels`"));
+        assert!(err("channels: []\n").reason.contains("empty"));
+    }
+
+    #[test]
+    fn duplicate_keys_and_wrong_types() {
+        let e = err("channels: [{name: a}]\nchannels: [{name: b}]\n");
+        assert_eq!(e.line, 2, "{e}");
+        let e = err("channels: [{name: a}]\nroutes: 5\n");
+        assert_eq!(e.line, 2, "{e}");
+    }
+
+    #[test]
+    fn core_group_alias() {
+        let c = Config::from_yaml(
+            "channels: [{name: a}]\nroutes: [{channel: a, match: {groups: [core]}}]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.routes[0].matcher.groups, [String::new()]);
+    }
+}

@@ -1,0 +1,400 @@
+//! The decision for one Event: skip it, or which labels and annotations it must carry, and
+//! the minimal JSON Patch that gets it there.
+//!
+//! The patch touches only `metadata.labels` and `metadata.annotations`, creates a missing map
+//! in one operation, corrects our own keys when their values are wrong, and is empty when the
+//! event already carries everything: reviewing a patched event again yields no patch.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+use jsonptr::PointerBuf;
+use serde_json::{Map, Value};
+
+use crate::classify::{KindSource, ScopeResolver, Verdict};
+use crate::config::Config;
+use crate::event::{Event, StringMap};
+use crate::labels::safe_label_value;
+use crate::route::EventFacts;
+
+/// Keys under the label prefix that clusterscope owns (`<prefix>/<key>`).
+pub const RESERVED_KEYS: &[&str] = &["scope", "kind", "channel", "mirror", "involved-object"];
+/// Label: the scope of the involved object (always `cluster`).
+pub const SCOPE: &str = "scope";
+/// Label: the involved object's kind, made label-safe.
+pub const KIND: &str = "kind";
+/// Label: the channel the event was routed to.
+pub const CHANNEL: &str = "channel";
+/// Label: present on copies made by the mirror; such events are never touched.
+pub const MIRROR: &str = "mirror";
+/// Annotation: `<group or core>/<Kind>/<name>` of the involved object, for humans.
+pub const INVOLVED_OBJECT: &str = "involved-object";
+
+/// What the webhook does with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Labels were missing or wrong: a patch is returned.
+    Patched,
+    /// A cluster-scoped event that already carries the right labels.
+    Unchanged,
+    /// Not ours to label (see [`SkipReason`]).
+    Skipped,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Patched => "patched",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Skipped => "skipped",
+        }
+    }
+}
+
+/// Why an object was allowed without a patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipReason {
+    /// DELETE or CONNECT: nothing to label.
+    Operation,
+    /// The request is not about an Event.
+    NotAnEvent,
+    /// The request carries no object.
+    NoObject,
+    /// The event has neither `involvedObject` nor `regarding`.
+    NoReference,
+    /// The reference names no kind.
+    NoKind,
+    /// The involved object has a namespace.
+    Namespaced,
+    /// No namespace, but the kind is known to be namespaced.
+    NamespacedKind,
+    /// A copy made by the mirror.
+    Mirror,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Operation => "operation",
+            SkipReason::NotAnEvent => "not-an-event",
+            SkipReason::NoObject => "no-object",
+            SkipReason::NoReference => "no-involved-object",
+            SkipReason::NoKind => "no-kind",
+            SkipReason::Namespaced => "namespaced",
+            SkipReason::NamespacedKind => "namespaced-kind",
+            SkipReason::Mirror => "mirror-copy",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An event about a cluster-scoped object, as classified and routed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classified {
+    pub group: String,
+    pub kind: String,
+    /// The value of the kind label (equal to `kind` unless that is not a valid label value).
+    pub kind_label: String,
+    pub name: String,
+    pub channel: Option<String>,
+    pub kind_source: KindSource,
+}
+
+/// The decision for one object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub skip: Option<SkipReason>,
+    pub classified: Option<Classified>,
+    /// Empty unless `outcome` is [`Outcome::Patched`].
+    pub patch: Vec<PatchOperation>,
+}
+
+impl Decision {
+    pub fn skipped(reason: SkipReason) -> Self {
+        Decision {
+            outcome: Outcome::Skipped,
+            skip: Some(reason),
+            classified: None,
+            patch: Vec::new(),
+        }
+    }
+}
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+/// Emits the operations that make `current` hold every `(key, Some(value))` of `desired`
+/// and none of the `(key, None)`, under `/metadata/<field>`.
+fn diff_map(
+    field: &str,
+    current: Option<&StringMap<'_>>,
+    desired: &[(String, Option<Cow<'_, str>>)],
+    ops: &mut Vec<PatchOperation>,
+) {
+    let Some(current) = current else {
+        let map: Map<String, Value> = desired
+            .iter()
+            .filter_map(|(k, v)| {
+                v.as_ref()
+                    .map(|v| (k.clone(), Value::String(v.to_string())))
+            })
+            .collect();
+        if !map.is_empty() {
+            ops.push(PatchOperation::Add(AddOperation {
+                path: pointer(&["metadata", field]),
+                value: Value::Object(map),
+            }));
+        }
+        return;
+    };
+    for (key, want) in desired {
+        let have = current.get(key);
+        let path = || pointer(&["metadata", field, key]);
+        match (have, want) {
+            (None, Some(v)) => ops.push(PatchOperation::Add(AddOperation {
+                path: path(),
+                value: Value::String(v.to_string()),
+            })),
+            (Some(h), Some(v)) if h != v.as_ref() => {
+                ops.push(PatchOperation::Replace(ReplaceOperation {
+                    path: path(),
+                    value: Value::String(v.to_string()),
+                }))
+            }
+            (Some(_), None) => ops.push(PatchOperation::Remove(RemoveOperation { path: path() })),
+            _ => {}
+        }
+    }
+}
+
+/// Decides what to do with an Event that is being created or updated.
+pub fn decide(event: &Event<'_>, config: &Config, resolver: &ScopeResolver) -> Decision {
+    let prefix = &config.label_prefix;
+    let key = |k: &str| format!("{prefix}/{k}");
+    if event.labels().is_some_and(|l| l.contains_key(&key(MIRROR))) {
+        return Decision::skipped(SkipReason::Mirror);
+    }
+    let Some(reference) = event.reference() else {
+        return Decision::skipped(SkipReason::NoReference);
+    };
+    let (group, kind, kind_source) = match resolver.classify(reference) {
+        Verdict::Cluster {
+            group,
+            kind,
+            source,
+        } => (group, kind, source),
+        Verdict::HasNamespace => return Decision::skipped(SkipReason::Namespaced),
+        Verdict::NamespacedKind { .. } => return Decision::skipped(SkipReason::NamespacedKind),
+        Verdict::NoKind => return Decision::skipped(SkipReason::NoKind),
+    };
+    let facts = EventFacts {
+        group: &group,
+        kind: &kind,
+        name: reference.name(),
+        reason: event.reason(),
+        type_: event.type_(),
+        reporter: event.reporter(),
+        message: event.message(),
+    };
+    let channel = config.route(&facts);
+    let kind_label = safe_label_value(&kind);
+
+    let mut labels: Vec<(String, Option<Cow<'_, str>>)> = vec![
+        (key(SCOPE), Some(Cow::Borrowed("cluster"))),
+        (key(KIND), Some(Cow::Borrowed(kind_label.as_ref()))),
+        (
+            key(CHANNEL),
+            channel.map(|c| Cow::Borrowed(c.name.as_str())),
+        ),
+    ];
+    let shown_group = if group.is_empty() { "core" } else { &group };
+    let mut annotations: Vec<(String, Option<Cow<'_, str>>)> = vec![(
+        key(INVOLVED_OBJECT),
+        Some(Cow::Owned(format!(
+            "{shown_group}/{kind}/{}",
+            reference.name()
+        ))),
+    )];
+    if let Some(ch) = channel {
+        labels.extend(
+            ch.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(Cow::Borrowed(v.as_str())))),
+        );
+        annotations.extend(
+            ch.annotations
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(Cow::Borrowed(v.as_str())))),
+        );
+    }
+
+    let mut patch = Vec::new();
+    if event.metadata.is_none() {
+        let map = |entries: &[(String, Option<Cow<'_, str>>)]| -> Value {
+            Value::Object(
+                entries
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        v.as_ref()
+                            .map(|v| (k.clone(), Value::String(v.to_string())))
+                    })
+                    .collect(),
+            )
+        };
+        let mut meta = Map::new();
+        meta.insert("labels".into(), map(&labels));
+        meta.insert("annotations".into(), map(&annotations));
+        patch.push(PatchOperation::Add(AddOperation {
+            path: pointer(&["metadata"]),
+            value: Value::Object(meta),
+        }));
+    } else {
+        diff_map("labels", event.labels(), &labels, &mut patch);
+        diff_map("annotations", event.annotations(), &annotations, &mut patch);
+    }
+
+    Decision {
+        outcome: if patch.is_empty() {
+            Outcome::Unchanged
+        } else {
+            Outcome::Patched
+        },
+        skip: None,
+        classified: Some(Classified {
+            kind_label: kind_label.into_owned(),
+            group,
+            kind,
+            name: reference.name().to_owned(),
+            channel: channel.map(|c| c.name.clone()),
+            kind_source,
+        }),
+        patch,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decide_json(json: &str) -> Decision {
+        let ev: Event = serde_json::from_str(json).unwrap();
+        decide(&ev, &Config::embedded_default(), &ScopeResolver::new())
+    }
+
+    fn paths(d: &Decision) -> Vec<String> {
+        d.patch
+            .iter()
+            .map(|op| match op {
+                PatchOperation::Add(a) => format!("add {}", a.path),
+                PatchOperation::Replace(r) => format!("replace {}", r.path),
+                PatchOperation::Remove(r) => format!("remove {}", r.path),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn missing_label_map_is_added_whole() {
+        let d = decide_json(
+            r#"{"metadata":{"name":"e"},"involvedObject":{"kind":"Node","name":"n1"}}"#,
+        );
+        assert_eq!(d.outcome, Outcome::Patched);
+        assert_eq!(
+            paths(&d),
+            ["add /metadata/labels", "add /metadata/annotations"]
+        );
+        assert_eq!(d.classified.unwrap().channel.as_deref(), Some("nodes"));
+    }
+
+    #[test]
+    fn keys_are_escaped_and_wrong_values_replaced() {
+        let d = decide_json(
+            r#"{"metadata":{"labels":{"clusterscope.dev/kind":"Pod","clusterscope.dev/scope":"cluster"},"annotations":{}},
+                "involvedObject":{"kind":"Node","name":"n1"}}"#,
+        );
+        assert_eq!(
+            paths(&d),
+            [
+                "replace /metadata/labels/clusterscope.dev~1kind",
+                "add /metadata/labels/clusterscope.dev~1channel",
+                "add /metadata/annotations/clusterscope.dev~1involved-object",
+            ]
+        );
+    }
+
+    #[test]
+    fn already_labelled_is_unchanged() {
+        let d = decide_json(
+            r#"{"metadata":{"labels":{"clusterscope.dev/kind":"Node","clusterscope.dev/scope":"cluster","clusterscope.dev/channel":"nodes"},
+                "annotations":{"clusterscope.dev/involved-object":"core/Node/n1"}},
+                "involvedObject":{"kind":"Node","name":"n1"}}"#,
+        );
+        assert_eq!(d.outcome, Outcome::Unchanged);
+        assert!(d.patch.is_empty());
+    }
+
+    #[test]
+    fn no_metadata_at_all() {
+        let d = decide_json(r#"{"involvedObject":{"kind":"Node","name":"n1"}}"#);
+        assert_eq!(paths(&d), ["add /metadata"]);
+    }
+
+    #[test]
+    fn unrouted_event_loses_a_stale_channel_label() {
+        let config = Config::from_yaml(
+            "channels: [{name: a}]\nroutes: [{channel: a, match: {kinds: [Node]}}]\n",
+            "t",
+        )
+        .unwrap();
+        let ev: Event = serde_json::from_str(
+            r#"{"metadata":{"labels":{"clusterscope.dev/channel":"a"}},"involvedObject":{"kind":"Namespace","name":"ns"}}"#,
+        )
+        .unwrap();
+        let d = decide(&ev, &config, &ScopeResolver::new());
+        assert!(
+            paths(&d).contains(&"remove /metadata/labels/clusterscope.dev~1channel".to_owned())
+        );
+        assert_eq!(d.classified.unwrap().channel, None);
+    }
+
+    #[test]
+    fn skips() {
+        let skip = |json: &str| decide_json(json).skip;
+        assert_eq!(
+            skip(r#"{"involvedObject":{"kind":"Pod","namespace":"a","name":"p"}}"#),
+            Some(SkipReason::Namespaced)
+        );
+        assert_eq!(
+            skip(r#"{"involvedObject":{"kind":"Pod","apiVersion":"v1","name":"p"}}"#),
+            Some(SkipReason::NamespacedKind)
+        );
+        assert_eq!(skip(r#"{"reason":"x"}"#), Some(SkipReason::NoReference));
+        assert_eq!(
+            skip(r#"{"involvedObject":{"name":"x"}}"#),
+            Some(SkipReason::NoKind)
+        );
+        assert_eq!(
+            skip(
+                r#"{"metadata":{"labels":{"clusterscope.dev/mirror":"true"}},"involvedObject":{"kind":"Node"}}"#
+            ),
+            Some(SkipReason::Mirror)
+        );
+    }
+
+    #[test]
+    fn odd_kind_gets_a_safe_label() {
+        let d =
+            decide_json(r#"{"metadata":{},"involvedObject":{"kind":"My Weird/Kind","name":"x"}}"#);
+        let c = d.classified.unwrap();
+        assert_ne!(c.kind_label, c.kind);
+        assert!(crate::labels::check_label_value(&c.kind_label).is_ok());
+    }
+}

@@ -1,0 +1,18 @@
+//! clusterscope: a Kubernetes mutating admission webhook that labels events about
+//! cluster-scoped objects (Nodes, PersistentVolumes, ClusterRoles, custom resources...) so
+//! that a label selector finds them, and routes them into named channels.
+//!
+//! The decision pipeline, each step its own module:
+//! [`admission`] decodes an AdmissionReview and answers it; [`event`] reads the Event in
+//! either API shape; [`classify`] decides whether the involved object is cluster-scoped;
+//! [`route`] picks its channel from the [`config`]; [`decide`] computes the label patch;
+//! [`labels`] holds the Kubernetes name rules every written label obeys.
+
+pub mod admission;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod decide;
+pub mod event;
+pub mod labels;
+pub mod route;
