@@ -33,10 +33,10 @@ pub struct GroupVersionKind<'a> {
     pub kind: Cow<'a, str>,
 }
 
-/// The parts of `request` the webhook uses.
+/// The parts of `request` the webhook uses; `O` is how the object is decoded.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Request<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+pub struct Request<'a, O> {
     #[serde(borrow)]
     pub uid: Cow<'a, str>,
     #[serde(borrow, default)]
@@ -53,21 +53,21 @@ pub struct Request<'a> {
     pub operation: Cow<'a, str>,
     #[serde(default)]
     pub dry_run: Option<bool>,
-    /// Kept raw: decoded only when the request is about an Event.
-    #[serde(borrow, default)]
-    pub object: Option<&'a RawValue>,
+    /// An [`Event`], or `&RawValue` to decode it only when the request is about an Event.
+    #[serde(default)]
+    pub object: Option<O>,
 }
 
 /// An AdmissionReview as received.
 #[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AdmissionReview<'a> {
+#[serde(rename_all = "camelCase", bound(deserialize = "O: Deserialize<'de>"))]
+pub struct AdmissionReview<'a, O> {
     #[serde(borrow)]
     pub api_version: Cow<'a, str>,
     #[serde(borrow)]
     pub kind: Cow<'a, str>,
     #[serde(borrow)]
-    pub request: Option<Request<'a>>,
+    pub request: Option<Request<'a, O>>,
 }
 
 #[derive(Serialize)]
@@ -150,7 +150,7 @@ fn decode<'a, T: Deserialize<'a>>(
                 Ok(_) => String::from("."),
             };
             let full = match (path_prefix, path.as_str()) {
-                (p, ".") if p.is_empty() => None,
+                ("", ".") => None,
                 (p, ".") => Some(p.to_owned()),
                 ("", q) => Some(q.to_owned()),
                 (p, q) => Some(format!("{p}.{q}")),
@@ -169,6 +169,31 @@ fn decode<'a, T: Deserialize<'a>>(
             })
         }
     }
+}
+
+/// serde accepts a JSON array for a struct; an AdmissionReview is always an object.
+fn check_is_object(text: &str) -> Result<(), ReviewError> {
+    let trimmed = text.trim_start();
+    let found = match trimmed.bytes().next() {
+        None => {
+            return Err(ReviewError::plain(
+                "the body is empty; expected an AdmissionReview JSON object",
+            ));
+        }
+        Some(b'{') => return Ok(()),
+        Some(b'[') => "a JSON array",
+        Some(b'"') => "a JSON string",
+        Some(b'-' | b'0'..=b'9') => "a JSON number",
+        Some(b't' | b'f') => "a JSON boolean",
+        Some(b'n') => "JSON null",
+        // Not JSON at all: let the decoder say where.
+        Some(_) => return Ok(()),
+    };
+    Err(ReviewError {
+        path: None,
+        position: Some(line_column(text, text.len() - trimmed.len())),
+        reason: format!("expected an AdmissionReview JSON object, found {found}"),
+    })
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -211,6 +236,11 @@ impl Reviewer {
     }
 
     /// Reviews one AdmissionReview given as bytes.
+    ///
+    /// The common case is decoded in one pass, the object straight into an [`Event`]. When
+    /// that fails, the document is decoded again with the object kept raw: a request that is
+    /// not about an Event is then skipped without looking at its object, and anything else
+    /// gets an error naming the path and position of the problem.
     pub fn review(&self, body: &[u8]) -> Result<Reviewed, ReviewError> {
         let text = std::str::from_utf8(body).map_err(|e| {
             let (line, column) = line_column(
@@ -225,114 +255,145 @@ impl Reviewer {
                 reason: "body is not valid UTF-8".to_owned(),
             }
         })?;
-        let review: AdmissionReview = decode(text, "", (1, 1))?;
-        if review.kind != "AdmissionReview" {
-            return Err(ReviewError {
-                path: Some("kind".into()),
-                position: None,
-                reason: format!("kind is {:?}, expected \"AdmissionReview\"", review.kind),
-            });
+        check_is_object(text)?;
+        if let Ok(review) = serde_json::from_str::<AdmissionReview<Event>>(text) {
+            let request = check_header(&review)?;
+            let decision = match skip_before_object(request) {
+                Some(reason) => Decision::skipped(reason),
+                None => self.decide_object(request, request.object.as_ref()),
+            };
+            return respond(&review, request, decision);
         }
-        if review.api_version != ADMISSION_V1 && review.api_version != ADMISSION_V1BETA1 {
-            return Err(ReviewError {
-                path: Some("apiVersion".into()),
-                position: None,
-                reason: format!(
-                    "apiVersion {:?} is not supported, expected {ADMISSION_V1} or {ADMISSION_V1BETA1}",
-                    review.api_version
-                ),
-            });
-        }
-        let Some(request) = &review.request else {
-            return Err(ReviewError::plain("missing field `request`"));
+        let review: AdmissionReview<&RawValue> = decode(text, "", (1, 1))?;
+        let request = check_header(&review)?;
+        let decision = match skip_before_object(request) {
+            Some(reason) => Decision::skipped(reason),
+            None => {
+                let event = match request.object {
+                    None => None,
+                    Some(raw) => {
+                        let object_text = raw.get();
+                        // `object_text` is a slice of `text`: its offset locates errors.
+                        let offset =
+                            (object_text.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
+                        Some(decode::<Event>(
+                            object_text,
+                            "request.object",
+                            line_column(text, offset),
+                        )?)
+                    }
+                };
+                self.decide_object(request, event.as_ref())
+            }
         };
-        if request.uid.is_empty() {
-            return Err(ReviewError {
-                path: Some("request.uid".into()),
-                position: None,
-                reason: "is empty; the API server always sends one".into(),
-            });
-        }
-
-        let (decision, namespace, name) = self.decide_request(text, request)?;
-        let patch = if decision.patch.is_empty() {
-            None
-        } else {
-            let json = serde_json::to_vec(&decision.patch)
-                .map_err(|e| ReviewError::plain(format!("cannot encode the patch: {e}")))?;
-            Some(base64::engine::general_purpose::STANDARD.encode(json))
-        };
-        let out = ResponseReview {
-            api_version: &review.api_version,
-            kind: "AdmissionReview",
-            response: Response {
-                uid: &request.uid,
-                allowed: true,
-                patch_type: patch.as_ref().map(|_| "JSONPatch"),
-                patch,
-            },
-        };
-        let response = serde_json::to_vec(&out)
-            .map_err(|e| ReviewError::plain(format!("cannot encode the response: {e}")))?;
-        Ok(Reviewed {
-            response,
-            decision,
-            uid: request.uid.to_string(),
-            operation: request.operation.to_string(),
-            api_version: review.api_version.to_string(),
-            namespace,
-            name,
-            dry_run: request.dry_run.unwrap_or(false),
-        })
+        respond(&review, request, decision)
     }
 
-    fn decide_request(
-        &self,
-        text: &str,
-        request: &Request<'_>,
-    ) -> Result<(Decision, String, String), ReviewError> {
-        let namespace = request.namespace.as_deref().unwrap_or("").to_owned();
-        let name = request.name.as_deref().unwrap_or("").to_owned();
-        let skipped = |reason| Ok((Decision::skipped(reason), namespace.clone(), name.clone()));
-        if !matches!(request.operation.as_ref(), "CREATE" | "UPDATE") {
-            return skipped(SkipReason::Operation);
+    fn decide_object<O>(&self, request: &Request<'_, O>, event: Option<&Event<'_>>) -> Decision {
+        let Some(event) = event else {
+            return Decision::skipped(SkipReason::NoObject);
+        };
+        let kind = event.kind();
+        if (!kind.is_empty() && kind != "Event") || (request.kind.is_none() && kind.is_empty()) {
+            return Decision::skipped(SkipReason::NotAnEvent);
         }
-        if let Some(gvk) = &request.kind
-            && !is_event_kind(gvk)
-        {
-            return skipped(SkipReason::NotAnEvent);
+        let mut decision = decide(event, &self.config, &self.resolver);
+        if request.name.as_deref().unwrap_or("").is_empty() {
+            decision.event_name = Some(event.display_name().into_owned());
         }
-        if request
+        decision
+    }
+}
+
+/// The review's apiVersion, kind and request, checked.
+fn check_header<'r, 'a, O>(
+    review: &'r AdmissionReview<'a, O>,
+) -> Result<&'r Request<'a, O>, ReviewError> {
+    if review.kind != "AdmissionReview" {
+        return Err(ReviewError {
+            path: Some("kind".into()),
+            position: None,
+            reason: format!("kind is {:?}, expected \"AdmissionReview\"", review.kind),
+        });
+    }
+    if review.api_version != ADMISSION_V1 && review.api_version != ADMISSION_V1BETA1 {
+        return Err(ReviewError {
+            path: Some("apiVersion".into()),
+            position: None,
+            reason: format!(
+                "apiVersion {:?} is not supported, expected {ADMISSION_V1} or {ADMISSION_V1BETA1}",
+                review.api_version
+            ),
+        });
+    }
+    let Some(request) = &review.request else {
+        return Err(ReviewError::plain("missing field `request`"));
+    };
+    if request.uid.is_empty() {
+        return Err(ReviewError {
+            path: Some("request.uid".into()),
+            position: None,
+            reason: "is empty; the API server always sends one".into(),
+        });
+    }
+    Ok(request)
+}
+
+/// Requests that are skipped whatever their object: other operations, other resources.
+fn skip_before_object<O>(request: &Request<'_, O>) -> Option<SkipReason> {
+    if !matches!(request.operation.as_ref(), "CREATE" | "UPDATE") {
+        return Some(SkipReason::Operation);
+    }
+    if request.kind.as_ref().is_some_and(|gvk| !is_event_kind(gvk))
+        || request
             .sub_resource
             .as_deref()
             .is_some_and(|s| !s.is_empty())
-        {
-            return skipped(SkipReason::NotAnEvent);
-        }
-        let Some(raw) = request.object else {
-            return skipped(SkipReason::NoObject);
-        };
-        let object_text = raw.get();
-        // `object_text` is a slice of `text`: its offset gives error positions in the document.
-        let offset = (object_text.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
-        let event: Event = decode(object_text, "request.object", line_column(text, offset))?;
-        if !event.kind().is_empty() && event.kind() != "Event" {
-            return skipped(SkipReason::NotAnEvent);
-        }
-        if request.kind.is_none() && event.kind().is_empty() {
-            return skipped(SkipReason::NotAnEvent);
-        }
-        let name = if name.is_empty() {
-            event.display_name().into_owned()
-        } else {
-            name
-        };
-        Ok((
-            decide(&event, &self.config, &self.resolver),
-            namespace,
-            name,
-        ))
+    {
+        return Some(SkipReason::NotAnEvent);
     }
+    None
+}
+
+/// Builds the response AdmissionReview for `decision`.
+fn respond<O>(
+    review: &AdmissionReview<'_, O>,
+    request: &Request<'_, O>,
+    decision: Decision,
+) -> Result<Reviewed, ReviewError> {
+    let patch = if decision.patch.is_empty() {
+        None
+    } else {
+        let json = serde_json::to_vec(&decision.patch)
+            .map_err(|e| ReviewError::plain(format!("cannot encode the patch: {e}")))?;
+        Some(base64::engine::general_purpose::STANDARD.encode(json))
+    };
+    let out = ResponseReview {
+        api_version: &review.api_version,
+        kind: "AdmissionReview",
+        response: Response {
+            uid: &request.uid,
+            allowed: true,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+        },
+    };
+    let response = serde_json::to_vec(&out)
+        .map_err(|e| ReviewError::plain(format!("cannot encode the response: {e}")))?;
+    let name = match &decision.event_name {
+        Some(n) => n.clone(),
+        None => request.name.as_deref().unwrap_or("").to_owned(),
+    };
+    Ok(Reviewed {
+        response,
+        uid: request.uid.to_string(),
+        operation: request.operation.to_string(),
+        api_version: review.api_version.to_string(),
+        namespace: request.namespace.as_deref().unwrap_or("").to_owned(),
+        name,
+        dry_run: request.dry_run.unwrap_or(false),
+        decision,
+    })
 }
 
 #[cfg(test)]

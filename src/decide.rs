@@ -18,8 +18,6 @@ use crate::event::{Event, StringMap};
 use crate::labels::safe_label_value;
 use crate::route::EventFacts;
 
-/// Keys under the label prefix that clusterscope owns (`<prefix>/<key>`).
-pub const RESERVED_KEYS: &[&str] = &["scope", "kind", "channel", "mirror", "involved-object"];
 /// Label: the scope of the involved object (always `cluster`).
 pub const SCOPE: &str = "scope";
 /// Label: the involved object's kind, made label-safe.
@@ -114,6 +112,8 @@ pub struct Decision {
     pub classified: Option<Classified>,
     /// Empty unless `outcome` is [`Outcome::Patched`].
     pub patch: Vec<PatchOperation>,
+    /// The event's name when the request did not carry one (`generateName*`).
+    pub event_name: Option<String>,
 }
 
 impl Decision {
@@ -123,6 +123,7 @@ impl Decision {
             skip: Some(reason),
             classified: None,
             patch: Vec::new(),
+            event_name: None,
         }
     }
 }
@@ -131,26 +132,40 @@ fn pointer(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
 }
 
+/// Desired entries of a string map: `Some(value)` to hold, `None` to be absent.
+type Desired<'k, 'v> = [(&'k str, Option<Cow<'v, str>>)];
+
+fn borrowed_entry((k, v): &(String, String)) -> (&str, Option<Cow<'_, str>>) {
+    (k.as_str(), Some(Cow::Borrowed(v.as_str())))
+}
+
+/// The entries of `desired` that should be present, as a JSON object.
+fn present(desired: &Desired<'_, '_>) -> Value {
+    Value::Object(
+        desired
+            .iter()
+            .filter_map(|(k, v)| {
+                v.as_ref()
+                    .map(|v| ((*k).to_owned(), Value::String(v.to_string())))
+            })
+            .collect(),
+    )
+}
+
 /// Emits the operations that make `current` hold every `(key, Some(value))` of `desired`
 /// and none of the `(key, None)`, under `/metadata/<field>`.
 fn diff_map(
     field: &str,
     current: Option<&StringMap<'_>>,
-    desired: &[(String, Option<Cow<'_, str>>)],
+    desired: &Desired<'_, '_>,
     ops: &mut Vec<PatchOperation>,
 ) {
     let Some(current) = current else {
-        let map: Map<String, Value> = desired
-            .iter()
-            .filter_map(|(k, v)| {
-                v.as_ref()
-                    .map(|v| (k.clone(), Value::String(v.to_string())))
-            })
-            .collect();
-        if !map.is_empty() {
+        let map = present(desired);
+        if map.as_object().is_some_and(|m| !m.is_empty()) {
             ops.push(PatchOperation::Add(AddOperation {
                 path: pointer(&["metadata", field]),
-                value: Value::Object(map),
+                value: map,
             }));
         }
         return;
@@ -177,9 +192,8 @@ fn diff_map(
 
 /// Decides what to do with an Event that is being created or updated.
 pub fn decide(event: &Event<'_>, config: &Config, resolver: &ScopeResolver) -> Decision {
-    let prefix = &config.label_prefix;
-    let key = |k: &str| format!("{prefix}/{k}");
-    if event.labels().is_some_and(|l| l.contains_key(&key(MIRROR))) {
+    let keys = &config.keys;
+    if event.labels().is_some_and(|l| l.contains_key(&keys.mirror)) {
         return Decision::skipped(SkipReason::Mirror);
     }
     let Some(reference) = event.reference() else {
@@ -207,51 +221,32 @@ pub fn decide(event: &Event<'_>, config: &Config, resolver: &ScopeResolver) -> D
     let channel = config.route(&facts);
     let kind_label = safe_label_value(&kind);
 
-    let mut labels: Vec<(String, Option<Cow<'_, str>>)> = vec![
-        (key(SCOPE), Some(Cow::Borrowed("cluster"))),
-        (key(KIND), Some(Cow::Borrowed(kind_label.as_ref()))),
+    let mut labels: Vec<(&str, Option<Cow<'_, str>>)> = vec![
+        (&keys.scope, Some(Cow::Borrowed("cluster"))),
+        (&keys.kind, Some(Cow::Borrowed(kind_label.as_ref()))),
         (
-            key(CHANNEL),
+            &keys.channel,
             channel.map(|c| Cow::Borrowed(c.name.as_str())),
         ),
     ];
     let shown_group = if group.is_empty() { "core" } else { &group };
-    let mut annotations: Vec<(String, Option<Cow<'_, str>>)> = vec![(
-        key(INVOLVED_OBJECT),
+    let mut annotations: Vec<(&str, Option<Cow<'_, str>>)> = vec![(
+        &keys.involved_object,
         Some(Cow::Owned(format!(
             "{shown_group}/{kind}/{}",
             reference.name()
         ))),
     )];
     if let Some(ch) = channel {
-        labels.extend(
-            ch.labels
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(Cow::Borrowed(v.as_str())))),
-        );
-        annotations.extend(
-            ch.annotations
-                .iter()
-                .map(|(k, v)| (k.clone(), Some(Cow::Borrowed(v.as_str())))),
-        );
+        labels.extend(ch.labels.iter().map(borrowed_entry));
+        annotations.extend(ch.annotations.iter().map(borrowed_entry));
     }
 
     let mut patch = Vec::new();
     if event.metadata.is_none() {
-        let map = |entries: &[(String, Option<Cow<'_, str>>)]| -> Value {
-            Value::Object(
-                entries
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        v.as_ref()
-                            .map(|v| (k.clone(), Value::String(v.to_string())))
-                    })
-                    .collect(),
-            )
-        };
         let mut meta = Map::new();
-        meta.insert("labels".into(), map(&labels));
-        meta.insert("annotations".into(), map(&annotations));
+        meta.insert("labels".into(), present(&labels));
+        meta.insert("annotations".into(), present(&annotations));
         patch.push(PatchOperation::Add(AddOperation {
             path: pointer(&["metadata"]),
             value: Value::Object(meta),
@@ -277,6 +272,7 @@ pub fn decide(event: &Event<'_>, config: &Config, resolver: &ScopeResolver) -> D
             kind_source,
         }),
         patch,
+        event_name: None,
     }
 }
 

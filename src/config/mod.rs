@@ -64,12 +64,48 @@ pub struct Channel {
     pub annotations: Vec<(String, String)>,
 }
 
+/// The full keys clusterscope writes, `<labelPrefix>/<name>`, computed once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    pub scope: String,
+    pub kind: String,
+    pub channel: String,
+    pub mirror: String,
+    pub involved_object: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        use crate::decide::{CHANNEL, INVOLVED_OBJECT, KIND, MIRROR, SCOPE};
+        let key = |name: &str| format!("{prefix}/{name}");
+        Keys {
+            scope: key(SCOPE),
+            kind: key(KIND),
+            channel: key(CHANNEL),
+            mirror: key(MIRROR),
+            involved_object: key(INVOLVED_OBJECT),
+        }
+    }
+
+    /// Every key clusterscope owns; channels may not set them.
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.scope,
+            &self.kind,
+            &self.channel,
+            &self.mirror,
+            &self.involved_object,
+        ]
+    }
+}
+
 /// A validated configuration, ready to route events.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where it came from: a file name or [`DEFAULT_SOURCE`].
     pub source: String,
     pub label_prefix: String,
+    pub keys: Keys,
     pub channels: Vec<Channel>,
     pub routes: Vec<Route>,
 }
@@ -206,16 +242,14 @@ impl Checker<'_> {
                 check_dns1123_subdomain(&p.value)
                     .map_err(|e| self.err(p, format!("labelPrefix {e}")))?;
                 // The longest key we write must stay a valid qualified name.
-                check_qualified_name(&format!("{}/involved-object", p.value))
+                check_qualified_name(&Keys::new(&p.value).involved_object)
                     .map_err(|e| self.err(p, format!("labelPrefix: {e}")))?;
                 p.value.clone()
             }
             None => DEFAULT_LABEL_PREFIX.to_owned(),
         };
-        let reserved: Vec<String> = crate::decide::RESERVED_KEYS
-            .iter()
-            .map(|k| format!("{label_prefix}/{k}"))
-            .collect();
+        let keys = Keys::new(&label_prefix);
+        let reserved = keys.all();
 
         let Some(raw_channels) = raw.channels else {
             return Err(ConfigError {
@@ -244,7 +278,7 @@ impl Checker<'_> {
             for (key, value) in &ch.labels {
                 check_qualified_name(key)
                     .map_err(|e| self.err(value, format!("channel {:?}: label {e}", name.value)))?;
-                if reserved.contains(key) {
+                if reserved.contains(&key.as_str()) {
                     return Err(self.err(
                         value,
                         format!(
@@ -266,7 +300,7 @@ impl Checker<'_> {
                 check_qualified_name(key).map_err(|e| {
                     self.err(value, format!("channel {:?}: annotation {e}", name.value))
                 })?;
-                if reserved.contains(key) {
+                if reserved.contains(&key.as_str()) {
                     return Err(self.err(
                         value,
                         format!(
@@ -309,6 +343,7 @@ impl Checker<'_> {
         Ok(Config {
             source: self.source.to_owned(),
             label_prefix,
+            keys,
             channels,
             routes,
         })
