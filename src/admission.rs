@@ -150,8 +150,8 @@ fn decode<'a, T: Deserialize<'a>>(
                 Ok(_) => String::from("."),
             };
             let full = match (path_prefix, path.as_str()) {
-                ("", ".") => None,
-                (p, ".") => Some(p.to_owned()),
+                ("", "." | "?") => None,
+                (p, "." | "?") => Some(p.to_owned()),
                 ("", q) => Some(q.to_owned()),
                 (p, q) => Some(format!("{p}.{q}")),
             };

@@ -1,4 +1,4 @@
-//! The command line: `review` and `check-config`.
+//! The command line: `serve`, `review`, `certs` and `check-config`.
 //!
 //! Exit codes: 0 done; 1 an I/O problem (a file that cannot be read, stdout closed);
 //! 2 input that was refused (not an AdmissionReview, an invalid configuration, bad flags).
@@ -31,6 +31,10 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the mutating webhook over HTTPS, with /healthz, /readyz and /metrics on the admin port.
+    Serve(ServeArgs),
+    /// Generate a CA and a serving certificate for the webhook's Service.
+    Certs(CertsArgs),
     /// Answer one AdmissionReview offline: prints the response AdmissionReview as JSON.
     Review {
         /// Routing configuration (YAML); the embedded default when omitted.
@@ -49,6 +53,78 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// HTTPS address for AdmissionReviews (`POST /mutate`).
+    #[arg(long, env = "CLUSTERSCOPE_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: std::net::SocketAddr,
+    /// Plain-HTTP address for /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "CLUSTERSCOPE_ADMIN_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub admin_listen: std::net::SocketAddr,
+    /// Routing configuration (YAML); the embedded default when omitted.
+    #[arg(long, env = "CLUSTERSCOPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serving certificate (PEM); watched and reloaded when it changes.
+    #[arg(
+        long,
+        env = "CLUSTERSCOPE_TLS_CERT",
+        requires = "tls_key",
+        value_name = "FILE"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of the serving certificate (PEM: PKCS#1, PKCS#8 or SEC1).
+    #[arg(
+        long,
+        env = "CLUSTERSCOPE_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "FILE"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Without --tls-cert/--tls-key: where a self-signed CA and certificate are created.
+    #[arg(
+        long,
+        env = "CLUSTERSCOPE_CERT_DIR",
+        default_value = "certs",
+        value_name = "DIR"
+    )]
+    pub cert_dir: PathBuf,
+    /// How often the certificate files are re-read.
+    #[arg(long, env = "CLUSTERSCOPE_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub cert_reload_interval: std::time::Duration,
+    /// Longest wait for requests in flight at shutdown.
+    #[arg(long, env = "CLUSTERSCOPE_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// A client that has not sent its request headers by then is disconnected.
+    #[arg(long, env = "CLUSTERSCOPE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+    /// Log format.
+    #[arg(long, env = "CLUSTERSCOPE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
+    pub log_format: crate::telemetry::LogFormat,
+    /// Log level or filter (`info`, `debug`, `clusterscope=debug`); RUST_LOG wins when set.
+    #[arg(long, env = "CLUSTERSCOPE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CertsArgs {
+    /// Name of the webhook's Service.
+    #[arg(long, default_value = "clusterscope")]
+    pub service: String,
+    /// Namespace of the Service.
+    #[arg(long, default_value = "clusterscope-system")]
+    pub namespace: String,
+    /// Where to write ca.crt, tls.crt and tls.key.
+    #[arg(long, default_value = "certs", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Also set every `caBundle:` in this MutatingWebhookConfiguration YAML file.
+    #[arg(long, value_name = "FILE")]
+    pub webhook_config: Option<PathBuf>,
 }
 
 /// A failure the command reports on stderr, with its exit code.
@@ -85,6 +161,8 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
+        Command::Serve(args) => serve(args),
+        Command::Certs(args) => certs(&args),
         Command::Review {
             config,
             patched_object,
@@ -226,4 +304,67 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
         out.push_str("note: no route matches every event; unmatched cluster-scoped events get scope and kind labels but no channel\n");
     }
     write_stdout(out.trim_end().as_bytes())
+}
+
+fn serve(args: ServeArgs) -> Result<(), Failure> {
+    crate::telemetry::init(args.log_format, &args.log_level).map_err(refused)?;
+    let options = crate::server::ServeOptions {
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        config: args.config,
+        tls: args.tls_cert.zip(args.tls_key),
+        cert_dir: args.cert_dir,
+        cert_reload_interval: args.cert_reload_interval,
+        drain_timeout: args.drain_timeout,
+        header_read_timeout: args.header_read_timeout,
+        handshake_timeout: std::time::Duration::from_secs(10),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| io_failure(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(async {
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
+        let server = crate::server::Server::bind(options, metrics)
+            .await
+            .map_err(|e| refused(e.0))?;
+        server
+            .run(crate::telemetry::shutdown_signal())
+            .await
+            .map_err(|e| io_failure(e.0))
+    })
+}
+
+fn certs(args: &CertsArgs) -> Result<(), Failure> {
+    crate::labels::check_dns1123_label(&args.service)
+        .map_err(|e| refused(format!("--service {e}")))?;
+    crate::labels::check_dns1123_label(&args.namespace)
+        .map_err(|e| refused(format!("--namespace {e}")))?;
+    let names = crate::certs::service_names(&args.service, &args.namespace);
+    let bundle = crate::certs::generate(&names).map_err(io_failure)?;
+    crate::certs::write(&args.out, &bundle).map_err(io_failure)?;
+    let ca_bundle = bundle.ca_bundle();
+    if let Some(path) = &args.webhook_config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| io_failure(format!("cannot read {}: {e}", path.display())))?;
+        let (updated, count) = crate::certs::set_ca_bundle(&text, &ca_bundle);
+        if count == 0 {
+            return Err(refused(format!(
+                "{}: no `caBundle:` line to set; add `caBundle: \"\"` under each webhook's clientConfig",
+                path.display()
+            )));
+        }
+        std::fs::write(path, updated)
+            .map_err(|e| io_failure(format!("cannot write {}: {e}", path.display())))?;
+        eprintln!("set caBundle in {} ({count} webhook(s))", path.display());
+    }
+    let (ca, cert, key) = crate::certs::paths(&args.out);
+    eprintln!(
+        "wrote {}, {}, {} for {}",
+        ca.display(),
+        cert.display(),
+        key.display(),
+        names.join(", ")
+    );
+    write_stdout(ca_bundle.as_bytes())
 }

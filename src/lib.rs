@@ -7,12 +7,20 @@
 //! either API shape; [`classify`] decides whether the involved object is cluster-scoped;
 //! [`route`] picks its channel from the [`config`]; [`decide`] computes the label patch;
 //! [`labels`] holds the Kubernetes name rules every written label obeys.
+//!
+//! Serving: [`server`] (HTTPS webhook and admin endpoints), [`tls`] (certificate loading and
+//! rotation), [`certs`] (certificate generation), [`metrics`], [`telemetry`] (logs).
 
 pub mod admission;
+pub mod certs;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod decide;
 pub mod event;
 pub mod labels;
+pub mod metrics;
 pub mod route;
+pub mod server;
+pub mod telemetry;
+pub mod tls;

@@ -1,0 +1,179 @@
+//! Certificate generation: a private CA and a serving certificate it signs, for a Kubernetes
+//! Service or for local use, plus writing the caBundle into a webhook configuration.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::{Duration, OffsetDateTime};
+
+/// Validity of the generated CA.
+pub const CA_DAYS: i64 = 3650;
+/// Validity of the generated serving certificate.
+pub const SERVING_DAYS: i64 = 365;
+
+/// A generated CA and serving certificate, PEM encoded.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    /// PKCS#8, ECDSA P-256.
+    pub key_pem: String,
+}
+
+impl Bundle {
+    /// The CA certificate in base64, as `caBundle` wants it.
+    pub fn ca_bundle(&self) -> String {
+        base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes())
+    }
+}
+
+/// The DNS names the API server uses for a Service.
+pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        service.to_owned(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+fn err(what: &str, e: rcgen::Error) -> String {
+    format!("cannot generate the {what}: {e}")
+}
+
+/// Generates a CA and a serving certificate for `names` (DNS names or IP addresses).
+pub fn generate(names: &[String]) -> Result<Bundle, String> {
+    let now = OffsetDateTime::now_utc();
+    let mut ca_params = CertificateParams::default();
+    let mut ca_dn = DistinguishedName::new();
+    ca_dn.push(DnType::CommonName, "clusterscope CA");
+    ca_params.distinguished_name = ca_dn;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca_params.not_before = now - Duration::hours(1);
+    ca_params.not_after = now + Duration::days(CA_DAYS);
+    let ca_key = KeyPair::generate().map_err(|e| err("CA key", e))?;
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| err("CA", e))?;
+
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(
+        DnType::CommonName,
+        names.first().map_or("clusterscope", String::as_str),
+    );
+    params.distinguished_name = dn;
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => n
+                .clone()
+                .try_into()
+                .map(SanType::DnsName)
+                .map_err(|e| format!("{n:?} is not a valid DNS name: {e}")),
+        })
+        .collect::<Result<_, _>>()?;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = now - Duration::hours(1);
+    params.not_after = now + Duration::days(SERVING_DAYS);
+    let key = KeyPair::generate().map_err(|e| err("serving key", e))?;
+    let cert = params
+        .signed_by(&key, &ca)
+        .map_err(|e| err("serving certificate", e))?;
+    Ok(Bundle {
+        ca_pem: ca.pem(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Paths of the three files in `dir`.
+pub fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"))
+}
+
+/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`, creating it.
+pub fn write(dir: &Path, bundle: &Bundle) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let (ca, cert, key) = paths(dir);
+    let write_file = |path: &Path, text: &str, private: bool| -> Result<(), String> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        if private {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        #[cfg(not(unix))]
+        let _ = private;
+        opts.open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write_file(&ca, &bundle.ca_pem, false)?;
+    write_file(&cert, &bundle.cert_pem, false)?;
+    write_file(&key, &bundle.key_pem, true)
+}
+
+/// Sets every `caBundle:` value in a webhook configuration YAML to `ca_bundle`, keeping the
+/// rest of the text (comments, order) as it is. Returns how many were set.
+pub fn set_ca_bundle(yaml: &str, ca_bundle: &str) -> (String, usize) {
+    let mut count = 0;
+    let mut out = String::with_capacity(yaml.len() + ca_bundle.len());
+    for line in yaml.split_inclusive('\n') {
+        let trimmed = line.trim_start();
+        if let Some(rest) = trimmed.strip_prefix("caBundle:") {
+            let indent = &line[..line.len() - trimmed.len()];
+            let newline = if rest.ends_with('\n') { "\n" } else { "" };
+            out.push_str(&format!("{indent}caBundle: {ca_bundle}{newline}"));
+            count += 1;
+        } else {
+            out.push_str(line);
+        }
+    }
+    (out, count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pair_loads_and_names_the_service() {
+        let names = service_names("clusterscope", "clusterscope-system");
+        let b = generate(&names).unwrap();
+        let loaded =
+            crate::tls::parse_pair(b.cert_pem.as_bytes(), b.key_pem.as_bytes(), "c", "k").unwrap();
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(loaded.key.end_entity_cert().unwrap()).unwrap();
+        let sans = cert.subject_alternative_name().unwrap().unwrap().value;
+        let dns: Vec<String> = sans.general_names.iter().map(|n| format!("{n}")).collect();
+        assert!(
+            dns.iter()
+                .any(|n| n.contains("clusterscope.clusterscope-system.svc.cluster.local")),
+            "{dns:?}"
+        );
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!(loaded.not_after > now + 360 * 86400 && loaded.not_after < now + 370 * 86400);
+    }
+
+    #[test]
+    fn ca_bundle_is_set_in_place() {
+        let yaml = "webhooks:\n  - name: a\n    clientConfig:\n      caBundle: \"\" # set me\n  - name: b\n    clientConfig:\n      caBundle: old\n";
+        let (out, n) = set_ca_bundle(yaml, "Zm9v");
+        assert_eq!(n, 2);
+        assert_eq!(
+            out,
+            "webhooks:\n  - name: a\n    clientConfig:\n      caBundle: Zm9v\n  - name: b\n    clientConfig:\n      caBundle: Zm9v\n"
+        );
+    }
+}

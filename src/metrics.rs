@@ -1,0 +1,230 @@
+//! Prometheus metrics (text exposition through `prometheus-client`).
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::classify::{BUILTIN_KINDS, KindSource};
+use crate::decide::Decision;
+
+/// Distinct kinds outside the built-in table that get their own `kind` label value; later
+/// ones are counted under [`OTHER_KIND`] so that a flood of custom kinds cannot blow up the
+/// number of series.
+pub const MAX_CUSTOM_KINDS: usize = 64;
+pub const OTHER_KIND: &str = "_other";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub operation: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassifiedLabels {
+    pub scope: String,
+    pub kind: String,
+    pub channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+/// Every metric clusterscope exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Histogram,
+    pub in_flight: Gauge,
+    pub classified: Family<ClassifiedLabels, Counter>,
+    pub panics: Counter,
+    pub cert_reloads: Family<ResultLabels, Counter>,
+    pub cert_expiry: Gauge<i64, AtomicI64>,
+    custom_kinds: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("clusterscope");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "AdmissionReview requests by operation and outcome (patched, unchanged, skipped, invalid, error)",
+            requests.clone(),
+        );
+        let duration = Histogram::new([
+            0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+            0.25, 1.0,
+        ]);
+        registry.register(
+            "admission_duration_seconds",
+            "Time from request start to response, including reading the body",
+            duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "admission_requests_in_flight",
+            "AdmissionReview requests being served",
+            in_flight.clone(),
+        );
+        let classified = Family::<ClassifiedLabels, Counter>::default();
+        registry.register(
+            "events_classified",
+            "Events about cluster-scoped objects by kind and channel",
+            classified.clone(),
+        );
+        let panics = Counter::default();
+        registry.register(
+            "http_panics",
+            "Request handlers that panicked (answered with 500)",
+            panics.clone(),
+        );
+        let cert_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "tls_certificate_reloads",
+            "Serving certificate loads by result (success, error)",
+            cert_reloads.clone(),
+        );
+        let cert_expiry = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate in use, as Unix time",
+            cert_expiry.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build);
+        Metrics {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            classified,
+            panics,
+            cert_reloads,
+            cert_expiry,
+            custom_kinds: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Counts one request.
+    pub fn request(&self, operation: &str, outcome: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                operation: operation.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a decision about a cluster-scoped event, folding custom kinds past the limit.
+    pub fn classified(&self, decision: &Decision) {
+        let Some(c) = &decision.classified else {
+            return;
+        };
+        let builtin = c.kind_source == KindSource::Builtin
+            || BUILTIN_KINDS.iter().any(|(_, k, _)| *k == c.kind);
+        let kind = if builtin {
+            c.kind_label.clone()
+        } else {
+            let mut seen = match self.custom_kinds.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if seen.contains(&c.kind_label) {
+                c.kind_label.clone()
+            } else if seen.len() < MAX_CUSTOM_KINDS {
+                seen.insert(c.kind_label.clone());
+                c.kind_label.clone()
+            } else {
+                OTHER_KIND.to_owned()
+            }
+        };
+        self.classified
+            .get_or_create(&ClassifiedLabels {
+                scope: "cluster".to_owned(),
+                kind,
+                channel: c.channel.clone().unwrap_or_default(),
+            })
+            .inc();
+    }
+
+    /// The text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::{Classified, Outcome};
+
+    fn decision(kind: &str, source: KindSource) -> Decision {
+        Decision {
+            outcome: Outcome::Patched,
+            skip: None,
+            classified: Some(Classified {
+                group: "example.com".into(),
+                kind: kind.into(),
+                kind_label: kind.into(),
+                name: "x".into(),
+                channel: Some("cluster".into()),
+                kind_source: source,
+            }),
+            patch: Vec::new(),
+            event_name: None,
+        }
+    }
+
+    #[test]
+    fn custom_kinds_are_folded_past_the_limit() {
+        let m = Metrics::new();
+        for i in 0..MAX_CUSTOM_KINDS + 10 {
+            m.classified(&decision(&format!("Kind{i}"), KindSource::Unknown));
+        }
+        m.classified(&decision("Node", KindSource::Builtin));
+        let text = m.encode();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("clusterscope_events_classified_total{"))
+            .count();
+        assert_eq!(series, MAX_CUSTOM_KINDS + 2, "{text}");
+        assert!(text.contains(r#"kind="_other""#));
+        assert!(text.contains(r#"kind="Node""#));
+        assert!(text.contains("clusterscope_build_info{version="));
+    }
+}

@@ -1,0 +1,498 @@
+//! The HTTPS admission server and the plain-HTTP admin server.
+//!
+//! Lifecycle: [`Server::bind`] loads what the server needs (configuration, certificate) and
+//! binds both listeners, so every start-up problem is reported before anything is served;
+//! [`Server::run`] serves until the shutdown future resolves, then turns readiness off, stops
+//! accepting, lets requests in flight finish, closes idle keep-alive connections at once
+//! (HTTP/1 `Connection: close`, HTTP/2 GOAWAY) and returns within the drain time.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Response, StatusCode, Uri, header};
+use axum::routing::{get, post};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::admission::Reviewer;
+use crate::classify::ScopeResolver;
+use crate::metrics::Metrics;
+use crate::tls::{CertReloader, CertResolver, TlsError};
+
+/// Largest AdmissionReview body accepted (as controller-runtime).
+pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+/// The API server's own ceiling for `timeoutSeconds`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
+/// Used when the request names no `timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything `serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub config: Option<PathBuf>,
+    /// Serving certificate and key; both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Where a self-signed pair is created when `tls` is `None`.
+    pub cert_dir: PathBuf,
+    pub cert_reload_interval: Duration,
+    pub drain_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub handshake_timeout: Duration,
+}
+
+/// A start-up failure, in an operator's words.
+#[derive(Debug)]
+pub struct ServeError(pub String);
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+impl From<TlsError> for ServeError {
+    fn from(e: TlsError) -> Self {
+        ServeError(e.0)
+    }
+}
+
+/// Shared by every request.
+#[derive(Debug)]
+pub struct AppState {
+    pub reviewer: Reviewer,
+    pub metrics: Arc<Metrics>,
+    pub ready: AtomicBool,
+}
+
+/// A bound, not yet serving, server.
+pub struct Server {
+    state: Arc<AppState>,
+    webhook: TcpListener,
+    admin: TcpListener,
+    acceptor: TlsAcceptor,
+    reloader: Option<CertReloader>,
+    options: ServeOptions,
+}
+
+impl Server {
+    /// Loads the configuration and certificate and binds both listeners.
+    pub async fn bind(options: ServeOptions, metrics: Arc<Metrics>) -> Result<Server, ServeError> {
+        let config = crate::cli::load_config(options.config.as_deref())
+            .map_err(|e| ServeError(format!("invalid configuration: {e}")))?;
+        let (cert_path, key_path) = match &options.tls {
+            Some(pair) => pair.clone(),
+            None => ensure_self_signed(&options.cert_dir)?,
+        };
+        let (loaded, fingerprint) = crate::tls::load_pair(&cert_path, &key_path)?;
+        metrics.cert_expiry.set(loaded.not_after);
+        let resolver = Arc::new(CertResolver::new(loaded.key));
+        let tls_config = crate::tls::server_config(resolver.clone())?;
+        let reloader =
+            CertReloader::new(cert_path, key_path, resolver, metrics.clone(), fingerprint);
+        let webhook = TcpListener::bind(options.listen)
+            .await
+            .map_err(|e| ServeError(format!("cannot listen on {}: {e}", options.listen)))?;
+        let admin = TcpListener::bind(options.admin_listen).await.map_err(|e| {
+            ServeError(format!(
+                "cannot listen on {} (admin): {e}",
+                options.admin_listen
+            ))
+        })?;
+        let state = Arc::new(AppState {
+            reviewer: Reviewer::new(Arc::new(config), Arc::new(ScopeResolver::new())),
+            metrics,
+            ready: AtomicBool::new(false),
+        });
+        Ok(Server {
+            state,
+            webhook,
+            admin,
+            acceptor: TlsAcceptor::from(Arc::new(tls_config)),
+            reloader: Some(reloader),
+            options,
+        })
+    }
+
+    /// The HTTPS address actually bound (useful with port 0).
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhook.local_addr().ok()
+    }
+
+    /// The admin address actually bound.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.local_addr().ok()
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let reload_task = self
+            .reloader
+            .take()
+            .map(|r| tokio::spawn(r.run(self.options.cert_reload_interval)));
+        let admin_task = {
+            let app = admin_router(self.state.clone());
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let listener = self.admin;
+            let task = tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "admin server stopped");
+                }
+            });
+            (task, stop_tx)
+        };
+
+        let app = webhook_router(self.state.clone());
+        let graceful = GracefulShutdown::new();
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.options.header_read_timeout)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)));
+        let builder = Arc::new(builder);
+
+        self.state.ready.store(true, Ordering::SeqCst);
+        tracing::info!(
+            listen = %self.options.listen,
+            admin = %self.options.admin_listen,
+            "serving admission reviews on https://{}/mutate",
+            self.webhook.local_addr().map(|a| a.to_string()).unwrap_or_default()
+        );
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                accepted = self.webhook.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    let acceptor = self.acceptor.clone();
+                    let service = TowerToHyperService::new(app.clone());
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let handshake_timeout = self.options.handshake_timeout;
+                    tokio::spawn(async move {
+                        let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let conn = builder.serve_connection(TokioIo::new(tls), service);
+                        if let Err(e) = watcher.watch(conn.into_owned()).await {
+                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                        }
+                    });
+                }
+            }
+        }
+
+        // Drain: not ready, no new connections, finish what is in flight.
+        self.state.ready.store(false, Ordering::SeqCst);
+        drop(self.webhook);
+        tracing::info!(
+            drain_timeout = ?self.options.drain_timeout,
+            "shutting down: readiness off, draining connections"
+        );
+        let drained = tokio::time::timeout(self.options.drain_timeout, graceful.shutdown()).await;
+        if drained.is_err() {
+            tracing::warn!("drain time over; closing the remaining connections");
+        }
+        let (admin, stop_admin) = admin_task;
+        let _ = stop_admin.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
+        if let Some(task) = reload_task {
+            task.abort();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Creates `ca.crt`, `tls.crt`, `tls.key` for localhost in `dir` unless a loadable pair is
+/// already there; returns the certificate and key paths.
+pub fn ensure_self_signed(dir: &std::path::Path) -> Result<(PathBuf, PathBuf), ServeError> {
+    let (ca, cert, key) = crate::certs::paths(dir);
+    if crate::tls::load_pair(&cert, &key).is_ok() {
+        tracing::info!(ca = %ca.display(), "using the self-signed certificate in {}", dir.display());
+        return Ok((cert, key));
+    }
+    let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let bundle = crate::certs::generate(&names).map_err(ServeError)?;
+    crate::certs::write(dir, &bundle).map_err(ServeError)?;
+    tracing::info!(
+        ca = %ca.display(),
+        "no --tls-cert/--tls-key given: created a self-signed CA and a certificate for localhost and 127.0.0.1; trust {} to call the webhook",
+        ca.display()
+    );
+    Ok((cert, key))
+}
+
+/// `POST /mutate`, with panic recovery.
+pub fn webhook_router(state: Arc<AppState>) -> Router {
+    let metrics = state.metrics.clone();
+    with_recovery(
+        Router::new()
+            .route("/mutate", post(mutate))
+            .with_state(state),
+        metrics,
+    )
+}
+
+/// Turns a panic in any handler into a 500 and a metric instead of a dead connection.
+pub fn with_recovery(router: Router, metrics: Arc<Metrics>) -> Router {
+    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
+        move |_panic: Box<dyn std::any::Any + Send + 'static>| {
+            metrics.panics.inc();
+            tracing::error!("a request handler panicked; answered 500");
+            text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+        },
+    ))
+}
+
+/// `/healthz`, `/readyz`, `/metrics`.
+pub fn admin_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(state): State<Arc<AppState>>| async move {
+                if state.ready.load(Ordering::SeqCst) {
+                    text(
+                        StatusCode::OK,
+                        "ready: certificate loaded, configuration valid",
+                    )
+                } else {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: starting or shutting down",
+                    )
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(state): State<Arc<AppState>>| async move {
+                Response::builder()
+                    .header(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                    .body(Body::from(state.metrics.encode()))
+                    .unwrap_or_default()
+            }),
+        )
+        .with_state(state)
+}
+
+fn text(status: StatusCode, msg: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(format!("{msg}\n")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// The `timeout` query parameter the API server adds (`?timeout=10s`), capped at 30 s.
+pub fn request_timeout(uri: &Uri) -> Duration {
+    uri.query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|v| humantime::parse_duration(v).ok())
+        .map_or(DEFAULT_TIMEOUT, |d| d.min(MAX_TIMEOUT))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Counts the request in flight while alive.
+struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+async fn mutate(
+    State(state): State<Arc<AppState>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response<Body> {
+    let started = Instant::now();
+    let metrics = &state.metrics;
+    metrics.in_flight.inc();
+    let _in_flight = InFlight(metrics);
+    let response = answer(&state, &uri, &headers, body).await;
+    metrics.duration.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn refuse(state: &AppState, status: StatusCode, reason: &str) -> Response<Body> {
+    state.metrics.request("unknown", "invalid");
+    tracing::warn!(
+        status = status.as_u16(),
+        reason,
+        "refused an admission request"
+    );
+    text(status, reason)
+}
+
+async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) -> Response<Body> {
+    if !is_json(headers) {
+        let got = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        return refuse(
+            state,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("content type {got:?} is not supported; send application/json"),
+        );
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let too_large = format!("request body is larger than {MAX_BODY_BYTES} bytes");
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+    }
+    let deadline = request_timeout(uri);
+    let bytes = match tokio::time::timeout(deadline, Limited::new(body, MAX_BODY_BYTES).collect())
+        .await
+    {
+        Err(_) => {
+            return refuse(
+                state,
+                StatusCode::REQUEST_TIMEOUT,
+                &format!("request body not received within the request timeout of {deadline:?}"),
+            );
+        }
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+            }
+            return refuse(
+                state,
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+            );
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let started = Instant::now();
+    match state.reviewer.review(&bytes) {
+        Ok(reviewed) => {
+            let d = &reviewed.decision;
+            state
+                .metrics
+                .request(&reviewed.operation, d.outcome.as_str());
+            state.metrics.classified(d);
+            let c = d.classified.as_ref();
+            tracing::debug!(
+                uid = %reviewed.uid,
+                operation = %reviewed.operation,
+                namespace = %reviewed.namespace,
+                name = %reviewed.name,
+                kind = c.map_or("", |c| c.kind.as_str()),
+                channel = c.and_then(|c| c.channel.as_deref()).unwrap_or(""),
+                outcome = d.outcome.as_str(),
+                skip = d.skip.map_or("", |s| s.as_str()),
+                dry_run = reviewed.dry_run,
+                micros = started.elapsed().as_micros() as u64,
+                "reviewed"
+            );
+            let mut resp = Response::new(Body::from(reviewed.response));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => refuse(state, StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_from_the_query() {
+        let t = |s: &str| request_timeout(&s.parse::<Uri>().unwrap());
+        assert_eq!(t("/mutate?timeout=2s"), Duration::from_secs(2));
+        assert_eq!(t("/mutate?x=1&timeout=500ms"), Duration::from_millis(500));
+        assert_eq!(t("/mutate"), DEFAULT_TIMEOUT);
+        assert_eq!(t("/mutate?timeout=garbage"), DEFAULT_TIMEOUT);
+        assert_eq!(t("/mutate?timeout=5m"), MAX_TIMEOUT);
+    }
+
+    #[test]
+    fn json_content_types() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            is_json(&m)
+        };
+        assert!(h("application/json"));
+        assert!(h("application/json; charset=utf-8"));
+        assert!(!h("text/plain"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+}

@@ -1,0 +1,225 @@
+//! The serving certificate: loading a PEM pair, serving it to new TLS handshakes, and
+//! reloading it when the files change without a restart.
+//!
+//! Kubernetes rotates a mounted Secret by swapping a `..data` symlink; the reloader reads the
+//! files by path on every check, so the swap is seen whatever inode the path resolves to. A
+//! pair that does not load (half written, key not matching the certificate, garbage) is refused:
+//! the old certificate keeps serving, and a log line and a metric say so.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::metrics::{Metrics, ResultLabels};
+
+/// A certificate pair that was refused, with the reason in an operator's words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsError(pub String);
+
+impl std::fmt::Display for TlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TlsError {}
+
+/// A loaded pair: what rustls serves, and when the leaf certificate expires.
+#[derive(Debug)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// notAfter of the leaf certificate, Unix seconds.
+    pub not_after: i64,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Parses a PEM certificate chain and a PEM private key (PKCS#1, PKCS#8 or SEC1).
+pub fn parse_pair(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_name: &str,
+    key_name: &str,
+) -> Result<LoadedCert, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError(format!("{cert_name}: not a PEM certificate: {e}")))?;
+    let Some(leaf) = chain.first() else {
+        return Err(TlsError(format!(
+            "{cert_name}: contains no CERTIFICATE block"
+        )));
+    };
+    let not_after = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| TlsError(format!("{cert_name}: certificate cannot be parsed: {e}")))?
+        .1
+        .validity()
+        .not_after
+        .timestamp();
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        TlsError(format!(
+            "{key_name}: no PKCS#1, PKCS#8 or SEC1 private key found: {e}"
+        ))
+    })?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
+        TlsError(format!(
+            "{key_name} does not fit {cert_name} (or is not a supported key): {e}"
+        ))
+    })?;
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        not_after,
+    })
+}
+
+/// Reads and parses the pair at these paths.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<(LoadedCert, Vec<u8>), TlsError> {
+    let cert_pem = std::fs::read(cert)
+        .map_err(|e| TlsError(format!("cannot read {}: {e}", cert.display())))?;
+    let key_pem =
+        std::fs::read(key).map_err(|e| TlsError(format!("cannot read {}: {e}", key.display())))?;
+    let loaded = parse_pair(
+        &cert_pem,
+        &key_pem,
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )?;
+    let mut fingerprint = cert_pem;
+    fingerprint.extend_from_slice(&key_pem);
+    Ok((loaded, fingerprint))
+}
+
+/// Serves whatever certificate is current to each new handshake.
+#[derive(Debug)]
+pub struct CertResolver {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl CertResolver {
+    pub fn new(initial: Arc<CertifiedKey>) -> Self {
+        CertResolver {
+            current: ArcSwap::new(initial),
+        }
+    }
+
+    pub fn set(&self, key: Arc<CertifiedKey>) {
+        self.current.store(key);
+    }
+
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        self.current.load_full()
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// A rustls server configuration: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError(format!("TLS configuration: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// Watches a certificate pair on disk and swaps it into the resolver when it changes.
+#[derive(Debug)]
+pub struct CertReloader {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub resolver: Arc<CertResolver>,
+    pub metrics: Arc<Metrics>,
+    /// What was last seen on disk (loaded or refused), so a broken pair is reported once.
+    last_seen: Vec<u8>,
+}
+
+impl CertReloader {
+    pub fn new(
+        cert: PathBuf,
+        key: PathBuf,
+        resolver: Arc<CertResolver>,
+        metrics: Arc<Metrics>,
+        loaded_fingerprint: Vec<u8>,
+    ) -> Self {
+        CertReloader {
+            cert,
+            key,
+            resolver,
+            metrics,
+            last_seen: loaded_fingerprint,
+        }
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics
+            .cert_reloads
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Checks the files once; returns `Some(Ok)` when a new pair was loaded, `Some(Err)` when
+    /// a changed pair was refused, `None` when nothing changed.
+    pub fn check(&mut self) -> Option<Result<(), TlsError>> {
+        let cert = std::fs::read(&self.cert).unwrap_or_default();
+        let key = std::fs::read(&self.key).unwrap_or_default();
+        let mut seen = cert.clone();
+        seen.extend_from_slice(&key);
+        if seen == self.last_seen {
+            return None;
+        }
+        self.last_seen = seen;
+        match parse_pair(
+            &cert,
+            &key,
+            &self.cert.display().to_string(),
+            &self.key.display().to_string(),
+        ) {
+            Ok(loaded) => {
+                self.resolver.set(loaded.key);
+                self.metrics.cert_expiry.set(loaded.not_after);
+                self.count("success");
+                tracing::info!(
+                    cert = %self.cert.display(),
+                    not_after = loaded.not_after,
+                    "serving certificate reloaded"
+                );
+                Some(Ok(()))
+            }
+            Err(e) => {
+                self.count("error");
+                tracing::warn!(
+                    error = %e,
+                    "new serving certificate refused; the previous one keeps serving"
+                );
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// Checks every `interval` until the task is dropped.
+    pub async fn run(mut self, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            self.check();
+        }
+    }
+}
