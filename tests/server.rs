@@ -1,0 +1,537 @@
+//! The real server on 127.0.0.1 (ephemeral ports, freshly generated certificates), driven the
+//! way the API server drives it: a rustls client trusting the generated CA, HTTP/2 or HTTP/1.1
+//! by ALPN, keep-alive connections.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clusterscope::admission::Reviewer;
+use clusterscope::certs::{self, Bundle};
+use clusterscope::classify::ScopeResolver;
+use clusterscope::config::Config;
+use clusterscope::metrics::Metrics;
+use clusterscope::server::{ServeOptions, Server};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+struct TestServer {
+    webhook: SocketAddr,
+    admin: SocketAddr,
+    dir: tempfile::TempDir,
+    ca_pem: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), clusterscope::server::ServeError>>,
+}
+
+fn localhost_bundle() -> Bundle {
+    certs::generate(&["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap()
+}
+
+/// Writes a bundle the way a Kubernetes Secret volume lays it out: `<dir>/<version>/` holds the
+/// files, `..data` links to the version, `tls.crt` and `tls.key` link through `..data`.
+fn write_secret_version(dir: &Path, version: &str, cert_pem: &str, key_pem: &str) {
+    let vdir = dir.join(version);
+    std::fs::create_dir_all(&vdir).unwrap();
+    std::fs::write(vdir.join("tls.crt"), cert_pem).unwrap();
+    std::fs::write(vdir.join("tls.key"), key_pem).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = dir.join(f);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(PathBuf::from("..data").join(f), &link).unwrap();
+        }
+    }
+}
+
+async fn start() -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = localhost_bundle();
+    write_secret_version(dir.path(), "v1", &bundle.cert_pem, &bundle.key_pem);
+    let options = ServeOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_listen: "127.0.0.1:0".parse().unwrap(),
+        config: None,
+        tls: Some((dir.path().join("tls.crt"), dir.path().join("tls.key"))),
+        cert_dir: dir.path().join("unused"),
+        cert_reload_interval: Duration::from_millis(100),
+        drain_timeout: Duration::from_secs(5),
+        header_read_timeout: Duration::from_millis(500),
+        handshake_timeout: Duration::from_secs(2),
+    };
+    let server = Server::bind(options, Arc::new(Metrics::new()))
+        .await
+        .unwrap();
+    let webhook = server.webhook_addr().unwrap();
+    let admin = server.admin_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = rx.await;
+    }));
+    TestServer {
+        webhook,
+        admin,
+        dir,
+        ca_pem: bundle.ca_pem,
+        stop: Some(tx),
+        task,
+    }
+}
+
+async fn tls_connect(addr: SocketAddr, ca_pem: &str, alpn: &[&[u8]]) -> TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// A request sender over one connection, HTTP/2 or HTTP/1.1 by ALPN.
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+async fn connect(server: &TestServer, h2: bool) -> Sender {
+    let alpn: &[&[u8]] = if h2 {
+        &[b"h2", b"http/1.1"]
+    } else {
+        &[b"http/1.1"]
+    };
+    let tls = tls_connect(server.webhook, &server.ca_pem, alpn).await;
+    let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    if h2 {
+        assert_eq!(negotiated.as_deref(), Some(&b"h2"[..]));
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        Sender::H2(send)
+    } else {
+        assert_eq!(negotiated.as_deref(), Some(&b"http/1.1"[..]));
+        let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Sender::H1(send)
+    }
+}
+
+async fn send(
+    sender: &mut Sender,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: Vec<u8>,
+) -> (u16, hyper::HeaderMap, Vec<u8>) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("https://localhost{path}"));
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let req = req.body(Full::new(Bytes::from(body))).unwrap();
+    let resp = tokio::time::timeout(LIMIT, async {
+        match sender {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    })
+    .await
+    .expect("no answer in time")
+    .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
+async fn admin_get(server: &TestServer, path: &str) -> (u16, String) {
+    let mut tcp = TcpStream::connect(server.admin).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(LIMIT, tcp.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, out)
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(common::fixtures_dir().join(name)).unwrap()
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn fixtures_round_trip_over_http1_and_http2() {
+    let server = start().await;
+    let reviewer = Reviewer::new(
+        Arc::new(Config::embedded_default()),
+        Arc::new(ScopeResolver::new()),
+    );
+    let names: Vec<String> = std::fs::read_dir(common::fixtures_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".json") && !n.ends_with(".expect.json"))
+        .collect();
+    for h2 in [false, true] {
+        // One keep-alive connection for every fixture, as the API server reuses connections.
+        let mut sender = connect(&server, h2).await;
+        for name in &names {
+            let body = fixture(name);
+            let (status, headers, got) = send(
+                &mut sender,
+                "POST",
+                "/mutate?timeout=10s",
+                Some("application/json"),
+                body.clone(),
+            )
+            .await;
+            match reviewer.review(&body) {
+                Ok(expected) => {
+                    assert_eq!(
+                        status,
+                        200,
+                        "{name} h2={h2}: {}",
+                        String::from_utf8_lossy(&got)
+                    );
+                    assert_eq!(headers["content-type"], "application/json");
+                    assert_eq!(got, expected.response, "{name} h2={h2}");
+                }
+                Err(e) => {
+                    assert_eq!(status, 400, "{name} h2={h2}");
+                    let text = String::from_utf8_lossy(&got);
+                    assert_eq!(text.trim_end(), e.to_string(), "{name}");
+                }
+            }
+        }
+    }
+    let (_, metrics) = admin_get(&server, "/metrics").await;
+    assert!(
+        metric(
+            &metrics,
+            r#"clusterscope_admission_requests_total{operation="CREATE",outcome="patched"}"#
+        ) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            r#"clusterscope_admission_requests_total{operation="unknown",outcome="invalid"}"#
+        ) >= 2.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            r#"clusterscope_events_classified_total{scope="cluster",kind="Node",channel="nodes"}"#
+        ) >= 2.0
+    );
+    assert!(metric(&metrics, "clusterscope_admission_duration_seconds_count") >= 2.0);
+    assert!(
+        metric(
+            &metrics,
+            "clusterscope_tls_certificate_expiry_timestamp_seconds"
+        ) > 1.7e9
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_answers_and_the_server_stays_up() {
+    let server = start().await;
+    for h2 in [false, true] {
+        let mut s = connect(&server, h2).await;
+        let node = fixture("kubelet-node-not-ready.json");
+        let (status, _, body) =
+            send(&mut s, "POST", "/mutate", Some("text/plain"), node.clone()).await;
+        assert_eq!(status, 415, "{}", String::from_utf8_lossy(&body));
+        let (status, _, _) = send(&mut s, "POST", "/mutate", None, node.clone()).await;
+        assert_eq!(status, 415);
+        let (status, _, body) = send(
+            &mut s,
+            "POST",
+            "/mutate",
+            Some("application/json"),
+            b"{\"kind\":".to_vec(),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert!(String::from_utf8_lossy(&body).contains("invalid AdmissionReview"));
+        let (status, _, _) = send(&mut s, "GET", "/mutate", None, Vec::new()).await;
+        assert_eq!(status, 405);
+        let (status, _, _) = send(
+            &mut s,
+            "POST",
+            "/validate",
+            Some("application/json"),
+            node.clone(),
+        )
+        .await;
+        assert_eq!(status, 404);
+        // Still serving on the same connection.
+        let (status, _, _) = send(&mut s, "POST", "/mutate", Some("application/json"), node).await;
+        assert_eq!(status, 200);
+    }
+    // Over 7 MiB: 413, whether announced by Content-Length or not.
+    let mut s = connect(&server, false).await;
+    let big = vec![b' '; 7 * 1024 * 1024 + 1];
+    let (status, _, _) = send(
+        &mut s,
+        "POST",
+        "/mutate",
+        Some("application/json"),
+        big.clone(),
+    )
+    .await;
+    assert_eq!(status, 413);
+    let mut s = connect(&server, true).await;
+    let (status, _, _) = send(&mut s, "POST", "/mutate", Some("application/json"), big).await;
+    assert_eq!(status, 413);
+}
+
+#[tokio::test]
+async fn slow_clients_are_cut() {
+    let server = start().await;
+    // Headers never finished: the connection is closed after the header-read timeout.
+    let mut tls = tls_connect(server.webhook, &server.ca_pem, &[b"http/1.1"]).await;
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(LIMIT, tls.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "connection with unfinished headers was not closed"
+    );
+
+    // Body never finished: answered within the request's own timeout.
+    let mut tls = tls_connect(server.webhook, &server.ca_pem, &[b"http/1.1"]).await;
+    tls.write_all(
+        b"POST /mutate?timeout=1s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"kind\"",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(LIMIT, tls.read(&mut buf))
+        .await
+        .expect("no answer within the request timeout")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+}
+
+#[tokio::test]
+async fn certificate_rotation_by_symlink_swap() {
+    let server = start().await;
+    let peer_cert = |ca: String| async move {
+        let tls = tls_connect(server.webhook, &ca, &[b"http/1.1"]).await;
+        tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+    };
+    let original = peer_cert(server.ca_pem.clone()).await;
+
+    // A new pair from a new CA, swapped in the way the kubelet updates a Secret volume.
+    let second = localhost_bundle();
+    write_secret_version(server.dir.path(), "v2", &second.cert_pem, &second.key_pem);
+    let new_der = CertificateDer::from_pem_slice(second.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec();
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        // The old CA no longer verifies the new certificate, so connect with both.
+        let both = format!("{}{}", server.ca_pem, second.ca_pem);
+        seen = peer_cert(both).await;
+        if seen == new_der {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen, new_der,
+        "new handshakes never saw the new certificate"
+    );
+    assert_ne!(seen, original);
+
+    // A mismatched pair (certificate of one, key of another) is refused; v2 keeps serving.
+    let third = localhost_bundle();
+    let fourth = localhost_bundle();
+    write_secret_version(server.dir.path(), "v3", &third.cert_pem, &fourth.key_pem);
+    let mut errors = 0.0;
+    for _ in 0..100 {
+        let (_, m) = admin_get(&server, "/metrics").await;
+        errors = metric(
+            &m,
+            r#"clusterscope_tls_certificate_reloads_total{result="error"}"#,
+        );
+        if errors >= 1.0 {
+            assert!(
+                metric(
+                    &m,
+                    r#"clusterscope_tls_certificate_reloads_total{result="success"}"#
+                ) >= 1.0
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(errors >= 1.0, "the mismatched pair was not reported");
+    let all = format!("{}{}{}", server.ca_pem, second.ca_pem, third.ca_pem);
+    assert_eq!(
+        peer_cert(all).await,
+        new_der,
+        "the refused pair replaced the good one"
+    );
+    let (status, _) = admin_get(&server, "/readyz").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
+    let mut server = start().await;
+    let (status, _) = admin_get(&server, "/readyz").await;
+    assert_eq!(status, 200);
+
+    // An idle keep-alive HTTP/1.1 connection that has served one request.
+    let mut idle = tls_connect(server.webhook, &server.ca_pem, &[b"http/1.1"]).await;
+    let body = fixture("kubelet-node-not-ready.json");
+    let head = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    idle.write_all(head.as_bytes()).await.unwrap();
+    idle.write_all(&body).await.unwrap();
+    let mut buf = vec![0u8; 16384];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // A request in flight: headers and half the body sent.
+    let mut busy = tls_connect(server.webhook, &server.ca_pem, &[b"http/1.1"]).await;
+    busy.write_all(head.as_bytes()).await.unwrap();
+    let half = body.len() / 2;
+    busy.write_all(&body[..half]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    server.stop.take().unwrap().send(()).unwrap();
+
+    // The idle connection is closed promptly.
+    let mut rest = Vec::new();
+    tokio::time::timeout(LIMIT, idle.read_to_end(&mut rest))
+        .await
+        .expect("idle keep-alive connection not closed on shutdown")
+        .ok();
+    // Not ready while draining.
+    let mut ready_status = 0;
+    for _ in 0..50 {
+        ready_status = admin_get(&server, "/readyz").await.0;
+        if ready_status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ready_status, 503);
+    // New connections are refused.
+    assert!(
+        TcpStream::connect(server.webhook).await.is_err(),
+        "listener still accepting after shutdown"
+    );
+
+    // The request in flight completes, with Connection: close.
+    busy.write_all(&body[half..]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(LIMIT, busy.read_to_end(&mut answer))
+        .await
+        .expect("request in flight never answered")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(answer.contains("\"patchtype\":\"jsonpatch\""), "{answer}");
+
+    let result = tokio::time::timeout(LIMIT, server.task)
+        .await
+        .expect("server did not stop");
+    assert!(result.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_500_and_counts() {
+    use tower::ServiceExt;
+    let metrics = Arc::new(Metrics::new());
+    let router = clusterscope::server::with_recovery(
+        axum::Router::new().route(
+            "/boom",
+            axum::routing::get(|| async {
+                let v: Vec<u8> = Vec::new();
+                // Index out of bounds, as a bug would.
+                format!("{}", v[usize::from(v.is_empty())])
+            }),
+        ),
+        metrics.clone(),
+    );
+    for _ in 0..2 {
+        let resp = router
+            .clone()
+            .oneshot(
+                Request::get("/boom")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+    }
+    assert_eq!(
+        metric(&metrics.encode(), "clusterscope_http_panics_total"),
+        2.0
+    );
+}
