@@ -454,6 +454,19 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
     let n = idle.read(&mut buf).await.unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 
+    // An idle HTTP/2 connection that has served one request; its driver ends on GOAWAY.
+    let tls = tls_connect(server.webhook, &server.ca_pem, &[b"h2"]).await;
+    let (mut h2, h2_conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let h2_driver = tokio::spawn(h2_conn);
+    let req = Request::post("https://localhost/mutate")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
+    assert_eq!(h2.send_request(req).await.unwrap().status(), 200);
+
     // A request in flight: headers and half the body sent.
     let mut busy = tls_connect(server.webhook, &server.ca_pem, &[b"http/1.1"]).await;
     busy.write_all(head.as_bytes()).await.unwrap();
@@ -468,6 +481,11 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
     tokio::time::timeout(LIMIT, idle.read_to_end(&mut rest))
         .await
         .expect("idle keep-alive connection not closed on shutdown")
+        .ok();
+    tokio::time::timeout(LIMIT, h2_driver)
+        .await
+        .expect("idle HTTP/2 connection not closed (GOAWAY) on shutdown")
+        .unwrap()
         .ok();
     // Not ready while draining.
     let mut ready_status = 0;
