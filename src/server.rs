@@ -428,8 +428,10 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
             {
                 return refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
             }
-            return refuse(
-                state,
+            // The client went away or broke the stream mid-body: not a bad AdmissionReview.
+            state.metrics.request("unknown", "error");
+            tracing::debug!(error = %e, "request body could not be read");
+            return text(
                 StatusCode::BAD_REQUEST,
                 &format!("cannot read the request body: {e}"),
             );
