@@ -148,10 +148,15 @@ impl Server {
         mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
+        let bound = |addr: std::io::Result<SocketAddr>| {
+            addr.map_or_else(|_| "?".to_owned(), |a| a.to_string())
+        };
+        let webhook_addr = bound(self.webhook.local_addr());
+        let admin_addr = bound(self.admin.local_addr());
         let reload_task = self
             .reloader
             .take()
-            .map(|r| tokio::spawn(r.run(self.options.cert_reload_interval)));
+            .map(|r| r.spawn(self.options.cert_reload_interval));
         let admin_task = {
             let app = admin_router(self.state.clone());
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -185,10 +190,9 @@ impl Server {
 
         self.state.ready.store(true, Ordering::SeqCst);
         tracing::info!(
-            listen = %self.options.listen,
-            admin = %self.options.admin_listen,
-            "serving admission reviews on https://{}/mutate",
-            self.webhook.local_addr().map(|a| a.to_string()).unwrap_or_default()
+            listen = %webhook_addr,
+            admin = %admin_addr,
+            "serving admission reviews on https://{webhook_addr}/mutate, health and metrics on http://{admin_addr}"
         );
         tokio::pin!(shutdown);
         loop {

@@ -157,3 +157,87 @@ fn check_config_refuses_with_file_line_and_reason() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `serve` with no flags but ports: creates its certificates, serves, and exits 0 on SIGTERM.
+#[test]
+fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let admin = loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("serve did not start; log so far: {lines:?}"));
+        let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        lines.push(line);
+        if entry["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("serving admission reviews")
+        {
+            break entry["admin"].as_str().unwrap().to_owned();
+        }
+    };
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("created a self-signed CA") && l.contains("certs/ca.crt")),
+        "{lines:?}"
+    );
+    for f in ["ca.crt", "tls.crt", "tls.key"] {
+        assert!(dir.path().join("certs").join(f).exists(), "{f} not created");
+    }
+    let mut tcp = std::net::TcpStream::connect(&admin).unwrap();
+    tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not stop on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM received")),
+        "{rest:?}"
+    );
+}

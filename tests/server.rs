@@ -61,6 +61,10 @@ fn write_secret_version(dir: &Path, version: &str, cert_pem: &str, key_pem: &str
 }
 
 async fn start() -> TestServer {
+    start_with(Duration::from_millis(100)).await
+}
+
+async fn start_with(cert_reload_interval: Duration) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let bundle = localhost_bundle();
     write_secret_version(dir.path(), "v1", &bundle.cert_pem, &bundle.key_pem);
@@ -70,7 +74,7 @@ async fn start() -> TestServer {
         config: None,
         tls: Some((dir.path().join("tls.crt"), dir.path().join("tls.key"))),
         cert_dir: dir.path().join("unused"),
-        cert_reload_interval: Duration::from_millis(100),
+        cert_reload_interval,
         drain_timeout: Duration::from_secs(5),
         header_read_timeout: Duration::from_millis(500),
         handshake_timeout: Duration::from_secs(2),
@@ -369,6 +373,42 @@ async fn slow_clients_are_cut() {
         .unwrap();
     let head = String::from_utf8_lossy(&buf[..n]);
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+}
+
+async fn peer_cert_der(server: &TestServer, ca: &str) -> Vec<u8> {
+    let tls = tls_connect(server.webhook, ca, &[b"http/1.1"]).await;
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn file_events_trigger_the_reload_without_waiting_for_the_poll() {
+    // The periodic re-read is an hour away: only the directory watch can see the swap.
+    let server = start_with(Duration::from_secs(3600)).await;
+    // Ready means the watch is in place.
+    for _ in 0..100 {
+        if admin_get(&server, "/readyz").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = localhost_bundle();
+    write_secret_version(server.dir.path(), "v2", &second.cert_pem, &second.key_pem);
+    let new_der = CertificateDer::from_pem_slice(second.cert_pem.as_bytes())
+        .unwrap()
+        .to_vec();
+    let both = format!("{}{}", server.ca_pem, second.ca_pem);
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = peer_cert_der(&server, &both).await;
+        if seen == new_der {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        seen, new_der,
+        "the symlink swap was not noticed by the file watch"
+    );
 }
 
 #[tokio::test]
