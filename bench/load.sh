@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Load benchmark of `clusterscope serve` on loopback, server pinned to one core.
 # Needs wrk (HTTP/1.1 keep-alive TLS, latency percentiles) and h2load (HTTP/2), both from
-# Debian (`apt-get install wrk nghttp2-client`). Bounded: each run lasts DURATION seconds.
+# Debian (`apt-get install wrk nghttp2-client`), and oha for latency percentiles at a fixed
+# rate (`cargo install oha --locked`). Bounded: each run lasts DURATION seconds.
 # Usage: bench/load.sh [DURATION]     (default 10)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10}
-for tool in wrk h2load taskset; do
+for tool in wrk h2load oha taskset; do
   command -v "$tool" >/dev/null || { echo "bench/load.sh: $tool not found" >&2; exit 1; }
 done
 cargo build --release --locked -q
@@ -34,14 +35,16 @@ run() { # name, command...
   local c1; c1=$(cpu)
   local secs; secs=$(echo "scale=3; ($c1-$c0)/$tck" | bc)
   echo "== $name (server CPU seconds: $secs)"
-  grep -E "Requests/sec|requests: |finished in|Latency|50%|90%|99%|time for request" "$work/out" || cat "$work/out"
+  grep -E "Requests/sec|requests: |finished in|Latency|50(\.00)?%|90(\.00)?%|99(\.00)?%|99\.90%|time for request|Success rate|Status code" "$work/out" || cat "$work/out"
 }
 run "HTTP/1.1 full load (wrk, 2 threads, 32 connections)" \
   taskset -c 1 wrk -t2 -c32 -d"${duration}s" --latency -s "$work/post.lua" "https://127.0.0.1:$port/mutate?timeout=10s"
 run "HTTP/2 full load (h2load, 8 connections x 16 streams)" \
   taskset -c 1 h2load -D "$duration" -c8 -m16 -H 'Content-Type: application/json' -d "$body" "https://127.0.0.1:$port/mutate?timeout=10s"
-run "HTTP/1.1 at 2000 req/s (h2load --h1, 8 connections)" \
-  taskset -c 1 h2load --h1 -D "$duration" -c8 --rps 250 -H 'Content-Type: application/json' -d "$body" "https://127.0.0.1:$port/mutate?timeout=10s"
-run "HTTP/2 at 2000 req/s (h2load, 8 connections)" \
-  taskset -c 1 h2load -D "$duration" -c8 --rps 250 -H 'Content-Type: application/json' -d "$body" "https://127.0.0.1:$port/mutate?timeout=10s"
+oha_rate() { # extra oha flags...
+  taskset -c 1 oha --no-tui -z "${duration}s" -q 2000 -c 8 --latency-correction -m POST -T application/json \
+    -D "$body" --cacert "$work/certs/ca.crt" "$@" "https://localhost:$port/mutate?timeout=10s"
+}
+run "HTTP/1.1 at 2000 req/s (oha, 8 connections)" oha_rate
+run "HTTP/2 at 2000 req/s (oha, 8 connections)" oha_rate --http2 -p 1
 echo "== peak RSS: $(grep VmHWM /proc/$pid/status | awk '{print $2, $3}')"
