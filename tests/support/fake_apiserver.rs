@@ -1,0 +1,352 @@
+//! An in-process fake Kubernetes API server for core/v1 Events, on 127.0.0.1.
+//!
+//! Serves list, get, create, update (PUT) and patch (strategic merge and JSON merge, applied
+//! as a JSON merge patch, which is what they mean for Event fields) with resourceVersions,
+//! enforces the Event validation rules of the facts page (`legacyValidateEvent`, names,
+//! namespaces), answers AlreadyExists, 404 for a missing namespace or event, and injects
+//! faults on demand: forced error statuses, slow answers, or a server that is down.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+#[derive(Default)]
+pub struct Store {
+    pub namespaces: BTreeSet<String>,
+    /// (namespace, name) → event
+    pub events: BTreeMap<(String, String), Value>,
+    pub resource_version: u64,
+    /// Answers to give before any real work, oldest first: (status code, reason).
+    pub faults: VecDeque<(u16, String)>,
+    pub delay: Option<Duration>,
+    /// Every request: (method, path).
+    pub requests: Vec<(String, String)>,
+}
+
+#[derive(Clone)]
+pub struct FakeApiServer {
+    pub addr: SocketAddr,
+    pub store: Arc<Mutex<Store>>,
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": reason, "code": code,
+    });
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(body),
+    )
+        .into_response()
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> &'a str {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_str().unwrap_or("")
+}
+
+/// `legacyValidateEvent` and the name rules, for an event created in `namespace`.
+pub fn validate(namespace: &str, ev: &Value) -> Result<(), String> {
+    let name = str_at(ev, &["metadata", "name"]);
+    if !is_dns_subdomain(name) {
+        return Err(format!(
+            "metadata.name: Invalid value: {name:?}: a lowercase RFC 1123 subdomain"
+        ));
+    }
+    let ev_ns = str_at(ev, &["metadata", "namespace"]);
+    if !ev_ns.is_empty() && ev_ns != namespace {
+        return Err(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        );
+    }
+    let involved_ns = str_at(ev, &["involvedObject", "namespace"]);
+    let new_style = !ev["eventTime"].is_null();
+    if new_style {
+        if involved_ns.is_empty() && namespace != "default" && namespace != "kube-system" {
+            return Err(format!(
+                "involvedObject.namespace: Invalid value: {involved_ns:?}: does not match event.namespace"
+            ));
+        }
+    } else if involved_ns.is_empty() {
+        if namespace != "default" && !namespace.is_empty() {
+            return Err(format!(
+                "involvedObject.namespace: Invalid value: {involved_ns:?}: does not match event.namespace"
+            ));
+        }
+    } else if involved_ns != namespace {
+        return Err(format!(
+            "involvedObject.namespace: Invalid value: {involved_ns:?}: does not match event.namespace"
+        ));
+    }
+    for (field, max) in [
+        ("reason", 128),
+        ("action", 128),
+        ("reportingComponent", 128),
+        ("reportingInstance", 128),
+    ] {
+        if str_at(ev, &[field]).len() > max {
+            return Err(format!(
+                "{field}: Too long: may not be more than {max} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn merge(target: &mut Value, patch: &Value) {
+    json_patch::merge(target, patch);
+}
+
+impl FakeApiServer {
+    pub async fn start(namespaces: &[&str]) -> FakeApiServer {
+        let store = Arc::new(Mutex::new(Store {
+            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            ..Store::default()
+        }));
+        let app = Router::new()
+            .route("/api/v1/namespaces/{ns}/events", get(list).post(create))
+            .route(
+                "/api/v1/namespaces/{ns}/events/{name}",
+                get(get_one).put(update).patch(patch).delete(delete),
+            )
+            .with_state(store.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeApiServer { addr, store }
+    }
+
+    /// A kube client talking to this server over plain HTTP.
+    pub fn client(&self) -> kube::Client {
+        let url: axum::http::Uri = format!("http://{}", self.addr).parse().unwrap();
+        let mut config = kube::Config::new(url);
+        config.read_timeout = Some(Duration::from_secs(5));
+        kube::Client::try_from(config).unwrap()
+    }
+
+    pub fn inject(&self, code: u16, reason: &str, times: usize) {
+        let mut s = self.store.lock().unwrap();
+        for _ in 0..times {
+            s.faults.push_back((code, reason.to_owned()));
+        }
+    }
+
+    pub fn event(&self, ns: &str, name: &str) -> Option<Value> {
+        self.store
+            .lock()
+            .unwrap()
+            .events
+            .get(&(ns.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    pub fn events_in(&self, ns: &str) -> Vec<Value> {
+        self.store
+            .lock()
+            .unwrap()
+            .events
+            .iter()
+            .filter(|((n, _), _)| n == ns)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Deletes an event, as the event TTL does.
+    pub fn expire(&self, ns: &str, name: &str) {
+        self.store
+            .lock()
+            .unwrap()
+            .events
+            .remove(&(ns.to_owned(), name.to_owned()));
+    }
+}
+
+type St = State<Arc<Mutex<Store>>>;
+
+/// Records the request and applies injected faults and delays.
+async fn gate(store: &Arc<Mutex<Store>>, method: &str, path: String) -> Option<Response> {
+    let (fault, delay) = {
+        let mut s = store.lock().unwrap();
+        s.requests.push((method.to_owned(), path));
+        (s.faults.pop_front(), s.delay)
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    fault.map(|(code, reason)| status(code, &reason, "injected fault"))
+}
+
+fn bump(s: &mut Store, ev: &mut Value) {
+    s.resource_version += 1;
+    ev["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
+}
+
+async fn list(State(store): St, Path(ns): Path<String>) -> Response {
+    if let Some(r) = gate(&store, "LIST", ns.clone()).await {
+        return r;
+    }
+    let s = store.lock().unwrap();
+    let items: Vec<Value> = s
+        .events
+        .iter()
+        .filter(|((n, _), _)| *n == ns)
+        .map(|(_, v)| v.clone())
+        .collect();
+    axum::Json(json!({
+        "kind": "EventList", "apiVersion": "v1",
+        "metadata": {"resourceVersion": s.resource_version.to_string()},
+        "items": items,
+    }))
+    .into_response()
+}
+
+async fn get_one(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {
+    if let Some(r) = gate(&store, "GET", format!("{ns}/{name}")).await {
+        return r;
+    }
+    let s = store.lock().unwrap();
+    match s.events.get(&(ns, name.clone())) {
+        Some(v) => axum::Json(v.clone()).into_response(),
+        None => status(404, "NotFound", &format!("events \"{name}\" not found")),
+    }
+}
+
+async fn create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Response {
+    if let Some(r) = gate(&store, "POST", ns.clone()).await {
+        return r;
+    }
+    let Ok(mut ev) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "body is not JSON");
+    };
+    let mut s = store.lock().unwrap();
+    if !s.namespaces.contains(&ns) {
+        return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
+    }
+    if let Err(e) = validate(&ns, &ev) {
+        return status(422, "Invalid", &format!("Event is invalid: {e}"));
+    }
+    let name = str_at(&ev, &["metadata", "name"]).to_owned();
+    if s.events.contains_key(&(ns.clone(), name.clone())) {
+        return status(
+            409,
+            "AlreadyExists",
+            &format!("events \"{name}\" already exists"),
+        );
+    }
+    ev["metadata"]["namespace"] = json!(ns);
+    ev["metadata"]["uid"] = json!(format!("uid-{}", s.resource_version + 1));
+    bump(&mut s, &mut ev);
+    s.events.insert((ns, name), ev.clone());
+    (StatusCode::CREATED, axum::Json(ev)).into_response()
+}
+
+async fn update(
+    State(store): St,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = gate(&store, "PUT", format!("{ns}/{name}")).await {
+        return r;
+    }
+    let Ok(mut ev) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "body is not JSON");
+    };
+    let mut s = store.lock().unwrap();
+    let key = (ns.clone(), name.clone());
+    let Some(current) = s.events.get(&key) else {
+        return status(404, "NotFound", &format!("events \"{name}\" not found"));
+    };
+    let sent_rv = str_at(&ev, &["metadata", "resourceVersion"]);
+    if !sent_rv.is_empty() && sent_rv != str_at(current, &["metadata", "resourceVersion"]) {
+        return status(409, "Conflict", "the object has been modified");
+    }
+    if let Err(e) = validate(&ns, &ev) {
+        return status(422, "Invalid", &format!("Event is invalid: {e}"));
+    }
+    ev["metadata"]["uid"] = current["metadata"]["uid"].clone();
+    ev["metadata"]["namespace"] = json!(ns);
+    bump(&mut s, &mut ev);
+    s.events.insert(key, ev.clone());
+    axum::Json(ev).into_response()
+}
+
+async fn patch(
+    State(store): St,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = gate(&store, "PATCH", format!("{ns}/{name}")).await {
+        return r;
+    }
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/strategic-merge-patch+json")
+        && !ct.starts_with("application/merge-patch+json")
+    {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            &format!("patch type {ct:?} not supported by the fake"),
+        );
+    }
+    let Ok(p) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "patch is not JSON");
+    };
+    let mut s = store.lock().unwrap();
+    let key = (ns.clone(), name.clone());
+    let Some(mut ev) = s.events.get(&key).cloned() else {
+        return status(404, "NotFound", &format!("events \"{name}\" not found"));
+    };
+    merge(&mut ev, &p);
+    if let Err(e) = validate(&ns, &ev) {
+        return status(422, "Invalid", &format!("Event is invalid: {e}"));
+    }
+    bump(&mut s, &mut ev);
+    s.events.insert(key, ev.clone());
+    axum::Json(ev).into_response()
+}
+
+async fn delete(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {
+    if let Some(r) = gate(&store, "DELETE", format!("{ns}/{name}")).await {
+        return r;
+    }
+    let mut s = store.lock().unwrap();
+    match s.events.remove(&(ns, name.clone())) {
+        Some(_) => status(200, "", "deleted"),
+        None => status(404, "NotFound", &format!("events \"{name}\" not found")),
+    }
+}
