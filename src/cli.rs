@@ -278,6 +278,12 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
         if !extras.is_empty() {
             out.push_str(&format!(" (adds {})", extras.join(", ")));
         }
+        if let Some(ns) = &ch.namespace {
+            out.push_str(&format!(" [mirrored into namespace {ns}]"));
+        }
+        if ch.log {
+            out.push_str(" [written to the log stream]");
+        }
         if !config.routes.iter().any(|r| r.channel == idx) {
             out.push_str(" [no route leads here]");
         }

@@ -20,6 +20,7 @@ pub mod decide;
 pub mod event;
 pub mod labels;
 pub mod metrics;
+pub mod mirror;
 pub mod recorder;
 pub mod route;
 pub mod server;

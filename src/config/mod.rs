@@ -58,6 +58,10 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channel {
     pub name: String,
+    /// Mirror each routed event into this namespace as a copy kept in sync.
+    pub namespace: Option<String>,
+    /// Write each routed event to the log stream (one JSON line on stdout).
+    pub log: bool,
     /// Extra labels, sorted by key.
     pub labels: Vec<(String, String)>,
     /// Extra annotations, sorted by key.
@@ -72,6 +76,9 @@ pub struct Keys {
     pub channel: String,
     pub mirror: String,
     pub involved_object: String,
+    pub source_namespace: String,
+    pub source_name: String,
+    pub source_uid: String,
 }
 
 impl Keys {
@@ -84,17 +91,23 @@ impl Keys {
             channel: key(CHANNEL),
             mirror: key(MIRROR),
             involved_object: key(INVOLVED_OBJECT),
+            source_namespace: key("source-namespace"),
+            source_name: key("source-name"),
+            source_uid: key("source-uid"),
         }
     }
 
     /// Every key clusterscope owns; channels may not set them.
-    pub fn all(&self) -> [&str; 5] {
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.scope,
             &self.kind,
             &self.channel,
             &self.mirror,
             &self.involved_object,
+            &self.source_namespace,
+            &self.source_name,
+            &self.source_uid,
         ]
     }
 }
@@ -125,6 +138,9 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawChannel {
     name: Spanned<String>,
+    namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    log: bool,
     #[serde(default)]
     labels: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
@@ -311,8 +327,28 @@ impl Checker<'_> {
                 }
                 annotations.push((key.clone(), value.value.clone()));
             }
+            let namespace = match &ch.namespace {
+                None => None,
+                Some(ns) => {
+                    check_dns1123_label(&ns.value).map_err(|e| {
+                        self.err(ns, format!("channel {:?}: namespace {e}", name.value))
+                    })?;
+                    if ns.value == "default" || ns.value == "kube-system" {
+                        return Err(self.err(
+                            ns,
+                            format!(
+                                "channel {:?}: cannot mirror into {:?}: events about cluster-scoped objects already live there",
+                                name.value, ns.value
+                            ),
+                        ));
+                    }
+                    Some(ns.value.clone())
+                }
+            };
             channels.push(Channel {
                 name: name.value.clone(),
+                namespace,
+                log: ch.log,
                 labels,
                 annotations,
             });
@@ -466,6 +502,24 @@ mod tests {
         assert_eq!(e.line, 2);
         let e = err("labelPrefix: Example.com\nchannels: [{name: a}]\n");
         assert_eq!(e.line, 1);
+    }
+
+    #[test]
+    fn channel_namespaces() {
+        let c = Config::from_yaml(
+            "channels:\n  - name: a\n    namespace: team-a\n    log: true\n  - name: b\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.channels[0].namespace.as_deref(), Some("team-a"));
+        assert!(c.channels[0].log && !c.channels[1].log);
+        assert_eq!(c.channels[1].namespace, None);
+        let e = err("channels:\n  - name: a\n    namespace: Team_A\n");
+        assert_eq!(e.line, 3, "{e}");
+        let e = err("channels:\n  - name: a\n    namespace: default\n");
+        assert!(e.reason.contains("already live there"), "{e}");
+        let e = err("channels:\n  - name: a\n    annotations: {clusterscope.dev/source-uid: x}\n");
+        assert!(e.reason.contains("reserved"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,194 @@
+//! Mirror copies: a valid copy of an event about a cluster-scoped object, stored in a
+//! channel's namespace.
+//!
+//! The API server refuses an event outside `default`/`kube-system` whose involved object has
+//! no namespace (`legacyValidateEvent`), so the copy's `involvedObject.namespace` is the
+//! copy's own namespace; that also keeps copies out of `kubectl describe node`. The copy's
+//! name is derived from the source's namespace and name alone, so retries, restarts and
+//! several replicas always aim at the same object, and a source re-created after the event
+//! TTL is followed by the same copy.
+
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+
+use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::config::{Channel, Config};
+use crate::decide::Classified;
+use crate::labels::MAX_SUBDOMAIN_LEN;
+
+/// The name of the copy of `source_namespace/source_name`: the source name and a hash of
+/// where it lives, at most 253 characters, a valid DNS subdomain when the source name is.
+pub fn copy_name(source_namespace: &str, source_name: &str) -> String {
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(source_namespace.as_bytes());
+    hasher.write(b"/");
+    hasher.write(source_name.as_bytes());
+    let suffix = format!("{:08x}", hasher.finish() as u32);
+    let keep = MAX_SUBDOMAIN_LEN - 1 - suffix.len();
+    let head = source_name
+        .get(..keep.min(source_name.len()))
+        .unwrap_or(source_name)
+        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    if head.is_empty() {
+        suffix
+    } else {
+        format!("{head}.{suffix}")
+    }
+}
+
+/// The copy of `source` for `channel` (which must name a namespace), with the labels and
+/// annotations of `classified`. `None` when the channel mirrors nowhere or the source has no
+/// name.
+pub fn make_copy(
+    source: &Event,
+    classified: &Classified,
+    channel: &Channel,
+    config: &Config,
+) -> Option<Event> {
+    let namespace = channel.namespace.as_ref()?;
+    let source_name = source.metadata.name.as_deref().filter(|n| !n.is_empty())?;
+    let source_namespace = source.metadata.namespace.as_deref().unwrap_or("default");
+    let keys = &config.keys;
+
+    let mut labels: BTreeMap<String, String> = source.metadata.labels.clone().unwrap_or_default();
+    labels.insert(keys.scope.clone(), "cluster".to_owned());
+    labels.insert(keys.kind.clone(), classified.kind_label.clone());
+    labels.insert(keys.channel.clone(), channel.name.clone());
+    labels.insert(keys.mirror.clone(), "true".to_owned());
+    labels.extend(channel.labels.iter().cloned());
+
+    let mut annotations: BTreeMap<String, String> =
+        source.metadata.annotations.clone().unwrap_or_default();
+    let group = if classified.group.is_empty() {
+        "core"
+    } else {
+        &classified.group
+    };
+    annotations.insert(
+        keys.involved_object.clone(),
+        format!("{group}/{}/{}", classified.kind, classified.name),
+    );
+    annotations.insert(keys.source_namespace.clone(), source_namespace.to_owned());
+    annotations.insert(keys.source_name.clone(), source_name.to_owned());
+    if let Some(uid) = source.metadata.uid.as_deref().filter(|u| !u.is_empty()) {
+        annotations.insert(keys.source_uid.clone(), uid.to_owned());
+    }
+    annotations.extend(channel.annotations.iter().cloned());
+
+    let mut copy = source.clone();
+    copy.metadata = ObjectMeta {
+        name: Some(copy_name(source_namespace, source_name)),
+        namespace: Some(namespace.clone()),
+        labels: Some(labels),
+        annotations: Some(annotations),
+        ..ObjectMeta::default()
+    };
+    copy.involved_object.namespace = Some(namespace.clone());
+    Some(copy)
+}
+
+/// True when `stored` (a copy read back) already says what `wanted` says: the fields a
+/// source changes over its life, and our labels and annotations.
+pub fn copy_is_current(stored: &Event, wanted: &Event) -> bool {
+    stored.count == wanted.count
+        && stored.last_timestamp == wanted.last_timestamp
+        && stored.first_timestamp == wanted.first_timestamp
+        && stored.message == wanted.message
+        && stored.series == wanted.series
+        && stored.event_time == wanted.event_time
+        && stored.reason == wanted.reason
+        && stored.type_ == wanted.type_
+        && stored.metadata.labels == wanted.metadata.labels
+        && stored.metadata.annotations == wanted.metadata.annotations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::KindSource;
+    use crate::labels::check_dns1123_subdomain;
+
+    fn config() -> Config {
+        Config::from_yaml(
+            "channels:\n  - name: nodes\n    namespace: team-infra\n    labels: {team: infra}\nroutes:\n  - channel: nodes\n",
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn classified() -> Classified {
+        Classified {
+            group: String::new(),
+            kind: "Node".into(),
+            kind_label: "Node".into(),
+            name: "node1".into(),
+            channel: Some("nodes".into()),
+            kind_source: KindSource::Builtin,
+        }
+    }
+
+    fn source() -> Event {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "node1.187a3c5e2f9b1d04", "namespace": "default", "uid": "u-1",
+                          "resourceVersion": "77", "labels": {"app": "x"},
+                          "managedFields": [{"manager": "kubelet"}]},
+            "involvedObject": {"kind": "Node", "name": "node1", "uid": "node1"},
+            "reason": "NodeNotReady", "message": "m", "count": 3, "type": "Normal",
+            "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:05:00Z",
+            "source": {"component": "kubelet", "host": "node1"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn copy_is_valid_and_labelled() {
+        let config = config();
+        let copy = make_copy(&source(), &classified(), &config.channels[0], &config).unwrap();
+        let m = &copy.metadata;
+        assert_eq!(m.namespace.as_deref(), Some("team-infra"));
+        assert_eq!(
+            copy.involved_object.namespace.as_deref(),
+            Some("team-infra")
+        );
+        assert!(m.uid.is_none() && m.resource_version.is_none() && m.managed_fields.is_none());
+        let labels = m.labels.as_ref().unwrap();
+        assert_eq!(labels["clusterscope.dev/mirror"], "true");
+        assert_eq!(labels["clusterscope.dev/channel"], "nodes");
+        assert_eq!(labels["team"], "infra");
+        assert_eq!(labels["app"], "x");
+        let ann = m.annotations.as_ref().unwrap();
+        assert_eq!(ann["clusterscope.dev/source-namespace"], "default");
+        assert_eq!(
+            ann["clusterscope.dev/source-name"],
+            "node1.187a3c5e2f9b1d04"
+        );
+        assert_eq!(ann["clusterscope.dev/source-uid"], "u-1");
+        assert_eq!(ann["clusterscope.dev/involved-object"], "core/Node/node1");
+        assert_eq!(copy.count, Some(3));
+        assert!(copy_is_current(&copy, &copy));
+    }
+
+    #[test]
+    fn copy_names_are_deterministic_distinct_and_valid() {
+        let a = copy_name("default", "node1.abc");
+        assert_eq!(a, copy_name("default", "node1.abc"));
+        assert_ne!(a, copy_name("kube-system", "node1.abc"));
+        assert!(a.starts_with("node1.abc."));
+        let long = "a".repeat(253);
+        let n = copy_name("default", &long);
+        assert!(n.len() <= 253);
+        assert!(check_dns1123_subdomain(&n).is_ok(), "{n}");
+    }
+
+    #[test]
+    fn no_copy_without_a_namespace_or_a_name() {
+        let config = Config::embedded_default();
+        assert!(make_copy(&source(), &classified(), &config.channels[0], &config).is_none());
+        let config = self::config();
+        let mut nameless = source();
+        nameless.metadata.name = None;
+        assert!(make_copy(&nameless, &classified(), &config.channels[0], &config).is_none());
+    }
+}
