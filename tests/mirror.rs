@@ -85,3 +85,136 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
     assert_eq!(api.events_in("team-infra").len(), 5);
     assert_eq!(api.events_in("team-storage").len(), 1);
 }
+
+mod sync {
+    use super::*;
+    use clusterscope::mirror::sync::Syncer;
+    use std::sync::Arc;
+
+    fn syncer(api: &FakeApiServer) -> Syncer {
+        Syncer {
+            client: api.client(),
+            config: Arc::new(Config::from_yaml(CONFIG, "t").unwrap()),
+            resolver: Arc::new(ScopeResolver::new()),
+            log_sink: None,
+        }
+    }
+
+    fn typed(v: &Value) -> Event {
+        serde_json::from_value(v.clone()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn unlabelled_source_is_labelled_and_copied_once() {
+        let api =
+            FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
+        let s = syncer(&api);
+        let source = stored_source("kubelet-node-not-ready.json");
+        let name = source["metadata"]["name"].as_str().unwrap().to_owned();
+        api.put("default", source);
+        let stored = api.event("default", &name).unwrap();
+        let report = s.sync(&typed(&stored)).await.unwrap();
+        assert!(
+            report.labelled && report.created && !report.updated,
+            "{report:?}"
+        );
+        let labelled = api.event("default", &name).unwrap();
+        assert_eq!(
+            labelled["metadata"]["labels"]["clusterscope.dev/channel"],
+            "nodes"
+        );
+        // Idempotent: a second sync (another replica, a restart) changes nothing.
+        let again = s.sync(&typed(&labelled)).await.unwrap();
+        assert!(
+            !again.labelled && !again.created && !again.updated,
+            "{again:?}"
+        );
+        assert_eq!(api.events_in("team-infra").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn count_and_message_changes_reach_the_copy() {
+        let api = FakeApiServer::start(&["default", "team-infra", "team-storage"]).await;
+        let s = syncer(&api);
+        let mut source = stored_source("kubelet-node-not-ready.json");
+        let name = source["metadata"]["name"].as_str().unwrap().to_owned();
+        api.put("default", source.clone());
+        s.sync(&typed(&api.event("default", &name).unwrap()))
+            .await
+            .unwrap();
+        source["count"] = 7.into();
+        source["lastTimestamp"] = "2026-11-20T11:00:00Z".into();
+        source["message"] = "still not ready".into();
+        api.put("default", source);
+        let report = s
+            .sync(&typed(&api.event("default", &name).unwrap()))
+            .await
+            .unwrap();
+        assert!(report.updated, "{report:?}");
+        let copies = api.events_in("team-infra");
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0]["count"], 7);
+        assert_eq!(copies[0]["message"], "still not ready");
+        assert_eq!(copies[0]["lastTimestamp"], "2026-11-20T11:00:00Z");
+    }
+
+    #[tokio::test]
+    async fn two_replicas_at_once_make_one_copy() {
+        let api = FakeApiServer::start(&["default", "team-infra", "team-storage"]).await;
+        let (a, b) = (syncer(&api), syncer(&api));
+        let mut names = Vec::new();
+        for i in 0..20 {
+            let mut source = stored_source("kubelet-node-not-ready.json");
+            let name = format!("node1.{i:016x}");
+            source["metadata"]["name"] = name.clone().into();
+            api.put("default", source);
+            names.push(name);
+        }
+        let sources: Vec<Event> = names
+            .iter()
+            .map(|n| typed(&api.event("default", n).unwrap()))
+            .collect();
+        let runs = sources.iter().map(|e| {
+            let (a, b) = (a.clone(), b.clone());
+            let e = e.clone();
+            async move { tokio::join!(a.sync(&e), b.sync(&e)) }
+        });
+        for (ra, rb) in each_in_turn(runs).await {
+            ra.unwrap();
+            rb.unwrap();
+        }
+        assert_eq!(api.events_in("team-infra").len(), 20);
+    }
+
+    async fn each_in_turn<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let handles: Vec<_> = fs.collect();
+        let mut out = Vec::new();
+        for f in handles {
+            out.push(f.await);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn namespaced_events_are_left_alone_and_missing_namespaces_reported() {
+        let api = FakeApiServer::start(&["default", "team-storage"]).await;
+        let s = syncer(&api);
+        let pod = stored_source("namespaced-pod-event.json");
+        let report = s.sync(&typed(&pod)).await.unwrap();
+        assert!(report.skipped);
+        // team-infra does not exist: the error says so, nothing panics, the source is labelled.
+        let source = stored_source("kubelet-node-not-ready.json");
+        let name = source["metadata"]["name"].as_str().unwrap().to_owned();
+        api.put("default", source);
+        let err = s
+            .sync(&typed(&api.event("default", &name).unwrap()))
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("namespaces \"team-infra\" not found"),
+            "{err}"
+        );
+        assert!(!api.event("default", &name).unwrap()["metadata"]["labels"].is_null());
+    }
+}

@@ -182,6 +182,18 @@ impl FakeApiServer {
             .collect()
     }
 
+    /// Stores an event directly, as if another client had written it (no validation).
+    pub fn put(&self, ns: &str, mut ev: Value) {
+        let mut s = self.store.lock().unwrap();
+        let name = str_at(&ev, &["metadata", "name"]).to_owned();
+        ev["metadata"]["namespace"] = json!(ns);
+        if ev["metadata"]["uid"].is_null() {
+            ev["metadata"]["uid"] = json!(format!("uid-{}", s.resource_version + 1));
+        }
+        bump(&mut s, &mut ev);
+        s.events.insert((ns.to_owned(), name), ev);
+    }
+
     /// Deletes an event, as the event TTL does.
     pub fn expire(&self, ns: &str, name: &str) {
         self.store

@@ -18,6 +18,8 @@ use crate::config::{Channel, Config};
 use crate::decide::Classified;
 use crate::labels::MAX_SUBDOMAIN_LEN;
 
+pub mod sync;
+
 /// The name of the copy of `source_namespace/source_name`: the source name and a hash of
 /// where it lives, at most 253 characters, a valid DNS subdomain when the source name is.
 pub fn copy_name(source_namespace: &str, source_name: &str) -> String {

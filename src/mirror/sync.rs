@@ -1,0 +1,168 @@
+//! Bringing one stored event and its copy in line: label the source if it was written
+//! without labels (the webhook was down, or failed open), and create or update its copy in the
+//! channel's namespace. Idempotent: running it twice, from two replicas, or after a restart
+//! changes nothing more.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+use crate::classify::ScopeResolver;
+use crate::config::Config;
+use crate::decide::{Outcome, decide};
+use crate::mirror::{copy_is_current, make_copy};
+use crate::recorder::{EventSink, SinkError};
+
+/// What one sync did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SyncReport {
+    /// The source was patched with its labels.
+    pub labelled: bool,
+    /// The copy was created.
+    pub created: bool,
+    /// The existing copy was updated.
+    pub updated: bool,
+    /// The channel (if the event was routed).
+    pub channel: Option<String>,
+    /// The event was not one of ours (namespaced, mirror copy, ...).
+    pub skipped: bool,
+}
+
+/// Syncs stored events; cheap to clone.
+#[derive(Clone)]
+pub struct Syncer {
+    pub client: kube::Client,
+    pub config: Arc<Config>,
+    pub resolver: Arc<ScopeResolver>,
+    /// Where `log: true` channels write.
+    pub log_sink: Option<Arc<dyn EventSink>>,
+}
+
+/// The decision's JSON Patch (which only touches `metadata`, `metadata.labels` and
+/// `metadata.annotations`) as the equivalent JSON merge patch.
+pub fn merge_patch_of(ops: &[json_patch::PatchOperation]) -> serde_json::Value {
+    use json_patch::PatchOperation as Op;
+    let mut patch = serde_json::json!({});
+    for op in ops {
+        let (path, value) = match op {
+            Op::Add(a) => (&a.path, a.value.clone()),
+            Op::Replace(r) => (&r.path, r.value.clone()),
+            Op::Remove(r) => (&r.path, serde_json::Value::Null),
+            _ => continue,
+        };
+        let mut target = &mut patch;
+        let tokens: Vec<String> = path.tokens().map(|t| t.decoded().into_owned()).collect();
+        let Some((last, parents)) = tokens.split_last() else {
+            continue;
+        };
+        for t in parents {
+            target = &mut target[t.as_str()];
+            if !target.is_object() {
+                *target = serde_json::json!({});
+            }
+        }
+        target[last.as_str()] = value;
+    }
+    patch
+}
+
+/// Conflicts tolerated while updating one copy before giving up until the next sync.
+const UPDATE_ATTEMPTS: usize = 3;
+
+impl Syncer {
+    /// Syncs `source` (an event as stored in `default` or `kube-system`).
+    pub async fn sync(&self, source: &Event) -> Result<SyncReport, SinkError> {
+        let text = serde_json::to_string(source).map_err(|e| SinkError::Invalid(e.to_string()))?;
+        let view: crate::event::Event =
+            serde_json::from_str(&text).map_err(|e| SinkError::Invalid(e.to_string()))?;
+        let decision = decide(&view, &self.config, &self.resolver);
+        let Some(classified) = decision.classified.clone() else {
+            return Ok(SyncReport {
+                skipped: true,
+                ..SyncReport::default()
+            });
+        };
+        let mut report = SyncReport {
+            channel: classified.channel.clone(),
+            ..SyncReport::default()
+        };
+        let source_ns = source.metadata.namespace.as_deref().unwrap_or("default");
+        let source_name = source.metadata.name.as_deref().unwrap_or("");
+        if decision.outcome == Outcome::Patched && !source_name.is_empty() {
+            let api: Api<Event> = Api::namespaced(self.client.clone(), source_ns);
+            let patch = merge_patch_of(&decision.patch);
+            match api
+                .patch(source_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => report.labelled = true,
+                // Gone already (TTL): nothing to label, the copy still follows below.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(channel) = classified
+            .channel
+            .as_deref()
+            .and_then(|c| self.config.channel(c))
+        else {
+            return Ok(report);
+        };
+        if channel.log
+            && let Some(sink) = &self.log_sink
+        {
+            sink.create(source).await?;
+        }
+        let Some(copy) = make_copy(source, &classified, channel, &self.config) else {
+            return Ok(report);
+        };
+        self.upsert(&copy, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn upsert(&self, copy: &Event, report: &mut SyncReport) -> Result<(), SinkError> {
+        let ns = copy.metadata.namespace.as_deref().unwrap_or_default();
+        let name = copy.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
+        match api.create(&PostParams::default(), copy).await {
+            Ok(_) => {
+                report.created = true;
+                return Ok(());
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {}
+            Err(e) => return Err(e.into()),
+        }
+        // AlreadyExists means "update it" (if it differs).
+        for _ in 0..UPDATE_ATTEMPTS {
+            let stored = match api.get(name).await {
+                Ok(s) => s,
+                Err(kube::Error::Api(s)) if s.code == 404 => {
+                    // Expired between create and get: create again.
+                    api.create(&PostParams::default(), copy).await?;
+                    report.created = true;
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if copy_is_current(&stored, copy) {
+                return Ok(());
+            }
+            let mut wanted = copy.clone();
+            wanted.metadata.resource_version = stored.metadata.resource_version.clone();
+            match api.replace(name, &PostParams::default(), &wanted).await {
+                Ok(_) => {
+                    report.updated = true;
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(SinkError::Status {
+            code: 409,
+            reason: "Conflict".into(),
+            message: format!("copy {ns}/{name} kept changing while being updated"),
+        })
+    }
+}
