@@ -39,6 +39,13 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MirrorLabels {
+    pub channel: String,
+    pub operation: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -53,6 +60,13 @@ pub struct Metrics {
     pub panics: Counter,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_expiry: Gauge<i64, AtomicI64>,
+    pub mirror_writes: Family<MirrorLabels, Counter>,
+    pub mirror_queue_depth: Gauge,
+    pub mirror_lag: Histogram,
+    pub mirror_watch_errors: Counter,
+    pub mirror_leader: Gauge,
+    pub recorder_dropped: Counter,
+    pub discovery_refreshes: Family<ResultLabels, Counter>,
     custom_kinds: Mutex<HashSet<String>>,
 }
 
@@ -116,6 +130,50 @@ impl Metrics {
             "notAfter of the serving certificate in use, as Unix time",
             cert_expiry.clone(),
         );
+        let mirror_writes = Family::<MirrorLabels, Counter>::default();
+        registry.register(
+            "mirror_writes",
+            "Mirror writes by channel, operation (label, create, update, log) and result",
+            mirror_writes.clone(),
+        );
+        let mirror_queue_depth = Gauge::default();
+        registry.register(
+            "mirror_queue_depth",
+            "Stored events waiting to be mirrored",
+            mirror_queue_depth.clone(),
+        );
+        let mirror_lag = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
+        ]);
+        registry.register(
+            "mirror_lag_seconds",
+            "From a stored event reaching the controller to its copy written",
+            mirror_lag.clone(),
+        );
+        let mirror_watch_errors = Counter::default();
+        registry.register(
+            "mirror_watch_errors",
+            "Watch failures of the mirror controller (each retried with backoff)",
+            mirror_watch_errors.clone(),
+        );
+        let mirror_leader = Gauge::default();
+        registry.register(
+            "mirror_leader",
+            "1 while this replica holds the mirror lease",
+            mirror_leader.clone(),
+        );
+        let recorder_dropped = Counter::default();
+        registry.register(
+            "recorder_dropped_events",
+            "Events dropped because a recorder queue was full",
+            recorder_dropped.clone(),
+        );
+        let discovery_refreshes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "discovery_refreshes",
+            "API discovery refreshes by result",
+            discovery_refreshes.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -132,6 +190,13 @@ impl Metrics {
             panics,
             cert_reloads,
             cert_expiry,
+            mirror_writes,
+            mirror_queue_depth,
+            mirror_lag,
+            mirror_watch_errors,
+            mirror_leader,
+            recorder_dropped,
+            discovery_refreshes,
             custom_kinds: Mutex::new(HashSet::new()),
         }
     }
@@ -176,6 +241,46 @@ impl Metrics {
                 channel: c.channel.clone().unwrap_or_default(),
             })
             .inc();
+    }
+
+    fn mirror_write(&self, channel: &str, operation: &str, result: &str) {
+        self.mirror_writes
+            .get_or_create(&MirrorLabels {
+                channel: channel.to_owned(),
+                operation: operation.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts what a successful mirror sync wrote; `lag` is from queueing to done.
+    pub fn mirror_synced(
+        &self,
+        report: &crate::mirror::sync::SyncReport,
+        lag: std::time::Duration,
+    ) {
+        let channel = report.channel.as_deref().unwrap_or("");
+        if report.labelled {
+            self.mirror_write(channel, "label", "success");
+        }
+        if report.created {
+            self.mirror_write(channel, "create", "success");
+        }
+        if report.updated {
+            self.mirror_write(channel, "update", "success");
+        }
+        if report.created || report.updated {
+            self.mirror_lag.observe(lag.as_secs_f64());
+        }
+    }
+
+    /// Counts a failed mirror sync step.
+    pub fn mirror_failed(&self, error: &crate::mirror::sync::SyncError) {
+        self.mirror_write(
+            error.report.channel.as_deref().unwrap_or(""),
+            error.operation,
+            "error",
+        );
     }
 
     /// The text exposition.

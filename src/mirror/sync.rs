@@ -29,6 +29,23 @@ pub struct SyncReport {
     pub skipped: bool,
 }
 
+/// A failed sync: what had been done, which step failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncError {
+    pub report: SyncReport,
+    /// `label`, `create`, `update` or `log`.
+    pub operation: &'static str,
+    pub error: SinkError,
+}
+
+impl std::fmt::Display for SyncError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.operation, self.error)
+    }
+}
+
+impl std::error::Error for SyncError {}
+
 /// Syncs stored events; cheap to clone.
 #[derive(Clone)]
 pub struct Syncer {
@@ -72,10 +89,26 @@ const UPDATE_ATTEMPTS: usize = 3;
 
 impl Syncer {
     /// Syncs `source` (an event as stored in `default` or `kube-system`).
-    pub async fn sync(&self, source: &Event) -> Result<SyncReport, SinkError> {
-        let text = serde_json::to_string(source).map_err(|e| SinkError::Invalid(e.to_string()))?;
-        let view: crate::event::Event =
-            serde_json::from_str(&text).map_err(|e| SinkError::Invalid(e.to_string()))?;
+    pub async fn sync(&self, source: &Event) -> Result<SyncReport, SyncError> {
+        let fail = |report: &SyncReport, operation, error| SyncError {
+            report: report.clone(),
+            operation,
+            error,
+        };
+        let text = serde_json::to_string(source).map_err(|e| {
+            fail(
+                &SyncReport::default(),
+                "label",
+                SinkError::Invalid(e.to_string()),
+            )
+        })?;
+        let view: crate::event::Event = serde_json::from_str(&text).map_err(|e| {
+            fail(
+                &SyncReport::default(),
+                "label",
+                SinkError::Invalid(e.to_string()),
+            )
+        })?;
         let decision = decide(&view, &self.config, &self.resolver);
         let Some(classified) = decision.classified.clone() else {
             return Ok(SyncReport {
@@ -99,7 +132,7 @@ impl Syncer {
                 Ok(_) => report.labelled = true,
                 // Gone already (TTL): nothing to label, the copy still follows below.
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(fail(&report, "label", e.into())),
             }
         }
         let Some(channel) = classified
@@ -112,16 +145,24 @@ impl Syncer {
         if channel.log
             && let Some(sink) = &self.log_sink
         {
-            sink.create(source).await?;
+            sink.create(source)
+                .await
+                .map_err(|e| fail(&report, "log", e))?;
         }
         let Some(copy) = make_copy(source, &classified, channel, &self.config) else {
             return Ok(report);
         };
-        self.upsert(&copy, &mut report).await?;
-        Ok(report)
+        match self.upsert(&copy, &mut report).await {
+            Ok(()) => Ok(report),
+            Err((operation, e)) => Err(fail(&report, operation, e)),
+        }
     }
 
-    async fn upsert(&self, copy: &Event, report: &mut SyncReport) -> Result<(), SinkError> {
+    async fn upsert(
+        &self,
+        copy: &Event,
+        report: &mut SyncReport,
+    ) -> Result<(), (&'static str, SinkError)> {
         let ns = copy.metadata.namespace.as_deref().unwrap_or_default();
         let name = copy.metadata.name.as_deref().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
@@ -131,7 +172,7 @@ impl Syncer {
                 return Ok(());
             }
             Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(("create", e.into())),
         }
         // AlreadyExists means "update it" (if it differs).
         for _ in 0..UPDATE_ATTEMPTS {
@@ -139,11 +180,13 @@ impl Syncer {
                 Ok(s) => s,
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     // Expired between create and get: create again.
-                    api.create(&PostParams::default(), copy).await?;
+                    api.create(&PostParams::default(), copy)
+                        .await
+                        .map_err(|e| ("create", e.into()))?;
                     report.created = true;
                     return Ok(());
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(("update", e.into())),
             };
             if copy_is_current(&stored, copy) {
                 return Ok(());
@@ -156,13 +199,16 @@ impl Syncer {
                     return Ok(());
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(("update", e.into())),
             }
         }
-        Err(SinkError::Status {
-            code: 409,
-            reason: "Conflict".into(),
-            message: format!("copy {ns}/{name} kept changing while being updated"),
-        })
+        Err((
+            "update",
+            SinkError::Status {
+                code: 409,
+                reason: "Conflict".into(),
+                message: format!("copy {ns}/{name} kept changing while being updated"),
+            },
+        ))
     }
 }

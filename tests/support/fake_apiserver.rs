@@ -32,6 +32,33 @@ pub struct Store {
     pub delay: Option<Duration>,
     /// Every request: (method, path).
     pub requests: Vec<(String, String)>,
+    /// Every change, for watches: (resourceVersion, type, namespace, object).
+    pub history: Vec<(u64, String, String, Value)>,
+    /// Resuming a watch from before this resourceVersion answers 410 Gone.
+    pub compacted_before: u64,
+    pub watchers: Option<tokio::sync::broadcast::Sender<WatchMsg>>,
+}
+
+#[derive(Clone, Debug)]
+pub enum WatchMsg {
+    Change(u64, String, String, Value),
+    /// Ends every open watch (as an API server restart or a load balancer does).
+    Close,
+}
+
+/// Records a change for watches.
+fn record(s: &mut Store, kind: &str, ns: &str, obj: &Value) {
+    let rv = s.resource_version;
+    s.history
+        .push((rv, kind.to_owned(), ns.to_owned(), obj.clone()));
+    if let Some(tx) = &s.watchers {
+        let _ = tx.send(WatchMsg::Change(
+            rv,
+            kind.to_owned(),
+            ns.to_owned(),
+            obj.clone(),
+        ));
+    }
 }
 
 #[derive(Clone)]
@@ -128,8 +155,10 @@ fn merge(target: &mut Value, patch: &Value) {
 
 impl FakeApiServer {
     pub async fn start(namespaces: &[&str]) -> FakeApiServer {
+        let (tx, _) = tokio::sync::broadcast::channel(65536);
         let store = Arc::new(Mutex::new(Store {
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            watchers: Some(tx),
             ..Store::default()
         }));
         let app = Router::new()
@@ -191,7 +220,27 @@ impl FakeApiServer {
             ev["metadata"]["uid"] = json!(format!("uid-{}", s.resource_version + 1));
         }
         bump(&mut s, &mut ev);
+        let kind = if s.events.contains_key(&(ns.to_owned(), name.clone())) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        record(&mut s, kind, ns, &ev);
         s.events.insert((ns.to_owned(), name), ev);
+    }
+
+    /// Ends every open watch.
+    pub fn drop_watches(&self) {
+        if let Some(tx) = &self.store.lock().unwrap().watchers {
+            let _ = tx.send(WatchMsg::Close);
+        }
+    }
+
+    /// Forgets the change history: resuming any watch from before now answers 410 Gone.
+    pub fn compact(&self) {
+        let mut s = self.store.lock().unwrap();
+        s.compacted_before = s.resource_version + 1;
+        s.history.clear();
     }
 
     /// Deletes an event, as the event TTL does.
@@ -224,7 +273,14 @@ fn bump(s: &mut Store, ev: &mut Value) {
     ev["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
 }
 
-async fn list(State(store): St, Path(ns): Path<String>) -> Response {
+async fn list(
+    State(store): St,
+    Path(ns): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> Response {
+    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return watch(store, ns, q).await;
+    }
     if let Some(r) = gate(&store, "LIST", ns.clone()).await {
         return r;
     }
@@ -232,7 +288,7 @@ async fn list(State(store): St, Path(ns): Path<String>) -> Response {
     let items: Vec<Value> = s
         .events
         .iter()
-        .filter(|((n, _), _)| *n == ns)
+        .filter(|((n, _), v)| *n == ns && selects(q.get("fieldSelector"), v))
         .map(|(_, v)| v.clone())
         .collect();
     axum::Json(json!({
@@ -279,6 +335,7 @@ async fn create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Respon
     ev["metadata"]["namespace"] = json!(ns);
     ev["metadata"]["uid"] = json!(format!("uid-{}", s.resource_version + 1));
     bump(&mut s, &mut ev);
+    record(&mut s, "ADDED", &ns, &ev);
     s.events.insert((ns, name), ev.clone());
     (StatusCode::CREATED, axum::Json(ev)).into_response()
 }
@@ -309,6 +366,7 @@ async fn update(
     ev["metadata"]["uid"] = current["metadata"]["uid"].clone();
     ev["metadata"]["namespace"] = json!(ns);
     bump(&mut s, &mut ev);
+    record(&mut s, "MODIFIED", &ns, &ev);
     s.events.insert(key, ev.clone());
     axum::Json(ev).into_response()
 }
@@ -348,6 +406,7 @@ async fn patch(
         return status(422, "Invalid", &format!("Event is invalid: {e}"));
     }
     bump(&mut s, &mut ev);
+    record(&mut s, "MODIFIED", &ns, &ev);
     s.events.insert(key, ev.clone());
     axum::Json(ev).into_response()
 }
@@ -357,8 +416,99 @@ async fn delete(State(store): St, Path((ns, name)): Path<(String, String)>) -> R
         return r;
     }
     let mut s = store.lock().unwrap();
-    match s.events.remove(&(ns, name.clone())) {
-        Some(_) => status(200, "", "deleted"),
+    match s.events.remove(&(ns.clone(), name.clone())) {
+        Some(mut ev) => {
+            s.resource_version += 1;
+            ev["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
+            record(&mut s, "DELETED", &ns, &ev);
+            status(200, "", "deleted")
+        }
         None => status(404, "NotFound", &format!("events \"{name}\" not found")),
     }
+}
+
+/// A field selector of `path.to.field=value` terms joined by commas (equality only).
+fn selects(selector: Option<&String>, obj: &Value) -> bool {
+    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
+        return true;
+    };
+    sel.split(',').all(|term| {
+        let Some((path, want)) = term.split_once('=') else {
+            return true;
+        };
+        let path: Vec<&str> = path.split('.').collect();
+        str_at(obj, &path) == want.trim_start_matches('=')
+    })
+}
+
+fn line(kind: &str, obj: &Value) -> Bytes {
+    let mut b = serde_json::to_vec(&json!({"type": kind, "object": obj})).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
+}
+
+async fn watch(store: Arc<Mutex<Store>>, ns: String, q: BTreeMap<String, String>) -> Response {
+    if let Some(r) = gate(&store, "WATCH", ns.clone()).await {
+        return r;
+    }
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
+    let (backlog, mut rx, from) = {
+        let s = store.lock().unwrap();
+        let from: u64 = q
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(s.resource_version);
+        if from < s.compacted_before {
+            let gone = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": "too old resource version", "reason": "Expired", "code": 410});
+            let body = line("ERROR", &gone);
+            return Response::new(axum::body::Body::from(body));
+        }
+        let rx = s.watchers.as_ref().map(|t| t.subscribe());
+        let backlog: Vec<(u64, String, Value)> = s
+            .history
+            .iter()
+            .filter(|(rv, _, n, o)| *rv > from && *n == ns && selects(q.get("fieldSelector"), o))
+            .map(|(rv, k, _, o)| (*rv, k.clone(), o.clone()))
+            .collect();
+        (backlog, rx, from)
+    };
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(290), Duration::from_secs);
+    let selector = q.get("fieldSelector").cloned();
+    tokio::spawn(async move {
+        let mut last = from;
+        for (rv, kind, obj) in backlog {
+            last = rv;
+            if out_tx.send(line(&kind, &obj)).await.is_err() {
+                return;
+            }
+        }
+        let Some(rx) = rx.as_mut() else { return };
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = &mut deadline => return,
+                msg = rx.recv() => match msg {
+                    Ok(WatchMsg::Change(rv, kind, n, obj)) if n == ns && rv > last && selects(selector.as_ref(), &obj) => {
+                        last = rv;
+                        if out_tx.send(line(&kind, &obj)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(WatchMsg::Change(..)) => {}
+                    Ok(WatchMsg::Close) | Err(_) => return,
+                },
+            }
+        }
+    });
+    let stream = futures::stream::unfold(out_rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Response::new(axum::body::Body::from_stream(stream))
 }

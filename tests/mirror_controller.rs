@@ -1,0 +1,268 @@
+//! The mirror controller against the fake API server: catch-up on start, live changes,
+//! restarts, two controllers at once, dropped watches and 410 Gone, API faults. Every routed
+//! stored event ends with exactly one valid copy.
+
+mod common;
+#[path = "support/fake_apiserver.rs"]
+mod fake_apiserver;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterscope::classify::ScopeResolver;
+use clusterscope::config::Config;
+use clusterscope::metrics::Metrics;
+use clusterscope::mirror::controller::{self, ControllerOptions};
+use clusterscope::mirror::sync::Syncer;
+use fake_apiserver::FakeApiServer;
+use serde_json::Value;
+
+const CONFIG: &str = "channels:\n  - name: nodes\n    namespace: team-infra\n  - name: storage\n    namespace: team-storage\n  - name: cluster\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: storage\n    match: {kinds: [PersistentVolume]}\n  - channel: cluster\n";
+
+fn node_event(i: usize, count: i64) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("node{i}.{:016x}", i), "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": format!("node{i}"), "uid": format!("node{i}")},
+        "reason": "NodeNotReady", "message": format!("Node node{i} status is now: NodeNotReady"),
+        "source": {"component": "kubelet", "host": format!("node{i}")},
+        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z",
+        "count": count, "type": "Normal"
+    })
+}
+
+fn pod_event(i: usize) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("web-{i}.{:016x}", i), "namespace": "default"},
+        "involvedObject": {"kind": "Pod", "namespace": "default", "name": format!("web-{i}")},
+        "reason": "BackOff", "message": "Back-off", "count": 1, "type": "Warning",
+        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
+    })
+}
+
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+fn start(api: &FakeApiServer) -> Running {
+    let syncer = Syncer {
+        client: api.client(),
+        config: Arc::new(Config::from_yaml(CONFIG, "t").unwrap()),
+        resolver: Arc::new(ScopeResolver::new()),
+        log_sink: None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let options = ControllerOptions {
+        workers: 4,
+        retry_base: Duration::from_millis(20),
+    };
+    let task = tokio::spawn(controller::run(syncer, metrics.clone(), options, async {
+        let _ = rx.await;
+    }));
+    Running {
+        stop,
+        task,
+        metrics,
+    }
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Waits (bounded) until `cond` holds; returns whether it did.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..500 {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// Every Node event in default has exactly one copy in team-infra, naming it as its source,
+/// with the same count; nothing else is there.
+fn one_valid_copy_each(api: &FakeApiServer, nodes: usize) -> Result<(), String> {
+    let copies = api.events_in("team-infra");
+    if copies.len() != nodes {
+        return Err(format!("{} copies for {nodes} node events", copies.len()));
+    }
+    for src in api.events_in("default") {
+        if src["involvedObject"]["kind"] != "Node" {
+            continue;
+        }
+        let name = src["metadata"]["name"].as_str().unwrap_or("");
+        let matching: Vec<&Value> = copies
+            .iter()
+            .filter(|c| c["metadata"]["annotations"]["clusterscope.dev/source-name"] == name)
+            .collect();
+        if matching.len() != 1 {
+            return Err(format!("{} copies of {name}", matching.len()));
+        }
+        let c = matching[0];
+        if c["count"] != src["count"] || c["message"] != src["message"] {
+            return Err(format!(
+                "copy of {name} has count {} (source {})",
+                c["count"], src["count"]
+            ));
+        }
+        if fake_apiserver::validate("team-infra", c).is_err()
+            || c["involvedObject"]["namespace"] != "team-infra"
+        {
+            return Err(format!("copy of {name} is not valid"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn catches_up_on_start_then_follows_live_changes() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
+    for i in 0..30 {
+        api.put("default", node_event(i, 1));
+        api.put("default", pod_event(i));
+    }
+    let running = start(&api);
+    assert!(
+        eventually(|| one_valid_copy_each(&api, 30).is_ok()).await,
+        "{:?}",
+        one_valid_copy_each(&api, 30)
+    );
+    // The sources were labelled by the controller (written while the webhook was down).
+    let labelled = api
+        .events_in("default")
+        .iter()
+        .filter(|e| e["metadata"]["labels"]["clusterscope.dev/kind"] == "Node")
+        .count();
+    assert_eq!(labelled, 30);
+    // Namespaced events are untouched.
+    assert!(
+        api.events_in("default")
+            .iter()
+            .filter(|e| e["involvedObject"]["kind"] == "Pod")
+            .all(|e| e["metadata"]["labels"].is_null())
+    );
+
+    // Live: new events and count bumps reach the copies.
+    for i in 30..40 {
+        api.put("default", node_event(i, 1));
+    }
+    for i in 0..10 {
+        let mut ev = api
+            .event("default", &format!("node{i}.{:016x}", i))
+            .unwrap();
+        ev["count"] = 5.into();
+        ev["message"] = "bumped".into();
+        api.put("default", ev);
+    }
+    assert!(
+        eventually(|| one_valid_copy_each(&api, 40).is_ok()).await,
+        "{:?}",
+        one_valid_copy_each(&api, 40)
+    );
+    let text = running.metrics.encode();
+    assert!(text.contains(r#"clusterscope_mirror_writes_total{channel="nodes",operation="create",result="success"} 40"#), "{text}");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn restarts_and_two_controllers_never_duplicate() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
+    for i in 0..20 {
+        api.put("default", node_event(i, 1));
+    }
+    let a = start(&api);
+    let b = start(&api);
+    assert!(
+        eventually(|| one_valid_copy_each(&api, 20).is_ok()).await,
+        "{:?}",
+        one_valid_copy_each(&api, 20)
+    );
+    a.stop().await;
+    b.stop().await;
+    // Written while no controller ran.
+    for i in 20..30 {
+        api.put("default", node_event(i, 1));
+    }
+    let c = start(&api);
+    assert!(
+        eventually(|| one_valid_copy_each(&api, 30).is_ok()).await,
+        "{:?}",
+        one_valid_copy_each(&api, 30)
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn dropped_watches_410_and_server_errors_lose_nothing() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
+    let running = start(&api);
+    for i in 0..10 {
+        api.put("default", node_event(i, 1));
+    }
+    assert!(eventually(|| one_valid_copy_each(&api, 10).is_ok()).await);
+    // The watch is cut and history compacted: resuming answers 410, the watcher re-lists.
+    api.drop_watches();
+    api.compact();
+    for i in 10..20 {
+        api.put("default", node_event(i, 1));
+    }
+    // A burst of server errors on whatever comes next.
+    api.inject(500, "InternalError", 5);
+    api.inject(429, "TooManyRequests", 3);
+    for i in 20..25 {
+        api.put("default", node_event(i, 1));
+    }
+    assert!(
+        eventually(|| one_valid_copy_each(&api, 25).is_ok()).await,
+        "{:?}",
+        one_valid_copy_each(&api, 25)
+    );
+    // The watcher really had to start over: a second list of default after the 410.
+    let lists = api
+        .store
+        .lock()
+        .unwrap()
+        .requests
+        .iter()
+        .filter(|r| r.0 == "LIST" && r.1 == "default")
+        .count();
+    assert!(lists >= 2, "no re-list after 410 ({lists} lists)");
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_channel_namespace_does_not_block_other_channels() {
+    // team-infra is missing: Node copies fail (and are retried), PV copies still land.
+    let api = FakeApiServer::start(&["default", "kube-system", "team-storage"]).await;
+    let running = start(&api);
+    api.put("default", node_event(1, 1));
+    let mut pv = node_event(2, 1);
+    pv["involvedObject"] =
+        serde_json::json!({"kind": "PersistentVolume", "name": "pv-1", "apiVersion": "v1"});
+    pv["metadata"]["name"] = "pv-1.abc".into();
+    api.put("default", pv);
+    assert!(eventually(|| api.events_in("team-storage").len() == 1).await);
+    assert!(
+        eventually(|| running.metrics.encode().contains(
+            r#"clusterscope_mirror_writes_total{channel="nodes",operation="create",result="error"}"#
+        ))
+        .await
+    );
+    // The namespace appears: the retried copy lands.
+    api.store
+        .lock()
+        .unwrap()
+        .namespaces
+        .insert("team-infra".into());
+    assert!(eventually(|| api.events_in("team-infra").len() == 1).await);
+    running.stop().await;
+}
