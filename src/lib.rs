@@ -19,6 +19,7 @@ pub mod config;
 pub mod decide;
 pub mod event;
 pub mod labels;
+pub mod leader;
 pub mod metrics;
 pub mod mirror;
 pub mod recorder;

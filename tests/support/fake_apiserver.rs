@@ -37,6 +37,8 @@ pub struct Store {
     /// Resuming a watch from before this resourceVersion answers 410 Gone.
     pub compacted_before: u64,
     pub watchers: Option<tokio::sync::broadcast::Sender<WatchMsg>>,
+    /// coordination.k8s.io Leases: (namespace, name) → lease.
+    pub leases: BTreeMap<(String, String), Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -166,6 +168,14 @@ impl FakeApiServer {
             .route(
                 "/api/v1/namespaces/{ns}/events/{name}",
                 get(get_one).put(update).patch(patch).delete(delete),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+                axum::routing::post(lease_create),
+            )
+            .route(
+                "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+                get(lease_get).put(lease_put),
             )
             .with_state(store.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -511,4 +521,71 @@ async fn watch(store: Arc<Mutex<Store>>, ns: String, q: BTreeMap<String, String>
             .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
     });
     Response::new(axum::body::Body::from_stream(stream))
+}
+
+async fn lease_get(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {
+    if let Some(r) = gate(&store, "GET", format!("lease {ns}/{name}")).await {
+        return r;
+    }
+    match store.lock().unwrap().leases.get(&(ns, name.clone())) {
+        Some(l) => axum::Json(l.clone()).into_response(),
+        None => status(
+            404,
+            "NotFound",
+            &format!("leases.coordination.k8s.io \"{name}\" not found"),
+        ),
+    }
+}
+
+async fn lease_create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Response {
+    if let Some(r) = gate(&store, "POST", format!("lease {ns}")).await {
+        return r;
+    }
+    let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "body is not JSON");
+    };
+    let mut s = store.lock().unwrap();
+    let name = str_at(&lease, &["metadata", "name"]).to_owned();
+    if s.leases.contains_key(&(ns.clone(), name.clone())) {
+        return status(
+            409,
+            "AlreadyExists",
+            &format!("leases \"{name}\" already exists"),
+        );
+    }
+    s.resource_version += 1;
+    lease["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
+    s.leases.insert((ns, name), lease.clone());
+    (StatusCode::CREATED, axum::Json(lease)).into_response()
+}
+
+async fn lease_put(
+    State(store): St,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = gate(&store, "PUT", format!("lease {ns}/{name}")).await {
+        return r;
+    }
+    let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
+        return status(400, "BadRequest", "body is not JSON");
+    };
+    let mut s = store.lock().unwrap();
+    let key = (ns, name.clone());
+    let Some(current) = s.leases.get(&key) else {
+        return status(404, "NotFound", &format!("leases \"{name}\" not found"));
+    };
+    if str_at(&lease, &["metadata", "resourceVersion"])
+        != str_at(current, &["metadata", "resourceVersion"])
+    {
+        return status(
+            409,
+            "Conflict",
+            "the object has been modified; please apply your changes to the latest version",
+        );
+    }
+    s.resource_version += 1;
+    lease["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
+    s.leases.insert(key, lease.clone());
+    axum::Json(lease).into_response()
 }

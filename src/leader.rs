@@ -1,0 +1,202 @@
+//! Leader election with a coordination.k8s.io/v1 Lease, as client-go's `leaderelection`:
+//! the holder renews the lease every `retry_period`; another replica takes it over only after
+//! `lease_duration` without renewal; updates carry the resourceVersion read, so two replicas
+//! can never both win the same round. Mirroring is idempotent, so a short overlap during a
+//! handover costs a few redundant writes, never a duplicate.
+
+use std::future::Future;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, PostParams};
+
+/// Lease settings; the defaults are client-go's usual ones.
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    pub namespace: String,
+    pub name: String,
+    /// This replica (the pod name).
+    pub identity: String,
+    pub lease_duration: Duration,
+    pub renew_deadline: Duration,
+    pub retry_period: Duration,
+}
+
+impl LeaseOptions {
+    pub fn new(namespace: &str, identity: &str) -> Self {
+        LeaseOptions {
+            namespace: namespace.to_owned(),
+            name: "clusterscope-mirror".to_owned(),
+            identity: identity.to_owned(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One replica's view of the lease.
+pub struct LeaseLock {
+    api: Api<Lease>,
+    options: LeaseOptions,
+}
+
+/// Whole seconds, rounded up and at least 1: a Lease counts in seconds.
+fn secs(d: Duration) -> i32 {
+    let whole = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    i32::try_from(whole.max(1)).unwrap_or(i32::MAX)
+}
+
+impl LeaseLock {
+    pub fn new(client: kube::Client, options: LeaseOptions) -> Self {
+        LeaseLock {
+            api: Api::namespaced(client, &options.namespace),
+            options,
+        }
+    }
+
+    fn spec(&self, now: Timestamp, acquired: Option<MicroTime>, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.options.identity.clone()),
+            lease_duration_seconds: Some(secs(self.options.lease_duration)),
+            acquire_time: acquired.or(Some(MicroTime(now))),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// Takes or renews the lease; true while this replica holds it.
+    pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let current = match self.api.get_opt(&self.options.name).await? {
+            Some(l) => l,
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.options.name.clone()),
+                        namespace: Some(self.options.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.spec(now, None, 0)),
+                };
+                return match self.api.create(&PostParams::default(), &lease).await {
+                    Ok(_) => Ok(true),
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                    Err(e) => Err(e),
+                };
+            }
+        };
+        let spec = current.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().unwrap_or_default();
+        let ours = holder == self.options.identity;
+        let duration = spec
+            .lease_duration_seconds
+            .map_or(self.options.lease_duration, |s| {
+                Duration::from_secs(u64::try_from(s).unwrap_or(0))
+            });
+        let expired = spec.renew_time.as_ref().is_none_or(|t| {
+            let d = SignedDuration::try_from(duration).unwrap_or_default();
+            t.0.checked_add(d).is_ok_and(|until| until < now)
+        });
+        if !ours && !holder.is_empty() && !expired {
+            return Ok(false);
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
+        let acquired = if ours {
+            spec.acquire_time.clone()
+        } else {
+            None
+        };
+        let mut lease = current;
+        lease.spec = Some(self.spec(now, acquired, transitions));
+        match self
+            .api
+            .replace(&self.options.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            // Somebody else wrote it first this round.
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the lease up (on shutdown) so another replica takes over at once.
+    pub async fn release(&self) {
+        if let Ok(Some(mut lease)) = self.api.get_opt(&self.options.name).await {
+            let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+            if spec.holder_identity.as_deref() == Some(self.options.identity.as_str()) {
+                spec.holder_identity = None;
+                spec.renew_time = None;
+                let _ = self
+                    .api
+                    .replace(&self.options.name, &PostParams::default(), &lease)
+                    .await;
+            }
+        }
+    }
+}
+
+/// Runs `lead` while this replica holds the lease, until `shutdown`. `lead` gets a future
+/// that resolves when leadership is lost; `on_change` is told every change of leadership.
+pub async fn run_while_leader<L, F>(
+    lock: LeaseLock,
+    lead: L,
+    on_change: impl Fn(bool) + Send,
+    shutdown: impl Future<Output = ()>,
+) where
+    L: Fn(tokio::sync::oneshot::Receiver<()>) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    tokio::pin!(shutdown);
+    let mut leading: Option<(
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    )> = None;
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        let held = match lock.try_acquire_or_renew().await {
+            Ok(held) => {
+                if held {
+                    last_renewed = tokio::time::Instant::now();
+                }
+                held
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "leader election: cannot reach the lease");
+                // Keep leading until the renew deadline passes without a renewal.
+                leading.is_some() && last_renewed.elapsed() < lock.options.renew_deadline
+            }
+        };
+        match (held, leading.is_some()) {
+            (true, false) => {
+                tracing::info!(identity = %lock.options.identity, "leader election: this replica now mirrors");
+                on_change(true);
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                leading = Some((tx, tokio::spawn(lead(rx))));
+            }
+            (false, true) => {
+                tracing::warn!(identity = %lock.options.identity, "leader election: lease lost; mirroring stops here");
+                on_change(false);
+                if let Some((tx, task)) = leading.take() {
+                    let _ = tx.send(());
+                    let _ = task.await;
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(lock.options.retry_period) => {}
+        }
+    }
+    if let Some((tx, task)) = leading.take() {
+        let _ = tx.send(());
+        let _ = task.await;
+        on_change(false);
+        lock.release().await;
+    }
+}
