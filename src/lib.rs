@@ -17,6 +17,7 @@ pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod decide;
+pub mod discovery;
 pub mod event;
 pub mod labels;
 pub mod leader;

@@ -39,6 +39,8 @@ pub struct Store {
     pub watchers: Option<tokio::sync::broadcast::Sender<WatchMsg>>,
     /// coordination.k8s.io Leases: (namespace, name) → lease.
     pub leases: BTreeMap<(String, String), Value>,
+    /// Served by discovery: (group, version, plural, kind, namespaced).
+    pub discovery: Vec<(String, String, String, String, bool)>,
 }
 
 #[derive(Clone, Debug)]
@@ -158,9 +160,28 @@ fn merge(target: &mut Value, patch: &Value) {
 impl FakeApiServer {
     pub async fn start(namespaces: &[&str]) -> FakeApiServer {
         let (tx, _) = tokio::sync::broadcast::channel(65536);
+        let discovery = [
+            ("", "v1", "nodes", "Node", false),
+            ("", "v1", "namespaces", "Namespace", false),
+            ("", "v1", "pods", "Pod", true),
+            ("", "v1", "events", "Event", true),
+            ("coordination.k8s.io", "v1", "leases", "Lease", true),
+        ]
+        .iter()
+        .map(|(g, v, p, k, n)| {
+            (
+                g.to_string(),
+                v.to_string(),
+                p.to_string(),
+                k.to_string(),
+                *n,
+            )
+        })
+        .collect();
         let store = Arc::new(Mutex::new(Store {
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
             watchers: Some(tx),
+            discovery,
             ..Store::default()
         }));
         let app = Router::new()
@@ -177,6 +198,10 @@ impl FakeApiServer {
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
                 get(lease_get).put(lease_put),
             )
+            .route("/api", get(api_versions))
+            .route("/api/v1", get(core_resources))
+            .route("/apis", get(api_groups))
+            .route("/apis/{group}/{version}", get(group_resources))
             .with_state(store.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -588,4 +613,72 @@ async fn lease_put(
     lease["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
     s.leases.insert(key, lease.clone());
     axum::Json(lease).into_response()
+}
+
+fn resource_list(s: &Store, group: &str, version: &str) -> Value {
+    let resources: Vec<Value> = s
+        .discovery
+        .iter()
+        .filter(|(g, v, ..)| g == group && v == version)
+        .map(|(_, _, plural, kind, namespaced)| {
+            json!({"name": plural, "singularName": "", "namespaced": namespaced, "kind": kind,
+                   "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
+        })
+        .collect();
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
+}
+
+async fn api_versions(State(store): St) -> Response {
+    if let Some(r) = gate(&store, "GET", "/api".into()).await {
+        return r;
+    }
+    axum::Json(json!({"kind": "APIVersions", "versions": ["v1"],
+        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}))
+    .into_response()
+}
+
+async fn core_resources(State(store): St) -> Response {
+    if let Some(r) = gate(&store, "GET", "/api/v1".into()).await {
+        return r;
+    }
+    axum::Json(resource_list(&store.lock().unwrap(), "", "v1")).into_response()
+}
+
+async fn api_groups(State(store): St) -> Response {
+    if let Some(r) = gate(&store, "GET", "/apis".into()).await {
+        return r;
+    }
+    let s = store.lock().unwrap();
+    let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (g, v, ..) in s.discovery.iter().filter(|d| !d.0.is_empty()) {
+        groups.entry(g.clone()).or_default().insert(v.clone());
+    }
+    let groups: Vec<Value> = groups
+        .into_iter()
+        .map(|(g, versions)| {
+            let vs: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                .collect();
+            let preferred = vs.last().cloned().unwrap_or(Value::Null);
+            json!({"name": g, "versions": vs, "preferredVersion": preferred})
+        })
+        .collect();
+    axum::Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        .into_response()
+}
+
+async fn group_resources(
+    State(store): St,
+    Path((group, version)): Path<(String, String)>,
+) -> Response {
+    if let Some(r) = gate(&store, "GET", format!("/apis/{group}/{version}")).await {
+        return r;
+    }
+    axum::Json(resource_list(&store.lock().unwrap(), &group, &version)).into_response()
 }
