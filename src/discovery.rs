@@ -102,19 +102,16 @@ pub async fn run(
             .inc();
         let periodic = tokio::time::sleep(options.interval);
         tokio::pin!(periodic);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => return,
-                () = &mut periodic => break,
-                Some(()) = pokes.recv() => {
-                    // Rate limit: no sooner than `min_gap` after the last refresh.
-                    tokio::select! {
-                        () = &mut shutdown => return,
-                        () = tokio::time::sleep_until(last + options.min_gap) => {}
-                    }
-                    while pokes.try_recv().is_ok() {}
-                    break;
+        tokio::select! {
+            () = &mut shutdown => return,
+            () = &mut periodic => {}
+            Some(()) = pokes.recv() => {
+                // Rate limit: no sooner than `min_gap` after the last refresh.
+                tokio::select! {
+                    () = &mut shutdown => return,
+                    () = tokio::time::sleep_until(last + options.min_gap) => {}
                 }
+                while pokes.try_recv().is_ok() {}
             }
         }
     }
