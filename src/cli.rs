@@ -103,12 +103,32 @@ pub struct ServeArgs {
     /// A client that has not sent its request headers by then is disconnected.
     #[arg(long, env = "CLUSTERSCOPE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: std::time::Duration,
+    /// Cluster side (mirroring, discovery): `auto` uses the in-cluster configuration or a
+    /// kubeconfig when one answers, `off` runs the webhook alone.
+    #[arg(long, env = "CLUSTERSCOPE_CLUSTER", value_enum, default_value_t = ClusterFlag::Auto)]
+    pub cluster: ClusterFlag,
+    /// This replica's name, for the mirror lease (the Downward API's pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Namespace of the mirror lease (the Downward API's pod namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "clusterscope-system")]
+    pub pod_namespace: String,
+    /// Events mirrored at once.
+    #[arg(long, env = "CLUSTERSCOPE_MIRROR_WORKERS", default_value_t = 8)]
+    pub mirror_workers: usize,
     /// Log format.
     #[arg(long, env = "CLUSTERSCOPE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
     /// Log level or filter (`info`, `debug`, `clusterscope=debug`); RUST_LOG wins when set.
     #[arg(long, env = "CLUSTERSCOPE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+/// `--cluster` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterFlag {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, clap::Args)]
@@ -324,6 +344,19 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         drain_timeout: args.drain_timeout,
         header_read_timeout: args.header_read_timeout,
         handshake_timeout: std::time::Duration::from_secs(10),
+        cluster: crate::cluster::ClusterOptions {
+            mode: match args.cluster {
+                ClusterFlag::Auto => crate::cluster::ClusterMode::Infer,
+                ClusterFlag::Off => crate::cluster::ClusterMode::Off,
+            },
+            identity: args.pod_name.unwrap_or_else(hostname),
+            lease_namespace: args.pod_namespace,
+            controller: crate::mirror::controller::ControllerOptions {
+                workers: args.mirror_workers.max(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -373,4 +406,14 @@ fn certs(args: &CertsArgs) -> Result<(), Failure> {
         names.join(", ")
     );
     write_stdout(ca_bundle.as_bytes())
+}
+
+/// The host name, for a lease identity outside Kubernetes.
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "clusterscope".to_owned())
 }

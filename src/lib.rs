@@ -15,6 +15,7 @@ pub mod admission;
 pub mod certs;
 pub mod classify;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod decide;
 pub mod discovery;

@@ -52,6 +52,8 @@ pub struct ServeOptions {
     pub drain_timeout: Duration,
     pub header_read_timeout: Duration,
     pub handshake_timeout: Duration,
+    /// The cluster side: discovery and mirroring.
+    pub cluster: crate::cluster::ClusterOptions,
 }
 
 /// A start-up failure, in an operator's words.
@@ -78,6 +80,10 @@ pub struct AppState {
     pub reviewer: Reviewer,
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
+    /// What `/readyz` says about mirroring and discovery.
+    pub cluster: Arc<crate::cluster::ClusterState>,
+    /// Pokes discovery when a review meets a kind nobody knows.
+    pub discovery: Option<crate::discovery::Trigger>,
 }
 
 /// A bound, not yet serving, server.
@@ -88,6 +94,8 @@ pub struct Server {
     acceptor: TlsAcceptor,
     reloader: Option<CertReloader>,
     options: ServeOptions,
+    /// The cluster client and discovery's poke receiver, when a cluster answered.
+    cluster: Option<(kube::Client, tokio::sync::mpsc::Receiver<()>)>,
 }
 
 impl Server {
@@ -114,10 +122,35 @@ impl Server {
                 options.admin_listen
             ))
         })?;
+        let cluster_state = Arc::new(crate::cluster::ClusterState::default());
+        let (cluster, discovery) = match crate::cluster::connect(
+            &options.cluster.mode,
+            options.cluster.connect_timeout,
+        )
+        .await
+        {
+            Ok(client) => {
+                let (trigger, pokes) = crate::discovery::trigger();
+                cluster_state.set("mirroring: starting; discovery: on");
+                (Some((client, pokes)), Some(trigger))
+            }
+            Err(reason) => {
+                tracing::warn!(
+                    %reason,
+                    "no cluster: mirroring and discovery are off; the webhook serves with the built-in kind table"
+                );
+                cluster_state.set(format!(
+                    "mirroring: off ({reason}); discovery: off (built-in kind table only)"
+                ));
+                (None, None)
+            }
+        };
         let state = Arc::new(AppState {
             reviewer: Reviewer::new(Arc::new(config), Arc::new(ScopeResolver::new())),
             metrics,
             ready: AtomicBool::new(false),
+            cluster: cluster_state,
+            discovery,
         });
         Ok(Server {
             state,
@@ -126,6 +159,7 @@ impl Server {
             acceptor: TlsAcceptor::from(Arc::new(tls_config)),
             reloader: Some(reloader),
             options,
+            cluster,
         })
     }
 
@@ -172,6 +206,23 @@ impl Server {
                 }
             });
             (task, stop_tx)
+        };
+
+        let (stop_cluster, cluster_stop_rx) = tokio::sync::watch::channel(false);
+        let cluster_tasks = match self.cluster.take() {
+            Some((client, pokes)) => crate::cluster::spawn(
+                client,
+                crate::cluster::Shared {
+                    config: self.state.reviewer.config.clone(),
+                    resolver: self.state.reviewer.resolver.clone(),
+                    metrics: self.state.metrics.clone(),
+                    state: self.state.cluster.clone(),
+                },
+                self.options.cluster.clone(),
+                pokes,
+                cluster_stop_rx,
+            ),
+            None => Vec::new(),
         };
 
         let app = webhook_router(self.state.clone());
@@ -252,6 +303,16 @@ impl Server {
         if let Some(task) = reload_task {
             task.abort();
         }
+        // Mirroring stops and hands its lease over.
+        let _ = stop_cluster.send(true);
+        for task in cluster_tasks {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a cluster task did not stop in time");
+            }
+        }
         tracing::info!("stopped");
         Ok(())
     }
@@ -305,15 +366,16 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route(
             "/readyz",
             get(|State(state): State<Arc<AppState>>| async move {
+                let cluster = state.cluster.get();
                 if state.ready.load(Ordering::SeqCst) {
                     text(
                         StatusCode::OK,
-                        "ready: certificate loaded, configuration valid",
+                        &format!("ready: certificate loaded, configuration valid\n{cluster}"),
                     )
                 } else {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: starting or shutting down",
+                        &format!("not ready: starting or shutting down\n{cluster}"),
                     )
                 }
             }),
@@ -451,6 +513,11 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
                 .request(&reviewed.operation, d.outcome.as_str());
             state.metrics.classified(d);
             let c = d.classified.as_ref();
+            if let (Some(c), Some(trigger)) = (c, &state.discovery)
+                && c.kind_source == crate::classify::KindSource::Unknown
+            {
+                trigger.poke();
+            }
             tracing::debug!(
                 uid = %reviewed.uid,
                 operation = %reviewed.operation,

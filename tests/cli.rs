@@ -175,6 +175,9 @@ fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
         ])
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
+        // No cluster reachable here, whatever the machine has configured.
+        .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -209,6 +212,12 @@ fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
             .any(|l| l.contains("created a self-signed CA") && l.contains("certs/ca.crt")),
         "{lines:?}"
     );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("mirroring and discovery are off")),
+        "{lines:?}"
+    );
     for f in ["ca.crt", "tls.crt", "tls.key"] {
         assert!(dir.path().join("certs").join(f).exists(), "{f} not created");
     }
@@ -218,6 +227,7 @@ fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
     let mut answer = String::new();
     std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("mirroring: off"), "{answer}");
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -3,6 +3,8 @@
 //! by ALPN, keep-alive connections.
 
 mod common;
+#[path = "support/fake_apiserver.rs"]
+mod fake_apiserver;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,19 +67,48 @@ async fn start() -> TestServer {
 }
 
 async fn start_with(cert_reload_interval: Duration) -> TestServer {
+    start_full(
+        cert_reload_interval,
+        clusterscope::cluster::ClusterMode::Off,
+        None,
+    )
+    .await
+}
+
+async fn start_full(
+    cert_reload_interval: Duration,
+    mode: clusterscope::cluster::ClusterMode,
+    config: Option<PathBuf>,
+) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let bundle = localhost_bundle();
     write_secret_version(dir.path(), "v1", &bundle.cert_pem, &bundle.key_pem);
     let options = ServeOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
-        config: None,
+        config,
         tls: Some((dir.path().join("tls.crt"), dir.path().join("tls.key"))),
         cert_dir: dir.path().join("unused"),
         cert_reload_interval,
         drain_timeout: Duration::from_secs(5),
         header_read_timeout: Duration::from_millis(500),
         handshake_timeout: Duration::from_secs(2),
+        cluster: clusterscope::cluster::ClusterOptions {
+            mode,
+            identity: "replica-0".into(),
+            lease: Some(clusterscope::leader::LeaseOptions {
+                lease_duration: Duration::from_secs(1),
+                renew_deadline: Duration::from_millis(700),
+                retry_period: Duration::from_millis(100),
+                ..clusterscope::leader::LeaseOptions::new("clusterscope-system", "replica-0")
+            }),
+            controller: clusterscope::mirror::controller::ControllerOptions {
+                workers: 2,
+                retry_base: Duration::from_millis(50),
+            },
+            connect_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
     };
     let server = Server::bind(options, Arc::new(Metrics::new()))
         .await
@@ -592,4 +623,56 @@ async fn a_panicking_handler_answers_500_and_counts() {
         metric(&metrics.encode(), "clusterscope_http_panics_total"),
         2.0
     );
+}
+
+#[tokio::test]
+async fn with_a_cluster_the_leader_mirrors_and_a_stalled_api_server_never_slows_the_webhook() {
+    let api = fake_apiserver::FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
+    let node: serde_json::Value = serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "node1.0000000000000001", "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": "node1", "uid": "node1"},
+        "reason": "NodeNotReady", "message": "not ready", "count": 1, "type": "Normal",
+        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
+    });
+    api.put("default", node);
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("routes.yaml");
+    std::fs::write(&cfg, "channels:\n  - name: nodes\n    namespace: team-infra\n  - name: cluster\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: cluster\n").unwrap();
+    let server = start_full(
+        Duration::from_secs(60),
+        clusterscope::cluster::ClusterMode::Client(api.client()),
+        Some(cfg),
+    )
+    .await;
+    let mut copied = false;
+    for _ in 0..250 {
+        if api.events_in("team-infra").len() == 1 {
+            copied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(copied, "the leader never mirrored the stored event");
+    let (status, ready) = admin_get(&server, "/readyz").await;
+    assert_eq!(status, 200);
+    assert!(ready.contains("mirroring: on"), "{ready}");
+    let (_, m) = admin_get(&server, "/metrics").await;
+    assert_eq!(metric(&m, "clusterscope_mirror_leader"), 1.0, "{m}");
+
+    // The API server stalls for a minute: reviews are answered all the same.
+    api.store.lock().unwrap().delay = Some(Duration::from_secs(60));
+    let mut s = connect(&server, true).await;
+    for _ in 0..20 {
+        let (status, _, _) = send(
+            &mut s,
+            "POST",
+            "/mutate?timeout=2s",
+            Some("application/json"),
+            fixture("kubelet-node-not-ready.json"),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    api.store.lock().unwrap().delay = None;
 }

@@ -198,6 +198,16 @@ impl FakeApiServer {
                 "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
                 get(lease_get).put(lease_put),
             )
+            .route(
+                "/version",
+                get(|| async {
+                    axum::Json(
+                        json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0-fake",
+                    "gitCommit": "", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}),
+                    )
+                }),
+            )
             .route("/api", get(api_versions))
             .route("/api/v1", get(core_resources))
             .route("/apis", get(api_groups))

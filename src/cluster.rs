@@ -1,0 +1,186 @@
+//! The connection to the cluster, and what runs on it beside the webhook: API discovery and
+//! the mirror controller (on the replica holding the lease). Without a reachable cluster the
+//! webhook serves alone; the log and `/readyz` say that mirroring and discovery are off.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::classify::ScopeResolver;
+use crate::config::Config;
+use crate::discovery::DiscoveryOptions;
+use crate::leader::{LeaseLock, LeaseOptions, run_while_leader};
+use crate::metrics::Metrics;
+use crate::mirror::controller::{self, ControllerOptions};
+use crate::mirror::sync::Syncer;
+use crate::recorder::{EventSink, LogSink};
+
+/// How `serve` finds its cluster.
+#[derive(Clone, Default)]
+pub enum ClusterMode {
+    /// No cluster: the webhook alone.
+    Off,
+    /// In-cluster configuration or kubeconfig, as kubectl finds them.
+    #[default]
+    Infer,
+    /// This client (tests, embedding).
+    Client(kube::Client),
+}
+
+impl std::fmt::Debug for ClusterMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClusterMode::Off => "Off",
+            ClusterMode::Infer => "Infer",
+            ClusterMode::Client(_) => "Client",
+        })
+    }
+}
+
+/// What `/readyz` reports about the cluster side.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    inner: Mutex<String>,
+}
+
+impl ClusterState {
+    pub fn set(&self, text: impl Into<String>) {
+        match self.inner.lock() {
+            Ok(mut g) => *g = text.into(),
+            Err(p) => *p.into_inner() = text.into(),
+        }
+    }
+
+    pub fn get(&self) -> String {
+        match self.inner.lock() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+}
+
+/// Settings of the cluster side.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub mode: ClusterMode,
+    /// This replica's name (the pod name), for the lease.
+    pub identity: String,
+    /// Namespace of the lease (the pod's namespace).
+    pub lease_namespace: String,
+    pub lease: Option<LeaseOptions>,
+    pub controller: ControllerOptions,
+    pub discovery: DiscoveryOptions,
+    /// How long to wait for the API server at start before going on without it.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            mode: ClusterMode::Infer,
+            identity: "clusterscope".to_owned(),
+            lease_namespace: "clusterscope-system".to_owned(),
+            lease: None,
+            controller: ControllerOptions::default(),
+            discovery: DiscoveryOptions::default(),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Connects and checks that the API server answers.
+pub async fn connect(mode: &ClusterMode, timeout: Duration) -> Result<kube::Client, String> {
+    let client = match mode {
+        ClusterMode::Off => return Err("disabled (--cluster off)".to_owned()),
+        ClusterMode::Client(c) => c.clone(),
+        ClusterMode::Infer => {
+            let config = tokio::time::timeout(timeout, kube::Config::infer())
+                .await
+                .map_err(|_| "no cluster configuration found in time".to_owned())?
+                .map_err(|e| format!("no in-cluster configuration or kubeconfig: {e}"))?;
+            kube::Client::try_from(config).map_err(|e| format!("cannot build a client: {e}"))?
+        }
+    };
+    match tokio::time::timeout(timeout, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(client),
+        Ok(Err(e)) => Err(format!("the API server did not answer: {e}")),
+        Err(_) => Err(format!("the API server did not answer within {timeout:?}")),
+    }
+}
+
+/// What the cluster side shares with the webhook.
+#[derive(Clone)]
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub resolver: Arc<ScopeResolver>,
+    pub metrics: Arc<Metrics>,
+    pub state: Arc<ClusterState>,
+}
+
+/// Starts discovery and the leader-elected mirror controller; they stop when `stop` turns true.
+pub fn spawn(
+    client: kube::Client,
+    shared: Shared,
+    options: ClusterOptions,
+    pokes: tokio::sync::mpsc::Receiver<()>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let Shared {
+        config,
+        resolver,
+        metrics,
+        state,
+    } = shared;
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let discovery = tokio::spawn(crate::discovery::run(
+        client.clone(),
+        resolver.clone(),
+        metrics.clone(),
+        pokes,
+        options.discovery.clone(),
+        stopped(stop.clone()),
+    ));
+    let log_sink: Arc<dyn EventSink> = Arc::new(LogSink::stdout());
+    let syncer = Syncer {
+        client: client.clone(),
+        config,
+        resolver,
+        log_sink: Some(log_sink),
+    };
+    let lease = options
+        .lease
+        .clone()
+        .unwrap_or_else(|| LeaseOptions::new(&options.lease_namespace, &options.identity));
+    let lock = LeaseLock::new(client, lease);
+    state.set("mirroring: standby (another replica holds the lease); discovery: on");
+    let controller_options = options.controller.clone();
+    let on_change = {
+        let state = state.clone();
+        let metrics = metrics.clone();
+        move |leading: bool| {
+            metrics.mirror_leader.set(i64::from(leading));
+            state.set(if leading {
+                "mirroring: on (this replica holds the lease); discovery: on"
+            } else {
+                "mirroring: standby (another replica holds the lease); discovery: on"
+            });
+        }
+    };
+    let mirror = tokio::spawn(run_while_leader(
+        lock,
+        move |lost| {
+            controller::run(
+                syncer.clone(),
+                metrics.clone(),
+                controller_options.clone(),
+                async move {
+                    let _ = lost.await;
+                },
+            )
+        },
+        on_change,
+        stopped(stop),
+    ));
+    vec![discovery, mirror]
+}
