@@ -39,6 +39,8 @@ pub struct Store {
     pub watchers: Option<tokio::sync::broadcast::Sender<WatchMsg>>,
     /// coordination.k8s.io Leases: (namespace, name) → lease.
     pub leases: BTreeMap<(String, String), Value>,
+    /// When each event was created: (namespace, name) → instant (for lag measurements).
+    pub created_at: BTreeMap<(String, String), std::time::Instant>,
     /// Served by discovery: (group, version, plural, kind, namespaced).
     pub discovery: Vec<(String, String, String, String, bool)>,
 }
@@ -381,6 +383,8 @@ async fn create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Respon
     ev["metadata"]["uid"] = json!(format!("uid-{}", s.resource_version + 1));
     bump(&mut s, &mut ev);
     record(&mut s, "ADDED", &ns, &ev);
+    s.created_at
+        .insert((ns.clone(), name.clone()), std::time::Instant::now());
     s.events.insert((ns, name), ev.clone());
     (StatusCode::CREATED, axum::Json(ev)).into_response()
 }
