@@ -12,7 +12,10 @@ use crate::leader::{LeaseLock, LeaseOptions, run_while_leader};
 use crate::metrics::Metrics;
 use crate::mirror::controller::{self, ControllerOptions};
 use crate::mirror::sync::Syncer;
-use crate::recorder::{EventSink, LogSink};
+use crate::recorder::{
+    Broadcaster, BroadcasterOptions, EventSink, KubeSink, LogSink, Recorder, SystemClock, WARNING,
+};
+use k8s_openapi::api::core::v1::ObjectReference;
 
 /// How `serve` finds its cluster.
 #[derive(Clone, Default)]
@@ -152,14 +155,50 @@ pub fn spawn(
         .lease
         .clone()
         .unwrap_or_else(|| LeaseOptions::new(&options.lease_namespace, &options.identity));
+    // Events about clusterscope itself, written the way client-go's recorder writes them.
+    let broadcaster = Broadcaster::new(BroadcasterOptions::default());
+    let clock: Arc<dyn crate::recorder::Clock> = Arc::new(SystemClock);
+    let recorder_task =
+        broadcaster.start_recording_to_sink(Arc::new(KubeSink::new(client.clone())), clock.clone());
+    let recorder = Arc::new(Recorder::new(
+        broadcaster,
+        "clusterscope",
+        &options.identity,
+        clock,
+    ));
+    let lease_ref = ObjectReference {
+        api_version: Some("coordination.k8s.io/v1".to_owned()),
+        kind: Some("Lease".to_owned()),
+        namespace: Some(lease.namespace.clone()),
+        name: Some(lease.name.clone()),
+        ..ObjectReference::default()
+    };
     let lock = LeaseLock::new(client, lease);
     state.set("mirroring: standby (another replica holds the lease); discovery: on");
     let controller_options = options.controller.clone();
     let on_change = {
         let state = state.clone();
         let metrics = metrics.clone();
+        let recorder = recorder.clone();
+        let identity = options.identity.clone();
         move |leading: bool| {
             metrics.mirror_leader.set(i64::from(leading));
+            let (type_, reason, message) = if leading {
+                (
+                    "Normal",
+                    "LeaderElected",
+                    format!("{identity} now mirrors events"),
+                )
+            } else {
+                (
+                    WARNING,
+                    "LeaderLost",
+                    format!("{identity} stopped mirroring events"),
+                )
+            };
+            if !recorder.event(&lease_ref, type_, reason, &message) {
+                metrics.recorder_dropped.inc();
+            }
             state.set(if leading {
                 "mirroring: on (this replica holds the lease); discovery: on"
             } else {
@@ -182,5 +221,5 @@ pub fn spawn(
         on_change,
         stopped(stop),
     ));
-    vec![discovery, mirror]
+    vec![discovery, mirror, recorder_task]
 }

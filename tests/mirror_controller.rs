@@ -266,3 +266,32 @@ async fn a_missing_channel_namespace_does_not_block_other_channels() {
     assert!(eventually(|| api.events_in("team-infra").len() == 1).await);
     running.stop().await;
 }
+
+#[tokio::test]
+async fn a_source_recreated_after_its_ttl_is_followed_by_the_same_copy() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
+    let running = start(&api);
+    api.put("default", node_event(1, 4));
+    assert!(eventually(|| one_valid_copy_each(&api, 1).is_ok()).await);
+    let name = format!("node1.{:016x}", 1);
+    let first_uid = api.event("default", &name).unwrap()["metadata"]["uid"].clone();
+    // The source expires and a producer creates it again under the same name.
+    api.expire("default", &name);
+    let mut again = node_event(1, 1);
+    again["message"] = "recreated".into();
+    api.put("default", again);
+    assert!(
+        eventually(|| {
+            let copies = api.events_in("team-infra");
+            copies.len() == 1 && copies[0]["message"] == "recreated"
+        })
+        .await
+    );
+    let copy = &api.events_in("team-infra")[0];
+    assert_eq!(copy["count"], 1);
+    assert_ne!(
+        copy["metadata"]["annotations"]["clusterscope.dev/source-uid"],
+        first_uid
+    );
+    running.stop().await;
+}

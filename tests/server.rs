@@ -627,7 +627,13 @@ async fn a_panicking_handler_answers_500_and_counts() {
 
 #[tokio::test]
 async fn with_a_cluster_the_leader_mirrors_and_a_stalled_api_server_never_slows_the_webhook() {
-    let api = fake_apiserver::FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
+    let api = fake_apiserver::FakeApiServer::start(&[
+        "default",
+        "kube-system",
+        "team-infra",
+        "clusterscope-system",
+    ])
+    .await;
     let node: serde_json::Value = serde_json::json!({
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": "node1.0000000000000001", "namespace": "default"},
@@ -659,6 +665,19 @@ async fn with_a_cluster_the_leader_mirrors_and_a_stalled_api_server_never_slows_
     assert!(ready.contains("mirroring: on"), "{ready}");
     let (_, m) = admin_get(&server, "/metrics").await;
     assert_eq!(metric(&m, "clusterscope_mirror_leader"), 1.0, "{m}");
+    // The recorder wrote an event about the lease, as client-go would.
+    let mut recorded = Vec::new();
+    for _ in 0..100 {
+        recorded = api.events_in("clusterscope-system");
+        if !recorded.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    assert_eq!(recorded[0]["reason"], "LeaderElected");
+    assert_eq!(recorded[0]["involvedObject"]["kind"], "Lease");
+    assert_eq!(recorded[0]["source"]["component"], "clusterscope");
 
     // The API server stalls for a minute: reviews are answered all the same.
     api.store.lock().unwrap().delay = Some(Duration::from_secs(60));
