@@ -90,67 +90,44 @@ fn s(v: &Option<String>) -> &str {
     v.as_deref().unwrap_or("")
 }
 
-fn source_parts(e: &Event) -> (&str, &str) {
-    e.source
+/// Source and involved object, in client-go's order; `fieldPath` (after the name) only where
+/// client-go's key has it.
+fn source_and_object(e: &Event, with_field_path: bool) -> Vec<&str> {
+    let (component, host) = e
+        .source
         .as_ref()
-        .map_or(("", ""), |src| (s(&src.component), s(&src.host)))
+        .map_or(("", ""), |src| (s(&src.component), s(&src.host)));
+    let o = &e.involved_object;
+    let mut parts = vec![component, host, s(&o.kind), s(&o.namespace), s(&o.name)];
+    if with_field_path {
+        parts.push(s(&o.field_path));
+    }
+    parts.extend([s(&o.uid), s(&o.api_version)]);
+    parts
 }
 
 /// client-go `getEventKey`: everything that makes two events the same, message included.
 pub fn event_key(e: &Event) -> String {
-    let (component, host) = source_parts(e);
-    let o = &e.involved_object;
-    [
-        component,
-        host,
-        s(&o.kind),
-        s(&o.namespace),
-        s(&o.name),
-        s(&o.field_path),
-        s(&o.uid),
-        s(&o.api_version),
-        s(&e.type_),
-        s(&e.reason),
-        s(&e.message),
-    ]
-    .join("")
+    let mut parts = source_and_object(e, true);
+    parts.extend([s(&e.type_), s(&e.reason), s(&e.message)]);
+    parts.concat()
 }
 
 /// client-go `EventAggregatorByReasonFunc`: the group key (without message) and the message.
 pub fn aggregate_key(e: &Event) -> (String, String) {
-    let (component, host) = source_parts(e);
-    let o = &e.involved_object;
-    let key = [
-        component,
-        host,
-        s(&o.kind),
-        s(&o.namespace),
-        s(&o.name),
-        s(&o.uid),
-        s(&o.api_version),
+    let mut parts = source_and_object(e, false);
+    parts.extend([
         s(&e.type_),
         s(&e.reason),
         s(&e.reporting_component),
         s(&e.reporting_instance),
-    ]
-    .join("");
-    (key, s(&e.message).to_owned())
+    ]);
+    (parts.concat(), s(&e.message).to_owned())
 }
 
 /// client-go `getSpamKey`: source and involved object.
 pub fn spam_key(e: &Event) -> String {
-    let (component, host) = source_parts(e);
-    let o = &e.involved_object;
-    [
-        component,
-        host,
-        s(&o.kind),
-        s(&o.namespace),
-        s(&o.name),
-        s(&o.uid),
-        s(&o.api_version),
-    ]
-    .join("")
+    source_and_object(e, false).concat()
 }
 
 /// Correlates events before they are written.
