@@ -217,4 +217,22 @@ mod sync {
         );
         assert!(!api.event("default", &name).unwrap()["metadata"]["labels"].is_null());
     }
+
+    #[tokio::test]
+    async fn a_refused_label_does_not_hold_back_the_copy() {
+        let api = FakeApiServer::start(&["default", "team-infra", "team-storage"]).await;
+        let s = syncer(&api);
+        let source = stored_source("kubelet-node-not-ready.json");
+        let name = source["metadata"]["name"].as_str().unwrap().to_owned();
+        api.put("default", source);
+        // The label patch is forbidden (say RBAC lacks `patch` in default).
+        api.inject(403, "Forbidden", 1);
+        let err = s
+            .sync(&typed(&api.event("default", &name).unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.operation, "label");
+        assert!(err.report.created, "{err:?}");
+        assert_eq!(api.events_in("team-infra").len(), 1);
+    }
 }

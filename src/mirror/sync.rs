@@ -122,6 +122,8 @@ impl Syncer {
         };
         let source_ns = source.metadata.namespace.as_deref().unwrap_or("default");
         let source_name = source.metadata.name.as_deref().unwrap_or("");
+        // A failed label does not hold back the copy: it is reported once the copy is done.
+        let mut label_error = None;
         if decision.outcome == Outcome::Patched && !source_name.is_empty() {
             let api: Api<Event> = Api::namespaced(self.client.clone(), source_ns);
             let patch = merge_patch_of(&decision.patch);
@@ -132,30 +134,49 @@ impl Syncer {
                 Ok(_) => report.labelled = true,
                 // Gone already (TTL): nothing to label, the copy still follows below.
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(fail(&report, "label", e.into())),
+                Err(e) => label_error = Some(SinkError::from(e)),
             }
         }
+        let copied = self.copy(source, &classified, &mut report).await;
+        match (copied, label_error) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(e)) => Err(fail(&report, "label", e)),
+            (Ok(()), None) => Ok(report),
+        }
+    }
+
+    /// Writes the event to its channel's log stream and mirror namespace.
+    async fn copy(
+        &self,
+        source: &Event,
+        classified: &crate::decide::Classified,
+        report: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        let fail = |report: &SyncReport, operation, error| SyncError {
+            report: report.clone(),
+            operation,
+            error,
+        };
         let Some(channel) = classified
             .channel
             .as_deref()
             .and_then(|c| self.config.channel(c))
         else {
-            return Ok(report);
+            return Ok(());
         };
         if channel.log
             && let Some(sink) = &self.log_sink
         {
             sink.create(source)
                 .await
-                .map_err(|e| fail(&report, "log", e))?;
+                .map_err(|e| fail(report, "log", e))?;
         }
-        let Some(copy) = make_copy(source, &classified, channel, &self.config) else {
-            return Ok(report);
+        let Some(copy) = make_copy(source, classified, channel, &self.config) else {
+            return Ok(());
         };
-        match self.upsert(&copy, &mut report).await {
-            Ok(()) => Ok(report),
-            Err((operation, e)) => Err(fail(&report, operation, e)),
-        }
+        self.upsert(&copy, report)
+            .await
+            .map_err(|(operation, e)| fail(report, operation, e))
     }
 
     async fn upsert(

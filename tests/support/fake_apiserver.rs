@@ -41,6 +41,8 @@ pub struct Store {
     pub leases: BTreeMap<(String, String), Value>,
     /// When each event was created: (namespace, name) → instant (for lag measurements).
     pub created_at: BTreeMap<(String, String), std::time::Instant>,
+    /// Every resource call, as RBAC would check it.
+    pub calls: Vec<Call>,
     /// Served by discovery: (group, version, plural, kind, namespaced).
     pub discovery: Vec<(String, String, String, String, bool)>,
 }
@@ -303,10 +305,26 @@ impl FakeApiServer {
 type St = State<Arc<Mutex<Store>>>;
 
 /// Records the request and applies injected faults and delays.
-async fn gate(store: &Arc<Mutex<Store>>, method: &str, path: String) -> Option<Response> {
+/// One API call as RBAC sees it: (verb, API group, resource, namespace).
+pub type Call = (String, String, String, String);
+
+async fn gate(
+    store: &Arc<Mutex<Store>>,
+    method: &str,
+    path: String,
+    rbac: Option<(&str, &str, &str, &str)>,
+) -> Option<Response> {
     let (fault, delay) = {
         let mut s = store.lock().unwrap();
         s.requests.push((method.to_owned(), path));
+        if let Some((verb, group, resource, ns)) = rbac {
+            s.calls.push((
+                verb.to_owned(),
+                group.to_owned(),
+                resource.to_owned(),
+                ns.to_owned(),
+            ));
+        }
         (s.faults.pop_front(), s.delay)
     };
     if let Some(d) = delay {
@@ -328,7 +346,14 @@ async fn list(
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
         return watch(store, ns, q).await;
     }
-    if let Some(r) = gate(&store, "LIST", ns.clone()).await {
+    if let Some(r) = gate(
+        &store,
+        "LIST",
+        ns.clone(),
+        Some(("list", "", "events", &ns)),
+    )
+    .await
+    {
         return r;
     }
     let s = store.lock().unwrap();
@@ -347,7 +372,14 @@ async fn list(
 }
 
 async fn get_one(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {
-    if let Some(r) = gate(&store, "GET", format!("{ns}/{name}")).await {
+    if let Some(r) = gate(
+        &store,
+        "GET",
+        format!("{ns}/{name}"),
+        Some(("get", "", "events", &ns)),
+    )
+    .await
+    {
         return r;
     }
     let s = store.lock().unwrap();
@@ -358,7 +390,14 @@ async fn get_one(State(store): St, Path((ns, name)): Path<(String, String)>) -> 
 }
 
 async fn create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Response {
-    if let Some(r) = gate(&store, "POST", ns.clone()).await {
+    if let Some(r) = gate(
+        &store,
+        "POST",
+        ns.clone(),
+        Some(("create", "", "events", &ns)),
+    )
+    .await
+    {
         return r;
     }
     let Ok(mut ev) = serde_json::from_slice::<Value>(&body) else {
@@ -394,7 +433,14 @@ async fn update(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(&store, "PUT", format!("{ns}/{name}")).await {
+    if let Some(r) = gate(
+        &store,
+        "PUT",
+        format!("{ns}/{name}"),
+        Some(("update", "", "events", &ns)),
+    )
+    .await
+    {
         return r;
     }
     let Ok(mut ev) = serde_json::from_slice::<Value>(&body) else {
@@ -426,7 +472,14 @@ async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(&store, "PATCH", format!("{ns}/{name}")).await {
+    if let Some(r) = gate(
+        &store,
+        "PATCH",
+        format!("{ns}/{name}"),
+        Some(("patch", "", "events", &ns)),
+    )
+    .await
+    {
         return r;
     }
     let ct = headers
@@ -461,7 +514,14 @@ async fn patch(
 }
 
 async fn delete(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {
-    if let Some(r) = gate(&store, "DELETE", format!("{ns}/{name}")).await {
+    if let Some(r) = gate(
+        &store,
+        "DELETE",
+        format!("{ns}/{name}"),
+        Some(("delete", "", "events", &ns)),
+    )
+    .await
+    {
         return r;
     }
     let mut s = store.lock().unwrap();
@@ -497,7 +557,14 @@ fn line(kind: &str, obj: &Value) -> Bytes {
 }
 
 async fn watch(store: Arc<Mutex<Store>>, ns: String, q: BTreeMap<String, String>) -> Response {
-    if let Some(r) = gate(&store, "WATCH", ns.clone()).await {
+    if let Some(r) = gate(
+        &store,
+        "WATCH",
+        ns.clone(),
+        Some(("watch", "", "events", &ns)),
+    )
+    .await
+    {
         return r;
     }
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
@@ -563,7 +630,14 @@ async fn watch(store: Arc<Mutex<Store>>, ns: String, q: BTreeMap<String, String>
 }
 
 async fn lease_get(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {
-    if let Some(r) = gate(&store, "GET", format!("lease {ns}/{name}")).await {
+    if let Some(r) = gate(
+        &store,
+        "GET",
+        format!("lease {ns}/{name}"),
+        Some(("get", "coordination.k8s.io", "leases", &ns)),
+    )
+    .await
+    {
         return r;
     }
     match store.lock().unwrap().leases.get(&(ns, name.clone())) {
@@ -577,7 +651,14 @@ async fn lease_get(State(store): St, Path((ns, name)): Path<(String, String)>) -
 }
 
 async fn lease_create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Response {
-    if let Some(r) = gate(&store, "POST", format!("lease {ns}")).await {
+    if let Some(r) = gate(
+        &store,
+        "POST",
+        format!("lease {ns}"),
+        Some(("create", "coordination.k8s.io", "leases", &ns)),
+    )
+    .await
+    {
         return r;
     }
     let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
@@ -603,7 +684,14 @@ async fn lease_put(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(&store, "PUT", format!("lease {ns}/{name}")).await {
+    if let Some(r) = gate(
+        &store,
+        "PUT",
+        format!("lease {ns}/{name}"),
+        Some(("update", "coordination.k8s.io", "leases", &ns)),
+    )
+    .await
+    {
         return r;
     }
     let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
@@ -648,7 +736,7 @@ fn resource_list(s: &Store, group: &str, version: &str) -> Value {
 }
 
 async fn api_versions(State(store): St) -> Response {
-    if let Some(r) = gate(&store, "GET", "/api".into()).await {
+    if let Some(r) = gate(&store, "GET", "/api".into(), None).await {
         return r;
     }
     axum::Json(json!({"kind": "APIVersions", "versions": ["v1"],
@@ -657,14 +745,14 @@ async fn api_versions(State(store): St) -> Response {
 }
 
 async fn core_resources(State(store): St) -> Response {
-    if let Some(r) = gate(&store, "GET", "/api/v1".into()).await {
+    if let Some(r) = gate(&store, "GET", "/api/v1".into(), None).await {
         return r;
     }
     axum::Json(resource_list(&store.lock().unwrap(), "", "v1")).into_response()
 }
 
 async fn api_groups(State(store): St) -> Response {
-    if let Some(r) = gate(&store, "GET", "/apis".into()).await {
+    if let Some(r) = gate(&store, "GET", "/apis".into(), None).await {
         return r;
     }
     let s = store.lock().unwrap();
@@ -691,7 +779,7 @@ async fn group_resources(
     State(store): St,
     Path((group, version)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = gate(&store, "GET", format!("/apis/{group}/{version}")).await {
+    if let Some(r) = gate(&store, "GET", format!("/apis/{group}/{version}"), None).await {
         return r;
     }
     axum::Json(resource_list(&store.lock().unwrap(), &group, &version)).into_response()
