@@ -100,6 +100,8 @@ pub struct Classified {
     /// The value of the kind label (equal to `kind` unless that is not a valid label value).
     pub kind_label: String,
     pub name: String,
+    /// The event's reason (for metrics).
+    pub reason: String,
     pub channel: Option<String>,
     pub kind_source: KindSource,
 }
@@ -268,6 +270,7 @@ pub fn decide(event: &Event<'_>, config: &Config, resolver: &ScopeResolver) -> D
             group,
             kind,
             name: reference.name().to_owned(),
+            reason: event.reason().to_owned(),
             channel: channel.map(|c| c.name.clone()),
             kind_source,
         }),

@@ -19,6 +19,29 @@ use crate::decide::Decision;
 /// number of series.
 pub const MAX_CUSTOM_KINDS: usize = 64;
 pub const OTHER_KIND: &str = "_other";
+/// Distinct reasons that get their own series; later ones are counted under [`OTHER_KIND`].
+pub const MAX_REASONS: usize = 128;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+/// `value` itself while fewer than `limit` distinct values were seen, else [`OTHER_KIND`].
+fn fold(seen: &Mutex<HashSet<String>>, value: &str, limit: usize) -> String {
+    let mut seen = match seen.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    if seen.contains(value) {
+        value.to_owned()
+    } else if seen.len() < limit {
+        seen.insert(value.to_owned());
+        value.to_owned()
+    } else {
+        OTHER_KIND.to_owned()
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -67,7 +90,9 @@ pub struct Metrics {
     pub mirror_leader: Gauge,
     pub recorder_dropped: Counter,
     pub discovery_refreshes: Family<ResultLabels, Counter>,
+    pub by_reason: Family<ReasonLabels, Counter>,
     custom_kinds: Mutex<HashSet<String>>,
+    reasons: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,6 +136,12 @@ impl Metrics {
             "events_classified",
             "Events about cluster-scoped objects by kind and channel",
             classified.clone(),
+        );
+        let by_reason = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "events_by_reason",
+            "Events about cluster-scoped objects by reason (past 128 distinct reasons: _other)",
+            by_reason.clone(),
         );
         let panics = Counter::default();
         registry.register(
@@ -197,7 +228,9 @@ impl Metrics {
             mirror_leader,
             recorder_dropped,
             discovery_refreshes,
+            by_reason,
             custom_kinds: Mutex::new(HashSet::new()),
+            reasons: Mutex::new(HashSet::new()),
         }
     }
 
@@ -221,19 +254,13 @@ impl Metrics {
         let kind = if builtin {
             c.kind_label.clone()
         } else {
-            let mut seen = match self.custom_kinds.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            if seen.contains(&c.kind_label) {
-                c.kind_label.clone()
-            } else if seen.len() < MAX_CUSTOM_KINDS {
-                seen.insert(c.kind_label.clone());
-                c.kind_label.clone()
-            } else {
-                OTHER_KIND.to_owned()
-            }
+            fold(&self.custom_kinds, &c.kind_label, MAX_CUSTOM_KINDS)
         };
+        self.by_reason
+            .get_or_create(&ReasonLabels {
+                reason: fold(&self.reasons, &c.reason, MAX_REASONS),
+            })
+            .inc();
         self.classified
             .get_or_create(&ClassifiedLabels {
                 scope: "cluster".to_owned(),
@@ -307,6 +334,7 @@ mod tests {
                 kind: kind.into(),
                 kind_label: kind.into(),
                 name: "x".into(),
+                reason: "R".into(),
                 channel: Some("cluster".into()),
                 kind_source: source,
             }),

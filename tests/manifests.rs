@@ -353,3 +353,58 @@ async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
         );
     }
 }
+
+#[test]
+fn dashboard_queries_only_exported_metrics() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("manifests/grafana/clusterscope-dashboard.json");
+    let dash: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    // Every family the server exports, once each has a sample.
+    let m = clusterscope::metrics::Metrics::new();
+    m.request("CREATE", "patched");
+    m.cert_reloads
+        .get_or_create(&clusterscope::metrics::ResultLabels {
+            result: "success".into(),
+        })
+        .inc();
+    m.discovery_refreshes
+        .get_or_create(&clusterscope::metrics::ResultLabels {
+            result: "success".into(),
+        })
+        .inc();
+    m.mirror_writes
+        .get_or_create(&clusterscope::metrics::MirrorLabels {
+            channel: "n".into(),
+            operation: "create".into(),
+            result: "success".into(),
+        })
+        .inc();
+    m.classified
+        .get_or_create(&clusterscope::metrics::ClassifiedLabels {
+            scope: "cluster".into(),
+            kind: "Node".into(),
+            channel: "n".into(),
+        })
+        .inc();
+    m.by_reason
+        .get_or_create(&clusterscope::metrics::ReasonLabels { reason: "R".into() })
+        .inc();
+    let exported = m.encode();
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("clusterscope_") {
+                    assert!(
+                        exported.contains(word),
+                        "panel {:?} queries {word}, which is not exported",
+                        panel["title"]
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 15, "{checked}");
+}

@@ -127,6 +127,7 @@ mod tests {
             kind: "Node".into(),
             kind_label: "Node".into(),
             name: "node1".into(),
+            reason: "NodeNotReady".into(),
             channel: Some("nodes".into()),
             kind_source: KindSource::Builtin,
         }
