@@ -29,3 +29,4 @@ pub mod route;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;

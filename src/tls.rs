@@ -19,8 +19,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::metrics::{Metrics, ResultLabels};
 
-/// Wait after a file-system event before re-reading, so both files of a pair are written.
-const EVENT_SETTLE: Duration = Duration::from_millis(100);
 
 /// A certificate pair that was refused, with the reason in an operator's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,64 +213,11 @@ impl CertReloader {
         }
     }
 
-    /// Starts watching: installs the file watch (inotify on the files' directories, which sees
-    /// the `..data` symlink swap at once), re-checks once for anything that changed since the
-    /// first load, then checks on every event and every `interval` as a fallback. The watch is
-    /// in place when this returns.
+    /// Starts watching the pair (see [`crate::watch`]); the watch is in place when this returns.
     pub fn spawn(mut self, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
-        let watcher = self.watch(tx);
-        self.check();
-        tokio::spawn(async move {
-            // Kept alive for as long as the loop runs; `None` leaves the poll alone.
-            let _watcher = watcher;
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    Some(()) = events.recv() => {
-                        // Let a writer that replaces both files finish before reading them.
-                        tokio::time::sleep(EVENT_SETTLE).await;
-                        while events.try_recv().is_ok() {}
-                    }
-                }
-                self.check();
-            }
+        let paths = vec![self.cert.clone(), self.key.clone()];
+        crate::watch::spawn(paths, interval, move || {
+            self.check();
         })
-    }
-
-    /// Watches the directories holding the certificate and key.
-    fn watch(&self, tx: tokio::sync::mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
-        use notify::Watcher as _;
-        let handler = move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                // A full channel already holds a wake-up; nothing is lost.
-                let _ = tx.try_send(());
-            }
-        };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch certificate files; relying on the periodic re-read");
-                return None;
-            }
-        };
-        let mut dirs: Vec<&Path> = [&self.cert, &self.key]
-            .iter()
-            .map(|p| {
-                p.parent()
-                    .filter(|d| !d.as_os_str().is_empty())
-                    .unwrap_or(Path::new("."))
-            })
-            .collect();
-        dirs.dedup();
-        for dir in dirs {
-            if let Err(e) = watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch certificate directory; relying on the periodic re-read");
-            }
-        }
-        Some(watcher)
     }
 }
