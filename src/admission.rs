@@ -222,7 +222,7 @@ pub struct Reviewed {
 /// Answers AdmissionReviews with a configuration and a scope resolver.
 #[derive(Debug, Clone)]
 pub struct Reviewer {
-    pub config: Arc<Config>,
+    pub config: crate::config::SharedConfig,
     pub resolver: Arc<ScopeResolver>,
 }
 
@@ -232,6 +232,14 @@ fn is_event_kind(gvk: &GroupVersionKind<'_>) -> bool {
 
 impl Reviewer {
     pub fn new(config: Arc<Config>, resolver: Arc<ScopeResolver>) -> Self {
+        Reviewer {
+            config: Arc::new(arc_swap::ArcSwap::new(config)),
+            resolver,
+        }
+    }
+
+    /// A reviewer whose configuration is swapped by whoever else holds `config`.
+    pub fn with_shared(config: crate::config::SharedConfig, resolver: Arc<ScopeResolver>) -> Self {
         Reviewer { config, resolver }
     }
 
@@ -297,7 +305,7 @@ impl Reviewer {
         if (!kind.is_empty() && kind != "Event") || (request.kind.is_none() && kind.is_empty()) {
             return Decision::skipped(SkipReason::NotAnEvent);
         }
-        let mut decision = decide(event, &self.config, &self.resolver);
+        let mut decision = decide(event, &self.config.load(), &self.resolver);
         if request.name.as_deref().unwrap_or("").is_empty() {
             decision.event_name = Some(event.display_name().into_owned());
         }

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::classify::ScopeResolver;
-use crate::config::Config;
 use crate::discovery::DiscoveryOptions;
 use crate::leader::{LeaseLock, LeaseOptions, run_while_leader};
 use crate::metrics::Metrics;
@@ -39,13 +38,13 @@ impl std::fmt::Debug for ClusterMode {
     }
 }
 
-/// What `/readyz` reports about the cluster side.
+/// A line of status for `/readyz` (the cluster side, the configuration).
 #[derive(Debug, Default)]
-pub struct ClusterState {
+pub struct StatusLine {
     inner: Mutex<String>,
 }
 
-impl ClusterState {
+impl StatusLine {
     pub fn set(&self, text: impl Into<String>) {
         match self.inner.lock() {
             Ok(mut g) => *g = text.into(),
@@ -113,10 +112,10 @@ pub async fn connect(mode: &ClusterMode, timeout: Duration) -> Result<kube::Clie
 /// What the cluster side shares with the webhook.
 #[derive(Clone)]
 pub struct Shared {
-    pub config: Arc<Config>,
+    pub config: crate::config::SharedConfig,
     pub resolver: Arc<ScopeResolver>,
     pub metrics: Arc<Metrics>,
-    pub state: Arc<ClusterState>,
+    pub state: Arc<StatusLine>,
 }
 
 /// Starts discovery and the leader-elected mirror controller; they stop when `stop` turns true.

@@ -90,6 +90,7 @@ pub struct Metrics {
     pub mirror_leader: Gauge,
     pub recorder_dropped: Counter,
     pub discovery_refreshes: Family<ResultLabels, Counter>,
+    pub config_reloads: Family<ResultLabels, Counter>,
     pub by_reason: Family<ReasonLabels, Counter>,
     custom_kinds: Mutex<HashSet<String>>,
     reasons: Mutex<HashSet<String>>,
@@ -205,6 +206,12 @@ impl Metrics {
             "API discovery refreshes by result",
             discovery_refreshes.clone(),
         );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Configuration file reloads by result (success, error: refused, the previous one stays)",
+            config_reloads.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -228,6 +235,7 @@ impl Metrics {
             mirror_leader,
             recorder_dropped,
             discovery_refreshes,
+            config_reloads,
             by_reason,
             custom_kinds: Mutex::new(HashSet::new()),
             reasons: Mutex::new(HashSet::new()),

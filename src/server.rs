@@ -81,7 +81,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
     /// What `/readyz` says about mirroring and discovery.
-    pub cluster: Arc<crate::cluster::ClusterState>,
+    pub cluster: Arc<crate::cluster::StatusLine>,
+    /// What `/readyz` says about the configuration file.
+    pub config_status: Arc<crate::cluster::StatusLine>,
     /// Pokes discovery when a review meets a kind nobody knows.
     pub discovery: Option<crate::discovery::Trigger>,
 }
@@ -93,6 +95,7 @@ pub struct Server {
     admin: TcpListener,
     acceptor: TlsAcceptor,
     reloader: Option<CertReloader>,
+    config_reloader: Option<crate::config::ConfigReloader>,
     options: ServeOptions,
     /// The cluster client and discovery's poke receiver, when a cluster answered.
     cluster: Option<(kube::Client, tokio::sync::mpsc::Receiver<()>)>,
@@ -103,6 +106,10 @@ impl Server {
     pub async fn bind(options: ServeOptions, metrics: Arc<Metrics>) -> Result<Server, ServeError> {
         let config = crate::cli::load_config(options.config.as_deref())
             .map_err(|e| ServeError(format!("invalid configuration: {e}")))?;
+        let config_text = match &options.config {
+            Some(path) => std::fs::read(path).unwrap_or_default(),
+            None => Vec::new(),
+        };
         let (cert_path, key_path) = match &options.tls {
             Some(pair) => pair.clone(),
             None => ensure_self_signed(&options.cert_dir)?,
@@ -122,7 +129,7 @@ impl Server {
                 options.admin_listen
             ))
         })?;
-        let cluster_state = Arc::new(crate::cluster::ClusterState::default());
+        let cluster_state = Arc::new(crate::cluster::StatusLine::default());
         let (cluster, discovery) = match crate::cluster::connect(
             &options.cluster.mode,
             options.cluster.connect_timeout,
@@ -145,8 +152,21 @@ impl Server {
                 (None, None)
             }
         };
+        let shared_config = crate::config::shared(config);
+        let config_status = Arc::new(crate::cluster::StatusLine::default());
+        config_status.set("configuration: the embedded default");
+        let config_reloader = options.config.clone().map(|path| {
+            crate::config::ConfigReloader::new(
+                path,
+                shared_config.clone(),
+                metrics.clone(),
+                config_status.clone(),
+                config_text,
+            )
+        });
         let state = Arc::new(AppState {
-            reviewer: Reviewer::new(Arc::new(config), Arc::new(ScopeResolver::new())),
+            reviewer: Reviewer::with_shared(shared_config, Arc::new(ScopeResolver::new())),
+            config_status,
             metrics,
             ready: AtomicBool::new(false),
             cluster: cluster_state,
@@ -158,6 +178,7 @@ impl Server {
             admin,
             acceptor: TlsAcceptor::from(Arc::new(tls_config)),
             reloader: Some(reloader),
+            config_reloader,
             options,
             cluster,
         })
@@ -191,6 +212,12 @@ impl Server {
             .reloader
             .take()
             .map(|r| r.spawn(self.options.cert_reload_interval));
+        let config_task = self.config_reloader.take().map(|mut r| {
+            let paths = vec![r.path.clone()];
+            crate::watch::spawn(paths, self.options.cert_reload_interval, move || {
+                r.check();
+            })
+        });
         let admin_task = {
             let app = admin_router(self.state.clone());
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -300,7 +327,7 @@ impl Server {
         let (admin, stop_admin) = admin_task;
         let _ = stop_admin.send(());
         let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
-        if let Some(task) = reload_task {
+        for task in [reload_task, config_task].into_iter().flatten() {
             task.abort();
         }
         // Mirroring stops and hands its lease over.
@@ -366,7 +393,7 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route(
             "/readyz",
             get(|State(state): State<Arc<AppState>>| async move {
-                let cluster = state.cluster.get();
+                let cluster = format!("{}\n{}", state.config_status.get(), state.cluster.get());
                 if state.ready.load(Ordering::SeqCst) {
                     text(
                         StatusCode::OK,

@@ -19,7 +19,6 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::metrics::{Metrics, ResultLabels};
 
-
 /// A certificate pair that was refused, with the reason in an operator's words.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsError(pub String);

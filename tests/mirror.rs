@@ -94,7 +94,7 @@ mod sync {
     fn syncer(api: &FakeApiServer) -> Syncer {
         Syncer {
             client: api.client(),
-            config: Arc::new(Config::from_yaml(CONFIG, "t").unwrap()),
+            config: clusterscope::config::shared(Config::from_yaml(CONFIG, "t").unwrap()),
             resolver: Arc::new(ScopeResolver::new()),
             log_sink: None,
         }

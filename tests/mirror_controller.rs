@@ -50,7 +50,7 @@ struct Running {
 fn start(api: &FakeApiServer) -> Running {
     let syncer = Syncer {
         client: api.client(),
-        config: Arc::new(Config::from_yaml(CONFIG, "t").unwrap()),
+        config: clusterscope::config::shared(Config::from_yaml(CONFIG, "t").unwrap()),
         resolver: Arc::new(ScopeResolver::new()),
         log_sink: None,
     };

@@ -695,3 +695,104 @@ async fn with_a_cluster_the_leader_mirrors_and_a_stalled_api_server_never_slows_
     }
     api.store.lock().unwrap().delay = None;
 }
+
+/// Writes `<dir>/<version>/config.yaml` and points `<dir>/..data` (and `config.yaml` through it)
+/// at it, as the kubelet updates a mounted ConfigMap.
+fn write_configmap_version(dir: &Path, version: &str, text: &str) {
+    let vdir = dir.join(version);
+    std::fs::create_dir_all(&vdir).unwrap();
+    std::fs::write(vdir.join("config.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(version, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let link = dir.join("config.yaml");
+    if std::fs::symlink_metadata(&link).is_err() {
+        std::os::unix::fs::symlink("..data/config.yaml", &link).unwrap();
+    }
+}
+
+async fn channel_of_node_event(server: &TestServer) -> String {
+    let mut s = connect(server, false).await;
+    let (status, _, body) = send(
+        &mut s,
+        "POST",
+        "/mutate",
+        Some("application/json"),
+        fixture("kubelet-node-not-ready.json"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let resp: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let patch = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        resp["response"]["patch"].as_str().unwrap(),
+    )
+    .unwrap();
+    let patch: serde_json::Value = serde_json::from_slice(&patch).unwrap();
+    patch[0]["value"]["clusterscope.dev/channel"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn configuration_reloads_atomically_and_refuses_a_bad_file() {
+    let cfg_dir = tempfile::tempdir().unwrap();
+    write_configmap_version(
+        cfg_dir.path(),
+        "v1",
+        "channels: [{name: nodes}]\nroutes: [{channel: nodes}]\n",
+    );
+    let server = start_full(
+        Duration::from_secs(3600),
+        clusterscope::cluster::ClusterMode::Off,
+        Some(cfg_dir.path().join("config.yaml")),
+    )
+    .await;
+    assert_eq!(channel_of_node_event(&server).await, "nodes");
+
+    // A new version through the ..data swap: the next reviews use it, no restart.
+    write_configmap_version(
+        cfg_dir.path(),
+        "v2",
+        "channels: [{name: infra}]\nroutes: [{channel: infra}]\n",
+    );
+    let mut channel = String::new();
+    for _ in 0..100 {
+        channel = channel_of_node_event(&server).await;
+        if channel == "infra" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(channel, "infra", "the new configuration was not picked up");
+
+    // An invalid version is refused: the previous rules stay, a metric and /readyz say so.
+    write_configmap_version(
+        cfg_dir.path(),
+        "v3",
+        "channels: [{name: infra}]\nroutes: [{channel: nowhere}]\n",
+    );
+    let mut refused = 0.0;
+    for _ in 0..100 {
+        let (_, m) = admin_get(&server, "/metrics").await;
+        refused = metric(&m, r#"clusterscope_config_reloads_total{result="error"}"#);
+        if refused >= 1.0 {
+            assert!(metric(&m, r#"clusterscope_config_reloads_total{result="success"}"#) >= 1.0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused >= 1.0, "the invalid configuration was not reported");
+    assert_eq!(channel_of_node_event(&server).await, "infra");
+    let (status, ready) = admin_get(&server, "/readyz").await;
+    assert_eq!(
+        status, 200,
+        "still ready: the previous configuration is valid"
+    );
+    assert!(
+        ready.contains("refused") && ready.contains("nowhere"),
+        "{ready}"
+    );
+}

@@ -28,6 +28,82 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Largest compiled size of one regular expression.
 const MAX_REGEX_BYTES: usize = 1024 * 1024;
 
+/// The configuration in use, swapped atomically when the file is reloaded: every review and
+/// every mirror sync reads one consistent version.
+pub type SharedConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
+
+/// Shares `config`.
+pub fn shared(config: Config) -> SharedConfig {
+    std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config))
+}
+
+/// Re-reads the configuration file when it changes and swaps it in; a file that does not
+/// validate is refused and the configuration in use stays.
+pub struct ConfigReloader {
+    pub path: std::path::PathBuf,
+    pub shared: SharedConfig,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub status: std::sync::Arc<crate::cluster::StatusLine>,
+    last_seen: Vec<u8>,
+}
+
+impl ConfigReloader {
+    /// `loaded` is the text the configuration in use was read from.
+    pub fn new(
+        path: std::path::PathBuf,
+        shared: SharedConfig,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+        status: std::sync::Arc<crate::cluster::StatusLine>,
+        loaded: Vec<u8>,
+    ) -> Self {
+        status.set(format!("configuration: {} loaded", path.display()));
+        ConfigReloader {
+            path,
+            shared,
+            metrics,
+            status,
+            last_seen: loaded,
+        }
+    }
+
+    fn count(&self, result: &str) {
+        self.metrics
+            .config_reloads
+            .get_or_create(&crate::metrics::ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Checks the file once: `None` when unchanged, else whether the new version was taken.
+    pub fn check(&mut self) -> Option<Result<(), ConfigError>> {
+        let bytes = std::fs::read(&self.path).unwrap_or_default();
+        if bytes == self.last_seen {
+            return None;
+        }
+        self.last_seen = bytes;
+        match Config::from_file(&self.path) {
+            Ok(config) => {
+                let (channels, routes) = (config.channels.len(), config.routes.len());
+                self.shared.store(std::sync::Arc::new(config));
+                self.count("success");
+                self.status
+                    .set(format!("configuration: {} reloaded", self.path.display()));
+                tracing::info!(file = %self.path.display(), channels, routes, "configuration reloaded");
+                Some(Ok(()))
+            }
+            Err(e) => {
+                self.count("error");
+                self.status.set(format!(
+                    "configuration: new version refused ({e}); the previous one stays in use"
+                ));
+                tracing::warn!(error = %e, "new configuration refused; the previous one stays in use");
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// A configuration that was refused, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

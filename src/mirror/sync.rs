@@ -50,7 +50,7 @@ impl std::error::Error for SyncError {}
 #[derive(Clone)]
 pub struct Syncer {
     pub client: kube::Client,
-    pub config: Arc<Config>,
+    pub config: crate::config::SharedConfig,
     pub resolver: Arc<ScopeResolver>,
     /// Where `log: true` channels write.
     pub log_sink: Option<Arc<dyn EventSink>>,
@@ -109,7 +109,9 @@ impl Syncer {
                 SinkError::Invalid(e.to_string()),
             )
         })?;
-        let decision = decide(&view, &self.config, &self.resolver);
+        // One consistent configuration for the whole sync, even if it is reloaded meanwhile.
+        let config = self.config.load_full();
+        let decision = decide(&view, &config, &self.resolver);
         let Some(classified) = decision.classified.clone() else {
             return Ok(SyncReport {
                 skipped: true,
@@ -137,7 +139,7 @@ impl Syncer {
                 Err(e) => label_error = Some(SinkError::from(e)),
             }
         }
-        let copied = self.copy(source, &classified, &mut report).await;
+        let copied = self.copy(&config, source, &classified, &mut report).await;
         match (copied, label_error) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(e)) => Err(fail(&report, "label", e)),
@@ -148,6 +150,7 @@ impl Syncer {
     /// Writes the event to its channel's log stream and mirror namespace.
     async fn copy(
         &self,
+        config: &Config,
         source: &Event,
         classified: &crate::decide::Classified,
         report: &mut SyncReport,
@@ -160,7 +163,7 @@ impl Syncer {
         let Some(channel) = classified
             .channel
             .as_deref()
-            .and_then(|c| self.config.channel(c))
+            .and_then(|c| config.channel(c))
         else {
             return Ok(());
         };
@@ -171,7 +174,7 @@ impl Syncer {
                 .await
                 .map_err(|e| fail(report, "log", e))?;
         }
-        let Some(copy) = make_copy(source, classified, channel, &self.config) else {
+        let Some(copy) = make_copy(source, classified, channel, config) else {
             return Ok(());
         };
         self.upsert(&copy, report)
