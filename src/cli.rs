@@ -116,6 +116,12 @@ pub struct ServeArgs {
     /// Events mirrored at once.
     #[arg(long, env = "CLUSTERSCOPE_MIRROR_WORKERS", default_value_t = 8)]
     pub mirror_workers: usize,
+    /// Open webhook connections at most; more are closed at once.
+    #[arg(long, env = "CLUSTERSCOPE_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
+    /// Requests in flight at most; more are answered 503 (Retry-After: 1).
+    #[arg(long, env = "CLUSTERSCOPE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
     /// Log format.
     #[arg(long, env = "CLUSTERSCOPE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
@@ -344,6 +350,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         drain_timeout: args.drain_timeout,
         header_read_timeout: args.header_read_timeout,
         handshake_timeout: std::time::Duration::from_secs(10),
+        max_connections: args.max_connections,
+        max_in_flight: args.max_in_flight,
         cluster: crate::cluster::ClusterOptions {
             mode: match args.cluster {
                 ClusterFlag::Auto => crate::cluster::ClusterMode::Infer,

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub classified: Family<ClassifiedLabels, Counter>,
     pub panics: Counter,
+    pub connections_open: Gauge,
+    pub connections_rejected: Counter,
     pub cert_reloads: Family<ResultLabels, Counter>,
     pub cert_expiry: Gauge<i64, AtomicI64>,
     pub mirror_writes: Family<MirrorLabels, Counter>,
@@ -149,6 +151,18 @@ impl Metrics {
             "http_panics",
             "Request handlers that panicked (answered with 500)",
             panics.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Open webhook (HTTPS) connections",
+            connections_open.clone(),
+        );
+        let connections_rejected = Counter::default();
+        registry.register(
+            "connections_rejected",
+            "Connections closed at once because --max-connections were open",
+            connections_rejected.clone(),
         );
         let cert_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
@@ -226,6 +240,8 @@ impl Metrics {
             in_flight,
             classified,
             panics,
+            connections_open,
+            connections_rejected,
             cert_reloads,
             cert_expiry,
             mirror_writes,

@@ -54,6 +54,10 @@ pub struct ServeOptions {
     pub handshake_timeout: Duration,
     /// The cluster side: discovery and mirroring.
     pub cluster: crate::cluster::ClusterOptions,
+    /// Open webhook connections at most; more are closed at once.
+    pub max_connections: usize,
+    /// Requests in flight at most; more are answered 503.
+    pub max_in_flight: usize,
 }
 
 /// A start-up failure, in an operator's words.
@@ -86,6 +90,9 @@ pub struct AppState {
     pub config_status: Arc<crate::cluster::StatusLine>,
     /// Pokes discovery when a review meets a kind nobody knows.
     pub discovery: Option<crate::discovery::Trigger>,
+    /// Requests being served, and the most allowed.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+    pub max_in_flight: usize,
 }
 
 /// A bound, not yet serving, server.
@@ -167,6 +174,8 @@ impl Server {
         let state = Arc::new(AppState {
             reviewer: Reviewer::with_shared(shared_config, Arc::new(ScopeResolver::new())),
             config_status,
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            max_in_flight: options.max_in_flight.max(1),
             metrics,
             ready: AtomicBool::new(false),
             cluster: cluster_state,
@@ -265,6 +274,9 @@ impl Server {
             .timer(TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)));
         let builder = Arc::new(builder);
+        let connections = Arc::new(tokio::sync::Semaphore::new(
+            self.options.max_connections.max(1),
+        ));
 
         self.state.ready.store(true, Ordering::SeqCst);
         tracing::info!(
@@ -286,6 +298,16 @@ impl Server {
                             continue;
                         }
                     };
+                    let Ok(permit) = connections.clone().try_acquire_owned() else {
+                        // At the cap: close at once rather than queue behind the others.
+                        let rejected = self.state.metrics.connections_rejected.inc() + 1;
+                        if rejected % 100 == 1 {
+                            tracing::warn!(%peer, max = self.options.max_connections, rejected_total = rejected, "connection limit reached; closing new connections");
+                        }
+                        drop(tcp);
+                        continue;
+                    };
+                    let open_gauge = self.state.metrics.connections_open.clone();
                     let _ = tcp.set_nodelay(true);
                     let acceptor = self.acceptor.clone();
                     let service = TowerToHyperService::new(app.clone());
@@ -293,6 +315,8 @@ impl Server {
                     let watcher = graceful.watcher();
                     let handshake_timeout = self.options.handshake_timeout;
                     tokio::spawn(async move {
+                        open_gauge.inc();
+                        let _open = OpenConnection { open: open_gauge, _slot: permit };
                         let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
@@ -450,12 +474,25 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
+/// Holds a connection's slot and counts it open while alive.
+struct OpenConnection {
+    open: prometheus_client::metrics::gauge::Gauge,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
 /// Counts the request in flight while alive.
-struct InFlight<'a>(&'a Metrics);
+struct InFlight<'a>(&'a AppState);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.dec();
+        self.0.metrics.in_flight.dec();
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -468,7 +505,25 @@ async fn mutate(
     let started = Instant::now();
     let metrics = &state.metrics;
     metrics.in_flight.inc();
-    let _in_flight = InFlight(metrics);
+    let now_in_flight = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _in_flight = InFlight(&state);
+    if now_in_flight > state.max_in_flight {
+        metrics.request("unknown", "error");
+        tracing::warn!(
+            max = state.max_in_flight,
+            "too many requests in flight; answered 503"
+        );
+        let mut resp = text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!(
+                "too many requests in flight (at most {})",
+                state.max_in_flight
+            ),
+        );
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return resp;
+    }
     let response = answer(&state, &uri, &headers, body).await;
     metrics.duration.observe(started.elapsed().as_secs_f64());
     response

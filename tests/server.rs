@@ -29,6 +29,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 const LIMIT: Duration = Duration::from_secs(20);
+/// (max connections, max requests in flight) of the test servers.
+const LIMITS: (usize, usize) = (64, 64);
 
 struct TestServer {
     webhook: SocketAddr,
@@ -80,6 +82,15 @@ async fn start_full(
     mode: clusterscope::cluster::ClusterMode,
     config: Option<PathBuf>,
 ) -> TestServer {
+    start_limited(cert_reload_interval, mode, config, LIMITS).await
+}
+
+async fn start_limited(
+    cert_reload_interval: Duration,
+    mode: clusterscope::cluster::ClusterMode,
+    config: Option<PathBuf>,
+    limits: (usize, usize),
+) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let bundle = localhost_bundle();
     write_secret_version(dir.path(), "v1", &bundle.cert_pem, &bundle.key_pem);
@@ -93,6 +104,8 @@ async fn start_full(
         drain_timeout: Duration::from_secs(5),
         header_read_timeout: Duration::from_millis(500),
         handshake_timeout: Duration::from_secs(2),
+        max_connections: limits.0,
+        max_in_flight: limits.1,
         cluster: clusterscope::cluster::ClusterOptions {
             mode,
             identity: "replica-0".into(),
@@ -795,4 +808,77 @@ async fn configuration_reloads_atomically_and_refuses_a_bad_file() {
         ready.contains("refused") && ready.contains("nowhere"),
         "{ready}"
     );
+}
+
+#[tokio::test]
+async fn connection_and_in_flight_caps_answer_clearly() {
+    let server = start_limited(
+        Duration::from_secs(3600),
+        clusterscope::cluster::ClusterMode::Off,
+        None,
+        (2, 1),
+    )
+    .await;
+    // One request in flight (body half sent) holds the only request slot.
+    let mut busy = tls_connect(server.webhook, &server.ca_pem, &[b"http/1.1"]).await;
+    let body = fixture("kubelet-node-not-ready.json");
+    busy.write_all(
+        format!(
+            "POST /mutate?timeout=10s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    busy.write_all(&body[..10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The second connection gets a clear 503 for its request.
+    let mut second = connect(&server, false).await;
+    let (status, headers, text) = send(
+        &mut second,
+        "POST",
+        "/mutate",
+        Some("application/json"),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 503, "{}", String::from_utf8_lossy(&text));
+    assert_eq!(headers["retry-after"], "1");
+    assert!(String::from_utf8_lossy(&text).contains("too many requests in flight"));
+    // A third connection is over the cap of two: closed at once.
+    let tcp = TcpStream::connect(server.webhook).await.unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let handshake = tokio::time::timeout(
+        LIMIT,
+        TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp),
+    )
+    .await
+    .expect("no answer");
+    assert!(handshake.is_err(), "a connection over the cap was served");
+    let (_, m) = admin_get(&server, "/metrics").await;
+    assert!(
+        metric(&m, "clusterscope_connections_rejected_total") >= 1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "clusterscope_connections_open"), 2.0);
+    // The busy request still completes.
+    busy.write_all(&body[10..]).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(LIMIT, busy.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
