@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the mutating webhook over HTTPS, with /healthz, /readyz and /metrics on the admin port.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate a CA and a serving certificate for the webhook's Service.
     Certs(CertsArgs),
     /// Answer one AdmissionReview offline: prints the response AdmissionReview as JSON.
@@ -187,7 +187,7 @@ pub fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
         Command::Certs(args) => certs(&args),
         Command::Review {
             config,
