@@ -27,9 +27,12 @@ pub struct Store {
     /// (namespace, name) → event
     pub events: BTreeMap<(String, String), Value>,
     pub resource_version: u64,
-    /// Answers to give before any real work, oldest first: (status code, reason).
-    pub faults: VecDeque<(u16, String)>,
+    /// Answers to give before any real work, oldest first: (only for this verb, status code,
+    /// reason).
+    pub faults: VecDeque<(Option<String>, u16, String)>,
     pub delay: Option<Duration>,
+    /// Every request fails with 503 until then (an API server outage).
+    pub down_until: Option<std::time::Instant>,
     /// Every request: (method, path).
     pub requests: Vec<(String, String)>,
     /// Every change, for watches: (resourceVersion, type, namespace, object).
@@ -236,7 +239,16 @@ impl FakeApiServer {
     pub fn inject(&self, code: u16, reason: &str, times: usize) {
         let mut s = self.store.lock().unwrap();
         for _ in 0..times {
-            s.faults.push_back((code, reason.to_owned()));
+            s.faults.push_back((None, code, reason.to_owned()));
+        }
+    }
+
+    /// As [`Self::inject`], for calls of one RBAC verb only (`create`, `list`, ...).
+    pub fn inject_for(&self, verb: &str, code: u16, reason: &str, times: usize) {
+        let mut s = self.store.lock().unwrap();
+        for _ in 0..times {
+            s.faults
+                .push_back((Some(verb.to_owned()), code, reason.to_owned()));
         }
     }
 
@@ -325,7 +337,19 @@ async fn gate(
                 ns.to_owned(),
             ));
         }
-        (s.faults.pop_front(), s.delay)
+        let down = s.down_until.is_some_and(|t| std::time::Instant::now() < t);
+        let verb = rbac.map(|r| r.0);
+        let fault = if down {
+            Some((503, "ServiceUnavailable".to_owned()))
+        } else {
+            let at = s
+                .faults
+                .iter()
+                .position(|(only, _, _)| only.is_none() || only.as_deref() == verb);
+            at.and_then(|i| s.faults.remove(i))
+                .map(|(_, code, reason)| (code, reason))
+        };
+        (fault, s.delay)
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
