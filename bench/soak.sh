@@ -67,6 +67,11 @@ pids+=($!)
   done
 ) &
 pids+=($!)
+# RSS every 30 s: growth after warm-up is what a leak would show.
+(
+  for _ in $(seq $((duration / 30))); do sleep 30; echo "$(rss)" >> "$work/rss.txt"; done
+) &
+pids+=($!)
 wait "${pids[0]}" "${pids[1]}" "${pids[2]}"
 sleep 2
 rss_end=$(rss); fds_end=$(fds)
@@ -75,7 +80,9 @@ echo "== HTTP/1.1 valid";  grep -E "Success rate|Requests/sec|99.00%|99.90%|\[[0
 echo "== HTTP/2 valid";    grep -E "Success rate|Requests/sec|99.00%|99.90%|\[[0-9]+\]|Error distribution" -A0 "$work/h2.txt"
 echo "== malformed (1%)";  grep -E "Requests/sec|\[[0-9]+\]" "$work/bad.txt"
 echo "== reloads";         echo "$metrics" | grep -E "^clusterscope_(tls_certificate|config)_reloads_total"
-echo "== end: RSS ${rss_end} kB (start ${rss_start} kB, growth $(( (rss_end - rss_start) * 100 / rss_start ))%), ${fds_end} fds (start ${fds_start})"
+echo "== RSS every 30 s (kB): $(tr '\n' ' ' < "$work/rss.txt" 2>/dev/null)"
+warm=$(head -1 "$work/rss.txt" 2>/dev/null || echo "$rss_start")
+echo "== end: RSS ${rss_end} kB (cold start ${rss_start} kB; after the first 30 s ${warm} kB, growth since then $(( (rss_end - warm) * 100 / warm ))%), ${fds_end} fds (start ${fds_start})"
 
 echo "== 10,000 idle TLS connections at once"
 python3 - "$port" "$server" <<'PY'
