@@ -251,3 +251,55 @@ fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
         "{rest:?}"
     );
 }
+
+#[test]
+fn certs_writes_the_pair_and_the_ca_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let webhook = dir.path().join("cabundle.yaml");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/overlays/manual-certs/cabundle.yaml"),
+        &webhook,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("certs");
+    let out = run(&[
+        "certs",
+        "--service",
+        "clusterscope",
+        "--namespace",
+        "clusterscope-system",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--webhook-config",
+        webhook.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let bundle = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let ca = std::fs::read(out_dir.join("ca.crt")).unwrap();
+    assert_eq!(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &bundle).unwrap(),
+        ca
+    );
+    let yaml = std::fs::read_to_string(&webhook).unwrap();
+    assert!(yaml.contains(&format!("caBundle: {bundle}")), "{yaml}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out_dir.join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    // A bad service name is refused with a reason.
+    let out = run(&[
+        "certs",
+        "--service",
+        "Bad_Name",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("--service"));
+}
