@@ -233,13 +233,10 @@ fn grants(objs: &[Value]) -> BTreeSet<(String, String, String, String)> {
 }
 
 async fn wait(cond: impl Fn() -> bool) {
-    for _ in 0..250 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(cond(), "condition not reached");
+    assert!(
+        fake_apiserver::eventually(5, cond).await,
+        "condition not reached"
+    );
 }
 
 #[tokio::test]

@@ -89,15 +89,9 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
 mod sync {
     use super::*;
     use clusterscope::mirror::sync::Syncer;
-    use std::sync::Arc;
 
     fn syncer(api: &FakeApiServer) -> Syncer {
-        Syncer {
-            client: api.client(),
-            config: clusterscope::config::shared(Config::from_yaml(CONFIG, "t").unwrap()),
-            resolver: Arc::new(ScopeResolver::new()),
-            log_sink: None,
-        }
+        api.syncer(CONFIG)
     }
 
     fn typed(v: &Value) -> Event {

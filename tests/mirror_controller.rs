@@ -9,11 +9,8 @@ mod fake_apiserver;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clusterscope::classify::ScopeResolver;
-use clusterscope::config::Config;
 use clusterscope::metrics::Metrics;
 use clusterscope::mirror::controller::{self, ControllerOptions};
-use clusterscope::mirror::sync::Syncer;
 use fake_apiserver::FakeApiServer;
 use serde_json::Value;
 
@@ -48,12 +45,7 @@ struct Running {
 }
 
 fn start(api: &FakeApiServer) -> Running {
-    let syncer = Syncer {
-        client: api.client(),
-        config: clusterscope::config::shared(Config::from_yaml(CONFIG, "t").unwrap()),
-        resolver: Arc::new(ScopeResolver::new()),
-        log_sink: None,
-    };
+    let syncer = api.syncer(CONFIG);
     let metrics = Arc::new(Metrics::new());
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let options = ControllerOptions {
@@ -78,14 +70,8 @@ impl Running {
 }
 
 /// Waits (bounded) until `cond` holds; returns whether it did.
-async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..500 {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
+async fn eventually(cond: impl FnMut() -> bool) -> bool {
+    fake_apiserver::eventually(10, cond).await
 }
 
 /// Every Node event in default has exactly one copy in team-infra, naming it as its source,

@@ -7,8 +7,6 @@ mod fake_apiserver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clusterscope::classify::ScopeResolver;
-use clusterscope::config::Config;
 use clusterscope::leader::{LeaseLock, LeaseOptions, run_while_leader};
 use clusterscope::metrics::Metrics;
 use clusterscope::mirror::controller::{self, ControllerOptions};
@@ -30,12 +28,7 @@ fn node_event(i: usize) -> Value {
 }
 
 fn syncer(api: &FakeApiServer) -> Syncer {
-    Syncer {
-        client: api.client(),
-        config: clusterscope::config::shared(Config::from_yaml(CONFIG, "t").unwrap()),
-        resolver: Arc::new(ScopeResolver::new()),
-        log_sink: None,
-    }
+    api.syncer(CONFIG)
 }
 
 fn options() -> ControllerOptions {
@@ -61,16 +54,7 @@ fn exactly_one_copy_each(api: &FakeApiServer, n: usize) -> bool {
     copies.len() == n && sources.len() == n
 }
 
-async fn eventually(secs: u64, cond: impl Fn() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    cond()
-}
+use fake_apiserver::eventually;
 
 #[tokio::test]
 async fn an_api_server_outage_loses_nothing() {

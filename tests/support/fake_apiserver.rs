@@ -228,6 +228,18 @@ impl FakeApiServer {
         FakeApiServer { addr, store }
     }
 
+    /// A mirror syncer on this server with the routing configuration `yaml`.
+    pub fn syncer(&self, yaml: &str) -> clusterscope::mirror::sync::Syncer {
+        clusterscope::mirror::sync::Syncer {
+            client: self.client(),
+            config: clusterscope::config::shared(
+                clusterscope::config::Config::from_yaml(yaml, "test").unwrap(),
+            ),
+            resolver: Arc::new(clusterscope::classify::ScopeResolver::new()),
+            log_sink: None,
+        }
+    }
+
     /// A kube client talking to this server over plain HTTP.
     pub fn client(&self) -> kube::Client {
         let url: axum::http::Uri = format!("http://{}", self.addr).parse().unwrap();
@@ -317,6 +329,18 @@ impl FakeApiServer {
 type St = State<Arc<Mutex<Store>>>;
 
 /// Records the request and applies injected faults and delays.
+/// Polls `cond` every 20 ms for up to `secs` seconds; whether it came true.
+pub async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
 /// One API call as RBAC sees it: (verb, API group, resource, namespace).
 pub type Call = (String, String, String, String);
 
