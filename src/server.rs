@@ -28,6 +28,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admission::Reviewer;
 use crate::classify::ScopeResolver;
+use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::tls::{CertReloader, CertResolver, TlsError};
 
@@ -111,17 +112,15 @@ pub struct Server {
 impl Server {
     /// Loads the configuration and certificate and binds both listeners.
     pub async fn bind(options: ServeOptions, metrics: Arc<Metrics>) -> Result<Server, ServeError> {
-        let config = crate::cli::load_config(options.config.as_deref())
-            .map_err(|e| ServeError(format!("invalid configuration: {e}")))?;
-        let config_text = match &options.config {
-            Some(path) => std::fs::read(path).unwrap_or_default(),
-            None => Vec::new(),
+        let (config, config_text) = match &options.config {
+            Some(path) => Config::read(path),
+            None => Ok((Config::embedded_default(), Vec::new())),
+        }
+        .map_err(|e| ServeError(format!("invalid configuration: {e}")))?;
+        let (cert_path, key_path, (loaded, fingerprint)) = match &options.tls {
+            Some((cert, key)) => (cert.clone(), key.clone(), crate::tls::load_pair(cert, key)?),
+            None => self_signed_pair(&options.cert_dir)?,
         };
-        let (cert_path, key_path) = match &options.tls {
-            Some(pair) => pair.clone(),
-            None => ensure_self_signed(&options.cert_dir)?,
-        };
-        let (loaded, fingerprint) = crate::tls::load_pair(&cert_path, &key_path)?;
         metrics.cert_expiry.set(loaded.not_after);
         let resolver = Arc::new(CertResolver::new(loaded.key));
         let tls_config = crate::tls::server_config(resolver.clone())?;
@@ -369,13 +368,15 @@ impl Server {
     }
 }
 
-/// Creates `ca.crt`, `tls.crt`, `tls.key` for localhost in `dir` unless a loadable pair is
-/// already there; returns the certificate and key paths.
-pub fn ensure_self_signed(dir: &std::path::Path) -> Result<(PathBuf, PathBuf), ServeError> {
+/// The pair in `dir` when it loads, else a new self-signed CA and certificate for localhost
+/// written there: the paths of certificate and key, and the pair loaded.
+pub fn self_signed_pair(
+    dir: &std::path::Path,
+) -> Result<(PathBuf, PathBuf, crate::tls::LoadedPair), ServeError> {
     let (ca, cert, key) = crate::certs::paths(dir);
-    if crate::tls::load_pair(&cert, &key).is_ok() {
+    if let Ok(pair) = crate::tls::load_pair(&cert, &key) {
         tracing::info!(ca = %ca.display(), "using the self-signed certificate in {}", dir.display());
-        return Ok((cert, key));
+        return Ok((cert, key, pair));
     }
     let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
     let bundle = crate::certs::generate(&names).map_err(ServeError)?;
@@ -385,7 +386,8 @@ pub fn ensure_self_signed(dir: &std::path::Path) -> Result<(PathBuf, PathBuf), S
         "no --tls-cert/--tls-key given: created a self-signed CA and a certificate for localhost and 127.0.0.1; trust {} to call the webhook",
         ca.display()
     );
-    Ok((cert, key))
+    let pair = crate::tls::load_pair(&cert, &key)?;
+    Ok((cert, key, pair))
 }
 
 /// `POST /mutate`, with panic recovery.

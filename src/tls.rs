@@ -80,8 +80,11 @@ pub fn parse_pair(
     })
 }
 
+/// A loaded pair and the bytes of both files (to tell later changes apart).
+pub type LoadedPair = (LoadedCert, Vec<u8>);
+
 /// Reads and parses the pair at these paths.
-pub fn load_pair(cert: &Path, key: &Path) -> Result<(LoadedCert, Vec<u8>), TlsError> {
+pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedPair, TlsError> {
     let cert_pem = std::fs::read(cert)
         .map_err(|e| TlsError(format!("cannot read {}: {e}", cert.display())))?;
     let key_pem =

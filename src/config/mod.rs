@@ -81,8 +81,9 @@ impl ConfigReloader {
         if bytes == self.last_seen {
             return None;
         }
+        let parsed = Config::from_bytes(&bytes, &self.path.display().to_string());
         self.last_seen = bytes;
-        match Config::from_file(&self.path) {
+        match parsed {
             Ok(config) => {
                 let (channels, routes) = (config.channels.len(), config.routes.len());
                 self.shared.store(std::sync::Arc::new(config));
@@ -257,22 +258,38 @@ impl Config {
 
     /// Reads and validates a configuration file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::read(path).map(|(config, _)| config)
+    }
+
+    /// Reads and validates a configuration file; also returns the bytes it was parsed from, so
+    /// a watcher can tell later changes from this version without reading the file again.
+    pub fn read(path: &Path) -> Result<(Self, Vec<u8>), ConfigError> {
         let source = path.display().to_string();
-        let fail = |reason: String| ConfigError {
+        let bytes = std::fs::read(path).map_err(|e| ConfigError {
             source: source.clone(),
+            line: 0,
+            column: 0,
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::from_bytes(&bytes, &source).map(|config| (config, bytes))
+    }
+
+    /// Validates file contents: size, UTF-8, then [`Self::from_yaml`].
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self, ConfigError> {
+        let fail = |reason: String| ConfigError {
+            source: source.to_owned(),
             line: 0,
             column: 0,
             reason,
         };
-        let meta = std::fs::metadata(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        if meta.len() > MAX_CONFIG_BYTES {
+        if bytes.len() as u64 > MAX_CONFIG_BYTES {
             return Err(fail(format!(
                 "file is {} bytes, larger than the {MAX_CONFIG_BYTES} bytes a configuration may be",
-                meta.len()
+                bytes.len()
             )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        Self::from_yaml(&text, &source)
+        let text = std::str::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: {e}")))?;
+        Self::from_yaml(text, source)
     }
 
     /// Parses and validates YAML text; `source` names it in errors.
