@@ -383,43 +383,9 @@ impl Checker<'_> {
             if !seen.insert(name.value.as_str()) {
                 return Err(self.err(name, format!("duplicate channel {:?}", name.value)));
             }
-            let mut labels = Vec::new();
-            for (key, value) in &ch.labels {
-                check_qualified_name(key)
-                    .map_err(|e| self.err(value, format!("channel {:?}: label {e}", name.value)))?;
-                if reserved.contains(&key.as_str()) {
-                    return Err(self.err(
-                        value,
-                        format!(
-                            "channel {:?}: label key {key:?} is reserved for clusterscope",
-                            name.value
-                        ),
-                    ));
-                }
-                check_label_value(&value.value).map_err(|e| {
-                    self.err(
-                        value,
-                        format!("channel {:?}: label {key:?}: {e}", name.value),
-                    )
-                })?;
-                labels.push((key.clone(), value.value.clone()));
-            }
-            let mut annotations = Vec::new();
-            for (key, value) in &ch.annotations {
-                check_qualified_name(key).map_err(|e| {
-                    self.err(value, format!("channel {:?}: annotation {e}", name.value))
-                })?;
-                if reserved.contains(&key.as_str()) {
-                    return Err(self.err(
-                        value,
-                        format!(
-                            "channel {:?}: annotation key {key:?} is reserved for clusterscope",
-                            name.value
-                        ),
-                    ));
-                }
-                annotations.push((key.clone(), value.value.clone()));
-            }
+            let labels = self.extras(&name.value, "label", &ch.labels, &reserved, true)?;
+            let annotations =
+                self.extras(&name.value, "annotation", &ch.annotations, &reserved, false)?;
             let namespace = match &ch.namespace {
                 None => None,
                 Some(ns) => {
@@ -476,6 +442,36 @@ impl Checker<'_> {
             channels,
             routes,
         })
+    }
+
+    /// A channel's extra labels or annotations: valid keys, none of clusterscope's own, and
+    /// (for labels) valid values; sorted by key.
+    fn extras(
+        &self,
+        channel: &str,
+        what: &str,
+        entries: &BTreeMap<String, Spanned<String>>,
+        reserved: &[&str],
+        check_values: bool,
+    ) -> Result<Vec<(String, String)>, ConfigError> {
+        let mut out = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            check_qualified_name(key)
+                .map_err(|e| self.err(value, format!("channel {channel:?}: {what} {e}")))?;
+            if reserved.contains(&key.as_str()) {
+                return Err(self.err(
+                    value,
+                    format!("channel {channel:?}: {what} key {key:?} is reserved for clusterscope"),
+                ));
+            }
+            if check_values {
+                check_label_value(&value.value).map_err(|e| {
+                    self.err(value, format!("channel {channel:?}: {what} {key:?}: {e}"))
+                })?;
+            }
+            out.push((key.clone(), value.value.clone()));
+        }
+        Ok(out)
     }
 
     fn list(
