@@ -6,11 +6,8 @@ mod common;
 #[path = "support/fake_apiserver.rs"]
 mod fake_apiserver;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use clusterscope::metrics::Metrics;
-use clusterscope::mirror::controller::{self, ControllerOptions};
 use fake_apiserver::FakeApiServer;
 use serde_json::Value;
 
@@ -38,35 +35,8 @@ fn pod_event(i: usize) -> Value {
     })
 }
 
-struct Running {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-    metrics: Arc<Metrics>,
-}
-
-fn start(api: &FakeApiServer) -> Running {
-    let syncer = api.syncer(CONFIG);
-    let metrics = Arc::new(Metrics::new());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let options = ControllerOptions {
-        workers: 4,
-        retry_base: Duration::from_millis(20),
-    };
-    let task = tokio::spawn(controller::run(syncer, metrics.clone(), options, async {
-        let _ = rx.await;
-    }));
-    Running {
-        stop,
-        task,
-        metrics,
-    }
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        let _ = self.task.await;
-    }
+fn start(api: &FakeApiServer) -> fake_apiserver::RunningController {
+    api.run_controller(CONFIG, Duration::from_millis(20))
 }
 
 /// Waits (bounded) until `cond` holds; returns whether it did.

@@ -59,15 +59,7 @@ use fake_apiserver::eventually;
 #[tokio::test]
 async fn an_api_server_outage_loses_nothing() {
     let api = FakeApiServer::start(&["default", "team-infra"]).await;
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(
-        syncer(&api),
-        Arc::new(Metrics::new()),
-        options(),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let running = api.run_controller(CONFIG, options().retry_base);
     for i in 0..10 {
         api.put("default", node_event(i));
     }
@@ -83,22 +75,13 @@ async fn an_api_server_outage_loses_nothing() {
         "{} copies after the outage",
         api.events_in("team-infra").len()
     );
-    let _ = stop.send(());
-    task.await.unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]
 async fn a_429_storm_loses_nothing() {
     let api = FakeApiServer::start(&["default", "team-infra"]).await;
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(controller::run(
-        syncer(&api),
-        Arc::new(Metrics::new()),
-        options(),
-        async {
-            let _ = rx.await;
-        },
-    ));
+    let running = api.run_controller(CONFIG, options().retry_base);
     // Writes are throttled: 24 creates answered 429. kube's client retries a 429 itself (up
     // to 3 times with a growing sleep, holding the worker); past that the controller's
     // per-event backoff takes over.
@@ -123,8 +106,7 @@ async fn a_429_storm_loses_nothing() {
         api.store.lock().unwrap().faults.is_empty(),
         "the storm was not even felt"
     );
-    let _ = stop.send(());
-    task.await.unwrap();
+    running.stop().await;
 }
 
 #[tokio::test]

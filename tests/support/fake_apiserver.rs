@@ -240,6 +240,30 @@ impl FakeApiServer {
         }
     }
 
+    /// Runs the mirror controller against this server with the routing configuration `yaml`
+    /// (4 workers, retries from `retry_base`) until [`RunningController::stop`].
+    pub fn run_controller(&self, yaml: &str, retry_base: Duration) -> RunningController {
+        let metrics = Arc::new(clusterscope::metrics::Metrics::new());
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let options = clusterscope::mirror::controller::ControllerOptions {
+            workers: 4,
+            retry_base,
+        };
+        let task = tokio::spawn(clusterscope::mirror::controller::run(
+            self.syncer(yaml),
+            metrics.clone(),
+            options,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        RunningController {
+            stop,
+            task,
+            metrics,
+        }
+    }
+
     /// A kube client talking to this server over plain HTTP.
     pub fn client(&self) -> kube::Client {
         let url: axum::http::Uri = format!("http://{}", self.addr).parse().unwrap();
@@ -329,6 +353,20 @@ impl FakeApiServer {
 type St = State<Arc<Mutex<Store>>>;
 
 /// Records the request and applies injected faults and delays.
+/// A mirror controller started by [`FakeApiServer::run_controller`].
+pub struct RunningController {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    pub metrics: Arc<clusterscope::metrics::Metrics>,
+}
+
+impl RunningController {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
 /// Polls `cond` every 20 ms for up to `secs` seconds; whether it came true.
 pub async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + Duration::from_secs(secs);
