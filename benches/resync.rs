@@ -18,7 +18,8 @@ use fake_apiserver::FakeApiServer;
 use serde_json::json;
 
 const SOURCES: usize = 20_000;
-const CONFIG: &str = "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n";
+const CONFIG: &str =
+    "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n";
 
 /// Waits until the fake API server has seen no call for `quiet`; returns the time of the last
 /// call seen, measured from `start`, and whether that happened before `limit`.

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
+use std::time::Duration;
 
 use crate::event::ObjectRef;
 
@@ -143,6 +144,31 @@ pub fn group_of(api_version: &str) -> Option<&str> {
     }
 }
 
+/// Where API discovery stands; it decides how a kind nobody knows is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscoveryState {
+    /// No cluster: the built-in table alone; an unknown kind counts as cluster-scoped.
+    Off,
+    /// A cluster is connected but discovery has not answered yet: an unknown kind is
+    /// undetermined (it may be a namespaced custom resource).
+    Pending,
+    /// Discovery answered at least once: an unknown kind really is unknown to the cluster.
+    Answered,
+    /// Discovery did not answer in time: unknown kinds count as cluster-scoped until it does.
+    TimedOut,
+}
+
+impl DiscoveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiscoveryState::Off => "off",
+            DiscoveryState::Pending => "pending",
+            DiscoveryState::Answered => "answered",
+            DiscoveryState::TimedOut => "timed-out",
+        }
+    }
+}
+
 /// The verdict on one event's reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
@@ -158,18 +184,75 @@ pub enum Verdict {
     NamespacedKind { group: String, kind: String },
     /// The reference names no kind at all.
     NoKind,
+    /// No namespace and a kind nobody knows, while discovery has not answered yet.
+    Undetermined { group: String, kind: String },
 }
 
 /// Resolves the scope of a group and kind: discovery first, then the built-in table.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ScopeResolver {
     /// group → kind → scope, as API discovery reported it.
     learned: RwLock<HashMap<String, HashMap<String, Scope>>>,
+    state: tokio::sync::watch::Sender<DiscoveryState>,
+}
+
+impl Default for ScopeResolver {
+    fn default() -> Self {
+        Self::with_state(DiscoveryState::Off)
+    }
 }
 
 impl ScopeResolver {
+    /// A resolver without discovery (the built-in table alone).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A resolver for a connected cluster: unknown kinds stay undetermined until the first
+    /// [`Self::learn`] (or [`Self::give_up_waiting`]).
+    pub fn awaiting_discovery() -> Self {
+        Self::with_state(DiscoveryState::Pending)
+    }
+
+    fn with_state(state: DiscoveryState) -> Self {
+        ScopeResolver {
+            learned: RwLock::default(),
+            state: tokio::sync::watch::Sender::new(state),
+        }
+    }
+
+    pub fn discovery_state(&self) -> DiscoveryState {
+        *self.state.borrow()
+    }
+
+    /// Discovery did not answer in time: judge unknown kinds as cluster-scoped from now on
+    /// (until it answers). No effect once it has answered.
+    pub fn give_up_waiting(&self) {
+        self.state.send_if_modified(|s| {
+            let pending = *s == DiscoveryState::Pending;
+            if pending {
+                *s = DiscoveryState::TimedOut;
+            }
+            pending
+        });
+    }
+
+    /// Waits until discovery has answered, for at most `timeout`; the state then.
+    pub async fn wait_for_discovery(&self, timeout: Duration) -> DiscoveryState {
+        match tokio::time::timeout(timeout, self.settled()).await {
+            Ok(state) => state,
+            Err(_) => self.discovery_state(),
+        }
+    }
+
+    /// Waits until unknown kinds can be judged: discovery answered or was given up on.
+    pub async fn settled(&self) -> DiscoveryState {
+        let mut rx = self.state.subscribe();
+        match rx.wait_for(|s| *s != DiscoveryState::Pending).await {
+            Ok(state) => *state,
+            // The sender lives in `self`: it cannot be dropped while we borrow it.
+            Err(_) => self.discovery_state(),
+        }
     }
 
     /// Replaces what discovery taught so far with `kinds` (group, kind, scope).
@@ -185,6 +268,7 @@ impl ScopeResolver {
             Ok(mut guard) => *guard = map,
             Err(poisoned) => *poisoned.into_inner() = map,
         }
+        self.state.send_replace(DiscoveryState::Answered);
     }
 
     fn learned(&self, group: &str, kind: &str) -> Option<Scope> {
@@ -246,6 +330,10 @@ impl ScopeResolver {
                 group: group.to_owned(),
                 kind: kind.to_owned(),
                 source,
+            },
+            None if self.discovery_state() == DiscoveryState::Pending => Verdict::Undetermined {
+                group: group.to_owned(),
+                kind: kind.to_owned(),
             },
             None => Verdict::Cluster {
                 group: group.to_owned(),
@@ -344,6 +432,71 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn unknown_kind_is_undetermined_until_discovery_answers_or_times_out() {
+        let widget = r("example.com/v1", "Widget", "");
+        let res = ScopeResolver::awaiting_discovery();
+        assert!(matches!(
+            res.classify(&widget),
+            Verdict::Undetermined { .. }
+        ));
+        // Known kinds need no discovery.
+        assert!(matches!(
+            res.classify(&r("", "Node", "")),
+            Verdict::Cluster { .. }
+        ));
+        res.learn([("example.com".into(), "Widget".into(), Scope::Namespaced)]);
+        assert_eq!(res.discovery_state(), DiscoveryState::Answered);
+        assert!(matches!(
+            res.classify(&widget),
+            Verdict::NamespacedKind { .. }
+        ));
+        assert!(matches!(
+            res.classify(&r("example.com/v1", "Gadget", "")),
+            Verdict::Cluster {
+                source: KindSource::Unknown,
+                ..
+            }
+        ));
+
+        let res = ScopeResolver::awaiting_discovery();
+        res.give_up_waiting();
+        assert_eq!(res.discovery_state(), DiscoveryState::TimedOut);
+        assert!(matches!(
+            res.classify(&widget),
+            Verdict::Cluster {
+                source: KindSource::Unknown,
+                ..
+            }
+        ));
+        // A late answer still counts.
+        res.learn([("example.com".into(), "Widget".into(), Scope::Namespaced)]);
+        assert_eq!(res.discovery_state(), DiscoveryState::Answered);
+        res.give_up_waiting();
+        assert_eq!(res.discovery_state(), DiscoveryState::Answered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_discovery_ends_on_the_answer_or_the_timeout() {
+        let res = std::sync::Arc::new(ScopeResolver::awaiting_discovery());
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            res.wait_for_discovery(Duration::from_secs(5)).await,
+            DiscoveryState::Pending
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        let learner = res.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            learner.learn([]);
+        });
+        assert_eq!(
+            res.wait_for_discovery(Duration::from_secs(60)).await,
+            DiscoveryState::Answered
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(6));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::classify::ScopeResolver;
+use crate::classify::{DiscoveryState, ScopeResolver};
 use crate::discovery::DiscoveryOptions;
 use crate::leader::{LeaseLock, LeaseOptions, run_while_leader};
 use crate::metrics::Metrics;
@@ -60,6 +60,31 @@ impl StatusLine {
     }
 }
 
+/// What `/readyz` says about API discovery.
+pub fn discovery_line(state: DiscoveryState, wait: Duration) -> String {
+    match state {
+        DiscoveryState::Off => "discovery: off (built-in kind table only)".to_owned(),
+        DiscoveryState::Pending => "discovery: waiting for the first answer; events about kinds outside the built-in table are left alone until then".to_owned(),
+        DiscoveryState::Answered => "discovery: on".to_owned(),
+        DiscoveryState::TimedOut => format!(
+            "discovery: no answer within {}; kinds outside the built-in table count as cluster-scoped until it answers",
+            humantime::format_duration(wait)
+        ),
+    }
+}
+
+/// Waits for discovery's first answer (at most `wait`); past that, unknown kinds count as
+/// cluster-scoped from now on, and the log says so.
+pub async fn await_discovery(resolver: &ScopeResolver, wait: Duration) {
+    if resolver.wait_for_discovery(wait).await == DiscoveryState::Pending {
+        resolver.give_up_waiting();
+        tracing::warn!(
+            waited = %humantime::format_duration(wait),
+            "discovery has not answered: mirroring starts anyway, and events about kinds outside the built-in table count as cluster-scoped until it does (a namespaced custom resource may be labelled; the label is removed once discovery answers)"
+        );
+    }
+}
+
 /// Settings of the cluster side.
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
@@ -73,6 +98,9 @@ pub struct ClusterOptions {
     pub discovery: DiscoveryOptions,
     /// How long to wait for the API server at start before going on without it.
     pub connect_timeout: Duration,
+    /// How long the mirror waits for discovery's first answer before it judges unknown kinds
+    /// as cluster-scoped.
+    pub discovery_wait: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -85,6 +113,7 @@ impl Default for ClusterOptions {
             controller: ControllerOptions::default(),
             discovery: DiscoveryOptions::default(),
             connect_timeout: Duration::from_secs(10),
+            discovery_wait: Duration::from_secs(30),
         }
     }
 }
@@ -143,6 +172,18 @@ pub fn spawn(
         options.discovery.clone(),
         stopped(stop.clone()),
     ));
+    // Settles discovery's first answer: past the wait, unknown kinds count as cluster-scoped.
+    let discovery_timer = {
+        let resolver = resolver.clone();
+        let wait = options.discovery_wait;
+        let stopped = stopped(stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = await_discovery(&resolver, wait) => {}
+                () = stopped => {}
+            }
+        })
+    };
     let log_sink: Arc<dyn EventSink> = Arc::new(LogSink::stdout());
     let syncer = Syncer {
         client: client.clone(),
@@ -173,7 +214,7 @@ pub fn spawn(
         ..ObjectReference::default()
     };
     let lock = LeaseLock::new(client, lease);
-    state.set("mirroring: standby (another replica holds the lease); discovery: on");
+    state.set("mirroring: standby (another replica holds the lease)");
     let controller_options = options.controller.clone();
     let on_change = {
         let state = state.clone();
@@ -199,9 +240,9 @@ pub fn spawn(
                 metrics.recorder_dropped.inc();
             }
             state.set(if leading {
-                "mirroring: on (this replica holds the lease); discovery: on"
+                "mirroring: on (this replica holds the lease)"
             } else {
-                "mirroring: standby (another replica holds the lease); discovery: on"
+                "mirroring: standby (another replica holds the lease)"
             });
         }
     };
@@ -220,5 +261,5 @@ pub fn spawn(
         on_change,
         stopped(stop),
     ));
-    vec![discovery, mirror, recorder_task]
+    vec![discovery, discovery_timer, mirror, recorder_task]
 }

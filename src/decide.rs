@@ -38,6 +38,9 @@ pub enum Outcome {
     Unchanged,
     /// Not ours to label (see [`SkipReason`]).
     Skipped,
+    /// Not about a cluster-scoped object, yet it carried clusterscope's labels (written while
+    /// its kind was misjudged): a patch removes them.
+    Unlabelled,
 }
 
 impl Outcome {
@@ -46,6 +49,7 @@ impl Outcome {
             Outcome::Patched => "patched",
             Outcome::Unchanged => "unchanged",
             Outcome::Skipped => "skipped",
+            Outcome::Unlabelled => "unlabelled",
         }
     }
 }
@@ -69,6 +73,9 @@ pub enum SkipReason {
     NamespacedKind,
     /// A copy made by the mirror.
     Mirror,
+    /// No namespace and a kind nobody knows yet: API discovery has not answered, so whether
+    /// the kind is cluster-scoped is not known. The mirror labels it once discovery answers.
+    DiscoveryPending,
 }
 
 impl SkipReason {
@@ -82,6 +89,7 @@ impl SkipReason {
             SkipReason::Namespaced => "namespaced",
             SkipReason::NamespacedKind => "namespaced-kind",
             SkipReason::Mirror => "mirror-copy",
+            SkipReason::DiscoveryPending => "discovery-pending",
         }
     }
 }
@@ -192,6 +200,59 @@ fn diff_map(
     }
 }
 
+/// The decision for an event that is not about a cluster-scoped object: skipped, and if it
+/// carries clusterscope's labels or annotation (or the extras of the channel its label names,
+/// with the configured values), a patch that removes them so a misjudged event heals.
+fn not_ours(event: &Event<'_>, config: &Config, reason: SkipReason) -> Decision {
+    let keys = &config.keys;
+    let mut decision = Decision::skipped(reason);
+    let labels = event.labels();
+    let annotations = event.annotations();
+    let ours = |map: Option<&StringMap<'_>>, key: &str| map.is_some_and(|m| m.contains_key(key));
+    let mut stale_labels: Vec<(&str, Option<Cow<'_, str>>)> =
+        [&keys.scope, &keys.kind, &keys.channel]
+            .into_iter()
+            .filter(|k| ours(labels, k))
+            .map(|k| (k.as_str(), None))
+            .collect();
+    let mut stale_annotations: Vec<(&str, Option<Cow<'_, str>>)> = [&keys.involved_object]
+        .into_iter()
+        .filter(|k| ours(annotations, k))
+        .map(|k| (k.as_str(), None))
+        .collect();
+    let channel = labels
+        .and_then(|l| l.get(&keys.channel))
+        .and_then(|name| config.channel(name));
+    if let Some(ch) = channel {
+        let same = |map: Option<&StringMap<'_>>, (k, v): &(String, String)| {
+            map.and_then(|m| m.get(k)).is_some_and(|have| have == v)
+        };
+        stale_labels.extend(
+            ch.labels
+                .iter()
+                .filter(|e| same(labels, e))
+                .map(|(k, _)| (k.as_str(), None)),
+        );
+        stale_annotations.extend(
+            ch.annotations
+                .iter()
+                .filter(|e| same(annotations, e))
+                .map(|(k, _)| (k.as_str(), None)),
+        );
+    }
+    diff_map("labels", labels, &stale_labels, &mut decision.patch);
+    diff_map(
+        "annotations",
+        annotations,
+        &stale_annotations,
+        &mut decision.patch,
+    );
+    if !decision.patch.is_empty() {
+        decision.outcome = Outcome::Unlabelled;
+    }
+    decision
+}
+
 /// Decides what to do with an Event that is being created or updated.
 pub fn decide(event: &Event<'_>, config: &Config, resolver: &ScopeResolver) -> Decision {
     let keys = &config.keys;
@@ -199,7 +260,7 @@ pub fn decide(event: &Event<'_>, config: &Config, resolver: &ScopeResolver) -> D
         return Decision::skipped(SkipReason::Mirror);
     }
     let Some(reference) = event.reference() else {
-        return Decision::skipped(SkipReason::NoReference);
+        return not_ours(event, config, SkipReason::NoReference);
     };
     let (group, kind, kind_source) = match resolver.classify(reference) {
         Verdict::Cluster {
@@ -207,9 +268,13 @@ pub fn decide(event: &Event<'_>, config: &Config, resolver: &ScopeResolver) -> D
             kind,
             source,
         } => (group, kind, source),
-        Verdict::HasNamespace => return Decision::skipped(SkipReason::Namespaced),
-        Verdict::NamespacedKind { .. } => return Decision::skipped(SkipReason::NamespacedKind),
-        Verdict::NoKind => return Decision::skipped(SkipReason::NoKind),
+        Verdict::HasNamespace => return not_ours(event, config, SkipReason::Namespaced),
+        Verdict::NamespacedKind { .. } => {
+            return not_ours(event, config, SkipReason::NamespacedKind);
+        }
+        Verdict::NoKind => return not_ours(event, config, SkipReason::NoKind),
+        // Not known yet either way: leave the event as it is.
+        Verdict::Undetermined { .. } => return Decision::skipped(SkipReason::DiscoveryPending),
     };
     let facts = EventFacts {
         group: &group,
@@ -386,6 +451,67 @@ mod tests {
             ),
             Some(SkipReason::Mirror)
         );
+    }
+
+    #[test]
+    fn a_misjudged_event_loses_our_labels_and_nothing_else() {
+        let config = Config::from_yaml(
+            "channels: [{name: crs, labels: {team: infra}, annotations: {owner: infra}}]\nroutes: [{channel: crs}]\n",
+            "t",
+        )
+        .unwrap();
+        let labelled = r#"{"metadata":{"labels":{"app":"w","team":"other","clusterscope.dev/scope":"cluster","clusterscope.dev/kind":"Widget","clusterscope.dev/channel":"crs"},
+                "annotations":{"note":"keep","owner":"infra","clusterscope.dev/involved-object":"example.com/Widget/w1"}},
+                "involvedObject":{"apiVersion":"example.com/v1","kind":"Widget","name":"w1"}}"#;
+        let ev: Event = serde_json::from_str(labelled).unwrap();
+        // While the kind was unknown it was judged cluster-scoped; discovery says namespaced.
+        let resolver = ScopeResolver::new();
+        resolver.learn([(
+            "example.com".into(),
+            "Widget".into(),
+            crate::classify::Scope::Namespaced,
+        )]);
+        let d = decide(&ev, &config, &resolver);
+        assert_eq!(d.outcome, Outcome::Unlabelled);
+        assert_eq!(d.skip, Some(SkipReason::NamespacedKind));
+        assert!(d.classified.is_none());
+        assert_eq!(
+            paths(&d),
+            [
+                "remove /metadata/labels/clusterscope.dev~1scope",
+                "remove /metadata/labels/clusterscope.dev~1kind",
+                "remove /metadata/labels/clusterscope.dev~1channel",
+                "remove /metadata/annotations/clusterscope.dev~1involved-object",
+                // The channel's extra annotation with its configured value; the `team`
+                // label holds another value: not ours, kept.
+                "remove /metadata/annotations/owner",
+            ]
+        );
+        // Healed: nothing more to do.
+        let mut healed: Value = serde_json::from_str(labelled).unwrap();
+        json_patch::patch(&mut healed, &d.patch).unwrap();
+        let text = healed.to_string();
+        let ev: Event = serde_json::from_str(&text).unwrap();
+        let again = decide(&ev, &config, &resolver);
+        assert_eq!(again.outcome, Outcome::Skipped);
+        assert!(again.patch.is_empty());
+        assert_eq!(healed["metadata"]["labels"]["app"], "w");
+        assert_eq!(healed["metadata"]["annotations"]["note"], "keep");
+    }
+
+    #[test]
+    fn an_unknown_kind_waits_for_discovery() {
+        let ev: Event = serde_json::from_str(
+            r#"{"metadata":{"labels":{"clusterscope.dev/scope":"cluster"}},"involvedObject":{"apiVersion":"example.com/v1","kind":"Widget","name":"w1"}}"#,
+        )
+        .unwrap();
+        let config = Config::embedded_default();
+        let pending = ScopeResolver::awaiting_discovery();
+        let d = decide(&ev, &config, &pending);
+        assert_eq!(d.skip, Some(SkipReason::DiscoveryPending));
+        assert!(d.patch.is_empty(), "nothing is removed on a guess either");
+        pending.give_up_waiting();
+        assert_eq!(decide(&ev, &config, &pending).outcome, Outcome::Patched);
     }
 
     #[test]

@@ -100,7 +100,13 @@ pub async fn run(
                 result: label.to_owned(),
             })
             .inc();
-        let periodic = tokio::time::sleep(options.interval);
+        // A failed refresh is tried again sooner than the periodic one.
+        let next = if result.is_ok() {
+            options.interval
+        } else {
+            options.min_gap.min(options.interval)
+        };
+        let periodic = tokio::time::sleep(next);
         tokio::pin!(periodic);
         tokio::select! {
             () = &mut shutdown => return,

@@ -314,6 +314,9 @@ impl Metrics {
         if report.labelled {
             self.mirror_write(channel, "label", "success");
         }
+        if report.unlabelled {
+            self.mirror_write(channel, "unlabel", "success");
+        }
         if report.created {
             self.mirror_write(channel, "create", "success");
         }

@@ -91,6 +91,8 @@ pub struct AppState {
     pub config_status: Arc<crate::cluster::StatusLine>,
     /// Pokes discovery when a review meets a kind nobody knows.
     pub discovery: Option<crate::discovery::Trigger>,
+    /// How long the cluster side waits for discovery's first answer (for `/readyz`).
+    pub discovery_wait: Duration,
     /// Requests being served, and the most allowed.
     pub in_flight: std::sync::atomic::AtomicUsize,
     pub max_in_flight: usize,
@@ -144,7 +146,7 @@ impl Server {
         {
             Ok(client) => {
                 let (trigger, pokes) = crate::discovery::trigger();
-                cluster_state.set("mirroring: starting; discovery: on");
+                cluster_state.set("mirroring: starting");
                 (Some((client, pokes)), Some(trigger))
             }
             Err(reason) => {
@@ -152,9 +154,7 @@ impl Server {
                     %reason,
                     "no cluster: mirroring and discovery are off; the webhook serves with the built-in kind table"
                 );
-                cluster_state.set(format!(
-                    "mirroring: off ({reason}); discovery: off (built-in kind table only)"
-                ));
+                cluster_state.set(format!("mirroring: off ({reason})"));
                 (None, None)
             }
         };
@@ -170,8 +170,14 @@ impl Server {
                 config_text,
             )
         });
+        // With a cluster, kinds nobody knows stay undetermined until discovery answers.
+        let scope_resolver = if cluster.is_some() {
+            ScopeResolver::awaiting_discovery()
+        } else {
+            ScopeResolver::new()
+        };
         let state = Arc::new(AppState {
-            reviewer: Reviewer::with_shared(shared_config, Arc::new(ScopeResolver::new())),
+            reviewer: Reviewer::with_shared(shared_config, Arc::new(scope_resolver)),
             config_status,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             max_in_flight: options.max_in_flight.max(1),
@@ -179,6 +185,7 @@ impl Server {
             ready: AtomicBool::new(false),
             cluster: cluster_state,
             discovery,
+            discovery_wait: options.cluster.discovery_wait,
         });
         Ok(Server {
             state,
@@ -419,7 +426,15 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
         .route(
             "/readyz",
             get(|State(state): State<Arc<AppState>>| async move {
-                let cluster = format!("{}\n{}", state.config_status.get(), state.cluster.get());
+                let cluster = format!(
+                    "{}\n{}\n{}",
+                    state.config_status.get(),
+                    state.cluster.get(),
+                    crate::cluster::discovery_line(
+                        state.reviewer.resolver.discovery_state(),
+                        state.discovery_wait,
+                    )
+                );
                 if state.ready.load(Ordering::SeqCst) {
                     text(
                         StatusCode::OK,

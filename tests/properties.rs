@@ -7,6 +7,7 @@ use base64::Engine as _;
 use clusterscope::admission::Reviewer;
 use clusterscope::classify::ScopeResolver;
 use clusterscope::config::Config;
+use clusterscope::decide::Outcome;
 use clusterscope::labels::check_label_value;
 use proptest::prelude::*;
 use serde_json::{Map, Value, json};
@@ -144,13 +145,21 @@ proptest! {
                     "patch added metadata.{}", key
                 );
             }
-            // Every label we own is valid.
             let labels = &patched["metadata"]["labels"];
-            for k in ["scope", "kind", "channel"] {
-                let v = labels[format!("clusterscope.dev/{k}")].as_str().unwrap();
-                prop_assert!(check_label_value(v).is_ok(), "{}={}", k, v);
+            if first.decision.outcome == Outcome::Unlabelled {
+                // Not ours: every label and the annotation we own is gone.
+                for k in ["scope", "kind", "channel"] {
+                    prop_assert!(labels.get(format!("clusterscope.dev/{k}")).is_none(), "{} kept", k);
+                }
+                prop_assert!(patched["metadata"]["annotations"].get("clusterscope.dev/involved-object").is_none());
+            } else {
+                // Every label we own is valid.
+                for k in ["scope", "kind", "channel"] {
+                    let v = labels[format!("clusterscope.dev/{k}")].as_str().unwrap();
+                    prop_assert!(check_label_value(v).is_ok(), "{}={}", k, v);
+                }
+                prop_assert_eq!(&patched["metadata"]["labels"]["clusterscope.dev/scope"], "cluster");
             }
-            prop_assert_eq!(&patched["metadata"]["labels"]["clusterscope.dev/scope"], "cluster");
         }
         let second = reviewer.review(&review_of(&patched, op)).unwrap();
         prop_assert!(second.decision.patch.is_empty(), "second review patched: {:?}", second.decision.patch);

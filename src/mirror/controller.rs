@@ -167,6 +167,16 @@ pub async fn run(
     options: ControllerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
+    tokio::pin!(shutdown);
+    // Never act on a guess: until discovery answers (or is given up on, see
+    // `cluster::await_discovery`), a namespaced custom resource would look cluster-scoped.
+    if syncer.resolver.discovery_state() == crate::classify::DiscoveryState::Pending {
+        tracing::info!("mirror: waiting for API discovery before the first sync");
+        tokio::select! {
+            _ = syncer.resolver.settled() => {}
+            () = &mut shutdown => return,
+        }
+    }
     let queue = Arc::new(WorkQueue::new());
     let mut tasks = Vec::new();
     for ns in SOURCE_NAMESPACES {

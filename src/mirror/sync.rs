@@ -27,13 +27,15 @@ pub struct SyncReport {
     pub channel: Option<String>,
     /// The event was not one of ours (namespaced, mirror copy, ...).
     pub skipped: bool,
+    /// Not ours, yet it carried our labels (its kind was misjudged): they were removed.
+    pub unlabelled: bool,
 }
 
 /// A failed sync: what had been done, which step failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncError {
     pub report: SyncReport,
-    /// `label`, `create`, `update` or `log`.
+    /// `label`, `unlabel`, `create`, `update` or `log`.
     pub operation: &'static str,
     pub error: SinkError,
 }
@@ -112,31 +114,34 @@ impl Syncer {
         // One consistent configuration for the whole sync, even if it is reloaded meanwhile.
         let config = self.config.load_full();
         let decision = decide(&view, &config, &self.resolver);
+        let source_ns = source.metadata.namespace.as_deref().unwrap_or("default");
+        let source_name = source.metadata.name.as_deref().unwrap_or("");
         let Some(classified) = decision.classified.clone() else {
-            return Ok(SyncReport {
+            let mut report = SyncReport {
                 skipped: true,
                 ..SyncReport::default()
-            });
+            };
+            if decision.outcome == Outcome::Unlabelled && !source_name.is_empty() {
+                report.unlabelled = self
+                    .patch_source(source_ns, source_name, &decision.patch)
+                    .await
+                    .map_err(|e| fail(&report, "unlabel", e))?;
+            }
+            return Ok(report);
         };
         let mut report = SyncReport {
             channel: classified.channel.clone(),
             ..SyncReport::default()
         };
-        let source_ns = source.metadata.namespace.as_deref().unwrap_or("default");
-        let source_name = source.metadata.name.as_deref().unwrap_or("");
         // A failed label does not hold back the copy: it is reported once the copy is done.
         let mut label_error = None;
         if decision.outcome == Outcome::Patched && !source_name.is_empty() {
-            let api: Api<Event> = Api::namespaced(self.client.clone(), source_ns);
-            let patch = merge_patch_of(&decision.patch);
-            match api
-                .patch(source_name, &PatchParams::default(), &Patch::Merge(&patch))
+            match self
+                .patch_source(source_ns, source_name, &decision.patch)
                 .await
             {
-                Ok(_) => report.labelled = true,
-                // Gone already (TTL): nothing to label, the copy still follows below.
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => label_error = Some(SinkError::from(e)),
+                Ok(labelled) => report.labelled = labelled,
+                Err(e) => label_error = Some(e),
             }
         }
         let copied = self.copy(&config, source, &classified, &mut report).await;
@@ -144,6 +149,26 @@ impl Syncer {
             (Err(e), _) => Err(e),
             (Ok(()), Some(e)) => Err(fail(&report, "label", e)),
             (Ok(()), None) => Ok(report),
+        }
+    }
+
+    /// Applies the decision's patch to the stored source (as a merge patch); false when the
+    /// source is gone already (TTL), which needs nothing more.
+    async fn patch_source(
+        &self,
+        namespace: &str,
+        name: &str,
+        ops: &[json_patch::PatchOperation],
+    ) -> Result<bool, SinkError> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        let patch = merge_patch_of(ops);
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(SinkError::from(e)),
         }
     }
 

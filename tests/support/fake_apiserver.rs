@@ -48,6 +48,8 @@ pub struct Store {
     pub calls: Vec<Call>,
     /// Served by discovery: (group, version, plural, kind, namespaced).
     pub discovery: Vec<(String, String, String, String, bool)>,
+    /// Discovery answers only after this (a slow aggregated API, a busy API server).
+    pub discovery_delay: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -821,8 +823,17 @@ fn resource_list(s: &Store, group: &str, version: &str) -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
+/// Waits out the configured discovery delay.
+async fn discovery_gate(store: &Arc<Mutex<Store>>, path: String) -> Option<Response> {
+    let delay = store.lock().unwrap().discovery_delay;
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    gate(store, "GET", path, None).await
+}
+
 async fn api_versions(State(store): St) -> Response {
-    if let Some(r) = gate(&store, "GET", "/api".into(), None).await {
+    if let Some(r) = discovery_gate(&store, "/api".into()).await {
         return r;
     }
     axum::Json(json!({"kind": "APIVersions", "versions": ["v1"],
@@ -831,14 +842,14 @@ async fn api_versions(State(store): St) -> Response {
 }
 
 async fn core_resources(State(store): St) -> Response {
-    if let Some(r) = gate(&store, "GET", "/api/v1".into(), None).await {
+    if let Some(r) = discovery_gate(&store, "/api/v1".into()).await {
         return r;
     }
     axum::Json(resource_list(&store.lock().unwrap(), "", "v1")).into_response()
 }
 
 async fn api_groups(State(store): St) -> Response {
-    if let Some(r) = gate(&store, "GET", "/apis".into(), None).await {
+    if let Some(r) = discovery_gate(&store, "/apis".into()).await {
         return r;
     }
     let s = store.lock().unwrap();
@@ -865,7 +876,7 @@ async fn group_resources(
     State(store): St,
     Path((group, version)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = gate(&store, "GET", format!("/apis/{group}/{version}"), None).await {
+    if let Some(r) = discovery_gate(&store, format!("/apis/{group}/{version}")).await {
         return r;
     }
     axum::Json(resource_list(&store.lock().unwrap(), &group, &version)).into_response()
