@@ -185,12 +185,7 @@ pub fn spawn(
         })
     };
     let log_sink: Arc<dyn EventSink> = Arc::new(LogSink::stdout());
-    let syncer = Syncer {
-        client: client.clone(),
-        config,
-        resolver,
-        log_sink: Some(log_sink),
-    };
+    let syncer = Syncer::new(client.clone(), config, resolver, Some(log_sink));
     let lease = options
         .lease
         .clone()

@@ -116,7 +116,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "admission_requests",
-            "AdmissionReview requests by operation and outcome (patched, unchanged, skipped, invalid, error)",
+            "AdmissionReview requests by operation and outcome (patched, unchanged, skipped, unlabelled, invalid, error)",
             requests.clone(),
         );
         let duration = Histogram::new([

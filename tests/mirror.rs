@@ -230,3 +230,111 @@ mod sync {
         assert_eq!(api.events_in("team-infra").len(), 1);
     }
 }
+
+/// The fake refuses what the facts page measured a real API server refusing, so a copy the
+/// real server would refuse fails here too.
+mod fidelity {
+    use super::*;
+
+    fn node_event(ns: &str, name: &str) -> Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": {"kind": "Node", "name": "node1", "uid": "node1"},
+            "reason": "NodeNotReady", "message": "m", "count": 1, "type": "Normal",
+            "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
+        })
+    }
+
+    async fn create(api: &FakeApiServer, ns: &str, ev: &Value) -> Result<(), (u16, String)> {
+        let typed: Event = serde_json::from_value(ev.clone()).unwrap();
+        let events: kube::Api<Event> = kube::Api::namespaced(api.client(), ns);
+        match events.create(&Default::default(), &typed).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) => Err((s.code, s.message)),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn old_style_events_about_cluster_scoped_objects_only_in_default() {
+        let api = FakeApiServer::start(&["default", "kube-system"]).await;
+        let err = create(&api, "kube-system", &node_event("kube-system", "a"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.0, 422);
+        assert!(
+            err.1.contains("does not match event.namespace"),
+            "{}",
+            err.1
+        );
+        create(&api, "default", &node_event("default", "a"))
+            .await
+            .unwrap();
+        let mut new_style = node_event("kube-system", "b");
+        new_style["eventTime"] = "2026-11-20T10:00:00.000000Z".into();
+        create(&api, "kube-system", &new_style).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn labels_and_annotations_are_validated() {
+        let api = FakeApiServer::start(&["default"]).await;
+        let with = |field: &str, key: &str, value: &str| {
+            let mut ev = node_event("default", "x");
+            ev["metadata"][field] = serde_json::json!({ key: value });
+            ev
+        };
+        for (field, key, value) in [
+            ("labels", "clusterscope.dev/kind", "My Kind"),
+            ("labels", "clusterscope.dev/kind", &"a".repeat(64)),
+            ("labels", "bad key", "v"),
+            ("labels", "-x.example/k", "v"),
+            ("annotations", "clusterscope.dev/", "v"),
+        ] {
+            let err = create(&api, "default", &with(field, key, value))
+                .await
+                .unwrap_err();
+            assert_eq!(err.0, 422, "{field} {key}={value}: {}", err.1);
+        }
+        create(&api, "default", &with("labels", "a.example/k", "ok-1.2_3"))
+            .await
+            .unwrap();
+        // 256 KiB of annotations in total (keys and values) is the most allowed.
+        let key = "note";
+        let mut at_limit = with("annotations", key, &"x".repeat(256 * 1024 - key.len()));
+        at_limit["metadata"]["name"] = "at-limit".into();
+        create(&api, "default", &at_limit).await.unwrap();
+        let mut over = with("annotations", key, &"x".repeat(256 * 1024 - key.len() + 1));
+        over["metadata"]["name"] = "over".into();
+        let err = create(&api, "default", &over).await.unwrap_err();
+        assert_eq!(err.0, 422);
+        assert!(err.1.contains("262144"), "{}", err.1);
+    }
+
+    /// A source stored just under the annotation limit: its copy adds the source annotations
+    /// and goes over, and the API server refuses it. The sync reports that create failure.
+    #[tokio::test]
+    async fn a_copy_pushed_past_the_annotation_limit_is_refused() {
+        let api = FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
+        let mut source = node_event("default", "node1.big");
+        source["metadata"]["uid"] = "u-1".into();
+        source["metadata"]["annotations"] =
+            serde_json::json!({"note": "x".repeat(256 * 1024 - 100)});
+        api.put("default", source.clone());
+        let stored = api.event("default", "node1.big").unwrap();
+        let err = api
+            .syncer(CONFIG)
+            .sync(&serde_json::from_value(stored).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.operation, "create");
+        assert!(
+            matches!(
+                err.error,
+                clusterscope::recorder::SinkError::Status { code: 422, .. }
+            ),
+            "{err}"
+        );
+        assert!(api.events_in("team-infra").is_empty());
+    }
+}

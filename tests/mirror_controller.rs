@@ -171,9 +171,12 @@ async fn dropped_watches_410_and_server_errors_lose_nothing() {
     for i in 10..20 {
         api.put("default", node_event(i, 1));
     }
-    // A burst of server errors on whatever comes next.
-    api.inject(500, "InternalError", 5);
-    api.inject(429, "TooManyRequests", 3);
+    // A burst of server errors on the next lists (the watcher's re-list, the copy listing)
+    // and writes. (Eight failures in a row on the watcher alone would only test kube's
+    // watcher backoff, which grows past the wait below.)
+    api.inject_for("list", 500, "InternalError", 2);
+    api.inject_for("create", 500, "InternalError", 3);
+    api.inject_for("create", 429, "TooManyRequests", 3);
     for i in 20..25 {
         api.put("default", node_event(i, 1));
     }

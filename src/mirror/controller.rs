@@ -178,11 +178,14 @@ pub async fn run(
         }
     }
     let queue = Arc::new(WorkQueue::new());
+    // What another leader (or an earlier run) wrote is not known: list it again.
+    syncer.copies.reset();
     let mut tasks = Vec::new();
     for ns in SOURCE_NAMESPACES {
         let api: Api<Event> = Api::namespaced(syncer.client.clone(), ns);
         let queue = queue.clone();
         let metrics = metrics.clone();
+        let syncer = syncer.clone();
         tasks.push(tokio::spawn(async move {
             let config = watcher::Config::default().fields(FIELD_SELECTOR);
             let mut stream = watcher(api, config).default_backoff().boxed();
@@ -192,10 +195,16 @@ pub async fn run(
                         queue.add(ev);
                         metrics.mirror_queue_depth.set(queue.len() as i64);
                     }
+                    Ok(watcher::Event::Init) => {
+                        // A (re-)list of the sources: re-list the copies too (once per
+                        // channel namespace, when first needed) instead of trusting what may
+                        // have changed while the watch was down.
+                        syncer.copies.reset();
+                    }
                     Ok(watcher::Event::InitDone) => {
                         tracing::info!(namespace = ns, "mirror: caught up with stored events");
                     }
-                    Ok(_) => {}
+                    Ok(watcher::Event::Delete(ev)) => syncer.forget(&ev),
                     Err(e) => {
                         metrics.mirror_watch_errors.inc();
                         tracing::warn!(namespace = ns, error = %e, "mirror: watch failed; retrying with backoff");

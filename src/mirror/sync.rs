@@ -11,6 +11,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use crate::classify::ScopeResolver;
 use crate::config::Config;
 use crate::decide::{Outcome, decide};
+use crate::mirror::copies::{CopyIndex, Lookup};
 use crate::mirror::{copy_is_current, make_copy};
 use crate::recorder::{EventSink, SinkError};
 
@@ -56,6 +57,8 @@ pub struct Syncer {
     pub resolver: Arc<ScopeResolver>,
     /// Where `log: true` channels write.
     pub log_sink: Option<Arc<dyn EventSink>>,
+    /// The copies already stored, as far as known (shared by the clones).
+    pub copies: Arc<CopyIndex>,
 }
 
 /// The decision's JSON Patch (which only touches `metadata`, `metadata.labels` and
@@ -90,6 +93,40 @@ pub fn merge_patch_of(ops: &[json_patch::PatchOperation]) -> serde_json::Value {
 const UPDATE_ATTEMPTS: usize = 3;
 
 impl Syncer {
+    pub fn new(
+        client: kube::Client,
+        config: crate::config::SharedConfig,
+        resolver: Arc<ScopeResolver>,
+        log_sink: Option<Arc<dyn EventSink>>,
+    ) -> Self {
+        Syncer {
+            client,
+            config,
+            resolver,
+            log_sink,
+            copies: Arc::new(CopyIndex::new()),
+        }
+    }
+
+    /// Forgets the copies of a deleted source (they expire with it).
+    pub fn forget(&self, source: &Event) {
+        let (Some(ns), Some(name)) = (
+            source.metadata.namespace.as_deref(),
+            source.metadata.name.as_deref(),
+        ) else {
+            return;
+        };
+        let copy = crate::mirror::copy_name(ns, name);
+        let config = self.config.load();
+        for channel_ns in config
+            .channels
+            .iter()
+            .filter_map(|c| c.namespace.as_deref())
+        {
+            self.copies.forget(channel_ns, &copy);
+        }
+    }
+
     /// Syncs `source` (an event as stored in `default` or `kube-system`).
     pub async fn sync(&self, source: &Event) -> Result<SyncReport, SyncError> {
         let fail = |report: &SyncReport, operation, error| SyncError {
@@ -202,48 +239,92 @@ impl Syncer {
         let Some(copy) = make_copy(source, classified, channel, config) else {
             return Ok(());
         };
-        self.upsert(&copy, report)
+        self.upsert(config, &copy, report)
             .await
             .map_err(|(operation, e)| fail(report, operation, e))
     }
 
+    /// Creates the copy or brings the stored one in line, asking the API server only about
+    /// what the copy index does not already settle.
     async fn upsert(
         &self,
+        config: &Config,
         copy: &Event,
         report: &mut SyncReport,
     ) -> Result<(), (&'static str, SinkError)> {
         let ns = copy.metadata.namespace.as_deref().unwrap_or_default();
         let name = copy.metadata.name.as_deref().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        match api.create(&PostParams::default(), copy).await {
-            Ok(_) => {
-                report.created = true;
-                return Ok(());
+        let selector = &config.keys.mirror;
+        match self.copies.lookup(&self.client, selector, ns, name).await {
+            Lookup::Stored(known) => {
+                if known.fingerprint == crate::mirror::copies::fingerprint(copy) {
+                    return Ok(());
+                }
+                let mut wanted = copy.clone();
+                wanted.metadata.resource_version = Some(known.resource_version);
+                match api.replace(name, &PostParams::default(), &wanted).await {
+                    Ok(stored) => {
+                        self.copies.record(&stored);
+                        report.updated = true;
+                        return Ok(());
+                    }
+                    // Changed or gone since it was seen: read it.
+                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                        self.copies.forget(ns, name);
+                    }
+                    Err(e) => return Err(("update", e.into())),
+                }
             }
-            Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {}
-            Err(e) => return Err(("create", e.into())),
+            Lookup::Absent | Lookup::Unknown => {
+                match api.create(&PostParams::default(), copy).await {
+                    Ok(stored) => {
+                        self.copies.record(&stored);
+                        report.created = true;
+                        return Ok(());
+                    }
+                    // Written meanwhile (another replica, or before the listing): update it.
+                    Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {}
+                    Err(e) => return Err(("create", e.into())),
+                }
+            }
         }
-        // AlreadyExists means "update it" (if it differs).
+        self.read_and_update(&api, copy, report).await
+    }
+
+    /// Reads the stored copy and updates it if it differs (creating it if it is gone).
+    async fn read_and_update(
+        &self,
+        api: &Api<Event>,
+        copy: &Event,
+        report: &mut SyncReport,
+    ) -> Result<(), (&'static str, SinkError)> {
+        let ns = copy.metadata.namespace.as_deref().unwrap_or_default();
+        let name = copy.metadata.name.as_deref().unwrap_or_default();
         for _ in 0..UPDATE_ATTEMPTS {
             let stored = match api.get(name).await {
                 Ok(s) => s,
                 Err(kube::Error::Api(s)) if s.code == 404 => {
-                    // Expired between create and get: create again.
-                    api.create(&PostParams::default(), copy)
+                    // Expired meanwhile: create again.
+                    let stored = api
+                        .create(&PostParams::default(), copy)
                         .await
                         .map_err(|e| ("create", e.into()))?;
+                    self.copies.record(&stored);
                     report.created = true;
                     return Ok(());
                 }
                 Err(e) => return Err(("update", e.into())),
             };
             if copy_is_current(&stored, copy) {
+                self.copies.record(&stored);
                 return Ok(());
             }
             let mut wanted = copy.clone();
             wanted.metadata.resource_version = stored.metadata.resource_version.clone();
             match api.replace(name, &PostParams::default(), &wanted).await {
-                Ok(_) => {
+                Ok(stored) => {
+                    self.copies.record(&stored);
                     report.updated = true;
                     return Ok(());
                 }

@@ -147,6 +147,7 @@ pub fn validate(namespace: &str, ev: &Value) -> Result<(), String> {
             "involvedObject.namespace: Invalid value: {involved_ns:?}: does not match event.namespace"
         ));
     }
+    validate_metadata_maps(ev)?;
     for (field, max) in [
         ("reason", 128),
         ("action", 128),
@@ -156,6 +157,65 @@ pub fn validate(namespace: &str, ev: &Value) -> Result<(), String> {
         if str_at(ev, &[field]).len() > max {
             return Err(format!(
                 "{field}: Too long: may not be more than {max} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`, at most 63 characters (a label value may also
+/// be empty).
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// apimachinery's `IsQualifiedName`: an optional DNS-subdomain prefix and `/`, then a name.
+fn is_qualified_name(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((prefix, name)) => {
+            !prefix.is_empty() && is_dns_subdomain(prefix) && is_qualified_name_part(name)
+        }
+        None => is_qualified_name_part(key),
+    }
+}
+
+/// Label keys and values, annotation keys, and the 256 KiB total of annotations
+/// (`ValidateLabels`, `ValidateAnnotations` in apimachinery).
+fn validate_metadata_maps(ev: &Value) -> Result<(), String> {
+    if let Some(labels) = ev["metadata"]["labels"].as_object() {
+        for (k, v) in labels {
+            if !is_qualified_name(k) {
+                return Err(format!(
+                    "metadata.labels: Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.'"
+                ));
+            }
+            let v = v.as_str().unwrap_or("");
+            if !v.is_empty() && !is_qualified_name_part(v) {
+                return Err(format!(
+                    "metadata.labels: Invalid value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63)"
+                ));
+            }
+        }
+    }
+    if let Some(annotations) = ev["metadata"]["annotations"].as_object() {
+        let mut total = 0usize;
+        for (k, v) in annotations {
+            if !is_qualified_name(&k.to_ascii_lowercase()) {
+                return Err(format!(
+                    "metadata.annotations: Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.'"
+                ));
+            }
+            total += k.len() + v.as_str().map_or(0, str::len);
+        }
+        if total > 256 * 1024 {
+            return Err(format!(
+                "metadata.annotations: Too long: may not be more than 262144 bytes (got {total})"
             ));
         }
     }
@@ -232,14 +292,14 @@ impl FakeApiServer {
 
     /// A mirror syncer on this server with the routing configuration `yaml`.
     pub fn syncer(&self, yaml: &str) -> clusterscope::mirror::sync::Syncer {
-        clusterscope::mirror::sync::Syncer {
-            client: self.client(),
-            config: clusterscope::config::shared(
+        clusterscope::mirror::sync::Syncer::new(
+            self.client(),
+            clusterscope::config::shared(
                 clusterscope::config::Config::from_yaml(yaml, "test").unwrap(),
             ),
-            resolver: Arc::new(clusterscope::classify::ScopeResolver::new()),
-            log_sink: None,
-        }
+            Arc::new(clusterscope::classify::ScopeResolver::new()),
+            None,
+        )
     }
 
     /// Runs the mirror controller against this server with the routing configuration `yaml`
@@ -445,18 +505,66 @@ async fn list(
         return r;
     }
     let s = store.lock().unwrap();
-    let items: Vec<Value> = s
+    if let Some(Err(e)) = q
+        .get("labelSelector")
+        .map(|l| label_selects(l, &Value::Null))
+    {
+        return status(400, "BadRequest", &e);
+    }
+    // Pages in name order: `limit` items, then a `continue` token naming the last one.
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let after = q.get("continue").cloned().unwrap_or_default();
+    let mut items: Vec<Value> = s
         .events
         .iter()
-        .filter(|((n, _), v)| *n == ns && selects(q.get("fieldSelector"), v))
+        .filter(|((n, name), v)| {
+            *n == ns
+                && (after.is_empty() || *name > after)
+                && selects(q.get("fieldSelector"), v)
+                && q.get("labelSelector")
+                    .is_none_or(|l| label_selects(l, v) == Ok(true))
+        })
+        .take(limit.saturating_add(1))
         .map(|(_, v)| v.clone())
         .collect();
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let mut metadata = json!({"resourceVersion": s.resource_version.to_string()});
+    if more && let Some(last) = items.last() {
+        metadata["continue"] = json!(str_at(last, &["metadata", "name"]));
+    }
     axum::Json(json!({
         "kind": "EventList", "apiVersion": "v1",
-        "metadata": {"resourceVersion": s.resource_version.to_string()},
+        "metadata": metadata,
         "items": items,
     }))
     .into_response()
+}
+
+/// A label selector of comma-separated `key`, `!key`, `key=value`, `key==value` and
+/// `key!=value` terms, as the API server reads them; an error for anything else.
+fn label_selects(selector: &str, obj: &Value) -> Result<bool, String> {
+    let labels = &obj["metadata"]["labels"];
+    let mut all = true;
+    for term in selector.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        let ok = if let Some((k, v)) = term.split_once("!=") {
+            labels[k.trim()].as_str() != Some(v.trim())
+        } else if let Some((k, v)) = term.split_once('=') {
+            labels[k.trim()].as_str() == Some(v.trim_start_matches('=').trim())
+        } else if let Some(k) = term.strip_prefix('!') {
+            labels.get(k.trim()).is_none()
+        } else if term.contains([' ', '(', ')']) {
+            return Err(format!("unable to parse requirement: {term:?}"));
+        } else {
+            labels.get(term).is_some()
+        };
+        all &= ok;
+    }
+    Ok(all)
 }
 
 async fn get_one(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {

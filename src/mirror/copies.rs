@@ -1,0 +1,182 @@
+//! What the mirror knows about the copies already stored in the channel namespaces, so that
+//! a re-sync (start, leader change, 410 re-list) costs one paginated LIST per channel
+//! namespace instead of a create-then-get per stored source, and an update is one PUT.
+//!
+//! Each channel namespace is listed once (label selector on the mirror label) the first time
+//! a copy there is written; every successful write then records what it stored. Entries hold
+//! the copy's resourceVersion and a fingerprint of the fields the mirror writes, never the
+//! copy itself. The index is only a hint: a stale entry shows up as 404 or 409 on the write,
+//! and the caller falls back to reading the copy. It is cleared on every re-list of the
+//! sources and loses a source's entries when the source is deleted, so it holds at most the
+//! copies of the sources the API server still stores.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
+
+/// Page size of the copy listings (as kube-runtime's watcher lists).
+const PAGE: u32 = 500;
+
+/// The fields the mirror writes into a copy, hashed: equal fingerprints mean the stored copy
+/// already says what the wanted one says.
+pub fn fingerprint(copy: &Event) -> u64 {
+    let mut h = DefaultHasher::new();
+    let text = serde_json::to_string(&(
+        &copy.count,
+        &copy.last_timestamp,
+        &copy.first_timestamp,
+        &copy.message,
+        &copy.series,
+        &copy.event_time,
+        &copy.reason,
+        &copy.type_,
+        &copy.metadata.labels,
+        &copy.metadata.annotations,
+    ))
+    .unwrap_or_default();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// One stored copy, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Known {
+    pub resource_version: String,
+    pub fingerprint: u64,
+}
+
+impl Known {
+    pub fn of(stored: &Event) -> Option<Known> {
+        Some(Known {
+            resource_version: stored.metadata.resource_version.clone()?,
+            fingerprint: fingerprint(stored),
+        })
+    }
+}
+
+/// What the index says about one copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Stored, as last seen.
+    Stored(Known),
+    /// The namespace was listed and holds no such copy.
+    Absent,
+    /// The namespace could not be listed: ask the API server.
+    Unknown,
+}
+
+type Listing = Arc<tokio::sync::OnceCell<()>>;
+
+/// The copies known per channel namespace; cheap to share.
+#[derive(Debug, Default)]
+pub struct CopyIndex {
+    /// namespace → its listing (done once; retried after a failure).
+    listings: Mutex<HashMap<String, Listing>>,
+    /// (namespace, copy name) → what was stored.
+    known: Mutex<HashMap<(String, String), Known>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl CopyIndex {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets everything: the next write to each namespace lists it again.
+    pub fn reset(&self) {
+        lock(&self.listings).clear();
+        lock(&self.known).clear();
+    }
+
+    /// Number of copies known.
+    pub fn len(&self) -> usize {
+        lock(&self.known).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records what a write or a read returned.
+    pub fn record(&self, stored: &Event) {
+        let (Some(ns), Some(name)) = (
+            stored.metadata.namespace.clone(),
+            stored.metadata.name.clone(),
+        ) else {
+            return;
+        };
+        match Known::of(stored) {
+            Some(k) => lock(&self.known).insert((ns, name), k),
+            None => lock(&self.known).remove(&(ns, name)),
+        };
+    }
+
+    /// Forgets one copy (gone, or replaced by something we did not see).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        lock(&self.known).remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// What is known of `namespace/name`, listing the namespace first if that was not done.
+    pub async fn lookup(
+        &self,
+        client: &kube::Client,
+        selector: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Lookup {
+        let listing = lock(&self.listings)
+            .entry(namespace.to_owned())
+            .or_default()
+            .clone();
+        let listed = listing
+            .get_or_try_init(|| self.list(client, selector, namespace))
+            .await;
+        if let Err(e) = listed {
+            tracing::debug!(namespace, error = %e, "mirror: cannot list copies; reading them one by one");
+            return Lookup::Unknown;
+        }
+        match lock(&self.known).get(&(namespace.to_owned(), name.to_owned())) {
+            Some(k) => Lookup::Stored(k.clone()),
+            None => Lookup::Absent,
+        }
+    }
+
+    /// One paginated LIST of the copies in `namespace`.
+    async fn list(
+        &self,
+        client: &kube::Client,
+        selector: &str,
+        namespace: &str,
+    ) -> Result<(), kube::Error> {
+        let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+        let mut params = ListParams::default().labels(selector).limit(PAGE);
+        let mut found = Vec::new();
+        loop {
+            let page = api.list(&params).await?;
+            found.extend(page.items.iter().filter_map(|copy| {
+                let name = copy.metadata.name.clone()?;
+                Some(((namespace.to_owned(), name), Known::of(copy)?))
+            }));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        tracing::debug!(
+            namespace,
+            copies = found.len(),
+            "mirror: listed the copies already stored"
+        );
+        lock(&self.known).extend(found);
+        Ok(())
+    }
+}

@@ -1,0 +1,167 @@
+//! Re-syncing by listing: a restart, leader change or re-list reads the copies already stored
+//! with one paginated LIST per channel namespace and writes only what is missing or differs;
+//! an update is one PUT. A stale view (a copy changed or deleted behind the mirror's back)
+//! still ends with exactly one current copy.
+
+#[path = "support/fake_apiserver.rs"]
+mod fake_apiserver;
+
+use std::time::Duration;
+
+use fake_apiserver::FakeApiServer;
+use serde_json::Value;
+
+const CONFIG: &str =
+    "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n";
+
+fn node_event(i: usize, count: i64) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": format!("node{i}.{i:016x}"), "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": format!("node{i}"), "uid": format!("node{i}")},
+        "reason": "NodeNotReady", "message": "not ready",
+        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z",
+        "count": count, "type": "Normal"
+    })
+}
+
+fn start(api: &FakeApiServer) -> fake_apiserver::RunningController {
+    api.run_controller(CONFIG, Duration::from_millis(20))
+}
+
+/// Calls in `ns` by verb since the call log was last cleared.
+fn calls(api: &FakeApiServer, verb: &str, ns: &str) -> usize {
+    api.store
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|(v, _, _, n)| v == verb && n == ns)
+        .count()
+}
+
+/// Waits until no call has been made for 300 ms (bounded).
+async fn quiet(api: &FakeApiServer) {
+    let mut seen = usize::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = api.store.lock().unwrap().calls.len();
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+    panic!("the controller never went quiet");
+}
+
+fn copy_of(api: &FakeApiServer, i: usize) -> Option<Value> {
+    api.events_in("team-infra").into_iter().find(|c| {
+        c["metadata"]["annotations"]["clusterscope.dev/source-name"]
+            == format!("node{i}.{i:016x}").as_str()
+    })
+}
+
+/// Stores `n` labelled sources and lets a first controller copy them all.
+async fn copied(n: usize) -> FakeApiServer {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
+    for i in 0..n {
+        api.put("default", node_event(i, 1));
+    }
+    let first = start(&api);
+    assert!(
+        fake_apiserver::eventually(30, || api.events_in("team-infra").len() == n).await,
+        "first run copied {} of {n}",
+        api.events_in("team-infra").len()
+    );
+    quiet(&api).await;
+    first.stop().await;
+    api.store.lock().unwrap().calls.clear();
+    api
+}
+
+#[tokio::test]
+async fn a_restart_lists_the_copies_in_pages_and_writes_nothing() {
+    // 1,200 copies: three pages of 500.
+    let api = copied(1_200).await;
+    let again = start(&api);
+    quiet(&api).await;
+    again.stop().await;
+    assert_eq!(calls(&api, "list", "team-infra"), 3, "one paginated LIST");
+    for verb in ["create", "get", "update", "patch"] {
+        assert_eq!(calls(&api, verb, "team-infra"), 0, "{verb} in team-infra");
+        assert_eq!(calls(&api, verb, "default"), 0, "{verb} in default");
+    }
+    assert_eq!(api.events_in("team-infra").len(), 1_200);
+}
+
+#[tokio::test]
+async fn a_restart_writes_only_what_changed_while_it_was_down() {
+    let api = copied(20).await;
+    // While no controller ran: a count bump, a new source, a copy deleted, a copy edited.
+    let mut bumped = api.event("default", &format!("node1.{:016x}", 1)).unwrap();
+    bumped["count"] = 7.into();
+    api.put("default", bumped);
+    api.put("default", node_event(20, 1));
+    let gone = copy_of(&api, 2).unwrap();
+    api.expire("team-infra", gone["metadata"]["name"].as_str().unwrap());
+    let mut edited = copy_of(&api, 3).unwrap();
+    edited["message"] = "edited by hand".into();
+    api.put("team-infra", edited);
+    api.store.lock().unwrap().calls.clear();
+
+    let again = start(&api);
+    quiet(&api).await;
+    again.stop().await;
+    assert_eq!(calls(&api, "list", "team-infra"), 1);
+    // Copies of node1 and node3 updated, node2's and node20's created: one call each.
+    assert_eq!(calls(&api, "update", "team-infra"), 2);
+    assert_eq!(calls(&api, "create", "team-infra"), 2);
+    assert_eq!(calls(&api, "get", "team-infra"), 0);
+    assert_eq!(copy_of(&api, 1).unwrap()["count"], 7);
+    assert_eq!(copy_of(&api, 3).unwrap()["message"], "not ready");
+    assert!(copy_of(&api, 2).is_some() && copy_of(&api, 20).is_some());
+    assert_eq!(api.events_in("team-infra").len(), 21);
+}
+
+#[tokio::test]
+async fn live_updates_are_one_put_and_a_stale_view_still_converges() {
+    let api = copied(3).await;
+    let running = start(&api);
+    quiet(&api).await;
+    api.store.lock().unwrap().calls.clear();
+    // A count bump while running: one PUT, no read.
+    let mut bumped = api.event("default", &format!("node0.{:016x}", 0)).unwrap();
+    bumped["count"] = 2.into();
+    api.put("default", bumped.clone());
+    assert!(
+        fake_apiserver::eventually(10, || copy_of(&api, 0).is_some_and(|c| c["count"] == 2)).await
+    );
+    quiet(&api).await;
+    assert_eq!(calls(&api, "update", "team-infra"), 1);
+    assert_eq!(calls(&api, "get", "team-infra"), 0);
+
+    // Someone else changes the copy (its resourceVersion moves on), then the source changes:
+    // the PUT with the remembered version conflicts, the copy is read and updated.
+    let mut edited = copy_of(&api, 0).unwrap();
+    edited["message"] = "edited by hand".into();
+    api.put("team-infra", edited);
+    // And another copy disappears behind our back: its update finds it gone and creates it.
+    let gone = copy_of(&api, 1).unwrap();
+    api.expire("team-infra", gone["metadata"]["name"].as_str().unwrap());
+    bumped["count"] = 3.into();
+    api.put("default", bumped);
+    let mut other = api.event("default", &format!("node1.{:016x}", 1)).unwrap();
+    other["count"] = 9.into();
+    api.put("default", other);
+    assert!(
+        fake_apiserver::eventually(10, || {
+            copy_of(&api, 0).is_some_and(|c| c["count"] == 3 && c["message"] == "not ready")
+                && copy_of(&api, 1).is_some_and(|c| c["count"] == 9)
+        })
+        .await,
+        "copies: {:?}",
+        api.events_in("team-infra")
+    );
+    running.stop().await;
+    assert_eq!(api.events_in("team-infra").len(), 3);
+}
