@@ -44,14 +44,14 @@ pub fn fingerprint(copy: &Event) -> u64 {
 /// One stored copy, as last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
-    pub resource_version: String,
+    pub resource_version: Box<str>,
     pub fingerprint: u64,
 }
 
 impl Known {
     pub fn of(stored: &Event) -> Option<Known> {
         Some(Known {
-            resource_version: stored.metadata.resource_version.clone()?,
+            resource_version: stored.metadata.resource_version.as_deref()?.into(),
             fingerprint: fingerprint(stored),
         })
     }
@@ -75,8 +75,8 @@ type Listing = Arc<tokio::sync::OnceCell<()>>;
 pub struct CopyIndex {
     /// namespace → its listing (done once; retried after a failure).
     listings: Mutex<HashMap<String, Listing>>,
-    /// (namespace, copy name) → what was stored.
-    known: Mutex<HashMap<(String, String), Known>>,
+    /// namespace → copy name → what was stored (about 100 bytes a copy).
+    known: Mutex<HashMap<String, HashMap<Box<str>, Known>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,7 +99,7 @@ impl CopyIndex {
 
     /// Number of copies known.
     pub fn len(&self) -> usize {
-        lock(&self.known).len()
+        lock(&self.known).values().map(HashMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -109,20 +109,27 @@ impl CopyIndex {
     /// Records what a write or a read returned.
     pub fn record(&self, stored: &Event) {
         let (Some(ns), Some(name)) = (
-            stored.metadata.namespace.clone(),
-            stored.metadata.name.clone(),
+            stored.metadata.namespace.as_deref(),
+            stored.metadata.name.as_deref(),
         ) else {
             return;
         };
         match Known::of(stored) {
-            Some(k) => lock(&self.known).insert((ns, name), k),
-            None => lock(&self.known).remove(&(ns, name)),
-        };
+            Some(k) => {
+                lock(&self.known)
+                    .entry(ns.to_owned())
+                    .or_default()
+                    .insert(name.into(), k);
+            }
+            None => self.forget(ns, name),
+        }
     }
 
     /// Forgets one copy (gone, or replaced by something we did not see).
     pub fn forget(&self, namespace: &str, name: &str) {
-        lock(&self.known).remove(&(namespace.to_owned(), name.to_owned()));
+        if let Some(copies) = lock(&self.known).get_mut(namespace) {
+            copies.remove(name);
+        }
     }
 
     /// What is known of `namespace/name`, listing the namespace first if that was not done.
@@ -144,7 +151,7 @@ impl CopyIndex {
             tracing::debug!(namespace, error = %e, "mirror: cannot list copies; reading them one by one");
             return Lookup::Unknown;
         }
-        match lock(&self.known).get(&(namespace.to_owned(), name.to_owned())) {
+        match lock(&self.known).get(namespace).and_then(|c| c.get(name)) {
             Some(k) => Lookup::Stored(k.clone()),
             None => Lookup::Absent,
         }
@@ -163,8 +170,8 @@ impl CopyIndex {
         loop {
             let page = api.list(&params).await?;
             found.extend(page.items.iter().filter_map(|copy| {
-                let name = copy.metadata.name.clone()?;
-                Some(((namespace.to_owned(), name), Known::of(copy)?))
+                let name: Box<str> = copy.metadata.name.as_deref()?.into();
+                Some((name, Known::of(copy)?))
             }));
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),
@@ -176,7 +183,10 @@ impl CopyIndex {
             copies = found.len(),
             "mirror: listed the copies already stored"
         );
-        lock(&self.known).extend(found);
+        lock(&self.known)
+            .entry(namespace.to_owned())
+            .or_default()
+            .extend(found);
         Ok(())
     }
 }

@@ -262,7 +262,7 @@ impl Syncer {
                     return Ok(());
                 }
                 let mut wanted = copy.clone();
-                wanted.metadata.resource_version = Some(known.resource_version);
+                wanted.metadata.resource_version = Some(known.resource_version.into());
                 match api.replace(name, &PostParams::default(), &wanted).await {
                     Ok(stored) => {
                         self.copies.record(&stored);
