@@ -62,6 +62,11 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    pub channel: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
     pub channel: String,
     pub operation: String,
@@ -87,6 +92,7 @@ pub struct Metrics {
     pub cert_expiry: Gauge<i64, AtomicI64>,
     pub mirror_writes: Family<MirrorLabels, Counter>,
     pub mirror_queue_depth: Gauge,
+    pub mirror_given_up: Family<ChannelLabels, Counter>,
     pub mirror_lag: Histogram,
     pub mirror_watch_errors: Counter,
     pub mirror_leader: Gauge,
@@ -179,8 +185,14 @@ impl Metrics {
         let mirror_writes = Family::<MirrorLabels, Counter>::default();
         registry.register(
             "mirror_writes",
-            "Mirror writes by channel, operation (label, create, update, log) and result",
+            "Mirror writes by channel, operation (label, unlabel, create, update, log, foreign) and result",
             mirror_writes.clone(),
+        );
+        let mirror_given_up = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "mirror_given_up",
+            "Stored events the mirror stopped trying to copy: refused by the API server, a foreign event holding the copy's name, or retries exhausted",
+            mirror_given_up.clone(),
         );
         let mirror_queue_depth = Gauge::default();
         registry.register(
@@ -246,6 +258,7 @@ impl Metrics {
             cert_expiry,
             mirror_writes,
             mirror_queue_depth,
+            mirror_given_up,
             mirror_lag,
             mirror_watch_errors,
             mirror_leader,
@@ -329,6 +342,15 @@ impl Metrics {
     }
 
     /// Counts a failed mirror sync step.
+    /// One stored event the mirror gave up on.
+    pub fn mirror_given_up(&self, channel: &str) {
+        self.mirror_given_up
+            .get_or_create(&ChannelLabels {
+                channel: channel.to_owned(),
+            })
+            .inc();
+    }
+
     pub fn mirror_failed(&self, error: &crate::mirror::sync::SyncError) {
         self.mirror_write(
             error.report.channel.as_deref().unwrap_or(""),

@@ -35,6 +35,7 @@ fn options() -> ControllerOptions {
     ControllerOptions {
         workers: 4,
         retry_base: Duration::from_millis(50),
+        ..ControllerOptions::default()
     }
 }
 

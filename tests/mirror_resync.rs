@@ -165,3 +165,108 @@ async fn live_updates_are_one_put_and_a_stale_view_still_converges() {
     running.stop().await;
     assert_eq!(api.events_in("team-infra").len(), 3);
 }
+
+/// As the webhook left it: labelled, so the mirror's own label patch does not make a new state.
+fn labelled(mut ev: Value) -> Value {
+    let node = ev["involvedObject"]["name"].as_str().unwrap().to_owned();
+    ev["metadata"]["labels"] = serde_json::json!({"clusterscope.dev/scope": "cluster",
+        "clusterscope.dev/kind": "Node", "clusterscope.dev/channel": "nodes"});
+    ev["metadata"]["annotations"] =
+        serde_json::json!({"clusterscope.dev/involved-object": format!("core/Node/{node}")});
+    ev
+}
+
+fn metric(running: &fake_apiserver::RunningController, prefix: &str) -> f64 {
+    running
+        .metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A copy the API server refuses for good (422: the source's annotations push it past the
+/// 256 KiB limit) is given up at once: counted, logged, and never tried again.
+#[tokio::test]
+async fn a_refused_copy_is_given_up_and_not_retried() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
+    let mut big = labelled(node_event(1, 1));
+    big["metadata"]["annotations"]["note"] = "x".repeat(256 * 1024 - 60).into();
+    api.put("default", big);
+    api.put("default", labelled(node_event(2, 1)));
+    let running = start(&api);
+    assert!(
+        fake_apiserver::eventually(10, || metric(
+            &running,
+            r#"clusterscope_mirror_given_up_total{channel="nodes"}"#
+        ) == 1.0)
+        .await,
+        "{}",
+        running.metrics.encode()
+    );
+    assert!(fake_apiserver::eventually(10, || copy_of(&api, 2).is_some()).await);
+    quiet(&api).await;
+    let creates = calls(&api, "create", "team-infra");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(calls(&api, "create", "team-infra"), creates, "retried");
+    // Two creates: the refused one (once) and node2's.
+    assert_eq!(creates, 2);
+    running.stop().await;
+}
+
+/// A copy that keeps failing with a retryable error (the channel namespace is missing) stops
+/// being retried once its source expires: the key is forgotten.
+#[tokio::test]
+async fn an_expired_source_is_forgotten() {
+    let api = FakeApiServer::start(&["default", "kube-system"]).await;
+    api.put("default", labelled(node_event(1, 1)));
+    let running = start(&api);
+    assert!(fake_apiserver::eventually(10, || calls(&api, "create", "team-infra") >= 2).await);
+    api.expire("default", &format!("node1.{:016x}", 1));
+    // Let any retry already scheduled run out (backoff from 20 ms: at most a few hundred ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let tried = calls(&api, "create", "team-infra");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        calls(&api, "create", "team-infra"),
+        tried,
+        "still retrying an expired source"
+    );
+    running.stop().await;
+}
+
+/// An event that is not clusterscope's copy holds the copy's name: it is left as it is,
+/// reported once, and not retried.
+#[tokio::test]
+async fn a_foreign_event_at_the_copys_name_is_left_alone() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
+    api.put("default", labelled(node_event(1, 1)));
+    let copy_name = clusterscope::mirror::copy_name("default", &format!("node1.{:016x}", 1));
+    let mut squatter = node_event(9, 1);
+    squatter["metadata"]["name"] = copy_name.clone().into();
+    squatter["involvedObject"]["namespace"] = "team-infra".into();
+    squatter["message"] = "not yours".into();
+    api.put("team-infra", squatter);
+    let running = start(&api);
+    assert!(
+        fake_apiserver::eventually(10, || metric(
+            &running,
+            r#"clusterscope_mirror_given_up_total{channel="nodes"}"#
+        ) == 1.0)
+        .await
+    );
+    quiet(&api).await;
+    assert_eq!(calls(&api, "update", "team-infra"), 0, "overwritten");
+    let stored = api.event("team-infra", &copy_name).unwrap();
+    assert_eq!(stored["message"], "not yours");
+    assert!(
+        running.metrics.encode().contains(
+            r#"clusterscope_mirror_writes_total{channel="nodes",operation="foreign",result="error"} 1"#
+        ),
+        "{}",
+        running.metrics.encode()
+    );
+    running.stop().await;
+}

@@ -118,6 +118,7 @@ async fn start_limited(
             controller: clusterscope::mirror::controller::ControllerOptions {
                 workers: 2,
                 retry_base: Duration::from_millis(50),
+                ..Default::default()
             },
             connect_timeout: Duration::from_secs(5),
             ..Default::default()

@@ -43,6 +43,8 @@ struct QueueState {
     failures: HashMap<Key, u32>,
     /// When each key was first queued since it was last synced (for lag).
     since: HashMap<Key, Instant>,
+    /// Keys forgotten while a worker had them: dropped when that worker is done.
+    forgotten: HashSet<Key>,
 }
 
 fn key_of(ev: &Event) -> Key {
@@ -68,6 +70,8 @@ impl WorkQueue {
     pub fn add(&self, ev: Event) {
         let key = key_of(&ev);
         let mut s = self.lock();
+        // Re-created after being forgotten: a new life.
+        s.forgotten.remove(&key);
         s.latest.insert(key.clone(), ev);
         s.since.entry(key.clone()).or_insert_with(Instant::now);
         if !s.active.contains(&key) && s.queued.insert(key.clone()) {
@@ -105,42 +109,112 @@ impl WorkQueue {
         }
     }
 
-    /// Marks `key` done. On failure it is retried after `backoff(failures)` unless a newer
-    /// state arrived meanwhile (which is queued at once).
-    pub fn done(self: &Arc<Self>, key: Key, failed: Option<Event>, base: Duration) {
+    /// Marks `key` done. A failure is retried after `backoff(failures)` unless a newer state
+    /// arrived meanwhile (which is queued at once), up to `max_attempts` syncs; past that, or
+    /// for [`Done::GiveUp`], the key is forgotten. Returns [`Given::Up`] when it was.
+    pub fn done(self: &Arc<Self>, key: Key, done: Done, retry: &RetryPolicy) -> Given {
         let mut s = self.lock();
         s.active.remove(&key);
+        if s.forgotten.remove(&key) {
+            s.failures.remove(&key);
+            return Given::Not;
+        }
         if s.latest.contains_key(&key) {
+            // A newer state came in while this one was worked on: it gets a fresh start.
+            s.failures.remove(&key);
             if s.queued.insert(key.clone()) {
                 s.order.push_back(key);
             }
             drop(s);
             self.ready.notify_one();
-            return;
+            return Given::Not;
         }
-        match failed {
-            None => {
+        let ev = match done {
+            Done::Synced => {
                 s.failures.remove(&key);
+                return Given::Not;
             }
-            Some(ev) => {
-                let n = s.failures.entry(key).or_insert(0);
-                *n = n.saturating_add(1);
-                let delay = base
-                    .saturating_mul(2u32.saturating_pow((*n).min(10) - 1))
-                    .min(Duration::from_secs(300));
-                drop(s);
-                let queue = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    // A newer state may have been synced meanwhile; only retry if nothing newer came.
-                    let newer = queue.lock().latest.contains_key(&key_of(&ev));
-                    if !newer {
-                        queue.add(ev);
-                    }
-                });
+            Done::GiveUp => {
+                s.failures.remove(&key);
+                s.since.remove(&key);
+                return Given::Up;
             }
+            Done::Retry(ev) => ev,
+        };
+        let n = s.failures.entry(key.clone()).or_insert(0);
+        *n = n.saturating_add(1);
+        let failures = *n;
+        if failures >= retry.max_attempts {
+            s.failures.remove(&key);
+            s.since.remove(&key);
+            return Given::Up;
+        }
+        let delay = retry
+            .base
+            .saturating_mul(2u32.saturating_pow(failures.min(10) - 1))
+            .min(retry.max_delay);
+        drop(s);
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            // Retry only if nothing happened to the key meanwhile: no newer state, not synced,
+            // not forgotten (each of those resets or removes its failure count).
+            let still_failing = {
+                let s = queue.lock();
+                !s.latest.contains_key(&key) && s.failures.get(&key) == Some(&failures)
+            };
+            if still_failing {
+                queue.add(*ev);
+            }
+        });
+        Given::Not
+    }
+
+    /// Forgets `key` (its source was deleted): a queued state and pending retries are dropped.
+    pub fn forget(&self, key: &Key) {
+        let mut s = self.lock();
+        s.latest.remove(key);
+        s.failures.remove(key);
+        s.since.remove(key);
+        if s.queued.remove(key) {
+            s.order.retain(|k| k != key);
+        }
+        if s.active.contains(key) {
+            s.forgotten.insert(key.clone());
         }
     }
+
+    /// Keys with pending retries (for tests and metrics).
+    pub fn failing(&self) -> usize {
+        self.lock().failures.len()
+    }
+}
+
+/// How a sync of one key ended.
+#[derive(Debug)]
+pub enum Done {
+    Synced,
+    /// Failed; try again later with this state.
+    Retry(Box<Event>),
+    /// Failed for good (the API server refuses the object, or a foreign event holds the name).
+    GiveUp,
+}
+
+/// Whether [`WorkQueue::done`] gave up on the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Given {
+    Up,
+    Not,
+}
+
+/// Retry delays and the cap on attempts.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// First delay; doubles per failure.
+    pub base: Duration,
+    pub max_delay: Duration,
+    /// Syncs of one state before it is given up (the next change of the source starts over).
+    pub max_attempts: u32,
 }
 
 /// Controller settings.
@@ -149,6 +223,8 @@ pub struct ControllerOptions {
     pub workers: usize,
     /// First retry delay after a failed sync; doubles up to 5 minutes.
     pub retry_base: Duration,
+    /// Syncs of one state of a source before it is given up.
+    pub max_attempts: u32,
 }
 
 impl Default for ControllerOptions {
@@ -156,6 +232,19 @@ impl Default for ControllerOptions {
         ControllerOptions {
             workers: 8,
             retry_base: Duration::from_secs(1),
+            // 1 + 2 + 4 + ... + 256 s, then 5 min: about 19 minutes of trying, longer than
+            // the default event TTL (1 h) leaves an expired source's copy any use.
+            max_attempts: 12,
+        }
+    }
+}
+
+impl ControllerOptions {
+    fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: self.retry_base,
+            max_delay: Duration::from_secs(300),
+            max_attempts: self.max_attempts.max(1),
         }
     }
 }
@@ -204,7 +293,12 @@ pub async fn run(
                     Ok(watcher::Event::InitDone) => {
                         tracing::info!(namespace = ns, "mirror: caught up with stored events");
                     }
-                    Ok(watcher::Event::Delete(ev)) => syncer.forget(&ev),
+                    Ok(watcher::Event::Delete(ev)) => {
+                        // Expired (TTL) or deleted: nothing more to copy, nothing to retry.
+                        queue.forget(&key_of(&ev));
+                        syncer.forget(&ev);
+                        metrics.mirror_queue_depth.set(queue.len() as i64);
+                    }
                     Err(e) => {
                         metrics.mirror_watch_errors.inc();
                         tracing::warn!(namespace = ns, error = %e, "mirror: watch failed; retrying with backoff");
@@ -217,24 +311,40 @@ pub async fn run(
         let queue = queue.clone();
         let syncer = syncer.clone();
         let metrics = metrics.clone();
-        let base = options.retry_base;
+        let retry = options.retry();
         tasks.push(tokio::spawn(async move {
             loop {
                 let (key, ev, since) = queue.next().await;
                 metrics.mirror_queue_depth.set(queue.len() as i64);
                 let result = syncer.sync(&ev).await;
-                let failed = match &result {
+                let done = match &result {
                     Ok(report) => {
                         metrics.mirror_synced(report, since.elapsed());
-                        None
+                        Done::Synced
                     }
                     Err(e) => {
                         metrics.mirror_failed(e);
-                        tracing::warn!(namespace = %key.0, name = %key.1, error = %e, "mirror: sync failed; will retry");
-                        Some(ev)
+                        if e.retryable() {
+                            Done::Retry(Box::new(ev))
+                        } else {
+                            Done::GiveUp
+                        }
                     }
                 };
-                queue.done(key, failed, base);
+                if let Err(e) = &result {
+                    let given = queue.done(key.clone(), done, &retry);
+                    let channel = e.report.channel.as_deref().unwrap_or("");
+                    if given == Given::Up {
+                        metrics.mirror_given_up(channel);
+                        tracing::warn!(namespace = %key.0, name = %key.1, channel, error = %e,
+                            "mirror: gave up on this event (until its source changes again)");
+                    } else {
+                        tracing::warn!(namespace = %key.0, name = %key.1, channel, error = %e,
+                            "mirror: sync failed; will retry");
+                    }
+                } else {
+                    queue.done(key, done, &retry);
+                }
             }
         }));
     }
@@ -270,13 +380,17 @@ mod tests {
         let (k, _, _) = q.next().await;
         assert_eq!(k.1, "b");
         assert!(q.is_empty());
-        q.done(
-            ("default".into(), "a".into()),
-            None,
-            Duration::from_millis(1),
-        );
+        q.done(("default".into(), "a".into()), Done::Synced, &policy(1));
         let (k, e, _) = q.next().await;
         assert_eq!((k.1.as_str(), e.count), ("a", Some(3)));
+    }
+
+    fn policy(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+            max_attempts,
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -285,12 +399,48 @@ mod tests {
         q.add(ev("a", 1));
         let (k, e, _) = q.next().await;
         let start = tokio::time::Instant::now();
-        q.done(k, Some(e), Duration::from_secs(1));
+        q.done(k, Done::Retry(Box::new(e)), &policy(10));
         let (k, e, _) = q.next().await;
         assert_eq!(start.elapsed(), Duration::from_secs(1));
-        q.done(k, Some(e), Duration::from_secs(1));
+        q.done(k, Done::Retry(Box::new(e)), &policy(10));
         let (k, _, _) = q.next().await;
         assert_eq!(start.elapsed(), Duration::from_secs(3));
-        q.done(k, None, Duration::from_secs(1));
+        q.done(k, Done::Synced, &policy(10));
+        assert_eq!(q.failing(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_the_cap_and_refusals_at_once() {
+        let q = Arc::new(WorkQueue::new());
+        q.add(ev("a", 1));
+        let (k, e, _) = q.next().await;
+        assert_eq!(q.done(k, Done::Retry(Box::new(e)), &policy(2)), Given::Not);
+        let (k, e, _) = q.next().await;
+        assert_eq!(q.done(k, Done::Retry(Box::new(e)), &policy(2)), Given::Up);
+        assert_eq!(q.failing(), 0, "forgotten after giving up");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(q.is_empty(), "a given-up key never comes back by itself");
+        // A new state of the source starts over.
+        q.add(ev("a", 2));
+        let (k, _, _) = q.next().await;
+        assert_eq!(q.done(k, Done::GiveUp, &policy(10)), Given::Up);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_key_is_not_retried() {
+        let q = Arc::new(WorkQueue::new());
+        q.add(ev("a", 1));
+        let (k, e, _) = q.next().await;
+        q.done(k.clone(), Done::Retry(Box::new(e)), &policy(10));
+        assert_eq!(q.failing(), 1);
+        q.forget(&k);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(q.is_empty(), "the pending retry was dropped");
+        assert_eq!(q.failing(), 0);
+        // Forgetting a queued key drops it too.
+        q.add(ev("b", 1));
+        q.forget(&("default".into(), "b".into()));
+        assert!(q.is_empty());
     }
 }

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
 
+use crate::config::Keys;
+
 /// Page size of the copy listings (as kube-runtime's watcher lists).
 const PAGE: u32 = 500;
 
@@ -41,18 +43,31 @@ pub fn fingerprint(copy: &Event) -> u64 {
     h.finish()
 }
 
+/// Which source a copy belongs to, hashed (0 when it names none: not a copy of ours).
+pub fn owner(copy: &Event, keys: &Keys) -> u64 {
+    let Some(source) = crate::mirror::source_of(copy, keys) else {
+        return 0;
+    };
+    let mut h = DefaultHasher::new();
+    source.hash(&mut h);
+    h.finish().max(1)
+}
+
 /// One stored copy, as last seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
     pub resource_version: Box<str>,
     pub fingerprint: u64,
+    /// [`owner`] of the stored copy.
+    pub owner: u64,
 }
 
 impl Known {
-    pub fn of(stored: &Event) -> Option<Known> {
+    pub fn of(stored: &Event, keys: &Keys) -> Option<Known> {
         Some(Known {
             resource_version: stored.metadata.resource_version.as_deref()?.into(),
             fingerprint: fingerprint(stored),
+            owner: owner(stored, keys),
         })
     }
 }
@@ -107,14 +122,14 @@ impl CopyIndex {
     }
 
     /// Records what a write or a read returned.
-    pub fn record(&self, stored: &Event) {
+    pub fn record(&self, stored: &Event, keys: &Keys) {
         let (Some(ns), Some(name)) = (
             stored.metadata.namespace.as_deref(),
             stored.metadata.name.as_deref(),
         ) else {
             return;
         };
-        match Known::of(stored) {
+        match Known::of(stored, keys) {
             Some(k) => {
                 lock(&self.known)
                     .entry(ns.to_owned())
@@ -136,7 +151,7 @@ impl CopyIndex {
     pub async fn lookup(
         &self,
         client: &kube::Client,
-        selector: &str,
+        keys: &Keys,
         namespace: &str,
         name: &str,
     ) -> Lookup {
@@ -145,7 +160,7 @@ impl CopyIndex {
             .or_default()
             .clone();
         let listed = listing
-            .get_or_try_init(|| self.list(client, selector, namespace))
+            .get_or_try_init(|| self.list(client, keys, namespace))
             .await;
         if let Err(e) = listed {
             tracing::debug!(namespace, error = %e, "mirror: cannot list copies; reading them one by one");
@@ -161,17 +176,17 @@ impl CopyIndex {
     async fn list(
         &self,
         client: &kube::Client,
-        selector: &str,
+        keys: &Keys,
         namespace: &str,
     ) -> Result<(), kube::Error> {
         let api: Api<Event> = Api::namespaced(client.clone(), namespace);
-        let mut params = ListParams::default().labels(selector).limit(PAGE);
+        let mut params = ListParams::default().labels(&keys.mirror).limit(PAGE);
         let mut found = Vec::new();
         loop {
             let page = api.list(&params).await?;
             found.extend(page.items.iter().filter_map(|copy| {
                 let name: Box<str> = copy.metadata.name.as_deref()?.into();
-                Some((name, Known::of(copy)?))
+                Some((name, Known::of(copy, keys)?))
             }));
             match page.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => params = params.continue_token(&token),

@@ -14,7 +14,7 @@ use std::hash::Hasher;
 use k8s_openapi::api::core::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::config::{Channel, Config};
+use crate::config::{Channel, Config, Keys};
 use crate::decide::Classified;
 use crate::labels::MAX_SUBDOMAIN_LEN;
 
@@ -24,12 +24,23 @@ pub mod sync;
 
 /// The name of the copy of `source_namespace/source_name`: the source name and a hash of
 /// where it lives, at most 253 characters, a valid DNS subdomain when the source name is.
+///
+/// A source name that fits whole is unique in its namespace, so a short hash only has to tell
+/// `default` from `kube-system`. A name cut to fit is not: there the hash is 64 bits wide, so
+/// that nobody can craft a second long name whose copy lands on another's (and
+/// [`is_copy_of`] refuses to overwrite one that did).
 pub fn copy_name(source_namespace: &str, source_name: &str) -> String {
     let mut hasher = fnv::FnvHasher::default();
     hasher.write(source_namespace.as_bytes());
     hasher.write(b"/");
     hasher.write(source_name.as_bytes());
-    let suffix = format!("{:08x}", hasher.finish() as u32);
+    let hash = hasher.finish();
+    let short = format!("{:08x}", hash as u32);
+    let suffix = if source_name.len() + 1 + short.len() <= MAX_SUBDOMAIN_LEN {
+        short
+    } else {
+        format!("{hash:016x}")
+    };
     let keep = MAX_SUBDOMAIN_LEN - 1 - suffix.len();
     let head = source_name
         .get(..keep.min(source_name.len()))
@@ -91,6 +102,28 @@ pub fn make_copy(
     };
     copy.involved_object.namespace = Some(namespace.clone());
     Some(copy)
+}
+
+/// The source a copy names in its annotations: (namespace, name).
+pub fn source_of<'a>(copy: &'a Event, keys: &Keys) -> Option<(&'a str, &'a str)> {
+    let annotations = copy.metadata.annotations.as_ref()?;
+    Some((
+        annotations.get(&keys.source_namespace)?.as_str(),
+        annotations.get(&keys.source_name)?.as_str(),
+    ))
+}
+
+/// True when `stored` (whatever holds the copy's name) is clusterscope's copy of the same
+/// source as `wanted`: it carries the mirror label and names the same source. A re-created
+/// source (a new uid under the same name) still owns its copy.
+pub fn is_copy_of(stored: &Event, wanted: &Event, keys: &Keys) -> bool {
+    stored
+        .metadata
+        .labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(&keys.mirror))
+        && source_of(stored, keys).is_some()
+        && source_of(stored, keys) == source_of(wanted, keys)
 }
 
 /// True when `stored` (a copy read back) already says what `wanted` says: the fields a
@@ -185,6 +218,73 @@ mod tests {
         let n = copy_name("default", &long);
         assert!(n.len() <= 253);
         assert!(check_dns1123_subdomain(&n).is_ok(), "{n}");
+    }
+
+    #[test]
+    fn cut_names_get_a_wide_hash_so_crafted_collisions_do_not_land_on_one_copy() {
+        // Two long names that share the kept head and whose 32-bit hashes collide: easy to
+        // find (a birthday search over ~2^16 names), so a short suffix would put both sources
+        // under one copy name.
+        let head = "n".repeat(240);
+        let short = |name: &str| {
+            let mut h = fnv::FnvHasher::default();
+            h.write(b"default/");
+            h.write(name.as_bytes());
+            h.finish() as u32
+        };
+        let mut seen = std::collections::HashMap::new();
+        let mut pair = None;
+        for i in 0..2_000_000u32 {
+            let name = format!("{head}.{i:08x}");
+            if let Some(other) = seen.insert(short(&name), name.clone()) {
+                pair = Some((other, name));
+                break;
+            }
+        }
+        let (a, b) = pair.expect("a 32-bit collision among 2 million names");
+        assert_ne!(copy_name("default", &a), copy_name("default", &b));
+        for n in [copy_name("default", &a), copy_name("default", &b)] {
+            assert!(n.len() <= 253 && check_dns1123_subdomain(&n).is_ok(), "{n}");
+            assert_eq!(n.rsplit('.').next().map(str::len), Some(16), "{n}");
+        }
+        // Names that fit keep the short suffix (and the names copies already have).
+        assert_eq!(
+            copy_name("default", "node1.abc")
+                .rsplit('.')
+                .next()
+                .map(str::len),
+            Some(8)
+        );
+    }
+
+    #[test]
+    fn ownership_is_the_mirror_label_and_the_same_source() {
+        let config = config();
+        let wanted = make_copy(&source(), &classified(), &config.channels[0], &config).unwrap();
+        let keys = &config.keys;
+        assert!(is_copy_of(&wanted, &wanted, keys));
+        let mut recreated = wanted.clone();
+        recreated
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.source_uid.clone(), "another-uid".into());
+        assert!(
+            is_copy_of(&recreated, &wanted, keys),
+            "same source name, new uid"
+        );
+        let mut foreign = wanted.clone();
+        foreign.metadata.labels = None;
+        assert!(!is_copy_of(&foreign, &wanted, keys), "no mirror label");
+        let mut other = wanted.clone();
+        other
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(keys.source_name.clone(), "someone-else".into());
+        assert!(!is_copy_of(&other, &wanted, keys), "another source");
     }
 
     #[test]

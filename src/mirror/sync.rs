@@ -12,7 +12,7 @@ use crate::classify::ScopeResolver;
 use crate::config::Config;
 use crate::decide::{Outcome, decide};
 use crate::mirror::copies::{CopyIndex, Lookup};
-use crate::mirror::{copy_is_current, make_copy};
+use crate::mirror::{copy_is_current, is_copy_of, make_copy};
 use crate::recorder::{EventSink, SinkError};
 
 /// What one sync did.
@@ -48,6 +48,29 @@ impl std::fmt::Display for SyncError {
 }
 
 impl std::error::Error for SyncError {}
+
+impl SyncError {
+    /// Whether trying again later can succeed: transport errors, 5xx, 429 and conflicts can;
+    /// so can 403 and 404 (a missing channel namespace or Role is fixed by an operator, and
+    /// the retries are capped). Any other 4xx (the API server refuses this object, e.g. 422
+    /// for a copy past the annotation limit) and a foreign event under the copy's name cannot.
+    pub fn retryable(&self) -> bool {
+        if self.operation == FOREIGN {
+            return false;
+        }
+        match &self.error {
+            SinkError::Transport(_) => true,
+            SinkError::Invalid(_) => false,
+            SinkError::Status { code, .. } => {
+                !(400..500).contains(code) || matches!(code, 403 | 404 | 408 | 409 | 429)
+            }
+        }
+    }
+}
+
+/// The failed "operation" of a copy that could not be written because an event that is not
+/// clusterscope's copy of that source holds its name.
+pub const FOREIGN: &str = "foreign";
 
 /// Syncs stored events; cheap to clone.
 #[derive(Clone)]
@@ -87,6 +110,20 @@ pub fn merge_patch_of(ops: &[json_patch::PatchOperation]) -> serde_json::Value {
         target[last.as_str()] = value;
     }
     patch
+}
+
+/// An event that is not our copy of this source holds the copy's name: left alone.
+fn foreign(ns: &str, name: &str) -> (&'static str, SinkError) {
+    (
+        FOREIGN,
+        SinkError::Status {
+            code: 409,
+            reason: "AlreadyExists".into(),
+            message: format!(
+                "{ns}/{name} exists and is not clusterscope's copy of this source (no mirror label, or it names another source); it is left alone"
+            ),
+        },
+    )
 }
 
 /// Conflicts tolerated while updating one copy before giving up until the next sync.
@@ -255,9 +292,12 @@ impl Syncer {
         let ns = copy.metadata.namespace.as_deref().unwrap_or_default();
         let name = copy.metadata.name.as_deref().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        let selector = &config.keys.mirror;
-        match self.copies.lookup(&self.client, selector, ns, name).await {
+        let keys = &config.keys;
+        match self.copies.lookup(&self.client, keys, ns, name).await {
             Lookup::Stored(known) => {
+                if known.owner != crate::mirror::copies::owner(copy, keys) {
+                    return Err(foreign(ns, name));
+                }
                 if known.fingerprint == crate::mirror::copies::fingerprint(copy) {
                     return Ok(());
                 }
@@ -265,7 +305,7 @@ impl Syncer {
                 wanted.metadata.resource_version = Some(known.resource_version.into());
                 match api.replace(name, &PostParams::default(), &wanted).await {
                     Ok(stored) => {
-                        self.copies.record(&stored);
+                        self.copies.record(&stored, keys);
                         report.updated = true;
                         return Ok(());
                     }
@@ -279,7 +319,7 @@ impl Syncer {
             Lookup::Absent | Lookup::Unknown => {
                 match api.create(&PostParams::default(), copy).await {
                     Ok(stored) => {
-                        self.copies.record(&stored);
+                        self.copies.record(&stored, keys);
                         report.created = true;
                         return Ok(());
                     }
@@ -289,13 +329,14 @@ impl Syncer {
                 }
             }
         }
-        self.read_and_update(&api, copy, report).await
+        self.read_and_update(&api, keys, copy, report).await
     }
 
     /// Reads the stored copy and updates it if it differs (creating it if it is gone).
     async fn read_and_update(
         &self,
         api: &Api<Event>,
+        keys: &crate::config::Keys,
         copy: &Event,
         report: &mut SyncReport,
     ) -> Result<(), (&'static str, SinkError)> {
@@ -310,21 +351,24 @@ impl Syncer {
                         .create(&PostParams::default(), copy)
                         .await
                         .map_err(|e| ("create", e.into()))?;
-                    self.copies.record(&stored);
+                    self.copies.record(&stored, keys);
                     report.created = true;
                     return Ok(());
                 }
                 Err(e) => return Err(("update", e.into())),
             };
+            if !is_copy_of(&stored, copy, keys) {
+                return Err(foreign(ns, name));
+            }
             if copy_is_current(&stored, copy) {
-                self.copies.record(&stored);
+                self.copies.record(&stored, keys);
                 return Ok(());
             }
             let mut wanted = copy.clone();
             wanted.metadata.resource_version = stored.metadata.resource_version.clone();
             match api.replace(name, &PostParams::default(), &wanted).await {
                 Ok(stored) => {
-                    self.copies.record(&stored);
+                    self.copies.record(&stored, keys);
                     report.updated = true;
                     return Ok(());
                 }

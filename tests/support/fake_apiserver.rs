@@ -310,6 +310,7 @@ impl FakeApiServer {
         let options = clusterscope::mirror::controller::ControllerOptions {
             workers: 4,
             retry_base,
+            ..Default::default()
         };
         let task = tokio::spawn(clusterscope::mirror::controller::run(
             self.syncer(yaml),
@@ -402,13 +403,13 @@ impl FakeApiServer {
         s.history.clear();
     }
 
-    /// Deletes an event, as the event TTL does.
+    /// Deletes an event, as the event TTL does (watchers see DELETED).
     pub fn expire(&self, ns: &str, name: &str) {
-        self.store
-            .lock()
-            .unwrap()
-            .events
-            .remove(&(ns.to_owned(), name.to_owned()));
+        let mut s = self.store.lock().unwrap();
+        if let Some(mut ev) = s.events.remove(&(ns.to_owned(), name.to_owned())) {
+            bump(&mut s, &mut ev);
+            record(&mut s, "DELETED", ns, &ev);
+        }
     }
 }
 
