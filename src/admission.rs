@@ -305,7 +305,8 @@ impl Reviewer {
         if (!kind.is_empty() && kind != "Event") || (request.kind.is_none() && kind.is_empty()) {
             return Decision::skipped(SkipReason::NotAnEvent);
         }
-        let mut decision = decide(event, &self.config.load(), &self.resolver);
+        let namespace = request.namespace.as_deref().unwrap_or("");
+        let mut decision = decide(event, namespace, &self.config.load(), &self.resolver);
         if request.name.as_deref().unwrap_or("").is_empty() {
             decision.event_name = Some(event.display_name().into_owned());
         }

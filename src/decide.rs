@@ -253,10 +253,30 @@ fn not_ours(event: &Event<'_>, config: &Config, reason: SkipReason) -> Decision 
     decision
 }
 
-/// Decides what to do with an Event that is being created or updated.
-pub fn decide(event: &Event<'_>, config: &Config, resolver: &ScopeResolver) -> Decision {
+/// The namespaces that can hold events about cluster-scoped objects (API server validation):
+/// the sources. Copies are never written there (`check-config` refuses such a channel).
+pub const SOURCE_NAMESPACES: [&str; 2] = ["default", "kube-system"];
+
+/// Decides what to do with an Event that is being created or updated in `namespace` (the
+/// request's namespace, or the event's own; empty when unknown).
+///
+/// The mirror label marks a copy only where copies are written: in a source namespace anyone
+/// who may create events could set it, so there it is ignored and the event is judged as any.
+pub fn decide(
+    event: &Event<'_>,
+    namespace: &str,
+    config: &Config,
+    resolver: &ScopeResolver,
+) -> Decision {
     let keys = &config.keys;
-    if event.labels().is_some_and(|l| l.contains_key(&keys.mirror)) {
+    let namespace = if namespace.is_empty() {
+        event.metadata.as_ref().map_or("", |m| m.namespace())
+    } else {
+        namespace
+    };
+    if !SOURCE_NAMESPACES.contains(&namespace)
+        && event.labels().is_some_and(|l| l.contains_key(&keys.mirror))
+    {
         return Decision::skipped(SkipReason::Mirror);
     }
     let Some(reference) = event.reference() else {
@@ -350,7 +370,12 @@ mod tests {
 
     fn decide_json(json: &str) -> Decision {
         let ev: Event = serde_json::from_str(json).unwrap();
-        decide(&ev, &Config::embedded_default(), &ScopeResolver::new())
+        decide(
+            &ev,
+            "default",
+            &Config::embedded_default(),
+            &ScopeResolver::new(),
+        )
     }
 
     fn paths(d: &Decision) -> Vec<String> {
@@ -422,7 +447,7 @@ mod tests {
             r#"{"metadata":{"labels":{"clusterscope.dev/channel":"a"}},"involvedObject":{"kind":"Namespace","name":"ns"}}"#,
         )
         .unwrap();
-        let d = decide(&ev, &config, &ScopeResolver::new());
+        let d = decide(&ev, "default", &config, &ScopeResolver::new());
         assert!(
             paths(&d).contains(&"remove /metadata/labels/clusterscope.dev~1channel".to_owned())
         );
@@ -445,12 +470,21 @@ mod tests {
             skip(r#"{"involvedObject":{"name":"x"}}"#),
             Some(SkipReason::NoKind)
         );
+        // The mirror label counts only outside the source namespaces.
+        let copy = r#"{"metadata":{"labels":{"clusterscope.dev/mirror":"true"}},"involvedObject":{"kind":"Node","namespace":"team-a"}}"#;
+        let ev: Event = serde_json::from_str(copy).unwrap();
+        let config = Config::embedded_default();
+        let resolver = ScopeResolver::new();
         assert_eq!(
-            skip(
-                r#"{"metadata":{"labels":{"clusterscope.dev/mirror":"true"}},"involvedObject":{"kind":"Node"}}"#
-            ),
+            decide(&ev, "team-a", &config, &resolver).skip,
             Some(SkipReason::Mirror)
         );
+        let disguised = r#"{"metadata":{"namespace":"default","labels":{"clusterscope.dev/mirror":"true"}},"involvedObject":{"kind":"Node"}}"#;
+        let ev: Event = serde_json::from_str(disguised).unwrap();
+        for ns in ["default", "kube-system", ""] {
+            let d = decide(&ev, ns, &config, &resolver);
+            assert_eq!(d.outcome, Outcome::Patched, "in {ns:?}");
+        }
     }
 
     #[test]
@@ -471,7 +505,7 @@ mod tests {
             "Widget".into(),
             crate::classify::Scope::Namespaced,
         )]);
-        let d = decide(&ev, &config, &resolver);
+        let d = decide(&ev, "default", &config, &resolver);
         assert_eq!(d.outcome, Outcome::Unlabelled);
         assert_eq!(d.skip, Some(SkipReason::NamespacedKind));
         assert!(d.classified.is_none());
@@ -492,7 +526,7 @@ mod tests {
         json_patch::patch(&mut healed, &d.patch).unwrap();
         let text = healed.to_string();
         let ev: Event = serde_json::from_str(&text).unwrap();
-        let again = decide(&ev, &config, &resolver);
+        let again = decide(&ev, "default", &config, &resolver);
         assert_eq!(again.outcome, Outcome::Skipped);
         assert!(again.patch.is_empty());
         assert_eq!(healed["metadata"]["labels"]["app"], "w");
@@ -507,11 +541,14 @@ mod tests {
         .unwrap();
         let config = Config::embedded_default();
         let pending = ScopeResolver::awaiting_discovery();
-        let d = decide(&ev, &config, &pending);
+        let d = decide(&ev, "default", &config, &pending);
         assert_eq!(d.skip, Some(SkipReason::DiscoveryPending));
         assert!(d.patch.is_empty(), "nothing is removed on a guess either");
         pending.give_up_waiting();
-        assert_eq!(decide(&ev, &config, &pending).outcome, Outcome::Patched);
+        assert_eq!(
+            decide(&ev, "default", &config, &pending).outcome,
+            Outcome::Patched
+        );
     }
 
     #[test]

@@ -121,6 +121,13 @@ pub struct Metadata<'a> {
     pub annotations: Option<StringMap<'a>>,
 }
 
+impl Metadata<'_> {
+    /// `metadata.namespace`, empty when absent.
+    pub fn namespace(&self) -> &str {
+        or_empty(&self.namespace)
+    }
+}
+
 /// An Event in either API shape.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -82,11 +82,9 @@ fn webhook_configuration_is_safe() {
     assert_eq!(ns["key"], "kubernetes.io/metadata.name");
     assert_eq!(ns["operator"], "In");
     assert_eq!(ns["values"], serde_json::json!(["default", "kube-system"]));
-    let obj = &w["objectSelector"]["matchExpressions"][0];
-    assert_eq!(
-        (obj["key"].as_str(), obj["operator"].as_str()),
-        (Some("clusterscope.dev/mirror"), Some("DoesNotExist"))
-    );
+    // No objectSelector: a label in default/kube-system must not let an event opt out (the
+    // mirror label counts only where copies live, which the namespaceSelector excludes).
+    assert!(w.get("objectSelector").is_none(), "{w}");
     let cel = w["matchConditions"][0]["expression"].as_str().unwrap();
     // Plain JSON field names: CRD-rule escaping (`__namespace__`) never matches here.
     // tests/match_conditions.rs evaluates the expression itself.

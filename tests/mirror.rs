@@ -46,7 +46,7 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
         let source = stored_source(fixture);
         let text = source.to_string();
         let view: clusterscope::event::Event = serde_json::from_str(&text).unwrap();
-        let decision = decide(&view, &config, &resolver);
+        let decision = decide(&view, "default", &config, &resolver);
         let classified = decision.classified.unwrap();
         let channel = config
             .channel(classified.channel.as_deref().unwrap())
@@ -210,6 +210,23 @@ mod sync {
             "{err}"
         );
         assert!(!api.event("default", &name).unwrap()["metadata"]["labels"].is_null());
+    }
+
+    /// Someone who may create events in `default` sets the mirror label on one to hide it:
+    /// it is still labelled and copied.
+    #[tokio::test]
+    async fn the_mirror_label_hides_nothing_in_a_source_namespace() {
+        let api = FakeApiServer::start(&["default", "team-infra", "team-storage"]).await;
+        let mut source = stored_source("kubelet-node-not-ready.json");
+        source["metadata"]["labels"] = serde_json::json!({"clusterscope.dev/mirror": "true"});
+        let name = source["metadata"]["name"].as_str().unwrap().to_owned();
+        api.put("default", source);
+        let report = syncer(&api)
+            .sync(&typed(&api.event("default", &name).unwrap()))
+            .await
+            .unwrap();
+        assert!(report.labelled && report.created, "{report:?}");
+        assert_eq!(api.events_in("team-infra").len(), 1);
     }
 
     #[tokio::test]

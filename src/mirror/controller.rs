@@ -19,8 +19,7 @@ use tokio::sync::Notify;
 use crate::metrics::Metrics;
 use crate::mirror::sync::Syncer;
 
-/// The namespaces that can hold events about cluster-scoped objects.
-pub const SOURCE_NAMESPACES: [&str; 2] = ["default", "kube-system"];
+pub use crate::decide::SOURCE_NAMESPACES;
 /// Only events whose involved object has no namespace: everything else is not ours.
 pub const FIELD_SELECTOR: &str = "involvedObject.namespace=";
 

@@ -187,8 +187,8 @@ impl Syncer {
         })?;
         // One consistent configuration for the whole sync, even if it is reloaded meanwhile.
         let config = self.config.load_full();
-        let decision = decide(&view, &config, &self.resolver);
         let source_ns = source.metadata.namespace.as_deref().unwrap_or("default");
+        let decision = decide(&view, source_ns, &config, &self.resolver);
         let source_name = source.metadata.name.as_deref().unwrap_or("");
         let Some(classified) = decision.classified.clone() else {
             let mut report = SyncReport {
