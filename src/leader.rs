@@ -1,16 +1,22 @@
 //! Leader election with a coordination.k8s.io/v1 Lease, as client-go's `leaderelection`:
 //! the holder renews the lease every `retry_period`; another replica takes it over only after
-//! `lease_duration` without renewal; updates carry the resourceVersion read, so two replicas
-//! can never both win the same round. Mirroring is idempotent, so a short overlap during a
-//! handover costs a few redundant writes, never a duplicate.
+//! `lease_duration` without seeing the lease change (measured on its own clock from when it
+//! saw the last change, never by comparing the holder's `renewTime` with local time: clocks
+//! differ); updates carry the resourceVersion read, so two replicas can never both win the
+//! same round. Every API call is bounded: a leader that cannot renew within `renew_deadline`
+//! stops leading, which is before anyone else may take over (`renew_deadline` <
+//! `lease_duration`). Mirroring is idempotent, so a short overlap during a handover costs a
+//! few redundant writes, never a duplicate.
 
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use tokio::time::Instant;
 
 /// Lease settings; the defaults are client-go's usual ones.
 #[derive(Debug, Clone)]
@@ -41,6 +47,16 @@ impl LeaseOptions {
 pub struct LeaseLock {
     api: Api<Lease>,
     options: LeaseOptions,
+    /// The lease record as last seen and the local time it was first seen so.
+    observed: Mutex<Option<(Observed, Instant)>>,
+}
+
+/// What identifies a version of the lease record (as client-go compares the raw record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Observed {
+    holder: String,
+    renew_time: Option<String>,
+    transitions: i32,
 }
 
 /// Whole seconds, rounded up and at least 1: a Lease counts in seconds.
@@ -54,6 +70,27 @@ impl LeaseLock {
         LeaseLock {
             api: Api::namespaced(client, &options.namespace),
             options,
+            observed: Mutex::new(None),
+        }
+    }
+
+    pub fn options(&self) -> &LeaseOptions {
+        &self.options
+    }
+
+    /// Notes the record as seen now; returns how long ago (local clock) it last changed.
+    fn observe(&self, record: Observed) -> Duration {
+        let now = Instant::now();
+        let mut guard = match self.observed.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match guard.as_ref() {
+            Some((seen, at)) if *seen == record => now.saturating_duration_since(*at),
+            _ => {
+                *guard = Some((record, now));
+                Duration::ZERO
+            }
         }
     }
 
@@ -97,14 +134,22 @@ impl LeaseLock {
             .map_or(self.options.lease_duration, |s| {
                 Duration::from_secs(u64::try_from(s).unwrap_or(0))
             });
-        let expired = spec.renew_time.as_ref().is_none_or(|t| {
-            let d = SignedDuration::try_from(duration).unwrap_or_default();
-            t.0.checked_add(d).is_ok_and(|until| until < now)
+        let unchanged_for = self.observe(Observed {
+            holder: holder.clone(),
+            renew_time: spec.renew_time.as_ref().map(|t| t.0.to_string()),
+            transitions: spec.lease_transitions.unwrap_or(0),
         });
+        // Released (no holder or no renewTime), or not renewed for a whole lease duration as
+        // this replica's own clock counts.
+        let expired = spec.renew_time.is_none() || unchanged_for > duration;
         if !ours && !holder.is_empty() && !expired {
             return Ok(false);
         }
-        let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
+        let transitions = spec
+            .lease_transitions
+            .unwrap_or(0)
+            .max(0)
+            .saturating_add(i32::from(!ours));
         let acquired = if ours {
             spec.acquire_time.clone()
         } else {
@@ -124,8 +169,13 @@ impl LeaseLock {
         }
     }
 
-    /// Gives the lease up (on shutdown) so another replica takes over at once.
+    /// Gives the lease up (on shutdown) so another replica takes over at once; bounded by the
+    /// renew deadline (an unreachable API server only means the others wait for expiry).
     pub async fn release(&self) {
+        let _ = tokio::time::timeout(self.options.renew_deadline, self.release_now()).await;
+    }
+
+    async fn release_now(&self) {
         if let Ok(Some(mut lease)) = self.api.get_opt(&self.options.name).await {
             let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
             if spec.holder_identity.as_deref() == Some(self.options.identity.as_str()) {
@@ -156,19 +206,34 @@ pub async fn run_while_leader<L, F>(
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<()>,
     )> = None;
-    let mut last_renewed = tokio::time::Instant::now();
+    let deadline = lock.options.renew_deadline;
+    let mut last_renewed = Instant::now();
     loop {
-        let held = match lock.try_acquire_or_renew().await {
-            Ok(held) => {
+        // A leader may wait only what is left of its renew deadline; a candidate a whole one.
+        let budget = if leading.is_some() {
+            deadline.saturating_sub(last_renewed.elapsed())
+        } else {
+            deadline
+        };
+        let attempt = tokio::time::timeout(budget, lock.try_acquire_or_renew()).await;
+        let held = match attempt {
+            Ok(Ok(held)) => {
                 if held {
-                    last_renewed = tokio::time::Instant::now();
+                    last_renewed = Instant::now();
                 }
                 held
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "leader election: cannot reach the lease");
                 // Keep leading until the renew deadline passes without a renewal.
-                leading.is_some() && last_renewed.elapsed() < lock.options.renew_deadline
+                leading.is_some() && last_renewed.elapsed() < deadline
+            }
+            Err(_) => {
+                tracing::warn!(
+                    waited = %humantime::format_duration(budget),
+                    "leader election: the API server did not answer in time"
+                );
+                leading.is_some() && last_renewed.elapsed() < deadline
             }
         };
         match (held, leading.is_some()) {
@@ -188,9 +253,17 @@ pub async fn run_while_leader<L, F>(
             }
             _ => {}
         }
+        // A leader never sleeps past its renew deadline.
+        let pause = if leading.is_some() {
+            lock.options
+                .retry_period
+                .min(deadline.saturating_sub(last_renewed.elapsed()))
+        } else {
+            lock.options.retry_period
+        };
         tokio::select! {
             () = &mut shutdown => break,
-            () = tokio::time::sleep(lock.options.retry_period) => {}
+            () = tokio::time::sleep(pause) => {}
         }
     }
     if let Some((tx, task)) = leading.take() {

@@ -119,3 +119,132 @@ async fn the_leader_runs_the_work_and_hands_over_on_shutdown() {
     let _ = stops.remove(0).send(());
     tasks.remove(0).await.unwrap();
 }
+
+/// Leadership changes of one replica, with the time each was seen.
+type Changes = Arc<std::sync::Mutex<Vec<(bool, std::time::Instant)>>>;
+
+fn run_replica(
+    api: &FakeApiServer,
+    identity: &str,
+    options: LeaseOptions,
+) -> (Changes, tokio::sync::oneshot::Sender<()>) {
+    let lock = LeaseLock::new(api.client_with_token(identity), options);
+    let changes: Changes = Arc::default();
+    let seen = changes.clone();
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(run_while_leader(
+        lock,
+        |lost| async move {
+            let _ = lost.await;
+        },
+        move |leading| {
+            seen.lock()
+                .unwrap()
+                .push((leading, std::time::Instant::now()))
+        },
+        async {
+            let _ = rx.await;
+        },
+    ));
+    (changes, stop)
+}
+
+fn first(changes: &Changes, leading: bool) -> Option<std::time::Instant> {
+    changes
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(l, _)| *l == leading)
+        .map(|(_, t)| *t)
+}
+
+/// The leader's path to the API server stalls (calls hang, no error). It must stop leading
+/// within its renew deadline, before the other replica may take the lease over.
+#[tokio::test]
+async fn a_stalled_leader_steps_down_before_anyone_takes_over() {
+    let api = FakeApiServer::start(&[]).await;
+    let opts = |id: &str| LeaseOptions {
+        lease_duration: Duration::from_secs(2),
+        renew_deadline: Duration::from_millis(1000),
+        retry_period: Duration::from_millis(100),
+        ..LeaseOptions::new("clusterscope-system", id)
+    };
+    let (a, _stop_a) = run_replica(&api, "a", opts("a"));
+    for _ in 0..100 {
+        if first(&a, true).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(first(&a, true).is_some(), "a never led");
+    let (b, _stop_b) = run_replica(&api, "b", opts("b"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(first(&b, true).is_none(), "b took a held lease");
+
+    api.store.lock().unwrap().stalled_token = Some("a".into());
+    let stalled = std::time::Instant::now();
+    for _ in 0..300 {
+        if first(&a, false).is_some() && first(&b, true).is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let down = first(&a, false).expect("a never stepped down while stalled");
+    let up = first(&b, true).expect("b never took over");
+    assert!(down < up, "b led before a stopped");
+    // Within the renew deadline (1 s) plus one retry period and scheduling slack; never
+    // as late as the lease duration (2 s).
+    assert!(
+        down.duration_since(stalled) < Duration::from_millis(1_900),
+        "a stepped down {:?} after the stall",
+        down.duration_since(stalled)
+    );
+}
+
+/// Expiry is judged by the local clock from when the record last changed, not by the
+/// holder's `renewTime`: a dead holder whose clock ran an hour ahead is still taken over after
+/// one lease duration.
+#[tokio::test]
+async fn expiry_does_not_trust_the_holders_clock() {
+    let api = FakeApiServer::start(&[]).await;
+    let ahead = k8s_openapi::jiff::Timestamp::now()
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_hours(1))
+        .unwrap();
+    api.store.lock().unwrap().leases.insert(
+        ("clusterscope-system".into(), "clusterscope-mirror".into()),
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "clusterscope-mirror", "namespace": "clusterscope-system", "resourceVersion": "1"},
+            "spec": {"holderIdentity": "ghost", "leaseDurationSeconds": 1,
+                     "renewTime": ahead.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                     "leaseTransitions": 2147483647}
+        }),
+    );
+    let b = LeaseLock::new(api.client(), options("b"));
+    let start = std::time::Instant::now();
+    let mut took = false;
+    while start.elapsed() < Duration::from_secs(5) {
+        if b.try_acquire_or_renew().await.unwrap() {
+            took = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(took, "b trusted the holder's clock and never took over");
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "took over before the lease duration"
+    );
+    let lease = api
+        .store
+        .lock()
+        .unwrap()
+        .leases
+        .values()
+        .next()
+        .cloned()
+        .unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "b");
+    // The transition count saturates instead of overflowing.
+    assert_eq!(lease["spec"]["leaseTransitions"], 2147483647);
+}

@@ -50,6 +50,9 @@ pub struct Store {
     pub discovery: Vec<(String, String, String, String, bool)>,
     /// Discovery answers only after this (a slow aggregated API, a busy API server).
     pub discovery_delay: Option<Duration>,
+    /// Lease calls made with this bearer token hang (one replica's path to the API server
+    /// stalls while the others' works).
+    pub stalled_token: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -332,6 +335,15 @@ impl FakeApiServer {
         let url: axum::http::Uri = format!("http://{}", self.addr).parse().unwrap();
         let mut config = kube::Config::new(url);
         config.read_timeout = Some(Duration::from_secs(5));
+        kube::Client::try_from(config).unwrap()
+    }
+
+    /// A client that authenticates with `token` (see [`Store::stalled_token`]).
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        let url: axum::http::Uri = format!("http://{}", self.addr).parse().unwrap();
+        let mut config = kube::Config::new(url);
+        config.read_timeout = Some(Duration::from_secs(60));
+        config.auth_info.token = Some(token.to_owned().into());
         kube::Client::try_from(config).unwrap()
     }
 
@@ -826,7 +838,24 @@ async fn watch(store: Arc<Mutex<Store>>, ns: String, q: BTreeMap<String, String>
     Response::new(axum::body::Body::from_stream(stream))
 }
 
-async fn lease_get(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {
+/// Hangs a lease call made with the stalled token.
+async fn lease_stall(store: &Arc<Mutex<Store>>, headers: &HeaderMap) {
+    let stalled = store.lock().unwrap().stalled_token.clone();
+    let sent = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if stalled.is_some() && sent == stalled.as_deref() {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+async fn lease_get(
+    State(store): St,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    lease_stall(&store, &headers).await;
     if let Some(r) = gate(
         &store,
         "GET",
@@ -847,7 +876,13 @@ async fn lease_get(State(store): St, Path((ns, name)): Path<(String, String)>) -
     }
 }
 
-async fn lease_create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Response {
+async fn lease_create(
+    State(store): St,
+    Path(ns): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    lease_stall(&store, &headers).await;
     if let Some(r) = gate(
         &store,
         "POST",
@@ -879,8 +914,10 @@ async fn lease_create(State(store): St, Path(ns): Path<String>, body: Bytes) -> 
 async fn lease_put(
     State(store): St,
     Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    lease_stall(&store, &headers).await;
     if let Some(r) = gate(
         &store,
         "PUT",
