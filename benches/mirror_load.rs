@@ -81,7 +81,8 @@ async fn main() {
             "--pod-namespace",
             "clusterscope-system",
         ])
-        .env("KUBECONFIG", &kubeconfig)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stdout(Stdio::null())
         .spawn()

@@ -95,32 +95,43 @@ pub struct ServeArgs {
     )]
     pub cert_dir: PathBuf,
     /// How often the certificate files are re-read.
-    #[arg(long, env = "CLUSTERSCOPE_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLUSTERSCOPE_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub cert_reload_interval: std::time::Duration,
     /// Longest wait for requests in flight at shutdown.
-    #[arg(long, env = "CLUSTERSCOPE_DRAIN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLUSTERSCOPE_DRAIN_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub drain_timeout: std::time::Duration,
     /// A client that has not sent its request headers by then is disconnected.
-    #[arg(long, env = "CLUSTERSCOPE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLUSTERSCOPE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
     pub header_read_timeout: std::time::Duration,
-    /// Cluster side (mirroring, discovery): `auto` uses the in-cluster configuration or a
-    /// kubeconfig when one answers, `off` runs the webhook alone.
+    /// Cluster side (mirroring, discovery): `auto` uses the pod's service account when running
+    /// in a pod and nothing otherwise; `on` also uses a kubeconfig (KUBECONFIG or
+    /// ~/.kube/config, as kubectl does) and refuses to start if no API server answers; `off`
+    /// runs the webhook alone.
     #[arg(long, env = "CLUSTERSCOPE_CLUSTER", value_enum, default_value_t = ClusterFlag::Auto)]
     pub cluster: ClusterFlag,
+    /// Use this kubeconfig (implies `--cluster on`; never read unless given).
+    #[arg(long, value_name = "FILE", conflicts_with = "cluster")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (its current context by default).
+    #[arg(long, value_name = "NAME", requires = "kubeconfig")]
+    pub context: Option<String>,
     /// This replica's name, for the mirror lease (the Downward API's pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
     /// Namespace of the mirror lease (the Downward API's pod namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "clusterscope-system")]
     pub pod_namespace: String,
-    /// Events mirrored at once.
-    #[arg(long, env = "CLUSTERSCOPE_MIRROR_WORKERS", default_value_t = 8)]
+    /// Events mirrored at once (1-256).
+    #[arg(long, env = "CLUSTERSCOPE_MIRROR_WORKERS", default_value_t = 8,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub mirror_workers: usize,
-    /// Open webhook connections at most; more are closed at once.
-    #[arg(long, env = "CLUSTERSCOPE_MAX_CONNECTIONS", default_value_t = 2048)]
+    /// Open webhook connections at most (1-1000000); more are closed at once.
+    #[arg(long, env = "CLUSTERSCOPE_MAX_CONNECTIONS", default_value_t = 2048,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_connections: usize,
-    /// Requests in flight at most; more are answered 503 (Retry-After: 1).
-    #[arg(long, env = "CLUSTERSCOPE_MAX_IN_FLIGHT", default_value_t = 1024)]
+    /// Requests in flight at most (1-100000); more are answered 503 (Retry-After: 1).
+    #[arg(long, env = "CLUSTERSCOPE_MAX_IN_FLIGHT", default_value_t = 1024,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_in_flight: usize,
     /// Log format.
     #[arg(long, env = "CLUSTERSCOPE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
@@ -130,10 +141,24 @@ pub struct ServeArgs {
     pub log_level: String,
 }
 
+/// A duration flag: more than zero and at most a day (`500ms`, `10s`, `5m`).
+fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
+    let d =
+        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".to_owned());
+    }
+    if d > std::time::Duration::from_secs(86_400) {
+        return Err("must be at most 24h".to_owned());
+    }
+    Ok(d)
+}
+
 /// `--cluster` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ClusterFlag {
     Auto,
+    On,
     Off,
 }
 
@@ -353,9 +378,14 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_connections: args.max_connections,
         max_in_flight: args.max_in_flight,
         cluster: crate::cluster::ClusterOptions {
-            mode: match args.cluster {
-                ClusterFlag::Auto => crate::cluster::ClusterMode::Infer,
-                ClusterFlag::Off => crate::cluster::ClusterMode::Off,
+            mode: match (args.kubeconfig, args.cluster) {
+                (Some(path), _) => crate::cluster::ClusterMode::Kubeconfig {
+                    path,
+                    context: args.context,
+                },
+                (None, ClusterFlag::Auto) => crate::cluster::ClusterMode::InCluster,
+                (None, ClusterFlag::On) => crate::cluster::ClusterMode::Infer,
+                (None, ClusterFlag::Off) => crate::cluster::ClusterMode::Off,
             },
             identity: args.pod_name.unwrap_or_else(hostname),
             lease_namespace: args.pod_namespace,

@@ -16,26 +16,57 @@ use crate::recorder::{
 };
 use k8s_openapi::api::core::v1::ObjectReference;
 
-/// How `serve` finds its cluster.
+/// How `serve` finds its cluster. Only a pod's own service account is used unasked: a
+/// kubeconfig on a laptop may well point at production.
 #[derive(Clone, Default)]
 pub enum ClusterMode {
     /// No cluster: the webhook alone.
     Off,
-    /// In-cluster configuration or kubeconfig, as kubectl finds them.
+    /// The in-cluster configuration when running in a pod; otherwise no cluster.
     #[default]
+    InCluster,
+    /// In-cluster configuration or kubeconfig, as kubectl finds them (`--cluster on`).
     Infer,
+    /// This kubeconfig file, and this context of it (or its current one).
+    Kubeconfig {
+        path: std::path::PathBuf,
+        context: Option<String>,
+    },
     /// This client (tests, embedding).
     Client(kube::Client),
 }
 
+impl ClusterMode {
+    /// Whether the operator asked for a cluster: then failing to reach one stops the start.
+    pub fn required(&self) -> bool {
+        matches!(
+            self,
+            ClusterMode::Infer | ClusterMode::Kubeconfig { .. } | ClusterMode::Client(_)
+        )
+    }
+}
+
 impl std::fmt::Debug for ClusterMode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ClusterMode::Off => "Off",
-            ClusterMode::Infer => "Infer",
-            ClusterMode::Client(_) => "Client",
-        })
+        match self {
+            ClusterMode::Off => f.write_str("Off"),
+            ClusterMode::InCluster => f.write_str("InCluster"),
+            ClusterMode::Infer => f.write_str("Infer"),
+            ClusterMode::Kubeconfig { path, context } => {
+                write!(f, "Kubeconfig({}, {context:?})", path.display())
+            }
+            ClusterMode::Client(_) => f.write_str("Client"),
+        }
     }
+}
+
+/// A connected cluster, and where it is (for the log).
+pub struct Connected {
+    pub client: kube::Client,
+    /// `in-cluster`, `kubeconfig <path>`, ...
+    pub source: String,
+    pub context: Option<String>,
+    pub server: String,
 }
 
 /// A line of status for `/readyz` (the cluster side, the configuration).
@@ -106,7 +137,7 @@ pub struct ClusterOptions {
 impl Default for ClusterOptions {
     fn default() -> Self {
         ClusterOptions {
-            mode: ClusterMode::Infer,
+            mode: ClusterMode::InCluster,
             identity: "clusterscope".to_owned(),
             lease_namespace: "clusterscope-system".to_owned(),
             lease: None,
@@ -118,23 +149,94 @@ impl Default for ClusterOptions {
     }
 }
 
-/// Connects and checks that the API server answers.
-pub async fn connect(mode: &ClusterMode, timeout: Duration) -> Result<kube::Client, String> {
-    let client = match mode {
-        ClusterMode::Off => return Err("disabled (--cluster off)".to_owned()),
-        ClusterMode::Client(c) => c.clone(),
+/// Finds the cluster configuration `mode` names; `Ok(None)` when there is none to use.
+async fn configure(
+    mode: &ClusterMode,
+    timeout: Duration,
+) -> Result<Option<(kube::Config, String, Option<String>)>, String> {
+    match mode {
+        ClusterMode::Off => Ok(None),
+        ClusterMode::Client(_) => Err("a client is given, not a configuration".to_owned()),
+        ClusterMode::InCluster => match kube::Config::incluster() {
+            Ok(config) => Ok(Some((
+                config,
+                "in-cluster service account".to_owned(),
+                None,
+            ))),
+            // Not in a pod (no KUBERNETES_SERVICE_HOST or no service account token).
+            Err(_) => Ok(None),
+        },
         ClusterMode::Infer => {
             let config = tokio::time::timeout(timeout, kube::Config::infer())
                 .await
                 .map_err(|_| "no cluster configuration found in time".to_owned())?
                 .map_err(|e| format!("no in-cluster configuration or kubeconfig: {e}"))?;
-            kube::Client::try_from(config).map_err(|e| format!("cannot build a client: {e}"))?
+            let context = kube::config::Kubeconfig::read()
+                .ok()
+                .and_then(|k| k.current_context);
+            let source = if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+                "in-cluster service account or kubeconfig"
+            } else {
+                "kubeconfig (KUBECONFIG or ~/.kube/config)"
+            };
+            Ok(Some((config, source.to_owned(), context)))
+        }
+        ClusterMode::Kubeconfig { path, context } => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+            let chosen = context.clone().or_else(|| file.current_context.clone());
+            let options = kube::config::KubeConfigOptions {
+                context: context.clone(),
+                ..Default::default()
+            };
+            let config = kube::Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            Ok(Some((
+                config,
+                format!("kubeconfig {}", path.display()),
+                chosen,
+            )))
+        }
+    }
+}
+
+/// Connects and checks that the API server answers. `Ok(None)`: no cluster to use (off, or
+/// not in a pod with `InCluster`).
+pub async fn connect(mode: &ClusterMode, timeout: Duration) -> Result<Option<Connected>, String> {
+    let connected = match mode {
+        ClusterMode::Client(c) => Connected {
+            client: c.clone(),
+            source: "a client given by the caller".to_owned(),
+            context: None,
+            server: "(the given client's server)".to_owned(),
+        },
+        _ => {
+            let Some((config, source, context)) = configure(mode, timeout).await? else {
+                return Ok(None);
+            };
+            let server = config.cluster_url.to_string();
+            let client = kube::Client::try_from(config)
+                .map_err(|e| format!("cannot build a client for {server}: {e}"))?;
+            Connected {
+                client,
+                source,
+                context,
+                server,
+            }
         }
     };
-    match tokio::time::timeout(timeout, client.apiserver_version()).await {
-        Ok(Ok(_)) => Ok(client),
-        Ok(Err(e)) => Err(format!("the API server did not answer: {e}")),
-        Err(_) => Err(format!("the API server did not answer within {timeout:?}")),
+    match tokio::time::timeout(timeout, connected.client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(Some(connected)),
+        Ok(Err(e)) => Err(format!(
+            "the API server at {} did not answer: {e}",
+            connected.server
+        )),
+        Err(_) => Err(format!(
+            "the API server at {} did not answer within {}",
+            connected.server,
+            humantime::format_duration(timeout)
+        )),
     }
 }
 

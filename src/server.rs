@@ -138,16 +138,39 @@ impl Server {
             ))
         })?;
         let cluster_state = Arc::new(crate::cluster::StatusLine::default());
+        let mode = &options.cluster.mode;
         let (cluster, discovery) = match crate::cluster::connect(
-            &options.cluster.mode,
+            mode,
             options.cluster.connect_timeout,
         )
         .await
         {
-            Ok(client) => {
+            Ok(Some(connected)) => {
+                tracing::info!(
+                    server = %connected.server,
+                    source = %connected.source,
+                    context = connected.context.as_deref().unwrap_or(""),
+                    "connected to the cluster at {}: discovery and the mirror controller run against it",
+                    connected.server
+                );
                 let (trigger, pokes) = crate::discovery::trigger();
-                cluster_state.set("mirroring: starting");
-                (Some((client, pokes)), Some(trigger))
+                cluster_state.set(format!("mirroring: starting ({})", connected.server));
+                (Some((connected.client, pokes)), Some(trigger))
+            }
+            Ok(None) => {
+                let why = match mode {
+                    crate::cluster::ClusterMode::Off => "--cluster off",
+                    _ => "not running in a pod; --cluster on or --kubeconfig uses a kubeconfig",
+                };
+                tracing::info!(
+                    "no cluster ({why}): mirroring and discovery are off; the webhook serves with the built-in kind table"
+                );
+                cluster_state.set(format!("mirroring: off ({why})"));
+                (None, None)
+            }
+            // Asked for explicitly: starting without it would hide the mistake.
+            Err(reason) if mode.required() => {
+                return Err(ServeError(format!("cannot use the cluster: {reason}")));
             }
             Err(reason) => {
                 tracing::warn!(

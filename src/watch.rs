@@ -25,7 +25,8 @@ pub fn spawn(
     tokio::spawn(async move {
         // Kept alive for as long as the loop runs; `None` leaves the periodic check alone.
         let _watcher = watcher;
-        let mut tick = tokio::time::interval(interval);
+        // `interval` panics on zero; the CLI refuses zero, this keeps library callers safe.
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {

@@ -163,6 +163,19 @@ fn check_config_refuses_with_file_line_and_reason() {
 fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
+    // A kubeconfig in reach that points at a listening "API server": serve must not use it
+    // unasked (on a laptop it may well be production).
+    let bait = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    bait.set_nonblocking(true).unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: u\ncurrent-context: prod\n",
+            bait.local_addr().unwrap()
+        ),
+    )
+    .unwrap();
     let mut child = bin()
         .args([
             "serve",
@@ -175,8 +188,7 @@ fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
         ])
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
-        // No cluster reachable here, whatever the machine has configured.
-        .env("KUBECONFIG", dir.path().join("no-kubeconfig"))
+        .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
         .stderr(Stdio::piped())
         .spawn()
@@ -215,8 +227,13 @@ fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("mirroring and discovery are off")),
+            .any(|l| l.contains("mirroring and discovery are off")
+                && l.contains("not running in a pod")),
         "{lines:?}"
+    );
+    assert!(
+        bait.accept().is_err(),
+        "serve connected to the kubeconfig's API server unasked"
     );
     for f in ["ca.crt", "tls.crt", "tls.key"] {
         assert!(dir.path().join("certs").join(f).exists(), "{f} not created");
@@ -302,4 +319,55 @@ fn certs_writes_the_pair_and_the_ca_bundle() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_line(&out).contains("--service"));
+}
+
+/// Zero or nonsense durations and counts are refused before anything starts, in one line that
+/// names the flag.
+#[test]
+fn serve_refuses_zero_and_nonsense_flags() {
+    for (flag, value, needle) in [
+        ("--cert-reload-interval", "0s", "more than zero"),
+        ("--drain-timeout", "0s", "more than zero"),
+        ("--header-read-timeout", "0ms", "more than zero"),
+        ("--header-read-timeout", "ten seconds", "examples"),
+        ("--cert-reload-interval", "400d", "at most 24h"),
+        ("--max-connections", "0", "not in 1..=1000000"),
+        ("--max-in-flight", "0", "not in 1..=100000"),
+        ("--mirror-workers", "0", "not in 1..=256"),
+        ("--mirror-workers", "-3", ""),
+    ] {
+        let out = run(&["serve", "--cluster", "off", &format!("{flag}={value}")]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(flag) && err.contains(needle),
+            "{flag} {value}: {err}"
+        );
+    }
+}
+
+/// A kubeconfig given on the command line must work: a missing one stops the start.
+#[test]
+fn serve_with_a_missing_kubeconfig_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let out = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--kubeconfig")
+        .arg(&missing)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot use the cluster") && err.contains("nope"),
+        "{err}"
+    );
 }
