@@ -425,7 +425,23 @@ pub fn webhook_router(state: Arc<AppState>) -> Router {
     let metrics = state.metrics.clone();
     with_recovery(
         Router::new()
-            .route("/mutate", post(mutate))
+            .route(
+                "/mutate",
+                post(mutate).fallback(|body: Body| async move {
+                    let response = text(StatusCode::METHOD_NOT_ALLOWED, "use POST /mutate");
+                    after_unread(body, response).await
+                }),
+            )
+            .fallback(|uri: Uri, body: Body| async move {
+                let response = text(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "no such path {:?}; the webhook serves POST /mutate",
+                        uri.path()
+                    ),
+                );
+                after_unread(body, response).await
+            })
             .with_state(state),
         metrics,
     )
@@ -579,17 +595,82 @@ fn refuse(state: &AppState, status: StatusCode, reason: &str) -> Response<Body> 
     text(status, reason)
 }
 
+/// Most of an unread request body discarded (never stored) before an early refusal is sent,
+/// and how long that may take.
+const DRAIN_LIMIT: usize = MAX_BODY_BYTES;
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+
+/// Sends `response` to a request whose body was not read, so that every client gets the
+/// status. HTTP/2 is the hard case: a response that ends the stream while the client is still
+/// uploading is followed by a reset (RST_STREAM, NO_ERROR at best), and clients such as curl
+/// 7.88 then report a stream error instead of the status. So the body, up to the largest one
+/// accepted, is read and discarded first; a larger or slower one is only dropped once the
+/// response has been sent in full.
+async fn after_unread(body: Body, response: Response<Body>) -> Response<Body> {
+    let mut body = body;
+    let drained = tokio::time::timeout(DRAIN_TIME, async {
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return true };
+            seen += frame.data_ref().map_or(0, |d| d.len());
+            if seen > DRAIN_LIMIT {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if drained {
+        return response;
+    }
+    holding(body, response)
+}
+
+/// `response`, keeping `body` alive until it has been sent.
+fn holding(body: Body, response: Response<Body>) -> Response<Body> {
+    let (parts, inner) = response.into_parts();
+    Response::from_parts(parts, Body::new(Holding { inner, _held: body }))
+}
+
+/// A response body that keeps the request body alive until the response body is dropped.
+struct Holding {
+    inner: Body,
+    _held: Body,
+}
+
+impl http_body::Body for Holding {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) -> Response<Body> {
     if !is_json(headers) {
         let got = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("none");
-        return refuse(
+        let response = refuse(
             state,
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             &format!("content type {got:?} is not supported; send application/json"),
         );
+        return after_unread(body, response).await;
     }
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -597,7 +678,9 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
         .and_then(|v| v.parse::<u64>().ok());
     let too_large = format!("request body is larger than {MAX_BODY_BYTES} bytes");
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+        // Not worth reading: answered at once, the body dropped after the answer.
+        let response = refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+        return holding(body, response);
     }
     let deadline = request_timeout(uri);
     let bytes = match tokio::time::timeout(deadline, Limited::new(body, MAX_BODY_BYTES).collect())
