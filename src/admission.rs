@@ -125,13 +125,17 @@ impl ReviewError {
     }
 }
 
-/// serde_json's message without the " at line L column C" it appends.
+/// Longest reason text in an error: serde quotes the offending value, which can be megabytes.
+pub const MAX_REASON_BYTES: usize = 300;
+
+/// serde_json's message without the " at line L column C" it appends, cut to a readable size.
 fn json_reason(e: &serde_json::Error) -> String {
     let msg = e.to_string();
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_owned(),
-        None => msg,
-    }
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => &msg[..i],
+        None => &msg,
+    };
+    crate::telemetry::clip(msg, MAX_REASON_BYTES).into_owned()
 }
 
 /// Decodes `text` as `T`; on failure, decodes again to learn the path of the error and
@@ -322,7 +326,10 @@ fn check_header<'r, 'a, O>(
         return Err(ReviewError {
             path: Some("kind".into()),
             position: None,
-            reason: format!("kind is {:?}, expected \"AdmissionReview\"", review.kind),
+            reason: format!(
+                "kind is {:?}, expected \"AdmissionReview\"",
+                crate::telemetry::clip(&review.kind, 100)
+            ),
         });
     }
     if review.api_version != ADMISSION_V1 && review.api_version != ADMISSION_V1BETA1 {
@@ -331,7 +338,7 @@ fn check_header<'r, 'a, O>(
             position: None,
             reason: format!(
                 "apiVersion {:?} is not supported, expected {ADMISSION_V1} or {ADMISSION_V1BETA1}",
-                review.api_version
+                crate::telemetry::clip(&review.api_version, 100)
             ),
         });
     }

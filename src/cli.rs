@@ -133,6 +133,14 @@ pub struct ServeArgs {
     #[arg(long, env = "CLUSTERSCOPE_MAX_IN_FLIGHT", default_value_t = 1024,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub max_in_flight: usize,
+    /// Memory for request bodies, all requests together (e.g. 16MiB); past it, requests
+    /// are answered 503 and the API server fails open.
+    #[arg(long, env = "CLUSTERSCOPE_MAX_BODY_MEMORY", default_value = "16MiB", value_parser = body_memory)]
+    pub max_body_memory: usize,
+    /// Open webhook connections from one address at most; more are closed at once.
+    #[arg(long, env = "CLUSTERSCOPE_MAX_CONNECTIONS_PER_PEER", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS_PER_PEER,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+    pub max_connections_per_peer: usize,
     /// Log format.
     #[arg(long, env = "CLUSTERSCOPE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
@@ -152,6 +160,22 @@ fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
         return Err("must be at most 24h".to_owned());
     }
     Ok(d)
+}
+
+/// `--max-body-memory`: a size from one largest body (7 MiB) to 4 GiB (`16MiB`, `64Mi`).
+fn body_memory(text: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = text
+        .parse()
+        .map_err(|e| format!("{e} (examples: 16MiB, 64Mi)"))?;
+    let bytes = usize::try_from(size.as_u64()).map_err(|_| "too large".to_owned())?;
+    let min = crate::server::MAX_BODY_BYTES;
+    if bytes < min || bytes > 4 << 30 {
+        return Err(format!(
+            "must be between 7MiB (one largest body) and 4GiB, got {}",
+            size.display().iec()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `--cluster` values.
@@ -377,6 +401,8 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         handshake_timeout: std::time::Duration::from_secs(10),
         max_connections: args.max_connections,
         max_in_flight: args.max_in_flight,
+        body_memory: args.max_body_memory,
+        max_connections_per_peer: args.max_connections_per_peer,
         cluster: crate::cluster::ClusterOptions {
             mode: match (args.kubeconfig, args.cluster) {
                 (Some(path), _) => crate::cluster::ClusterMode::Kubeconfig {

@@ -11,7 +11,45 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 
-type Str<'a> = Option<Cow<'a, str>>;
+/// A string that borrows from the document when it can (no escapes in it). serde's own
+/// `Cow<str>` always copies, even under `#[serde(borrow)]` inside an `Option` or a map:
+/// a 7 MiB message would be held twice.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                v: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+type Str<'a> = Option<Text<'a>>;
 
 fn or_empty<'s>(s: &'s Str<'_>) -> &'s str {
     s.as_deref().unwrap_or("")
@@ -53,10 +91,10 @@ impl<'a> ObjectRef<'a> {
         name: &'a str,
     ) -> Self {
         Self {
-            api_version: Some(Cow::Borrowed(api_version)),
-            kind: Some(Cow::Borrowed(kind)),
-            namespace: Some(Cow::Borrowed(namespace)),
-            name: Some(Cow::Borrowed(name)),
+            api_version: Some(Text(Cow::Borrowed(api_version))),
+            kind: Some(Text(Cow::Borrowed(kind))),
+            namespace: Some(Text(Cow::Borrowed(namespace))),
+            name: Some(Text(Cow::Borrowed(name))),
         }
     }
 }
@@ -96,8 +134,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for StringMap<'a> {
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
                 let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4).min(64));
-                while let Some((k, v)) = map.next_entry::<Cow<'a, str>, Cow<'a, str>>()? {
-                    out.push((k, v));
+                while let Some((k, v)) = map.next_entry::<Text<'a>, Text<'a>>()? {
+                    out.push((k.0, v.0));
                 }
                 Ok(StringMap(out))
             }
@@ -288,5 +326,26 @@ mod tests {
         let ev: Event = serde_json::from_str(json).unwrap();
         assert_eq!(ev.labels().unwrap().get("a/b"), Some("A"));
         assert_eq!(ev.reference().unwrap().kind(), "Node");
+    }
+}
+
+#[cfg(test)]
+mod borrow_tests {
+    use super::*;
+
+    #[test]
+    fn strings_without_escapes_are_borrowed_from_the_document() {
+        let doc = r#"{"metadata":{"labels":{"a":"b"}},"message":"plain","reason":"esc\u0041ped"}"#;
+        let ev: Event = serde_json::from_str(doc).unwrap();
+        assert!(matches!(ev.message, Some(Text(Cow::Borrowed("plain")))));
+        assert!(matches!(ev.reason, Some(Text(Cow::Owned(_)))));
+        assert_eq!(ev.reason(), "escAped");
+        let labels = ev.labels().unwrap();
+        assert!(matches!(
+            labels.0[0],
+            (Cow::Borrowed("a"), Cow::Borrowed("b"))
+        ));
+        let ev: Event = serde_json::from_str(r#"{"message":null}"#).unwrap();
+        assert_eq!(ev.message(), "");
     }
 }

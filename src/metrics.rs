@@ -28,7 +28,11 @@ pub struct ReasonLabels {
 }
 
 /// `value` itself while fewer than `limit` distinct values were seen, else [`OTHER_KIND`].
+/// Longest label value taken from request data (reasons); longer ones are cut.
+pub const MAX_LABEL_VALUE: usize = 128;
+
 fn fold(seen: &Mutex<HashSet<String>>, value: &str, limit: usize) -> String {
+    let value = &*crate::telemetry::clip(value, MAX_LABEL_VALUE);
     let mut seen = match seen.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -59,6 +63,11 @@ pub struct ClassifiedLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhyLabels {
+    pub why: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -93,6 +102,8 @@ pub struct Metrics {
     pub mirror_writes: Family<MirrorLabels, Counter>,
     pub mirror_queue_depth: Gauge,
     pub mirror_given_up: Family<ChannelLabels, Counter>,
+    pub shed_requests: Family<WhyLabels, Counter>,
+    pub connections_rejected_by_peer: Counter,
     pub mirror_lag: Histogram,
     pub mirror_watch_errors: Counter,
     pub mirror_leader: Gauge,
@@ -188,6 +199,26 @@ impl Metrics {
             "Mirror writes by channel, operation (label, unlabel, create, update, log, foreign) and result",
             mirror_writes.clone(),
         );
+        let shed_requests = Family::<WhyLabels, Counter>::default();
+        registry.register(
+            "admission_shed_requests",
+            "Requests answered 503 to protect the server: why is in-flight (--max-in-flight) or memory (--max-body-memory)",
+            shed_requests.clone(),
+        );
+        // Present from the start, so alerts can be written on them.
+        for why in ["in-flight", "memory"] {
+            shed_requests
+                .get_or_create(&WhyLabels {
+                    why: why.to_owned(),
+                })
+                .inc_by(0);
+        }
+        let connections_rejected_by_peer = Counter::default();
+        registry.register(
+            "connections_rejected_by_peer",
+            "Connections closed at once because their address already had --max-connections-per-peer open",
+            connections_rejected_by_peer.clone(),
+        );
         let mirror_given_up = Family::<ChannelLabels, Counter>::default();
         registry.register(
             "mirror_given_up",
@@ -259,6 +290,8 @@ impl Metrics {
             mirror_writes,
             mirror_queue_depth,
             mirror_given_up,
+            shed_requests,
+            connections_rejected_by_peer,
             mirror_lag,
             mirror_watch_errors,
             mirror_leader,
@@ -272,7 +305,13 @@ impl Metrics {
     }
 
     /// Counts one request.
+    /// Counts a request. `operation` comes from the request: anything but the four
+    /// admission operations (and `unknown`, for requests refused before decoding) is `other`.
     pub fn request(&self, operation: &str, outcome: &str) {
+        let operation = match operation {
+            "CREATE" | "UPDATE" | "DELETE" | "CONNECT" | "unknown" => operation,
+            _ => "other",
+        };
         self.requests
             .get_or_create(&RequestLabels {
                 operation: operation.to_owned(),
@@ -342,6 +381,15 @@ impl Metrics {
     }
 
     /// Counts a failed mirror sync step.
+    /// One request answered 503 to protect the server.
+    pub fn shed(&self, why: &str) {
+        self.shed_requests
+            .get_or_create(&WhyLabels {
+                why: why.to_owned(),
+            })
+            .inc();
+    }
+
     /// One stored event the mirror gave up on.
     pub fn mirror_given_up(&self, channel: &str) {
         self.mirror_given_up

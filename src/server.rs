@@ -18,7 +18,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Response, StatusCode, Uri, header};
 use axum::routing::{get, post};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -34,6 +34,19 @@ use crate::tls::{CertReloader, CertResolver, TlsError};
 
 /// Largest AdmissionReview body accepted (as controller-runtime).
 pub const MAX_BODY_BYTES: usize = 7 * 1024 * 1024;
+/// Default memory for request bodies being read or reviewed, all requests together.
+///
+/// The arithmetic against the shipped 64 MiB memory limit: the process idles at about 12 MB
+/// and the mirror adds about 180 bytes a stored copy (20,000 copies: 17 MB peak measured);
+/// a body held for review costs its size plus a few kilobytes (the decision reads it in
+/// place), and bodies are counted by the capacity actually allocated. 16 MiB of bodies leaves
+/// the rest of the limit for connection buffers (HTTP/2 windows below: at most 256 KiB a
+/// stream, 1 MiB a connection) and the allocator.
+pub const DEFAULT_BODY_MEMORY: usize = 16 * 1024 * 1024;
+/// Default cap on connections from one address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 512;
+/// Bodies are reserved in steps of this many bytes.
+const BUDGET_UNIT: usize = 1024;
 /// The API server's own ceiling for `timeoutSeconds`.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 /// Used when the request names no `timeout`.
@@ -59,6 +72,32 @@ pub struct ServeOptions {
     pub max_connections: usize,
     /// Requests in flight at most; more are answered 503.
     pub max_in_flight: usize,
+    /// Memory for request bodies, all requests together; past it, 503.
+    pub body_memory: usize,
+    /// Open webhook connections from one address at most; more are closed at once.
+    pub max_connections_per_peer: usize,
+}
+
+impl ServeOptions {
+    /// Options with the documented defaults, listening on `listen` and `admin_listen`.
+    pub fn new(listen: SocketAddr, admin_listen: SocketAddr) -> Self {
+        ServeOptions {
+            listen,
+            admin_listen,
+            config: None,
+            tls: None,
+            cert_dir: PathBuf::from("certs"),
+            cert_reload_interval: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            cluster: crate::cluster::ClusterOptions::default(),
+            max_connections: 2048,
+            max_in_flight: 1024,
+            body_memory: DEFAULT_BODY_MEMORY,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+        }
+    }
 }
 
 /// A start-up failure, in an operator's words.
@@ -96,6 +135,11 @@ pub struct AppState {
     /// Requests being served, and the most allowed.
     pub in_flight: std::sync::atomic::AtomicUsize,
     pub max_in_flight: usize,
+    /// Request body memory left, in units of [`BUDGET_UNIT`] bytes.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
+    pub body_memory: usize,
+    /// Refusal log lines: one a second, with a count of those held back.
+    pub refusal_log: crate::telemetry::Throttle,
 }
 
 /// A bound, not yet serving, server.
@@ -204,6 +248,11 @@ impl Server {
             config_status,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             max_in_flight: options.max_in_flight.max(1),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(
+                (options.body_memory / BUDGET_UNIT).clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            body_memory: options.body_memory,
+            refusal_log: crate::telemetry::Throttle::new(Duration::from_secs(1)),
             metrics,
             ready: AtomicBool::new(false),
             cluster: cluster_state,
@@ -298,14 +347,24 @@ impl Server {
             .timer(TokioTimer::new())
             .header_read_timeout(self.options.header_read_timeout)
             .keep_alive(true);
+        // HTTP/2: a dead peer is found by pings within 50 s; a client may push at most 256 KiB
+        // a stream and 1 MiB a connection before we read (the default would be far more), and
+        // header blocks stay small (an AdmissionReview's headers are a few hundred bytes).
         builder
             .http2()
             .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)));
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .initial_stream_window_size(256 * 1024)
+            .initial_connection_window_size(1024 * 1024)
+            .max_concurrent_streams(256)
+            .max_header_list_size(64 * 1024);
         let builder = Arc::new(builder);
         let connections = Arc::new(tokio::sync::Semaphore::new(
             self.options.max_connections.max(1),
         ));
+        let peers = Arc::new(PeerCounts::default());
+        let per_peer = self.options.max_connections_per_peer.max(1);
 
         self.state.ready.store(true, Ordering::SeqCst);
         tracing::info!(
@@ -336,6 +395,14 @@ impl Server {
                         drop(tcp);
                         continue;
                     };
+                    let Some(peer_slot) = peers.clone().enter(peer.ip(), per_peer) else {
+                        let rejected = self.state.metrics.connections_rejected_by_peer.inc() + 1;
+                        if rejected % 100 == 1 {
+                            tracing::warn!(%peer, max = per_peer, rejected_total = rejected, "connection limit for one address reached; closing its new connections");
+                        }
+                        drop(tcp);
+                        continue;
+                    };
                     let open_gauge = self.state.metrics.connections_open.clone();
                     let _ = tcp.set_nodelay(true);
                     let acceptor = self.acceptor.clone();
@@ -345,7 +412,7 @@ impl Server {
                     let handshake_timeout = self.options.handshake_timeout;
                     tokio::spawn(async move {
                         open_gauge.inc();
-                        let _open = OpenConnection { open: open_gauge, _slot: permit };
+                        let _open = OpenConnection { open: open_gauge, _slot: permit, _peer: peer_slot };
                         let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                             Ok(Ok(tls)) => tls,
                             Ok(Err(e)) => {
@@ -534,6 +601,52 @@ fn is_json(headers: &HeaderMap) -> bool {
 struct OpenConnection {
     open: prometheus_client::metrics::gauge::Gauge,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    _peer: PeerSlot,
+}
+
+/// Open connections by client address.
+#[derive(Default)]
+struct PeerCounts(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl PeerCounts {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, unless it already has `max`.
+    fn enter(self: Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut counts = self.lock();
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        drop(counts);
+        Some(PeerSlot { peers: self, ip })
+    }
+}
+
+/// One open connection counted against its address.
+struct PeerSlot {
+    peers: Arc<PeerCounts>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.peers.lock();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Drop for OpenConnection {
@@ -564,21 +677,11 @@ async fn mutate(
     let now_in_flight = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _in_flight = InFlight(&state);
     if now_in_flight > state.max_in_flight {
-        metrics.request("unknown", "error");
-        tracing::warn!(
-            max = state.max_in_flight,
-            "too many requests in flight; answered 503"
+        let message = format!(
+            "too many requests in flight (at most {}, --max-in-flight)",
+            state.max_in_flight
         );
-        let mut resp = text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!(
-                "too many requests in flight (at most {})",
-                state.max_in_flight
-            ),
-        );
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return resp;
+        return holding(body, shed(&state, "in-flight", &message));
     }
     let response = answer(&state, &uri, &headers, body).await;
     metrics.duration.observe(started.elapsed().as_secs_f64());
@@ -587,12 +690,79 @@ async fn mutate(
 
 fn refuse(state: &AppState, status: StatusCode, reason: &str) -> Response<Body> {
     state.metrics.request("unknown", "invalid");
-    tracing::warn!(
-        status = status.as_u16(),
-        reason,
-        "refused an admission request"
-    );
+    // Anyone who can reach the port can send garbage: one line a second, of bounded length.
+    if let Some(held_back) = state.refusal_log.allow() {
+        tracing::warn!(
+            status = status.as_u16(),
+            reason = %crate::telemetry::clip(reason, 512),
+            held_back,
+            "refused an admission request"
+        );
+    }
     text(status, reason)
+}
+
+/// Answers 503 with `Retry-After: 1` when the server sheds load; the API server then fails
+/// open (`failurePolicy: Ignore`) and the mirror labels the event later.
+fn shed(state: &AppState, why: &'static str, message: &str) -> Response<Body> {
+    state.metrics.request("unknown", "error");
+    state.metrics.shed(why);
+    if let Some(held_back) = state.refusal_log.allow() {
+        tracing::warn!(why, held_back, "{message}; answered 503");
+    }
+    let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, message);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    resp
+}
+
+/// Why reading a body failed.
+enum BodyError {
+    TooLarge,
+    /// The body memory budget is spent.
+    NoMemory,
+    Broken(String),
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`], reserving memory from the budget as the buffer
+/// grows (all of `declared` at once when known); the reservation lives as long as the
+/// returned permit.
+async fn read_body(
+    body: Body,
+    declared: Option<usize>,
+    budget: &Arc<tokio::sync::Semaphore>,
+) -> Result<(axum::body::Bytes, tokio::sync::OwnedSemaphorePermit), (BodyError, Body)> {
+    let units = |bytes: usize| u32::try_from(bytes.div_ceil(BUDGET_UNIT)).unwrap_or(u32::MAX);
+    let first = declared.unwrap_or(0).max(BUDGET_UNIT);
+    let Ok(mut permit) = budget.clone().try_acquire_many_owned(units(first)) else {
+        return Err((BodyError::NoMemory, body));
+    };
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => return Err((BodyError::Broken(e.to_string()), body)),
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > MAX_BODY_BYTES {
+            return Err((BodyError::TooLarge, body));
+        }
+        buf.extend_from_slice(&data);
+        let held = permit.num_permits() * BUDGET_UNIT;
+        if buf.capacity() > held {
+            match budget
+                .clone()
+                .try_acquire_many_owned(units(buf.capacity() - held))
+            {
+                Ok(more) => permit.merge(more),
+                Err(_) => return Err((BodyError::NoMemory, body)),
+            }
+        }
+    }
+    Ok((buf.freeze(), permit))
 }
 
 /// Most of an unread request body discarded (never stored) before an early refusal is sent,
@@ -683,9 +853,9 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
         return holding(body, response);
     }
     let deadline = request_timeout(uri);
-    let bytes = match tokio::time::timeout(deadline, Limited::new(body, MAX_BODY_BYTES).collect())
-        .await
-    {
+    let declared = declared.and_then(|n| usize::try_from(n).ok());
+    let read = tokio::time::timeout(deadline, read_body(body, declared, &state.body_budget)).await;
+    let (bytes, _reserved) = match read {
         Err(_) => {
             return refuse(
                 state,
@@ -693,12 +863,22 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
                 &format!("request body not received within the request timeout of {deadline:?}"),
             );
         }
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
-            }
+        Ok(Err((BodyError::TooLarge, body))) => {
+            return holding(
+                body,
+                refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large),
+            );
+        }
+        Ok(Err((BodyError::NoMemory, body))) => {
+            let message = format!(
+                "request bodies in memory would exceed {} (--max-body-memory)",
+                bytesize::ByteSize::b(state.body_memory as u64)
+                    .display()
+                    .iec()
+            );
+            return holding(body, shed(state, "memory", &message));
+        }
+        Ok(Err((BodyError::Broken(e), _))) => {
             // The client went away or broke the stream mid-body: not a bad AdmissionReview.
             state.metrics.request("unknown", "error");
             tracing::debug!(error = %e, "request body could not be read");
@@ -707,7 +887,7 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
                 &format!("cannot read the request body: {e}"),
             );
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Ok(read)) => read,
     };
     let started = Instant::now();
     match state.reviewer.review(&bytes) {

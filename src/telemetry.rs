@@ -1,6 +1,69 @@
-//! Logs (tracing, text or JSON) and the process's shutdown signal.
+//! Logs (tracing, text or JSON), the process's shutdown signal, and the two guards every
+//! text taken from a request needs before it reaches a log line or a metric label: a length
+//! cap ([`clip`]) and a rate limit ([`Throttle`]).
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tracing_subscriber::EnvFilter;
+
+/// `text` cut to at most `max` bytes (on a character boundary), saying how much was cut.
+pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{}... ({} more bytes)",
+        &text[..end],
+        text.len() - end
+    ))
+}
+
+/// Lets one event through per `every`, and counts the ones it held back meanwhile.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    start: Instant,
+    /// Milliseconds since `start` of the last event let through, plus one (0: never).
+    last: AtomicU64,
+    held: AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(every: Duration) -> Self {
+        Throttle {
+            every,
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last one)` when this event may be logged.
+    pub fn allow(&self) -> Option<u64> {
+        let now = u64::try_from(self.start.elapsed().as_millis())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1);
+        let every = u64::try_from(self.every.as_millis()).unwrap_or(u64::MAX);
+        let last = self.last.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= every;
+        if due
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -48,5 +111,30 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clip_cuts_on_a_character_boundary_and_says_how_much() {
+        assert_eq!(clip("short", 10), "short");
+        let cut = clip("ééééé", 3);
+        assert_eq!(cut, "é... (8 more bytes)");
+        assert!(clip(&"x".repeat(7_000_000), 200).len() < 240);
+    }
+
+    #[test]
+    fn throttle_lets_one_through_per_period_and_counts_the_rest() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        assert_eq!(t.allow(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(t.allow(), None);
+        }
+        let t = Throttle::new(Duration::ZERO);
+        assert_eq!(t.allow(), Some(0));
+        assert_eq!(t.allow(), Some(0));
     }
 }

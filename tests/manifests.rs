@@ -295,6 +295,8 @@ async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
         handshake_timeout: Duration::from_secs(2),
         max_connections: 64,
         max_in_flight: 64,
+        body_memory: clusterscope::server::DEFAULT_BODY_MEMORY,
+        max_connections_per_peer: 64,
         cluster: clusterscope::cluster::ClusterOptions {
             mode: clusterscope::cluster::ClusterMode::Client(api.client()),
             identity: "replica-0".into(),

@@ -91,10 +91,23 @@ async fn start_limited(
     config: Option<PathBuf>,
     limits: (usize, usize),
 ) -> TestServer {
+    start_tuned(cert_reload_interval, mode, config, |o| {
+        o.max_connections = limits.0;
+        o.max_in_flight = limits.1;
+    })
+    .await
+}
+
+async fn start_tuned(
+    cert_reload_interval: Duration,
+    mode: clusterscope::cluster::ClusterMode,
+    config: Option<PathBuf>,
+    tune: impl FnOnce(&mut ServeOptions),
+) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let bundle = localhost_bundle();
     write_secret_version(dir.path(), "v1", &bundle.cert_pem, &bundle.key_pem);
-    let options = ServeOptions {
+    let mut options = ServeOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         config,
@@ -104,8 +117,10 @@ async fn start_limited(
         drain_timeout: Duration::from_secs(5),
         header_read_timeout: Duration::from_millis(500),
         handshake_timeout: Duration::from_secs(2),
-        max_connections: limits.0,
-        max_in_flight: limits.1,
+        max_connections: LIMITS.0,
+        max_in_flight: LIMITS.1,
+        body_memory: clusterscope::server::DEFAULT_BODY_MEMORY,
+        max_connections_per_peer: clusterscope::server::DEFAULT_MAX_CONNECTIONS_PER_PEER,
         cluster: clusterscope::cluster::ClusterOptions {
             mode,
             identity: "replica-0".into(),
@@ -124,6 +139,7 @@ async fn start_limited(
             ..Default::default()
         },
     };
+    tune(&mut options);
     let server = Server::bind(options, Arc::new(Metrics::new()))
         .await
         .unwrap();
