@@ -86,6 +86,10 @@ pub struct ServeArgs {
         value_name = "FILE"
     )]
     pub tls_key: Option<PathBuf>,
+    /// Require webhook clients to present a certificate signed by this CA (PEM): for an API
+    /// server whose admission configuration gives it a client certificate for webhooks.
+    #[arg(long, env = "CLUSTERSCOPE_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
     /// Without --tls-cert/--tls-key: where a self-signed CA and certificate are created.
     #[arg(
         long,
@@ -403,6 +407,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         max_in_flight: args.max_in_flight,
         body_memory: args.max_body_memory,
         max_connections_per_peer: args.max_connections_per_peer,
+        client_ca: args.client_ca,
         cluster: crate::cluster::ClusterOptions {
             mode: match (args.kubeconfig, args.cluster) {
                 (Some(path), _) => crate::cluster::ClusterMode::Kubeconfig {

@@ -76,6 +76,8 @@ pub struct ServeOptions {
     pub body_memory: usize,
     /// Open webhook connections from one address at most; more are closed at once.
     pub max_connections_per_peer: usize,
+    /// When set, webhook clients must present a certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -96,6 +98,7 @@ impl ServeOptions {
             max_in_flight: 1024,
             body_memory: DEFAULT_BODY_MEMORY,
             max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
+            client_ca: None,
         }
     }
 }
@@ -169,7 +172,7 @@ impl Server {
         };
         metrics.cert_expiry.set(loaded.not_after);
         let resolver = Arc::new(CertResolver::new(loaded.key));
-        let tls_config = crate::tls::server_config(resolver.clone())?;
+        let tls_config = crate::tls::server_config(resolver.clone(), options.client_ca.as_deref())?;
         let reloader =
             CertReloader::new(cert_path, key_path, resolver, metrics.clone(), fingerprint);
         let webhook = TcpListener::bind(options.listen)

@@ -129,14 +129,46 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// A rustls server configuration: TLS 1.2 and 1.3, ALPN `h2` then `http/1.1`.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
+pub fn server_config(
+    resolver: Arc<CertResolver>,
+    client_ca: Option<&Path>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError(format!("TLS configuration: {e}")))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+        .map_err(|e| TlsError(format!("TLS configuration: {e}")))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Requires every client to present a certificate signed by a CA in `path` (PEM): the API
+/// server does when its admission configuration gives it a client certificate for webhooks.
+fn client_verifier(
+    path: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let shown = path.display();
+    let pem = std::fs::read(path)
+        .map_err(|e| TlsError(format!("--client-ca {shown}: cannot read: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert =
+            cert.map_err(|e| TlsError(format!("--client-ca {shown}: not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError(format!("--client-ca {shown}: unusable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError(format!(
+            "--client-ca {shown}: no certificate in the file"
+        )));
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError(format!("--client-ca {shown}: {e}")))
 }
 
 /// Watches a certificate pair on disk and swaps it into the resolver when it changes.

@@ -371,3 +371,34 @@ fn serve_with_a_missing_kubeconfig_exits_2() {
         "{err}"
     );
 }
+
+/// A --client-ca that cannot be used stops the start with a line naming the flag and file.
+#[test]
+fn serve_with_an_unusable_client_ca_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("ca.pem");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    for file in [dir.path().join("missing.pem"), not_pem] {
+        let out = bin()
+            .args([
+                "serve",
+                "--cluster",
+                "off",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--client-ca")
+            .arg(&file)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--client-ca") && err.contains(&*file.to_string_lossy()),
+            "{err}"
+        );
+    }
+}

@@ -157,6 +157,72 @@ fn deployment_is_hardened() {
     find(&objs, "PodDisruptionBudget", "clusterscope");
     let svc = find(&objs, "Service", "clusterscope");
     assert_eq!(svc["spec"]["ports"][0]["port"], 443);
+    // Pod Security admission enforces `restricted` on the namespace; the pod above meets it.
+    let ns = find(&objs, "Namespace", "clusterscope-system");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+}
+
+#[test]
+fn lease_grants_name_the_mirror_lease() {
+    let Some(objs) = render("base") else { return };
+    let role = find(&objs, "Role", "clusterscope-self");
+    let lease_name = clusterscope::leader::LeaseOptions::new("clusterscope-system", "x").name;
+    for rule in role["rules"].as_array().unwrap() {
+        if rule["resources"] != serde_json::json!(["leases"]) {
+            continue;
+        }
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        if verbs == ["create"] {
+            // Create cannot be limited by name.
+            assert!(rule.get("resourceNames").is_none(), "{rule}");
+        } else {
+            assert_eq!(
+                rule["resourceNames"],
+                serde_json::json!([lease_name]),
+                "{rule}"
+            );
+        }
+    }
+}
+
+#[test]
+fn overlays_do_not_own_team_namespaces_and_metrics_are_fenced() {
+    let Some(objs) = render("overlays/mirror-nodes") else {
+        return;
+    };
+    let namespaces: Vec<&str> = objs
+        .iter()
+        .filter(|o| o["kind"] == "Namespace")
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        namespaces,
+        ["clusterscope-system"],
+        "`kubectl delete -k` would delete a team's namespace"
+    );
+    let Some(objs) = render("overlays/monitoring") else {
+        return;
+    };
+    let np = find(&objs, "NetworkPolicy", "clusterscope");
+    let rules = np["spec"]["ingress"].as_array().unwrap();
+    let port_rule = |port: i64| {
+        rules
+            .iter()
+            .find(|r| r["ports"][0]["port"] == port)
+            .unwrap_or_else(|| panic!("no rule for {port}"))
+    };
+    // The API server's address is not selectable: the webhook port is open to all.
+    assert!(port_rule(8443).get("from").is_none());
+    // Metrics only from the monitoring namespace.
+    assert!(port_rule(8080)["from"][0]["namespaceSelector"].is_object());
 }
 
 fn shipped_config(objs: &[Value]) -> Config {
@@ -297,6 +363,7 @@ async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
         max_in_flight: 64,
         body_memory: clusterscope::server::DEFAULT_BODY_MEMORY,
         max_connections_per_peer: 64,
+        client_ca: None,
         cluster: clusterscope::cluster::ClusterOptions {
             mode: clusterscope::cluster::ClusterMode::Client(api.client()),
             identity: "replica-0".into(),

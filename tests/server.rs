@@ -121,6 +121,7 @@ async fn start_tuned(
         max_in_flight: LIMITS.1,
         body_memory: clusterscope::server::DEFAULT_BODY_MEMORY,
         max_connections_per_peer: clusterscope::server::DEFAULT_MAX_CONNECTIONS_PER_PEER,
+        client_ca: None,
         cluster: clusterscope::cluster::ClusterOptions {
             mode,
             identity: "replica-0".into(),
@@ -951,4 +952,86 @@ async fn early_refusals_reach_an_uploading_http2_client() {
             assert_eq!(got, (Some(0), want.to_owned()), "{method} {path}");
         }
     }
+}
+
+/// With --client-ca, only clients presenting a certificate from that CA are served (the API
+/// server, when its admission configuration gives it one); others never get an answer.
+#[tokio::test]
+async fn a_client_ca_admits_only_clients_with_its_certificates() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let client_ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["kube-apiserver".to_owned()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = rcgen::KeyPair::generate().unwrap();
+    let client_cert = params.signed_by(&client_key, &client_ca).unwrap();
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), client_ca.pem()).unwrap();
+    let ca_path = ca_file.path().to_path_buf();
+    let server = start_tuned(
+        Duration::from_secs(3600),
+        clusterscope::cluster::ClusterMode::Off,
+        None,
+        move |o| o.client_ca = Some(ca_path),
+    )
+    .await;
+
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(server.ca_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        roots
+    };
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots.clone())
+    };
+    let ask = |config: rustls::ClientConfig| {
+        let addr = server.webhook;
+        async move {
+            let body = fixture("kubelet-node-not-ready.json");
+            let tcp = TcpStream::connect(addr).await.unwrap();
+            let mut tls = TlsConnector::from(Arc::new(config))
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .map_err(|e| e.to_string())?;
+            let head = format!(
+                "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            tls.write_all(head.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            tls.write_all(&body).await.map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            tokio::time::timeout(LIMIT, tls.read_to_end(&mut out))
+                .await
+                .map_err(|_| "no answer".to_owned())?
+                .map_err(|e| e.to_string())?;
+            Ok::<String, String>(String::from_utf8_lossy(&out).into_owned())
+        }
+    };
+    let anonymous = ask(builder().with_no_client_auth()).await;
+    assert!(
+        !anonymous
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("HTTP/1.1 200"),
+        "served a client without a certificate: {anonymous:?}"
+    );
+    let with_cert = builder()
+        .with_client_auth_cert(
+            vec![client_cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::try_from(client_key.serialize_der()).unwrap(),
+        )
+        .unwrap();
+    let answer = ask(with_cert).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
