@@ -2,7 +2,7 @@
 //! the mirror controller (on the replica holding the lease). Without a reachable cluster the
 //! webhook serves alone; the log and `/readyz` say that mirroring and discovery are off.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::classify::{DiscoveryState, ScopeResolver};
@@ -67,28 +67,6 @@ pub struct Connected {
     pub source: String,
     pub context: Option<String>,
     pub server: String,
-}
-
-/// A line of status for `/readyz` (the cluster side, the configuration).
-#[derive(Debug, Default)]
-pub struct StatusLine {
-    inner: Mutex<String>,
-}
-
-impl StatusLine {
-    pub fn set(&self, text: impl Into<String>) {
-        match self.inner.lock() {
-            Ok(mut g) => *g = text.into(),
-            Err(p) => *p.into_inner() = text.into(),
-        }
-    }
-
-    pub fn get(&self) -> String {
-        match self.inner.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
 }
 
 /// What `/readyz` says about API discovery.
@@ -246,7 +224,7 @@ pub struct Shared {
     pub config: crate::config::SharedConfig,
     pub resolver: Arc<ScopeResolver>,
     pub metrics: Arc<Metrics>,
-    pub state: Arc<StatusLine>,
+    pub state: Arc<crate::status::StatusLine>,
 }
 
 /// Starts discovery and the leader-elected mirror controller; they stop when `stop` turns true.

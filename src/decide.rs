@@ -18,17 +18,6 @@ use crate::event::{Event, StringMap};
 use crate::labels::safe_label_value;
 use crate::route::EventFacts;
 
-/// Label: the scope of the involved object (always `cluster`).
-pub const SCOPE: &str = "scope";
-/// Label: the involved object's kind, made label-safe.
-pub const KIND: &str = "kind";
-/// Label: the channel the event was routed to.
-pub const CHANNEL: &str = "channel";
-/// Label: present on copies made by the mirror; such events are never touched.
-pub const MIRROR: &str = "mirror";
-/// Annotation: `<group or core>/<Kind>/<name>` of the involved object, for humans.
-pub const INVOLVED_OBJECT: &str = "involved-object";
-
 /// What the webhook does with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -112,6 +101,17 @@ pub struct Classified {
     pub reason: String,
     pub channel: Option<String>,
     pub kind_source: KindSource,
+}
+
+impl Classified {
+    /// Whether the kind is one of the built-in table's (metrics keep those apart from custom
+    /// kinds, which come from request data and are bounded).
+    pub fn builtin_kind(&self) -> bool {
+        self.kind_source == KindSource::Builtin
+            || crate::classify::BUILTIN_KINDS
+                .iter()
+                .any(|(_, k, _)| *k == self.kind)
+    }
 }
 
 /// The decision for one object.

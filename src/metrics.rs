@@ -11,9 +11,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::classify::{BUILTIN_KINDS, KindSource};
-use crate::decide::Decision;
-
 /// Distinct kinds outside the built-in table that get their own `kind` label value; later
 /// ones are counted under [`OTHER_KIND`] so that a flood of custom kinds cannot blow up the
 /// number of series.
@@ -304,7 +301,6 @@ impl Metrics {
         }
     }
 
-    /// Counts one request.
     /// Counts a request. `operation` comes from the request: anything but the four
     /// admission operations (and `unknown`, for requests refused before decoding) is `other`.
     pub fn request(&self, operation: &str, outcome: &str) {
@@ -320,33 +316,32 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a decision about a cluster-scoped event, folding custom kinds past the limit.
-    pub fn classified(&self, decision: &Decision) {
-        let Some(c) = &decision.classified else {
-            return;
-        };
-        let builtin = c.kind_source == KindSource::Builtin
-            || BUILTIN_KINDS.iter().any(|(_, k, _)| *k == c.kind);
-        let kind = if builtin {
-            c.kind_label.clone()
+    /// Counts an event about a cluster-scoped object. Kinds outside the built-in table
+    /// (`builtin_kind` false) and reasons come from request data: both are folded into
+    /// `_other` past their limits.
+    pub fn classified(&self, kind_label: &str, builtin_kind: bool, reason: &str, channel: &str) {
+        let kind = if builtin_kind {
+            kind_label.to_owned()
         } else {
-            fold(&self.custom_kinds, &c.kind_label, MAX_CUSTOM_KINDS)
+            fold(&self.custom_kinds, kind_label, MAX_CUSTOM_KINDS)
         };
         self.by_reason
             .get_or_create(&ReasonLabels {
-                reason: fold(&self.reasons, &c.reason, MAX_REASONS),
+                reason: fold(&self.reasons, reason, MAX_REASONS),
             })
             .inc();
         self.classified
             .get_or_create(&ClassifiedLabels {
                 scope: "cluster".to_owned(),
                 kind,
-                channel: c.channel.clone().unwrap_or_default(),
+                channel: channel.to_owned(),
             })
             .inc();
     }
 
-    fn mirror_write(&self, channel: &str, operation: &str, result: &str) {
+    /// Counts one mirror write: `operation` (label, unlabel, create, update, log, foreign) and
+    /// `result` (success, error).
+    pub fn mirror_write(&self, channel: &str, operation: &str, result: &str) {
         self.mirror_writes
             .get_or_create(&MirrorLabels {
                 channel: channel.to_owned(),
@@ -356,31 +351,11 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts what a successful mirror sync wrote; `lag` is from queueing to done.
-    pub fn mirror_synced(
-        &self,
-        report: &crate::mirror::sync::SyncReport,
-        lag: std::time::Duration,
-    ) {
-        let channel = report.channel.as_deref().unwrap_or("");
-        if report.labelled {
-            self.mirror_write(channel, "label", "success");
-        }
-        if report.unlabelled {
-            self.mirror_write(channel, "unlabel", "success");
-        }
-        if report.created {
-            self.mirror_write(channel, "create", "success");
-        }
-        if report.updated {
-            self.mirror_write(channel, "update", "success");
-        }
-        if report.created || report.updated {
-            self.mirror_lag.observe(lag.as_secs_f64());
-        }
+    /// From a stored event reaching the mirror to its copy written.
+    pub fn mirror_lag(&self, lag: std::time::Duration) {
+        self.mirror_lag.observe(lag.as_secs_f64());
     }
 
-    /// Counts a failed mirror sync step.
     /// One request answered 503 to protect the server.
     pub fn shed(&self, why: &str) {
         self.shed_requests
@@ -399,14 +374,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn mirror_failed(&self, error: &crate::mirror::sync::SyncError) {
-        self.mirror_write(
-            error.report.channel.as_deref().unwrap_or(""),
-            error.operation,
-            "error",
-        );
-    }
-
     /// The text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -420,33 +387,14 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::{Classified, Outcome};
-
-    fn decision(kind: &str, source: KindSource) -> Decision {
-        Decision {
-            outcome: Outcome::Patched,
-            skip: None,
-            classified: Some(Classified {
-                group: "example.com".into(),
-                kind: kind.into(),
-                kind_label: kind.into(),
-                name: "x".into(),
-                reason: "R".into(),
-                channel: Some("cluster".into()),
-                kind_source: source,
-            }),
-            patch: Vec::new(),
-            event_name: None,
-        }
-    }
 
     #[test]
     fn custom_kinds_are_folded_past_the_limit() {
         let m = Metrics::new();
         for i in 0..MAX_CUSTOM_KINDS + 10 {
-            m.classified(&decision(&format!("Kind{i}"), KindSource::Unknown));
+            m.classified(&format!("Kind{i}"), false, "R", "cluster");
         }
-        m.classified(&decision("Node", KindSource::Builtin));
+        m.classified("Node", true, "R", "cluster");
         let text = m.encode();
         let series = text
             .lines()

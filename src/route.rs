@@ -1,8 +1,8 @@
-//! Routing: the first route whose match fits an event names its channel.
+//! Routing conditions: what one route of the configuration requires of an event. The
+//! configuration ([`crate::config::Config::route`]) tries its routes in order; the first whose
+//! [`Match`] fits names the channel.
 
 use regex::Regex;
-
-use crate::config::{Channel, Config};
 
 /// What routing looks at in one event about a cluster-scoped object.
 #[derive(Debug, Clone, Copy)]
@@ -97,95 +97,5 @@ impl Match {
         } else {
             parts.join(" and ")
         }
-    }
-}
-
-/// One route: its conditions and the index of its channel in [`Config::channels`].
-#[derive(Debug, Clone)]
-pub struct Route {
-    pub channel: usize,
-    /// Line of the route in its file, for messages.
-    pub line: u64,
-    pub matcher: Match,
-}
-
-impl Config {
-    /// The channel of the first matching route, if any.
-    pub fn route(&self, facts: &EventFacts<'_>) -> Option<&Channel> {
-        self.routes
-            .iter()
-            .find(|r| r.matcher.matches(facts))
-            .and_then(|r| self.channels.get(r.channel))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn facts<'a>(group: &'a str, kind: &'a str) -> EventFacts<'a> {
-        EventFacts {
-            group,
-            kind,
-            name: "n1",
-            reason: "R",
-            type_: "Normal",
-            reporter: "kubelet",
-            message: "hello world",
-        }
-    }
-
-    #[test]
-    fn default_routes() {
-        let c = Config::embedded_default();
-        let ch = |g, k| c.route(&facts(g, k)).map(|c| c.name.as_str());
-        assert_eq!(ch("", "Node"), Some("nodes"));
-        assert_eq!(ch("", "PersistentVolume"), Some("storage"));
-        assert_eq!(
-            ch("storage.k8s.io", "VolumeAttributesClass"),
-            Some("storage")
-        );
-        assert_eq!(
-            ch("rbac.authorization.k8s.io", "ClusterRole"),
-            Some("cluster")
-        );
-        assert_eq!(ch("example.com", "Widget"), Some("cluster"));
-    }
-
-    #[test]
-    fn all_given_fields_must_match_and_first_route_wins() {
-        let c = Config::from_yaml(
-            r#"
-channels: [{name: a}, {name: b}, {name: c}]
-routes:
-  - channel: a
-    match: {kinds: [Node], types: [Warning], message: 'disk (full|pressure)'}
-  - channel: b
-    match: {reportingControllers: [kubelet], name: '^n\d$', groups: [core]}
-  - channel: c
-    match: {reasons: [Other]}
-"#,
-            "t",
-        )
-        .unwrap();
-        let ch = |f: EventFacts| c.route(&f).map(|c| c.name.clone());
-        let mut f = facts("", "Node");
-        assert_eq!(ch(f), Some("b".into()));
-        f.type_ = "Warning";
-        f.message = "disk pressure on /";
-        assert_eq!(ch(f), Some("a".into()));
-        f.kind = "PersistentVolume";
-        assert_eq!(ch(f), Some("b".into()));
-        f.name = "n10";
-        assert_eq!(ch(f), None);
-        f.reason = "Other";
-        assert_eq!(ch(f), Some("c".into()));
-    }
-
-    #[test]
-    fn describe() {
-        let c = Config::embedded_default();
-        assert_eq!(c.routes[0].matcher.describe(), "kind in [Node]");
-        assert_eq!(c.routes[2].matcher.describe(), "every event");
     }
 }

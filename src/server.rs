@@ -128,9 +128,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub ready: AtomicBool,
     /// What `/readyz` says about mirroring and discovery.
-    pub cluster: Arc<crate::cluster::StatusLine>,
+    pub cluster: Arc<crate::status::StatusLine>,
     /// What `/readyz` says about the configuration file.
-    pub config_status: Arc<crate::cluster::StatusLine>,
+    pub config_status: Arc<crate::status::StatusLine>,
     /// Pokes discovery when a review meets a kind nobody knows.
     pub discovery: Option<crate::discovery::Trigger>,
     /// How long the cluster side waits for discovery's first answer (for `/readyz`).
@@ -152,7 +152,7 @@ pub struct Server {
     admin: TcpListener,
     acceptor: TlsAcceptor,
     reloader: Option<CertReloader>,
-    config_reloader: Option<crate::config::ConfigReloader>,
+    config_reloader: Option<crate::reload::ConfigReloader>,
     options: ServeOptions,
     /// The cluster client and discovery's poke receiver, when a cluster answered.
     cluster: Option<(kube::Client, tokio::sync::mpsc::Receiver<()>)>,
@@ -184,7 +184,7 @@ impl Server {
                 options.admin_listen
             ))
         })?;
-        let cluster_state = Arc::new(crate::cluster::StatusLine::default());
+        let cluster_state = Arc::new(crate::status::StatusLine::default());
         let mode = &options.cluster.mode;
         let (cluster, discovery) = match crate::cluster::connect(
             mode,
@@ -229,10 +229,10 @@ impl Server {
             }
         };
         let shared_config = crate::config::shared(config);
-        let config_status = Arc::new(crate::cluster::StatusLine::default());
+        let config_status = Arc::new(crate::status::StatusLine::default());
         config_status.set("configuration: the embedded default");
         let config_reloader = options.config.clone().map(|path| {
-            crate::config::ConfigReloader::new(
+            crate::reload::ConfigReloader::new(
                 path,
                 shared_config.clone(),
                 metrics.clone(),
@@ -899,8 +899,15 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
             state
                 .metrics
                 .request(&reviewed.operation, d.outcome.as_str());
-            state.metrics.classified(d);
             let c = d.classified.as_ref();
+            if let Some(c) = c {
+                state.metrics.classified(
+                    &c.kind_label,
+                    c.builtin_kind(),
+                    &c.reason,
+                    c.channel.as_deref().unwrap_or(""),
+                );
+            }
             if let (Some(c), Some(trigger)) = (c, &state.discovery)
                 && c.kind_source == crate::classify::KindSource::Unknown
             {

@@ -128,7 +128,7 @@ fn spawn_cluster(
         config: clusterscope::config::shared(config),
         resolver: resolver.clone(),
         metrics: Arc::new(Metrics::new()),
-        state: Arc::new(clusterscope::cluster::StatusLine::default()),
+        state: Arc::new(clusterscope::status::StatusLine::default()),
     };
     let options = clusterscope::cluster::ClusterOptions {
         identity: "replica-0".into(),

@@ -15,7 +15,7 @@ use serde_saphyr::Spanned;
 use crate::labels::{
     check_dns1123_label, check_dns1123_subdomain, check_label_value, check_qualified_name,
 };
-use crate::route::{Match, Route};
+use crate::route::{EventFacts, Match};
 
 /// The configuration used when no file is given.
 pub const DEFAULT_YAML: &str = include_str!("default.yaml");
@@ -35,74 +35,6 @@ pub type SharedConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
 /// Shares `config`.
 pub fn shared(config: Config) -> SharedConfig {
     std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config))
-}
-
-/// Re-reads the configuration file when it changes and swaps it in; a file that does not
-/// validate is refused and the configuration in use stays.
-pub struct ConfigReloader {
-    pub path: std::path::PathBuf,
-    pub shared: SharedConfig,
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    pub status: std::sync::Arc<crate::cluster::StatusLine>,
-    last_seen: Vec<u8>,
-}
-
-impl ConfigReloader {
-    /// `loaded` is the text the configuration in use was read from.
-    pub fn new(
-        path: std::path::PathBuf,
-        shared: SharedConfig,
-        metrics: std::sync::Arc<crate::metrics::Metrics>,
-        status: std::sync::Arc<crate::cluster::StatusLine>,
-        loaded: Vec<u8>,
-    ) -> Self {
-        status.set(format!("configuration: {} loaded", path.display()));
-        ConfigReloader {
-            path,
-            shared,
-            metrics,
-            status,
-            last_seen: loaded,
-        }
-    }
-
-    fn count(&self, result: &str) {
-        self.metrics
-            .config_reloads
-            .get_or_create(&crate::metrics::ResultLabels {
-                result: result.to_owned(),
-            })
-            .inc();
-    }
-
-    /// Checks the file once: `None` when unchanged, else whether the new version was taken.
-    pub fn check(&mut self) -> Option<Result<(), ConfigError>> {
-        let bytes = std::fs::read(&self.path).unwrap_or_default();
-        if bytes == self.last_seen {
-            return None;
-        }
-        let parsed = Config::from_bytes(&bytes, &self.path.display().to_string());
-        self.last_seen = bytes;
-        match parsed {
-            Ok(config) => {
-                let (channels, routes) = (config.channels.len(), config.routes.len());
-                self.shared.store(std::sync::Arc::new(config));
-                self.count("success");
-                self.status
-                    .set(format!("configuration: {} reloaded", self.path.display()));
-                tracing::info!(file = %self.path.display(), channels, routes, "configuration reloaded");
-                Some(Ok(()))
-            }
-            Err(e) => {
-                self.count("error");
-                self.status.set(format!(
-                    "configuration: new version refused ({e}); the previous one stays in use"
-                ));
-                tracing::warn!(error = %e, "new configuration refused; the previous one stays in use");
-                Some(Err(e))
-            }
-        }
-    }
 }
 
 /// A configuration that was refused, with where and why.
@@ -148,11 +80,17 @@ pub struct Channel {
 /// The full keys clusterscope writes, `<labelPrefix>/<name>`, computed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
+    /// Label: the scope of the involved object (always `cluster`).
     pub scope: String,
+    /// Label: the involved object's kind, made label-safe.
     pub kind: String,
+    /// Label: the channel the event was routed to.
     pub channel: String,
+    /// Label: on copies made by the mirror (honoured outside `default`/`kube-system` only).
     pub mirror: String,
+    /// Annotation: `<group or core>/<Kind>/<name>` of the involved object, for humans.
     pub involved_object: String,
+    /// Annotations on copies: where their source is.
     pub source_namespace: String,
     pub source_name: String,
     pub source_uid: String,
@@ -160,14 +98,13 @@ pub struct Keys {
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        use crate::decide::{CHANNEL, INVOLVED_OBJECT, KIND, MIRROR, SCOPE};
         let key = |name: &str| format!("{prefix}/{name}");
         Keys {
-            scope: key(SCOPE),
-            kind: key(KIND),
-            channel: key(CHANNEL),
-            mirror: key(MIRROR),
-            involved_object: key(INVOLVED_OBJECT),
+            scope: key("scope"),
+            kind: key("kind"),
+            channel: key("channel"),
+            mirror: key("mirror"),
+            involved_object: key("involved-object"),
             source_namespace: key("source-namespace"),
             source_name: key("source-name"),
             source_uid: key("source-uid"),
@@ -187,6 +124,15 @@ impl Keys {
             &self.source_uid,
         ]
     }
+}
+
+/// One route: its conditions and the index of its channel in [`Config::channels`].
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub channel: usize,
+    /// Line of the route in its file, for messages.
+    pub line: u64,
+    pub matcher: Match,
 }
 
 /// A validated configuration, ready to route events.
@@ -247,6 +193,14 @@ struct RawMatch {
 // ---- loading ---------------------------------------------------------------------------------
 
 impl Config {
+    /// The channel of the first matching route, if any.
+    pub fn route(&self, facts: &EventFacts<'_>) -> Option<&Channel> {
+        self.routes
+            .iter()
+            .find(|r| r.matcher.matches(facts))
+            .and_then(|r| self.channels.get(r.channel))
+    }
+
     /// The embedded default configuration.
     pub fn embedded_default() -> Self {
         match Self::from_yaml(DEFAULT_YAML, DEFAULT_SOURCE) {
@@ -642,5 +596,76 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.routes[0].matcher.groups, [String::new()]);
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+
+    fn facts<'a>(group: &'a str, kind: &'a str) -> EventFacts<'a> {
+        EventFacts {
+            group,
+            kind,
+            name: "n1",
+            reason: "R",
+            type_: "Normal",
+            reporter: "kubelet",
+            message: "hello world",
+        }
+    }
+
+    #[test]
+    fn default_routes() {
+        let c = Config::embedded_default();
+        let ch = |g, k| c.route(&facts(g, k)).map(|c| c.name.as_str());
+        assert_eq!(ch("", "Node"), Some("nodes"));
+        assert_eq!(ch("", "PersistentVolume"), Some("storage"));
+        assert_eq!(
+            ch("storage.k8s.io", "VolumeAttributesClass"),
+            Some("storage")
+        );
+        assert_eq!(
+            ch("rbac.authorization.k8s.io", "ClusterRole"),
+            Some("cluster")
+        );
+        assert_eq!(ch("example.com", "Widget"), Some("cluster"));
+    }
+
+    #[test]
+    fn all_given_fields_must_match_and_first_route_wins() {
+        let c = Config::from_yaml(
+            r#"
+channels: [{name: a}, {name: b}, {name: c}]
+routes:
+  - channel: a
+    match: {kinds: [Node], types: [Warning], message: 'disk (full|pressure)'}
+  - channel: b
+    match: {reportingControllers: [kubelet], name: '^n\d$', groups: [core]}
+  - channel: c
+    match: {reasons: [Other]}
+"#,
+            "t",
+        )
+        .unwrap();
+        let ch = |f: EventFacts| c.route(&f).map(|c| c.name.clone());
+        let mut f = facts("", "Node");
+        assert_eq!(ch(f), Some("b".into()));
+        f.type_ = "Warning";
+        f.message = "disk pressure on /";
+        assert_eq!(ch(f), Some("a".into()));
+        f.kind = "PersistentVolume";
+        assert_eq!(ch(f), Some("b".into()));
+        f.name = "n10";
+        assert_eq!(ch(f), None);
+        f.reason = "Other";
+        assert_eq!(ch(f), Some("c".into()));
+    }
+
+    #[test]
+    fn describe() {
+        let c = Config::embedded_default();
+        assert_eq!(c.routes[0].matcher.describe(), "kind in [Node]");
+        assert_eq!(c.routes[2].matcher.describe(), "every event");
     }
 }

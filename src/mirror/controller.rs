@@ -318,11 +318,18 @@ pub async fn run(
                 let result = syncer.sync(&ev).await;
                 let done = match &result {
                     Ok(report) => {
-                        metrics.mirror_synced(report, since.elapsed());
+                        let channel = report.channel.as_deref().unwrap_or("");
+                        for op in report.writes() {
+                            metrics.mirror_write(channel, op, "success");
+                        }
+                        if report.created || report.updated {
+                            metrics.mirror_lag(since.elapsed());
+                        }
                         Done::Synced
                     }
                     Err(e) => {
-                        metrics.mirror_failed(e);
+                        let channel = e.report.channel.as_deref().unwrap_or("");
+                        metrics.mirror_write(channel, e.operation, "error");
                         if e.retryable() {
                             Done::Retry(Box::new(ev))
                         } else {

@@ -32,6 +32,20 @@ pub struct SyncReport {
     pub unlabelled: bool,
 }
 
+impl SyncReport {
+    /// The writes this sync made, as metric operation names.
+    pub fn writes(&self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.labelled, "label"),
+            (self.unlabelled, "unlabel"),
+            (self.created, "create"),
+            (self.updated, "update"),
+        ]
+        .into_iter()
+        .filter_map(|(done, op)| done.then_some(op))
+    }
+}
+
 /// A failed sync: what had been done, which step failed, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncError {

@@ -1,0 +1,130 @@
+//! The module graph has layers: a module may use only modules of lower layers (and its own
+//! submodules). Tests at the end of a file (`#[cfg(test)]` onwards) are not counted. A new
+//! module must be given a layer here, which is where its place in the architecture is decided.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Layer of every top-level module under `src/`, lowest first.
+const LAYERS: &[(&str, u8)] = &[
+    // Leaves: know nothing of the rest.
+    ("event", 0),
+    ("labels", 0),
+    ("telemetry", 0),
+    ("watch", 0),
+    ("status", 0),
+    ("leader", 0),
+    ("recorder", 0),
+    ("route", 0),
+    // Plain services over the leaves.
+    ("metrics", 1),
+    ("classify", 1),
+    ("config", 1),
+    // The decision, and what feeds or reloads it.
+    ("decide", 2),
+    ("discovery", 2),
+    ("tls", 2),
+    ("reload", 2),
+    // Uses of the decision.
+    ("admission", 3),
+    ("certs", 3),
+    ("mirror", 3),
+    // What runs beside the webhook, then the server, then the commands.
+    ("cluster", 4),
+    ("server", 5),
+    ("cli", 6),
+];
+
+fn src() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+/// Top-level module of a file under src/ (`mirror/sync.rs` → `mirror`).
+fn module_of(path: &Path) -> String {
+    let rel = path.strip_prefix(src()).unwrap();
+    let first = rel
+        .components()
+        .next()
+        .unwrap()
+        .as_os_str()
+        .to_string_lossy();
+    first.trim_end_matches(".rs").to_owned()
+}
+
+/// `crate::x` references in the non-test part of `text`.
+fn uses(text: &str) -> Vec<String> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    let mut out = Vec::new();
+    for line in code.lines() {
+        let line = line.trim_start();
+        if line.starts_with("//") {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(i) = rest.find("crate::") {
+            rest = &rest[i + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            out.push(name);
+        }
+    }
+    out
+}
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn modules_only_use_lower_layers() {
+    let layer: BTreeMap<&str, u8> = LAYERS.iter().copied().collect();
+    let mut all = Vec::new();
+    files(&src(), &mut all);
+    let mut wrong = Vec::new();
+    for path in all {
+        let module = module_of(&path);
+        if module == "lib" || module == "main" {
+            continue;
+        }
+        let Some(&own) = layer.get(module.as_str()) else {
+            wrong.push(format!(
+                "{}: module `{module}` has no layer in tests/layers.rs",
+                path.display()
+            ));
+            continue;
+        };
+        for used in uses(&std::fs::read_to_string(&path).unwrap()) {
+            if used == module {
+                continue;
+            }
+            match layer.get(used.as_str()) {
+                Some(&l) if l < own => {}
+                Some(&l) => wrong.push(format!(
+                    "{}: `{module}` (layer {own}) uses `{used}` (layer {l})",
+                    path.display()
+                )),
+                None => wrong.push(format!(
+                    "{}: uses `crate::{used}`, which has no layer",
+                    path.display()
+                )),
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_checker_sees_a_use_and_skips_tests_and_comments() {
+    let text =
+        "use crate::config::Config;\n// crate::server\nfn f() {}\n#[cfg(test)]\nuse crate::cli;";
+    assert_eq!(uses(text), ["config"]);
+}
