@@ -264,18 +264,12 @@ impl ScopeResolver {
         for (group, kind, scope) in kinds {
             map.entry(group).or_default().insert(kind, scope);
         }
-        match self.learned.write() {
-            Ok(mut guard) => *guard = map,
-            Err(poisoned) => *poisoned.into_inner() = map,
-        }
+        *crate::locks::write(&self.learned) = map;
         self.state.send_replace(DiscoveryState::Answered);
     }
 
     fn learned(&self, group: &str, kind: &str) -> Option<Scope> {
-        let guard = match self.learned.read() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let guard = crate::locks::read(&self.learned);
         guard.get(group).and_then(|kinds| kinds.get(kind)).copied()
     }
 

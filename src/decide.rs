@@ -316,12 +316,12 @@ pub fn decide(
             channel.map(|c| Cow::Borrowed(c.name.as_str())),
         ),
     ];
-    let shown_group = if group.is_empty() { "core" } else { &group };
     let mut annotations: Vec<(&str, Option<Cow<'_, str>>)> = vec![(
         &keys.involved_object,
-        Some(Cow::Owned(format!(
-            "{shown_group}/{kind}/{}",
-            reference.name()
+        Some(Cow::Owned(crate::route::involved_object(
+            &group,
+            &kind,
+            reference.name(),
         ))),
     )];
     if let Some(ch) = channel {

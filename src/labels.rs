@@ -130,23 +130,42 @@ pub fn safe_label_value(raw: &str) -> Cow<'_, str> {
             }
         })
         .collect();
-    // Room for "-" + 8 hex digits.
-    let keep = MAX_LABEL_VALUE_LEN - 1 - suffix.len();
     let trimmed = cleaned.trim_matches(|c: char| !c.is_ascii_alphanumeric());
-    let head = trimmed
-        .get(..keep.min(trimmed.len()))
-        .unwrap_or(trimmed)
-        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-    if head.is_empty() {
-        Cow::Owned(format!("x-{suffix}"))
-    } else {
-        Cow::Owned(format!("{head}-{suffix}"))
+    Cow::Owned(
+        with_suffix(trimmed, MAX_LABEL_VALUE_LEN, '-', &suffix)
+            .unwrap_or_else(|| format!("x-{suffix}")),
+    )
+}
+
+/// `<head><sep><suffix>` in at most `max` bytes: the longest start of `text` that fits, ending
+/// on an ASCII alphanumeric character (so the result is a valid name when `text` was made of
+/// valid characters). `None` when no such start is left.
+pub fn with_suffix(text: &str, max: usize, sep: char, suffix: &str) -> Option<String> {
+    let mut end = max.saturating_sub(1 + suffix.len()).min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
     }
+    let head = text[..end].trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+    (!head.is_empty()).then(|| format!("{head}{sep}{suffix}"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn with_suffix_fits_and_ends_on_alphanumerics() {
+        assert_eq!(with_suffix("abc", 10, '.', "ff"), Some("abc.ff".into()));
+        assert_eq!(
+            with_suffix("abcdef-", 9, '.', "ff"),
+            Some("abcdef.ff".into())
+        );
+        assert_eq!(with_suffix("abcd-ef", 8, '.', "ff"), Some("abcd.ff".into()));
+        assert_eq!(with_suffix("---", 10, '.', "ff"), None);
+        // Never cuts inside a character, never longer than asked.
+        let out = with_suffix(&"é".repeat(100), 20, '-', "ff").unwrap_or_default();
+        assert!(out.len() <= 20);
+    }
 
     #[test]
     fn label_values() {

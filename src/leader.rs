@@ -81,10 +81,7 @@ impl LeaseLock {
     /// Notes the record as seen now; returns how long ago (local clock) it last changed.
     fn observe(&self, record: Observed) -> Duration {
         let now = Instant::now();
-        let mut guard = match self.observed.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut guard = crate::locks::lock(&self.observed);
         match guard.as_ref() {
             Some((seen, at)) if *seen == record => now.saturating_duration_since(*at),
             _ => {

@@ -22,6 +22,7 @@ pub mod discovery;
 pub mod event;
 pub mod labels;
 pub mod leader;
+pub mod locks;
 pub mod metrics;
 pub mod mirror;
 pub mod recorder;

@@ -30,10 +30,7 @@ pub const MAX_LABEL_VALUE: usize = 128;
 
 fn fold(seen: &Mutex<HashSet<String>>, value: &str, limit: usize) -> String {
     let value = &*crate::telemetry::clip(value, MAX_LABEL_VALUE);
-    let mut seen = match seen.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let mut seen = crate::locks::lock(seen);
     if seen.contains(value) {
         value.to_owned()
     } else if seen.len() < limit {

@@ -4,6 +4,20 @@
 
 use regex::Regex;
 
+/// How the core API group (`""`) is written for people: in the configuration's `groups:`
+/// and in the involved-object annotation.
+pub const CORE_GROUP: &str = "core";
+
+/// `group` as people write it (`core` for the empty core group).
+pub fn shown_group(group: &str) -> &str {
+    if group.is_empty() { CORE_GROUP } else { group }
+}
+
+/// The involved-object annotation's value: `<group or core>/<Kind>/<name>`.
+pub fn involved_object(group: &str, kind: &str, name: &str) -> String {
+    format!("{}/{kind}/{name}", shown_group(group))
+}
+
 /// What routing looks at in one event about a cluster-scoped object.
 #[derive(Debug, Clone, Copy)]
 pub struct EventFacts<'e> {
@@ -79,10 +93,7 @@ impl Match {
         ];
         for (field, list) in lists {
             if !list.is_empty() {
-                let shown: Vec<&str> = list
-                    .iter()
-                    .map(|v| if v.is_empty() { "core" } else { v.as_str() })
-                    .collect();
+                let shown: Vec<&str> = list.iter().map(|v| shown_group(v)).collect();
                 parts.push(format!("{field} in [{}]", shown.join(", ")));
             }
         }

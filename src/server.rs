@@ -615,10 +615,7 @@ impl PeerCounts {
     fn lock(
         &self,
     ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
-        match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::locks::lock(&self.0)
     }
 
     /// A slot for one more connection from `ip`, unless it already has `max`.

@@ -11,16 +11,10 @@ pub struct StatusLine {
 
 impl StatusLine {
     pub fn set(&self, text: impl Into<String>) {
-        match self.inner.lock() {
-            Ok(mut g) => *g = text.into(),
-            Err(p) => *p.into_inner() = text.into(),
-        }
+        *crate::locks::lock(&self.inner) = text.into();
     }
 
     pub fn get(&self) -> String {
-        match self.inner.lock() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        crate::locks::lock(&self.inner).clone()
     }
 }

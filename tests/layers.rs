@@ -7,32 +7,33 @@ use std::path::{Path, PathBuf};
 
 /// Layer of every top-level module under `src/`, lowest first.
 const LAYERS: &[(&str, u8)] = &[
+    ("locks", 0),
     // Leaves: know nothing of the rest.
-    ("event", 0),
-    ("labels", 0),
-    ("telemetry", 0),
-    ("watch", 0),
-    ("status", 0),
-    ("leader", 0),
-    ("recorder", 0),
-    ("route", 0),
+    ("event", 1),
+    ("labels", 1),
+    ("telemetry", 1),
+    ("watch", 1),
+    ("status", 1),
+    ("leader", 1),
+    ("recorder", 1),
+    ("route", 1),
     // Plain services over the leaves.
-    ("metrics", 1),
-    ("classify", 1),
-    ("config", 1),
+    ("metrics", 2),
+    ("classify", 2),
+    ("config", 2),
     // The decision, and what feeds or reloads it.
-    ("decide", 2),
-    ("discovery", 2),
-    ("tls", 2),
-    ("reload", 2),
+    ("decide", 3),
+    ("discovery", 3),
+    ("tls", 3),
+    ("reload", 3),
     // Uses of the decision.
-    ("admission", 3),
-    ("certs", 3),
-    ("mirror", 3),
+    ("admission", 4),
+    ("certs", 4),
+    ("mirror", 4),
     // What runs beside the webhook, then the server, then the commands.
-    ("cluster", 4),
-    ("server", 5),
-    ("cli", 6),
+    ("cluster", 5),
+    ("server", 6),
+    ("cli", 7),
 ];
 
 fn src() -> PathBuf {

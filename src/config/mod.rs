@@ -474,7 +474,13 @@ impl Checker<'_> {
             groups: self
                 .list("groups", &m.groups)?
                 .into_iter()
-                .map(|g| if g == "core" { String::new() } else { g })
+                .map(|g| {
+                    if g == crate::route::CORE_GROUP {
+                        String::new()
+                    } else {
+                        g
+                    }
+                })
                 .collect(),
             reasons: self.list("reasons", &m.reasons)?,
             types: self.list("types", &m.types)?,

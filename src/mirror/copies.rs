@@ -12,7 +12,9 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
+
+use crate::locks::lock;
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ListParams};
@@ -92,13 +94,6 @@ pub struct CopyIndex {
     listings: Mutex<HashMap<String, Listing>>,
     /// namespace → copy name → what was stored (about 100 bytes a copy).
     known: Mutex<HashMap<String, HashMap<Box<str>, Known>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl CopyIndex {

@@ -41,16 +41,7 @@ pub fn copy_name(source_namespace: &str, source_name: &str) -> String {
     } else {
         format!("{hash:016x}")
     };
-    let keep = MAX_SUBDOMAIN_LEN - 1 - suffix.len();
-    let head = source_name
-        .get(..keep.min(source_name.len()))
-        .unwrap_or(source_name)
-        .trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
-    if head.is_empty() {
-        suffix
-    } else {
-        format!("{head}.{suffix}")
-    }
+    crate::labels::with_suffix(source_name, MAX_SUBDOMAIN_LEN, '.', &suffix).unwrap_or(suffix)
 }
 
 /// The copy of `source` for `channel` (which must name a namespace), with the labels and
@@ -76,14 +67,9 @@ pub fn make_copy(
 
     let mut annotations: BTreeMap<String, String> =
         source.metadata.annotations.clone().unwrap_or_default();
-    let group = if classified.group.is_empty() {
-        "core"
-    } else {
-        &classified.group
-    };
     annotations.insert(
         keys.involved_object.clone(),
-        format!("{group}/{}/{}", classified.kind, classified.name),
+        crate::route::involved_object(&classified.group, &classified.kind, &classified.name),
     );
     annotations.insert(keys.source_namespace.clone(), source_namespace.to_owned());
     annotations.insert(keys.source_name.clone(), source_name.to_owned());

@@ -99,10 +99,7 @@ impl Broadcaster {
         jitter: Box<dyn FnMut() -> f64 + Send>,
     ) -> tokio::task::JoinHandle<()> {
         let (tx, mut rx) = mpsc::channel(self.options.queue_size.max(1));
-        match self.queues.lock() {
-            Ok(mut q) => q.push(tx),
-            Err(p) => p.into_inner().push(tx),
-        }
+        crate::locks::lock(&self.queues).push(tx);
         let mut correlator = Correlator::new(self.options.correlator.clone(), clock);
         let options = self.options.clone();
         let stats = self.stats.clone();
@@ -125,10 +122,7 @@ impl Broadcaster {
     /// Queues `event` for every sink without waiting; a full queue drops it (counted, logged).
     /// Returns false when any sink dropped it.
     pub fn send(&self, event: Event) -> bool {
-        let queues = match self.queues.lock() {
-            Ok(q) => q,
-            Err(p) => p.into_inner(),
-        };
+        let queues = crate::locks::lock(&self.queues);
         let mut all = true;
         for q in queues.iter() {
             if let Err(e) = q.try_send(event.clone()) {

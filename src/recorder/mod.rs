@@ -59,10 +59,7 @@ impl ManualClock {
     }
 
     pub fn advance(&self, by: Duration) {
-        let mut t = match self.0.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut t = crate::locks::lock(&self.0);
         let by = k8s_openapi::jiff::SignedDuration::try_from(by).unwrap_or_default();
         *t = t.checked_add(by).unwrap_or(*t);
     }
@@ -70,10 +67,7 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        match self.0.lock() {
-            Ok(g) => *g,
-            Err(p) => *p.into_inner(),
-        }
+        *crate::locks::lock(&self.0)
     }
 }
 

@@ -168,10 +168,7 @@ impl LogSink {
     fn write(&self, event: &Event) -> Result<Event, SinkError> {
         let mut line = serde_json::to_vec(event).map_err(|e| SinkError::Invalid(e.to_string()))?;
         line.push(b'\n');
-        let mut out = match self.out.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut out = crate::locks::lock(&self.out);
         out.write_all(&line)
             .and_then(|()| out.flush())
             .map_err(|e| SinkError::Transport(format!("cannot write the log stream: {e}")))?;
