@@ -60,13 +60,26 @@ impl std::fmt::Debug for ClusterMode {
     }
 }
 
-/// A connected cluster, and where it is (for the log).
-pub struct Connected {
+/// The cluster to talk to: a client (built, not yet used) and where it points, for the log.
+#[derive(Clone)]
+pub struct Target {
     pub client: kube::Client,
-    /// `in-cluster`, `kubeconfig <path>`, ...
+    /// `in-cluster service account`, `kubeconfig <path>`, ...
     pub source: String,
     pub context: Option<String>,
     pub server: String,
+}
+
+impl Target {
+    /// A client given by the caller (tests, embedding).
+    pub fn client(client: kube::Client) -> Self {
+        Target {
+            client,
+            source: "a client given by the caller".to_owned(),
+            context: None,
+            server: "(the given client's server)".to_owned(),
+        }
+    }
 }
 
 /// What `/readyz` says about API discovery.
@@ -179,42 +192,67 @@ async fn configure(
     }
 }
 
-/// Connects and checks that the API server answers. `Ok(None)`: no cluster to use (off, or
-/// not in a pod with `InCluster`).
-pub async fn connect(mode: &ClusterMode, timeout: Duration) -> Result<Option<Connected>, String> {
-    let connected = match mode {
-        ClusterMode::Client(c) => Connected {
-            client: c.clone(),
-            source: "a client given by the caller".to_owned(),
-            context: None,
-            server: "(the given client's server)".to_owned(),
-        },
-        _ => {
-            let Some((config, source, context)) = configure(mode, timeout).await? else {
-                return Ok(None);
-            };
-            let server = config.cluster_url.to_string();
-            let client = kube::Client::try_from(config)
-                .map_err(|e| format!("cannot build a client for {server}: {e}"))?;
-            Connected {
-                client,
-                source,
-                context,
-                server,
-            }
-        }
+/// Resolves `mode` to a target without contacting it (local files and environment only, so
+/// the webhook never waits on the API server to start). `Ok(None)`: no cluster to use (off,
+/// or not in a pod with `InCluster`).
+pub async fn plan(mode: &ClusterMode, timeout: Duration) -> Result<Option<Target>, String> {
+    if let ClusterMode::Client(c) = mode {
+        return Ok(Some(Target::client(c.clone())));
+    }
+    let Some((config, source, context)) = configure(mode, timeout).await? else {
+        return Ok(None);
     };
-    match tokio::time::timeout(timeout, connected.client.apiserver_version()).await {
-        Ok(Ok(_)) => Ok(Some(connected)),
-        Ok(Err(e)) => Err(format!(
-            "the API server at {} did not answer: {e}",
-            connected.server
-        )),
-        Err(_) => Err(format!(
-            "the API server at {} did not answer within {}",
-            connected.server,
-            humantime::format_duration(timeout)
-        )),
+    let server = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)
+        .map_err(|e| format!("cannot build a client for {server}: {e}"))?;
+    Ok(Some(Target {
+        client,
+        source,
+        context,
+        server,
+    }))
+}
+
+/// Waits until the API server answers, retrying with a growing delay (1 s to 30 s) and saying
+/// so in the log and on `/readyz`; false if `stop` came first.
+async fn wait_for_api_server(
+    target: &Target,
+    timeout: Duration,
+    state: &crate::status::StatusLine,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let mut delay = Duration::from_secs(1);
+    let mut failures = 0u32;
+    loop {
+        let error = match tokio::time::timeout(timeout, target.client.apiserver_version()).await {
+            Ok(Ok(_)) => {
+                tracing::info!(
+                    server = %target.server,
+                    source = %target.source,
+                    context = target.context.as_deref().unwrap_or(""),
+                    "connected to the cluster at {}: discovery and the mirror controller run against it",
+                    target.server
+                );
+                return true;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {}", humantime::format_duration(timeout)),
+        };
+        failures += 1;
+        // The first failure, then every tenth: a long outage does not flood the log.
+        if failures % 10 == 1 {
+            tracing::warn!(server = %target.server, error = %error, failures,
+                "the API server does not answer; the webhook serves meanwhile, mirroring and discovery wait");
+        }
+        state.set(format!(
+            "mirroring: waiting for the API server at {} ({error})",
+            target.server
+        ));
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return false,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -228,7 +266,54 @@ pub struct Shared {
 }
 
 /// Starts discovery and the leader-elected mirror controller; they stop when `stop` turns true.
+///
+/// Returns at once: a supervising task waits for the API server to answer (the webhook does
+/// not wait for it), then runs the rest until `stop`; the discovery timer runs from now, so a
+/// cluster that never answers does not leave unknown kinds undetermined for ever.
 pub fn spawn(
+    target: Target,
+    shared: Shared,
+    options: ClusterOptions,
+    pokes: tokio::sync::mpsc::Receiver<()>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    // Settles discovery's first answer: past the wait, unknown kinds count as cluster-scoped.
+    let discovery_timer = {
+        let resolver = shared.resolver.clone();
+        let wait = options.discovery_wait;
+        let stopped = stopped(stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = await_discovery(&resolver, wait) => {}
+                () = stopped => {}
+            }
+        })
+    };
+    let supervisor = tokio::spawn(async move {
+        let mut stop_rx = stop.clone();
+        if !wait_for_api_server(
+            &target,
+            options.connect_timeout,
+            &shared.state,
+            &mut stop_rx,
+        )
+        .await
+        {
+            return;
+        }
+        for task in start(target.client, shared, options, pokes, stop) {
+            let _ = task.await;
+        }
+    });
+    vec![discovery_timer, supervisor]
+}
+
+/// Starts discovery, the leader-elected mirror controller and the recorder of clusterscope's
+/// own events against an API server that answers; they stop when `stop` turns true.
+fn start(
     client: kube::Client,
     shared: Shared,
     options: ClusterOptions,
@@ -252,18 +337,6 @@ pub fn spawn(
         options.discovery.clone(),
         stopped(stop.clone()),
     ));
-    // Settles discovery's first answer: past the wait, unknown kinds count as cluster-scoped.
-    let discovery_timer = {
-        let resolver = resolver.clone();
-        let wait = options.discovery_wait;
-        let stopped = stopped(stop.clone());
-        tokio::spawn(async move {
-            tokio::select! {
-                () = await_discovery(&resolver, wait) => {}
-                () = stopped => {}
-            }
-        })
-    };
     let log_sink: Arc<dyn EventSink> = Arc::new(LogSink::stdout());
     let syncer = Syncer::new(client.clone(), config, resolver, Some(log_sink));
     let lease = options
@@ -336,5 +409,5 @@ pub fn spawn(
         on_change,
         stopped(stop),
     ));
-    vec![discovery, discovery_timer, mirror, recorder_task]
+    vec![discovery, mirror, recorder_task]
 }

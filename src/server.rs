@@ -154,8 +154,8 @@ pub struct Server {
     reloader: Option<CertReloader>,
     config_reloader: Option<crate::reload::ConfigReloader>,
     options: ServeOptions,
-    /// The cluster client and discovery's poke receiver, when a cluster answered.
-    cluster: Option<(kube::Client, tokio::sync::mpsc::Receiver<()>)>,
+    /// The cluster to use and discovery's poke receiver, when one is configured.
+    cluster: Option<(crate::cluster::Target, tokio::sync::mpsc::Receiver<()>)>,
 }
 
 impl Server {
@@ -186,23 +186,23 @@ impl Server {
         })?;
         let cluster_state = Arc::new(crate::status::StatusLine::default());
         let mode = &options.cluster.mode;
-        let (cluster, discovery) = match crate::cluster::connect(
-            mode,
-            options.cluster.connect_timeout,
-        )
-        .await
+        // Resolved from local files and the environment only: binding never waits on the API
+        // server (the cluster side connects in the background, see `cluster::spawn`).
+        let (cluster, discovery) = match crate::cluster::plan(mode, options.cluster.connect_timeout)
+            .await
         {
-            Ok(Some(connected)) => {
+            Ok(Some(target)) => {
                 tracing::info!(
-                    server = %connected.server,
-                    source = %connected.source,
-                    context = connected.context.as_deref().unwrap_or(""),
-                    "connected to the cluster at {}: discovery and the mirror controller run against it",
-                    connected.server
+                    server = %target.server,
+                    source = %target.source,
+                    context = target.context.as_deref().unwrap_or(""),
+                    "cluster configured ({}): connecting to {} in the background",
+                    target.source,
+                    target.server
                 );
                 let (trigger, pokes) = crate::discovery::trigger();
-                cluster_state.set(format!("mirroring: starting ({})", connected.server));
-                (Some((connected.client, pokes)), Some(trigger))
+                cluster_state.set(format!("mirroring: connecting to {}", target.server));
+                (Some((target, pokes)), Some(trigger))
             }
             Ok(None) => {
                 let why = match mode {
@@ -327,8 +327,8 @@ impl Server {
 
         let (stop_cluster, cluster_stop_rx) = tokio::sync::watch::channel(false);
         let cluster_tasks = match self.cluster.take() {
-            Some((client, pokes)) => crate::cluster::spawn(
-                client,
+            Some((target, pokes)) => crate::cluster::spawn(
+                target,
                 crate::cluster::Shared {
                     config: self.state.reviewer.config.clone(),
                     resolver: self.state.reviewer.resolver.clone(),

@@ -80,8 +80,11 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
         }
         _ => EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?,
     };
+    // A log line that cannot be written (stderr closed) is dropped: by default the subscriber
+    // would report it with `eprintln!`, which panics the task that logged.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

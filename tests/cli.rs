@@ -402,3 +402,119 @@ fn serve_with_an_unusable_client_ca_exits_2() {
         );
     }
 }
+
+/// The webhook serves without waiting for the API server: with a kubeconfig whose server
+/// refuses connections, `serve` is ready at once and `/readyz` says mirroring waits for it.
+#[test]
+fn serve_does_not_wait_for_an_absent_api_server() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    // Port 1 (tcpmux): nothing listens there, so connections are refused at once. (A port
+    // freed by this test could be taken by a parallel test's server.)
+    let port = 1;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("serve: {line}");
+            let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            let message = entry["message"].as_str().unwrap_or("");
+            if message.starts_with("serving admission reviews") {
+                let _ = tx.send(entry["admin"].as_str().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let admin = rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("serve did not start");
+    let mut answer = String::new();
+    for _ in 0..50 {
+        let mut tcp = std::net::TcpStream::connect(&admin).unwrap();
+        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        answer.clear();
+        tcp.read_to_string(&mut answer).unwrap();
+        if answer.contains("waiting for the API server") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.contains(&format!(
+            "waiting for the API server at http://127.0.0.1:{port}"
+        )),
+        "{answer}"
+    );
+    assert!(status.success(), "{status:?}");
+}
+
+/// A log line that cannot be written (stderr closed by whoever started `serve`) is dropped;
+/// it used to panic the task that logged (tracing's fallback `eprintln!`), so SIGTERM ended
+/// in exit 101.
+#[test]
+fn serve_survives_a_closed_stderr() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--cluster",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    for line in std::io::BufReader::new(stderr).lines() {
+        if line
+            .unwrap_or_default()
+            .contains("serving admission reviews")
+        {
+            break;
+        }
+    }
+    // The reader is gone: every later log line hits a closed pipe.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

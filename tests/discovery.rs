@@ -143,7 +143,13 @@ fn spawn_cluster(
     };
     let (_poke, pokes) = trigger();
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let tasks = clusterscope::cluster::spawn(api.client(), shared, options, pokes, stop_rx);
+    let tasks = clusterscope::cluster::spawn(
+        clusterscope::cluster::Target::client(api.client()),
+        shared,
+        options,
+        pokes,
+        stop_rx,
+    );
     (resolver, stop, tasks)
 }
 
