@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, Response, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Request, Response, StatusCode, Uri, header};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -149,7 +149,8 @@ pub struct AppState {
 pub struct Server {
     state: Arc<AppState>,
     webhook: TcpListener,
-    admin: TcpListener,
+    /// Moved into the admin server's task by [`Server::run`].
+    admin: Option<TcpListener>,
     acceptor: TlsAcceptor,
     reloader: Option<CertReloader>,
     config_reloader: Option<crate::reload::ConfigReloader>,
@@ -265,7 +266,7 @@ impl Server {
         Ok(Server {
             state,
             webhook,
-            admin,
+            admin: Some(admin),
             acceptor: TlsAcceptor::from(Arc::new(tls_config)),
             reloader: Some(reloader),
             config_reloader,
@@ -281,52 +282,69 @@ impl Server {
 
     /// The admin address actually bound.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.local_addr().ok()
+        self.admin.as_ref().and_then(|a| a.local_addr().ok())
     }
 
     pub fn state(&self) -> Arc<AppState> {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains.
+    /// Serves until `shutdown` resolves, then drains: starts what runs beside the webhook,
+    /// accepts connections until told to stop, then drains and stops the rest.
     pub async fn run(
         mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
+        let background = self.start_background();
+        let graceful = GracefulShutdown::new();
+        self.state.ready.store(true, Ordering::SeqCst);
         let bound = |addr: std::io::Result<SocketAddr>| {
             addr.map_or_else(|_| "?".to_owned(), |a| a.to_string())
         };
-        let webhook_addr = bound(self.webhook.local_addr());
-        let admin_addr = bound(self.admin.local_addr());
-        let reload_task = self
-            .reloader
-            .take()
-            .map(|r| r.spawn(self.options.cert_reload_interval));
-        let config_task = self.config_reloader.take().map(|mut r| {
+        let (webhook_addr, admin_addr) = (
+            bound(self.webhook.local_addr()),
+            background.admin_addr.clone(),
+        );
+        tracing::info!(
+            listen = %webhook_addr,
+            admin = %admin_addr,
+            "serving admission reviews on https://{webhook_addr}/mutate, health and metrics on http://{admin_addr}"
+        );
+        self.accept_until(shutdown, &graceful).await;
+        self.drain(graceful, background).await;
+        Ok(())
+    }
+
+    /// The certificate and configuration reloaders, the admin server and the cluster side.
+    fn start_background(&mut self) -> Background {
+        let interval = self.options.cert_reload_interval;
+        let mut reloaders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        reloaders.extend(self.reloader.take().map(|r| r.spawn(interval)));
+        reloaders.extend(self.config_reloader.take().map(|mut r| {
             let paths = vec![r.path.clone()];
-            crate::watch::spawn(paths, self.options.cert_reload_interval, move || {
+            crate::watch::spawn(paths, interval, move || {
                 r.check();
             })
+        }));
+        let admin_addr = self
+            .admin_addr()
+            .map_or_else(|| "?".to_owned(), |a| a.to_string());
+        let (stop_admin, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let listener = self.admin.take();
+        let app = admin_router(self.state.clone());
+        let admin = tokio::spawn(async move {
+            let Some(listener) = listener else { return };
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "admin server stopped");
+            }
         });
-        let admin_task = {
-            let app = admin_router(self.state.clone());
-            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-            let listener = self.admin;
-            let task = tokio::spawn(async move {
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
-                if let Err(e) = served {
-                    tracing::warn!(error = %e, "admin server stopped");
-                }
-            });
-            (task, stop_tx)
-        };
-
         let (stop_cluster, cluster_stop_rx) = tokio::sync::watch::channel(false);
-        let cluster_tasks = match self.cluster.take() {
+        let cluster = match self.cluster.take() {
             Some((target, pokes)) => crate::cluster::spawn(
                 target,
                 crate::cluster::Shared {
@@ -341,102 +359,92 @@ impl Server {
             ),
             None => Vec::new(),
         };
+        Background {
+            reloaders,
+            admin,
+            admin_addr,
+            stop_admin,
+            stop_cluster,
+            cluster,
+        }
+    }
 
+    /// Accepts webhook connections until `shutdown`, each within the connection limits and
+    /// served with the drain watcher of `graceful`.
+    async fn accept_until(
+        &mut self,
+        shutdown: impl Future<Output = ()> + Send,
+        graceful: &GracefulShutdown,
+    ) {
         let app = webhook_router(self.state.clone());
-        let graceful = GracefulShutdown::new();
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.options.header_read_timeout)
-            .keep_alive(true);
-        // HTTP/2: a dead peer is found by pings within 50 s; a client may push at most 256 KiB
-        // a stream and 1 MiB a connection before we read (the default would be far more), and
-        // header blocks stay small (an AdmissionReview's headers are a few hundred bytes).
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .initial_stream_window_size(256 * 1024)
-            .initial_connection_window_size(1024 * 1024)
-            .max_concurrent_streams(256)
-            .max_header_list_size(64 * 1024);
-        let builder = Arc::new(builder);
+        let builder = Arc::new(connection_builder(self.options.header_read_timeout));
         let connections = Arc::new(tokio::sync::Semaphore::new(
             self.options.max_connections.max(1),
         ));
         let peers = Arc::new(PeerCounts::default());
         let per_peer = self.options.max_connections_per_peer.max(1);
-
-        self.state.ready.store(true, Ordering::SeqCst);
-        tracing::info!(
-            listen = %webhook_addr,
-            admin = %admin_addr,
-            "serving admission reviews on https://{webhook_addr}/mutate, health and metrics on http://{admin_addr}"
-        );
         tokio::pin!(shutdown);
         loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.webhook.accept() => {
-                    let (tcp, peer) = match accepted {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // Out of file descriptors and the like: back off, keep serving.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = connections.clone().try_acquire_owned() else {
-                        // At the cap: close at once rather than queue behind the others.
-                        let rejected = self.state.metrics.connections_rejected.inc() + 1;
-                        if rejected % 100 == 1 {
-                            tracing::warn!(%peer, max = self.options.max_connections, rejected_total = rejected, "connection limit reached; closing new connections");
-                        }
-                        drop(tcp);
-                        continue;
-                    };
-                    let Some(peer_slot) = peers.clone().enter(peer.ip(), per_peer) else {
-                        let rejected = self.state.metrics.connections_rejected_by_peer.inc() + 1;
-                        if rejected % 100 == 1 {
-                            tracing::warn!(%peer, max = per_peer, rejected_total = rejected, "connection limit for one address reached; closing its new connections");
-                        }
-                        drop(tcp);
-                        continue;
-                    };
-                    let open_gauge = self.state.metrics.connections_open.clone();
-                    let _ = tcp.set_nodelay(true);
-                    let acceptor = self.acceptor.clone();
-                    let service = TowerToHyperService::new(app.clone());
-                    let builder = builder.clone();
-                    let watcher = graceful.watcher();
-                    let handshake_timeout = self.options.handshake_timeout;
-                    tokio::spawn(async move {
-                        open_gauge.inc();
-                        let _open = OpenConnection { open: open_gauge, _slot: permit, _peer: peer_slot };
-                        let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let conn = builder.serve_connection(TokioIo::new(tls), service);
-                        if let Err(e) = watcher.watch(conn.into_owned()).await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
+            let accepted = tokio::select! {
+                () = &mut shutdown => return,
+                accepted = self.webhook.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-            }
+            };
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                // At the cap: close at once rather than queue behind the others.
+                let rejected = self.state.metrics.connections_rejected.inc() + 1;
+                if rejected % 100 == 1 {
+                    tracing::warn!(%peer, max = self.options.max_connections, rejected_total = rejected, "connection limit reached; closing new connections");
+                }
+                continue;
+            };
+            let Some(peer_slot) = peers.clone().enter(peer.ip(), per_peer) else {
+                let rejected = self.state.metrics.connections_rejected_by_peer.inc() + 1;
+                if rejected % 100 == 1 {
+                    tracing::warn!(%peer, max = per_peer, rejected_total = rejected, "connection limit for one address reached; closing its new connections");
+                }
+                continue;
+            };
+            let open = OpenConnection::new(
+                self.state.metrics.connections_open.clone(),
+                permit,
+                peer_slot,
+            );
+            // Every log line about this connection names the peer; requests (which HTTP/2
+            // serves in tasks of their own) get the span through their extensions.
+            let span = tracing::info_span!("connection", %peer);
+            let request_span = ConnectionSpan(span.clone());
+            let service = tower::ServiceExt::map_request(
+                app.clone(),
+                move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(request_span.clone());
+                    req
+                },
+            );
+            let serve = serve_connection(
+                tcp,
+                self.acceptor.clone(),
+                builder.clone(),
+                TowerToHyperService::new(service),
+                graceful.watcher(),
+                self.options.handshake_timeout,
+                open,
+            );
+            tokio::spawn(tracing::Instrument::instrument(serve, span));
         }
+    }
 
-        // Drain: not ready, no new connections, finish what is in flight.
+    /// Readiness off, no new connections, requests in flight finished (within the drain
+    /// time), then the admin server, the reloaders and the cluster side stopped.
+    async fn drain(self, graceful: GracefulShutdown, background: Background) {
         self.state.ready.store(false, Ordering::SeqCst);
         drop(self.webhook);
         tracing::info!(
@@ -447,15 +455,14 @@ impl Server {
         if drained.is_err() {
             tracing::warn!("drain time over; closing the remaining connections");
         }
-        let (admin, stop_admin) = admin_task;
-        let _ = stop_admin.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(1), admin).await;
-        for task in [reload_task, config_task].into_iter().flatten() {
+        let _ = background.stop_admin.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(1), background.admin).await;
+        for task in background.reloaders {
             task.abort();
         }
         // Mirroring stops and hands its lease over.
-        let _ = stop_cluster.send(true);
-        for task in cluster_tasks {
+        let _ = background.stop_cluster.send(true);
+        for task in background.cluster {
             if tokio::time::timeout(Duration::from_secs(5), task)
                 .await
                 .is_err()
@@ -464,7 +471,82 @@ impl Server {
             }
         }
         tracing::info!("stopped");
-        Ok(())
+    }
+}
+
+/// What runs beside the webhook while it serves.
+struct Background {
+    reloaders: Vec<tokio::task::JoinHandle<()>>,
+    admin: tokio::task::JoinHandle<()>,
+    admin_addr: String,
+    stop_admin: tokio::sync::oneshot::Sender<()>,
+    stop_cluster: tokio::sync::watch::Sender<bool>,
+    cluster: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// HTTP/1.1 and HTTP/2 settings of every webhook connection.
+fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .keep_alive(true);
+    // HTTP/2: a dead peer is found by pings within 50 s; a client may push at most 256 KiB
+    // a stream and 1 MiB a connection before we read (the default would be far more), and
+    // header blocks stay small (an AdmissionReview's headers are a few hundred bytes).
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .initial_stream_window_size(256 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_concurrent_streams(256)
+        .max_header_list_size(64 * 1024);
+    builder
+}
+
+/// The span of the connection a request came on (in the request's extensions).
+#[derive(Clone)]
+struct ConnectionSpan(tracing::Span);
+
+/// One webhook connection: the TLS handshake (bounded), then HTTP until it ends or the
+/// drain closes it. `open` counts it while it lives.
+async fn serve_connection<S>(
+    tcp: tokio::net::TcpStream,
+    acceptor: TlsAcceptor,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    service: TowerToHyperService<S>,
+    watcher: hyper_util::server::graceful::Watcher,
+    handshake_timeout: Duration,
+    open: OpenConnection,
+) where
+    S: tower::Service<
+            Request<hyper::body::Incoming>,
+            Response = Response<Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let _open = open;
+    let _ = tcp.set_nodelay(true);
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
@@ -607,6 +689,21 @@ struct OpenConnection {
     _peer: PeerSlot,
 }
 
+impl OpenConnection {
+    fn new(
+        open: prometheus_client::metrics::gauge::Gauge,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        peer: PeerSlot,
+    ) -> Self {
+        open.inc();
+        OpenConnection {
+            open,
+            _slot: slot,
+            _peer: peer,
+        }
+    }
+}
+
 /// Open connections by client address.
 #[derive(Default)]
 struct PeerCounts(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
@@ -667,6 +764,7 @@ impl Drop for InFlight<'_> {
 
 async fn mutate(
     State(state): State<Arc<AppState>>,
+    connection: Option<axum::Extension<ConnectionSpan>>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
@@ -683,7 +781,19 @@ async fn mutate(
         );
         return holding(body, shed(&state, "in-flight", &message));
     }
-    let response = answer(&state, &uri, &headers, body).await;
+    // Filled in once the review is decoded; every line logged while answering carries it
+    // (and the connection's peer, from the span around the connection).
+    let parent = connection.map_or_else(tracing::Span::current, |c| c.0.0.clone());
+    let span = tracing::debug_span!(
+        parent: &parent,
+        "request",
+        uid = tracing::field::Empty,
+        operation = tracing::field::Empty,
+        kind = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    );
+    let response =
+        tracing::Instrument::instrument(answer(&state, &uri, &headers, body), span).await;
     metrics.duration.observe(started.elapsed().as_secs_f64());
     response
 }
@@ -893,6 +1003,13 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
     match state.reviewer.review(&bytes) {
         Ok(reviewed) => {
             let d = &reviewed.decision;
+            let span = tracing::Span::current();
+            span.record("uid", reviewed.uid.as_str());
+            span.record("operation", reviewed.operation.as_str());
+            span.record("outcome", d.outcome.as_str());
+            if let Some(c) = &d.classified {
+                span.record("kind", c.kind.as_str());
+            }
             state
                 .metrics
                 .request(&reviewed.operation, d.outcome.as_str());

@@ -518,3 +518,99 @@ fn serve_survives_a_closed_stderr() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+/// Log lines about a request carry its connection's peer and, once decoded, its uid,
+/// operation, kind and outcome (tracing spans, shown by the JSON log format).
+#[test]
+fn log_lines_carry_the_peer_and_the_request_uid() {
+    use std::io::BufRead;
+    if std::process::Command::new("curl")
+        .arg("-V")
+        .output()
+        .is_err()
+    {
+        eprintln!("NOTICE: curl not found; span check skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = bin()
+        .args([
+            "serve",
+            "--cluster",
+            "off",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json", "--log-level", "clusterscope=debug"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let listen = loop {
+        let v = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("serve did not start");
+        if v["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("serving admission reviews")
+        {
+            break v["listen"].as_str().unwrap().to_owned();
+        }
+    };
+    let port = listen.rsplit(':').next().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--cacert"])
+        .arg(dir.path().join("certs/ca.crt"))
+        .args(["-H", "Content-Type: application/json", "--data-binary"])
+        .arg(format!("@{}", fixture("kubelet-node-not-ready.json")))
+        .arg(format!("https://localhost:{port}/mutate"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let reviewed = loop {
+        let v = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("no `reviewed` line");
+        if v["message"] == "reviewed" {
+            break v;
+        }
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let spans = reviewed["spans"].as_array().expect("no spans on the line");
+    let connection = spans
+        .iter()
+        .find(|s| s["name"] == "connection")
+        .unwrap_or_else(|| panic!("{reviewed}"));
+    assert!(
+        connection["peer"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("127.0.0.1:"),
+        "{reviewed}"
+    );
+    let request = spans.iter().find(|s| s["name"] == "request").unwrap();
+    assert_eq!(
+        request["uid"], "6513270e-269e-4d37-b2a7-4de452e6b438",
+        "{reviewed}"
+    );
+    assert_eq!(request["operation"], "CREATE");
+    assert_eq!(request["kind"], "Node");
+    assert_eq!(request["outcome"], "patched");
+}
