@@ -219,6 +219,22 @@ fn refused(message: impl Into<String>) -> Failure {
     }
 }
 
+/// An error and its causes in one line, each cause once (a message that already quotes its
+/// cause is not followed by it again).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn io_failure(message: impl Into<String>) -> Failure {
     Failure {
         code: 1,
@@ -435,11 +451,11 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let server = crate::server::Server::bind(options, metrics)
             .await
-            .map_err(|e| refused(e.0))?;
+            .map_err(|e| refused(error_chain(&e)))?;
         server
             .run(crate::telemetry::shutdown_signal())
             .await
-            .map_err(|e| io_failure(e.0))
+            .map_err(|e| io_failure(error_chain(&e)))
     })
 }
 

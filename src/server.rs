@@ -103,22 +103,26 @@ impl ServeOptions {
     }
 }
 
-/// A start-up failure, in an operator's words.
-#[derive(Debug)]
-pub struct ServeError(pub String);
-
-impl std::fmt::Display for ServeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ServeError {}
-
-impl From<TlsError> for ServeError {
-    fn from(e: TlsError) -> Self {
-        ServeError(e.0)
-    }
+/// A start-up failure, in an operator's words, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Generating or writing the self-signed pair failed.
+    #[error("{0}")]
+    SelfSigned(String),
+    #[error("cannot listen on {addr}{role}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        /// `""` for the webhook, `" (admin)"` for the admin port.
+        role: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use the cluster: {0}")]
+    Cluster(String),
 }
 
 /// Shared by every request.
@@ -165,8 +169,7 @@ impl Server {
         let (config, config_text) = match &options.config {
             Some(path) => Config::read(path),
             None => Ok((Config::embedded_default(), Vec::new())),
-        }
-        .map_err(|e| ServeError(format!("invalid configuration: {e}")))?;
+        }?;
         let (cert_path, key_path, (loaded, fingerprint)) = match &options.tls {
             Some((cert, key)) => (cert.clone(), key.clone(), crate::tls::load_pair(cert, key)?),
             None => self_signed_pair(&options.cert_dir)?,
@@ -176,15 +179,13 @@ impl Server {
         let tls_config = crate::tls::server_config(resolver.clone(), options.client_ca.as_deref())?;
         let reloader =
             CertReloader::new(cert_path, key_path, resolver, metrics.clone(), fingerprint);
-        let webhook = TcpListener::bind(options.listen)
-            .await
-            .map_err(|e| ServeError(format!("cannot listen on {}: {e}", options.listen)))?;
-        let admin = TcpListener::bind(options.admin_listen).await.map_err(|e| {
-            ServeError(format!(
-                "cannot listen on {} (admin): {e}",
-                options.admin_listen
-            ))
-        })?;
+        let listen = |addr: SocketAddr, role: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen { addr, role, source })
+        };
+        let webhook = listen(options.listen, "").await?;
+        let admin = listen(options.admin_listen, " (admin)").await?;
         let cluster_state = Arc::new(crate::status::StatusLine::default());
         let mode = &options.cluster.mode;
         // Resolved from local files and the environment only: binding never waits on the API
@@ -218,7 +219,7 @@ impl Server {
             }
             // Asked for explicitly: starting without it would hide the mistake.
             Err(reason) if mode.required() => {
-                return Err(ServeError(format!("cannot use the cluster: {reason}")));
+                return Err(ServeError::Cluster(reason));
             }
             Err(reason) => {
                 tracing::warn!(
@@ -561,8 +562,8 @@ pub fn self_signed_pair(
         return Ok((cert, key, pair));
     }
     let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let bundle = crate::certs::generate(&names).map_err(ServeError)?;
-    crate::certs::write(dir, &bundle).map_err(ServeError)?;
+    let bundle = crate::certs::generate(&names).map_err(ServeError::SelfSigned)?;
+    crate::certs::write(dir, &bundle).map_err(ServeError::SelfSigned)?;
     tracing::info!(
         ca = %ca.display(),
         "no --tls-cert/--tls-key given: created a self-signed CA and a certificate for localhost and 127.0.0.1; trust {} to call the webhook",

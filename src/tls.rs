@@ -19,17 +19,29 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::metrics::{Metrics, ResultLabels};
 
-/// A certificate pair that was refused, with the reason in an operator's words.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsError(pub String);
-
-impl std::fmt::Display for TlsError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A certificate, key or CA file that was refused: which file, why, and the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// `flag` names the command-line flag that gave the path, when one did.
+    #[error("cannot read {flag}{}: {source}", path.display())]
+    Read {
+        flag: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: not a PEM certificate: {source}")]
+    Pem {
+        file: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The file holds no usable certificate or key, or they do not belong together.
+    #[error("{file}: {reason}")]
+    Content { file: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[source] rustls::Error),
 }
-
-impl std::error::Error for TlsError {}
 
 /// A loaded pair: what rustls serves, and when the leaf certificate expires.
 #[derive(Debug)]
@@ -52,27 +64,37 @@ pub fn parse_pair(
 ) -> Result<LoadedCert, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError(format!("{cert_name}: not a PEM certificate: {e}")))?;
+        .map_err(|source| TlsError::Pem {
+            file: cert_name.to_owned(),
+            source,
+        })?;
+    let content = |file: &str, reason: String| TlsError::Content {
+        file: file.to_owned(),
+        reason,
+    };
     let Some(leaf) = chain.first() else {
-        return Err(TlsError(format!(
-            "{cert_name}: contains no CERTIFICATE block"
-        )));
+        return Err(content(
+            cert_name,
+            "contains no CERTIFICATE block".to_owned(),
+        ));
     };
     let not_after = x509_parser::parse_x509_certificate(leaf)
-        .map_err(|e| TlsError(format!("{cert_name}: certificate cannot be parsed: {e}")))?
+        .map_err(|e| content(cert_name, format!("certificate cannot be parsed: {e}")))?
         .1
         .validity()
         .not_after
         .timestamp();
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
-        TlsError(format!(
-            "{key_name}: no PKCS#1, PKCS#8 or SEC1 private key found: {e}"
-        ))
+        content(
+            key_name,
+            format!("no PKCS#1, PKCS#8 or SEC1 private key found: {e}"),
+        )
     })?;
     let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| {
-        TlsError(format!(
-            "{key_name} does not fit {cert_name} (or is not a supported key): {e}"
-        ))
+        content(
+            key_name,
+            format!("does not fit {cert_name} (or is not a supported key): {e}"),
+        )
     })?;
     Ok(LoadedCert {
         key: Arc::new(certified),
@@ -85,10 +107,15 @@ pub type LoadedPair = (LoadedCert, Vec<u8>);
 
 /// Reads and parses the pair at these paths.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedPair, TlsError> {
-    let cert_pem = std::fs::read(cert)
-        .map_err(|e| TlsError(format!("cannot read {}: {e}", cert.display())))?;
-    let key_pem =
-        std::fs::read(key).map_err(|e| TlsError(format!("cannot read {}: {e}", key.display())))?;
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| TlsError::Read {
+            flag: "",
+            path: path.to_owned(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
     let loaded = parse_pair(
         &cert_pem,
         &key_pem,
@@ -135,7 +162,7 @@ pub fn server_config(
 ) -> Result<ServerConfig, TlsError> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| TlsError(format!("TLS configuration: {e}")))?;
+        .map_err(TlsError::Config)?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
@@ -150,25 +177,35 @@ pub fn server_config(
 fn client_verifier(
     path: &Path,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
-    let shown = path.display();
-    let pem = std::fs::read(path)
-        .map_err(|e| TlsError(format!("--client-ca {shown}: cannot read: {e}")))?;
+    let file = format!("--client-ca {}", path.display());
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        flag: "--client-ca ",
+        path: path.to_owned(),
+        source,
+    })?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert =
-            cert.map_err(|e| TlsError(format!("--client-ca {shown}: not a PEM certificate: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| TlsError(format!("--client-ca {shown}: unusable CA certificate: {e}")))?;
+        let cert = cert.map_err(|source| TlsError::Pem {
+            file: file.clone(),
+            source,
+        })?;
+        roots.add(cert).map_err(|e| TlsError::Content {
+            file: file.clone(),
+            reason: format!("unusable CA certificate: {e}"),
+        })?;
     }
     if roots.is_empty() {
-        return Err(TlsError(format!(
-            "--client-ca {shown}: no certificate in the file"
-        )));
+        return Err(TlsError::Content {
+            file,
+            reason: "no certificate in the file".to_owned(),
+        });
     }
     rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|e| TlsError(format!("--client-ca {shown}: {e}")))
+        .map_err(|e| TlsError::Content {
+            file,
+            reason: e.to_string(),
+        })
 }
 
 /// Watches a certificate pair on disk and swaps it into the resolver when it changes.

@@ -77,7 +77,7 @@ fn pkcs8_sec1_and_pkcs1_keys_load() {
     // The RSA key with the ECDSA certificate: refused, naming both files.
     let err = load_pair(&d.join("tls.crt"), &d.join("rsa.key")).unwrap_err();
     assert!(
-        err.0.contains("rsa.key") && err.0.contains("tls.crt"),
+        err.to_string().contains("rsa.key") && err.to_string().contains("tls.crt"),
         "{err}"
     );
 }
@@ -86,9 +86,9 @@ fn pkcs8_sec1_and_pkcs1_keys_load() {
 fn garbage_and_half_written_files_are_refused_with_the_file_named() {
     let b = clusterscope::certs::generate(&["localhost".to_owned()]).unwrap();
     let err = parse_pair(b"", b.key_pem.as_bytes(), "tls.crt", "tls.key").unwrap_err();
-    assert!(err.0.starts_with("tls.crt"), "{err}");
+    assert!(err.to_string().starts_with("tls.crt"), "{err}");
     let half = &b.cert_pem[..b.cert_pem.len() / 2];
     assert!(parse_pair(half.as_bytes(), b.key_pem.as_bytes(), "tls.crt", "tls.key").is_err());
     let err = parse_pair(b.cert_pem.as_bytes(), b"junk", "tls.crt", "tls.key").unwrap_err();
-    assert!(err.0.starts_with("tls.key"), "{err}");
+    assert!(err.to_string().starts_with("tls.key"), "{err}");
 }
