@@ -199,6 +199,57 @@ pub struct Event<'a> {
     deprecated_source: Option<EventSource<'a>>,
 }
 
+/// Borrows an optional string of a typed object.
+fn borrowed(s: &Option<String>) -> Str<'_> {
+    s.as_deref().map(|v| Text(Cow::Borrowed(v)))
+}
+
+fn borrowed_map(m: &Option<std::collections::BTreeMap<String, String>>) -> Option<StringMap<'_>> {
+    m.as_ref().map(|m| {
+        StringMap(
+            m.iter()
+                .map(|(k, v)| (Cow::Borrowed(k.as_str()), Cow::Borrowed(v.as_str())))
+                .collect(),
+        )
+    })
+}
+
+impl<'a> From<&'a k8s_openapi::api::core::v1::Event> for Event<'a> {
+    /// The view of a stored core/v1 Event (as the mirror lists it), borrowing from it: the
+    /// same decision as for an admission request, without a JSON round trip.
+    fn from(e: &'a k8s_openapi::api::core::v1::Event) -> Self {
+        let r = &e.involved_object;
+        Event {
+            api_version: Some(Text(Cow::Borrowed("v1"))),
+            kind: Some(Text(Cow::Borrowed("Event"))),
+            metadata: Some(Metadata {
+                name: borrowed(&e.metadata.name),
+                generate_name: borrowed(&e.metadata.generate_name),
+                namespace: borrowed(&e.metadata.namespace),
+                labels: borrowed_map(&e.metadata.labels),
+                annotations: borrowed_map(&e.metadata.annotations),
+            }),
+            involved_object: Some(ObjectRef {
+                api_version: borrowed(&r.api_version),
+                kind: borrowed(&r.kind),
+                namespace: borrowed(&r.namespace),
+                name: borrowed(&r.name),
+            }),
+            regarding: None,
+            reason: borrowed(&e.reason),
+            type_: borrowed(&e.type_),
+            message: borrowed(&e.message),
+            note: None,
+            reporting_component: borrowed(&e.reporting_component),
+            reporting_controller: None,
+            source: e.source.as_ref().map(|s| EventSource {
+                component: borrowed(&s.component),
+            }),
+            deprecated_source: None,
+        }
+    }
+}
+
 /// Picks the first non-empty string.
 fn first_set<'s>(candidates: [&'s Str<'_>; 2]) -> &'s str {
     candidates
@@ -332,6 +383,41 @@ mod tests {
 #[cfg(test)]
 mod borrow_tests {
     use super::*;
+
+    /// The view of a typed Event reads the same as the view decoded from its JSON.
+    #[test]
+    fn typed_and_decoded_views_agree() {
+        let json = serde_json::json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "n.1", "namespace": "default", "labels": {"a": "b"},
+                         "annotations": {"c": "d"}},
+            "involvedObject": {"apiVersion": "storage.k8s.io/v1", "kind": "CSINode", "name": "node1"},
+            "reason": "R", "type": "Warning", "message": "m",
+            "reportingComponent": "", "source": {"component": "csi", "host": "node1"}
+        });
+        let typed: k8s_openapi::api::core::v1::Event =
+            serde_json::from_value(json.clone()).unwrap();
+        let text = json.to_string();
+        let decoded: Event = serde_json::from_str(&text).unwrap();
+        let view = Event::from(&typed);
+        let (a, b) = (&view, &decoded);
+        assert_eq!(a.kind(), b.kind());
+        assert_eq!(a.reason(), b.reason());
+        assert_eq!(a.type_(), b.type_());
+        assert_eq!(a.message(), b.message());
+        assert_eq!(a.reporter(), b.reporter());
+        let (ra, rb) = (a.reference().unwrap(), b.reference().unwrap());
+        assert_eq!(
+            (ra.api_version(), ra.kind(), ra.namespace(), ra.name()),
+            (rb.api_version(), rb.kind(), rb.namespace(), rb.name())
+        );
+        assert_eq!(a.labels().unwrap().get("a"), Some("b"));
+        assert_eq!(
+            a.annotations().unwrap().get("c"),
+            b.annotations().unwrap().get("c")
+        );
+        assert_eq!(a.display_name(), b.display_name());
+    }
 
     #[test]
     fn strings_without_escapes_are_borrowed_from_the_document() {

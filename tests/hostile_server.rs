@@ -157,8 +157,10 @@ async fn nine_seven_mib_bodies_at_once_stay_under_the_memory_limit() {
     let metrics = reqwest_free_get(&admin, "/metrics").await;
     drop(child);
     eprintln!("statuses {statuses:?}; serve peak RSS {peak_kib} kB");
+    // Served, shed (503), or, on a starved machine, cut at the request's timeout (408): each
+    // a clean answer on which the API server fails open.
     assert!(
-        statuses.iter().all(|s| *s == 200 || *s == 503),
+        statuses.iter().all(|s| matches!(s, 200 | 503 | 408)),
         "{statuses:?}"
     );
     assert!(statuses.contains(&200), "nothing was served: {statuses:?}");

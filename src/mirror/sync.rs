@@ -185,20 +185,8 @@ impl Syncer {
             operation,
             error,
         };
-        let text = serde_json::to_string(source).map_err(|e| {
-            fail(
-                &SyncReport::default(),
-                "label",
-                SinkError::Invalid(e.to_string()),
-            )
-        })?;
-        let view: crate::event::Event = serde_json::from_str(&text).map_err(|e| {
-            fail(
-                &SyncReport::default(),
-                "label",
-                SinkError::Invalid(e.to_string()),
-            )
-        })?;
+        // The same view the webhook decides on, borrowed from the typed event.
+        let view = crate::event::Event::from(source);
         // One consistent configuration for the whole sync, even if it is reloaded meanwhile.
         let config = self.config.load_full();
         let source_ns = source.metadata.namespace.as_deref().unwrap_or("default");
