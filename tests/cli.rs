@@ -32,6 +32,121 @@ fn stderr_line(out: &Output) -> String {
     err
 }
 
+/// `clusterscope serve` as its own process, JSON logs, ephemeral ports: the process, its log
+/// lines as they come, and the lines up to "serving admission reviews".
+struct Serving {
+    /// `None` once stopped; dropped unstopped, the process is killed and waited for.
+    child: Option<std::process::Child>,
+    logs: std::sync::mpsc::Receiver<String>,
+    /// Log lines up to and including the "serving" line.
+    started: Vec<String>,
+    listen: String,
+    admin: String,
+}
+
+/// Starts `serve` in `dir`; `extra` adds arguments and environment.
+fn start_serve(dir: &std::path::Path, extra: impl FnOnce(&mut Command)) -> Serving {
+    use std::io::BufRead;
+    let mut cmd = bin();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .args(["--log-format", "json"])
+    .current_dir(dir)
+    .env_remove("RUST_LOG")
+    .env_remove("KUBERNETES_SERVICE_HOST")
+    .stderr(Stdio::piped());
+    extra(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, logs) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut serving = Serving {
+        child: Some(child),
+        logs,
+        started: Vec::new(),
+        listen: String::new(),
+        admin: String::new(),
+    };
+    loop {
+        let line = serving
+            .logs
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("serve did not start; log so far: {:?}", serving.started));
+        let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        serving.started.push(line);
+        if entry["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("serving admission reviews")
+        {
+            let field = |k: &str| entry[k].as_str().unwrap_or("").to_owned();
+            serving.listen = field("listen");
+            serving.admin = field("admin");
+            return serving;
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Serving {
+    /// `GET path` on the admin port: the whole HTTP answer.
+    fn admin_get(&self, path: &str) -> String {
+        let mut tcp = std::net::TcpStream::connect(&self.admin).unwrap();
+        tcp.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
+        answer
+    }
+
+    /// SIGTERM, then the exit status (within 30 s).
+    fn stop(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let Some(mut child) = self.child.take() else {
+            panic!("stopped twice");
+        };
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not stop on SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        (status, self.logs.try_iter().collect())
+    }
+}
+
 #[test]
 fn review_prints_the_response_review() {
     let out = run(&["review", &fixture("kubelet-node-not-ready.json")]);
@@ -161,7 +276,6 @@ fn check_config_refuses_with_file_line_and_reason() {
 /// `serve` with no flags but ports: creates its certificates, serves, and exits 0 on SIGTERM.
 #[test]
 fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     // A kubeconfig in reach that points at a listening "API server": serve must not use it
     // unasked (on a laptop it may well be production).
@@ -176,48 +290,10 @@ fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
         ),
     )
     .unwrap();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .env("KUBECONFIG", &kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let serving = start_serve(dir.path(), |cmd| {
+        cmd.env("KUBECONFIG", &kubeconfig);
     });
-    let mut lines = Vec::new();
-    let admin = loop {
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("serve did not start; log so far: {lines:?}"));
-        let entry: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        lines.push(line);
-        if entry["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("serving admission reviews")
-        {
-            break entry["admin"].as_str().unwrap().to_owned();
-        }
-    };
+    let lines = &serving.started;
     assert!(
         lines
             .iter()
@@ -238,31 +314,11 @@ fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
     for f in ["ca.crt", "tls.crt", "tls.key"] {
         assert!(dir.path().join("certs").join(f).exists(), "{f} not created");
     }
-    let mut tcp = std::net::TcpStream::connect(&admin).unwrap();
-    tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut tcp, &mut answer).unwrap();
+    let answer = serving.admin_get("/readyz");
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("mirroring: off"), "{answer}");
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "serve did not stop on SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let (status, rest) = serving.stop();
     assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = rx.try_iter().collect();
     assert!(
         rest.iter().any(|l| l.contains("SIGTERM received")),
         "{rest:?}"
@@ -407,7 +463,6 @@ fn serve_with_an_unusable_client_ca_exits_2() {
 /// refuses connections, `serve` is ready at once and `/readyz` says mirroring waits for it.
 #[test]
 fn serve_does_not_wait_for_an_absent_api_server() {
-    use std::io::{BufRead, Read, Write};
     let dir = tempfile::tempdir().unwrap();
     // Port 1 (tcpmux): nothing listens there, so connections are refused at once. (A port
     // freed by this test could be taken by a parallel test's server.)
@@ -420,55 +475,18 @@ fn serve_does_not_wait_for_an_absent_api_server() {
         ),
     )
     .unwrap();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("serve: {line}");
-            let entry: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            let message = entry["message"].as_str().unwrap_or("");
-            if message.starts_with("serving admission reviews") {
-                let _ = tx.send(entry["admin"].as_str().unwrap_or("").to_owned());
-            }
-        }
+    let serving = start_serve(dir.path(), |cmd| {
+        cmd.arg("--kubeconfig").arg(&kubeconfig);
     });
-    let admin = rx
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("serve did not start");
     let mut answer = String::new();
     for _ in 0..50 {
-        let mut tcp = std::net::TcpStream::connect(&admin).unwrap();
-        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .unwrap();
-        answer.clear();
-        tcp.read_to_string(&mut answer).unwrap();
+        answer = serving.admin_get("/readyz");
         if answer.contains("waiting for the API server") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
+    let (status, _) = serving.stop();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer.contains(&format!(
@@ -523,7 +541,6 @@ fn serve_survives_a_closed_stderr() {
 /// operation, kind and outcome (tracing spans, shown by the JSON log format).
 #[test]
 fn log_lines_carry_the_peer_and_the_request_uid() {
-    use std::io::BufRead;
     if std::process::Command::new("curl")
         .arg("-V")
         .output()
@@ -533,44 +550,10 @@ fn log_lines_carry_the_peer_and_the_request_uid() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--cluster",
-            "off",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json", "--log-level", "clusterscope=debug"])
-        .current_dir(dir.path())
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send(v);
-            }
-        }
+    let serving = start_serve(dir.path(), |cmd| {
+        cmd.args(["--cluster", "off", "--log-level", "clusterscope=debug"]);
     });
-    let listen = loop {
-        let v = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
-            .expect("serve did not start");
-        if v["message"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("serving admission reviews")
-        {
-            break v["listen"].as_str().unwrap().to_owned();
-        }
-    };
+    let listen = serving.listen.clone();
     let port = listen.rsplit(':').next().unwrap();
     let out = std::process::Command::new("curl")
         .args(["-s", "-o", "/dev/null", "--cacert"])
@@ -582,17 +565,16 @@ fn log_lines_carry_the_peer_and_the_request_uid() {
         .unwrap();
     assert!(out.status.success());
     let reviewed = loop {
-        let v = rx
+        let line = serving
+            .logs
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("no `reviewed` line");
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
         if v["message"] == "reviewed" {
             break v;
         }
     };
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    let _ = serving.stop();
     let spans = reviewed["spans"].as_array().expect("no spans on the line");
     let connection = spans
         .iter()
