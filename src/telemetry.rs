@@ -82,9 +82,12 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     };
     // A log line that cannot be written (stderr closed) is dropped: by default the subscriber
     // would report it with `eprintln!`, which panics the task that logged.
+    // Colours only for a person at a terminal: a pod's log or a file gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .log_internal_errors(false)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

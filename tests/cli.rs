@@ -99,6 +99,29 @@ fn start_serve(dir: &std::path::Path, extra: impl FnOnce(&mut Command)) -> Servi
     }
 }
 
+/// A child process killed and waited for when dropped.
+struct Reaped(Option<std::process::Child>);
+
+impl Reaped {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("waited twice");
+        child.wait().unwrap()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 impl Drop for Serving {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -520,11 +543,16 @@ fn serve_survives_a_closed_stderr() {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
+    // Killed and waited for if an assertion below fails first.
+    let mut child = Reaped(Some(child));
     for line in std::io::BufReader::new(stderr).lines() {
-        if line
-            .unwrap_or_default()
-            .contains("serving admission reviews")
-        {
+        let line = line.unwrap_or_default();
+        // Text logs to a pipe carry no terminal colour codes.
+        assert!(
+            !line.contains('\u{1b}'),
+            "colour codes in a piped log: {line:?}"
+        );
+        if line.contains("serving admission reviews") {
             break;
         }
     }
@@ -533,7 +561,7 @@ fn serve_survives_a_closed_stderr() {
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
-    let status = child.wait().unwrap();
+    let status = child.wait();
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
