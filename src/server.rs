@@ -80,29 +80,6 @@ pub struct ServeOptions {
     pub client_ca: Option<PathBuf>,
 }
 
-impl ServeOptions {
-    /// Options with the documented defaults, listening on `listen` and `admin_listen`.
-    pub fn new(listen: SocketAddr, admin_listen: SocketAddr) -> Self {
-        ServeOptions {
-            listen,
-            admin_listen,
-            config: None,
-            tls: None,
-            cert_dir: PathBuf::from("certs"),
-            cert_reload_interval: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(5),
-            handshake_timeout: Duration::from_secs(10),
-            cluster: crate::cluster::ClusterOptions::default(),
-            max_connections: 2048,
-            max_in_flight: 1024,
-            body_memory: DEFAULT_BODY_MEMORY,
-            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
-            client_ca: None,
-        }
-    }
-}
-
 /// A start-up failure, in an operator's words, with its cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {

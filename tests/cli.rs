@@ -32,6 +32,19 @@ fn stderr_line(out: &Output) -> String {
     err
 }
 
+/// A kubeconfig in `dir` whose current context points at `http://<address>` with a token.
+fn write_kubeconfig(dir: &std::path::Path, address: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{address}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
 /// `clusterscope serve` as its own process, JSON logs, ephemeral ports: the process, its log
 /// lines as they come, and the lines up to "serving admission reviews".
 struct Serving {
@@ -304,15 +317,7 @@ fn serve_runs_out_of_the_box_and_stops_on_sigterm() {
     // unasked (on a laptop it may well be production).
     let bait = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     bait.set_nonblocking(true).unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: u\ncurrent-context: prod\n",
-            bait.local_addr().unwrap()
-        ),
-    )
-    .unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), &bait.local_addr().unwrap().to_string());
     let serving = start_serve(dir.path(), |cmd| {
         cmd.env("KUBECONFIG", &kubeconfig);
     });
@@ -490,14 +495,7 @@ fn serve_does_not_wait_for_an_absent_api_server() {
     // Port 1 (tcpmux): nothing listens there, so connections are refused at once. (A port
     // freed by this test could be taken by a parallel test's server.)
     let port = 1;
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://127.0.0.1:{port}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
+    let kubeconfig = write_kubeconfig(dir.path(), &format!("127.0.0.1:{port}"));
     let serving = start_serve(dir.path(), |cmd| {
         cmd.arg("--kubeconfig").arg(&kubeconfig);
     });

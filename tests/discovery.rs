@@ -132,12 +132,7 @@ fn spawn_cluster(
     };
     let options = clusterscope::cluster::ClusterOptions {
         identity: "replica-0".into(),
-        lease: Some(clusterscope::leader::LeaseOptions {
-            lease_duration: Duration::from_secs(1),
-            renew_deadline: Duration::from_millis(700),
-            retry_period: Duration::from_millis(100),
-            ..clusterscope::leader::LeaseOptions::new("clusterscope-system", "replica-0")
-        }),
+        lease: Some(fake_apiserver::short_lease("replica-0")),
         discovery_wait,
         ..Default::default()
     };

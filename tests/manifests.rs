@@ -367,12 +367,7 @@ async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
         cluster: clusterscope::cluster::ClusterOptions {
             mode: clusterscope::cluster::ClusterMode::Client(api.client()),
             identity: "replica-0".into(),
-            lease: Some(clusterscope::leader::LeaseOptions {
-                lease_duration: Duration::from_secs(1),
-                renew_deadline: Duration::from_millis(700),
-                retry_period: Duration::from_millis(100),
-                ..clusterscope::leader::LeaseOptions::new("clusterscope-system", "replica-0")
-            }),
+            lease: Some(fake_apiserver::short_lease("replica-0")),
             ..Default::default()
         },
     };

@@ -7,7 +7,7 @@ mod fake_apiserver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clusterscope::leader::{LeaseLock, LeaseOptions, run_while_leader};
+use clusterscope::leader::{LeaseLock, run_while_leader};
 use clusterscope::metrics::Metrics;
 use clusterscope::mirror::controller::{self, ControllerOptions};
 use clusterscope::mirror::sync::Syncer;
@@ -114,15 +114,7 @@ async fn a_429_storm_loses_nothing() {
 async fn the_leader_killed_mid_work_is_replaced_and_nothing_is_lost_or_doubled() {
     let api = FakeApiServer::start(&["default", "team-infra", "clusterscope-system"]).await;
     let replica = |id: &str| {
-        let lock = LeaseLock::new(
-            api.client(),
-            LeaseOptions {
-                lease_duration: Duration::from_secs(1),
-                renew_deadline: Duration::from_millis(700),
-                retry_period: Duration::from_millis(100),
-                ..LeaseOptions::new("clusterscope-system", id)
-            },
-        );
+        let lock = LeaseLock::new(api.client(), fake_apiserver::short_lease(id));
         let syncer = syncer(&api);
         tokio::spawn(run_while_leader(
             lock,

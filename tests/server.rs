@@ -125,12 +125,7 @@ async fn start_tuned(
         cluster: clusterscope::cluster::ClusterOptions {
             mode,
             identity: "replica-0".into(),
-            lease: Some(clusterscope::leader::LeaseOptions {
-                lease_duration: Duration::from_secs(1),
-                renew_deadline: Duration::from_millis(700),
-                retry_period: Duration::from_millis(100),
-                ..clusterscope::leader::LeaseOptions::new("clusterscope-system", "replica-0")
-            }),
+            lease: Some(fake_apiserver::short_lease("replica-0")),
             controller: clusterscope::mirror::controller::ControllerOptions {
                 workers: 2,
                 retry_base: Duration::from_millis(50),

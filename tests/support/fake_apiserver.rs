@@ -442,6 +442,16 @@ impl RunningController {
     }
 }
 
+/// Lease timings short enough for tests: 1 s lease, 700 ms renew deadline, 100 ms retries.
+pub fn short_lease(identity: &str) -> clusterscope::leader::LeaseOptions {
+    clusterscope::leader::LeaseOptions {
+        lease_duration: Duration::from_secs(1),
+        renew_deadline: Duration::from_millis(700),
+        retry_period: Duration::from_millis(100),
+        ..clusterscope::leader::LeaseOptions::new("clusterscope-system", identity)
+    }
+}
+
 /// Polls `cond` every 20 ms for up to `secs` seconds; whether it came true.
 pub async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + Duration::from_secs(secs);
