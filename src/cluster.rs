@@ -11,8 +11,9 @@ use crate::leader::{LeaseLock, LeaseOptions, run_while_leader};
 use crate::metrics::Metrics;
 use crate::mirror::controller::{self, ControllerOptions};
 use crate::mirror::sync::Syncer;
+use crate::recorder::pipeline::Destination;
 use crate::recorder::{
-    Broadcaster, BroadcasterOptions, EventSink, KubeSink, LogSink, Recorder, SystemClock, WARNING,
+    Broadcaster, BroadcasterOptions, KubeSink, LogSink, Recorder, SystemClock, WARNING,
 };
 use k8s_openapi::api::core::v1::ObjectReference;
 
@@ -337,8 +338,7 @@ fn start(
         options.discovery.clone(),
         stopped(stop.clone()),
     ));
-    let log_sink: Arc<dyn EventSink> = Arc::new(LogSink::stdout());
-    let syncer = Syncer::new(client.clone(), config, resolver, Some(log_sink));
+    let log_sink: Arc<dyn Destination> = Arc::new(LogSink::stdout());
     let lease = options
         .lease
         .clone()
@@ -354,6 +354,8 @@ fn start(
         &options.identity,
         clock,
     ));
+    let syncer = Syncer::new(client.clone(), config, resolver, Some(log_sink))
+        .with_recorder(recorder.clone());
     let lease_ref = ObjectReference {
         api_version: Some("coordination.k8s.io/v1".to_owned()),
         kind: Some("Lease".to_owned()),

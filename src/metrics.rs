@@ -77,6 +77,17 @@ pub struct MirrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkResultLabels {
+    pub sink: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: String,
 }
@@ -102,6 +113,9 @@ pub struct Metrics {
     pub mirror_watch_errors: Counter,
     pub mirror_leader: Gauge,
     pub recorder_dropped: Counter,
+    pub deliveries: Family<SinkResultLabels, Counter>,
+    pub delivery_queue_full: Family<SinkLabels, Counter>,
+    pub delivery_queue_depth: Family<SinkLabels, Gauge>,
     pub discovery_refreshes: Family<ResultLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub by_reason: Family<ReasonLabels, Counter>,
@@ -190,7 +204,7 @@ impl Metrics {
         let mirror_writes = Family::<MirrorLabels, Counter>::default();
         registry.register(
             "mirror_writes",
-            "Mirror writes by channel, operation (label, unlabel, create, update, log, foreign) and result",
+            "Mirror writes by channel, operation (label, unlabel, create, update, append, foreign) and result",
             mirror_writes.clone(),
         );
         let shed_requests = Family::<WhyLabels, Counter>::default();
@@ -245,6 +259,24 @@ impl Metrics {
             "1 while this replica holds the mirror lease",
             mirror_leader.clone(),
         );
+        let deliveries = Family::<SinkResultLabels, Counter>::default();
+        registry.register(
+            "deliveries",
+            "Deliveries by sink (kubernetes, log) and result: create, update, unchanged, append (written or already there), error (a try failed), given_up",
+            deliveries.clone(),
+        );
+        let delivery_queue_full = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "delivery_queue_full",
+            "Deliveries refused because the sink's queue held its capacity (the mirror offers them again later)",
+            delivery_queue_full.clone(),
+        );
+        let delivery_queue_depth = Family::<SinkLabels, Gauge>::default();
+        registry.register(
+            "delivery_queue_depth",
+            "Deliveries a sink holds: queued, being written, or waiting for a retry",
+            delivery_queue_depth.clone(),
+        );
         let recorder_dropped = Counter::default();
         registry.register(
             "recorder_dropped_events",
@@ -290,6 +322,9 @@ impl Metrics {
             mirror_watch_errors,
             mirror_leader,
             recorder_dropped,
+            deliveries,
+            delivery_queue_full,
+            delivery_queue_depth,
             discovery_refreshes,
             config_reloads,
             by_reason,
@@ -336,7 +371,50 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one mirror write: `operation` (label, unlabel, create, update, log, foreign) and
+    /// Counts one delivery's `result` in `sink`.
+    pub fn delivery(&self, sink: &str, result: &str) {
+        self.deliveries
+            .get_or_create(&SinkResultLabels {
+                sink: sink.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Makes a sink's delivery families present (at zero) before its first delivery.
+    pub fn delivery_sink(&self, sink: &str) {
+        let labels = SinkLabels {
+            sink: sink.to_owned(),
+        };
+        drop(self.delivery_queue_full.get_or_create(&labels));
+        drop(self.delivery_queue_depth.get_or_create(&labels));
+        for result in ["create", "update", "error", "given_up"] {
+            drop(self.deliveries.get_or_create(&SinkResultLabels {
+                sink: sink.to_owned(),
+                result: result.to_owned(),
+            }));
+        }
+    }
+
+    /// One delivery refused by a full queue of `sink`.
+    pub fn delivery_queue_full(&self, sink: &str) {
+        self.delivery_queue_full
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Deliveries `sink` holds now.
+    pub fn delivery_queue_depth(&self, sink: &str, held: usize) {
+        self.delivery_queue_depth
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one mirror write: `operation` (label, unlabel, create, update, append, foreign) and
     /// `result` (success, error).
     pub fn mirror_write(&self, channel: &str, operation: &str, result: &str) {
         self.mirror_writes

@@ -1,50 +1,32 @@
 //! The mirror controller: list+watch events in `default` and `kube-system` (the only places
 //! events about cluster-scoped objects can be stored), and sync each one through a keyed work
-//! queue. Driven by what was stored, not by admission: dry-runs and writes the API server
+//! queue: plan it, label the source if needed, and hand its deliveries (copies, log lines) to
+//! the recorder's [`Pipeline`], which writes them. Driven by what was stored, not by admission: dry-runs and writes the API server
 //! refused never reach it, and events written while the webhook or the controller was down
 //! are caught up by the list that starts every watch (and every watch restart).
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
-use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 use crate::mirror::sync::Syncer;
+use crate::recorder::pipeline::{
+    Delivered, Delivery, Failure, LaneOptions, Observer, Pipeline, Refused,
+};
+use crate::recorder::queue::{Done, Given, KeyedQueue, RetryPolicy};
 
 pub use crate::decide::SOURCE_NAMESPACES;
 /// Only events whose involved object has no namespace: everything else is not ours.
 pub const FIELD_SELECTOR: &str = "involvedObject.namespace=";
 
 type Key = (String, String);
-
-/// A work queue as controller-runtime's: each key is queued once, holds its latest object,
-/// and is never worked on by two workers at once; failures come back after a growing delay.
-#[derive(Default)]
-pub struct WorkQueue {
-    state: Mutex<QueueState>,
-    ready: Notify,
-}
-
-#[derive(Default)]
-struct QueueState {
-    latest: HashMap<Key, Event>,
-    order: VecDeque<Key>,
-    queued: HashSet<Key>,
-    active: HashSet<Key>,
-    failures: HashMap<Key, u32>,
-    /// When each key was first queued since it was last synced (for lag).
-    since: HashMap<Key, Instant>,
-    /// Keys forgotten while a worker had them: dropped when that worker is done.
-    forgotten: HashSet<Key>,
-}
 
 fn key_of(ev: &Event) -> Key {
     (
@@ -53,174 +35,27 @@ fn key_of(ev: &Event) -> Key {
     )
 }
 
-impl WorkQueue {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
-        crate::locks::lock(&self.state)
-    }
-
-    /// Queues the latest state of an event.
-    pub fn add(&self, ev: Event) {
-        let key = key_of(&ev);
-        let mut s = self.lock();
-        // Re-created after being forgotten: a new life.
-        s.forgotten.remove(&key);
-        s.latest.insert(key.clone(), ev);
-        s.since.entry(key.clone()).or_insert_with(Instant::now);
-        if !s.active.contains(&key) && s.queued.insert(key.clone()) {
-            s.order.push_back(key);
-            drop(s);
-            self.ready.notify_one();
-        }
-    }
-
-    /// Number of keys waiting.
-    pub fn len(&self) -> usize {
-        self.lock().order.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Waits for the next key to work on.
-    pub async fn next(&self) -> (Key, Event, Instant) {
-        loop {
-            let notified = self.ready.notified();
-            {
-                let mut s = self.lock();
-                while let Some(key) = s.order.pop_front() {
-                    s.queued.remove(&key);
-                    if let Some(ev) = s.latest.remove(&key) {
-                        s.active.insert(key.clone());
-                        let since = s.since.remove(&key).unwrap_or_else(Instant::now);
-                        return (key, ev, since);
-                    }
-                }
-            }
-            notified.await;
-        }
-    }
-
-    /// Marks `key` done. A failure is retried after `backoff(failures)` unless a newer state
-    /// arrived meanwhile (which is queued at once), up to `max_attempts` syncs; past that, or
-    /// for [`Done::GiveUp`], the key is forgotten. Returns [`Given::Up`] when it was.
-    pub fn done(self: &Arc<Self>, key: Key, done: Done, retry: &RetryPolicy) -> Given {
-        let mut s = self.lock();
-        s.active.remove(&key);
-        if s.forgotten.remove(&key) {
-            s.failures.remove(&key);
-            return Given::Not;
-        }
-        if s.latest.contains_key(&key) {
-            // A newer state came in while this one was worked on: it gets a fresh start.
-            s.failures.remove(&key);
-            if s.queued.insert(key.clone()) {
-                s.order.push_back(key);
-            }
-            drop(s);
-            self.ready.notify_one();
-            return Given::Not;
-        }
-        let ev = match done {
-            Done::Synced => {
-                s.failures.remove(&key);
-                return Given::Not;
-            }
-            Done::GiveUp => {
-                s.failures.remove(&key);
-                s.since.remove(&key);
-                return Given::Up;
-            }
-            Done::Retry(ev) => ev,
-        };
-        let n = s.failures.entry(key.clone()).or_insert(0);
-        *n = n.saturating_add(1);
-        let failures = *n;
-        if failures >= retry.max_attempts {
-            s.failures.remove(&key);
-            s.since.remove(&key);
-            return Given::Up;
-        }
-        let delay = retry
-            .base
-            .saturating_mul(2u32.saturating_pow(failures.min(10) - 1))
-            .min(retry.max_delay);
-        drop(s);
-        let queue = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            // Retry only if nothing happened to the key meanwhile: no newer state, not synced,
-            // not forgotten (each of those resets or removes its failure count).
-            let still_failing = {
-                let s = queue.lock();
-                !s.latest.contains_key(&key) && s.failures.get(&key) == Some(&failures)
-            };
-            if still_failing {
-                queue.add(*ev);
-            }
-        });
-        Given::Not
-    }
-
-    /// Forgets `key` (its source was deleted): a queued state and pending retries are dropped.
-    pub fn forget(&self, key: &Key) {
-        let mut s = self.lock();
-        s.latest.remove(key);
-        s.failures.remove(key);
-        s.since.remove(key);
-        if s.queued.remove(key) {
-            s.order.retain(|k| k != key);
-        }
-        if s.active.contains(key) {
-            s.forgotten.insert(key.clone());
-        }
-    }
-
-    /// Keys with pending retries (for tests and metrics).
-    pub fn failing(&self) -> usize {
-        self.lock().failures.len()
-    }
-}
-
-/// How a sync of one key ended.
-#[derive(Debug)]
-pub enum Done {
-    Synced,
-    /// Failed; try again later with this state.
-    Retry(Box<Event>),
-    /// Failed for good (the API server refuses the object, or a foreign event holds the name).
-    GiveUp,
-}
-
-/// Whether [`WorkQueue::done`] gave up on the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Given {
-    Up,
-    Not,
-}
-
-/// Retry delays and the cap on attempts.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// First delay; doubles per failure.
-    pub base: Duration,
-    pub max_delay: Duration,
-    /// Syncs of one state before it is given up (the next change of the source starts over).
-    pub max_attempts: u32,
-}
+/// Stored events waiting for their sync, by namespace/name, each with its latest state.
+///
+/// Hand-written over kube-runtime's `Controller`, which reconciles from a reflector store:
+/// that keeps every watched event in memory for ever (20,000 stored events: +22 MB RSS in
+/// `benches/resync.rs`), where this queue holds only the ones waiting; and it has no bounded
+/// hand-off to report a full delivery queue back to the scheduler.
+pub type WorkQueue = KeyedQueue<Key, Event>;
 
 /// Controller settings.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
+    /// Workers that plan syncs and label sources, and workers of the copy sink.
     pub workers: usize,
-    /// First retry delay after a failed sync; doubles up to 5 minutes.
+    /// First retry delay after a failed sync or delivery; doubles up to 5 minutes.
     pub retry_base: Duration,
-    /// Syncs of one state of a source before it is given up.
+    /// Tries of one state of a source (or of one delivery) before it is given up.
     pub max_attempts: u32,
+    /// Deliveries each sink holds before it refuses new ones.
+    pub queue_capacity: usize,
+    /// When a sink refused a delivery (full), the source is planned again after this.
+    pub full_retry: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -231,6 +66,9 @@ impl Default for ControllerOptions {
             // 1 + 2 + 4 + ... + 256 s, then 5 min: about 19 minutes of trying, longer than
             // the default event TTL (1 h) leaves an expired source's copy any use.
             max_attempts: 12,
+            // About 15 MB of copies at most; a re-sync of a larger backlog is offered in turns.
+            queue_capacity: 10_000,
+            full_retry: Duration::from_secs(5),
         }
     }
 }
@@ -239,8 +77,156 @@ impl ControllerOptions {
     fn retry(&self) -> RetryPolicy {
         RetryPolicy {
             base: self.retry_base,
+            factor: 2,
             max_delay: Duration::from_secs(300),
             max_attempts: self.max_attempts.max(1),
+        }
+    }
+
+    /// The delivery pipeline for `syncer`'s sinks: the copy sink with `workers` workers, the
+    /// log stream with one.
+    fn pipeline(&self, syncer: &Syncer, observer: Arc<dyn Observer>) -> Pipeline {
+        syncer
+            .destinations()
+            .into_iter()
+            .fold(Pipeline::new(observer), |pipeline, sink| {
+                let workers = if sink.name() == crate::mirror::sink::KUBERNETES {
+                    self.workers
+                } else {
+                    1
+                };
+                pipeline.with_sink(
+                    sink,
+                    LaneOptions {
+                        capacity: self.queue_capacity,
+                        workers,
+                        retry: self.retry(),
+                    },
+                )
+            })
+    }
+}
+
+/// What the mirror makes of every delivery: metrics, and an event of its own for one given up.
+struct Report {
+    metrics: Arc<Metrics>,
+    recorder: Option<Arc<crate::recorder::Recorder>>,
+}
+
+impl Observer for Report {
+    fn delivered(&self, sink: &'static str, delivery: &Delivery, how: Delivered) {
+        self.metrics.delivery(sink, how.as_str());
+        if how.wrote() {
+            self.metrics
+                .mirror_write(&delivery.channel, how.as_str(), "success");
+        }
+        if matches!(how, Delivered::Created | Delivered::Updated) {
+            self.metrics.mirror_lag(delivery.since.elapsed());
+        }
+    }
+
+    fn failed(&self, sink: &'static str, delivery: &Delivery, failure: &Failure, given_up: bool) {
+        self.metrics.delivery(sink, "error");
+        self.metrics
+            .mirror_write(&delivery.channel, failure.operation, "error");
+        if !given_up {
+            return;
+        }
+        self.metrics.delivery(sink, "given_up");
+        self.metrics.mirror_given_up(&delivery.channel);
+        if let Some(recorder) = &self.recorder {
+            let message = format!(
+                "clusterscope gave up delivering this event to {sink} ({}, channel {}) until it changes again: {}",
+                delivery.key,
+                delivery.channel,
+                crate::telemetry::clip(&failure.to_string(), 512)
+            );
+            if !recorder.event(
+                &delivery.source,
+                crate::recorder::WARNING,
+                "DeliveryGivenUp",
+                &message,
+            ) {
+                self.metrics.recorder_dropped.inc();
+            }
+        }
+    }
+
+    fn full(&self, sink: &'static str, _delivery: &Delivery) {
+        self.metrics.delivery_queue_full(sink);
+    }
+
+    fn depth(&self, sink: &'static str, held: usize) {
+        self.metrics.delivery_queue_depth(sink, held);
+    }
+}
+
+/// What a worker of the controller works with.
+#[derive(Clone)]
+struct Worker {
+    syncer: Syncer,
+    pipeline: Arc<Pipeline>,
+    queue: Arc<WorkQueue>,
+    metrics: Arc<Metrics>,
+    options: ControllerOptions,
+}
+
+impl Worker {
+    async fn run(self) {
+        loop {
+            let (key, ev, since) = self.queue.next().await;
+            self.metrics.mirror_queue_depth.set(self.queue.len() as i64);
+            self.step(key, ev, since).await;
+        }
+    }
+
+    /// One source: plan, label it, hand its deliveries to the pipeline; then tell the queue
+    /// how it went (a refused delivery brings the source back later, a failed label retries).
+    async fn step(&self, key: Key, ev: Event, since: std::time::Instant) {
+        let Worker {
+            syncer,
+            pipeline,
+            queue,
+            metrics,
+            options,
+        } = self;
+        let plan = syncer.plan(&ev, since);
+        let channel = plan.channel.clone().unwrap_or_default();
+        let labelled = syncer.label(&ev, &plan).await;
+        match (&labelled, &plan.label) {
+            (Ok(true), Some((operation, _))) => {
+                metrics.mirror_write(&channel, operation, "success")
+            }
+            (Err(e), _) => metrics.mirror_write(&channel, e.operation, "error"),
+            _ => {}
+        }
+        let mut refused = false;
+        for (sink, delivery) in plan.deliveries {
+            match pipeline.offer(sink, delivery) {
+                Ok(()) => {}
+                Err(Refused::Full(_)) => refused = true,
+                Err(Refused::NoSink(d)) => {
+                    tracing::debug!(sink, key = %d.key, "mirror: no such sink; delivery dropped");
+                }
+            }
+        }
+        let done = match &labelled {
+            // Offered again later: the full sink has room by then, or it is offered again.
+            _ if refused => Done::Later(ev, options.full_retry),
+            Ok(_) => Done::Finished,
+            Err(e) if e.retryable => Done::Retry(ev),
+            Err(_) => Done::GiveUp,
+        };
+        let given = queue.done(key.clone(), done, &options.retry());
+        if let Err(e) = &labelled {
+            if given == Given::Up {
+                metrics.mirror_given_up(&channel);
+                tracing::warn!(namespace = %key.0, name = %key.1, channel, error = %e,
+                    "mirror: gave up labelling this event (until its source changes again)");
+            } else {
+                tracing::warn!(namespace = %key.0, name = %key.1, channel, error = %e,
+                    "mirror: labelling failed; will retry");
+            }
         }
     }
 }
@@ -262,29 +248,40 @@ pub async fn run(
             () = &mut shutdown => return,
         }
     }
-    let queue = Arc::new(WorkQueue::new());
+    let queue = Arc::new(WorkQueue::unbounded());
+    let report = Arc::new(Report {
+        metrics: metrics.clone(),
+        recorder: syncer.recorder.clone(),
+    });
+    let pipeline = Arc::new(options.pipeline(&syncer, report));
+    for sink in pipeline.sinks() {
+        metrics.delivery_sink(sink);
+    }
     // What another leader (or an earlier run) wrote is not known: list it again.
-    syncer.copies.reset();
-    let mut tasks = Vec::new();
+    syncer.copies.copies.reset();
+    let mut tasks = pipeline.start();
     for ns in SOURCE_NAMESPACES {
         let api: Api<Event> = Api::namespaced(syncer.client.clone(), ns);
         let queue = queue.clone();
         let metrics = metrics.clone();
         let syncer = syncer.clone();
+        let pipeline = pipeline.clone();
         tasks.push(tokio::spawn(async move {
             let config = watcher::Config::default().fields(FIELD_SELECTOR);
             let mut stream = watcher(api, config).default_backoff().boxed();
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(watcher::Event::Apply(ev) | watcher::Event::InitApply(ev)) => {
-                        queue.add(ev);
+                        // The controller's queue is unbounded: it holds one state per stored
+                        // event, which the API server bounds.
+                        let _ = queue.add(key_of(&ev), ev);
                         metrics.mirror_queue_depth.set(queue.len() as i64);
                     }
                     Ok(watcher::Event::Init) => {
                         // A (re-)list of the sources: re-list the copies too (once per
                         // channel namespace, when first needed) instead of trusting what may
                         // have changed while the watch was down.
-                        syncer.copies.reset();
+                        syncer.copies.copies.reset();
                     }
                     Ok(watcher::Event::InitDone) => {
                         tracing::info!(namespace = ns, "mirror: caught up with stored events");
@@ -292,7 +289,7 @@ pub async fn run(
                     Ok(watcher::Event::Delete(ev)) => {
                         // Expired (TTL) or deleted: nothing more to copy, nothing to retry.
                         queue.forget(&key_of(&ev));
-                        syncer.forget(&ev);
+                        syncer.forget(&ev, Some(&pipeline));
                         metrics.mirror_queue_depth.set(queue.len() as i64);
                     }
                     Err(e) => {
@@ -303,147 +300,18 @@ pub async fn run(
             }
         }));
     }
-    for _ in 0..options.workers.max(1) {
-        let queue = queue.clone();
-        let syncer = syncer.clone();
-        let metrics = metrics.clone();
-        let retry = options.retry();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let (key, ev, since) = queue.next().await;
-                metrics.mirror_queue_depth.set(queue.len() as i64);
-                let result = syncer.sync(&ev).await;
-                let done = match &result {
-                    Ok(report) => {
-                        let channel = report.channel.as_deref().unwrap_or("");
-                        for op in report.writes() {
-                            metrics.mirror_write(channel, op, "success");
-                        }
-                        if report.created || report.updated {
-                            metrics.mirror_lag(since.elapsed());
-                        }
-                        Done::Synced
-                    }
-                    Err(e) => {
-                        let channel = e.report.channel.as_deref().unwrap_or("");
-                        metrics.mirror_write(channel, e.operation, "error");
-                        if e.retryable() {
-                            Done::Retry(Box::new(ev))
-                        } else {
-                            Done::GiveUp
-                        }
-                    }
-                };
-                if let Err(e) = &result {
-                    let given = queue.done(key.clone(), done, &retry);
-                    let channel = e.report.channel.as_deref().unwrap_or("");
-                    if given == Given::Up {
-                        metrics.mirror_given_up(channel);
-                        tracing::warn!(namespace = %key.0, name = %key.1, channel, error = %e,
-                            "mirror: gave up on this event (until its source changes again)");
-                    } else {
-                        tracing::warn!(namespace = %key.0, name = %key.1, channel, error = %e,
-                            "mirror: sync failed; will retry");
-                    }
-                } else {
-                    queue.done(key, done, &retry);
-                }
-            }
-        }));
+    let worker = Worker {
+        syncer,
+        pipeline,
+        queue,
+        metrics,
+        options,
+    };
+    for _ in 0..worker.options.workers.max(1) {
+        tasks.push(tokio::spawn(worker.clone().run()));
     }
     shutdown.await;
     for t in tasks {
         t.abort();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ev(name: &str, count: i32) -> Event {
-        let mut e = Event::default();
-        e.metadata.namespace = Some("default".into());
-        e.metadata.name = Some(name.into());
-        e.count = Some(count);
-        e
-    }
-
-    #[tokio::test]
-    async fn keys_are_queued_once_with_their_latest_state() {
-        let q = Arc::new(WorkQueue::new());
-        q.add(ev("a", 1));
-        q.add(ev("b", 1));
-        q.add(ev("a", 2));
-        assert_eq!(q.len(), 2);
-        let (k, e, _) = q.next().await;
-        assert_eq!((k.1.as_str(), e.count), ("a", Some(2)));
-        // While "a" is worked on, a new state waits and is not handed to another worker.
-        q.add(ev("a", 3));
-        let (k, _, _) = q.next().await;
-        assert_eq!(k.1, "b");
-        assert!(q.is_empty());
-        q.done(("default".into(), "a".into()), Done::Synced, &policy(1));
-        let (k, e, _) = q.next().await;
-        assert_eq!((k.1.as_str(), e.count), ("a", Some(3)));
-    }
-
-    fn policy(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy {
-            base: Duration::from_secs(1),
-            max_delay: Duration::from_secs(300),
-            max_attempts,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn failures_come_back_after_a_growing_delay() {
-        let q = Arc::new(WorkQueue::new());
-        q.add(ev("a", 1));
-        let (k, e, _) = q.next().await;
-        let start = tokio::time::Instant::now();
-        q.done(k, Done::Retry(Box::new(e)), &policy(10));
-        let (k, e, _) = q.next().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(1));
-        q.done(k, Done::Retry(Box::new(e)), &policy(10));
-        let (k, _, _) = q.next().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(3));
-        q.done(k, Done::Synced, &policy(10));
-        assert_eq!(q.failing(), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retries_stop_at_the_cap_and_refusals_at_once() {
-        let q = Arc::new(WorkQueue::new());
-        q.add(ev("a", 1));
-        let (k, e, _) = q.next().await;
-        assert_eq!(q.done(k, Done::Retry(Box::new(e)), &policy(2)), Given::Not);
-        let (k, e, _) = q.next().await;
-        assert_eq!(q.done(k, Done::Retry(Box::new(e)), &policy(2)), Given::Up);
-        assert_eq!(q.failing(), 0, "forgotten after giving up");
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        assert!(q.is_empty(), "a given-up key never comes back by itself");
-        // A new state of the source starts over.
-        q.add(ev("a", 2));
-        let (k, _, _) = q.next().await;
-        assert_eq!(q.done(k, Done::GiveUp, &policy(10)), Given::Up);
-        assert!(q.is_empty());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_forgotten_key_is_not_retried() {
-        let q = Arc::new(WorkQueue::new());
-        q.add(ev("a", 1));
-        let (k, e, _) = q.next().await;
-        q.done(k.clone(), Done::Retry(Box::new(e)), &policy(10));
-        assert_eq!(q.failing(), 1);
-        q.forget(&k);
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        assert!(q.is_empty(), "the pending retry was dropped");
-        assert_eq!(q.failing(), 0);
-        // Forgetting a queued key drops it too.
-        q.add(ev("b", 1));
-        q.forget(&("default".into(), "b".into()));
-        assert!(q.is_empty());
     }
 }

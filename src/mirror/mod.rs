@@ -20,6 +20,7 @@ use crate::labels::MAX_SUBDOMAIN_LEN;
 
 pub mod controller;
 pub mod copies;
+pub mod sink;
 pub mod sync;
 
 /// The name of the copy of `source_namespace/source_name`: the source name and a hash of

@@ -1,19 +1,22 @@
-//! Bringing one stored event and its copy in line: label the source if it was written
-//! without labels (the webhook was down, or failed open), and create or update its copy in the
-//! channel's namespace. Idempotent: running it twice, from two replicas, or after a restart
-//! changes nothing more.
+//! Bringing one stored event in line: decide what it needs ([`Syncer::plan`]): its own labels
+//! if it was written without them (the webhook was down, or failed open), and its deliveries
+//! (a copy in the channel's namespace, a log line). The controller labels the source and hands
+//! the deliveries to the recorder's pipeline; [`Syncer::sync`] does all of it at once, through
+//! the same sinks. Idempotent: running it twice, from two replicas, or after a restart changes
+//! nothing more.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Event;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use kube::api::{Api, Patch, PatchParams};
 
 use crate::classify::ScopeResolver;
-use crate::config::Config;
 use crate::decide::{Outcome, decide};
-use crate::mirror::copies::{CopyIndex, Lookup};
-use crate::mirror::{copy_is_current, is_copy_of, make_copy};
-use crate::recorder::{EventSink, SinkError};
+use crate::mirror::make_copy;
+use crate::mirror::sink::{CopySink, KUBERNETES, retryable};
+use crate::recorder::SinkError;
+use crate::recorder::pipeline::{Delivered, Delivery, Destination, Pipeline};
 
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -46,13 +49,15 @@ impl SyncReport {
     }
 }
 
-/// A failed sync: what had been done, which step failed, and why.
+/// A failed sync: what had been done, which step failed, why, and whether a later try can
+/// succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncError {
     pub report: SyncReport,
-    /// `label`, `unlabel`, `create`, `update` or `log`.
+    /// `label`, `unlabel`, `create`, `update`, `append` or `foreign`.
     pub operation: &'static str,
     pub error: SinkError,
+    pub retryable: bool,
 }
 
 impl std::fmt::Display for SyncError {
@@ -63,39 +68,32 @@ impl std::fmt::Display for SyncError {
 
 impl std::error::Error for SyncError {}
 
-impl SyncError {
-    /// Whether trying again later can succeed: transport errors, 5xx, 429 and conflicts can;
-    /// so can 403 and 404 (a missing channel namespace or Role is fixed by an operator, and
-    /// the retries are capped). Any other 4xx (the API server refuses this object, e.g. 422
-    /// for a copy past the annotation limit) and a foreign event under the copy's name cannot.
-    pub fn retryable(&self) -> bool {
-        if self.operation == FOREIGN {
-            return false;
-        }
-        match &self.error {
-            SinkError::Transport(_) => true,
-            SinkError::Invalid(_) => false,
-            SinkError::Status { code, .. } => {
-                !(400..500).contains(code) || matches!(code, 403 | 404 | 408 | 409 | 429)
-            }
-        }
-    }
-}
-
-/// The failed "operation" of a copy that could not be written because an event that is not
-/// clusterscope's copy of that source holds its name.
-pub const FOREIGN: &str = "foreign";
-
 /// Syncs stored events; cheap to clone.
 #[derive(Clone)]
 pub struct Syncer {
     pub client: kube::Client,
     pub config: crate::config::SharedConfig,
     pub resolver: Arc<ScopeResolver>,
+    /// Writes copies into channel namespaces (shared by the clones, with its copy index).
+    pub copies: Arc<CopySink>,
     /// Where `log: true` channels write.
-    pub log_sink: Option<Arc<dyn EventSink>>,
-    /// The copies already stored, as far as known (shared by the clones).
-    pub copies: Arc<CopyIndex>,
+    pub log: Option<Arc<dyn Destination>>,
+    /// Records clusterscope's own events (given-up copies), when it has one.
+    pub recorder: Option<Arc<crate::recorder::Recorder>>,
+}
+
+/// What one source needs, decided without writing anything.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// The channel (if the event was routed).
+    pub channel: Option<String>,
+    /// The event is not one of ours (namespaced, mirror copy, ...).
+    pub skipped: bool,
+    /// A patch of the source's own labels: `label` (add ours) or `unlabel` (remove ours from
+    /// an event that is not about a cluster-scoped object), as a JSON merge patch.
+    pub label: Option<(&'static str, serde_json::Value)>,
+    /// What to write where: (sink name, delivery).
+    pub deliveries: Vec<(&'static str, Delivery)>,
 }
 
 /// The decision's JSON Patch (which only touches `metadata`, `metadata.labels` and
@@ -126,265 +124,215 @@ pub fn merge_patch_of(ops: &[json_patch::PatchOperation]) -> serde_json::Value {
     patch
 }
 
-/// An event that is not our copy of this source holds the copy's name: left alone.
-fn foreign(ns: &str, name: &str) -> (&'static str, SinkError) {
-    (
-        FOREIGN,
-        SinkError::Status {
-            code: 409,
-            reason: "AlreadyExists".into(),
-            message: format!(
-                "{ns}/{name} exists and is not clusterscope's copy of this source (no mirror label, or it names another source); it is left alone"
-            ),
-        },
-    )
-}
-
-/// Conflicts tolerated while updating one copy before giving up until the next sync.
-const UPDATE_ATTEMPTS: usize = 3;
-
 impl Syncer {
     pub fn new(
         client: kube::Client,
         config: crate::config::SharedConfig,
         resolver: Arc<ScopeResolver>,
-        log_sink: Option<Arc<dyn EventSink>>,
+        log: Option<Arc<dyn Destination>>,
     ) -> Self {
         Syncer {
+            copies: Arc::new(CopySink::new(client.clone(), config.clone())),
             client,
             config,
             resolver,
-            log_sink,
-            copies: Arc::new(CopyIndex::new()),
+            log,
+            recorder: None,
         }
     }
 
-    /// Forgets the copies of a deleted source (they expire with it).
-    pub fn forget(&self, source: &Event) {
+    /// Records clusterscope's own events (given-up copies) with `recorder`.
+    pub fn with_recorder(mut self, recorder: Arc<crate::recorder::Recorder>) -> Self {
+        self.recorder = Some(recorder);
+        self
+    }
+
+    /// The sinks deliveries go to.
+    pub fn destinations(&self) -> Vec<Arc<dyn Destination>> {
+        let mut all: Vec<Arc<dyn Destination>> = vec![self.copies.clone()];
+        all.extend(self.log.clone());
+        all
+    }
+
+    /// The keys a source's deliveries hold in each sink (copies in every channel namespace,
+    /// and the source itself in the log stream).
+    fn delivery_keys(&self, source: &Event) -> Vec<(&'static str, String)> {
         let (Some(ns), Some(name)) = (
             source.metadata.namespace.as_deref(),
             source.metadata.name.as_deref(),
         ) else {
-            return;
+            return Vec::new();
         };
         let copy = crate::mirror::copy_name(ns, name);
         let config = self.config.load();
-        for channel_ns in config
+        let mut keys: Vec<(&'static str, String)> = config
             .channels
             .iter()
             .filter_map(|c| c.namespace.as_deref())
-        {
-            self.copies.forget(channel_ns, &copy);
+            .map(|channel_ns| (KUBERNETES, format!("{channel_ns}/{copy}")))
+            .collect();
+        if let Some(log) = &self.log {
+            keys.push((log.name(), format!("{ns}/{name}")));
+        }
+        keys
+    }
+
+    /// Forgets a deleted source: what the copy index knows of its copies, and its pending
+    /// deliveries (they expire with it).
+    pub fn forget(&self, source: &Event, pipeline: Option<&Pipeline>) {
+        for (sink, key) in self.delivery_keys(source) {
+            if sink == KUBERNETES
+                && let Some((ns, name)) = key.split_once('/')
+            {
+                self.copies.copies.forget(ns, name);
+            }
+            if let Some(p) = pipeline {
+                p.forget(sink, &key);
+            }
         }
     }
 
-    /// Syncs `source` (an event as stored in `default` or `kube-system`).
-    pub async fn sync(&self, source: &Event) -> Result<SyncReport, SyncError> {
-        let fail = |report: &SyncReport, operation, error| SyncError {
-            report: report.clone(),
-            operation,
-            error,
-        };
+    /// Decides what `source` (an event as stored in `default` or `kube-system`) needs; `since`
+    /// is when this state of it was first seen.
+    pub fn plan(&self, source: &Event, since: Instant) -> Plan {
         // The same view the webhook decides on, borrowed from the typed event.
         let view = crate::event::Event::from(source);
-        // One consistent configuration for the whole sync, even if it is reloaded meanwhile.
+        // One consistent configuration for the whole plan, even if it is reloaded meanwhile.
         let config = self.config.load_full();
         let source_ns = source.metadata.namespace.as_deref().unwrap_or("default");
-        let decision = decide(&view, source_ns, &config, &self.resolver);
         let source_name = source.metadata.name.as_deref().unwrap_or("");
-        let Some(classified) = decision.classified.clone() else {
-            let mut report = SyncReport {
+        let decision = decide(&view, source_ns, &config, &self.resolver);
+        let label = |op| {
+            (!source_name.is_empty() && !decision.patch.is_empty())
+                .then(|| (op, merge_patch_of(&decision.patch)))
+        };
+        let Some(classified) = decision.classified.as_ref() else {
+            return Plan {
                 skipped: true,
-                ..SyncReport::default()
+                label: (decision.outcome == Outcome::Unlabelled)
+                    .then(|| label("unlabel"))
+                    .flatten(),
+                ..Plan::default()
             };
-            if decision.outcome == Outcome::Unlabelled && !source_name.is_empty() {
-                report.unlabelled = self
-                    .patch_source(source_ns, source_name, &decision.patch)
-                    .await
-                    .map_err(|e| fail(&report, "unlabel", e))?;
-            }
-            return Ok(report);
         };
-        let mut report = SyncReport {
+        let mut plan = Plan {
             channel: classified.channel.clone(),
-            ..SyncReport::default()
-        };
-        // A failed label does not hold back the copy: it is reported once the copy is done.
-        let mut label_error = None;
-        if decision.outcome == Outcome::Patched && !source_name.is_empty() {
-            match self
-                .patch_source(source_ns, source_name, &decision.patch)
-                .await
-            {
-                Ok(labelled) => report.labelled = labelled,
-                Err(e) => label_error = Some(e),
-            }
-        }
-        let copied = self.copy(&config, source, &classified, &mut report).await;
-        match (copied, label_error) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(e)) => Err(fail(&report, "label", e)),
-            (Ok(()), None) => Ok(report),
-        }
-    }
-
-    /// Applies the decision's patch to the stored source (as a merge patch); false when the
-    /// source is gone already (TTL), which needs nothing more.
-    async fn patch_source(
-        &self,
-        namespace: &str,
-        name: &str,
-        ops: &[json_patch::PatchOperation],
-    ) -> Result<bool, SinkError> {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
-        let patch = merge_patch_of(ops);
-        match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-            Err(e) => Err(SinkError::from(e)),
-        }
-    }
-
-    /// Writes the event to its channel's log stream and mirror namespace.
-    async fn copy(
-        &self,
-        config: &Config,
-        source: &Event,
-        classified: &crate::decide::Classified,
-        report: &mut SyncReport,
-    ) -> Result<(), SyncError> {
-        let fail = |report: &SyncReport, operation, error| SyncError {
-            report: report.clone(),
-            operation,
-            error,
+            label: (decision.outcome == Outcome::Patched)
+                .then(|| label("label"))
+                .flatten(),
+            ..Plan::default()
         };
         let Some(channel) = classified
             .channel
             .as_deref()
             .and_then(|c| config.channel(c))
         else {
-            return Ok(());
+            return plan;
+        };
+        let reference = ObjectReference {
+            api_version: Some("v1".to_owned()),
+            kind: Some("Event".to_owned()),
+            namespace: Some(source_ns.to_owned()),
+            name: Some(source_name.to_owned()),
+            uid: source.metadata.uid.clone(),
+            ..ObjectReference::default()
+        };
+        let delivery = |key: String, event: Event| Delivery {
+            key,
+            event,
+            channel: channel.name.clone(),
+            source: reference.clone(),
+            since,
         };
         if channel.log
-            && let Some(sink) = &self.log_sink
+            && let Some(log) = &self.log
         {
-            sink.create(source)
-                .await
-                .map_err(|e| fail(report, "log", e))?;
+            plan.deliveries.push((
+                log.name(),
+                delivery(format!("{source_ns}/{source_name}"), source.clone()),
+            ));
         }
-        let Some(copy) = make_copy(source, classified, channel, config) else {
-            return Ok(());
+        if let Some(copy) = make_copy(source, classified, channel, &config) {
+            let key = format!(
+                "{}/{}",
+                copy.metadata.namespace.as_deref().unwrap_or_default(),
+                copy.metadata.name.as_deref().unwrap_or_default()
+            );
+            plan.deliveries.push((KUBERNETES, delivery(key, copy)));
+        }
+        plan
+    }
+
+    /// Applies the plan's label patch to the stored source (as a merge patch): false when
+    /// there is none or the source is gone already (TTL), which needs nothing more.
+    pub async fn label(&self, source: &Event, plan: &Plan) -> Result<bool, SyncError> {
+        let Some((operation, patch)) = &plan.label else {
+            return Ok(false);
         };
-        self.upsert(config, &copy, report)
+        let namespace = source.metadata.namespace.as_deref().unwrap_or("default");
+        let name = source.metadata.name.as_deref().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
             .await
-            .map_err(|(operation, e)| fail(report, operation, e))
-    }
-
-    /// Creates the copy or brings the stored one in line, asking the API server only about
-    /// what the copy index does not already settle.
-    async fn upsert(
-        &self,
-        config: &Config,
-        copy: &Event,
-        report: &mut SyncReport,
-    ) -> Result<(), (&'static str, SinkError)> {
-        let ns = copy.metadata.namespace.as_deref().unwrap_or_default();
-        let name = copy.metadata.name.as_deref().unwrap_or_default();
-        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        let keys = &config.keys;
-        match self.copies.lookup(&self.client, keys, ns, name).await {
-            Lookup::Stored(known) => {
-                if known.owner != crate::mirror::copies::owner(copy, keys) {
-                    return Err(foreign(ns, name));
-                }
-                if known.fingerprint == crate::mirror::copies::fingerprint(copy) {
-                    return Ok(());
-                }
-                let mut wanted = copy.clone();
-                wanted.metadata.resource_version = Some(known.resource_version.into());
-                match api.replace(name, &PostParams::default(), &wanted).await {
-                    Ok(stored) => {
-                        self.copies.record(&stored, keys);
-                        report.updated = true;
-                        return Ok(());
-                    }
-                    // Changed or gone since it was seen: read it.
-                    Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-                        self.copies.forget(ns, name);
-                    }
-                    Err(e) => return Err(("update", e.into())),
-                }
-            }
-            Lookup::Absent | Lookup::Unknown => {
-                match api.create(&PostParams::default(), copy).await {
-                    Ok(stored) => {
-                        self.copies.record(&stored, keys);
-                        report.created = true;
-                        return Ok(());
-                    }
-                    // Written meanwhile (another replica, or before the listing): update it.
-                    Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {}
-                    Err(e) => return Err(("create", e.into())),
-                }
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => {
+                let error = SinkError::from(e);
+                Err(SyncError {
+                    report: SyncReport {
+                        channel: plan.channel.clone(),
+                        skipped: plan.skipped,
+                        ..SyncReport::default()
+                    },
+                    operation,
+                    retryable: retryable(operation, &error),
+                    error,
+                })
             }
         }
-        self.read_and_update(&api, keys, copy, report).await
     }
 
-    /// Reads the stored copy and updates it if it differs (creating it if it is gone).
-    async fn read_and_update(
-        &self,
-        api: &Api<Event>,
-        keys: &crate::config::Keys,
-        copy: &Event,
-        report: &mut SyncReport,
-    ) -> Result<(), (&'static str, SinkError)> {
-        let ns = copy.metadata.namespace.as_deref().unwrap_or_default();
-        let name = copy.metadata.name.as_deref().unwrap_or_default();
-        for _ in 0..UPDATE_ATTEMPTS {
-            let stored = match api.get(name).await {
-                Ok(s) => s,
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    // Expired meanwhile: create again.
-                    let stored = api
-                        .create(&PostParams::default(), copy)
-                        .await
-                        .map_err(|e| ("create", e.into()))?;
-                    self.copies.record(&stored, keys);
-                    report.created = true;
-                    return Ok(());
-                }
-                Err(e) => return Err(("update", e.into())),
+    /// Syncs `source` now: labels it and writes its deliveries through the same sinks the
+    /// pipeline uses, one try each. A failed label does not hold back the deliveries: it is
+    /// reported once they are done.
+    pub async fn sync(&self, source: &Event) -> Result<SyncReport, SyncError> {
+        let plan = self.plan(source, Instant::now());
+        let mut report = SyncReport {
+            channel: plan.channel.clone(),
+            skipped: plan.skipped,
+            ..SyncReport::default()
+        };
+        let labelled = self.label(source, &plan).await;
+        if let Ok(true) = labelled {
+            match plan.label.as_ref().map(|(op, _)| *op) {
+                Some("unlabel") => report.unlabelled = true,
+                _ => report.labelled = true,
+            }
+        }
+        let destinations = self.destinations();
+        for (sink, delivery) in &plan.deliveries {
+            let Some(destination) = destinations.iter().find(|d| d.name() == *sink) else {
+                continue;
             };
-            if !is_copy_of(&stored, copy, keys) {
-                return Err(foreign(ns, name));
-            }
-            if copy_is_current(&stored, copy) {
-                self.copies.record(&stored, keys);
-                return Ok(());
-            }
-            let mut wanted = copy.clone();
-            wanted.metadata.resource_version = stored.metadata.resource_version.clone();
-            match api.replace(name, &PostParams::default(), &wanted).await {
-                Ok(stored) => {
-                    self.copies.record(&stored, keys);
-                    report.updated = true;
-                    return Ok(());
+            match destination.deliver(delivery).await {
+                Ok(Delivered::Created) => report.created = true,
+                Ok(Delivered::Updated) => report.updated = true,
+                Ok(Delivered::Unchanged | Delivered::Appended) => {}
+                Err(failure) => {
+                    return Err(SyncError {
+                        report,
+                        operation: failure.operation,
+                        error: failure.error,
+                        retryable: failure.retryable,
+                    });
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(e) => return Err(("update", e.into())),
             }
         }
-        Err((
-            "update",
-            SinkError::Status {
-                code: 409,
-                reason: "Conflict".into(),
-                message: format!("copy {ns}/{name} kept changing while being updated"),
-            },
-        ))
+        match labelled {
+            Ok(_) => Ok(report),
+            Err(e) => Err(SyncError { report, ..e }),
+        }
     }
 }

@@ -5,6 +5,8 @@
 //!   sink, and client-go's retry policy (12 tries, first sleep random in 0-10 s, then 10 s;
 //!   here transport errors, 5xx and 429 are retried, other answers are final).
 //! - [`correlator`]: client-go's aggregation, deduplication and spam filter.
+//! - [`pipeline`]: lanes per sink (a bounded [`queue`], workers, retries, a report of every
+//!   delivery) that carry what the mirror forwards: copies, log lines, and later destinations.
 //! - [`Recorder`]: makes events the way client-go does, so clusterscope can record events
 //!   about itself.
 //!
@@ -12,6 +14,8 @@
 
 pub mod broadcaster;
 pub mod correlator;
+pub mod pipeline;
+pub mod queue;
 pub mod sink;
 
 use std::sync::Mutex;

@@ -194,6 +194,29 @@ impl EventSink for LogSink {
     }
 }
 
+/// The log stream as a pipeline destination: one line per delivery, never retried for long
+/// (a broken standard output does not heal).
+impl super::pipeline::Destination for LogSink {
+    fn name(&self) -> &'static str {
+        "log"
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        delivery: &'a super::pipeline::Delivery,
+    ) -> super::pipeline::DeliverFuture<'a> {
+        Box::pin(async move {
+            self.write(&delivery.event)
+                .map(|_| super::pipeline::Delivered::Appended)
+                .map_err(|error| super::pipeline::Failure {
+                    operation: "append",
+                    retryable: error.is_retryable(),
+                    error,
+                })
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

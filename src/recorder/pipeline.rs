@@ -1,0 +1,454 @@
+//! The delivery pipeline: every event clusterscope forwards (a mirror copy, a log line, and
+//! later ones) travels as a [`Delivery`] through a lane per sink: a bounded keyed queue
+//! ([`KeyedQueue`]), workers, the lane's retry policy, and one report of what happened to
+//! each delivery ([`Observer`]). What decides deliveries (the mirror controller) never writes;
+//! a new destination is one more [`Destination`] given to [`Pipeline::with_sink`].
+//!
+//! Nothing is lost silently: a delivery refused because its lane is full is handed back to
+//! the caller (which offers it again later), counted and logged; a delivery given up after
+//! its tries is reported as such.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
+
+use super::queue::{Done, Full, Given, KeyedQueue, RetryPolicy};
+use super::sink::SinkError;
+
+/// One event on its way to one sink.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Its place in the sink: a later delivery with the same key replaces a queued one, and
+    /// two deliveries with one key are never written at the same time.
+    pub key: String,
+    /// What to write.
+    pub event: Event,
+    /// The channel it was routed to (for metrics and logs).
+    pub channel: String,
+    /// The stored event it comes from (for logs and clusterscope's own events).
+    pub source: ObjectReference,
+    /// When the change it carries was first seen (for lag).
+    pub since: Instant,
+}
+
+/// What a sink did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    Created,
+    Updated,
+    /// The destination already held it.
+    Unchanged,
+    /// Appended (a stream: every delivery is a new record).
+    Appended,
+}
+
+impl Delivered {
+    /// The operation, as metrics name it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Delivered::Created => "create",
+            Delivered::Updated => "update",
+            Delivered::Unchanged => "unchanged",
+            Delivered::Appended => "append",
+        }
+    }
+
+    /// Whether something was written.
+    pub fn wrote(self) -> bool {
+        self != Delivered::Unchanged
+    }
+}
+
+/// A failed delivery: which step failed, why, and whether a later try can succeed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `create`, `update`, `append`, `foreign`, ...
+    pub operation: &'static str,
+    pub error: SinkError,
+    pub retryable: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.operation, self.error)
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+/// The future a destination returns.
+pub type DeliverFuture<'a> = Pin<Box<dyn Future<Output = Result<Delivered, Failure>> + Send + 'a>>;
+
+/// Where deliveries go.
+pub trait Destination: Send + Sync {
+    /// A short name for metrics and logs (`kubernetes`, `log`, ...).
+    fn name(&self) -> &'static str;
+    /// Writes one delivery (one try; the lane retries).
+    fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a>;
+}
+
+/// Told what happened to every delivery (metrics, logs, clusterscope's own events).
+pub trait Observer: Send + Sync {
+    fn delivered(&self, sink: &'static str, delivery: &Delivery, how: Delivered);
+    /// A try failed; `given_up` when no more will be made.
+    fn failed(&self, sink: &'static str, delivery: &Delivery, failure: &Failure, given_up: bool);
+    /// Refused because the lane was full.
+    fn full(&self, sink: &'static str, delivery: &Delivery);
+    /// Keys the lane holds now.
+    fn depth(&self, sink: &'static str, held: usize);
+}
+
+/// An observer that does nothing (tests, tools).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Unobserved;
+
+impl Observer for Unobserved {
+    fn delivered(&self, _: &'static str, _: &Delivery, _: Delivered) {}
+    fn failed(&self, _: &'static str, _: &Delivery, _: &Failure, _: bool) {}
+    fn full(&self, _: &'static str, _: &Delivery) {}
+    fn depth(&self, _: &'static str, _: usize) {}
+}
+
+/// Settings of one lane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaneOptions {
+    /// Keys held (queued, in work, or waiting for a retry) before new ones are refused.
+    pub capacity: usize,
+    pub workers: usize,
+    pub retry: RetryPolicy,
+}
+
+/// Why [`Pipeline::offer`] did not take a delivery; it is handed back.
+#[derive(Debug)]
+pub enum Refused {
+    /// The lane holds its capacity: offer it again later.
+    Full(Box<Delivery>),
+    /// No lane has this name.
+    NoSink(Box<Delivery>),
+}
+
+struct Lane {
+    sink: Arc<dyn Destination>,
+    queue: Arc<KeyedQueue<String, Delivery>>,
+    options: LaneOptions,
+    refused: AtomicU64,
+}
+
+/// Lanes by sink name; cheap to share in an [`Arc`].
+pub struct Pipeline {
+    lanes: Vec<Arc<Lane>>,
+    observer: Arc<dyn Observer>,
+}
+
+impl Pipeline {
+    pub fn new(observer: Arc<dyn Observer>) -> Self {
+        Pipeline {
+            lanes: Vec::new(),
+            observer,
+        }
+    }
+
+    /// Adds a lane for `sink` (a second lane with the same name is ignored).
+    pub fn with_sink(mut self, sink: Arc<dyn Destination>, options: LaneOptions) -> Self {
+        if self.lane(sink.name()).is_none() {
+            self.lanes.push(Arc::new(Lane {
+                queue: Arc::new(KeyedQueue::bounded(options.capacity)),
+                sink,
+                options,
+                refused: AtomicU64::new(0),
+            }));
+        }
+        self
+    }
+
+    fn lane(&self, sink: &str) -> Option<&Arc<Lane>> {
+        self.lanes.iter().find(|l| l.sink.name() == sink)
+    }
+
+    /// The sinks, by name.
+    pub fn sinks(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.lanes.iter().map(|l| l.sink.name())
+    }
+
+    /// Queues `delivery` for `sink` without waiting. A full lane refuses it (counted, logged
+    /// for the first refusal and every 1,000th): the caller keeps it and offers it again.
+    pub fn offer(&self, sink: &str, delivery: Delivery) -> Result<(), Refused> {
+        let Some(lane) = self.lane(sink) else {
+            return Err(Refused::NoSink(Box::new(delivery)));
+        };
+        let key = delivery.key.clone();
+        match lane.queue.add(key, delivery) {
+            Ok(()) => {
+                self.observer.depth(lane.sink.name(), lane.queue.held());
+                Ok(())
+            }
+            Err(Full(delivery)) => {
+                self.observer.full(lane.sink.name(), &delivery);
+                let refused = lane.refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if refused % 1000 == 1 {
+                    tracing::warn!(
+                        sink = lane.sink.name(),
+                        capacity = lane.options.capacity,
+                        refused_total = refused,
+                        "delivery queue full: deliveries are offered again later (the sink is slower than the events arrive, or failing)"
+                    );
+                }
+                Err(Refused::Full(Box::new(delivery)))
+            }
+        }
+    }
+
+    /// Drops what `sink` holds for `key` (its source is gone): queued and pending retries.
+    pub fn forget(&self, sink: &str, key: &str) {
+        if let Some(lane) = self.lane(sink) {
+            lane.queue.forget(&key.to_owned());
+        }
+    }
+
+    /// Keys `sink` holds.
+    pub fn held(&self, sink: &str) -> usize {
+        self.lane(sink).map_or(0, |l| l.queue.held())
+    }
+
+    /// Starts every lane's workers; they run until aborted.
+    pub fn start(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for lane in &self.lanes {
+            for _ in 0..lane.options.workers.max(1) {
+                let lane = lane.clone();
+                let observer = self.observer.clone();
+                tasks.push(tokio::spawn(
+                    async move { work(&lane, observer.as_ref()).await },
+                ));
+            }
+        }
+        tasks
+    }
+}
+
+/// One worker of a lane: deliver, then report and retry as the lane's policy says.
+async fn work(lane: &Lane, observer: &dyn Observer) {
+    let name = lane.sink.name();
+    loop {
+        let (key, delivery, _) = lane.queue.next().await;
+        let done = match lane.sink.deliver(&delivery).await {
+            Ok(how) => {
+                observer.delivered(name, &delivery, how);
+                Done::Finished
+            }
+            Err(failure) => {
+                let retry = failure.retryable;
+                let given = if retry {
+                    lane.queue.done(
+                        key.clone(),
+                        Done::Retry(delivery.clone()),
+                        &lane.options.retry,
+                    )
+                } else {
+                    lane.queue
+                        .done(key.clone(), Done::GiveUp, &lane.options.retry)
+                };
+                let given_up = given == Given::Up;
+                observer.failed(name, &delivery, &failure, given_up);
+                let source = format!(
+                    "{}/{}",
+                    delivery.source.namespace.as_deref().unwrap_or(""),
+                    delivery.source.name.as_deref().unwrap_or("")
+                );
+                if given_up {
+                    tracing::warn!(sink = name, key = %key, source = %source, channel = %delivery.channel,
+                        error = %failure, "delivery given up (until its source changes again)");
+                } else {
+                    tracing::warn!(sink = name, key = %key, source = %source, channel = %delivery.channel,
+                        error = %failure, "delivery failed; will retry");
+                }
+                observer.depth(name, lane.queue.held());
+                continue;
+            }
+        };
+        lane.queue.done(key, done, &lane.options.retry);
+        observer.depth(name, lane.queue.held());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Answers each try from a script (then success), recording what it was asked.
+    struct Scripted {
+        answers: Mutex<Vec<Result<Delivered, Failure>>>,
+        seen: Mutex<Vec<(String, Option<i32>)>>,
+    }
+
+    impl Destination for Scripted {
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn deliver<'a>(&'a self, d: &'a Delivery) -> DeliverFuture<'a> {
+            Box::pin(async move {
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .push((d.key.clone(), d.event.count));
+                let mut a = self.answers.lock().unwrap();
+                if a.is_empty() {
+                    Ok(Delivered::Created)
+                } else {
+                    a.remove(0)
+                }
+            })
+        }
+    }
+
+    #[derive(Default)]
+    struct Seen(Mutex<Vec<String>>);
+    impl Observer for Seen {
+        fn delivered(&self, sink: &'static str, d: &Delivery, how: Delivered) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{sink} {} {}", d.key, how.as_str()));
+        }
+        fn failed(&self, sink: &'static str, d: &Delivery, f: &Failure, given_up: bool) {
+            self.0.lock().unwrap().push(format!(
+                "{sink} {} {} given_up={given_up}",
+                d.key, f.operation
+            ));
+        }
+        fn full(&self, sink: &'static str, d: &Delivery) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{sink} {} full", d.key));
+        }
+        fn depth(&self, _: &'static str, _: usize) {}
+    }
+
+    fn delivery(key: &str, count: i32) -> Delivery {
+        Delivery {
+            key: key.into(),
+            event: Event {
+                count: Some(count),
+                ..Event::default()
+            },
+            channel: "nodes".into(),
+            source: ObjectReference::default(),
+            since: Instant::now(),
+        }
+    }
+
+    fn options(capacity: usize, max_attempts: u32) -> LaneOptions {
+        LaneOptions {
+            capacity,
+            workers: 1,
+            retry: RetryPolicy {
+                base: Duration::from_secs(1),
+                factor: 2,
+                max_delay: Duration::from_secs(60),
+                max_attempts,
+            },
+        }
+    }
+
+    fn failure(retryable: bool) -> Failure {
+        Failure {
+            operation: "create",
+            error: SinkError::Transport("down".into()),
+            retryable,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retryable_failures_are_retried_then_given_up_and_reported() {
+        let sink = Arc::new(Scripted {
+            answers: Mutex::new(vec![
+                Err(failure(true)),
+                Err(failure(true)),
+                Err(failure(true)),
+            ]),
+            seen: Mutex::default(),
+        });
+        let seen = Arc::new(Seen::default());
+        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), options(10, 3));
+        let tasks = p.start();
+        p.offer("scripted", delivery("a", 1)).unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "scripted a create given_up=false",
+                "scripted a create given_up=false",
+                "scripted a create given_up=true"
+            ]
+        );
+        assert_eq!(p.held("scripted"), 0, "a given-up key is released");
+        // A new state of the key starts over and is delivered.
+        p.offer("scripted", delivery("a", 2)).unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(seen.0.lock().unwrap().last().unwrap(), "scripted a create");
+        tasks.iter().for_each(|t| t.abort());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn final_failures_are_given_up_at_once() {
+        let sink = Arc::new(Scripted {
+            answers: Mutex::new(vec![Err(failure(false))]),
+            seen: Mutex::default(),
+        });
+        let seen = Arc::new(Seen::default());
+        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), options(10, 12));
+        let tasks = p.start();
+        p.offer("scripted", delivery("a", 1)).unwrap();
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(*seen.0.lock().unwrap(), ["scripted a create given_up=true"]);
+        assert_eq!(sink.seen.lock().unwrap().len(), 1);
+        tasks.iter().for_each(|t| t.abort());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_lane_hands_the_delivery_back_and_a_newer_state_replaces_a_queued_one() {
+        let sink = Arc::new(Scripted {
+            answers: Mutex::default(),
+            seen: Mutex::default(),
+        });
+        let seen = Arc::new(Seen::default());
+        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), options(2, 3));
+        // No workers yet: everything stays queued.
+        p.offer("scripted", delivery("a", 1)).unwrap();
+        p.offer("scripted", delivery("b", 1)).unwrap();
+        p.offer("scripted", delivery("a", 2)).unwrap();
+        match p.offer("scripted", delivery("c", 1)) {
+            Err(Refused::Full(d)) => assert_eq!(d.key, "c"),
+            other => panic!("expected a full lane, got {other:?}"),
+        }
+        assert!(matches!(
+            p.offer("elsewhere", delivery("a", 1)),
+            Err(Refused::NoSink(_))
+        ));
+        let tasks = p.start();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(
+            *sink.seen.lock().unwrap(),
+            [("a".to_owned(), Some(2)), ("b".to_owned(), Some(1))],
+            "one write per key, with its latest state"
+        );
+        assert!(
+            seen.0
+                .lock()
+                .unwrap()
+                .contains(&"scripted c full".to_owned())
+        );
+        tasks.iter().for_each(|t| t.abort());
+    }
+}

@@ -1,0 +1,416 @@
+//! A keyed work queue, as client-go's `workqueue` and controller-runtime use it: each key is
+//! queued once and holds its latest value, a key is never worked on by two workers at once,
+//! failures come back after a growing delay up to a cap on attempts, and the number of keys
+//! held can be bounded (a full queue refuses new keys; it never blocks the caller).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+/// Retry delays and the cap on attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Delay after the first failure.
+    pub base: Duration,
+    /// Each further failure multiplies the delay by this (1: a constant delay).
+    pub factor: u32,
+    pub max_delay: Duration,
+    /// Tries of one value before it is given up (a newer value of the key starts over).
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// The delay after `failures` failures (1 for the first).
+    pub fn delay(&self, failures: u32) -> Duration {
+        let steps = failures.saturating_sub(1).min(20);
+        self.base
+            .saturating_mul(self.factor.max(1).saturating_pow(steps))
+            .min(self.max_delay)
+    }
+}
+
+/// How work on a key ended.
+#[derive(Debug)]
+pub enum Done<V> {
+    Finished,
+    /// Failed; try again after the policy's delay with this value.
+    Retry(V),
+    /// Not failed, but not possible now (a queue further on is full): again after `after`,
+    /// without counting an attempt.
+    Later(V, Duration),
+    /// Failed for good.
+    GiveUp,
+}
+
+/// Whether [`KeyedQueue::done`] gave up on the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Given {
+    Up,
+    Not,
+}
+
+/// The queue held as many keys as its capacity allows; the value is handed back.
+#[derive(Debug)]
+pub struct Full<V>(pub V);
+
+/// A bounded (or unbounded) keyed work queue; share it in an [`Arc`].
+pub struct KeyedQueue<K, V> {
+    state: Mutex<State<K, V>>,
+    ready: Notify,
+    capacity: Option<usize>,
+}
+
+struct State<K, V> {
+    latest: HashMap<K, V>,
+    order: VecDeque<K>,
+    queued: HashSet<K>,
+    active: HashSet<K>,
+    failures: HashMap<K, u32>,
+    /// Keys waiting for a retry or a later try: held, neither queued nor active.
+    waiting: HashSet<K>,
+    /// Every key held, in any state: what the capacity bounds.
+    members: HashSet<K>,
+    /// When each key was first queued since it was last finished (for lag).
+    since: HashMap<K, Instant>,
+    /// Keys forgotten while a worker had them: dropped when that worker is done.
+    forgotten: HashSet<K>,
+}
+
+impl<K, V> Default for State<K, V> {
+    fn default() -> Self {
+        State {
+            latest: HashMap::new(),
+            order: VecDeque::new(),
+            queued: HashSet::new(),
+            active: HashSet::new(),
+            failures: HashMap::new(),
+            waiting: HashSet::new(),
+            members: HashSet::new(),
+            since: HashMap::new(),
+            forgotten: HashSet::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash, V> State<K, V> {
+    /// Drops every trace of `key` (finished, given up, or forgotten).
+    fn release(&mut self, key: &K) {
+        self.failures.remove(key);
+        self.since.remove(key);
+        self.members.remove(key);
+    }
+}
+
+impl<K, V> Default for KeyedQueue<K, V> {
+    fn default() -> Self {
+        Self::unbounded()
+    }
+}
+
+impl<K, V> KeyedQueue<K, V> {
+    pub fn unbounded() -> Self {
+        KeyedQueue {
+            state: Mutex::new(State::default()),
+            ready: Notify::new(),
+            capacity: None,
+        }
+    }
+
+    /// A queue holding at most `capacity` keys (at least one).
+    pub fn bounded(capacity: usize) -> Self {
+        KeyedQueue {
+            capacity: Some(capacity.max(1)),
+            ..Self::unbounded()
+        }
+    }
+}
+
+impl<K, V> KeyedQueue<K, V>
+where
+    K: Eq + Hash + Clone + Send + 'static,
+    V: Send + 'static,
+{
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<K, V>> {
+        crate::locks::lock(&self.state)
+    }
+
+    /// Queues the latest value of `key`. A key already held takes the new value (and never
+    /// counts against the capacity); a new key beyond the capacity is refused.
+    pub fn add(&self, key: K, value: V) -> Result<(), Full<V>> {
+        let mut s = self.lock();
+        if let Some(cap) = self.capacity
+            && !s.members.contains(&key)
+            && s.members.len() >= cap
+        {
+            return Err(Full(value));
+        }
+        // Re-created after being forgotten: a new life.
+        s.forgotten.remove(&key);
+        s.members.insert(key.clone());
+        s.latest.insert(key.clone(), value);
+        s.since.entry(key.clone()).or_insert_with(Instant::now);
+        if !s.active.contains(&key) && s.queued.insert(key.clone()) {
+            s.order.push_back(key);
+            drop(s);
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Number of keys waiting to be worked on.
+    pub fn len(&self) -> usize {
+        self.lock().order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of keys held in any state (what the capacity bounds).
+    pub fn held(&self) -> usize {
+        self.lock().members.len()
+    }
+
+    /// Waits for the next key to work on: its latest value and since when it waits.
+    pub async fn next(&self) -> (K, V, Instant) {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut s = self.lock();
+                while let Some(key) = s.order.pop_front() {
+                    s.queued.remove(&key);
+                    if let Some(value) = s.latest.remove(&key) {
+                        s.waiting.remove(&key);
+                        s.active.insert(key.clone());
+                        let since = s.since.get(&key).copied().unwrap_or_else(Instant::now);
+                        return (key, value, since);
+                    }
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks `key` done. A failure comes back after the policy's delay unless a newer value
+    /// arrived meanwhile (queued at once, with a fresh count), up to `max_attempts`; past that,
+    /// or for [`Done::GiveUp`], the key is dropped. Returns [`Given::Up`] when it was.
+    pub fn done(self: &Arc<Self>, key: K, done: Done<V>, retry: &RetryPolicy) -> Given {
+        let mut s = self.lock();
+        s.active.remove(&key);
+        if s.forgotten.remove(&key) {
+            s.release(&key);
+            return Given::Not;
+        }
+        if s.latest.contains_key(&key) {
+            // A newer value came in while this one was worked on: it gets a fresh start.
+            s.failures.remove(&key);
+            if s.queued.insert(key.clone()) {
+                s.order.push_back(key);
+            }
+            drop(s);
+            self.ready.notify_one();
+            return Given::Not;
+        }
+        let (value, delay, failures) = match done {
+            Done::Finished => {
+                s.release(&key);
+                return Given::Not;
+            }
+            Done::GiveUp => {
+                s.release(&key);
+                return Given::Up;
+            }
+            Done::Later(value, after) => (value, after, s.failures.get(&key).copied()),
+            Done::Retry(value) => {
+                let n = s.failures.entry(key.clone()).or_insert(0);
+                *n = n.saturating_add(1);
+                let failures = *n;
+                if failures >= retry.max_attempts.max(1) {
+                    s.release(&key);
+                    return Given::Up;
+                }
+                (value, retry.delay(failures), Some(failures))
+            }
+        };
+        s.waiting.insert(key.clone());
+        drop(s);
+        let queue = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let mut s = queue.lock();
+            // Come back only if nothing happened to the key meanwhile: no newer value, not
+            // forgotten, not finished (each of those resets or removes its state).
+            if s.waiting.remove(&key)
+                && !s.latest.contains_key(&key)
+                && s.failures.get(&key).copied() == failures
+            {
+                s.latest.insert(key.clone(), value);
+                if !s.active.contains(&key) && s.queued.insert(key.clone()) {
+                    s.order.push_back(key);
+                    drop(s);
+                    queue.ready.notify_one();
+                }
+            }
+        });
+        Given::Not
+    }
+
+    /// Forgets `key`: a queued value and a pending retry are dropped.
+    pub fn forget(&self, key: &K) {
+        let mut s = self.lock();
+        s.latest.remove(key);
+        s.waiting.remove(key);
+        if s.queued.remove(key) {
+            s.order.retain(|k| k != key);
+        }
+        if s.active.contains(key) {
+            // Released when its worker is done.
+            s.failures.remove(key);
+            s.forgotten.insert(key.clone());
+        } else {
+            s.release(key);
+        }
+    }
+
+    /// Keys with failures counted (pending retries).
+    pub fn failing(&self) -> usize {
+        self.lock().failures.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Q = KeyedQueue<&'static str, i32>;
+
+    fn policy(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            base: Duration::from_secs(1),
+            factor: 2,
+            max_delay: Duration::from_secs(300),
+            max_attempts,
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_are_queued_once_with_their_latest_value() {
+        let q = Arc::new(Q::unbounded());
+        q.add("a", 1).unwrap();
+        q.add("b", 1).unwrap();
+        q.add("a", 2).unwrap();
+        assert_eq!(q.len(), 2);
+        let (k, v, _) = q.next().await;
+        assert_eq!((k, v), ("a", 2));
+        // While "a" is worked on, a new value waits and is not handed to another worker.
+        q.add("a", 3).unwrap();
+        let (k, _, _) = q.next().await;
+        assert_eq!(k, "b");
+        assert!(q.is_empty());
+        q.done("a", Done::Finished, &policy(1));
+        let (k, v, _) = q.next().await;
+        assert_eq!((k, v), ("a", 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_come_back_after_a_growing_delay() {
+        let q = Arc::new(Q::unbounded());
+        q.add("a", 1).unwrap();
+        let (k, v, _) = q.next().await;
+        let start = tokio::time::Instant::now();
+        q.done(k, Done::Retry(v), &policy(10));
+        let (k, v, _) = q.next().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        q.done(k, Done::Retry(v), &policy(10));
+        let (k, _, _) = q.next().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+        q.done(k, Done::Finished, &policy(10));
+        assert_eq!(q.failing(), 0);
+        assert_eq!(q.held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_the_cap_and_refusals_at_once() {
+        let q = Arc::new(Q::unbounded());
+        q.add("a", 1).unwrap();
+        let (k, v, _) = q.next().await;
+        assert_eq!(q.done(k, Done::Retry(v), &policy(2)), Given::Not);
+        let (k, v, _) = q.next().await;
+        assert_eq!(q.done(k, Done::Retry(v), &policy(2)), Given::Up);
+        assert_eq!(q.failing(), 0, "forgotten after giving up");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(q.is_empty(), "a given-up key never comes back by itself");
+        // A new value starts over.
+        q.add("a", 2).unwrap();
+        let (k, _, _) = q.next().await;
+        assert_eq!(q.done(k, Done::GiveUp, &policy(10)), Given::Up);
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_forgotten_key_is_not_retried() {
+        let q = Arc::new(Q::unbounded());
+        q.add("a", 1).unwrap();
+        let (k, v, _) = q.next().await;
+        q.done(k, Done::Retry(v), &policy(10));
+        assert_eq!(q.failing(), 1);
+        q.forget(&"a");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(q.is_empty(), "the pending retry was dropped");
+        assert_eq!(q.failing(), 0);
+        // Forgetting a queued key drops it too.
+        q.add("b", 1).unwrap();
+        q.forget(&"b");
+        assert!(q.is_empty());
+        assert_eq!(q.held(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bounded_queue_refuses_new_keys_but_takes_new_values_of_held_ones() {
+        let q = Arc::new(Q::bounded(2));
+        q.add("a", 1).unwrap();
+        q.add("b", 1).unwrap();
+        assert!(matches!(q.add("c", 1), Err(Full(1))), "a third key");
+        q.add("a", 2).expect("a held key takes its new value");
+        // A key waiting for its retry is still held.
+        let (k, v, _) = q.next().await;
+        q.done(k, Done::Retry(v), &policy(10));
+        assert!(q.add("c", 1).is_err(), "a and b are still held");
+        let (k, _, _) = q.next().await;
+        q.done(k, Done::Finished, &policy(10));
+        q.add("c", 1).expect("b was finished: room again");
+        assert_eq!(q.held(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn later_comes_back_without_counting_a_failure() {
+        let q = Arc::new(Q::unbounded());
+        q.add("a", 1).unwrap();
+        let (k, v, _) = q.next().await;
+        let start = tokio::time::Instant::now();
+        q.done(k, Done::Later(v, Duration::from_millis(250)), &policy(1));
+        let (k, v, _) = q.next().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        assert_eq!(q.failing(), 0);
+        // Later never gives up, even with a cap of one attempt.
+        assert_eq!(
+            q.done(k, Done::Later(v, Duration::from_millis(1)), &policy(1)),
+            Given::Not
+        );
+        let (k, _, _) = q.next().await;
+        q.done(k, Done::Finished, &policy(1));
+    }
+
+    #[test]
+    fn delays_grow_by_the_factor_up_to_the_cap() {
+        let p = policy(12);
+        assert_eq!(p.delay(1), Duration::from_secs(1));
+        assert_eq!(p.delay(4), Duration::from_secs(8));
+        assert_eq!(p.delay(12), Duration::from_secs(300));
+        let constant = RetryPolicy { factor: 1, ..p };
+        assert_eq!(constant.delay(7), Duration::from_secs(1));
+    }
+}
