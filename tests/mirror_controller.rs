@@ -254,3 +254,106 @@ async fn a_source_recreated_after_its_ttl_is_followed_by_the_same_copy() {
     );
     running.stop().await;
 }
+
+/// A writer shared with the test: what the log sink wrote.
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Lines {
+    fn events(&self) -> Vec<Value> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// A channel with `log: true` writes each stored event to the log stream through its own
+/// lane of the pipeline, beside its copy; the metrics say what each sink did.
+#[tokio::test]
+async fn a_log_channel_writes_through_its_own_lane() {
+    use std::sync::Arc;
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
+    let yaml = "channels:\n  - name: nodes\n    namespace: team-infra\n    log: true\nroutes:\n  - channel: nodes\n";
+    let lines = Lines::default();
+    let syncer = clusterscope::mirror::sync::Syncer::new(
+        api.client(),
+        clusterscope::config::shared(
+            clusterscope::config::Config::from_yaml(yaml, "test").unwrap(),
+        ),
+        Arc::new(clusterscope::classify::ScopeResolver::new()),
+        Some(Arc::new(clusterscope::recorder::LogSink::new(Box::new(
+            lines.clone(),
+        )))),
+    );
+    let running = api.run_syncer(
+        syncer,
+        clusterscope::mirror::controller::ControllerOptions {
+            retry_base: Duration::from_millis(20),
+            ..Default::default()
+        },
+    );
+    for i in 0..3 {
+        api.put("default", node_event(i, 1));
+    }
+    api.put("default", pod_event(0));
+    assert!(
+        eventually(|| lines.events().len() == 3 && api.events_in("team-infra").len() == 3).await
+    );
+    // A count bump is a new line with the new count (and an updated copy).
+    api.put("default", node_event(1, 4));
+    assert!(eventually(|| lines.events().iter().any(|e| e["count"] == 4)).await);
+    let logged = lines.events();
+    assert!(
+        logged.iter().all(|e| e["involvedObject"]["kind"] == "Node"),
+        "{logged:?}"
+    );
+    assert!(
+        logged
+            .iter()
+            .all(|e| e["metadata"]["namespace"] == "default"),
+        "the log stream carries the source, not the copy"
+    );
+    assert!(
+        logged.iter().all(
+            |e| e["metadata"]["labels"]["clusterscope.dev/scope"] == "cluster"
+                && e["metadata"]["labels"]["clusterscope.dev/channel"] == "nodes"
+        ),
+        "each line carries the labels the source gets, once, before or after they are stored: {logged:?}"
+    );
+    assert!(
+        eventually(|| running
+            .metric(r#"clusterscope_deliveries_total{sink="log",result="append"}"#)
+            == 4.0)
+        .await,
+        "{}",
+        running.metrics.encode()
+    );
+    assert!(
+        eventually(|| running
+            .metric(r#"clusterscope_deliveries_total{sink="kubernetes",result="update"}"#)
+            == 1.0)
+        .await,
+        "{}",
+        running.metrics.encode()
+    );
+    assert_eq!(
+        running.metric(r#"clusterscope_deliveries_total{sink="kubernetes",result="create"}"#),
+        3.0
+    );
+    assert_eq!(
+        running.metric(r#"clusterscope_delivery_queue_depth{sink="log"}"#),
+        0.0
+    );
+    running.stop().await;
+}

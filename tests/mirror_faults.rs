@@ -110,6 +110,53 @@ async fn a_429_storm_loses_nothing() {
     running.stop().await;
 }
 
+/// The copy sink's queue fills up (every create fails, so every key it holds waits for a
+/// retry) and refuses further deliveries; the controller offers them again later. Once the
+/// API server takes writes again, every source has exactly one copy: what the full queue
+/// refused was recovered, nothing was doubled.
+#[tokio::test]
+async fn a_full_delivery_queue_loses_nothing() {
+    let api = FakeApiServer::start(&["default", "team-infra"]).await;
+    let running = api.run_controller_with(
+        CONFIG,
+        ControllerOptions {
+            workers: 2,
+            retry_base: Duration::from_millis(50),
+            queue_capacity: 4,
+            full_retry: Duration::from_millis(100),
+            ..ControllerOptions::default()
+        },
+    );
+    // Three failures for each key the queue can hold: retried within half a second.
+    api.inject_for("create", 503, "ServiceUnavailable", 12);
+    for i in 0..20 {
+        api.put("default", node_event(i));
+    }
+    let full = r#"clusterscope_delivery_queue_full_total{sink="kubernetes"}"#;
+    assert!(
+        eventually(20, || running.metric(full) >= 1.0).await,
+        "the queue never filled: {}",
+        running.metrics.encode()
+    );
+    assert!(
+        eventually(60, || exactly_one_copy_each(&api, 20)).await,
+        "{} copies; {} faults left",
+        api.events_in("team-infra").len(),
+        api.store.lock().unwrap().faults.len()
+    );
+    let text = running.metrics.encode();
+    assert!(
+        text.contains(r#"clusterscope_deliveries_total{sink="kubernetes",result="create"} 20"#),
+        "{text}"
+    );
+    assert_eq!(
+        running.metric(r#"clusterscope_mirror_given_up_total{channel="nodes"}"#),
+        0.0,
+        "{text}"
+    );
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn the_leader_killed_mid_work_is_replaced_and_nothing_is_lost_or_doubled() {
     let api = FakeApiServer::start(&["default", "team-infra", "clusterscope-system"]).await;

@@ -177,14 +177,7 @@ fn labelled(mut ev: Value) -> Value {
 }
 
 fn metric(running: &fake_apiserver::RunningController, prefix: &str) -> f64 {
-    running
-        .metrics
-        .encode()
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    running.metric(prefix)
 }
 
 /// A copy the API server refuses for good (422: the source's annotations push it past the
@@ -213,6 +206,24 @@ async fn a_refused_copy_is_given_up_and_not_retried() {
     assert_eq!(calls(&api, "create", "team-infra"), creates, "retried");
     // Two creates: the refused one (once) and node2's.
     assert_eq!(creates, 2);
+    // clusterscope says so where the source lives, in an event about the source.
+    let source = format!("node1.{:016x}", 1);
+    let told = api
+        .events_in("default")
+        .into_iter()
+        .find(|e| e["reason"] == "DeliveryGivenUp")
+        .expect("an event of clusterscope's own about the given-up copy");
+    assert_eq!(told["type"], "Warning");
+    assert_eq!(told["involvedObject"]["kind"], "Event");
+    assert_eq!(told["involvedObject"]["name"], source.as_str());
+    assert_eq!(told["source"]["component"], "clusterscope");
+    let message = told["message"].as_str().unwrap();
+    assert!(
+        message.contains("kubernetes")
+            && message.contains("channel nodes")
+            && message.contains("422"),
+        "{message}"
+    );
     running.stop().await;
 }
 

@@ -90,17 +90,16 @@ impl ControllerOptions {
             .destinations()
             .into_iter()
             .fold(Pipeline::new(observer), |pipeline, sink| {
-                let workers = if sink.name() == crate::mirror::sink::KUBERNETES {
-                    self.workers
-                } else {
-                    1
-                };
+                // The copy sink knows what is stored (its copy index); a stream does not, so
+                // its lane remembers what it wrote.
+                let copies = sink.name() == crate::mirror::sink::KUBERNETES;
                 pipeline.with_sink(
                     sink,
                     LaneOptions {
                         capacity: self.queue_capacity,
-                        workers,
+                        workers: if copies { self.workers } else { 1 },
                         retry: self.retry(),
+                        skip_repeats: !copies,
                     },
                 )
             })
@@ -259,14 +258,17 @@ pub async fn run(
     }
     // What another leader (or an earlier run) wrote is not known: list it again.
     syncer.copies.copies.reset();
-    let mut tasks = pipeline.start();
+    // Every task of this run stops when the run ends, however it ends (lease lost, shutdown,
+    // or the run itself dropped).
+    let mut tasks = tokio::task::JoinSet::new();
+    pipeline.start(&mut tasks);
     for ns in SOURCE_NAMESPACES {
         let api: Api<Event> = Api::namespaced(syncer.client.clone(), ns);
         let queue = queue.clone();
         let metrics = metrics.clone();
         let syncer = syncer.clone();
         let pipeline = pipeline.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let config = watcher::Config::default().fields(FIELD_SELECTOR);
             let mut stream = watcher(api, config).default_backoff().boxed();
             while let Some(item) = stream.next().await {
@@ -298,7 +300,7 @@ pub async fn run(
                     }
                 }
             }
-        }));
+        });
     }
     let worker = Worker {
         syncer,
@@ -308,10 +310,8 @@ pub async fn run(
         options,
     };
     for _ in 0..worker.options.workers.max(1) {
-        tasks.push(tokio::spawn(worker.clone().run()));
+        tasks.spawn(worker.clone().run());
     }
     shutdown.await;
-    for t in tasks {
-        t.abort();
-    }
+    tasks.shutdown().await;
 }

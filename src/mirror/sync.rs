@@ -124,6 +124,33 @@ pub fn merge_patch_of(ops: &[json_patch::PatchOperation]) -> serde_json::Value {
     patch
 }
 
+/// Applies a merge patch of `metadata.labels` and `metadata.annotations` (as
+/// [`merge_patch_of`] makes) to typed metadata: strings are set, nulls removed.
+fn apply_metadata_patch(
+    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    patch: &serde_json::Value,
+) {
+    for (field, map) in [
+        ("labels", &mut meta.labels),
+        ("annotations", &mut meta.annotations),
+    ] {
+        let Some(changes) = patch["metadata"][field].as_object() else {
+            continue;
+        };
+        let map = map.get_or_insert_with(Default::default);
+        for (key, value) in changes {
+            match value.as_str() {
+                Some(v) => {
+                    map.insert(key.clone(), v.to_owned());
+                }
+                None => {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+}
+
 impl Syncer {
     pub fn new(
         client: kube::Client,
@@ -239,6 +266,7 @@ impl Syncer {
         };
         let delivery = |key: String, event: Event| Delivery {
             key,
+            fingerprint: crate::mirror::copies::fingerprint(&event),
             event,
             channel: channel.name.clone(),
             source: reference.clone(),
@@ -247,9 +275,15 @@ impl Syncer {
         if channel.log
             && let Some(log) = &self.log
         {
+            // The source as it is once labelled: the same line before and after the label
+            // patch is stored, so the log lane writes it once.
+            let mut line = source.clone();
+            if let Some((_, patch)) = &plan.label {
+                apply_metadata_patch(&mut line.metadata, patch);
+            }
             plan.deliveries.push((
                 log.name(),
-                delivery(format!("{source_ns}/{source_name}"), source.clone()),
+                delivery(format!("{source_ns}/{source_name}"), line),
             ));
         }
         if let Some(copy) = make_copy(source, classified, channel, &config) {

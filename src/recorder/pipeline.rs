@@ -8,10 +8,11 @@
 //! the caller (which offers it again later), counted and logged; a delivery given up after
 //! its tries is reported as such.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
@@ -33,6 +34,9 @@ pub struct Delivery {
     pub source: ObjectReference,
     /// When the change it carries was first seen (for lag).
     pub since: Instant,
+    /// A hash of what it says: a lane that skips repeats ([`LaneOptions::skip_repeats`])
+    /// does not write a key again with the fingerprint it last wrote.
+    pub fingerprint: u64,
 }
 
 /// What a sink did with a delivery.
@@ -124,6 +128,9 @@ pub struct LaneOptions {
     pub capacity: usize,
     pub workers: usize,
     pub retry: RetryPolicy,
+    /// Remember the fingerprint last written per key and skip a delivery that repeats it
+    /// (for sinks that cannot tell themselves, such as a stream).
+    pub skip_repeats: bool,
 }
 
 /// Why [`Pipeline::offer`] did not take a delivery; it is handed back.
@@ -140,6 +147,21 @@ struct Lane {
     queue: Arc<KeyedQueue<String, Delivery>>,
     options: LaneOptions,
     refused: AtomicU64,
+    /// key → fingerprint last written (with `skip_repeats`).
+    written: Mutex<HashMap<String, u64>>,
+}
+
+impl Lane {
+    fn repeats(&self, delivery: &Delivery) -> bool {
+        self.options.skip_repeats
+            && crate::locks::lock(&self.written).get(&delivery.key) == Some(&delivery.fingerprint)
+    }
+
+    fn wrote(&self, delivery: &Delivery) {
+        if self.options.skip_repeats {
+            crate::locks::lock(&self.written).insert(delivery.key.clone(), delivery.fingerprint);
+        }
+    }
 }
 
 /// Lanes by sink name; cheap to share in an [`Arc`].
@@ -164,6 +186,7 @@ impl Pipeline {
                 sink,
                 options,
                 refused: AtomicU64::new(0),
+                written: Mutex::new(HashMap::new()),
             }));
         }
         self
@@ -206,10 +229,12 @@ impl Pipeline {
         }
     }
 
-    /// Drops what `sink` holds for `key` (its source is gone): queued and pending retries.
+    /// Drops what `sink` holds for `key` (its source is gone): queued, pending retries, and
+    /// the fingerprint last written.
     pub fn forget(&self, sink: &str, key: &str) {
         if let Some(lane) = self.lane(sink) {
             lane.queue.forget(&key.to_owned());
+            crate::locks::lock(&lane.written).remove(key);
         }
     }
 
@@ -218,19 +243,15 @@ impl Pipeline {
         self.lane(sink).map_or(0, |l| l.queue.held())
     }
 
-    /// Starts every lane's workers; they run until aborted.
-    pub fn start(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks = Vec::new();
+    /// Starts every lane's workers in `tasks`; they run until the set is dropped or aborted.
+    pub fn start(&self, tasks: &mut tokio::task::JoinSet<()>) {
         for lane in &self.lanes {
             for _ in 0..lane.options.workers.max(1) {
                 let lane = lane.clone();
                 let observer = self.observer.clone();
-                tasks.push(tokio::spawn(
-                    async move { work(&lane, observer.as_ref()).await },
-                ));
+                tasks.spawn(async move { work(&lane, observer.as_ref()).await });
             }
         }
-        tasks
     }
 }
 
@@ -239,8 +260,15 @@ async fn work(lane: &Lane, observer: &dyn Observer) {
     let name = lane.sink.name();
     loop {
         let (key, delivery, _) = lane.queue.next().await;
+        if lane.repeats(&delivery) {
+            observer.delivered(name, &delivery, Delivered::Unchanged);
+            lane.queue.done(key, Done::Finished, &lane.options.retry);
+            observer.depth(name, lane.queue.held());
+            continue;
+        }
         let done = match lane.sink.deliver(&delivery).await {
             Ok(how) => {
+                lane.wrote(&delivery);
                 observer.delivered(name, &delivery, how);
                 Done::Finished
             }
@@ -282,7 +310,6 @@ async fn work(lane: &Lane, observer: &dyn Observer) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
     use std::time::Duration;
 
     /// Answers each try from a script (then success), recording what it was asked.
@@ -345,6 +372,7 @@ mod tests {
             channel: "nodes".into(),
             source: ObjectReference::default(),
             since: Instant::now(),
+            fingerprint: count as u64,
         }
     }
 
@@ -358,6 +386,7 @@ mod tests {
                 max_delay: Duration::from_secs(60),
                 max_attempts,
             },
+            skip_repeats: false,
         }
     }
 
@@ -381,7 +410,8 @@ mod tests {
         });
         let seen = Arc::new(Seen::default());
         let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), options(10, 3));
-        let tasks = p.start();
+        let mut tasks = tokio::task::JoinSet::new();
+        p.start(&mut tasks);
         p.offer("scripted", delivery("a", 1)).unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(
@@ -397,7 +427,6 @@ mod tests {
         p.offer("scripted", delivery("a", 2)).unwrap();
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(seen.0.lock().unwrap().last().unwrap(), "scripted a create");
-        tasks.iter().for_each(|t| t.abort());
     }
 
     #[tokio::test(start_paused = true)]
@@ -408,12 +437,12 @@ mod tests {
         });
         let seen = Arc::new(Seen::default());
         let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), options(10, 12));
-        let tasks = p.start();
+        let mut tasks = tokio::task::JoinSet::new();
+        p.start(&mut tasks);
         p.offer("scripted", delivery("a", 1)).unwrap();
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert_eq!(*seen.0.lock().unwrap(), ["scripted a create given_up=true"]);
         assert_eq!(sink.seen.lock().unwrap().len(), 1);
-        tasks.iter().for_each(|t| t.abort());
     }
 
     #[tokio::test(start_paused = true)]
@@ -436,7 +465,8 @@ mod tests {
             p.offer("elsewhere", delivery("a", 1)),
             Err(Refused::NoSink(_))
         ));
-        let tasks = p.start();
+        let mut tasks = tokio::task::JoinSet::new();
+        p.start(&mut tasks);
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
             *sink.seen.lock().unwrap(),
@@ -449,6 +479,5 @@ mod tests {
                 .unwrap()
                 .contains(&"scripted c full".to_owned())
         );
-        tasks.iter().for_each(|t| t.abort());
     }
 }

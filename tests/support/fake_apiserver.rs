@@ -308,15 +308,42 @@ impl FakeApiServer {
     /// Runs the mirror controller against this server with the routing configuration `yaml`
     /// (4 workers, retries from `retry_base`) until [`RunningController::stop`].
     pub fn run_controller(&self, yaml: &str, retry_base: Duration) -> RunningController {
+        self.run_controller_with(
+            yaml,
+            clusterscope::mirror::controller::ControllerOptions {
+                workers: 4,
+                retry_base,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// As [`Self::run_controller`], with all the controller's options given.
+    pub fn run_controller_with(
+        &self,
+        yaml: &str,
+        options: clusterscope::mirror::controller::ControllerOptions,
+    ) -> RunningController {
+        self.run_syncer(self.syncer(yaml), options)
+    }
+
+    /// Runs the mirror controller with `syncer` (its sinks, its configuration) on this server.
+    pub fn run_syncer(
+        &self,
+        syncer: clusterscope::mirror::sync::Syncer,
+        options: clusterscope::mirror::controller::ControllerOptions,
+    ) -> RunningController {
+        use clusterscope::recorder::{Broadcaster, KubeSink, Recorder, SystemClock};
         let metrics = Arc::new(clusterscope::metrics::Metrics::new());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let options = clusterscope::mirror::controller::ControllerOptions {
-            workers: 4,
-            retry_base,
-            ..Default::default()
-        };
+        // clusterscope's own events (given-up deliveries) are written to this server too.
+        let broadcaster = Broadcaster::new(Default::default());
+        let clock: Arc<dyn clusterscope::recorder::Clock> = Arc::new(SystemClock);
+        let recorder_task = broadcaster
+            .start_recording_to_sink(Arc::new(KubeSink::new(self.client())), clock.clone());
+        let recorder = Arc::new(Recorder::new(broadcaster, "clusterscope", "test", clock));
         let task = tokio::spawn(clusterscope::mirror::controller::run(
-            self.syncer(yaml),
+            syncer.with_recorder(recorder),
             metrics.clone(),
             options,
             async {
@@ -326,6 +353,7 @@ impl FakeApiServer {
         RunningController {
             stop,
             task,
+            recorder_task,
             metrics,
         }
     }
@@ -432,6 +460,7 @@ type St = State<Arc<Mutex<Store>>>;
 pub struct RunningController {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    recorder_task: tokio::task::JoinHandle<()>,
     pub metrics: Arc<clusterscope::metrics::Metrics>,
 }
 
@@ -439,6 +468,19 @@ impl RunningController {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
+        self.recorder_task.abort();
+    }
+
+    /// The value of the first series of the controller's metrics starting with `prefix`
+    /// (0 when there is none).
+    pub fn metric(&self, prefix: &str) -> f64 {
+        self.metrics
+            .encode()
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 }
 
