@@ -122,6 +122,9 @@ pub struct ServeArgs {
     /// This replica's name, for the mirror lease (the Downward API's pod name).
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// This replica's pod uid (the Downward API's), named in its own events.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
     /// Namespace of the mirror lease (the Downward API's pod namespace).
     #[arg(long, env = "POD_NAMESPACE", default_value = "clusterscope-system")]
     pub pod_namespace: String,
@@ -435,6 +438,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                 (None, ClusterFlag::Off) => crate::cluster::ClusterMode::Off,
             },
             identity: args.pod_name.unwrap_or_else(hostname),
+            pod_uid: args.pod_uid,
             lease_namespace: args.pod_namespace,
             controller: crate::mirror::controller::ControllerOptions {
                 workers: args.mirror_workers.max(1),

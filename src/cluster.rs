@@ -112,8 +112,10 @@ pub async fn await_discovery(resolver: &ScopeResolver, wait: Duration) {
 #[derive(Debug, Clone)]
 pub struct ClusterOptions {
     pub mode: ClusterMode,
-    /// This replica's name (the pod name), for the lease.
+    /// This replica's name (the pod name), for the lease and its own events.
     pub identity: String,
+    /// This replica's pod uid, so that `kubectl describe pod` shows its own events.
+    pub pod_uid: Option<String>,
     /// Namespace of the lease (the pod's namespace).
     pub lease_namespace: String,
     pub lease: Option<LeaseOptions>,
@@ -131,6 +133,7 @@ impl Default for ClusterOptions {
         ClusterOptions {
             mode: ClusterMode::InCluster,
             identity: "clusterscope".to_owned(),
+            pod_uid: None,
             lease_namespace: "clusterscope-system".to_owned(),
             lease: None,
             controller: ControllerOptions::default(),
@@ -264,6 +267,8 @@ pub struct Shared {
     pub resolver: Arc<ScopeResolver>,
     pub metrics: Arc<Metrics>,
     pub state: Arc<crate::status::StatusLine>,
+    /// clusterscope's own events: connected here once the API server answers.
+    pub own_events: Arc<crate::recorder::OwnEvents>,
 }
 
 /// Starts discovery and the leader-elected mirror controller; they stop when `stop` turns true.
@@ -326,6 +331,7 @@ fn start(
         resolver,
         metrics,
         state,
+        own_events,
     } = shared;
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -354,8 +360,16 @@ fn start(
         &options.identity,
         clock,
     ));
-    let syncer = Syncer::new(client.clone(), config, resolver, Some(log_sink))
-        .with_recorder(recorder.clone());
+    own_events.connect(
+        recorder.clone(),
+        crate::recorder::pod_reference(
+            &options.lease_namespace,
+            &options.identity,
+            options.pod_uid.as_deref(),
+        ),
+    );
+    let syncer =
+        Syncer::new(client.clone(), config, resolver, Some(log_sink)).with_own_events(own_events);
     let lease_ref = ObjectReference {
         api_version: Some("coordination.k8s.io/v1".to_owned()),
         kind: Some("Lease".to_owned()),

@@ -17,6 +17,8 @@ pub struct ConfigReloader {
     pub shared: SharedConfig,
     pub metrics: Arc<Metrics>,
     pub status: Arc<StatusLine>,
+    /// A refused file is told in an event about this replica, once a cluster is connected.
+    pub own_events: Arc<crate::recorder::OwnEvents>,
     last_seen: Vec<u8>,
 }
 
@@ -35,8 +37,15 @@ impl ConfigReloader {
             shared,
             metrics,
             status,
+            own_events: Arc::default(),
             last_seen: loaded,
         }
+    }
+
+    /// Tells refusals with `own_events` too.
+    pub fn with_own_events(mut self, own_events: Arc<crate::recorder::OwnEvents>) -> Self {
+        self.own_events = own_events;
+        self
     }
 
     fn count(&self, result: &str) {
@@ -72,8 +81,96 @@ impl ConfigReloader {
                     "configuration: new version refused ({e}); the previous one stays in use"
                 ));
                 tracing::warn!(error = %e, "new configuration refused; the previous one stays in use");
+                let message = format!(
+                    "configuration {} refused; the previous one stays in use: {}",
+                    self.path.display(),
+                    crate::telemetry::clip(&e.to_string(), 768)
+                );
+                if self.own_events.warn("ConfigurationRefused", &message) == Some(false) {
+                    self.metrics.recorder_dropped.inc();
+                }
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recorder::{Broadcaster, BroadcasterOptions, LogSink, OwnEvents, Recorder};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_file_is_kept_out_and_told_in_an_event_about_this_replica() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.yaml");
+        let good = b"channels:\n  - name: a\nroutes:\n  - channel: a\n".to_vec();
+        std::fs::write(&path, &good).unwrap();
+        let shared = crate::config::shared(Config::from_bytes(&good, "t").unwrap());
+        let metrics = Arc::new(Metrics::new());
+        // Recorded events land in a buffer, one JSON line each.
+        let written = Buffer::default();
+        let broadcaster = Broadcaster::new(BroadcasterOptions::default());
+        let clock: Arc<dyn crate::recorder::Clock> = Arc::new(crate::recorder::SystemClock);
+        let _task = broadcaster.start_recording_to_sink(
+            Arc::new(LogSink::new(Box::new(written.clone()))),
+            clock.clone(),
+        );
+        let own = Arc::new(OwnEvents::new());
+        let mut reloader = ConfigReloader::new(
+            path.clone(),
+            shared.clone(),
+            metrics.clone(),
+            Arc::new(StatusLine::default()),
+            good,
+        )
+        .with_own_events(own.clone());
+        // Not connected yet: refused, logged, counted, no event.
+        std::fs::write(&path, "routes:\n  - channel: nowhere\n").unwrap();
+        assert!(matches!(reloader.check(), Some(Err(_))));
+        own.connect(
+            Arc::new(Recorder::new(broadcaster, "clusterscope", "host", clock)),
+            crate::recorder::pod_reference("clusterscope-system", "clusterscope-0", Some("u-0")),
+        );
+        std::fs::write(
+            &path,
+            "channels:\n  - name: a\nroutes:\n  - channel: elsewhere\n",
+        )
+        .unwrap();
+        assert!(matches!(reloader.check(), Some(Err(_))));
+        assert_eq!(shared.load().channels[0].name, "a", "the refused file was taken");
+        let mut lines = Vec::new();
+        for _ in 0..100 {
+            lines = String::from_utf8(written.0.lock().unwrap().clone())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .collect();
+            if !lines.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let event = &lines[0];
+        assert_eq!(event["reason"], "ConfigurationRefused");
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["involvedObject"]["kind"], "Pod");
+        assert_eq!(event["involvedObject"]["name"], "clusterscope-0");
+        assert_eq!(event["metadata"]["namespace"], "clusterscope-system");
+        let message = event["message"].as_str().unwrap();
+        assert!(message.contains("elsewhere"), "{message}");
     }
 }

@@ -138,6 +138,8 @@ pub struct Server {
     options: ServeOptions,
     /// The cluster to use and discovery's poke receiver, when one is configured.
     cluster: Option<(crate::cluster::Target, tokio::sync::mpsc::Receiver<()>)>,
+    /// clusterscope's own events (connected by the cluster side).
+    own_events: Arc<crate::recorder::OwnEvents>,
 }
 
 impl Server {
@@ -210,6 +212,7 @@ impl Server {
         let shared_config = crate::config::shared(config);
         let config_status = Arc::new(crate::status::StatusLine::default());
         config_status.set("configuration: the embedded default");
+        let own_events = Arc::new(crate::recorder::OwnEvents::new());
         let config_reloader = options.config.clone().map(|path| {
             crate::reload::ConfigReloader::new(
                 path,
@@ -218,6 +221,7 @@ impl Server {
                 config_status.clone(),
                 config_text,
             )
+            .with_own_events(own_events.clone())
         });
         // With a cluster, kinds nobody knows stay undetermined until discovery answers.
         let scope_resolver = if cluster.is_some() {
@@ -250,6 +254,7 @@ impl Server {
             config_reloader,
             options,
             cluster,
+            own_events,
         })
     }
 
@@ -330,6 +335,7 @@ impl Server {
                     resolver: self.state.reviewer.resolver.clone(),
                     metrics: self.state.metrics.clone(),
                     state: self.state.cluster.clone(),
+                    own_events: self.own_events.clone(),
                 },
                 self.options.cluster.clone(),
                 pokes,

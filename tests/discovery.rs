@@ -129,6 +129,7 @@ fn spawn_cluster(
         resolver: resolver.clone(),
         metrics: Arc::new(Metrics::new()),
         state: Arc::new(clusterscope::status::StatusLine::default()),
+        own_events: Arc::default(),
     };
     let options = clusterscope::cluster::ClusterOptions {
         identity: "replica-0".into(),

@@ -184,7 +184,13 @@ fn metric(running: &fake_apiserver::RunningController, prefix: &str) -> f64 {
 /// 256 KiB limit) is given up at once: counted, logged, and never tried again.
 #[tokio::test]
 async fn a_refused_copy_is_given_up_and_not_retried() {
-    let api = FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
+    let api = FakeApiServer::start(&[
+        "default",
+        "kube-system",
+        "team-infra",
+        "clusterscope-system",
+    ])
+    .await;
     let mut big = labelled(node_event(1, 1));
     big["metadata"]["annotations"]["note"] = "x".repeat(256 * 1024 - 60).into();
     api.put("default", big);
@@ -206,20 +212,21 @@ async fn a_refused_copy_is_given_up_and_not_retried() {
     assert_eq!(calls(&api, "create", "team-infra"), creates, "retried");
     // Two creates: the refused one (once) and node2's.
     assert_eq!(creates, 2);
-    // clusterscope says so where the source lives, in an event about the source.
-    let source = format!("node1.{:016x}", 1);
+    // clusterscope says so in an event about its own pod (where its Role lets it write).
+    let source = format!("default/node1.{:016x}", 1);
     let told = api
-        .events_in("default")
+        .events_in("clusterscope-system")
         .into_iter()
         .find(|e| e["reason"] == "DeliveryGivenUp")
         .expect("an event of clusterscope's own about the given-up copy");
     assert_eq!(told["type"], "Warning");
-    assert_eq!(told["involvedObject"]["kind"], "Event");
-    assert_eq!(told["involvedObject"]["name"], source.as_str());
+    assert_eq!(told["involvedObject"]["kind"], "Pod");
+    assert_eq!(told["involvedObject"]["uid"], "pod-uid-0");
     assert_eq!(told["source"]["component"], "clusterscope");
     let message = told["message"].as_str().unwrap();
     assert!(
-        message.contains("kubernetes")
+        message.contains(&source)
+            && message.contains("kubernetes")
             && message.contains("channel nodes")
             && message.contains("422"),
         "{message}"

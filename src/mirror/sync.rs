@@ -78,8 +78,8 @@ pub struct Syncer {
     pub copies: Arc<CopySink>,
     /// Where `log: true` channels write.
     pub log: Option<Arc<dyn Destination>>,
-    /// Records clusterscope's own events (given-up copies), when it has one.
-    pub recorder: Option<Arc<crate::recorder::Recorder>>,
+    /// clusterscope's own events (given-up deliveries).
+    pub own_events: Arc<crate::recorder::OwnEvents>,
 }
 
 /// What one source needs, decided without writing anything.
@@ -164,13 +164,13 @@ impl Syncer {
             config,
             resolver,
             log,
-            recorder: None,
+            own_events: Arc::default(),
         }
     }
 
-    /// Records clusterscope's own events (given-up copies) with `recorder`.
-    pub fn with_recorder(mut self, recorder: Arc<crate::recorder::Recorder>) -> Self {
-        self.recorder = Some(recorder);
+    /// Records clusterscope's own events (given-up deliveries) with `own_events`.
+    pub fn with_own_events(mut self, own_events: Arc<crate::recorder::OwnEvents>) -> Self {
+        self.own_events = own_events;
         self
     }
 

@@ -10,6 +10,13 @@
 //! - [`Recorder`]: makes events the way client-go does, so clusterscope can record events
 //!   about itself.
 //!
+//! - [`OwnEvents`]: clusterscope's events about itself (its pod): a refused configuration, a
+//!   given-up delivery; silent until a cluster is connected.
+//!
+//! Why not kube-runtime's `events::Recorder`: its `publish` is awaited by the caller (the API
+//! server's latency lands on whoever records), with no queue, no retry policy, no spam filter
+//! and no drop accounting; client-go's broadcaster has all four.
+//!
 //! Usable on its own: nothing here depends on the webhook.
 
 pub mod broadcaster;
@@ -158,5 +165,53 @@ impl Recorder {
         }
         self.broadcaster
             .send(self.make_event(reference, type_, reason, message))
+    }
+}
+
+/// clusterscope's own events about itself, once a cluster is connected ([`OwnEvents::connect`]);
+/// until then recording them is a no-op. Cheap to share in an [`std::sync::Arc`].
+#[derive(Default)]
+pub struct OwnEvents {
+    connected: arc_swap::ArcSwapOption<Connected>,
+}
+
+struct Connected {
+    recorder: std::sync::Arc<Recorder>,
+    about: ObjectReference,
+}
+
+impl OwnEvents {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// From now on, events are recorded with `recorder`, about `about` (this replica's pod).
+    pub fn connect(&self, recorder: std::sync::Arc<Recorder>, about: ObjectReference) {
+        self.connected
+            .store(Some(std::sync::Arc::new(Connected { recorder, about })));
+    }
+
+    /// Records a Warning about this replica. `None` before a cluster is connected; else
+    /// whether the event was queued (false: a full queue dropped it).
+    pub fn warn(&self, reason: &str, message: &str) -> Option<bool> {
+        let connected = self.connected.load_full()?;
+        Some(
+            connected
+                .recorder
+                .event(&connected.about, WARNING, reason, message),
+        )
+    }
+}
+
+/// A reference to a pod (this replica), as its own events name it; `uid` lets
+/// `kubectl describe pod` find them.
+pub fn pod_reference(namespace: &str, name: &str, uid: Option<&str>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Pod".to_owned()),
+        namespace: Some(namespace.to_owned()),
+        name: Some(name.to_owned()),
+        uid: uid.filter(|u| !u.is_empty()).map(str::to_owned),
+        ..ObjectReference::default()
     }
 }

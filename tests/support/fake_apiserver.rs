@@ -342,8 +342,17 @@ impl FakeApiServer {
         let recorder_task = broadcaster
             .start_recording_to_sink(Arc::new(KubeSink::new(self.client())), clock.clone());
         let recorder = Arc::new(Recorder::new(broadcaster, "clusterscope", "test", clock));
+        let own_events = Arc::new(clusterscope::recorder::OwnEvents::new());
+        own_events.connect(
+            recorder,
+            clusterscope::recorder::pod_reference(
+                "clusterscope-system",
+                "clusterscope-0",
+                Some("pod-uid-0"),
+            ),
+        );
         let task = tokio::spawn(clusterscope::mirror::controller::run(
-            syncer.with_recorder(recorder),
+            syncer.with_own_events(own_events),
             metrics.clone(),
             options,
             async {
