@@ -19,7 +19,8 @@ pub struct ConfigReloader {
     pub status: Arc<StatusLine>,
     /// A refused file is told in an event about this replica, once a cluster is connected.
     pub own_events: Arc<crate::recorder::OwnEvents>,
-    last_seen: Vec<u8>,
+    /// The file and what was last seen in it (taken or refused).
+    file: crate::watch::Files,
 }
 
 impl ConfigReloader {
@@ -33,12 +34,12 @@ impl ConfigReloader {
     ) -> Self {
         status.set(format!("configuration: {} loaded", path.display()));
         ConfigReloader {
+            file: crate::watch::Files::new(vec![path.clone()], vec![loaded]),
             path,
             shared,
             metrics,
             status,
             own_events: Arc::default(),
-            last_seen: loaded,
         }
     }
 
@@ -59,12 +60,8 @@ impl ConfigReloader {
 
     /// Checks the file once: `None` when unchanged, else whether the new version was taken.
     pub fn check(&mut self) -> Option<Result<(), ConfigError>> {
-        let bytes = std::fs::read(&self.path).unwrap_or_default();
-        if bytes == self.last_seen {
-            return None;
-        }
+        let bytes = self.file.changed()?.pop()?;
         let parsed = Config::from_bytes(&bytes, &self.path.display().to_string());
-        self.last_seen = bytes;
         match parsed {
             Ok(config) => {
                 let (channels, routes) = (config.channels.len(), config.routes.len());
@@ -150,7 +147,11 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(reloader.check(), Some(Err(_))));
-        assert_eq!(shared.load().channels[0].name, "a", "the refused file was taken");
+        assert_eq!(
+            shared.load().channels[0].name,
+            "a",
+            "the refused file was taken"
+        );
         let mut lines = Vec::new();
         for _ in 0..100 {
             lines = String::from_utf8(written.0.lock().unwrap().clone())

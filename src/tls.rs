@@ -102,8 +102,9 @@ pub fn parse_pair(
     })
 }
 
-/// A loaded pair and the bytes of both files (to tell later changes apart).
-pub type LoadedPair = (LoadedCert, Vec<u8>);
+/// A loaded pair and the bytes of both files, certificate then key (to tell later changes
+/// apart).
+pub type LoadedPair = (LoadedCert, Vec<Vec<u8>>);
 
 /// Reads and parses the pair at these paths.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedPair, TlsError> {
@@ -122,9 +123,7 @@ pub fn load_pair(cert: &Path, key: &Path) -> Result<LoadedPair, TlsError> {
         &cert.display().to_string(),
         &key.display().to_string(),
     )?;
-    let mut fingerprint = cert_pem;
-    fingerprint.extend_from_slice(&key_pem);
-    Ok((loaded, fingerprint))
+    Ok((loaded, vec![cert_pem, key_pem]))
 }
 
 /// Serves whatever certificate is current to each new handshake.
@@ -215,8 +214,8 @@ pub struct CertReloader {
     pub key: PathBuf,
     pub resolver: Arc<CertResolver>,
     pub metrics: Arc<Metrics>,
-    /// What was last seen on disk (loaded or refused), so a broken pair is reported once.
-    last_seen: Vec<u8>,
+    /// The pair's files and what was last seen in them (loaded or refused).
+    files: crate::watch::Files,
 }
 
 impl CertReloader {
@@ -225,14 +224,14 @@ impl CertReloader {
         key: PathBuf,
         resolver: Arc<CertResolver>,
         metrics: Arc<Metrics>,
-        loaded_fingerprint: Vec<u8>,
+        loaded: Vec<Vec<u8>>,
     ) -> Self {
         CertReloader {
+            files: crate::watch::Files::new(vec![cert.clone(), key.clone()], loaded),
             cert,
             key,
             resolver,
             metrics,
-            last_seen: loaded_fingerprint,
         }
     }
 
@@ -248,17 +247,13 @@ impl CertReloader {
     /// Checks the files once; returns `Some(Ok)` when a new pair was loaded, `Some(Err)` when
     /// a changed pair was refused, `None` when nothing changed.
     pub fn check(&mut self) -> Option<Result<(), TlsError>> {
-        let cert = std::fs::read(&self.cert).unwrap_or_default();
-        let key = std::fs::read(&self.key).unwrap_or_default();
-        let mut seen = cert.clone();
-        seen.extend_from_slice(&key);
-        if seen == self.last_seen {
+        let files = self.files.changed()?;
+        let [cert, key] = files.as_slice() else {
             return None;
-        }
-        self.last_seen = seen;
+        };
         match parse_pair(
-            &cert,
-            &key,
+            cert,
+            key,
             &self.cert.display().to_string(),
             &self.key.display().to_string(),
         ) {
@@ -286,7 +281,7 @@ impl CertReloader {
 
     /// Starts watching the pair (see [`crate::watch`]); the watch is in place when this returns.
     pub fn spawn(mut self, interval: Duration) -> tokio::task::JoinHandle<()> {
-        let paths = vec![self.cert.clone(), self.key.clone()];
+        let paths = self.files.paths().to_vec();
         crate::watch::spawn(paths, interval, move || {
             self.check();
         })

@@ -8,6 +8,44 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The files a reloader follows and what they held when last read, so that a change is told
+/// from a re-read of the same bytes (the periodic check, an event about another file in the
+/// same directory) and a broken version is reported once, not on every check.
+#[derive(Debug)]
+pub struct Files {
+    paths: Vec<PathBuf>,
+    seen: Vec<Vec<u8>>,
+}
+
+impl Files {
+    /// `loaded`: what each path held when the caller read it (in the same order).
+    pub fn new(paths: Vec<PathBuf>, loaded: Vec<Vec<u8>>) -> Self {
+        Files {
+            paths,
+            seen: loaded,
+        }
+    }
+
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    /// Reads every file (a missing or unreadable one reads as empty); their contents when any
+    /// differs from what was last seen (and from now on is what was seen), else `None`.
+    pub fn changed(&mut self) -> Option<Vec<Vec<u8>>> {
+        let now: Vec<Vec<u8>> = self
+            .paths
+            .iter()
+            .map(|p| std::fs::read(p).unwrap_or_default())
+            .collect();
+        if now == self.seen {
+            return None;
+        }
+        self.seen.clone_from(&now);
+        Some(now)
+    }
+}
+
 /// Wait after a file-system event before checking, so a writer replacing several files is done.
 const EVENT_SETTLE: Duration = Duration::from_millis(100);
 
@@ -77,4 +115,31 @@ fn watch_dirs(
         }
     }
     Some(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_told_once_and_a_re_read_of_the_same_bytes_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "1").unwrap();
+        std::fs::write(&b, "x").unwrap();
+        let mut files = Files::new(
+            vec![a.clone(), b.clone()],
+            vec![b"1".to_vec(), b"x".to_vec()],
+        );
+        assert_eq!(files.changed(), None, "nothing changed since it was loaded");
+        std::fs::write(&b, "y").unwrap();
+        assert_eq!(files.changed(), Some(vec![b"1".to_vec(), b"y".to_vec()]));
+        assert_eq!(files.changed(), None, "told once");
+        std::fs::remove_file(&a).unwrap();
+        assert_eq!(
+            files.changed(),
+            Some(vec![Vec::new(), b"y".to_vec()]),
+            "a missing file reads as empty"
+        );
+    }
 }
