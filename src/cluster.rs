@@ -310,22 +310,32 @@ pub fn spawn(
         {
             return;
         }
-        for task in start(target.client, shared, options, pokes, stop) {
+        let own_events = shared.own_events.clone();
+        let (tasks, recorder) = start(target.client, shared, options, pokes, stop);
+        for task in tasks {
             let _ = task.await;
         }
+        // The last own events (LeaderLost) are queued by now: let go of the recorder, so its
+        // worker writes what is queued and ends.
+        own_events.disconnect();
+        let _ = recorder.await;
     });
     vec![discovery_timer, supervisor]
 }
 
 /// Starts discovery, the leader-elected mirror controller and the recorder of clusterscope's
-/// own events against an API server that answers; they stop when `stop` turns true.
+/// own events against an API server that answers; they stop when `stop` turns true, the
+/// recorder's worker (returned apart) once every sender is gone.
 fn start(
     client: kube::Client,
     shared: Shared,
     options: ClusterOptions,
     pokes: tokio::sync::mpsc::Receiver<()>,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::task::JoinHandle<()>,
+) {
     let Shared {
         config,
         resolver,
@@ -425,5 +435,5 @@ fn start(
         on_change,
         stopped(stop),
     ));
-    vec![discovery, mirror, recorder_task]
+    (vec![discovery, mirror], recorder_task)
 }

@@ -97,17 +97,7 @@ mod tests {
     use super::*;
     use crate::recorder::{Broadcaster, BroadcasterOptions, LogSink, OwnEvents, Recorder};
 
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<std::sync::Mutex<Vec<u8>>>);
-    impl std::io::Write for Buffer {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::recorder::sink::tests::Shared as Buffer;
 
     #[tokio::test]
     async fn a_refused_file_is_kept_out_and_told_in_an_event_about_this_replica() {

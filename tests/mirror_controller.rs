@@ -331,22 +331,22 @@ async fn a_log_channel_writes_through_its_own_lane() {
         ),
         "each line carries the labels the source gets, once, before or after they are stored: {logged:?}"
     );
-    assert!(
-        eventually(|| running
-            .metric(r#"clusterscope_deliveries_total{sink="log",result="append"}"#)
-            == 4.0)
-        .await,
-        "{}",
-        running.metrics.encode()
-    );
-    assert!(
-        eventually(|| running
-            .metric(r#"clusterscope_deliveries_total{sink="kubernetes",result="update"}"#)
-            == 1.0)
-        .await,
-        "{}",
-        running.metrics.encode()
-    );
+    for (series, value) in [
+        (
+            r#"clusterscope_deliveries_total{sink="log",result="append"}"#,
+            4.0,
+        ),
+        (
+            r#"clusterscope_deliveries_total{sink="kubernetes",result="update"}"#,
+            1.0,
+        ),
+    ] {
+        assert!(
+            eventually(|| running.metric(series) == value).await,
+            "{series}: {}",
+            running.metrics.encode()
+        );
+    }
     assert_eq!(
         running.metric(r#"clusterscope_deliveries_total{sink="kubernetes",result="create"}"#),
         3.0

@@ -722,6 +722,39 @@ async fn with_a_cluster_the_leader_mirrors_and_a_stalled_api_server_never_slows_
     api.store.lock().unwrap().delay = None;
 }
 
+/// Shutdown with a cluster: the leader hands the lease over and says so (LeaderLost); the
+/// recorder writes what is queued and ends, so the server does not wait for the 5 s stop
+/// timeout of the cluster tasks.
+#[tokio::test]
+async fn with_a_cluster_shutdown_hands_the_lease_over_and_ends() {
+    let api =
+        fake_apiserver::FakeApiServer::start(&["default", "kube-system", "clusterscope-system"])
+            .await;
+    let mut server = start_full(
+        Duration::from_secs(60),
+        clusterscope::cluster::ClusterMode::Client(api.client()),
+        None,
+    )
+    .await;
+    let said = |reason: &str| {
+        api.events_in("clusterscope-system")
+            .iter()
+            .any(|e| e["reason"] == reason)
+    };
+    assert!(fake_apiserver::eventually(10, || said("LeaderElected")).await);
+    let _ = server.stop.take().unwrap().send(());
+    let ended = tokio::time::timeout(Duration::from_secs(4), &mut server.task).await;
+    assert!(
+        ended.is_ok(),
+        "the server did not stop before the cluster tasks' timeout"
+    );
+    assert!(
+        said("LeaderLost"),
+        "{:?}",
+        api.events_in("clusterscope-system")
+    );
+}
+
 /// Writes `<dir>/<version>/config.yaml` and points `<dir>/..data` (and `config.yaml` through it)
 /// at it, as the kubelet updates a mounted ConfigMap.
 fn write_configmap_version(dir: &Path, version: &str, text: &str) {

@@ -191,6 +191,11 @@ impl OwnEvents {
             .store(Some(std::sync::Arc::new(Connected { recorder, about })));
     }
 
+    /// Stops recording (the cluster side is stopping): the recorder is let go.
+    pub fn disconnect(&self) {
+        self.connected.store(None);
+    }
+
     /// Records a Warning about this replica. `None` before a cluster is connected; else
     /// whether the event was queued (false: a full queue dropped it).
     pub fn warn(&self, reason: &str, message: &str) -> Option<bool> {

@@ -218,7 +218,7 @@ impl super::pipeline::Destination for LogSink {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -240,8 +240,9 @@ mod tests {
         assert!(!SinkError::Invalid("x".into()).is_retryable());
     }
 
+    /// A writer whose bytes the test reads back.
     #[derive(Clone, Default)]
-    struct Shared(std::sync::Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Shared(pub(crate) std::sync::Arc<Mutex<Vec<u8>>>);
     impl Write for Shared {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);
