@@ -123,6 +123,8 @@ async fn a_full_delivery_queue_loses_nothing() {
             workers: 2,
             retry_base: Duration::from_millis(50),
             queue_capacity: 4,
+            // Hardly any patience for room: refusals come at once.
+            full_wait: Duration::from_millis(20),
             full_retry: Duration::from_millis(100),
             ..ControllerOptions::default()
         },

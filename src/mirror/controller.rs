@@ -54,6 +54,8 @@ pub struct ControllerOptions {
     pub max_attempts: u32,
     /// Deliveries each sink holds before it refuses new ones.
     pub queue_capacity: usize,
+    /// How long a worker waits for room in a full sink before handing the source back.
+    pub full_wait: Duration,
     /// When a sink refused a delivery (full), the source is planned again after this.
     pub full_retry: Duration,
 }
@@ -68,6 +70,7 @@ impl Default for ControllerOptions {
             max_attempts: 12,
             // About 15 MB of copies at most; a re-sync of a larger backlog is offered in turns.
             queue_capacity: 10_000,
+            full_wait: Duration::from_secs(1),
             full_retry: Duration::from_secs(5),
         }
     }
@@ -199,7 +202,10 @@ impl Worker {
         }
         let mut refused = false;
         for (sink, delivery) in plan.deliveries {
-            match pipeline.offer(sink, delivery) {
+            match pipeline
+                .offer_within(sink, delivery, options.full_wait)
+                .await
+            {
                 Ok(()) => {}
                 Err(Refused::Full(_)) => refused = true,
                 Err(Refused::NoSink(d)) => {

@@ -149,6 +149,8 @@ struct Lane {
     refused: AtomicU64,
     /// key → fingerprint last written (with `skip_repeats`).
     written: Mutex<HashMap<String, u64>>,
+    /// Woken whenever a key may have been released (room for a waiting offer).
+    room: tokio::sync::Notify,
 }
 
 impl Lane {
@@ -187,6 +189,7 @@ impl Pipeline {
                 options,
                 refused: AtomicU64::new(0),
                 written: Mutex::new(HashMap::new()),
+                room: tokio::sync::Notify::new(),
             }));
         }
         self
@@ -201,8 +204,7 @@ impl Pipeline {
         self.lanes.iter().map(|l| l.sink.name())
     }
 
-    /// Queues `delivery` for `sink` without waiting. A full lane refuses it (counted, logged
-    /// for the first refusal and every 1,000th): the caller keeps it and offers it again.
+    /// Queues `delivery` for `sink` without waiting; see [`Self::offer_within`].
     pub fn offer(&self, sink: &str, delivery: Delivery) -> Result<(), Refused> {
         let Some(lane) = self.lane(sink) else {
             return Err(Refused::NoSink(Box::new(delivery)));
@@ -213,20 +215,54 @@ impl Pipeline {
                 self.observer.depth(lane.sink.name(), lane.queue.held());
                 Ok(())
             }
-            Err(Full(delivery)) => {
-                self.observer.full(lane.sink.name(), &delivery);
-                let refused = lane.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if refused % 1000 == 1 {
-                    tracing::warn!(
-                        sink = lane.sink.name(),
-                        capacity = lane.options.capacity,
-                        refused_total = refused,
-                        "delivery queue full: deliveries are offered again later (the sink is slower than the events arrive, or failing)"
-                    );
+            Err(Full(delivery)) => Err(self.refuse(lane, delivery)),
+        }
+    }
+
+    /// Queues `delivery` for `sink`, waiting up to `wait` for room when the lane is full (the
+    /// pipeline's backpressure). Still full then, it is refused (counted, logged for the first
+    /// refusal and every 1,000th) and handed back: the caller keeps it and offers it again.
+    pub async fn offer_within(
+        &self,
+        sink: &str,
+        delivery: Delivery,
+        wait: std::time::Duration,
+    ) -> Result<(), Refused> {
+        let Some(lane) = self.lane(sink) else {
+            return Err(Refused::NoSink(Box::new(delivery)));
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut delivery = delivery;
+        loop {
+            // Registered before trying, so a release between the try and the wait is seen.
+            let room = lane.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match lane.queue.add(delivery.key.clone(), delivery) {
+                Ok(()) => {
+                    self.observer.depth(lane.sink.name(), lane.queue.held());
+                    return Ok(());
                 }
-                Err(Refused::Full(Box::new(delivery)))
+                Err(Full(back)) => delivery = back,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
+                return Err(self.refuse(lane, delivery));
             }
         }
+    }
+
+    fn refuse(&self, lane: &Lane, delivery: Delivery) -> Refused {
+        self.observer.full(lane.sink.name(), &delivery);
+        let refused = lane.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused % 1000 == 1 {
+            tracing::warn!(
+                sink = lane.sink.name(),
+                capacity = lane.options.capacity,
+                refused_total = refused,
+                "delivery queue full: deliveries are offered again later (the sink is slower than the events arrive, or failing)"
+            );
+        }
+        Refused::Full(Box::new(delivery))
     }
 
     /// Drops what `sink` holds for `key` (its source is gone): queued, pending retries, and
@@ -235,6 +271,7 @@ impl Pipeline {
         if let Some(lane) = self.lane(sink) {
             lane.queue.forget(&key.to_owned());
             crate::locks::lock(&lane.written).remove(key);
+            lane.room.notify_waiters();
         }
     }
 
@@ -263,6 +300,7 @@ async fn work(lane: &Lane, observer: &dyn Observer) {
         if lane.repeats(&delivery) {
             observer.delivered(name, &delivery, Delivered::Unchanged);
             lane.queue.done(key, Done::Finished, &lane.options.retry);
+            lane.room.notify_waiters();
             observer.depth(name, lane.queue.held());
             continue;
         }
@@ -298,11 +336,13 @@ async fn work(lane: &Lane, observer: &dyn Observer) {
                     tracing::warn!(sink = name, key = %key, source = %source, channel = %delivery.channel,
                         error = %failure, "delivery failed; will retry");
                 }
+                lane.room.notify_waiters();
                 observer.depth(name, lane.queue.held());
                 continue;
             }
         };
         lane.queue.done(key, done, &lane.options.retry);
+        lane.room.notify_waiters();
         observer.depth(name, lane.queue.held());
     }
 }
@@ -478,6 +518,80 @@ mod tests {
                 .lock()
                 .unwrap()
                 .contains(&"scripted c full".to_owned())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_offer_takes_the_room_a_finished_key_leaves_and_only_then_is_refused() {
+        let sink = Arc::new(Scripted {
+            answers: Mutex::default(),
+            seen: Mutex::default(),
+        });
+        let seen = Arc::new(Seen::default());
+        let p = Arc::new(Pipeline::new(seen.clone()).with_sink(sink.clone(), options(1, 3)));
+        p.offer("scripted", delivery("a", 1)).unwrap();
+        // Full, and no worker to make room: refused once the wait is over.
+        let refused = p
+            .offer_within("scripted", delivery("b", 1), Duration::from_millis(100))
+            .await;
+        assert!(matches!(refused, Err(Refused::Full(_))));
+        // With a worker, "a" is written and leaves room for "b" within the wait.
+        let mut tasks = tokio::task::JoinSet::new();
+        p.start(&mut tasks);
+        p.offer_within("scripted", delivery("b", 1), Duration::from_secs(1))
+            .await
+            .expect("room within the wait");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(sink.seen.lock().unwrap().len(), 2);
+        assert_eq!(
+            seen.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.ends_with("full"))
+                .count(),
+            1,
+            "only the refusal counts"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_that_skips_repeats_writes_a_key_again_only_when_it_changed() {
+        let sink = Arc::new(Scripted {
+            answers: Mutex::default(),
+            seen: Mutex::default(),
+        });
+        let seen = Arc::new(Seen::default());
+        let p = Pipeline::new(seen.clone()).with_sink(
+            sink.clone(),
+            LaneOptions {
+                skip_repeats: true,
+                ..options(10, 3)
+            },
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        p.start(&mut tasks);
+        for count in [1, 1, 2, 2] {
+            p.offer("scripted", delivery("a", count)).unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            *sink.seen.lock().unwrap(),
+            [("a".to_owned(), Some(1)), ("a".to_owned(), Some(2))]
+        );
+        // Forgotten (the source was deleted): a later delivery is written again.
+        p.forget("scripted", "a");
+        p.offer("scripted", delivery("a", 2)).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(sink.seen.lock().unwrap().len(), 3);
+        assert_eq!(
+            seen.0
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.ends_with("unchanged"))
+                .count(),
+            2
         );
     }
 }
