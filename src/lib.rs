@@ -25,6 +25,7 @@ pub mod leader;
 pub mod locks;
 pub mod metrics;
 pub mod mirror;
+pub mod owners;
 pub mod recorder;
 pub mod reload;
 pub mod route;

@@ -116,6 +116,7 @@ pub struct Metrics {
     pub deliveries: Family<SinkResultLabels, Counter>,
     pub delivery_queue_full: Family<SinkLabels, Counter>,
     pub delivery_queue_depth: Family<SinkLabels, Gauge>,
+    pub delivery_cut: Family<ChannelLabels, Counter>,
     pub discovery_refreshes: Family<ResultLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub by_reason: Family<ReasonLabels, Counter>,
@@ -277,6 +278,12 @@ impl Metrics {
             "Deliveries a sink holds: queued, being written, or waiting for a retry",
             delivery_queue_depth.clone(),
         );
+        let delivery_cut = Family::<ChannelLabels, Counter>::default();
+        registry.register(
+            "delivery_namespaces_cut",
+            "Namespaces left out of a delivery because a rule named more than its cap (deliver.nodePods.maxNamespaces)",
+            delivery_cut.clone(),
+        );
         let recorder_dropped = Counter::default();
         registry.register(
             "recorder_dropped_events",
@@ -325,6 +332,7 @@ impl Metrics {
             deliveries,
             delivery_queue_full,
             delivery_queue_depth,
+            delivery_cut,
             discovery_refreshes,
             config_reloads,
             by_reason,
@@ -394,6 +402,15 @@ impl Metrics {
                 result: result.to_owned(),
             }));
         }
+    }
+
+    /// `namespaces` left out of one event's delivery in `channel` by a cap.
+    pub fn delivery_cut(&self, channel: &str, namespaces: usize) {
+        self.delivery_cut
+            .get_or_create(&ChannelLabels {
+                channel: channel.to_owned(),
+            })
+            .inc_by(u64::try_from(namespaces).unwrap_or(u64::MAX));
     }
 
     /// One delivery refused by a full queue of `sink`.

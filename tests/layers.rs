@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("leader", 1),
     ("recorder", 1),
     ("route", 1),
+    ("owners", 1),
     // Plain services over the leaves.
     ("metrics", 2),
     ("classify", 2),

@@ -355,3 +355,151 @@ mod fidelity {
         assert!(api.events_in("team-infra").is_empty());
     }
 }
+
+/// Delivery by ownership through a sync: a PersistentVolume's event reaches its claim's
+/// namespace, valid for the API server, saying how and why; a Node's Warning reaches the
+/// namespaces of its pods; a namespace being deleted and the source namespaces get nothing.
+mod owners {
+    use super::*;
+    use clusterscope::owners::{Claim, Cluster, Namespace, SharedCluster};
+    use std::sync::{Arc, RwLock};
+
+    const CONFIG: &str = "channels:\n  - name: storage\n    deliver: {owners: true}\n  - name: nodes\n    namespace: team-infra\n    deliver: {nodePods: {}}\nroutes:\n  - channel: storage\n    match: {kinds: [PersistentVolume]}\n  - channel: nodes\n    match: {kinds: [Node]}\n";
+
+    fn state() -> SharedCluster {
+        let mut c = Cluster::default();
+        for (ns, terminating) in [
+            ("team-a", false),
+            ("team-b", false),
+            ("going", true),
+            ("default", false),
+            ("team-infra", false),
+        ] {
+            c.namespaces.insert(
+                ns.into(),
+                Namespace {
+                    terminating,
+                    ..Namespace::default()
+                },
+            );
+        }
+        c.volumes.insert(
+            "pv-7".into(),
+            Claim {
+                namespace: "team-a".into(),
+                name: "data".into(),
+            },
+        );
+        c.pods_on_node.insert(
+            "node1".into(),
+            [
+                ("team-a", 1),
+                ("team-b", 3),
+                ("going", 1),
+                ("default", 2),
+                ("team-infra", 1),
+            ]
+            .into_iter()
+            .map(|(ns, n)| (ns.to_owned(), n))
+            .collect(),
+        );
+        Arc::new(RwLock::new(c))
+    }
+
+    fn event(name: &str, kind: &str, object: &str, type_: &str) -> Value {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": "default"},
+            "involvedObject": {"kind": kind, "name": object, "apiVersion": "v1"},
+            "reason": "Failed", "message": "it failed", "type": type_, "count": 1,
+            "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z",
+            "source": {"component": "persistentvolume-controller"}
+        })
+    }
+
+    #[tokio::test]
+    async fn a_volume_event_reaches_its_claim_namespace_and_a_node_warning_its_pods_namespaces() {
+        let api = FakeApiServer::start(&[
+            "default",
+            "kube-system",
+            "team-a",
+            "team-b",
+            "going",
+            "team-infra",
+        ])
+        .await;
+        let s = api.syncer(CONFIG).with_cluster(state());
+        api.put(
+            "default",
+            event("pv-7.1", "PersistentVolume", "pv-7", "Warning"),
+        );
+        let stored: Event =
+            serde_json::from_value(api.event("default", "pv-7.1").unwrap()).unwrap();
+        let report = s.sync(&stored).await.unwrap();
+        assert!(report.created, "{report:?}");
+        let copies = api.events_in("team-a");
+        assert_eq!(copies.len(), 1, "{copies:?}");
+        let copy = &copies[0];
+        assert_eq!(copy["involvedObject"]["namespace"], "team-a");
+        assert_eq!(
+            copy["metadata"]["labels"]["clusterscope.dev/delivery"],
+            "owner"
+        );
+        assert_eq!(
+            copy["metadata"]["labels"]["clusterscope.dev/channel"],
+            "storage"
+        );
+        assert_eq!(
+            copy["metadata"]["annotations"]["clusterscope.dev/delivered-because"],
+            "PersistentVolume pv-7 is claimed by PersistentVolumeClaim team-a/data"
+        );
+        for ns in ["team-b", "going", "team-infra"] {
+            assert!(api.events_in(ns).is_empty(), "{ns} got the volume's event");
+        }
+
+        // A Node Warning: the channel's own namespace, then each open namespace with pods on
+        // the node; not `going` (being deleted), not `default` (where the source is).
+        api.put("default", event("node1.1", "Node", "node1", "Warning"));
+        let stored: Event =
+            serde_json::from_value(api.event("default", "node1.1").unwrap()).unwrap();
+        s.sync(&stored).await.unwrap();
+        let delivered = |ns: &str| {
+            api.events_in(ns)
+                .into_iter()
+                .filter(|e| e["involvedObject"]["kind"] == "Node")
+                .map(|e| {
+                    e["metadata"]["labels"]["clusterscope.dev/delivery"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            delivered("team-infra"),
+            ["channel"],
+            "one copy, as the channel's"
+        );
+        assert_eq!(delivered("team-a"), ["node"]);
+        assert_eq!(delivered("team-b"), ["node"]);
+        assert!(delivered("going").is_empty());
+        assert_eq!(
+            api.events_in("default")
+                .iter()
+                .filter(|e| e["involvedObject"]["kind"] == "Node")
+                .count(),
+            1,
+            "only the source in default"
+        );
+        let why = api.events_in("team-b")[0]["metadata"]["annotations"]["clusterscope.dev/delivered-because"].clone();
+        assert_eq!(why, "Node node1 runs 3 pods of namespace team-b");
+
+        // A Normal Node event goes to the channel's namespace only (nodePods: Warning).
+        api.put("default", event("node1.2", "Node", "node1", "Normal"));
+        let stored: Event =
+            serde_json::from_value(api.event("default", "node1.2").unwrap()).unwrap();
+        s.sync(&stored).await.unwrap();
+        assert_eq!(delivered("team-infra").len(), 2);
+        assert_eq!(delivered("team-a").len(), 1);
+    }
+}

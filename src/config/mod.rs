@@ -75,6 +75,8 @@ pub struct Channel {
     pub labels: Vec<(String, String)>,
     /// Extra annotations, sorted by key.
     pub annotations: Vec<(String, String)>,
+    /// Delivery to the namespaces that own or use the object (`deliver:`).
+    pub deliver: crate::owners::Rules,
 }
 
 /// The full keys clusterscope writes, `<labelPrefix>/<name>`, computed once.
@@ -94,6 +96,10 @@ pub struct Keys {
     pub source_namespace: String,
     pub source_name: String,
     pub source_uid: String,
+    /// Label on copies: how it got to its namespace (`channel`, `owner`, `node`, `selector`).
+    pub delivery: String,
+    /// Annotation on copies delivered by a rule: why this namespace.
+    pub delivered_because: String,
 }
 
 impl Keys {
@@ -108,11 +114,13 @@ impl Keys {
             source_namespace: key("source-namespace"),
             source_name: key("source-name"),
             source_uid: key("source-uid"),
+            delivery: key("delivery"),
+            delivered_because: key("delivered-because"),
         }
     }
 
     /// Every key clusterscope owns; channels may not set them.
-    pub fn all(&self) -> [&str; 8] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.scope,
             &self.kind,
@@ -122,6 +130,8 @@ impl Keys {
             &self.source_namespace,
             &self.source_name,
             &self.source_uid,
+            &self.delivery,
+            &self.delivered_because,
         ]
     }
 }
@@ -168,7 +178,45 @@ struct RawChannel {
     labels: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
     annotations: BTreeMap<String, Spanned<String>>,
+    deliver: Option<Spanned<RawDeliver>>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawDeliver {
+    #[serde(default)]
+    owners: bool,
+    node_pods: Option<Spanned<RawNodePods>>,
+    namespace_selector: Option<Spanned<RawSelector>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawNodePods {
+    types: Option<Vec<String>>,
+    max_namespaces: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSelector {
+    #[serde(default)]
+    match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    match_expressions: Vec<RawRequirement>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRequirement {
+    key: String,
+    operator: String,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+/// Namespaces per Node event at most.
+pub const MAX_NODE_NAMESPACES: usize = 1000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -358,12 +406,17 @@ impl Checker<'_> {
                     Some(ns.value.clone())
                 }
             };
+            let deliver = match &ch.deliver {
+                Some(d) => self.check_deliver(&name.value, d)?,
+                None => crate::owners::Rules::default(),
+            };
             channels.push(Channel {
                 name: name.value.clone(),
                 namespace,
                 log: ch.log,
                 labels,
                 annotations,
+                deliver,
             });
         }
 
@@ -396,6 +449,123 @@ impl Checker<'_> {
             channels,
             routes,
         })
+    }
+
+    /// A channel's `deliver:` rules.
+    fn check_deliver(
+        &self,
+        channel: &str,
+        raw: &Spanned<RawDeliver>,
+    ) -> Result<crate::owners::Rules, ConfigError> {
+        let d = &raw.value;
+        let node_pods = match &d.node_pods {
+            None => None,
+            Some(n) => {
+                let defaults = crate::owners::NodePods::default();
+                let types = n.value.types.clone().unwrap_or(defaults.types);
+                if types.is_empty() {
+                    return Err(self.err(
+                        n,
+                        format!("channel {channel:?}: deliver.nodePods.types is empty: name Warning, Normal or both"),
+                    ));
+                }
+                if let Some(t) = types.iter().find(|t| *t != "Warning" && *t != "Normal") {
+                    return Err(self.err(
+                        n,
+                        format!("channel {channel:?}: deliver.nodePods.types: {t:?} is not an event type (Warning or Normal)"),
+                    ));
+                }
+                let max = n.value.max_namespaces.unwrap_or(defaults.max_namespaces);
+                if !(1..=MAX_NODE_NAMESPACES).contains(&max) {
+                    return Err(self.err(
+                        n,
+                        format!("channel {channel:?}: deliver.nodePods.maxNamespaces must be 1 to {MAX_NODE_NAMESPACES}, not {max}"),
+                    ));
+                }
+                Some(crate::owners::NodePods {
+                    types,
+                    max_namespaces: max,
+                })
+            }
+        };
+        let namespace_selector = match &d.namespace_selector {
+            None => None,
+            Some(sel) => Some(self.check_selector(channel, sel)?),
+        };
+        let rules = crate::owners::Rules {
+            owners: d.owners,
+            node_pods,
+            namespace_selector,
+        };
+        if !rules.any() {
+            return Err(self.err(
+                raw,
+                format!("channel {channel:?}: `deliver` names no rule: set owners: true, nodePods or namespaceSelector"),
+            ));
+        }
+        Ok(rules)
+    }
+
+    fn check_selector(
+        &self,
+        channel: &str,
+        sel: &Spanned<RawSelector>,
+    ) -> Result<kube::core::Selector, ConfigError> {
+        use kube::core::Expression;
+        let what = |e: String| {
+            self.err(
+                sel,
+                format!("channel {channel:?}: deliver.namespaceSelector: {e}"),
+            )
+        };
+        if sel.value.match_labels.is_empty() && sel.value.match_expressions.is_empty() {
+            return Err(what(
+                "empty: it would deliver to every namespace; name labels the namespaces carry"
+                    .to_owned(),
+            ));
+        }
+        let mut expressions = Vec::new();
+        for (key, value) in &sel.value.match_labels {
+            check_qualified_name(key).map_err(|e| what(format!("label key {key:?}: {e}")))?;
+            check_label_value(value).map_err(|e| what(format!("label {key:?}: {e}")))?;
+            expressions.push(Expression::Equal(key.clone(), value.clone()));
+        }
+        for r in &sel.value.match_expressions {
+            check_qualified_name(&r.key)
+                .map_err(|e| what(format!("label key {:?}: {e}", r.key)))?;
+            let values = r.values.iter().cloned().collect();
+            let needs_values = |op: &str| {
+                if r.values.is_empty() {
+                    Err(what(format!("{op} on {:?} needs values", r.key)))
+                } else {
+                    Ok(())
+                }
+            };
+            let no_values = |op: &str| {
+                if r.values.is_empty() {
+                    Ok(())
+                } else {
+                    Err(what(format!("{op} on {:?} takes no values", r.key)))
+                }
+            };
+            expressions.push(match r.operator.as_str() {
+                "In" => needs_values("In").map(|()| Expression::In(r.key.clone(), values))?,
+                "NotIn" => {
+                    needs_values("NotIn").map(|()| Expression::NotIn(r.key.clone(), values))?
+                }
+                "Exists" => no_values("Exists").map(|()| Expression::Exists(r.key.clone()))?,
+                "DoesNotExist" => {
+                    no_values("DoesNotExist").map(|()| Expression::DoesNotExist(r.key.clone()))?
+                }
+                other => {
+                    return Err(what(format!(
+                        "operator {other:?} on {:?}: use In, NotIn, Exists or DoesNotExist",
+                        r.key
+                    )));
+                }
+            });
+        }
+        Ok(expressions.into_iter().collect())
     }
 
     /// A channel's extra labels or annotations: valid keys, none of clusterscope's own, and
@@ -569,6 +739,92 @@ mod tests {
         assert!(e.reason.contains("already live there"), "{e}");
         let e = err("channels:\n  - name: a\n    annotations: {clusterscope.dev/source-uid: x}\n");
         assert!(e.reason.contains("reserved"), "{e}");
+    }
+
+    #[test]
+    fn delivery_rules() {
+        let c = Config::from_yaml(
+            "channels:\n  - name: storage\n    deliver:\n      owners: true\n  - name: nodes\n    deliver:\n      nodePods: {types: [Warning, Normal], maxNamespaces: 7}\n      namespaceSelector:\n        matchLabels: {team: a}\n        matchExpressions: [{key: tier, operator: NotIn, values: [dev]}]\n",
+            "t",
+        )
+        .unwrap();
+        let storage = &c.channels[0].deliver;
+        assert!(storage.owners && storage.node_pods.is_none());
+        let nodes = &c.channels[1].deliver;
+        let pods = nodes.node_pods.as_ref().unwrap();
+        assert_eq!((pods.types.len(), pods.max_namespaces), (2, 7));
+        let selector = nodes.namespace_selector.as_ref().unwrap();
+        use kube::core::SelectorExt;
+        let labels = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        assert!(selector.matches(&labels(&[("team", "a")])));
+        assert!(!selector.matches(&labels(&[("team", "a"), ("tier", "dev")])));
+        assert!(!selector.matches(&labels(&[("team", "b")])));
+        // Defaults: Warning only, 50 namespaces.
+        let c = Config::from_yaml("channels:\n  - name: n\n    deliver: {nodePods: {}}\n", "t")
+            .unwrap();
+        let pods = c.channels[0].deliver.node_pods.clone().unwrap();
+        assert_eq!(
+            (pods.types, pods.max_namespaces),
+            (vec!["Warning".to_owned()], 50)
+        );
+        assert!(
+            !Config::embedded_default()
+                .channels
+                .iter()
+                .any(|c| c.deliver.any())
+        );
+    }
+
+    #[test]
+    fn bad_delivery_rules_are_refused_with_the_line() {
+        for (yaml, says) in [
+            ("channels:\n  - name: n\n    deliver: {}\n", "names no rule"),
+            (
+                "channels:\n  - name: n\n    deliver:\n      nodePods: {types: [warning]}\n",
+                "not an event type",
+            ),
+            (
+                "channels:\n  - name: n\n    deliver:\n      nodePods: {types: []}\n",
+                "is empty",
+            ),
+            (
+                "channels:\n  - name: n\n    deliver:\n      nodePods: {maxNamespaces: 0}\n",
+                "must be 1 to 1000",
+            ),
+            (
+                "channels:\n  - name: n\n    deliver:\n      namespaceSelector: {}\n",
+                "every namespace",
+            ),
+            (
+                "channels:\n  - name: n\n    deliver:\n      namespaceSelector: {matchLabels: {\"bad key!\": x}}\n",
+                "label key",
+            ),
+            (
+                "channels:\n  - name: n\n    deliver:\n      namespaceSelector:\n        matchExpressions: [{key: a, operator: Equals, values: [b]}]\n",
+                "use In, NotIn",
+            ),
+            (
+                "channels:\n  - name: n\n    deliver:\n      namespaceSelector:\n        matchExpressions: [{key: a, operator: In}]\n",
+                "needs values",
+            ),
+            (
+                "channels:\n  - name: n\n    deliver:\n      namespaceSelector:\n        matchExpressions: [{key: a, operator: Exists, values: [b]}]\n",
+                "takes no values",
+            ),
+            (
+                "channels:\n  - name: n\n    deliver: {owner: true}\n",
+                "owner",
+            ),
+        ] {
+            let e = err(yaml);
+            assert!(e.reason.contains(says), "{yaml}: {e}");
+            assert!(e.line >= 3, "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -169,6 +169,8 @@ struct Worker {
     queue: Arc<WorkQueue>,
     metrics: Arc<Metrics>,
     options: ControllerOptions,
+    /// One line a minute at most about namespaces a delivery cap left out.
+    cut_log: Arc<crate::telemetry::Throttle>,
 }
 
 impl Worker {
@@ -189,9 +191,18 @@ impl Worker {
             queue,
             metrics,
             options,
+            cut_log,
         } = self;
         let plan = syncer.plan(&ev, since);
         let channel = plan.channel.clone().unwrap_or_default();
+        if plan.cut > 0 {
+            metrics.delivery_cut(&channel, plan.cut);
+            if let Some(held) = cut_log.allow() {
+                tracing::warn!(namespace = %key.0, name = %key.1, channel, left_out = plan.cut,
+                    similar_since_last = held,
+                    "mirror: a delivery rule named more namespaces than deliver.nodePods.maxNamespaces allows; the rest get no copy");
+            }
+        }
         let labelled = syncer.label(&ev, &plan).await;
         match (&labelled, &plan.label) {
             (Ok(true), Some((operation, _))) => {
@@ -312,6 +323,7 @@ pub async fn run(
         queue,
         metrics,
         options,
+        cut_log: Arc::new(crate::telemetry::Throttle::new(Duration::from_secs(60))),
     };
     for _ in 0..worker.options.workers.max(1) {
         tasks.spawn(worker.clone().run());

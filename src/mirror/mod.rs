@@ -45,16 +45,48 @@ pub fn copy_name(source_namespace: &str, source_name: &str) -> String {
     crate::labels::with_suffix(source_name, MAX_SUBDOMAIN_LEN, '.', &suffix).unwrap_or(suffix)
 }
 
-/// The copy of `source` for `channel` (which must name a namespace), with the labels and
-/// annotations of `classified`. `None` when the channel mirrors nowhere or the source has no
-/// name.
+/// Where a copy goes, and how it got there.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub namespace: &'a str,
+    /// The delivery label: `channel` (the channel's namespace), `owner`, `node`, `selector`.
+    pub how: &'a str,
+    /// Why this namespace (for rule deliveries), as an annotation.
+    pub why: Option<&'a str>,
+}
+
+/// The copy of `source` for `channel` in the channel's own namespace. `None` when the channel
+/// mirrors nowhere or the source has no name.
 pub fn make_copy(
     source: &Event,
     classified: &Classified,
     channel: &Channel,
     config: &Config,
 ) -> Option<Event> {
-    let namespace = channel.namespace.as_ref()?;
+    let namespace = channel.namespace.as_deref()?;
+    make_copy_to(
+        source,
+        classified,
+        channel,
+        config,
+        Target {
+            namespace,
+            how: "channel",
+            why: None,
+        },
+    )
+}
+
+/// The copy of `source` for `channel` in `target`, with the labels and annotations of
+/// `classified`. `None` when the source has no name.
+pub fn make_copy_to(
+    source: &Event,
+    classified: &Classified,
+    channel: &Channel,
+    config: &Config,
+    target: Target<'_>,
+) -> Option<Event> {
+    let namespace = target.namespace.to_owned();
     let source_name = source.metadata.name.as_deref().filter(|n| !n.is_empty())?;
     let source_namespace = source.metadata.namespace.as_deref().unwrap_or("default");
     let keys = &config.keys;
@@ -64,6 +96,7 @@ pub fn make_copy(
     labels.insert(keys.kind.clone(), classified.kind_label.clone());
     labels.insert(keys.channel.clone(), channel.name.clone());
     labels.insert(keys.mirror.clone(), "true".to_owned());
+    labels.insert(keys.delivery.clone(), target.how.to_owned());
     labels.extend(channel.labels.iter().cloned());
 
     let mut annotations: BTreeMap<String, String> =
@@ -77,6 +110,9 @@ pub fn make_copy(
     if let Some(uid) = source.metadata.uid.as_deref().filter(|u| !u.is_empty()) {
         annotations.insert(keys.source_uid.clone(), uid.to_owned());
     }
+    if let Some(why) = target.why {
+        annotations.insert(keys.delivered_because.clone(), why.to_owned());
+    }
     annotations.extend(channel.annotations.iter().cloned());
 
     let mut copy = source.clone();
@@ -87,7 +123,7 @@ pub fn make_copy(
         annotations: Some(annotations),
         ..ObjectMeta::default()
     };
-    copy.involved_object.namespace = Some(namespace.clone());
+    copy.involved_object.namespace = Some(namespace);
     Some(copy)
 }
 

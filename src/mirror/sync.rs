@@ -13,8 +13,8 @@ use kube::api::{Api, Patch, PatchParams};
 
 use crate::classify::ScopeResolver;
 use crate::decide::{Outcome, decide};
-use crate::mirror::make_copy;
 use crate::mirror::sink::{CopySink, KUBERNETES, retryable};
+use crate::mirror::{Target, make_copy_to};
 use crate::recorder::SinkError;
 use crate::recorder::pipeline::{Delivered, Delivery, Destination, Pipeline};
 
@@ -80,6 +80,17 @@ pub struct Syncer {
     pub log: Option<Arc<dyn Destination>>,
     /// clusterscope's own events (given-up deliveries).
     pub own_events: Arc<crate::recorder::OwnEvents>,
+    /// What delivery rules read of the cluster (owners, pods on nodes, namespaces), when
+    /// something keeps it.
+    pub cluster: Option<crate::owners::SharedCluster>,
+}
+
+/// A namespace a copy goes to, how it got there (the delivery label) and why.
+#[derive(Debug, Clone)]
+struct Place {
+    namespace: String,
+    how: &'static str,
+    why: Option<String>,
 }
 
 /// What one source needs, decided without writing anything.
@@ -94,6 +105,8 @@ pub struct Plan {
     pub label: Option<(&'static str, serde_json::Value)>,
     /// What to write where: (sink name, delivery).
     pub deliveries: Vec<(&'static str, Delivery)>,
+    /// Namespaces a delivery rule's cap left out.
+    pub cut: usize,
 }
 
 /// The decision's JSON Patch (which only touches `metadata`, `metadata.labels` and
@@ -165,7 +178,14 @@ impl Syncer {
             resolver,
             log,
             own_events: Arc::default(),
+            cluster: None,
         }
+    }
+
+    /// Resolves delivery rules against `cluster`.
+    pub fn with_cluster(mut self, cluster: crate::owners::SharedCluster) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Records clusterscope's own events (given-up deliveries) with `own_events`.
@@ -286,15 +306,66 @@ impl Syncer {
                 delivery(format!("{source_ns}/{source_name}"), line),
             ));
         }
-        if let Some(copy) = make_copy(source, classified, channel, &config) {
-            let key = format!(
-                "{}/{}",
-                copy.metadata.namespace.as_deref().unwrap_or_default(),
-                copy.metadata.name.as_deref().unwrap_or_default()
-            );
-            plan.deliveries.push((KUBERNETES, delivery(key, copy)));
+        let (targets, cut) = self.targets(channel, classified, source.type_.as_deref());
+        plan.cut = cut;
+        for place in &targets {
+            let namespace = &place.namespace;
+            let target = Target {
+                namespace,
+                how: place.how,
+                why: place.why.as_deref(),
+            };
+            if let Some(copy) = make_copy_to(source, classified, channel, &config, target) {
+                let key = format!(
+                    "{namespace}/{}",
+                    copy.metadata.name.as_deref().unwrap_or_default()
+                );
+                plan.deliveries.push((KUBERNETES, delivery(key, copy)));
+            }
         }
         plan
+    }
+
+    /// The namespaces a channel's copy of an event goes to: the channel's own, then those
+    /// its delivery rules name from the cluster state (never `default` or `kube-system`, where
+    /// the sources are), once each; and how many a cap left out.
+    fn targets(
+        &self,
+        channel: &crate::config::Channel,
+        classified: &crate::decide::Classified,
+        type_: Option<&str>,
+    ) -> (Vec<Place>, usize) {
+        let mut targets: Vec<Place> = Vec::new();
+        if let Some(ns) = &channel.namespace {
+            targets.push(Place {
+                namespace: ns.clone(),
+                how: "channel",
+                why: None,
+            });
+        }
+        let Some(state) = self.cluster.as_ref().filter(|_| channel.deliver.any()) else {
+            return (targets, 0);
+        };
+        let object = crate::owners::Object {
+            group: &classified.group,
+            kind: &classified.kind,
+            name: &classified.name,
+        };
+        let resolution =
+            crate::locks::read(state).resolve(&channel.deliver, object, type_.unwrap_or_default());
+        for d in resolution.destinations {
+            if crate::decide::SOURCE_NAMESPACES.contains(&d.namespace.as_str())
+                || targets.iter().any(|p| p.namespace == d.namespace)
+            {
+                continue;
+            }
+            targets.push(Place {
+                namespace: d.namespace,
+                how: d.how.as_str(),
+                why: Some(d.why),
+            });
+        }
+        (targets, resolution.cut)
     }
 
     /// Applies the plan's label patch to the stored source (as a merge patch): false when

@@ -1,0 +1,412 @@
+//! Delivery by ownership: which namespaces own or use a cluster-scoped object, from live
+//! cluster state trimmed to what the rules need.
+//!
+//! The rules, with the real API's field semantics:
+//! - a PersistentVolume belongs to the namespace in its `spec.claimRef` (set by the persistent
+//!   volume controller on bind, kept while the volume is Released);
+//! - a VolumeAttachment, to the claim namespace of the volume in `spec.source.persistentVolumeName`;
+//! - a Namespace, to itself;
+//! - a Node (and the CSINode of the same name), opt-in, to the namespaces of the pods bound to
+//!   it (`spec.nodeName`) that have not terminated (phase other than Succeeded and Failed),
+//!   at most a configured number of them;
+//! - a namespace selector, to every namespace whose labels match.
+//!
+//! **No leak:** a namespace is a destination only if, in the state the decision reads, it
+//! exists, is not being deleted, and the rule ties the object to it. `tests/owners.rs` checks
+//! that invariant (and that nothing the rules allow is missed) over random clusters.
+//!
+//! A namespace being deleted gets nothing: the API server refuses new objects in it, and its
+//! events are going away with it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use kube::core::{Selector, SelectorExt};
+
+/// The cluster state shared by whatever keeps it and whoever resolves against it.
+pub type SharedCluster = std::sync::Arc<std::sync::RwLock<Cluster>>;
+
+/// A volume's claim, as its `spec.claimRef` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A namespace, as far as delivery cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespace {
+    pub labels: BTreeMap<String, String>,
+    /// `metadata.deletionTimestamp` set or phase Terminating.
+    pub terminating: bool,
+}
+
+/// What the rules need to know of the cluster (names only, no objects).
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// PersistentVolume name → its claim.
+    pub volumes: HashMap<String, Claim>,
+    /// VolumeAttachment name → the PersistentVolume it attaches.
+    pub attachments: HashMap<String, String>,
+    pub namespaces: HashMap<String, Namespace>,
+    /// Node name → namespace → pods on it that have not terminated.
+    pub pods_on_node: HashMap<String, BTreeMap<String, u32>>,
+}
+
+/// Node → pod namespaces delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePods {
+    /// Event types delivered (`Warning` by default).
+    pub types: Vec<String>,
+    /// Namespaces per event at most; the rest are cut (counted, logged).
+    pub max_namespaces: usize,
+}
+
+impl Default for NodePods {
+    fn default() -> Self {
+        NodePods {
+            types: vec!["Warning".to_owned()],
+            max_namespaces: 50,
+        }
+    }
+}
+
+/// A channel's delivery rules beyond its fixed namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// PersistentVolume, VolumeAttachment and Namespace events go to their owner namespace.
+    pub owners: bool,
+    pub node_pods: Option<NodePods>,
+    /// Namespaces that opt in by their labels.
+    pub namespace_selector: Option<Selector>,
+}
+
+impl Rules {
+    pub fn any(&self) -> bool {
+        self.owners || self.node_pods.is_some() || self.namespace_selector.is_some()
+    }
+}
+
+/// How a copy got to its namespace (the value of the delivery label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum How {
+    Owner,
+    Node,
+    Selector,
+}
+
+impl How {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            How::Owner => "owner",
+            How::Node => "node",
+            How::Selector => "selector",
+        }
+    }
+}
+
+/// One namespace an event goes to, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Destination {
+    pub namespace: String,
+    pub how: How,
+    /// For humans: "PersistentVolume pv-7 is claimed by PersistentVolumeClaim team-a/data".
+    pub why: String,
+}
+
+/// The destinations of one event, and how many namespaces a cap left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    pub destinations: Vec<Destination>,
+    pub cut: usize,
+}
+
+/// The involved object as the rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Object<'a> {
+    /// API group, empty for the core group.
+    pub group: &'a str,
+    pub kind: &'a str,
+    pub name: &'a str,
+}
+
+impl Cluster {
+    /// Whether `namespace` can receive copies: it exists and is not being deleted.
+    pub fn open(&self, namespace: &str) -> bool {
+        self.namespaces
+            .get(namespace)
+            .is_some_and(|n| !n.terminating)
+    }
+
+    /// Where an event of `type_` about `object` goes under `rules`, one destination per
+    /// namespace (the first rule to name it wins), sorted by namespace within each rule.
+    pub fn resolve(&self, rules: &Rules, object: Object<'_>, type_: &str) -> Resolution {
+        let mut out = Resolution::default();
+        let mut seen = BTreeSet::new();
+        let mut add = |out: &mut Resolution, namespace: &str, how: How, why: String| {
+            if self.open(namespace) && seen.insert(namespace.to_owned()) {
+                out.destinations.push(Destination {
+                    namespace: namespace.to_owned(),
+                    how,
+                    why,
+                });
+            }
+        };
+        if rules.owners
+            && let Some((namespace, why)) = self.owner(object)
+        {
+            add(&mut out, &namespace, How::Owner, why);
+        }
+        if let Some(node_pods) = &rules.node_pods
+            && node_pods.types.iter().any(|t| t == type_)
+            && let Some(node) = node_of(object)
+            && let Some(namespaces) = self.pods_on_node.get(node)
+        {
+            let open: Vec<(&String, &u32)> = namespaces
+                .iter()
+                .filter(|(ns, pods)| **pods > 0 && self.open(ns))
+                .collect();
+            out.cut += open.len().saturating_sub(node_pods.max_namespaces);
+            for (ns, pods) in open.into_iter().take(node_pods.max_namespaces) {
+                let why = format!(
+                    "{} {} runs {pods} pod{} of namespace {ns}",
+                    object.kind,
+                    object.name,
+                    if *pods == 1 { "" } else { "s" }
+                );
+                add(&mut out, ns, How::Node, why);
+            }
+        }
+        if let Some(selector) = &rules.namespace_selector {
+            let mut matching: Vec<&String> = self
+                .namespaces
+                .iter()
+                .filter(|(_, n)| selector.matches(&n.labels))
+                .map(|(name, _)| name)
+                .collect();
+            matching.sort();
+            for ns in matching {
+                add(
+                    &mut out,
+                    ns,
+                    How::Selector,
+                    format!("namespace {ns} matches the channel's namespaceSelector"),
+                );
+            }
+        }
+        out
+    }
+
+    /// The owner namespace of a PersistentVolume, VolumeAttachment or Namespace, and why.
+    fn owner(&self, object: Object<'_>) -> Option<(String, String)> {
+        let claimed = |pv: &str| {
+            self.volumes.get(pv).map(|c| {
+                (
+                    c.namespace.clone(),
+                    format!("PersistentVolumeClaim {}/{}", c.namespace, c.name),
+                )
+            })
+        };
+        match (object.group, object.kind) {
+            ("", "PersistentVolume") => claimed(object.name).map(|(ns, claim)| {
+                (
+                    ns,
+                    format!("PersistentVolume {} is claimed by {claim}", object.name),
+                )
+            }),
+            ("storage.k8s.io", "VolumeAttachment") => {
+                let pv = self.attachments.get(object.name)?;
+                claimed(pv).map(|(ns, claim)| {
+                    (
+                        ns,
+                        format!(
+                            "VolumeAttachment {} attaches PersistentVolume {pv}, claimed by {claim}",
+                            object.name
+                        ),
+                    )
+                })
+            }
+            ("", "Namespace") => Some((
+                object.name.to_owned(),
+                format!("the event is about namespace {}", object.name),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The node a Node or CSINode event is about.
+fn node_of<'a>(object: Object<'a>) -> Option<&'a str> {
+    match (object.group, object.kind) {
+        ("", "Node") | ("storage.k8s.io", "CSINode") => Some(object.name),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster() -> Cluster {
+        let mut c = Cluster::default();
+        for (name, terminating, team) in [
+            ("team-a", false, "a"),
+            ("team-b", false, "b"),
+            ("going", true, "a"),
+        ] {
+            c.namespaces.insert(
+                name.into(),
+                Namespace {
+                    labels: BTreeMap::from([("team".to_owned(), team.to_owned())]),
+                    terminating,
+                },
+            );
+        }
+        c.volumes.insert(
+            "pv-7".into(),
+            Claim {
+                namespace: "team-a".into(),
+                name: "data".into(),
+            },
+        );
+        c.volumes.insert(
+            "pv-gone".into(),
+            Claim {
+                namespace: "going".into(),
+                name: "old".into(),
+            },
+        );
+        c.attachments.insert("va-1".into(), "pv-7".into());
+        c.pods_on_node.insert(
+            "node1".into(),
+            BTreeMap::from([
+                ("team-a".to_owned(), 2),
+                ("team-b".to_owned(), 1),
+                ("going".to_owned(), 1),
+                ("missing".to_owned(), 1),
+            ]),
+        );
+        c
+    }
+
+    fn obj<'a>(group: &'a str, kind: &'a str, name: &'a str) -> Object<'a> {
+        Object { group, kind, name }
+    }
+
+    fn owners() -> Rules {
+        Rules {
+            owners: true,
+            ..Rules::default()
+        }
+    }
+
+    fn namespaces(r: &Resolution) -> Vec<&str> {
+        r.destinations
+            .iter()
+            .map(|d| d.namespace.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn volumes_and_attachments_go_to_the_claim_namespace_with_a_reason() {
+        let c = cluster();
+        let r = c.resolve(&owners(), obj("", "PersistentVolume", "pv-7"), "Warning");
+        assert_eq!(namespaces(&r), ["team-a"]);
+        assert_eq!(
+            r.destinations[0].why,
+            "PersistentVolume pv-7 is claimed by PersistentVolumeClaim team-a/data"
+        );
+        assert_eq!(r.destinations[0].how, How::Owner);
+        let r = c.resolve(
+            &owners(),
+            obj("storage.k8s.io", "VolumeAttachment", "va-1"),
+            "Normal",
+        );
+        assert_eq!(namespaces(&r), ["team-a"]);
+        assert!(
+            r.destinations[0]
+                .why
+                .contains("attaches PersistentVolume pv-7")
+        );
+        // Unknown volume, or claimed from a namespace being deleted: nowhere.
+        for pv in ["pv-unknown", "pv-gone"] {
+            let r = c.resolve(&owners(), obj("", "PersistentVolume", pv), "Warning");
+            assert!(r.destinations.is_empty(), "{pv}: {r:?}");
+        }
+        // The kind must be the real one: a custom kind named PersistentVolume is not.
+        let r = c.resolve(
+            &owners(),
+            obj("example.com", "PersistentVolume", "pv-7"),
+            "Warning",
+        );
+        assert!(r.destinations.is_empty());
+    }
+
+    #[test]
+    fn a_namespace_gets_its_own_events_unless_it_is_being_deleted() {
+        let c = cluster();
+        let r = c.resolve(&owners(), obj("", "Namespace", "team-b"), "Normal");
+        assert_eq!(namespaces(&r), ["team-b"]);
+        for ns in ["going", "nowhere"] {
+            assert!(
+                c.resolve(&owners(), obj("", "Namespace", ns), "Normal")
+                    .destinations
+                    .is_empty()
+            );
+        }
+    }
+
+    #[test]
+    fn node_events_reach_the_open_namespaces_of_its_pods_by_type_and_up_to_the_cap() {
+        let c = cluster();
+        let rules = Rules {
+            node_pods: Some(NodePods::default()),
+            ..Rules::default()
+        };
+        let r = c.resolve(&rules, obj("", "Node", "node1"), "Warning");
+        assert_eq!(namespaces(&r), ["team-a", "team-b"]);
+        assert_eq!(
+            r.destinations[0].why,
+            "Node node1 runs 2 pods of namespace team-a"
+        );
+        assert!(
+            c.resolve(&rules, obj("", "Node", "node1"), "Normal")
+                .destinations
+                .is_empty()
+        );
+        let r = c.resolve(&rules, obj("storage.k8s.io", "CSINode", "node1"), "Warning");
+        assert_eq!(namespaces(&r), ["team-a", "team-b"]);
+        let capped = Rules {
+            node_pods: Some(NodePods {
+                max_namespaces: 1,
+                ..NodePods::default()
+            }),
+            ..Rules::default()
+        };
+        let r = c.resolve(&capped, obj("", "Node", "node1"), "Warning");
+        assert_eq!((namespaces(&r), r.cut), (vec!["team-a"], 1));
+        // Owners alone do not deliver Node events.
+        assert!(
+            c.resolve(&owners(), obj("", "Node", "node1"), "Warning")
+                .destinations
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_selector_reaches_matching_open_namespaces_once_each() {
+        let c = cluster();
+        let selector: Selector = [("team", "a")].into_iter().collect();
+        let rules = Rules {
+            owners: true,
+            namespace_selector: Some(selector),
+            ..Rules::default()
+        };
+        let r = c.resolve(&rules, obj("", "PersistentVolume", "pv-7"), "Warning");
+        // team-a both owns the volume and matches: one copy, as owner.
+        assert_eq!(namespaces(&r), ["team-a"]);
+        assert_eq!(r.destinations[0].how, How::Owner);
+        let r = c.resolve(&rules, obj("", "Node", "node9"), "Warning");
+        assert_eq!(namespaces(&r), ["team-a"]);
+        assert_eq!(r.destinations[0].how, How::Selector);
+    }
+}

@@ -1,0 +1,210 @@
+//! Delivery by ownership never leaks: over random clusters (volumes and their claims,
+//! attachments, namespaces alive or being deleted, pods on nodes) and random events, every
+//! namespace an event is delivered to exists, is not being deleted, and is tied to the object
+//! by the rule that names it; and, with no cap in the way, every such namespace gets it.
+//!
+//! The oracle below is written from the rules' definitions, apart from `owners::Cluster`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use clusterscope::owners::{Claim, Cluster, How, Namespace, NodePods, Object, Rules};
+use kube::core::{Selector, SelectorExt};
+use proptest::prelude::*;
+
+const NAMESPACES: &[&str] = &["team-a", "team-b", "team-c", "ops", "web"];
+const NODES: &[&str] = &["node1", "node2", "node3"];
+const VOLUMES: &[&str] = &["pv-1", "pv-2", "pv-3", "pv-4"];
+
+fn cluster() -> impl Strategy<Value = Cluster> {
+    let namespaces = prop::collection::btree_map(
+        prop::sample::select(NAMESPACES),
+        (any::<bool>(), prop::sample::select(&["a", "b"][..])),
+        0..=NAMESPACES.len(),
+    );
+    // A claim may name a namespace that does not exist (deleted after the bind).
+    let volumes = prop::collection::btree_map(
+        prop::sample::select(VOLUMES),
+        prop::sample::select(NAMESPACES),
+        0..=VOLUMES.len(),
+    );
+    let attachments = prop::collection::btree_map(
+        prop::sample::select(&["va-1", "va-2", "va-3"][..]),
+        prop::sample::select(&["pv-1", "pv-2", "pv-3", "pv-4", "pv-absent"][..]),
+        0..=3,
+    );
+    let pods = prop::collection::vec(
+        (
+            prop::sample::select(NODES),
+            prop::sample::select(NAMESPACES),
+        ),
+        0..20,
+    );
+    (namespaces, volumes, attachments, pods).prop_map(|(namespaces, volumes, attachments, pods)| {
+        let mut c = Cluster::default();
+        for (name, (terminating, team)) in namespaces {
+            c.namespaces.insert(
+                name.to_owned(),
+                Namespace {
+                    labels: BTreeMap::from([("team".to_owned(), team.to_owned())]),
+                    terminating,
+                },
+            );
+        }
+        for (pv, ns) in volumes {
+            c.volumes.insert(
+                pv.to_owned(),
+                Claim {
+                    namespace: ns.to_owned(),
+                    name: format!("claim-of-{pv}"),
+                },
+            );
+        }
+        for (va, pv) in attachments {
+            c.attachments.insert(va.to_owned(), pv.to_owned());
+        }
+        for (node, ns) in pods {
+            *c.pods_on_node
+                .entry(node.to_owned())
+                .or_default()
+                .entry(ns.to_owned())
+                .or_default() += 1;
+        }
+        c
+    })
+}
+
+fn object() -> impl Strategy<Value = (&'static str, &'static str, &'static str)> {
+    prop_oneof![
+        prop::sample::select(&["pv-1", "pv-2", "pv-3", "pv-4", "pv-9"][..]).prop_map(|n| (
+            "",
+            "PersistentVolume",
+            n
+        )),
+        prop::sample::select(&["va-1", "va-2", "va-3", "va-9"][..]).prop_map(|n| (
+            "storage.k8s.io",
+            "VolumeAttachment",
+            n
+        )),
+        prop::sample::select(&["team-a", "team-b", "team-c", "ops", "web", "gone"][..])
+            .prop_map(|n| ("", "Namespace", n)),
+        prop::sample::select(&["node1", "node2", "node3", "node9"][..])
+            .prop_map(|n| ("", "Node", n)),
+        prop::sample::select(NODES).prop_map(|n| ("storage.k8s.io", "CSINode", n)),
+        // Look-alikes that no rule knows.
+        prop::sample::select(&["pv-1", "node1"][..]).prop_map(|n| (
+            "example.com",
+            "PersistentVolume",
+            n
+        )),
+        Just(("rbac.authorization.k8s.io", "ClusterRole", "admin")),
+    ]
+}
+
+fn rules() -> impl Strategy<Value = Rules> {
+    (
+        any::<bool>(),
+        prop::option::of((any::<bool>(), 1usize..4)),
+        prop::option::of(prop::sample::select(&["a", "b"][..])),
+    )
+        .prop_map(|(owners, node_pods, team)| Rules {
+            owners,
+            node_pods: node_pods.map(|(normal_too, max)| NodePods {
+                types: if normal_too {
+                    vec!["Warning".to_owned(), "Normal".to_owned()]
+                } else {
+                    vec!["Warning".to_owned()]
+                },
+                max_namespaces: max,
+            }),
+            namespace_selector: team.map(|t| {
+                [("team".to_owned(), t.to_owned())]
+                    .into_iter()
+                    .collect::<Selector>()
+            }),
+        })
+}
+
+/// The namespaces each rule ties the object to, from the definitions.
+fn oracle(
+    c: &Cluster,
+    rules: &Rules,
+    (group, kind, name): (&str, &str, &str),
+    type_: &str,
+) -> BTreeMap<How, BTreeSet<String>> {
+    let open = |ns: &str| c.namespaces.get(ns).is_some_and(|n| !n.terminating);
+    let mut tied: BTreeMap<How, BTreeSet<String>> = BTreeMap::new();
+    if rules.owners {
+        let claim_ns = |pv: &str| c.volumes.get(pv).map(|claim| claim.namespace.clone());
+        let owner = match (group, kind) {
+            ("", "PersistentVolume") => claim_ns(name),
+            ("storage.k8s.io", "VolumeAttachment") => {
+                c.attachments.get(name).and_then(|pv| claim_ns(pv))
+            }
+            ("", "Namespace") => Some(name.to_owned()),
+            _ => None,
+        };
+        tied.entry(How::Owner)
+            .or_default()
+            .extend(owner.filter(|ns| open(ns)));
+    }
+    if let Some(np) = &rules.node_pods {
+        let is_node = matches!((group, kind), ("", "Node") | ("storage.k8s.io", "CSINode"));
+        if is_node && np.types.iter().any(|t| t == type_) {
+            let on_node = c.pods_on_node.get(name).cloned().unwrap_or_default();
+            tied.entry(How::Node).or_default().extend(
+                on_node
+                    .into_iter()
+                    .filter(|(ns, pods)| *pods > 0 && open(ns))
+                    .map(|(ns, _)| ns),
+            );
+        }
+    }
+    if let Some(selector) = &rules.namespace_selector {
+        tied.entry(How::Selector).or_default().extend(
+            c.namespaces
+                .iter()
+                .filter(|(ns, n)| open(ns) && selector.matches(&n.labels))
+                .map(|(ns, _)| ns.clone()),
+        );
+    }
+    tied
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn no_namespace_gets_an_event_it_is_not_tied_to_and_none_that_is_tied_is_missed(
+        c in cluster(),
+        rules in rules(),
+        object in object(),
+        warning in any::<bool>(),
+    ) {
+        let type_ = if warning { "Warning" } else { "Normal" };
+        let (group, kind, name) = object;
+        let got = c.resolve(&rules, Object { group, kind, name }, type_);
+        let tied = oracle(&c, &rules, object, type_);
+        let mut seen = BTreeSet::new();
+        for d in &got.destinations {
+            // No leak: tied by the very rule that delivered it, and open.
+            prop_assert!(
+                tied.get(&d.how).is_some_and(|t| t.contains(&d.namespace)),
+                "{} got {kind} {name} by {:?} without being tied to it: {:?}",
+                d.namespace, d.how, tied
+            );
+            prop_assert!(seen.insert(d.namespace.clone()), "{} twice", d.namespace);
+            prop_assert!(!d.why.is_empty());
+        }
+        // Nothing missed: every tied namespace is delivered, except what the cap cut.
+        let all_tied: BTreeSet<&String> = tied.values().flatten().collect();
+        prop_assert_eq!(seen.len() + got.cut >= all_tied.len(), true);
+        if got.cut == 0 {
+            let seen: BTreeSet<&String> = seen.iter().collect();
+            prop_assert_eq!(seen, all_tied);
+        } else {
+            let max = rules.node_pods.as_ref().map_or(0, |n| n.max_namespaces);
+            let by_node = got.destinations.iter().filter(|d| d.how == How::Node).count();
+            prop_assert!(by_node <= max);
+        }
+    }
+}
