@@ -58,6 +58,8 @@ pub struct ControllerOptions {
     pub full_wait: Duration,
     /// When a sink refused a delivery (full), the source is planned again after this.
     pub full_retry: Duration,
+    /// How long the first sync waits for the owner state's first lists (delivery rules).
+    pub owners_wait: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -72,6 +74,7 @@ impl Default for ControllerOptions {
             queue_capacity: 10_000,
             full_wait: Duration::from_secs(1),
             full_retry: Duration::from_secs(5),
+            owners_wait: Duration::from_secs(30),
         }
     }
 }
@@ -277,6 +280,29 @@ pub async fn run(
     // or the run itself dropped).
     let mut tasks = tokio::task::JoinSet::new();
     pipeline.start(&mut tasks);
+    // Delivery rules resolve against live cluster state: list it before the first sync, so
+    // that no stored event is judged against an empty state.
+    if let Some(state) = syncer.cluster.clone() {
+        let config = syncer.config.clone();
+        let needs = move || {
+            let config = config.load();
+            crate::owners::live::Needs::of(config.channels.iter().map(|c| &c.deliver))
+        };
+        let (ready, keep) = crate::owners::live::start(syncer.client.clone(), state, needs);
+        tasks.spawn(keep);
+        if !ready.is_ready() {
+            tracing::info!("mirror: listing what delivery rules need before the first sync");
+            tokio::select! {
+                waited = tokio::time::timeout(options.owners_wait, ready.wait()) => {
+                    if waited.is_err() {
+                        tracing::warn!(waited = %humantime::format_duration(options.owners_wait),
+                            "mirror: the owner state is not listed yet (see the owner delivery warnings); syncing with what is known, deliveries by ownership may miss namespaces until it is");
+                    }
+                }
+                () = &mut shutdown => return,
+            }
+        }
+    }
     for ns in SOURCE_NAMESPACES {
         let api: Api<Event> = Api::namespaced(syncer.client.clone(), ns);
         let queue = queue.clone();

@@ -53,6 +53,11 @@ pub struct Store {
     /// Lease calls made with this bearer token hang (one replica's path to the API server
     /// stalls while the others' works).
     pub stalled_token: Option<String>,
+    /// What delivery rules watch: (resource, namespace or "", name) → object, for
+    /// `persistentvolumes`, `volumeattachments`, `namespaces` and `pods`.
+    pub objects: BTreeMap<(String, String, String), Value>,
+    /// Namespaces being deleted: creating in them is refused as the API server does.
+    pub terminating: BTreeSet<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -256,6 +261,16 @@ impl FakeApiServer {
             discovery,
             ..Store::default()
         }));
+        {
+            let mut s = store.lock().unwrap();
+            for ns in namespaces {
+                let mut obj = json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": ns, "uid": format!("ns-{ns}")}, "status": {"phase": "Active"}});
+                bump(&mut s, &mut obj);
+                s.objects
+                    .insert(("namespaces".into(), String::new(), ns.to_string()), obj);
+            }
+        }
         let app = Router::new()
             .route("/api/v1/namespaces/{ns}/events", get(list).post(create))
             .route(
@@ -279,6 +294,22 @@ impl FakeApiServer {
                     "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}),
                     )
                 }),
+            )
+            .route(
+                "/api/v1/persistentvolumes",
+                get(|st: St, q: Query| list_objects(st, q, "", "persistentvolumes")),
+            )
+            .route(
+                "/apis/storage.k8s.io/v1/volumeattachments",
+                get(|st: St, q: Query| list_objects(st, q, "storage.k8s.io", "volumeattachments")),
+            )
+            .route(
+                "/api/v1/namespaces",
+                get(|st: St, q: Query| list_objects(st, q, "", "namespaces")),
+            )
+            .route(
+                "/api/v1/pods",
+                get(|st: St, q: Query| list_objects(st, q, "", "pods")),
             )
             .route("/api", get(api_versions))
             .route("/api/v1", get(core_resources))
@@ -436,6 +467,50 @@ impl FakeApiServer {
         };
         record(&mut s, kind, ns, &ev);
         s.events.insert((ns.to_owned(), name), ev);
+    }
+
+    /// Stores a PersistentVolume, VolumeAttachment, Namespace or Pod (by its `resource`:
+    /// `persistentvolumes`, ...), as its controller would; watchers see ADDED or MODIFIED. A
+    /// Namespace also becomes a place events can be created in (or, with a
+    /// `deletionTimestamp`, one that refuses them).
+    pub fn put_object(&self, resource: &str, mut obj: Value) {
+        let mut s = self.store.lock().unwrap();
+        let ns = str_at(&obj, &["metadata", "namespace"]).to_owned();
+        let name = str_at(&obj, &["metadata", "name"]).to_owned();
+        if obj["metadata"]["uid"].is_null() {
+            obj["metadata"]["uid"] = json!(format!("uid-{}", s.resource_version + 1));
+        }
+        if resource == "namespaces" {
+            s.namespaces.insert(name.clone());
+            if obj["metadata"]["deletionTimestamp"].is_string() {
+                s.terminating.insert(name.clone());
+            } else {
+                s.terminating.remove(&name);
+            }
+        }
+        bump(&mut s, &mut obj);
+        let key = (resource.to_owned(), ns, name);
+        let kind = if s.objects.contains_key(&key) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        record(&mut s, kind, &format!("@{resource}"), &obj);
+        s.objects.insert(key, obj);
+    }
+
+    /// Deletes a PersistentVolume, VolumeAttachment, Namespace or Pod; watchers see DELETED.
+    pub fn delete_object(&self, resource: &str, ns: &str, name: &str) {
+        let mut s = self.store.lock().unwrap();
+        let key = (resource.to_owned(), ns.to_owned(), name.to_owned());
+        if let Some(mut obj) = s.objects.remove(&key) {
+            if resource == "namespaces" {
+                s.namespaces.remove(name);
+                s.terminating.remove(name);
+            }
+            bump(&mut s, &mut obj);
+            record(&mut s, "DELETED", &format!("@{resource}"), &obj);
+        }
     }
 
     /// Ends every open watch.
@@ -619,6 +694,44 @@ async fn list(
     .into_response()
 }
 
+type Query = axum::extract::Query<BTreeMap<String, String>>;
+
+/// LIST or WATCH of one of the cluster resources delivery rules read (all namespaces).
+async fn list_objects(
+    State(store): St,
+    axum::extract::Query(q): Query,
+    group: &'static str,
+    resource: &'static str,
+) -> Response {
+    let stream_key = format!("@{resource}");
+    if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
+        return watch_as(store, stream_key, q, (group, resource)).await;
+    }
+    if let Some(r) = gate(
+        &store,
+        "LIST",
+        resource.to_owned(),
+        Some(("list", group, resource, "")),
+    )
+    .await
+    {
+        return r;
+    }
+    let s = store.lock().unwrap();
+    let items: Vec<Value> = s
+        .objects
+        .iter()
+        .filter(|((r, _, _), _)| r == resource)
+        .map(|(_, v)| v.clone())
+        .collect();
+    axum::Json(json!({
+        "kind": "List", "apiVersion": "v1",
+        "metadata": {"resourceVersion": s.resource_version.to_string()},
+        "items": items,
+    }))
+    .into_response()
+}
+
 /// A label selector of comma-separated `key`, `!key`, `key=value`, `key==value` and
 /// `key!=value` terms, as the API server reads them; an error for anything else.
 fn label_selects(selector: &str, obj: &Value) -> Result<bool, String> {
@@ -676,6 +789,15 @@ async fn create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Respon
     let mut s = store.lock().unwrap();
     if !s.namespaces.contains(&ns) {
         return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
+    }
+    if s.terminating.contains(&ns) {
+        return status(
+            403,
+            "Forbidden",
+            &format!(
+                "events \"\" is forbidden: unable to create new content in namespace {ns} because it is being terminated"
+            ),
+        );
     }
     if let Err(e) = validate(&ns, &ev) {
         return status(422, "Invalid", &format!("Event is invalid: {e}"));
@@ -827,11 +949,22 @@ fn line(kind: &str, obj: &Value) -> Bytes {
 }
 
 async fn watch(store: Arc<Mutex<Store>>, ns: String, q: BTreeMap<String, String>) -> Response {
+    watch_as(store, ns, q, ("", "events")).await
+}
+
+/// A watch of the changes recorded under `ns` (a namespace's events, or `@<resource>`).
+async fn watch_as(
+    store: Arc<Mutex<Store>>,
+    ns: String,
+    q: BTreeMap<String, String>,
+    (group, resource): (&str, &str),
+) -> Response {
+    let rbac_ns = if ns.starts_with('@') { "" } else { ns.as_str() };
     if let Some(r) = gate(
         &store,
         "WATCH",
         ns.clone(),
-        Some(("watch", "", "events", &ns)),
+        Some(("watch", group, resource, rbac_ns)),
     )
     .await
     {

@@ -22,6 +22,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use kube::core::{Selector, SelectorExt};
 
+pub mod live;
+
 /// The cluster state shared by whatever keeps it and whoever resolves against it.
 pub type SharedCluster = std::sync::Arc<std::sync::RwLock<Cluster>>;
 
@@ -50,6 +52,8 @@ pub struct Cluster {
     pub namespaces: HashMap<String, Namespace>,
     /// Node name → namespace → pods on it that have not terminated.
     pub pods_on_node: HashMap<String, BTreeMap<String, u32>>,
+    /// `namespace/name` of each counted pod → its node (to move or drop it on a change).
+    pod_nodes: HashMap<String, String>,
 }
 
 /// Node → pod namespaces delivery.
@@ -130,6 +134,59 @@ pub struct Object<'a> {
 }
 
 impl Cluster {
+    /// Records where a pod runs: `node` is `None` for a pod not bound to a node or terminated
+    /// (Succeeded or Failed), which no longer counts.
+    pub fn set_pod(&mut self, namespace: &str, name: &str, node: Option<&str>) {
+        let key = format!("{namespace}/{name}");
+        if let Some(old) = self.pod_nodes.get(&key) {
+            if Some(old.as_str()) == node {
+                return;
+            }
+            let old = old.clone();
+            self.uncount(&old, namespace);
+            self.pod_nodes.remove(&key);
+        }
+        if let Some(node) = node {
+            *self
+                .pods_on_node
+                .entry(node.to_owned())
+                .or_default()
+                .entry(namespace.to_owned())
+                .or_default() += 1;
+            self.pod_nodes.insert(key, node.to_owned());
+        }
+    }
+
+    /// Forgets a deleted pod.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) {
+        self.set_pod(namespace, name, None);
+    }
+
+    /// Pods counted.
+    pub fn pods(&self) -> usize {
+        self.pod_nodes.len()
+    }
+
+    /// Forgets every pod (before a re-list).
+    pub fn clear_pods(&mut self) {
+        self.pod_nodes.clear();
+        self.pods_on_node.clear();
+    }
+
+    fn uncount(&mut self, node: &str, namespace: &str) {
+        if let Some(namespaces) = self.pods_on_node.get_mut(node) {
+            if let Some(n) = namespaces.get_mut(namespace) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    namespaces.remove(namespace);
+                }
+            }
+            if namespaces.is_empty() {
+                self.pods_on_node.remove(node);
+            }
+        }
+    }
+
     /// Whether `namespace` can receive copies: it exists and is not being deleted.
     pub fn open(&self, namespace: &str) -> bool {
         self.namespaces
@@ -390,6 +447,30 @@ mod tests {
                 .destinations
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn pods_are_counted_where_they_run_and_move_and_leave_cleanly() {
+        let mut c = Cluster::default();
+        c.set_pod("team-a", "web-1", Some("node1"));
+        c.set_pod("team-a", "web-2", Some("node1"));
+        c.set_pod("team-b", "db-1", Some("node1"));
+        c.set_pod("team-b", "pending", None);
+        assert_eq!(c.pods(), 3);
+        assert_eq!(c.pods_on_node["node1"]["team-a"], 2);
+        // Moved (re-created elsewhere under the same name), finished, deleted.
+        c.set_pod("team-a", "web-1", Some("node2"));
+        c.set_pod("team-a", "web-2", None);
+        c.remove_pod("team-b", "db-1");
+        assert_eq!(c.pods(), 1);
+        assert!(
+            !c.pods_on_node.contains_key("node1"),
+            "{:?}",
+            c.pods_on_node
+        );
+        assert_eq!(c.pods_on_node["node2"]["team-a"], 1);
+        c.clear_pods();
+        assert!(c.pods_on_node.is_empty() && c.pods() == 0);
     }
 
     #[test]

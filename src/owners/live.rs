@@ -1,0 +1,388 @@
+//! Keeping [`Cluster`] current: one kube-runtime watcher per resource the enabled rules need
+//! (PersistentVolumes and VolumeAttachments for `owners`; Namespaces for every rule; Pods
+//! only for `nodePods`), each object trimmed to the names the rules read as it arrives. A
+//! re-list (start, 410 Gone) is collected trimmed and swapped in whole when it is done, so
+//! resolution never sees a half-empty state.
+//!
+//! Not a reflector store: that would keep every object whole (a Pod is kilobytes); here a
+//! counted Pod costs one map entry of its `namespace/name` and node name.
+
+use std::fmt::Debug;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace as NamespaceObject, PersistentVolume, Pod};
+use k8s_openapi::api::storage::v1::VolumeAttachment;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use serde::de::DeserializeOwned;
+
+use super::{Claim, Cluster, Namespace, Rules, SharedCluster};
+
+/// Which resources the rules in use need watched.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// PersistentVolumes and VolumeAttachments.
+    pub volumes: bool,
+    pub namespaces: bool,
+    pub pods: bool,
+}
+
+impl Needs {
+    pub fn of<'a>(rules: impl IntoIterator<Item = &'a Rules>) -> Needs {
+        rules.into_iter().fold(Needs::default(), |n, r| Needs {
+            volumes: n.volumes || r.owners,
+            namespaces: n.namespaces || r.any(),
+            pods: n.pods || r.node_pods.is_some(),
+        })
+    }
+
+    pub fn any(&self) -> bool {
+        self.volumes || self.namespaces || self.pods
+    }
+
+    /// The resources, for logs.
+    pub fn describe(&self) -> String {
+        let mut what = Vec::new();
+        if self.volumes {
+            what.push("persistentvolumes, volumeattachments");
+        }
+        if self.namespaces {
+            what.push("namespaces");
+        }
+        if self.pods {
+            what.push("pods");
+        }
+        what.join(", ")
+    }
+}
+
+/// One watched resource: how an object is trimmed and where the trimmed form goes.
+trait Table: Send + 'static {
+    type Object: kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + 'static;
+    type Trimmed: Send + 'static;
+    const RESOURCE: &'static str;
+    fn trim(o: &Self::Object) -> Self::Trimmed;
+    /// Forgets everything this table put in (before a re-list is swapped in).
+    fn clear(c: &mut Cluster);
+    fn apply(c: &mut Cluster, t: Self::Trimmed);
+    fn remove(c: &mut Cluster, t: Self::Trimmed);
+}
+
+fn name<K: kube::Resource>(o: &K) -> String {
+    o.meta().name.clone().unwrap_or_default()
+}
+
+struct Volumes;
+impl Table for Volumes {
+    type Object = PersistentVolume;
+    type Trimmed = (String, Option<Claim>);
+    const RESOURCE: &'static str = "persistentvolumes";
+    fn trim(o: &PersistentVolume) -> Self::Trimmed {
+        // Set by the persistent volume controller on bind, kept while Released.
+        let claim = o
+            .spec
+            .as_ref()
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| {
+                Some(Claim {
+                    namespace: r.namespace.clone().filter(|n| !n.is_empty())?,
+                    name: r.name.clone().unwrap_or_default(),
+                })
+            });
+        (name(o), claim)
+    }
+    fn clear(c: &mut Cluster) {
+        c.volumes.clear();
+    }
+    fn apply(c: &mut Cluster, (name, claim): Self::Trimmed) {
+        match claim {
+            Some(claim) => {
+                c.volumes.insert(name, claim);
+            }
+            None => {
+                c.volumes.remove(&name);
+            }
+        }
+    }
+    fn remove(c: &mut Cluster, (name, _): Self::Trimmed) {
+        c.volumes.remove(&name);
+    }
+}
+
+struct Attachments;
+impl Table for Attachments {
+    type Object = VolumeAttachment;
+    type Trimmed = (String, Option<String>);
+    const RESOURCE: &'static str = "volumeattachments";
+    fn trim(o: &VolumeAttachment) -> Self::Trimmed {
+        (name(o), o.spec.source.persistent_volume_name.clone())
+    }
+    fn clear(c: &mut Cluster) {
+        c.attachments.clear();
+    }
+    fn apply(c: &mut Cluster, (name, pv): Self::Trimmed) {
+        match pv {
+            Some(pv) => {
+                c.attachments.insert(name, pv);
+            }
+            None => {
+                c.attachments.remove(&name);
+            }
+        }
+    }
+    fn remove(c: &mut Cluster, (name, _): Self::Trimmed) {
+        c.attachments.remove(&name);
+    }
+}
+
+struct Namespaces;
+impl Table for Namespaces {
+    type Object = NamespaceObject;
+    type Trimmed = (String, Namespace);
+    const RESOURCE: &'static str = "namespaces";
+    fn trim(o: &NamespaceObject) -> Self::Trimmed {
+        let terminating = o.metadata.deletion_timestamp.is_some()
+            || o.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
+        (
+            name(o),
+            Namespace {
+                labels: o.metadata.labels.clone().unwrap_or_default(),
+                terminating,
+            },
+        )
+    }
+    fn clear(c: &mut Cluster) {
+        c.namespaces.clear();
+    }
+    fn apply(c: &mut Cluster, (name, ns): Self::Trimmed) {
+        c.namespaces.insert(name, ns);
+    }
+    fn remove(c: &mut Cluster, (name, _): Self::Trimmed) {
+        c.namespaces.remove(&name);
+    }
+}
+
+struct Pods;
+impl Table for Pods {
+    type Object = Pod;
+    /// (namespace, name, node while it runs there)
+    type Trimmed = (String, String, Option<String>);
+    const RESOURCE: &'static str = "pods";
+    fn trim(o: &Pod) -> Self::Trimmed {
+        let phase = o.status.as_ref().and_then(|s| s.phase.as_deref());
+        let done = matches!(phase, Some("Succeeded" | "Failed"));
+        let node = o
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.clone())
+            .filter(|n| !n.is_empty() && !done);
+        (
+            o.metadata.namespace.clone().unwrap_or_default(),
+            name(o),
+            node,
+        )
+    }
+    fn clear(c: &mut Cluster) {
+        c.clear_pods();
+    }
+    fn apply(c: &mut Cluster, (ns, name, node): Self::Trimmed) {
+        c.set_pod(&ns, &name, node.as_deref());
+    }
+    fn remove(c: &mut Cluster, (ns, name, _): Self::Trimmed) {
+        c.remove_pod(&ns, &name);
+    }
+}
+
+/// Watchers whose first list is not in yet; [`Ready::wait`] returns once there are none.
+#[derive(Clone, Default)]
+pub struct Ready {
+    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    listed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Ready {
+    fn add(&self, n: usize) {
+        self.pending
+            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn done(&self) {
+        self.pending
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.listed.notify_waiters();
+    }
+
+    /// Whether every watcher started so far has listed once.
+    pub fn is_ready(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    pub async fn wait(&self) {
+        loop {
+            let listed = self.listed.notified();
+            tokio::pin!(listed);
+            listed.as_mut().enable();
+            if self.is_ready() {
+                return;
+            }
+            listed.await;
+        }
+    }
+}
+
+/// Follows one resource until aborted: watch (with kube-runtime's backoff), trim, apply.
+/// `ready` is told after the first complete list.
+async fn follow<T: Table>(client: kube::Client, state: SharedCluster, ready: Option<Ready>) {
+    let mut ready = ready;
+    let api: Api<T::Object> = Api::all(client);
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    // A re-list being collected: applied whole at InitDone.
+    let mut relist: Option<Vec<T::Trimmed>> = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(watcher::Event::Init) => relist = Some(Vec::new()),
+            Ok(watcher::Event::InitApply(o)) => match relist.as_mut() {
+                Some(buffer) => buffer.push(T::trim(&o)),
+                None => T::apply(&mut crate::locks::write(&state), T::trim(&o)),
+            },
+            Ok(watcher::Event::InitDone) => {
+                let buffer = relist.take().unwrap_or_default();
+                let count = buffer.len();
+                let mut c = crate::locks::write(&state);
+                T::clear(&mut c);
+                for t in buffer {
+                    T::apply(&mut c, t);
+                }
+                drop(c);
+                tracing::info!(resource = T::RESOURCE, count, "owner delivery: listed");
+                if let Some(r) = ready.take() {
+                    r.done();
+                }
+            }
+            Ok(watcher::Event::Apply(o)) => T::apply(&mut crate::locks::write(&state), T::trim(&o)),
+            Ok(watcher::Event::Delete(o)) => {
+                T::remove(&mut crate::locks::write(&state), T::trim(&o));
+            }
+            Err(e) => {
+                tracing::warn!(resource = T::RESOURCE, error = %e,
+                    "owner delivery: watch failed; retrying with backoff (deliveries use what was last seen)");
+            }
+        }
+    }
+}
+
+/// Starts keeping `state` current for what `needs()` says the rules in use need: the watchers
+/// needed now at once (the returned [`Ready`] counts their first lists), and every 10 s the
+/// ones a reloaded configuration needs since. The returned future runs until dropped.
+pub fn start(
+    client: kube::Client,
+    state: SharedCluster,
+    needs: impl Fn() -> Needs + Send + 'static,
+) -> (Ready, impl std::future::Future<Output = ()> + Send) {
+    let ready = Ready::default();
+    let first = needs();
+    ready.add(
+        2 * usize::from(first.volumes) + usize::from(first.namespaces) + usize::from(first.pods),
+    );
+    let keep = {
+        let ready = ready.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut started = Needs::default();
+            let mut wanted = first;
+            let mut first_round = Some(ready);
+            loop {
+                let r = first_round.take();
+                let (c, st) = (&client, &state);
+                if wanted.volumes && !started.volumes {
+                    tasks.spawn(follow::<Volumes>(c.clone(), st.clone(), r.clone()));
+                    tasks.spawn(follow::<Attachments>(c.clone(), st.clone(), r.clone()));
+                }
+                if wanted.namespaces && !started.namespaces {
+                    tasks.spawn(follow::<Namespaces>(c.clone(), st.clone(), r.clone()));
+                }
+                if wanted.pods && !started.pods {
+                    tasks.spawn(follow::<Pods>(c.clone(), st.clone(), r));
+                }
+                if wanted != started && started.any() {
+                    tracing::info!(now = %wanted.describe(), "owner delivery: watching more for the new configuration");
+                }
+                started = Needs {
+                    volumes: started.volumes || wanted.volumes,
+                    namespaces: started.namespaces || wanted.namespaces,
+                    pods: started.pods || wanted.pods,
+                };
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                wanted = needs();
+            }
+        }
+    };
+    (ready, keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_follow_the_rules() {
+        let owners = Rules {
+            owners: true,
+            ..Rules::default()
+        };
+        let pods = Rules {
+            node_pods: Some(super::super::NodePods::default()),
+            ..Rules::default()
+        };
+        assert_eq!(Needs::of([&Rules::default()]), Needs::default());
+        assert_eq!(
+            Needs::of([&owners]),
+            Needs {
+                volumes: true,
+                namespaces: true,
+                pods: false
+            }
+        );
+        assert!(Needs::of([&owners, &pods]).pods);
+    }
+
+    #[test]
+    fn objects_are_trimmed_to_what_the_rules_read() {
+        let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "pv-7"},
+            "spec": {"claimRef": {"namespace": "team-a", "name": "data", "uid": "u"}},
+            "status": {"phase": "Released"}
+        }))
+        .unwrap();
+        assert_eq!(
+            Volumes::trim(&pv),
+            (
+                "pv-7".to_owned(),
+                Some(Claim {
+                    namespace: "team-a".into(),
+                    name: "data".into()
+                })
+            )
+        );
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "team-a"},
+            "spec": {"nodeName": "node1", "containers": []},
+            "status": {"phase": "Succeeded"}
+        }))
+        .unwrap();
+        assert_eq!(Pods::trim(&pod).2, None, "a finished pod no longer counts");
+        let ns: NamespaceObject = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "going", "deletionTimestamp": "2026-11-20T10:00:00Z"},
+            "status": {"phase": "Terminating"}
+        }))
+        .unwrap();
+        assert!(Namespaces::trim(&ns).1.terminating);
+    }
+}

@@ -1,0 +1,184 @@
+//! Delivery by ownership end to end: the mirror controller watches what the rules need
+//! (PersistentVolumes, VolumeAttachments, Namespaces, Pods) on the fake API server and copies
+//! each event into the namespaces tied to its object at delivery time; ownership changes move
+//! later updates, a namespace being deleted gets nothing, and nothing is copied twice.
+
+#[path = "support/fake_apiserver.rs"]
+mod fake_apiserver;
+
+use std::time::Duration;
+
+use clusterscope::mirror::controller::ControllerOptions;
+use fake_apiserver::{FakeApiServer, eventually};
+use serde_json::{Value, json};
+
+const CONFIG: &str = "channels:\n  - name: storage\n    deliver: {owners: true}\n  - name: nodes\n    deliver: {nodePods: {maxNamespaces: 2}}\nroutes:\n  - channel: storage\n    match: {kinds: [PersistentVolume, VolumeAttachment, Namespace]}\n  - channel: nodes\n    match: {kinds: [Node]}\n";
+
+fn start(api: &FakeApiServer) -> fake_apiserver::RunningController {
+    let syncer = api
+        .syncer(CONFIG)
+        .with_cluster(clusterscope::owners::SharedCluster::default());
+    api.run_syncer(
+        syncer,
+        ControllerOptions {
+            workers: 2,
+            retry_base: Duration::from_millis(20),
+            ..ControllerOptions::default()
+        },
+    )
+}
+
+fn volume(name: &str, claim_ns: &str, claim: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "namespace": claim_ns, "name": claim, "uid": "c-1"}},
+        "status": {"phase": "Bound"}})
+}
+
+fn pod(ns: &str, name: &str, node: &str, phase: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+        "status": {"phase": phase}})
+}
+
+fn event(name: &str, kind: &str, object: &str, type_: &str, count: i64) -> Value {
+    let api_version = if kind == "VolumeAttachment" {
+        "storage.k8s.io/v1"
+    } else {
+        "v1"
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": "default"},
+        "involvedObject": {"kind": kind, "name": object, "apiVersion": api_version},
+        "reason": "Failed", "message": format!("attempt {count}"), "type": type_, "count": count,
+        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
+    })
+}
+
+/// The copies of `source` in `ns`.
+fn copies(api: &FakeApiServer, ns: &str, source: &str) -> Vec<Value> {
+    api.events_in(ns)
+        .into_iter()
+        .filter(|e| e["metadata"]["annotations"]["clusterscope.dev/source-name"] == source)
+        .collect()
+}
+
+#[tokio::test]
+async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b"]).await;
+    api.put_object("persistentvolumes", volume("pv-7", "team-a", "data"));
+    api.put_object(
+        "volumeattachments",
+        json!({"apiVersion": "storage.k8s.io/v1", "kind": "VolumeAttachment",
+            "metadata": {"name": "va-1"},
+            "spec": {"attacher": "csi.example.com", "nodeName": "node1", "source": {"persistentVolumeName": "pv-7"}}}),
+    );
+    // Stored before the controller starts: judged against the listed state, not an empty one.
+    api.put(
+        "default",
+        event("pv-7.1", "PersistentVolume", "pv-7", "Warning", 1),
+    );
+    let running = start(&api);
+    assert!(eventually(10, || copies(&api, "team-a", "pv-7.1").len() == 1).await);
+    let copy = &copies(&api, "team-a", "pv-7.1")[0];
+    assert_eq!(
+        copy["metadata"]["labels"]["clusterscope.dev/delivery"],
+        "owner"
+    );
+    assert_eq!(
+        copy["metadata"]["annotations"]["clusterscope.dev/delivered-because"],
+        "PersistentVolume pv-7 is claimed by PersistentVolumeClaim team-a/data"
+    );
+    api.put(
+        "default",
+        event("va-1.1", "VolumeAttachment", "va-1", "Warning", 1),
+    );
+    assert!(eventually(10, || copies(&api, "team-a", "va-1.1").len() == 1).await);
+
+    // The volume is re-bound to team-b: later updates go there; team-a keeps what it had.
+    api.put_object("persistentvolumes", volume("pv-7", "team-b", "data2"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.put(
+        "default",
+        event("pv-7.1", "PersistentVolume", "pv-7", "Warning", 2),
+    );
+    assert!(eventually(10, || copies(&api, "team-b", "pv-7.1").len() == 1).await);
+    assert_eq!(copies(&api, "team-b", "pv-7.1")[0]["count"], 2);
+    assert_eq!(
+        copies(&api, "team-a", "pv-7.1")[0]["count"],
+        1,
+        "the old owner's copy was updated"
+    );
+
+    // A namespace gets its own events; one being deleted gets nothing, and nothing fails.
+    api.put(
+        "default",
+        event("team-b.1", "Namespace", "team-b", "Normal", 1),
+    );
+    assert!(eventually(10, || copies(&api, "team-b", "team-b.1").len() == 1).await);
+    api.put_object(
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "team-a", "deletionTimestamp": "2026-11-20T10:00:00Z"},
+            "status": {"phase": "Terminating"}}),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.put(
+        "default",
+        event("team-a.1", "Namespace", "team-a", "Normal", 1),
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(copies(&api, "team-a", "team-a.1").is_empty());
+    assert_eq!(
+        running.metric(r#"clusterscope_deliveries_total{sink="kubernetes",result="error"}"#),
+        0.0,
+        "{}",
+        running.metrics.encode()
+    );
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn node_warnings_reach_the_namespaces_of_its_pods_up_to_the_cap() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b", "team-c"]).await;
+    api.put_object("pods", pod("team-a", "web-1", "node1", "Running"));
+    api.put_object("pods", pod("team-b", "db-1", "node1", "Running"));
+    api.put_object("pods", pod("team-c", "job-1", "node1", "Succeeded"));
+    api.put_object("pods", pod("team-c", "web-9", "node2", "Running"));
+    let running = start(&api);
+    api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
+    assert!(
+        eventually(10, || copies(&api, "team-a", "node1.1").len() == 1
+            && copies(&api, "team-b", "node1.1").len() == 1)
+        .await
+    );
+    assert!(
+        copies(&api, "team-c", "node1.1").is_empty(),
+        "a finished pod ties nothing"
+    );
+    // Normal events are not delivered by the node rule (Warning by default).
+    api.put("default", event("node1.2", "Node", "node1", "Normal", 1));
+    // The pod in team-a moves off the node; a third namespace starts running there: the cap
+    // (2) keeps the first two by name and counts the one left out.
+    api.delete_object("pods", "team-a", "web-1");
+    api.put_object("pods", pod("team-c", "web-2", "node1", "Running"));
+    api.put_object("pods", pod("team-a", "web-3", "node1", "Running"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    api.put("default", event("node1.3", "Node", "node1", "Warning", 1));
+    assert!(eventually(10, || copies(&api, "team-b", "node1.3").len() == 1).await);
+    assert_eq!(copies(&api, "team-a", "node1.3").len(), 1);
+    assert!(copies(&api, "team-c", "node1.3").is_empty(), "past the cap");
+    assert!(
+        eventually(10, || running.metric(
+            r#"clusterscope_delivery_namespaces_cut_total{channel="nodes"}"#
+        ) >= 1.0)
+        .await
+    );
+    for ns in ["team-a", "team-b", "team-c"] {
+        assert!(
+            copies(&api, ns, "node1.2").is_empty(),
+            "{ns} got a Normal node event"
+        );
+    }
+    running.stop().await;
+}
