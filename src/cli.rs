@@ -382,6 +382,19 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
         if ch.log {
             out.push_str(" [written to the log stream]");
         }
+        if ch.deliver.owners {
+            out.push_str(" [copied to owner namespaces: PersistentVolume and VolumeAttachment to the claim's, Namespace to itself]");
+        }
+        if let Some(np) = &ch.deliver.node_pods {
+            out.push_str(&format!(
+                " [{} about a Node or CSINode copied to the namespaces of its pods, at most {}]",
+                np.types.join(" and "),
+                np.max_namespaces
+            ));
+        }
+        if let Some(sel) = &ch.deliver.namespace_selector {
+            out.push_str(&format!(" [copied to namespaces labelled {sel}]"));
+        }
         if !config.routes.iter().any(|r| r.channel == idx) {
             out.push_str(" [no route leads here]");
         }

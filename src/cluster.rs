@@ -378,8 +378,10 @@ fn start(
             options.pod_uid.as_deref(),
         ),
     );
-    let syncer =
-        Syncer::new(client.clone(), config, resolver, Some(log_sink)).with_own_events(own_events);
+    // Delivery rules read live cluster state; the controller keeps it (on the leader only).
+    let syncer = Syncer::new(client.clone(), config, resolver, Some(log_sink))
+        .with_own_events(own_events)
+        .with_cluster(crate::owners::SharedCluster::default());
     let lease_ref = ObjectReference {
         api_version: Some("coordination.k8s.io/v1".to_owned()),
         kind: Some("Lease".to_owned()),

@@ -43,12 +43,13 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-const ENTRY_POINTS: [&str; 5] = [
+const ENTRY_POINTS: [&str; 6] = [
     "base",
     "overlays/cert-manager",
     "overlays/manual-certs",
     "overlays/mirror-nodes",
     "overlays/monitoring",
+    "overlays/owner-delivery",
 ];
 
 #[test]
@@ -252,27 +253,18 @@ fn shipped_configuration_is_the_embedded_default() {
     assert_eq!(shipped.label_prefix, default.label_prefix);
 }
 
-/// (verb, group, resource, namespace) granted to clusterscope's ServiceAccount.
-fn grants(objs: &[Value]) -> BTreeSet<(String, String, String, String)> {
+/// (verb, group, resource, namespace) granted to clusterscope's ServiceAccount; a
+/// cluster-wide grant has namespace `*`. Cluster-wide grants only where `cluster_wide`.
+fn grants(objs: &[Value], cluster_wide: bool) -> BTreeSet<(String, String, String, String)> {
     let mut out = BTreeSet::new();
-    for rb in objs.iter().filter(|o| o["kind"] == "RoleBinding") {
-        let bound = rb["subjects"].as_array().unwrap().iter().any(|s| {
+    let bound_to_us = |b: &Value| {
+        b["subjects"].as_array().unwrap().iter().any(|s| {
             s["kind"] == "ServiceAccount"
                 && s["name"] == "clusterscope"
                 && s["namespace"] == "clusterscope-system"
-        });
-        if !bound {
-            continue;
-        }
-        let ns = rb["metadata"]["namespace"].as_str().unwrap();
-        let role = objs
-            .iter()
-            .find(|o| {
-                o["kind"] == "Role"
-                    && o["metadata"]["name"] == rb["roleRef"]["name"]
-                    && o["metadata"]["namespace"] == ns
-            })
-            .unwrap_or_else(|| panic!("RoleBinding {ns}/{} has no Role", rb["metadata"]["name"]));
+        })
+    };
+    let mut add = |role: &Value, ns: &str| {
         for rule in role["rules"].as_array().unwrap() {
             for g in rule["apiGroups"].as_array().unwrap() {
                 for r in rule["resources"].as_array().unwrap() {
@@ -289,14 +281,50 @@ fn grants(objs: &[Value]) -> BTreeSet<(String, String, String, String)> {
                 }
             }
         }
-    }
-    assert!(
-        !objs
+    };
+    for rb in objs.iter().filter(|o| o["kind"] == "RoleBinding") {
+        if !bound_to_us(rb) {
+            continue;
+        }
+        let ns = rb["metadata"]["namespace"].as_str().unwrap();
+        let role = objs
             .iter()
-            .any(|o| o["kind"] == "ClusterRole" || o["kind"] == "ClusterRoleBinding"),
-        "no cluster-wide grants"
-    );
+            .find(|o| {
+                o["kind"] == "Role"
+                    && o["metadata"]["name"] == rb["roleRef"]["name"]
+                    && o["metadata"]["namespace"] == ns
+            })
+            .unwrap_or_else(|| panic!("RoleBinding {ns}/{} has no Role", rb["metadata"]["name"]));
+        add(role, ns);
+    }
+    for crb in objs.iter().filter(|o| o["kind"] == "ClusterRoleBinding") {
+        assert!(cluster_wide, "no cluster-wide grants here");
+        if !bound_to_us(crb) {
+            continue;
+        }
+        let role = find(
+            objs,
+            "ClusterRole",
+            crb["roleRef"]["name"].as_str().unwrap(),
+        );
+        add(role, "*");
+    }
+    if !cluster_wide {
+        assert!(
+            !objs.iter().any(|o| o["kind"] == "ClusterRole"),
+            "no cluster-wide grants"
+        );
+    }
     out
+}
+
+/// Whether `granted` allows `call` (a cluster-wide grant allows it in every namespace).
+fn allows(
+    granted: &BTreeSet<(String, String, String, String)>,
+    (verb, group, resource, ns): &(String, String, String, String),
+) -> bool {
+    granted.contains(&(verb.clone(), group.clone(), resource.clone(), ns.clone()))
+        || granted.contains(&(verb.clone(), group.clone(), resource.clone(), "*".into()))
 }
 
 async fn wait(cond: impl Fn() -> bool) {
@@ -306,49 +334,24 @@ async fn wait(cond: impl Fn() -> bool) {
     );
 }
 
-#[tokio::test]
-async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
-    let Some(objs) = render("overlays/mirror-nodes") else {
-        return;
-    };
-    let granted = grants(&objs);
-    let config = shipped_config(&objs);
-    let channel_ns = config
-        .channels
-        .iter()
-        .filter_map(|c| c.namespace.clone())
-        .collect::<Vec<_>>();
-    assert_eq!(channel_ns, ["team-infra"]);
-
-    // Run the real server's cluster side against the fake API server with this configuration.
-    let api = fake_apiserver::FakeApiServer::start(&[
-        "default",
-        "kube-system",
-        "team-infra",
-        "clusterscope-system",
-    ])
-    .await;
+/// Runs the real server's cluster side, with the configuration `objs` ship, against the fake
+/// API server until `done`; returns every API call it made, as RBAC sees them.
+async fn calls_of_a_run(
+    objs: &[Value],
+    api: &fake_apiserver::FakeApiServer,
+    exercise: impl AsyncFnOnce(&fake_apiserver::FakeApiServer),
+) -> BTreeSet<(String, String, String, String)> {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("config.yaml");
     std::fs::write(
         &cfg,
-        find(&objs, "ConfigMap", "clusterscope-config")["data"]["config.yaml"]
+        find(objs, "ConfigMap", "clusterscope-config")["data"]["config.yaml"]
             .as_str()
             .unwrap(),
     )
     .unwrap();
     let bundle = clusterscope::certs::generate(&["localhost".into()]).unwrap();
     clusterscope::certs::write(dir.path(), &bundle).unwrap();
-    let node = |ns: &str, name: &str, count: i64| {
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": name, "namespace": ns},
-            "involvedObject": {"kind": "Node", "name": "node1", "uid": "node1"},
-            "reason": "NodeNotReady", "message": "not ready", "count": count, "type": "Normal",
-            "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
-        })
-    };
-    api.put("default", node("default", "node1.a", 1));
     let options = clusterscope::server::ServeOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -381,44 +384,152 @@ async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
     let task = tokio::spawn(server.run(async {
         let _ = rx.await;
     }));
-    wait(|| api.events_in("team-infra").len() == 1).await;
-    // In kube-system only new-style events (eventTime set) can be about a cluster-scoped object.
-    let mut new_style = node("kube-system", "node1.b", 1);
-    new_style["eventTime"] = "2026-11-20T10:00:00.000000Z".into();
-    api.put("kube-system", new_style);
-    wait(|| api.events_in("team-infra").len() == 2).await;
-    // A count bump: the copy is read back and updated.
-    api.put("default", node("default", "node1.a", 2));
-    wait(|| api.events_in("team-infra").iter().any(|c| c["count"] == 2)).await;
+    exercise(api).await;
     wait(|| !api.events_in("clusterscope-system").is_empty()).await;
     let _ = stop.send(());
     task.await.unwrap().unwrap();
+    api.store.lock().unwrap().calls.iter().cloned().collect()
+}
 
-    let calls: BTreeSet<(String, String, String, String)> =
-        api.store.lock().unwrap().calls.iter().cloned().collect();
-    for call in &calls {
+/// Every call allowed; every grant used, or justified by the code path that uses it.
+fn check_grants(
+    granted: &BTreeSet<(String, String, String, String)>,
+    calls: &BTreeSet<(String, String, String, String)>,
+    justified: &[(&str, &str, &str, &str)],
+) {
+    for call in calls {
         assert!(
-            granted.contains(call),
+            allows(granted, call),
             "RBAC does not allow {call:?}; granted: {granted:?}"
         );
     }
-    // Grants the run did not exercise must be justified here, by the code path that uses them.
-    let justified: BTreeSet<(String, String, String, String)> = [
-        // The recorder patches the count of a repeated event about clusterscope itself.
-        ("patch", "", "events", "clusterscope-system"),
-        // The mirror reads a copy back only when a write finds it changed or already there
-        // (409): tests/mirror_resync.rs exercises it.
-        ("get", "", "events", "team-infra"),
-    ]
-    .iter()
-    .map(|(v, g, r, n)| (v.to_string(), g.to_string(), r.to_string(), n.to_string()))
-    .collect();
-    for grant in &granted {
+    let justified: BTreeSet<(String, String, String, String)> = justified
+        .iter()
+        .map(|(v, g, r, n)| (v.to_string(), g.to_string(), r.to_string(), n.to_string()))
+        .collect();
+    for grant in granted {
+        let (v, g, r, n) = grant;
+        let used = calls
+            .iter()
+            .any(|(cv, cg, cr, cn)| cv == v && cg == g && cr == r && (n == "*" || cn == n));
         assert!(
-            calls.contains(grant) || justified.contains(grant),
+            used || justified.contains(grant),
             "RBAC grants {grant:?}, which the code never used"
         );
     }
+}
+
+fn node_event(ns: &str, name: &str, count: i64, type_: &str) -> Value {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": ns},
+        "involvedObject": {"kind": "Node", "name": "node1", "uid": "node1"},
+        "reason": "NodeNotReady", "message": "not ready", "count": count, "type": type_,
+        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
+    })
+}
+
+#[tokio::test]
+async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
+    let Some(objs) = render("overlays/mirror-nodes") else {
+        return;
+    };
+    let granted = grants(&objs, false);
+    let config = shipped_config(&objs);
+    let channel_ns = config
+        .channels
+        .iter()
+        .filter_map(|c| c.namespace.clone())
+        .collect::<Vec<_>>();
+    assert_eq!(channel_ns, ["team-infra"]);
+    let api = fake_apiserver::FakeApiServer::start(&[
+        "default",
+        "kube-system",
+        "team-infra",
+        "clusterscope-system",
+    ])
+    .await;
+    api.put("default", node_event("default", "node1.a", 1, "Normal"));
+    let calls = calls_of_a_run(&objs, &api, async |api| {
+        wait(|| api.events_in("team-infra").len() == 1).await;
+        // In kube-system only new-style events (eventTime set) can be about a cluster-scoped
+        // object.
+        let mut new_style = node_event("kube-system", "node1.b", 1, "Normal");
+        new_style["eventTime"] = "2026-11-20T10:00:00.000000Z".into();
+        api.put("kube-system", new_style);
+        wait(|| api.events_in("team-infra").len() == 2).await;
+        // A count bump: the copy is updated.
+        api.put("default", node_event("default", "node1.a", 2, "Normal"));
+        wait(|| api.events_in("team-infra").iter().any(|c| c["count"] == 2)).await;
+    })
+    .await;
+    check_grants(
+        &granted,
+        &calls,
+        &[
+            // The recorder patches the count of a repeated event about clusterscope itself.
+            ("patch", "", "events", "clusterscope-system"),
+            // The mirror reads a copy back only when a write finds it changed or already
+            // there (409): tests/mirror_resync.rs exercises it.
+            ("get", "", "events", "team-infra"),
+        ],
+    );
+}
+
+/// The owner-delivery overlay: cluster-wide reads of what ties objects to namespaces, and
+/// copies written wherever a rule names; every grant used.
+#[tokio::test]
+async fn owner_delivery_rbac_covers_its_calls_and_grants_nothing_unused() {
+    let Some(objs) = render("overlays/owner-delivery") else {
+        return;
+    };
+    let granted = grants(&objs, true);
+    let api = fake_apiserver::FakeApiServer::start(&[
+        "default",
+        "kube-system",
+        "team-a",
+        "team-b",
+        "clusterscope-system",
+    ])
+    .await;
+    api.put_object(
+        "persistentvolumes",
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-7"},
+            "spec": {"claimRef": {"namespace": "team-a", "name": "data"}}}),
+    );
+    api.put_object(
+        "pods",
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "team-b"},
+            "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running"}}),
+    );
+    let pv_event = serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "pv-7.a", "namespace": "default"},
+        "involvedObject": {"kind": "PersistentVolume", "name": "pv-7"},
+        "reason": "VolumeFailedDelete", "message": "failed", "count": 1, "type": "Warning",
+        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
+    });
+    api.put("default", pv_event);
+    api.put("default", node_event("default", "node1.a", 1, "Warning"));
+    let mut new_style = node_event("kube-system", "node1.b", 1, "Warning");
+    new_style["eventTime"] = "2026-11-20T10:00:00.000000Z".into();
+    api.put("kube-system", new_style);
+    let calls = calls_of_a_run(&objs, &api, async |api| {
+        wait(|| api.events_in("team-a").len() == 1 && api.events_in("team-b").len() == 2).await;
+        api.put("default", node_event("default", "node1.a", 2, "Warning"));
+        wait(|| api.events_in("team-b").iter().any(|c| c["count"] == 2)).await;
+    })
+    .await;
+    check_grants(
+        &granted,
+        &calls,
+        &[
+            ("patch", "", "events", "clusterscope-system"),
+            // Read back only when a write finds the copy changed or already there (409).
+            ("get", "", "events", "*"),
+        ],
+    );
 }
 
 #[test]
