@@ -182,3 +182,31 @@ async fn node_warnings_reach_the_namespaces_of_its_pods_up_to_the_cap() {
     }
     running.stop().await;
 }
+
+/// The state is listed in pages (as the API server serves a watcher's list): a namespace whose
+/// only pod comes after a thousand others in key order is still known.
+#[tokio::test]
+async fn the_state_is_read_past_the_first_page() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-z"]).await;
+    for i in 0..1_100 {
+        api.put_object(
+            "pods",
+            pod("team-a", &format!("web-{i:04}"), "node2", "Running"),
+        );
+    }
+    api.put_object("pods", pod("team-z", "last", "node1", "Running"));
+    let running = start(&api);
+    api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
+    assert!(eventually(10, || copies(&api, "team-z", "node1.1").len() == 1).await);
+    assert!(copies(&api, "team-a", "node1.1").is_empty());
+    let pages = api
+        .store
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|c| c.0 == "list" && c.2 == "pods")
+        .count();
+    assert!(pages >= 3, "{pages} list calls for 1,101 pods");
+    running.stop().await;
+}

@@ -718,16 +718,36 @@ async fn list_objects(
         return r;
     }
     let s = store.lock().unwrap();
-    let items: Vec<Value> = s
+    // Pages as the API server serves them: `limit` items in key order, then a `continue`
+    // token naming the last one (kube-runtime's watcher lists in pages of 500).
+    let limit: usize = q
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(usize::MAX);
+    let token = q.get("continue").cloned().unwrap_or_default();
+    // The token is `namespace/name` (namespaces hold no `/`); compared as the key is ordered.
+    let after = token.split_once('/');
+    let mut items: Vec<(String, Value)> = s
         .objects
         .iter()
-        .filter(|((r, _, _), _)| r == resource)
-        .map(|(_, v)| v.clone())
+        .filter(|((r, ns, name), _)| {
+            r == resource
+                && after.is_none_or(|(a_ns, a_name)| (ns.as_str(), name.as_str()) > (a_ns, a_name))
+        })
+        .take(limit.saturating_add(1))
+        .map(|((_, ns, name), v)| (format!("{ns}/{name}"), v.clone()))
         .collect();
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let mut metadata = json!({"resourceVersion": s.resource_version.to_string()});
+    if more && let Some((last, _)) = items.last() {
+        metadata["continue"] = json!(last);
+    }
     axum::Json(json!({
         "kind": "List", "apiVersion": "v1",
-        "metadata": {"resourceVersion": s.resource_version.to_string()},
-        "items": items,
+        "metadata": metadata,
+        "items": items.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
     }))
     .into_response()
 }
