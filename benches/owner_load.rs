@@ -218,11 +218,11 @@ async fn main() {
         let mut copies = 0;
         for (source, (at, n)) in &last {
             copies += n;
-            if let Some((written_at, want)) = written.get(source) {
-                if n == want {
-                    complete += 1;
-                    lags.push(at.saturating_duration_since(*written_at));
-                }
+            if let Some((written_at, want)) = written.get(source)
+                && n == want
+            {
+                complete += 1;
+                lags.push(at.saturating_duration_since(*written_at));
             }
         }
         lags.sort();
