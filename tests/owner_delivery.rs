@@ -14,18 +14,39 @@ use serde_json::{Value, json};
 
 const CONFIG: &str = "channels:\n  - name: storage\n    deliver: {owners: true}\n  - name: nodes\n    deliver: {nodePods: {maxNamespaces: 2}}\nroutes:\n  - channel: storage\n    match: {kinds: [PersistentVolume, VolumeAttachment, Namespace]}\n  - channel: nodes\n    match: {kinds: [Node]}\n";
 
+/// The controller, and the owner state it keeps (for tests to wait on what it knows).
 fn start(api: &FakeApiServer) -> fake_apiserver::RunningController {
-    let syncer = api
-        .syncer(CONFIG)
-        .with_cluster(clusterscope::owners::SharedCluster::default());
-    api.run_syncer(
+    start_with_state(api).0
+}
+
+fn start_with_state(
+    api: &FakeApiServer,
+) -> (
+    fake_apiserver::RunningController,
+    clusterscope::owners::SharedCluster,
+) {
+    let state = clusterscope::owners::SharedCluster::default();
+    let syncer = api.syncer(CONFIG).with_cluster(state.clone());
+    let running = api.run_syncer(
         syncer,
         ControllerOptions {
             workers: 2,
             retry_base: Duration::from_millis(20),
             ..ControllerOptions::default()
         },
-    )
+    );
+    (running, state)
+}
+
+/// Waits until the controller's owner state satisfies `cond`.
+async fn state_knows(
+    state: &clusterscope::owners::SharedCluster,
+    cond: impl Fn(&clusterscope::owners::Cluster) -> bool,
+) {
+    assert!(
+        eventually(10, || cond(&state.read().unwrap())).await,
+        "the owner state never caught up"
+    );
 }
 
 fn volume(name: &str, claim_ns: &str, claim: &str) -> Value {
@@ -78,7 +99,7 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
         "default",
         event("pv-7.1", "PersistentVolume", "pv-7", "Warning", 1),
     );
-    let running = start(&api);
+    let (running, state) = start_with_state(&api);
     assert!(eventually(10, || copies(&api, "team-a", "pv-7.1").len() == 1).await);
     let copy = &copies(&api, "team-a", "pv-7.1")[0];
     assert_eq!(
@@ -97,7 +118,7 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
 
     // The volume is re-bound to team-b: later updates go there; team-a keeps what it had.
     api.put_object("persistentvolumes", volume("pv-7", "team-b", "data2"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    state_knows(&state, |c| c.volumes["pv-7"].namespace == "team-b").await;
     api.put(
         "default",
         event("pv-7.1", "PersistentVolume", "pv-7", "Warning", 2),
@@ -122,7 +143,7 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
             "metadata": {"name": "team-a", "deletionTimestamp": "2026-11-20T10:00:00Z"},
             "status": {"phase": "Terminating"}}),
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    state_knows(&state, |c| !c.open("team-a")).await;
     api.put(
         "default",
         event("team-a.1", "Namespace", "team-a", "Normal", 1),
@@ -145,7 +166,7 @@ async fn node_warnings_reach_the_namespaces_of_its_pods_up_to_the_cap() {
     api.put_object("pods", pod("team-b", "db-1", "node1", "Running"));
     api.put_object("pods", pod("team-c", "job-1", "node1", "Succeeded"));
     api.put_object("pods", pod("team-c", "web-9", "node2", "Running"));
-    let running = start(&api);
+    let (running, state) = start_with_state(&api);
     api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
     assert!(
         eventually(10, || copies(&api, "team-a", "node1.1").len() == 1
@@ -163,7 +184,7 @@ async fn node_warnings_reach_the_namespaces_of_its_pods_up_to_the_cap() {
     api.delete_object("pods", "team-a", "web-1");
     api.put_object("pods", pod("team-c", "web-2", "node1", "Running"));
     api.put_object("pods", pod("team-a", "web-3", "node1", "Running"));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    state_knows(&state, |c| c.pods_on_node["node1"].len() == 3).await;
     api.put("default", event("node1.3", "Node", "node1", "Warning", 1));
     assert!(eventually(10, || copies(&api, "team-b", "node1.3").len() == 1).await);
     assert_eq!(copies(&api, "team-a", "node1.3").len(), 1);
@@ -208,5 +229,72 @@ async fn the_state_is_read_past_the_first_page() {
         .filter(|c| c.0 == "list" && c.2 == "pods")
         .count();
     assert!(pages >= 3, "{pages} list calls for 1,101 pods");
+    running.stop().await;
+}
+
+/// The owner watches restart (dropped, then 410 Gone: history compacted) while the state
+/// changes and events keep arriving: each event lands in exactly one namespace (the owner the
+/// state knew at delivery: team-a until the re-list is in, team-b after, never both), and once
+/// the re-list is in, every later event and update goes to the new owner.
+#[tokio::test]
+async fn a_410_relist_of_the_state_loses_nothing_and_doubles_nothing() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b"]).await;
+    api.put_object("persistentvolumes", volume("pv-7", "team-a", "data"));
+    let running = start(&api);
+    api.put(
+        "default",
+        event("pv-7.0", "PersistentVolume", "pv-7", "Warning", 1),
+    );
+    assert!(eventually(10, || copies(&api, "team-a", "pv-7.0").len() == 1).await);
+    // Watches drop and the history is compacted: every watcher must list again.
+    api.compact();
+    api.drop_watches();
+    api.put_object("persistentvolumes", volume("pv-7", "team-b", "data2"));
+    // Events keep coming until one reaches the new owner (the re-list is in).
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        let name = format!("pv-7.{probes}");
+        api.put(
+            "default",
+            event(&name, "PersistentVolume", "pv-7", "Warning", 1),
+        );
+        let landed = || copies(&api, "team-a", &name).len() + copies(&api, "team-b", &name).len();
+        assert!(eventually(10, || landed() == 1).await, "{name} lost");
+        if copies(&api, "team-b", &name).len() == 1 {
+            break;
+        }
+        assert!(probes < 100, "the state never learned of the re-bind");
+    }
+    // From now on: the new owner only; an update of an old event follows to it.
+    api.put(
+        "default",
+        event("pv-7.0", "PersistentVolume", "pv-7", "Warning", 2),
+    );
+    api.put(
+        "default",
+        event("pv-7.last", "PersistentVolume", "pv-7", "Warning", 1),
+    );
+    assert!(
+        eventually(10, || copies(&api, "team-b", "pv-7.0").len() == 1
+            && copies(&api, "team-b", "pv-7.last").len() == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(copies(&api, "team-a", "pv-7.last").is_empty());
+    assert_eq!(copies(&api, "team-a", "pv-7.0")[0]["count"], 1);
+    // Never two copies of one source in a namespace. (A re-sync after the re-list may also
+    // give an earlier event a copy at the new owner: it is delivered where the state says.)
+    for ns in ["team-a", "team-b"] {
+        let mut sources: Vec<String> = api
+            .events_in(ns)
+            .iter()
+            .map(|c| c["metadata"]["annotations"]["clusterscope.dev/source-name"].to_string())
+            .collect();
+        let all = sources.len();
+        sources.sort();
+        sources.dedup();
+        assert_eq!(sources.len(), all, "{ns}: {sources:?}");
+    }
     running.stop().await;
 }
