@@ -400,6 +400,19 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
         }
         out.push('\n');
     }
+    for rule in &config.owner_rules {
+        out.push_str(&format!(
+            "owner rule: {}.{} ({}) {} names {}\n",
+            rule.resource,
+            rule.group,
+            rule.kind,
+            rule.field_path(),
+            match rule.follows {
+                crate::owners::Follows::Namespace => "a namespace (for channels with owners)",
+                crate::owners::Follows::Node => "a Node (for channels with nodePods)",
+            }
+        ));
+    }
     out.push_str(&format!(
         "routes ({}), first match wins:\n",
         config.routes.len()

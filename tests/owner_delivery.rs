@@ -298,3 +298,86 @@ async fn a_410_relist_of_the_state_loses_nothing_and_doubles_nothing() {
     }
     running.stop().await;
 }
+
+/// Custom kinds with an owner rule: a field naming a namespace, or a Node (whose pods'
+/// namespaces get the event). Objects whose field is missing are skipped; their events go
+/// nowhere else.
+#[tokio::test]
+async fn custom_kinds_follow_their_rule_field() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b"]).await;
+    let yaml = "channels:\n  - name: custom\n    deliver: {owners: true, nodePods: {}}\nownerRules:\n  - {group: karpenter.sh, version: v1, kind: NodeClaim, resource: nodeclaims, nodeField: status.nodeName}\n  - {group: example.com, version: v1, kind: Disk, resource: disks, namespaceField: spec.claimRef.namespace}\nroutes:\n  - channel: custom\n";
+    api.put_object("pods", pod("team-b", "web", "node7", "Running"));
+    api.put_object(
+        "nodeclaims",
+        json!({"apiVersion": "karpenter.sh/v1", "kind": "NodeClaim", "metadata": {"name": "nc-1"},
+            "status": {"nodeName": "node7"}}),
+    );
+    api.put_object(
+        "disks",
+        json!({"apiVersion": "example.com/v1", "kind": "Disk", "metadata": {"name": "disk-1"},
+            "spec": {"claimRef": {"namespace": "team-a"}}}),
+    );
+    api.put_object(
+        "disks",
+        json!({"apiVersion": "example.com/v1", "kind": "Disk", "metadata": {"name": "disk-2"},
+            "spec": {"claimRef": {"namespace": 42}}}),
+    );
+    let state = clusterscope::owners::SharedCluster::default();
+    let running = api.run_syncer(
+        api.syncer(yaml).with_cluster(state.clone()),
+        ControllerOptions {
+            retry_base: Duration::from_millis(20),
+            ..ControllerOptions::default()
+        },
+    );
+    let custom = |kind: &str, name: &str, source: &str| {
+        let mut e = event(source, kind, name, "Warning", 1);
+        e["involvedObject"]["apiVersion"] = if kind == "Disk" {
+            "example.com/v1".into()
+        } else {
+            "karpenter.sh/v1".into()
+        };
+        e
+    };
+    api.put("default", custom("Disk", "disk-1", "disk-1.1"));
+    api.put("default", custom("NodeClaim", "nc-1", "nc-1.1"));
+    api.put("default", custom("Disk", "disk-2", "disk-2.1"));
+    assert!(
+        eventually(10, || copies(&api, "team-a", "disk-1.1").len() == 1
+            && copies(&api, "team-b", "nc-1.1").len() == 1)
+        .await
+    );
+    assert_eq!(
+        copies(&api, "team-a", "disk-1.1")[0]["metadata"]["annotations"]["clusterscope.dev/delivered-because"],
+        "Disk disk-1 names namespace team-a in spec.claimRef.namespace"
+    );
+    assert_eq!(
+        copies(&api, "team-b", "nc-1.1")[0]["metadata"]["labels"]["clusterscope.dev/delivery"],
+        "node"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for ns in ["team-a", "team-b"] {
+        assert!(
+            copies(&api, ns, "disk-2.1").is_empty(),
+            "{ns}: a non-string field tied disk-2"
+        );
+    }
+    assert!(
+        !state.read().unwrap().custom[&("example.com".to_owned(), "Disk".to_owned())]
+            .values
+            .contains_key("disk-2")
+    );
+    // The rule follows changes: the claim moves to team-b.
+    api.put_object(
+        "disks",
+        json!({"apiVersion": "example.com/v1", "kind": "Disk", "metadata": {"name": "disk-1"},
+            "spec": {"claimRef": {"namespace": "team-b"}}}),
+    );
+    state_knows(&state, |c| {
+        c.custom[&("example.com".to_owned(), "Disk".to_owned())].values["disk-1"] == "team-b"
+    })
+    .await;
+    api.put("default", custom("Disk", "disk-1", "disk-1.2"));
+    assert!(eventually(10, || copies(&api, "team-b", "disk-1.2").len() == 1).await);
+    running.stop().await;
+}

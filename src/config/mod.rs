@@ -154,6 +154,8 @@ pub struct Config {
     pub keys: Keys,
     pub channels: Vec<Channel>,
     pub routes: Vec<Route>,
+    /// How to find the owners of custom cluster-scoped kinds (`ownerRules`).
+    pub owner_rules: Vec<crate::owners::CustomRule>,
 }
 
 // ---- the file as written -------------------------------------------------------------------
@@ -165,6 +167,19 @@ struct RawConfig {
     channels: Option<Spanned<Vec<RawChannel>>>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    #[serde(default)]
+    owner_rules: Vec<Spanned<RawOwnerRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawOwnerRule {
+    group: String,
+    version: String,
+    kind: String,
+    resource: String,
+    namespace_field: Option<String>,
+    node_field: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -442,12 +457,82 @@ impl Checker<'_> {
             });
         }
 
+        let mut owner_rules: Vec<crate::owners::CustomRule> = Vec::new();
+        for raw in &raw.owner_rules {
+            let rule = self.check_owner_rule(raw)?;
+            if owner_rules
+                .iter()
+                .any(|r| r.group == rule.group && r.kind == rule.kind)
+            {
+                return Err(self.err(
+                    raw,
+                    format!("ownerRules: a second rule for {}/{}", rule.group, rule.kind),
+                ));
+            }
+            owner_rules.push(rule);
+        }
+
         Ok(Config {
             source: self.source.to_owned(),
             label_prefix,
             keys,
             channels,
             routes,
+            owner_rules,
+        })
+    }
+
+    /// One `ownerRules` entry: a custom kind (its group, version, kind and plural resource)
+    /// and exactly one field, naming a namespace or a Node.
+    fn check_owner_rule(
+        &self,
+        raw: &Spanned<RawOwnerRule>,
+    ) -> Result<crate::owners::CustomRule, ConfigError> {
+        use crate::owners::Follows;
+        let r = &raw.value;
+        let what = |e: String| self.err(raw, format!("ownerRules: {}/{}: {e}", r.group, r.kind));
+        check_dns1123_subdomain(&r.group).map_err(|e| {
+            what(format!(
+                "group {e} (custom resources only: built-in kinds have their own rules)"
+            ))
+        })?;
+        if !r.group.contains('.') || r.group.ends_with(".k8s.io") {
+            return Err(what(
+                "group: name the API group of a custom resource (example.com); built-in kinds have their own rules".to_owned(),
+            ));
+        }
+        check_dns1123_label(&r.resource).map_err(|e| what(format!("resource {e}")))?;
+        check_dns1123_label(&r.version).map_err(|e| what(format!("version {e}")))?;
+        if r.kind.is_empty() || !r.kind.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(what(format!("kind {:?} is not a Kind name", r.kind)));
+        }
+        let (field, follows) = match (&r.namespace_field, &r.node_field) {
+            (Some(f), None) => (f, Follows::Namespace),
+            (None, Some(f)) => (f, Follows::Node),
+            _ => {
+                return Err(what(
+                    "give exactly one of namespaceField (a field holding a namespace) and nodeField (a field holding a Node's name)".to_owned(),
+                ));
+            }
+        };
+        let steps: Vec<String> = field.split('.').map(str::to_owned).collect();
+        if steps.iter().any(String::is_empty) {
+            return Err(what(format!(
+                "field {field:?}: a dotted path such as spec.claimRef.namespace"
+            )));
+        }
+        if steps[0] == "metadata" {
+            return Err(what(format!(
+                "field {field:?}: fields under metadata are not read; name one under spec or status"
+            )));
+        }
+        Ok(crate::owners::CustomRule {
+            group: r.group.clone(),
+            version: r.version.clone(),
+            kind: r.kind.clone(),
+            resource: r.resource.clone(),
+            field: steps,
+            follows,
         })
     }
 
@@ -825,6 +910,55 @@ mod tests {
             assert!(e.reason.contains(says), "{yaml}: {e}");
             assert!(e.line >= 3, "{yaml}: {e}");
         }
+    }
+
+    #[test]
+    fn owner_rules_for_custom_kinds() {
+        let c = Config::from_yaml(
+            "channels: [{name: a, deliver: {owners: true}}]\nownerRules:\n  - {group: karpenter.sh, version: v1, kind: NodeClaim, resource: nodeclaims, nodeField: status.nodeName}\n  - {group: example.com, version: v1alpha1, kind: Disk, resource: disks, namespaceField: spec.claimRef.namespace}\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.owner_rules.len(), 2);
+        assert_eq!(c.owner_rules[0].follows, crate::owners::Follows::Node);
+        assert_eq!(c.owner_rules[1].field, ["spec", "claimRef", "namespace"]);
+        let rule = |body: &str| format!("channels: [{{name: a}}]\nownerRules:\n  - {{{body}}}\n");
+        for (body, says) in [
+            (
+                "group: example.com, version: v1, kind: Disk, resource: disks",
+                "exactly one of",
+            ),
+            (
+                "group: example.com, version: v1, kind: Disk, resource: disks, namespaceField: a, nodeField: b",
+                "exactly one of",
+            ),
+            (
+                "group: storage.k8s.io, version: v1, kind: CSINode, resource: csinodes, nodeField: metadata.name",
+                "built-in kinds",
+            ),
+            (
+                "group: example.com, version: v1, kind: Disk, resource: disks, namespaceField: metadata.namespace",
+                "under metadata",
+            ),
+            (
+                "group: example.com, version: v1, kind: Disk, resource: disks, namespaceField: spec..ns",
+                "dotted path",
+            ),
+            (
+                "group: example.com, version: v1, kind: Disk, resource: Disks, namespaceField: spec.ns",
+                "resource",
+            ),
+            (
+                "group: example.com, version: v1, kind: 'Di sk', resource: disks, namespaceField: spec.ns",
+                "not a Kind",
+            ),
+        ] {
+            let e = err(&rule(body));
+            assert!(e.reason.contains(says), "{body}: {e}");
+            assert_eq!(e.line, 3, "{body}: {e}");
+        }
+        let twice = "channels: [{name: a}]\nownerRules:\n  - {group: example.com, version: v1, kind: Disk, resource: disks, namespaceField: spec.a}\n  - {group: example.com, version: v2, kind: Disk, resource: disks, namespaceField: spec.b}\n";
+        assert!(err(twice).reason.contains("a second rule"));
     }
 
     #[test]

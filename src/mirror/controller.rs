@@ -286,7 +286,10 @@ pub async fn run(
         let config = syncer.config.clone();
         let needs = move || {
             let config = config.load();
-            crate::owners::live::Needs::of(config.channels.iter().map(|c| &c.deliver))
+            crate::owners::live::Needs::of(
+                config.channels.iter().map(|c| &c.deliver),
+                &config.owner_rules,
+            )
         };
         let (ready, keep) = crate::owners::live::start(syncer.client.clone(), state, needs);
         tasks.spawn(keep);

@@ -16,28 +16,48 @@ use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use serde::de::DeserializeOwned;
 
-use super::{Claim, Cluster, Namespace, Rules, SharedCluster};
+use super::{Claim, Cluster, CustomObjects, CustomRule, Follows, Namespace, Rules, SharedCluster};
 
 /// Which resources the rules in use need watched.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Needs {
     /// PersistentVolumes and VolumeAttachments.
     pub volumes: bool,
     pub namespaces: bool,
     pub pods: bool,
+    /// Custom kinds whose rule a channel can use (a namespace field with `owners`, a Node
+    /// field with `nodePods`).
+    pub custom: Vec<CustomRule>,
 }
 
 impl Needs {
-    pub fn of<'a>(rules: impl IntoIterator<Item = &'a Rules>) -> Needs {
-        rules.into_iter().fold(Needs::default(), |n, r| Needs {
+    pub fn of<'a>(rules: impl IntoIterator<Item = &'a Rules>, custom: &[CustomRule]) -> Needs {
+        let mut needs = rules.into_iter().fold(Needs::default(), |n, r| Needs {
             volumes: n.volumes || r.owners,
             namespaces: n.namespaces || r.any(),
             pods: n.pods || r.node_pods.is_some(),
-        })
+            custom: Vec::new(),
+        });
+        needs.custom = custom
+            .iter()
+            .filter(|c| match c.follows {
+                Follows::Namespace => needs.volumes,
+                Follows::Node => needs.pods,
+            })
+            .cloned()
+            .collect();
+        needs
     }
 
     pub fn any(&self) -> bool {
         self.volumes || self.namespaces || self.pods
+    }
+
+    fn watchers(&self) -> usize {
+        2 * usize::from(self.volumes)
+            + usize::from(self.namespaces)
+            + usize::from(self.pods)
+            + self.custom.len()
     }
 
     /// The resources, for logs.
@@ -52,7 +72,17 @@ impl Needs {
         if self.pods {
             what.push("pods");
         }
-        what.join(", ")
+        let custom: Vec<String> = self
+            .custom
+            .iter()
+            .map(|c| format!("{}.{}", c.resource, c.group))
+            .collect();
+        let mut text = what.join(", ");
+        for c in custom {
+            text.push_str(", ");
+            text.push_str(&c);
+        }
+        text
     }
 }
 
@@ -278,6 +308,92 @@ async fn follow<T: Table>(client: kube::Client, state: SharedCluster, ready: Opt
     }
 }
 
+/// Follows the objects of one custom rule's kind: name → the value of the rule's field. An
+/// object whose field is missing or not a string is skipped, and said once per kind.
+async fn follow_custom(
+    client: kube::Client,
+    state: SharedCluster,
+    rule: CustomRule,
+    ready: Option<Ready>,
+) {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let mut ready = ready;
+    let gvk = GroupVersionKind::gvk(&rule.group, &rule.version, &rule.kind);
+    let resource = ApiResource::from_gvk_with_plural(&gvk, &rule.resource);
+    let api: Api<DynamicObject> = Api::all_with(client, &resource);
+    let key = (rule.group.clone(), rule.kind.clone());
+    let mut warned = false;
+    let mut trim = |o: &DynamicObject| -> (String, Option<String>) {
+        let name = o.metadata.name.clone().unwrap_or_default();
+        let value = rule.value_in(&o.data).map(str::to_owned);
+        if value.is_none() && !warned {
+            warned = true;
+            tracing::warn!(kind = %rule.kind, group = %rule.group, object = %name, field = %rule.field_path(),
+                "owner delivery: the rule's field is missing or not a string in this object; such objects are skipped (said once per kind)");
+        }
+        (name, value)
+    };
+    let apply = |c: &mut Cluster, (name, value): (String, Option<String>)| {
+        let entry = c
+            .custom
+            .entry(key.clone())
+            .or_insert_with(|| CustomObjects {
+                rule: rule.clone(),
+                values: Default::default(),
+            });
+        match value {
+            Some(v) => {
+                entry.values.insert(name, v);
+            }
+            None => {
+                entry.values.remove(&name);
+            }
+        }
+    };
+    let mut stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    let mut relist: Option<Vec<(String, Option<String>)>> = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(watcher::Event::Init) => relist = Some(Vec::new()),
+            Ok(watcher::Event::InitApply(o)) => {
+                let t = trim(&o);
+                match relist.as_mut() {
+                    Some(buffer) => buffer.push(t),
+                    None => apply(&mut crate::locks::write(&state), t),
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let buffer = relist.take().unwrap_or_default();
+                let mut c = crate::locks::write(&state);
+                if let Some(known) = c.custom.get_mut(&key) {
+                    known.values.clear();
+                }
+                for t in buffer {
+                    apply(&mut c, t);
+                }
+                drop(c);
+                if let Some(r) = ready.take() {
+                    r.done();
+                }
+            }
+            Ok(watcher::Event::Apply(o)) => {
+                let t = trim(&o);
+                apply(&mut crate::locks::write(&state), t);
+            }
+            Ok(watcher::Event::Delete(o)) => {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                apply(&mut crate::locks::write(&state), (name, None));
+            }
+            Err(e) => {
+                tracing::warn!(resource = %rule.resource, group = %rule.group, error = %e,
+                    "owner delivery: watch failed; retrying with backoff (is the resource served, and may clusterscope list and watch it?)");
+            }
+        }
+    }
+}
+
 /// Starts keeping `state` current for what `needs()` says the rules in use need: the watchers
 /// needed now at once (the returned [`Ready`] counts their first lists), and every 10 s the
 /// ones a reloaded configuration needs since. The returned future runs until dropped.
@@ -288,15 +404,13 @@ pub fn start(
 ) -> (Ready, impl std::future::Future<Output = ()> + Send) {
     let ready = Ready::default();
     let first = needs();
-    ready.add(
-        2 * usize::from(first.volumes) + usize::from(first.namespaces) + usize::from(first.pods),
-    );
+    ready.add(first.watchers());
     let keep = {
         let ready = ready.clone();
         async move {
             let mut tasks = tokio::task::JoinSet::new();
             let mut started = Needs::default();
-            let mut wanted = first;
+            let mut wanted = first.clone();
             let mut first_round = Some(ready);
             loop {
                 let r = first_round.take();
@@ -309,15 +423,32 @@ pub fn start(
                     tasks.spawn(follow::<Namespaces>(c.clone(), st.clone(), r.clone()));
                 }
                 if wanted.pods && !started.pods {
-                    tasks.spawn(follow::<Pods>(c.clone(), st.clone(), r));
+                    tasks.spawn(follow::<Pods>(c.clone(), st.clone(), r.clone()));
+                }
+                for rule in &wanted.custom {
+                    if !started.custom.contains(rule) {
+                        tasks.spawn(follow_custom(
+                            c.clone(),
+                            st.clone(),
+                            rule.clone(),
+                            r.clone(),
+                        ));
+                    }
                 }
                 if wanted != started && started.any() {
                     tracing::info!(now = %wanted.describe(), "owner delivery: watching more for the new configuration");
+                }
+                let mut custom = started.custom.clone();
+                for rule in &wanted.custom {
+                    if !custom.contains(rule) {
+                        custom.push(rule.clone());
+                    }
                 }
                 started = Needs {
                     volumes: started.volumes || wanted.volumes,
                     namespaces: started.namespaces || wanted.namespaces,
                     pods: started.pods || wanted.pods,
+                    custom,
                 };
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
                 wanted = needs();
@@ -341,16 +472,32 @@ mod tests {
             node_pods: Some(super::super::NodePods::default()),
             ..Rules::default()
         };
-        assert_eq!(Needs::of([&Rules::default()]), Needs::default());
+        assert_eq!(Needs::of([&Rules::default()], &[]), Needs::default());
         assert_eq!(
-            Needs::of([&owners]),
+            Needs::of([&owners], &[]),
             Needs {
                 volumes: true,
                 namespaces: true,
-                pods: false
+                pods: false,
+                custom: Vec::new(),
             }
         );
-        assert!(Needs::of([&owners, &pods]).pods);
+        assert!(Needs::of([&owners, &pods], &[]).pods);
+        let rule = |follows| CustomRule {
+            group: "example.com".into(),
+            version: "v1".into(),
+            kind: "Thing".into(),
+            resource: "things".into(),
+            field: vec!["spec".into(), "where".into()],
+            follows,
+        };
+        let custom = [rule(Follows::Namespace), rule(Follows::Node)];
+        // A namespace field is read for `owners`, a Node field for `nodePods`.
+        assert_eq!(
+            Needs::of([&owners], &custom).custom,
+            [rule(Follows::Namespace)]
+        );
+        assert_eq!(Needs::of([&pods], &custom).custom, [rule(Follows::Node)]);
     }
 
     #[test]

@@ -42,9 +42,58 @@ pub struct Namespace {
     pub terminating: bool,
 }
 
+/// What a custom rule's field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Follows {
+    /// A namespace: the object belongs there (with `owners`).
+    Namespace,
+    /// The name of a Node: the object goes where the node's events go (with `nodePods`).
+    Node,
+}
+
+/// A configured rule for a custom cluster-scoped kind (`ownerRules` in the configuration):
+/// which field of its objects names a namespace or a Node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CustomRule {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    /// The plural resource name (`nodeclaims`).
+    pub resource: String,
+    /// The field's path, split at the dots (`status.nodeName` → `[status, nodeName]`).
+    pub field: Vec<String>,
+    pub follows: Follows,
+}
+
+impl CustomRule {
+    /// The field as written.
+    pub fn field_path(&self) -> String {
+        self.field.join(".")
+    }
+
+    /// The string at the rule's field of `object` (its JSON without metadata); `None` when
+    /// the field is missing or not a non-empty string.
+    pub fn value_in<'a>(&self, object: &'a serde_json::Value) -> Option<&'a str> {
+        self.field
+            .iter()
+            .try_fold(object, |v, step| v.get(step))?
+            .as_str()
+            .filter(|s| !s.is_empty())
+    }
+}
+
+/// What is known of the objects of one custom rule's kind: name → the field's value.
+#[derive(Debug, Clone)]
+pub struct CustomObjects {
+    pub rule: CustomRule,
+    pub values: HashMap<String, String>,
+}
+
 /// What the rules need to know of the cluster (names only, no objects).
 #[derive(Debug, Clone, Default)]
 pub struct Cluster {
+    /// Custom kinds with a rule: (group, kind) → their objects' field values.
+    pub custom: HashMap<(String, String), CustomObjects>,
     /// PersistentVolume name → its claim.
     pub volumes: HashMap<String, Claim>,
     /// VolumeAttachment name → the PersistentVolume it attaches.
@@ -213,9 +262,39 @@ impl Cluster {
         {
             add(&mut out, &namespace, How::Owner, why);
         }
+        let custom = (!self.custom.is_empty())
+            .then(|| {
+                self.custom
+                    .get(&(object.group.to_owned(), object.kind.to_owned()))
+            })
+            .flatten()
+            .and_then(|c| {
+                let value = c.values.get(object.name)?;
+                Some((c.rule.follows, value.as_str(), c.rule.field_path()))
+            });
+        if rules.owners
+            && let Some((Follows::Namespace, namespace, field)) = &custom
+        {
+            let why = format!(
+                "{} {} names namespace {namespace} in {field}",
+                object.kind, object.name
+            );
+            add(&mut out, namespace, How::Owner, why);
+        }
+        // A custom object that names a Node goes where that node's events go.
+        let (node, via) = match &custom {
+            Some((Follows::Node, node, field)) => (
+                Some(*node),
+                format!(
+                    "{} {} runs on Node {node} ({field}), which",
+                    object.kind, object.name
+                ),
+            ),
+            _ => (node_of(object), format!("{} {}", object.kind, object.name)),
+        };
         if let Some(node_pods) = &rules.node_pods
             && node_pods.types.iter().any(|t| t == type_)
-            && let Some(node) = node_of(object)
+            && let Some(node) = node
             && let Some(namespaces) = self.pods_on_node.get(node)
         {
             let open: Vec<(&String, &u32)> = namespaces
@@ -225,9 +304,7 @@ impl Cluster {
             out.cut += open.len().saturating_sub(node_pods.max_namespaces);
             for (ns, pods) in open.into_iter().take(node_pods.max_namespaces) {
                 let why = format!(
-                    "{} {} runs {pods} pod{} of namespace {ns}",
-                    object.kind,
-                    object.name,
+                    "{via} runs {pods} pod{} of namespace {ns}",
                     if *pods == 1 { "" } else { "s" }
                 );
                 add(&mut out, ns, How::Node, why);
@@ -447,6 +524,95 @@ mod tests {
                 .destinations
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn custom_kinds_follow_their_configured_field() {
+        let mut c = cluster();
+        let rule = |kind: &str, field: &str, follows| CustomRule {
+            group: "example.com".into(),
+            version: "v1".into(),
+            kind: kind.into(),
+            resource: format!("{}s", kind.to_lowercase()),
+            field: field.split('.').map(str::to_owned).collect(),
+            follows,
+        };
+        for (kind, field, follows, name, value) in [
+            (
+                "Disk",
+                "spec.claimRef.namespace",
+                Follows::Namespace,
+                "disk-1",
+                "team-b",
+            ),
+            (
+                "Disk",
+                "spec.claimRef.namespace",
+                Follows::Namespace,
+                "disk-2",
+                "going",
+            ),
+            (
+                "NodeClaim",
+                "status.nodeName",
+                Follows::Node,
+                "nc-1",
+                "node1",
+            ),
+        ] {
+            c.custom
+                .entry(("example.com".into(), kind.into()))
+                .or_insert_with(|| CustomObjects {
+                    rule: rule(kind, field, follows),
+                    values: HashMap::new(),
+                })
+                .values
+                .insert(name.into(), value.into());
+        }
+        let r = c.resolve(&owners(), obj("example.com", "Disk", "disk-1"), "Warning");
+        assert_eq!(namespaces(&r), ["team-b"]);
+        assert_eq!(
+            r.destinations[0].why,
+            "Disk disk-1 names namespace team-b in spec.claimRef.namespace"
+        );
+        // A namespace being deleted, or an object not seen: nowhere.
+        for name in ["disk-2", "disk-9"] {
+            let r = c.resolve(&owners(), obj("example.com", "Disk", name), "Warning");
+            assert!(r.destinations.is_empty(), "{name}: {r:?}");
+        }
+        let nodes = Rules {
+            node_pods: Some(NodePods::default()),
+            ..Rules::default()
+        };
+        let r = c.resolve(&nodes, obj("example.com", "NodeClaim", "nc-1"), "Warning");
+        assert_eq!(namespaces(&r), ["team-a", "team-b"]);
+        assert_eq!(
+            r.destinations[0].why,
+            "NodeClaim nc-1 runs on Node node1 (status.nodeName), which runs 2 pods of namespace team-a"
+        );
+        // Each field works with its own rule only.
+        assert!(
+            c.resolve(
+                &owners(),
+                obj("example.com", "NodeClaim", "nc-1"),
+                "Warning"
+            )
+            .destinations
+            .is_empty()
+        );
+        assert!(
+            c.resolve(&nodes, obj("example.com", "Disk", "disk-1"), "Warning")
+                .destinations
+                .is_empty()
+        );
+        // The field's value is read as a string only.
+        let r = rule("Disk", "spec.claimRef.namespace", Follows::Namespace);
+        let doc =
+            |v: serde_json::Value| serde_json::json!({"spec": {"claimRef": {"namespace": v}}});
+        assert_eq!(r.value_in(&doc("team-a".into())), Some("team-a"));
+        assert_eq!(r.value_in(&doc(7.into())), None);
+        assert_eq!(r.value_in(&doc("".into())), None);
+        assert_eq!(r.value_in(&serde_json::json!({"spec": {}})), None);
     }
 
     #[test]

@@ -311,6 +311,14 @@ impl FakeApiServer {
                 "/api/v1/pods",
                 get(|st: St, q: Query| list_objects(st, q, "", "pods")),
             )
+            .route(
+                "/apis/{group}/{version}/{plural}",
+                get(
+                    |st: St, q: Query, Path((group, _version, plural)): Path<(String, String, String)>| async move {
+                        list_objects(st, q, &group, &plural).await
+                    },
+                ),
+            )
             .route("/api", get(api_versions))
             .route("/api/v1", get(core_resources))
             .route("/apis", get(api_groups))
@@ -700,8 +708,8 @@ type Query = axum::extract::Query<BTreeMap<String, String>>;
 async fn list_objects(
     State(store): St,
     axum::extract::Query(q): Query,
-    group: &'static str,
-    resource: &'static str,
+    group: &str,
+    resource: &str,
 ) -> Response {
     let stream_key = format!("@{resource}");
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
