@@ -381,3 +381,41 @@ async fn custom_kinds_follow_their_rule_field() {
     assert!(eventually(10, || copies(&api, "team-b", "disk-1.2").len() == 1).await);
     running.stop().await;
 }
+
+/// The API server goes away for 2 s while owner-delivered events keep being stored: once it
+/// is back, each has exactly one copy, in its owner's namespace.
+#[tokio::test]
+async fn an_api_server_outage_loses_nothing_and_doubles_nothing() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b"]).await;
+    api.put_object("persistentvolumes", volume("pv-a", "team-a", "data"));
+    api.put_object("persistentvolumes", volume("pv-b", "team-b", "data"));
+    let running = start(&api);
+    api.put(
+        "default",
+        event("pv-a.0", "PersistentVolume", "pv-a", "Warning", 1),
+    );
+    assert!(eventually(10, || copies(&api, "team-a", "pv-a.0").len() == 1).await);
+    api.store.lock().unwrap().down_until = Some(std::time::Instant::now() + Duration::from_secs(2));
+    api.drop_watches();
+    for i in 1..=20 {
+        let pv = if i % 2 == 0 { "pv-a" } else { "pv-b" };
+        api.put(
+            "default",
+            event(&format!("{pv}.{i}"), "PersistentVolume", pv, "Warning", 1),
+        );
+    }
+    let delivered = || {
+        (1..=20).all(|i| {
+            let (pv, ns) = if i % 2 == 0 {
+                ("pv-a", "team-a")
+            } else {
+                ("pv-b", "team-b")
+            };
+            copies(&api, ns, &format!("{pv}.{i}")).len() == 1
+        })
+    };
+    assert!(eventually(30, delivered).await);
+    assert_eq!(api.events_in("team-a").len(), 11);
+    assert_eq!(api.events_in("team-b").len(), 10);
+    running.stop().await;
+}

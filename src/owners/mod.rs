@@ -527,6 +527,30 @@ mod tests {
     }
 
     #[test]
+    fn a_node_with_5000_pods_in_2000_namespaces_is_cut_to_the_cap() {
+        let mut c = Cluster::default();
+        for i in 0..2_000 {
+            c.namespaces
+                .insert(format!("ns-{i:04}"), Namespace::default());
+        }
+        for i in 0..5_000 {
+            c.set_pod(
+                &format!("ns-{:04}", i % 2_000),
+                &format!("pod-{i}"),
+                Some("big"),
+            );
+        }
+        let rules = Rules {
+            node_pods: Some(NodePods::default()),
+            ..Rules::default()
+        };
+        let r = c.resolve(&rules, obj("", "Node", "big"), "Warning");
+        assert_eq!((r.destinations.len(), r.cut), (50, 1_950));
+        assert_eq!(r.destinations[0].namespace, "ns-0000", "sorted by name");
+        assert_eq!(r.destinations[49].namespace, "ns-0049");
+    }
+
+    #[test]
     fn custom_kinds_follow_their_configured_field() {
         let mut c = cluster();
         let rule = |kind: &str, field: &str, follows| CustomRule {
