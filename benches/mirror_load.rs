@@ -8,33 +8,17 @@
 
 #[path = "../tests/support/fake_apiserver.rs"]
 mod fake_apiserver;
+mod support;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use serde_json::json;
+use support::{percentile, vm};
 
 const EVENTS: usize = 20_000;
 const RATE: u64 = 2_000;
-
-fn vm(pid: u32, field: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .map(|l| l[field.len()..].trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
@@ -46,47 +30,11 @@ async fn main() {
     ])
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user:\n    token: bench\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n",
-            api.addr
-        ),
-    )
-    .expect("kubeconfig");
-    let config = dir.path().join("routes.yaml");
-    std::fs::write(
-        &config,
+    let child = support::serve(
+        &api,
+        dir.path(),
         "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n",
-    )
-    .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clusterscope"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--log-level",
-            "warn",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .arg("--cert-dir")
-        .arg(dir.path().join("certs"))
-        .args([
-            "--pod-name",
-            "bench-0",
-            "--pod-namespace",
-            "clusterscope-system",
-        ])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start clusterscope serve");
+    );
     let pid = child.id();
     // Wait for the lease.
     let start = Instant::now();
@@ -164,10 +112,7 @@ async fn main() {
         let copies = lags.len();
         (lags, copies)
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = child.wait();
+    support::stop(child);
     println!(
         "mirror load: {EVENTS} events written at {:.0}/s over {load_secs:.1} s; {copies} copies after {done_secs:.1} s",
         EVENTS as f64 / load_secs

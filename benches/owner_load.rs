@@ -10,13 +10,14 @@
 
 #[path = "../tests/support/fake_apiserver.rs"]
 mod fake_apiserver;
+mod support;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use serde_json::json;
+use support::{percentile, vm};
 
 const EVENTS: usize = 20_000;
 const RATE: u64 = 2_000;
@@ -24,23 +25,6 @@ const NAMESPACES: usize = 500;
 const NODES: usize = 100;
 const PODS: usize = 10_000;
 const VOLUMES: usize = 2_000;
-
-fn vm(pid: u32, field: &str) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .map(|l| l[field.len()..].trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
@@ -69,46 +53,11 @@ async fn main() {
         );
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user:\n    token: bench\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n",
-            api.addr
-        ),
-    )
-    .expect("kubeconfig");
-    let config = dir.path().join("routes.yaml");
-    std::fs::write(
-        &config,
+    let child = support::serve(
+        &api,
+        dir.path(),
         "channels:\n  - name: nodes\n    deliver: {nodePods: {maxNamespaces: 50}}\n  - name: storage\n    deliver: {owners: true}\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: storage\n",
-    )
-    .expect("config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clusterscope"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-level", "warn"])
-        .arg("--config")
-        .arg(&config)
-        .arg("--cert-dir")
-        .arg(dir.path().join("certs"))
-        .args([
-            "--pod-name",
-            "bench-0",
-            "--pod-namespace",
-            "clusterscope-system",
-        ])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start clusterscope serve");
+    );
     let pid = child.id();
     let start = Instant::now();
     let rss_start = loop {
@@ -228,10 +177,7 @@ async fn main() {
         lags.sort();
         (lags, copies, complete)
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let _ = child.wait();
+    support::stop(child);
     println!(
         "state: {PODS} pods on {NODES} nodes in {NAMESPACES} namespaces, {VOLUMES} volumes; listed {:.1} s after start",
         listed_after.as_secs_f64()

@@ -1,0 +1,75 @@
+//! What the load benches share: `clusterscope serve` as its own process against the fake API
+//! server, its memory figures, and percentiles.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::fake_apiserver::FakeApiServer;
+
+/// A field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), as written there.
+pub fn vm(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .map(|l| l[field.len()..].trim().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Starts `clusterscope serve` with the routing configuration `config`, its cluster the fake
+/// API server (by a kubeconfig in `dir`), as replica `bench-0`, logging warnings only.
+pub fn serve(api: &FakeApiServer, dir: &Path, config: &str) -> Child {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user:\n    token: bench\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n",
+            api.addr
+        ),
+    )
+    .expect("kubeconfig");
+    let routes = dir.join("routes.yaml");
+    std::fs::write(&routes, config).expect("config");
+    Command::new(env!("CARGO_BIN_EXE_clusterscope"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-level", "warn"])
+        .arg("--config")
+        .arg(&routes)
+        .arg("--cert-dir")
+        .arg(dir.join("certs"))
+        .args([
+            "--pod-name",
+            "bench-0",
+            "--pod-namespace",
+            "clusterscope-system",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start clusterscope serve")
+}
+
+/// Stops a `serve` started by [`serve`] (SIGTERM) and waits for it.
+pub fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
