@@ -77,6 +77,16 @@ pub struct MirrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabels {
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabels {
     pub sink: String,
 }
@@ -117,6 +127,8 @@ pub struct Metrics {
     pub delivery_queue_full: Family<SinkLabels, Counter>,
     pub delivery_queue_depth: Family<SinkLabels, Gauge>,
     pub delivery_cut: Family<ChannelLabels, Counter>,
+    pub owner_objects: Family<ResourceLabels, Gauge>,
+    pub owner_skipped: Family<KindLabels, Gauge>,
     pub discovery_refreshes: Family<ResultLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub by_reason: Family<ReasonLabels, Counter>,
@@ -284,6 +296,18 @@ impl Metrics {
             "Namespaces left out of a delivery because a rule named more than its cap (deliver.nodePods.maxNamespaces)",
             delivery_cut.clone(),
         );
+        let owner_objects = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "owner_objects",
+            "Objects delivery rules know, by resource (persistentvolumes, volumeattachments, namespaces, pods, <resource>.<group> for ownerRules kinds)",
+            owner_objects.clone(),
+        );
+        let owner_skipped = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "owner_rule_skipped_objects",
+            "Objects of an ownerRules kind skipped because the rule's field is missing or not a string, by <Kind>.<group>",
+            owner_skipped.clone(),
+        );
         let recorder_dropped = Counter::default();
         registry.register(
             "recorder_dropped_events",
@@ -333,6 +357,8 @@ impl Metrics {
             delivery_queue_full,
             delivery_queue_depth,
             delivery_cut,
+            owner_objects,
+            owner_skipped,
             discovery_refreshes,
             config_reloads,
             by_reason,
@@ -411,6 +437,22 @@ impl Metrics {
                 channel: channel.to_owned(),
             })
             .inc_by(u64::try_from(namespaces).unwrap_or(u64::MAX));
+    }
+
+    /// What the delivery rules' state holds: (resource, objects) and (kind, skipped objects).
+    pub fn owner_state(&self, known: &[(String, usize)], skipped: &[(String, usize)]) {
+        for (resource, n) in known {
+            self.owner_objects
+                .get_or_create(&ResourceLabels {
+                    resource: resource.clone(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+        for (kind, n) in skipped {
+            self.owner_skipped
+                .get_or_create(&KindLabels { kind: kind.clone() })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     /// One delivery refused by a full queue of `sink`.

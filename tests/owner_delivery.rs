@@ -367,6 +367,20 @@ async fn custom_kinds_follow_their_rule_field() {
             .values
             .contains_key("disk-2")
     );
+    // Counted: skipped objects by kind, known objects by resource.
+    assert!(
+        eventually(15, || running.metric(
+            r#"clusterscope_owner_rule_skipped_objects{kind="Disk.example.com"}"#
+        ) == 1.0
+            && running.metric(
+                r#"clusterscope_owner_objects{resource="disks.example.com"}"#
+            ) == 1.0
+            && running.metric(r#"clusterscope_owner_objects{resource="pods"}"#)
+                == 1.0)
+        .await,
+        "{}",
+        running.metrics.encode()
+    );
     // The rule follows changes: the claim moves to team-b.
     api.put_object(
         "disks",

@@ -291,8 +291,17 @@ pub async fn run(
                 &config.owner_rules,
             )
         };
-        let (ready, keep) = crate::owners::live::start(syncer.client.clone(), state, needs);
+        let (ready, keep) = crate::owners::live::start(syncer.client.clone(), state.clone(), needs);
         tasks.spawn(keep);
+        // What the state holds, in the metrics every 2 s (a read lock and a few lengths).
+        let (metrics, every) = (metrics.clone(), Duration::from_secs(2));
+        tasks.spawn(async move {
+            loop {
+                let (known, skipped) = crate::locks::read(&state).counts();
+                metrics.owner_state(&known, &skipped);
+                tokio::time::sleep(every).await;
+            }
+        });
         if !ready.is_ready() {
             tracing::info!("mirror: listing what delivery rules need before the first sync");
             tokio::select! {

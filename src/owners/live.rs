@@ -340,14 +340,23 @@ async fn follow_custom(
             .or_insert_with(|| CustomObjects {
                 rule: rule.clone(),
                 values: Default::default(),
+                skipped: Default::default(),
             });
         match value {
             Some(v) => {
+                entry.skipped.remove(&name);
                 entry.values.insert(name, v);
             }
             None => {
                 entry.values.remove(&name);
+                entry.skipped.insert(name);
             }
+        }
+    };
+    let forget = |c: &mut Cluster, name: &str| {
+        if let Some(entry) = c.custom.get_mut(&key) {
+            entry.values.remove(name);
+            entry.skipped.remove(name);
         }
     };
     let mut stream = watcher(api, watcher::Config::default())
@@ -369,6 +378,7 @@ async fn follow_custom(
                 let mut c = crate::locks::write(&state);
                 if let Some(known) = c.custom.get_mut(&key) {
                     known.values.clear();
+                    known.skipped.clear();
                 }
                 for t in buffer {
                     apply(&mut c, t);
@@ -384,7 +394,7 @@ async fn follow_custom(
             }
             Ok(watcher::Event::Delete(o)) => {
                 let name = o.metadata.name.clone().unwrap_or_default();
-                apply(&mut crate::locks::write(&state), (name, None));
+                forget(&mut crate::locks::write(&state), &name);
             }
             Err(e) => {
                 tracing::warn!(resource = %rule.resource, group = %rule.group, error = %e,

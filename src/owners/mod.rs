@@ -42,6 +42,9 @@ pub struct Namespace {
     pub terminating: bool,
 }
 
+/// Numbers by name (a resource or a kind), for metrics.
+pub type Counts = Vec<(String, usize)>;
+
 /// What a custom rule's field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Follows {
@@ -87,6 +90,8 @@ impl CustomRule {
 pub struct CustomObjects {
     pub rule: CustomRule,
     pub values: HashMap<String, String>,
+    /// Objects skipped because the field is missing or not a string.
+    pub skipped: std::collections::HashSet<String>,
 }
 
 /// What the rules need to know of the cluster (names only, no objects).
@@ -214,6 +219,26 @@ impl Cluster {
     /// Pods counted.
     pub fn pods(&self) -> usize {
         self.pod_nodes.len()
+    }
+
+    /// Objects known by resource (`persistentvolumes`, ..., `<resource>.<group>` for custom
+    /// kinds), and custom objects skipped by kind (`<Kind>.<group>`), for metrics.
+    pub fn counts(&self) -> (Counts, Counts) {
+        let mut known = vec![
+            ("persistentvolumes".to_owned(), self.volumes.len()),
+            ("volumeattachments".to_owned(), self.attachments.len()),
+            ("namespaces".to_owned(), self.namespaces.len()),
+            ("pods".to_owned(), self.pods()),
+        ];
+        let mut skipped = Vec::new();
+        for c in self.custom.values() {
+            known.push((
+                format!("{}.{}", c.rule.resource, c.rule.group),
+                c.values.len(),
+            ));
+            skipped.push((format!("{}.{}", c.rule.kind, c.rule.group), c.skipped.len()));
+        }
+        (known, skipped)
     }
 
     /// Forgets every pod (before a re-list).
@@ -589,6 +614,7 @@ mod tests {
                 .or_insert_with(|| CustomObjects {
                     rule: rule(kind, field, follows),
                     values: HashMap::new(),
+                    skipped: Default::default(),
                 })
                 .values
                 .insert(name.into(), value.into());
