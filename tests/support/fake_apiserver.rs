@@ -296,20 +296,14 @@ impl FakeApiServer {
                 }),
             )
             .route(
-                "/api/v1/persistentvolumes",
-                get(|st: St, q: Query| list_objects(st, q, "", "persistentvolumes")),
-            )
-            .route(
-                "/apis/storage.k8s.io/v1/volumeattachments",
-                get(|st: St, q: Query| list_objects(st, q, "storage.k8s.io", "volumeattachments")),
-            )
-            .route(
-                "/api/v1/namespaces",
-                get(|st: St, q: Query| list_objects(st, q, "", "namespaces")),
-            )
-            .route(
-                "/api/v1/pods",
-                get(|st: St, q: Query| list_objects(st, q, "", "pods")),
+                "/api/v1/{plural}",
+                get(|st: St, q: Query, Path(plural): Path<String>| async move {
+                    // The cluster-wide core resources delivery rules read; others are not served.
+                    if !["persistentvolumes", "namespaces", "pods"].contains(&plural.as_str()) {
+                        return status(404, "NotFound", &format!("the server could not find the requested resource ({plural})"));
+                    }
+                    list_objects(st, q, "", &plural).await
+                }),
             )
             .route(
                 "/apis/{group}/{version}/{plural}",
