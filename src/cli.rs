@@ -49,8 +49,9 @@ pub enum Command {
     },
     /// Validate a routing configuration and print its channels and routes.
     CheckConfig {
-        /// The file to check; the embedded default when omitted.
-        #[arg(value_name = "FILE")]
+        /// The file to check; `CLUSTERSCOPE_CONFIG` (as `serve` reads it), else the embedded
+        /// default, when omitted.
+        #[arg(value_name = "FILE", env = "CLUSTERSCOPE_CONFIG")]
         file: Option<PathBuf>,
     },
 }
@@ -314,10 +315,15 @@ fn read_limited(r: impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
 
 fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    out.write_all(bytes)
+    match out
+        .write_all(bytes)
         .and_then(|()| out.write_all(b"\n"))
         .and_then(|()| out.flush())
-        .map_err(|e| io_failure(format!("cannot write to standard output: {e}")))
+    {
+        // The reader went away (`| head -1`): it has what it wanted, nothing failed.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| io_failure(format!("cannot write to standard output: {e}"))),
+    }
 }
 
 fn review(
@@ -356,7 +362,16 @@ fn patched_object_of(
 }
 
 fn check_config(file: Option<&Path>) -> Result<(), Failure> {
-    let config = load_config(file).map_err(|e| refused(e.to_string()))?;
+    let config = match file {
+        // A file that cannot be read is not a refused configuration (exit 1, as documented).
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| io_failure(format!("{}: cannot read: {e}", path.display())))?;
+            Config::from_bytes(&bytes, &path.display().to_string())
+        }
+        None => Ok(Config::embedded_default()),
+    }
+    .map_err(|e| refused(e.to_string()))?;
     let mut out = String::new();
     out.push_str(&format!("{}: valid\n", config.source));
     out.push_str(&format!("label prefix: {}\n", config.label_prefix));

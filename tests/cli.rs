@@ -278,8 +278,53 @@ fn missing_input_file_exits_1() {
 }
 
 #[test]
+fn check_config_reads_the_file_serve_would_and_an_unreadable_one_is_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("routes.yaml");
+    std::fs::write(&cfg, "channels:\n  - name: only\n").unwrap();
+    let out = bin()
+        .arg("check-config")
+        .env("CLUSTERSCOPE_CONFIG", &cfg)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("{}: valid", cfg.display())),
+        "{text}"
+    );
+    let out = run(&["check-config", "/nonexistent/config.yaml"]);
+    assert_eq!(out.status.code(), Some(1), "a file that cannot be read");
+    assert!(stderr_line(&out).contains("/nonexistent/config.yaml: cannot read"));
+}
+
+/// `check-config | head -1`: the reader closes early; that is not an error.
+#[test]
+fn a_closed_standard_output_is_not_an_error() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = bin()
+        .arg("check-config")
+        .env_remove("CLUSTERSCOPE_CONFIG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn check_config_prints_channels_and_routes() {
-    let out = run(&["check-config"]);
+    let out = bin()
+        .arg("check-config")
+        .env_remove("CLUSTERSCOPE_CONFIG")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("<embedded default>: valid"), "{text}");
