@@ -351,11 +351,20 @@ fn patched_object_of(
 ) -> Result<serde_json::Value, Failure> {
     let review: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| refused(format!("invalid AdmissionReview: {e}")))?;
-    let mut object = review
-        .get("request")
+    let request = review.get("request");
+    let Some(mut object) = request
         .and_then(|r| r.get("object"))
+        .filter(|o| o.is_object())
         .cloned()
-        .unwrap_or(serde_json::Value::Null);
+    else {
+        let operation = request
+            .and_then(|r| r.get("operation"))
+            .and_then(|o| o.as_str())
+            .unwrap_or("this");
+        return Err(refused(format!(
+            "request.object: absent, so there is no patched object to print (a {operation} request carries none; DELETE sends oldObject); drop --patched-object to see the response"
+        )));
+    };
     json_patch::patch(&mut object, patch)
         .map_err(|e| io_failure(format!("the patch does not apply to the object: {e}")))?;
     Ok(object)

@@ -333,6 +333,35 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "Build information", build);
+        // Every series an alert can name exists from the start, at zero.
+        for result in ["success", "error"] {
+            let labels = ResultLabels {
+                result: result.to_owned(),
+            };
+            drop(cert_reloads.get_or_create(&labels));
+            drop(config_reloads.get_or_create(&labels));
+            drop(discovery_refreshes.get_or_create(&labels));
+        }
+        for why in ["in-flight", "memory"] {
+            drop(shed_requests.get_or_create(&WhyLabels {
+                why: why.to_owned(),
+            }));
+        }
+        for operation in ["CREATE", "UPDATE"] {
+            for outcome in [
+                "patched",
+                "unchanged",
+                "skipped",
+                "unlabelled",
+                "invalid",
+                "error",
+            ] {
+                drop(requests.get_or_create(&RequestLabels {
+                    operation: operation.to_owned(),
+                    outcome: outcome.to_owned(),
+                }));
+            }
+        }
         Metrics {
             registry,
             requests,
@@ -499,6 +528,17 @@ impl Metrics {
             .inc();
     }
 
+    /// Makes the per-channel series present (at zero) for these channels.
+    pub fn channels<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for channel in names {
+            let labels = ChannelLabels {
+                channel: channel.to_owned(),
+            };
+            drop(self.mirror_given_up.get_or_create(&labels));
+            drop(self.delivery_cut.get_or_create(&labels));
+        }
+    }
+
     /// One stored event the mirror gave up on.
     pub fn mirror_given_up(&self, channel: &str) {
         self.mirror_given_up
@@ -521,6 +561,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_alerts_name_exist_from_the_start_at_zero() {
+        let m = Metrics::new();
+        m.channels(["nodes", "storage"]);
+        let text = m.encode();
+        for series in [
+            r#"clusterscope_config_reloads_total{result="error"} 0"#,
+            r#"clusterscope_tls_certificate_reloads_total{result="error"} 0"#,
+            r#"clusterscope_discovery_refreshes_total{result="error"} 0"#,
+            r#"clusterscope_admission_shed_requests_total{why="memory"} 0"#,
+            r#"clusterscope_admission_requests_total{operation="CREATE",outcome="error"} 0"#,
+            r#"clusterscope_mirror_given_up_total{channel="storage"} 0"#,
+            r#"clusterscope_delivery_namespaces_cut_total{channel="nodes"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing:\n{text}");
+        }
+    }
 
     #[test]
     fn custom_kinds_are_folded_past_the_limit() {

@@ -65,6 +65,8 @@ impl ConfigReloader {
         match parsed {
             Ok(config) => {
                 let (channels, routes) = (config.channels.len(), config.routes.len());
+                self.metrics
+                    .channels(config.channels.iter().map(|c| c.name.as_str()));
                 self.shared.store(Arc::new(config));
                 self.count("success");
                 self.status

@@ -209,6 +209,7 @@ impl Server {
                 (None, None)
             }
         };
+        metrics.channels(config.channels.iter().map(|c| c.name.as_str()));
         let shared_config = crate::config::shared(config);
         let config_status = Arc::new(crate::status::StatusLine::default());
         config_status.set("configuration: the embedded default");

@@ -227,6 +227,25 @@ fn patched_object_shows_the_labels() {
     assert_eq!(obj["reason"], "VolumeFailedDelete");
 }
 
+/// A DELETE carries no `request.object`: there is nothing to print, which is said (exit 2),
+/// not printed as `null`; the response itself is still available without the flag.
+#[test]
+fn patched_object_of_a_delete_is_refused_with_the_reason() {
+    let out = run(&["review", "--patched-object", &fixture("delete-event.json")]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = stderr_line(&out);
+    assert!(
+        err.contains("request.object") && err.contains("DELETE"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert!(
+        run(&["review", &fixture("delete-event.json")])
+            .status
+            .success()
+    );
+}
+
 #[test]
 fn review_with_a_config_file() {
     let dir = tempfile::tempdir().unwrap();

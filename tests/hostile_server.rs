@@ -263,7 +263,24 @@ async fn random_request_data_does_not_grow_metric_series() {
             "{line}"
         );
     }
-    assert!(requests.len() <= 6, "{requests:?}");
+    // Fixed label sets: six operations by six outcomes at most, however random the input
+    // (the CREATE and UPDATE series exist from the start, at zero).
+    for line in &requests {
+        let outcome = line
+            .split("outcome=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next());
+        assert!(
+            matches!(
+                outcome,
+                Some("patched" | "unchanged" | "skipped" | "unlabelled" | "invalid" | "error")
+            ),
+            "{line}"
+        );
+    }
+    assert!(requests.len() <= 36, "{requests:?}");
+    let counted = requests.iter().filter(|l| !l.ends_with(" 0")).count();
+    assert!(counted <= 6, "{requests:?}");
     let reasons: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("clusterscope_events_by_reason_total{"))
