@@ -502,12 +502,14 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         .build()
         .map_err(|e| io_failure(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
+        // Installed first: a SIGTERM during start-up ends the server cleanly once it runs.
+        let stop = crate::telemetry::shutdown_signal();
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let server = crate::server::Server::bind(options, metrics)
             .await
             .map_err(|e| refused(error_chain(&e)))?;
         server
-            .run(crate::telemetry::shutdown_signal())
+            .run(stop)
             .await
             .map_err(|e| io_failure(error_chain(&e)))
     })
