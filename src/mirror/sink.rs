@@ -61,10 +61,11 @@ impl CopySink {
         }
     }
 
-    /// Creates `copy` or brings the stored one in line.
-    pub async fn upsert(&self, copy: &Event) -> Result<Delivered, Failure> {
+    /// Creates `copy` or brings the stored one in line; `fingerprint` is
+    /// [`crate::mirror::copies::fingerprint`] of `copy` (the planner computed it already).
+    async fn upsert(&self, copy: &Event, fingerprint: u64) -> Result<Delivered, Failure> {
         let config = self.config.load_full();
-        self.write(&config.keys, copy)
+        self.write(&config.keys, copy, fingerprint)
             .await
             .map_err(|(operation, error)| Failure {
                 operation,
@@ -73,7 +74,7 @@ impl CopySink {
             })
     }
 
-    async fn write(&self, keys: &Keys, copy: &Event) -> Step<Delivered> {
+    async fn write(&self, keys: &Keys, copy: &Event, fingerprint: u64) -> Step<Delivered> {
         let ns = copy.metadata.namespace.as_deref().unwrap_or_default();
         let name = copy.metadata.name.as_deref().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
@@ -82,7 +83,7 @@ impl CopySink {
                 if known.owner != crate::mirror::copies::owner(copy, keys) {
                     return Err(foreign(ns, name));
                 }
-                if known.fingerprint == crate::mirror::copies::fingerprint(copy) {
+                if known.fingerprint == fingerprint {
                     return Ok(Delivered::Unchanged);
                 }
                 let mut wanted = copy.clone();
@@ -186,7 +187,7 @@ impl Destination for CopySink {
     }
 
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
-        Box::pin(self.upsert(&delivery.event))
+        Box::pin(self.upsert(&delivery.event, delivery.fingerprint))
     }
 }
 
