@@ -47,6 +47,20 @@ pub enum Command {
         #[arg(value_name = "FILE")]
         input: Option<PathBuf>,
     },
+    /// Explain what clusterscope would do with events: cluster-scoped or not and why, the
+    /// channel and route, the labels, where they would be delivered, or why they are skipped.
+    /// Reads an AdmissionReview, an Event, or `kubectl get events -A -o json` output.
+    Explain {
+        /// Routing configuration (YAML); the embedded default when omitted.
+        #[arg(long, env = "CLUSTERSCOPE_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// `text` (one block per event) or `json` (a JSON array).
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ExplainFormat::Text)]
+        output: ExplainFormat,
+        /// The events to read; `-` or nothing for standard input.
+        #[arg(value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
     /// Validate a routing configuration and print its channels and routes.
     CheckConfig {
         /// The file to check; `CLUSTERSCOPE_CONFIG` (as `serve` reads it), else the embedded
@@ -54,6 +68,13 @@ pub enum Command {
         #[arg(value_name = "FILE", env = "CLUSTERSCOPE_CONFIG")]
         file: Option<PathBuf>,
     },
+}
+
+/// How `explain` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExplainFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -268,6 +289,11 @@ fn run(command: Command) -> Result<(), Failure> {
             input,
         } => review(config.as_deref(), patched_object, input.as_deref()),
         Command::CheckConfig { file } => check_config(file.as_deref()),
+        Command::Explain {
+            config,
+            output,
+            input,
+        } => explain(config.as_deref(), output, input.as_deref()),
     }
 }
 
@@ -368,6 +394,27 @@ fn patched_object_of(
     json_patch::patch(&mut object, patch)
         .map_err(|e| io_failure(format!("the patch does not apply to the object: {e}")))?;
     Ok(object)
+}
+
+fn explain(
+    config: Option<&Path>,
+    output: ExplainFormat,
+    input: Option<&Path>,
+) -> Result<(), Failure> {
+    let config = load_config(config).map_err(|e| refused(e.to_string()))?;
+    let body = read_input(input)?;
+    let explained = crate::explain::explain(&body, &config).map_err(|e| refused(e.to_string()))?;
+    let text = match output {
+        ExplainFormat::Json => serde_json::to_vec_pretty(&explained)
+            .map_err(|e| io_failure(format!("cannot encode the explanation: {e}")))?,
+        ExplainFormat::Text => explained
+            .iter()
+            .map(crate::explain::to_text)
+            .collect::<Vec<_>>()
+            .join("\n\n")
+            .into_bytes(),
+    };
+    write_stdout(&text)
 }
 
 fn check_config(file: Option<&Path>) -> Result<(), Failure> {

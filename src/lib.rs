@@ -20,6 +20,7 @@ pub mod config;
 pub mod decide;
 pub mod discovery;
 pub mod event;
+pub mod explain;
 pub mod labels;
 pub mod leader;
 pub mod locks;

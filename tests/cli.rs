@@ -686,3 +686,47 @@ fn log_lines_carry_the_peer_and_the_request_uid() {
     assert_eq!(request["kind"], "Node");
     assert_eq!(request["outcome"], "patched");
 }
+
+/// `explain` reads what `kubectl get events -A -o json` prints and says, per event, what
+/// would happen and why; a review works too; other shapes are refused (exit 2).
+#[test]
+fn explain_reads_an_event_list_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let object = |name: &str| -> Value {
+        let review: Value = serde_json::from_slice(&std::fs::read(fixture(name)).unwrap()).unwrap();
+        review["request"]["object"].clone()
+    };
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+        object("kubelet-node-not-ready.json"), object("namespaced-pod-event.json")
+    ]});
+    let file = dir.path().join("events.json");
+    std::fs::write(&file, list.to_string()).unwrap();
+    let out = bin()
+        .args(["explain", "-o", "json"])
+        .arg(&file)
+        .env_remove("CLUSTERSCOPE_CONFIG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let explained: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(explained.len(), 2);
+    assert_eq!(explained[0]["outcome"], "patched");
+    assert_eq!(explained[0]["channel"], "nodes");
+    assert_eq!(explained[1]["skip"], "namespaced");
+    let out = bin()
+        .arg("explain")
+        .arg(&file)
+        .env_remove("CLUSTERSCOPE_CONFIG")
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("channel: nodes (route 1"), "{text}");
+    assert!(text.contains("skipped (namespaced)"), "{text}");
+    let out = run(&["explain", &fixture("kubelet-node-not-ready.json")]);
+    assert!(out.status.success());
+    let pod = dir.path().join("pod.json");
+    std::fs::write(&pod, r#"{"kind": "Pod", "metadata": {"name": "x"}}"#).unwrap();
+    let out = run(&["explain", pod.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("give an AdmissionReview, an Event"));
+}

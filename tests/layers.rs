@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("reload", 3),
     // Uses of the decision.
     ("admission", 4),
+    ("explain", 4),
     ("certs", 4),
     ("mirror", 4),
     // What runs beside the webhook, then the server, then the commands.

@@ -1,0 +1,304 @@
+//! `clusterscope explain`: what the webhook and the mirror would do with events, in words and
+//! as JSON, so a configuration can be tried on a cluster's real events before installing.
+//!
+//! Takes an AdmissionReview, an Event (core/v1 or events.k8s.io/v1), or a list of events as
+//! `kubectl get events -A -o json` prints it. Judged with the built-in kind table (no cluster
+//! is contacted): a kind outside it, with no namespace in its reference, counts as
+//! cluster-scoped, as the webhook does when discovery is off.
+
+use serde_json::{Value, json};
+
+use crate::classify::{KindSource, ScopeResolver};
+use crate::config::Config;
+use crate::decide::{Outcome, SkipReason, decide};
+use crate::route::EventFacts;
+
+/// Why explaining failed: the input is not one of the accepted shapes.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ExplainError(String);
+
+/// The events in `input` (an AdmissionReview, an Event, or an EventList/List), each with the
+/// namespace it is (or would be) stored in.
+fn events(input: &[u8]) -> Result<Vec<(String, Value)>, ExplainError> {
+    let doc: Value = serde_json::from_slice(input)
+        .map_err(|e| ExplainError(format!("input is not JSON: {e}")))?;
+    let kind = doc["kind"].as_str().unwrap_or("");
+    let namespace_of = |event: &Value| {
+        event["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    match kind {
+        "AdmissionReview" => {
+            let request = &doc["request"];
+            let object = request
+                .get("object")
+                .filter(|o| o.is_object())
+                .ok_or_else(|| {
+                    ExplainError(
+                        "request.object: absent (a DELETE carries none): nothing to explain"
+                            .to_owned(),
+                    )
+                })?;
+            let ns = request["namespace"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| namespace_of(object));
+            Ok(vec![(ns, object.clone())])
+        }
+        "Event" => Ok(vec![(namespace_of(&doc), doc.clone())]),
+        "EventList" | "List" => {
+            let items = doc["items"]
+                .as_array()
+                .ok_or_else(|| ExplainError(format!("{kind}: no `items` array")))?;
+            Ok(items.iter().map(|e| (namespace_of(e), e.clone())).collect())
+        }
+        other => Err(ExplainError(format!(
+            "kind is {other:?}: give an AdmissionReview, an Event, or an event list (kubectl get events -A -o json)"
+        ))),
+    }
+}
+
+/// One event explained, as JSON.
+fn explain_one(
+    namespace: &str,
+    object: &Value,
+    config: &Config,
+    resolver: &ScopeResolver,
+) -> Value {
+    let text = object.to_string();
+    let name = format!(
+        "{}/{}",
+        namespace,
+        object["metadata"]["name"].as_str().unwrap_or("")
+    );
+    let view: crate::event::Event<'_> = match serde_json::from_str(&text) {
+        Ok(v) => v,
+        Err(e) => return json!({"event": name, "error": format!("not an Event: {e}")}),
+    };
+    let decision = decide(&view, namespace, config, resolver);
+    let reference = view.reference();
+    let mut out = json!({
+        "event": name,
+        "outcome": decision.outcome.as_str(),
+        "involvedObject": reference.map(|r| json!({
+            "apiVersion": r.api_version(), "kind": r.kind(), "namespace": r.namespace(), "name": r.name()
+        })),
+    });
+    if let Some(skip) = decision.skip {
+        out["skip"] = json!(skip.as_str());
+        out["why"] = json!(skip_words(skip, reference.map_or("", |r| r.namespace())));
+    }
+    let Some(classified) = &decision.classified else {
+        if decision.outcome == Outcome::Unlabelled {
+            out["why"] = json!(
+                "not about a cluster-scoped object, yet it carries clusterscope's labels: they would be removed"
+            );
+        }
+        return out;
+    };
+    out["scope"] = json!("cluster");
+    out["why"] = json!(match classified.kind_source {
+        KindSource::Builtin => format!(
+            "no namespace in its reference, and {} is cluster-scoped in the built-in kind table",
+            classified.kind
+        ),
+        KindSource::Discovered =>
+            format!("API discovery says {} is cluster-scoped", classified.kind),
+        KindSource::Unknown => format!(
+            "no namespace in its reference; {} is outside the built-in table, so it counts as cluster-scoped (with a cluster, discovery decides)",
+            classified.kind
+        ),
+    });
+    out["group"] = json!(crate::route::shown_group(&classified.group));
+    out["kind"] = json!(classified.kind);
+    let facts = EventFacts {
+        group: &classified.group,
+        kind: &classified.kind,
+        name: &classified.name,
+        reason: view.reason(),
+        type_: view.type_(),
+        reporter: view.reporter(),
+        message: view.message(),
+    };
+    if let Some((index, route)) = config
+        .routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matcher.matches(&facts))
+    {
+        out["route"] = json!({"index": index + 1, "line": route.line});
+    }
+    let keys = &config.keys;
+    let mut labels = serde_json::Map::new();
+    labels.insert(keys.scope.clone(), json!("cluster"));
+    labels.insert(keys.kind.clone(), json!(classified.kind_label));
+    let channel = classified
+        .channel
+        .as_deref()
+        .and_then(|c| config.channel(c));
+    let mut deliveries = Vec::new();
+    if let Some(ch) = channel {
+        out["channel"] = json!(ch.name);
+        labels.insert(keys.channel.clone(), json!(ch.name));
+        for (k, v) in &ch.labels {
+            labels.insert(k.clone(), json!(v));
+        }
+        if let Some(ns) = &ch.namespace {
+            deliveries.push(format!("a copy in namespace {ns}"));
+        }
+        if ch.log {
+            deliveries.push("a line on the log stream".to_owned());
+        }
+        if ch.deliver.owners {
+            deliveries.push(format!(
+                "copies in the namespaces that own {} {} (resolved in the cluster)",
+                classified.kind, classified.name
+            ));
+        }
+        if let Some(np) = &ch.deliver.node_pods {
+            deliveries.push(format!(
+                "for {} events about a Node, copies in the namespaces of its pods (at most {})",
+                np.types.join("/"),
+                np.max_namespaces
+            ));
+        }
+        if let Some(sel) = &ch.deliver.namespace_selector {
+            deliveries.push(format!("copies in the namespaces labelled {sel}"));
+        }
+    }
+    out["labels"] = Value::Object(labels);
+    out["deliveries"] = json!(deliveries);
+    out
+}
+
+fn skip_words(skip: SkipReason, namespace: &str) -> String {
+    match skip {
+        SkipReason::Namespaced => format!("its involved object has a namespace ({namespace:?}): events about it already live with it"),
+        SkipReason::NamespacedKind => "its kind is namespaced (built-in table): the missing namespace is the producer's omission".to_owned(),
+        SkipReason::NoReference => "it names no involvedObject or regarding".to_owned(),
+        SkipReason::NoKind => "its reference names no kind".to_owned(),
+        SkipReason::Mirror => "it is a copy clusterscope made".to_owned(),
+        SkipReason::Operation => "DELETE and CONNECT are not labelled".to_owned(),
+        SkipReason::NotAnEvent => "the object is not an Event".to_owned(),
+        SkipReason::NoObject => "there is no object".to_owned(),
+        SkipReason::DiscoveryPending => "its kind is not known yet (discovery has not answered)".to_owned(),
+    }
+}
+
+/// Explains every event in `input` under `config`: one JSON object per event.
+pub fn explain(input: &[u8], config: &Config) -> Result<Vec<Value>, ExplainError> {
+    let resolver = ScopeResolver::new();
+    Ok(events(input)?
+        .iter()
+        .map(|(ns, object)| explain_one(ns, object, config, &resolver))
+        .collect())
+}
+
+/// One explained event in words, one line per fact.
+pub fn to_text(explained: &Value) -> String {
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let mut out = format!("{}: {}", s(&explained["event"]), s(&explained["outcome"]));
+    if let Some(e) = explained.get("error") {
+        out.push_str(&format!(" ({})", s(e)));
+        return out;
+    }
+    let o = &explained["involvedObject"];
+    if o.is_object() {
+        out.push_str(&format!("\n  about: {} {}", s(&o["kind"]), s(&o["name"])));
+    }
+    if let Some(skip) = explained.get("skip") {
+        out.push_str(&format!(
+            "\n  skipped ({}): {}",
+            s(skip),
+            s(&explained["why"])
+        ));
+        return out;
+    }
+    out.push_str(&format!("\n  cluster-scoped: {}", s(&explained["why"])));
+    match explained.get("channel") {
+        Some(ch) => {
+            let route = &explained["route"];
+            out.push_str(&format!(
+                "\n  channel: {} (route {}, line {})",
+                s(ch),
+                route["index"],
+                route["line"]
+            ));
+        }
+        None => out.push_str("\n  channel: none (no route matches)"),
+    }
+    if let Some(labels) = explained["labels"].as_object() {
+        let text: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", s(v)))
+            .collect();
+        out.push_str(&format!("\n  labels: {}", text.join(", ")));
+    }
+    let deliveries: Vec<String> = explained["deliveries"]
+        .as_array()
+        .map(|d| d.iter().map(s).collect())
+        .unwrap_or_default();
+    if !deliveries.is_empty() {
+        out.push_str(&format!("\n  delivered as: {}", deliveries.join("; ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ns: &str, involved_ns: Option<&str>) -> Value {
+        let mut e = json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "node1.1", "namespace": ns},
+            "involvedObject": {"kind": "Node", "name": "node1"},
+            "reason": "NodeNotReady", "type": "Warning", "message": "not ready"});
+        if let Some(n) = involved_ns {
+            e["involvedObject"]["namespace"] = json!(n);
+        }
+        e
+    }
+
+    #[test]
+    fn an_event_list_is_explained_event_by_event_with_the_route_and_the_reasons() {
+        let config = Config::from_yaml(
+            "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n",
+            "t",
+        )
+        .unwrap();
+        let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+            node("default", None), node("team-a", Some("team-a"))
+        ]});
+        let out = explain(list.to_string().as_bytes(), &config).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0]["outcome"], "patched");
+        assert_eq!(out[0]["channel"], "nodes");
+        assert_eq!(out[0]["route"]["index"], 1);
+        assert_eq!(out[0]["labels"]["clusterscope.dev/scope"], "cluster");
+        assert_eq!(out[0]["deliveries"][0], "a copy in namespace team-infra");
+        assert_eq!(out[1]["skip"], "namespaced");
+        let text = to_text(&out[0]);
+        assert!(text.contains("channel: nodes (route 1, line 5)"), "{text}");
+        assert!(to_text(&out[1]).contains("skipped (namespaced)"));
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused_with_what_to_give() {
+        let config = Config::embedded_default();
+        for (input, says) in [
+            ("{", "not JSON"),
+            (r#"{"kind": "Pod"}"#, "give an AdmissionReview"),
+            (r#"{"kind": "List"}"#, "no `items`"),
+            (
+                r#"{"kind": "AdmissionReview", "request": {"operation": "DELETE"}}"#,
+                "DELETE",
+            ),
+        ] {
+            let e = explain(input.as_bytes(), &config).unwrap_err();
+            assert!(e.to_string().contains(says), "{input}: {e}");
+        }
+    }
+}
