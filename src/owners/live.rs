@@ -88,19 +88,21 @@ impl Needs {
 
 /// One watched resource: how an object is trimmed and where the trimmed form goes.
 trait Table: Send + 'static {
-    type Object: kube::Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + 'static;
+    type Object: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static;
     type Trimmed: Send + 'static;
-    const RESOURCE: &'static str;
-    fn trim(o: &Self::Object) -> Self::Trimmed;
+    /// The resource, for logs.
+    fn resource(&self) -> String;
+    fn api(&self, client: kube::Client) -> Api<Self::Object>
+    where
+        <Self::Object as kube::Resource>::DynamicType: Default,
+    {
+        Api::all(client)
+    }
+    fn trim(&mut self, o: &Self::Object) -> Self::Trimmed;
     /// Forgets everything this table put in (before a re-list is swapped in).
-    fn clear(c: &mut Cluster);
-    fn apply(c: &mut Cluster, t: Self::Trimmed);
-    fn remove(c: &mut Cluster, t: Self::Trimmed);
+    fn clear(&self, c: &mut Cluster);
+    fn apply(&self, c: &mut Cluster, t: Self::Trimmed);
+    fn remove(&self, c: &mut Cluster, t: Self::Trimmed);
 }
 
 fn name<K: kube::Resource>(o: &K) -> String {
@@ -111,8 +113,10 @@ struct Volumes;
 impl Table for Volumes {
     type Object = PersistentVolume;
     type Trimmed = (String, Option<Claim>);
-    const RESOURCE: &'static str = "persistentvolumes";
-    fn trim(o: &PersistentVolume) -> Self::Trimmed {
+    fn resource(&self) -> String {
+        "persistentvolumes".to_owned()
+    }
+    fn trim(&mut self, o: &PersistentVolume) -> Self::Trimmed {
         // Set by the persistent volume controller on bind, kept while Released.
         let claim = o
             .spec
@@ -126,10 +130,10 @@ impl Table for Volumes {
             });
         (name(o), claim)
     }
-    fn clear(c: &mut Cluster) {
+    fn clear(&self, c: &mut Cluster) {
         c.volumes.clear();
     }
-    fn apply(c: &mut Cluster, (name, claim): Self::Trimmed) {
+    fn apply(&self, c: &mut Cluster, (name, claim): Self::Trimmed) {
         match claim {
             Some(claim) => {
                 c.volumes.insert(name, claim);
@@ -139,7 +143,7 @@ impl Table for Volumes {
             }
         }
     }
-    fn remove(c: &mut Cluster, (name, _): Self::Trimmed) {
+    fn remove(&self, c: &mut Cluster, (name, _): Self::Trimmed) {
         c.volumes.remove(&name);
     }
 }
@@ -148,14 +152,16 @@ struct Attachments;
 impl Table for Attachments {
     type Object = VolumeAttachment;
     type Trimmed = (String, Option<String>);
-    const RESOURCE: &'static str = "volumeattachments";
-    fn trim(o: &VolumeAttachment) -> Self::Trimmed {
+    fn resource(&self) -> String {
+        "volumeattachments".to_owned()
+    }
+    fn trim(&mut self, o: &VolumeAttachment) -> Self::Trimmed {
         (name(o), o.spec.source.persistent_volume_name.clone())
     }
-    fn clear(c: &mut Cluster) {
+    fn clear(&self, c: &mut Cluster) {
         c.attachments.clear();
     }
-    fn apply(c: &mut Cluster, (name, pv): Self::Trimmed) {
+    fn apply(&self, c: &mut Cluster, (name, pv): Self::Trimmed) {
         match pv {
             Some(pv) => {
                 c.attachments.insert(name, pv);
@@ -165,7 +171,7 @@ impl Table for Attachments {
             }
         }
     }
-    fn remove(c: &mut Cluster, (name, _): Self::Trimmed) {
+    fn remove(&self, c: &mut Cluster, (name, _): Self::Trimmed) {
         c.attachments.remove(&name);
     }
 }
@@ -174,8 +180,10 @@ struct Namespaces;
 impl Table for Namespaces {
     type Object = NamespaceObject;
     type Trimmed = (String, Namespace);
-    const RESOURCE: &'static str = "namespaces";
-    fn trim(o: &NamespaceObject) -> Self::Trimmed {
+    fn resource(&self) -> String {
+        "namespaces".to_owned()
+    }
+    fn trim(&mut self, o: &NamespaceObject) -> Self::Trimmed {
         let terminating = o.metadata.deletion_timestamp.is_some()
             || o.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
         (
@@ -186,13 +194,13 @@ impl Table for Namespaces {
             },
         )
     }
-    fn clear(c: &mut Cluster) {
+    fn clear(&self, c: &mut Cluster) {
         c.namespaces.clear();
     }
-    fn apply(c: &mut Cluster, (name, ns): Self::Trimmed) {
+    fn apply(&self, c: &mut Cluster, (name, ns): Self::Trimmed) {
         c.namespaces.insert(name, ns);
     }
-    fn remove(c: &mut Cluster, (name, _): Self::Trimmed) {
+    fn remove(&self, c: &mut Cluster, (name, _): Self::Trimmed) {
         c.namespaces.remove(&name);
     }
 }
@@ -202,8 +210,10 @@ impl Table for Pods {
     type Object = Pod;
     /// (namespace, name, node while it runs there)
     type Trimmed = (String, String, Option<String>);
-    const RESOURCE: &'static str = "pods";
-    fn trim(o: &Pod) -> Self::Trimmed {
+    fn resource(&self) -> String {
+        "pods".to_owned()
+    }
+    fn trim(&mut self, o: &Pod) -> Self::Trimmed {
         let phase = o.status.as_ref().and_then(|s| s.phase.as_deref());
         let done = matches!(phase, Some("Succeeded" | "Failed"));
         let node = o
@@ -217,13 +227,13 @@ impl Table for Pods {
             node,
         )
     }
-    fn clear(c: &mut Cluster) {
+    fn clear(&self, c: &mut Cluster) {
         c.clear_pods();
     }
-    fn apply(c: &mut Cluster, (ns, name, node): Self::Trimmed) {
+    fn apply(&self, c: &mut Cluster, (ns, name, node): Self::Trimmed) {
         c.set_pod(&ns, &name, node.as_deref());
     }
-    fn remove(c: &mut Cluster, (ns, name, _): Self::Trimmed) {
+    fn remove(&self, c: &mut Cluster, (ns, name, _): Self::Trimmed) {
         c.remove_pod(&ns, &name);
     }
 }
@@ -267,9 +277,14 @@ impl Ready {
 
 /// Follows one resource until aborted: watch (with kube-runtime's backoff), trim, apply.
 /// `ready` is told after the first complete list.
-async fn follow<T: Table>(client: kube::Client, state: SharedCluster, ready: Option<Ready>) {
+async fn follow<T: Table>(
+    mut table: T,
+    api: Api<T::Object>,
+    state: SharedCluster,
+    ready: Option<Ready>,
+) {
     let mut ready = ready;
-    let api: Api<T::Object> = Api::all(client);
+    let resource = table.resource();
     let mut stream = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed();
@@ -278,67 +293,79 @@ async fn follow<T: Table>(client: kube::Client, state: SharedCluster, ready: Opt
     while let Some(item) = stream.next().await {
         match item {
             Ok(watcher::Event::Init) => relist = Some(Vec::new()),
-            Ok(watcher::Event::InitApply(o)) => match relist.as_mut() {
-                Some(buffer) => buffer.push(T::trim(&o)),
-                None => T::apply(&mut crate::locks::write(&state), T::trim(&o)),
-            },
+            Ok(watcher::Event::InitApply(o)) => {
+                let t = table.trim(&o);
+                match relist.as_mut() {
+                    Some(buffer) => buffer.push(t),
+                    None => table.apply(&mut crate::locks::write(&state), t),
+                }
+            }
             Ok(watcher::Event::InitDone) => {
                 let buffer = relist.take().unwrap_or_default();
                 let count = buffer.len();
                 let mut c = crate::locks::write(&state);
-                T::clear(&mut c);
+                table.clear(&mut c);
                 for t in buffer {
-                    T::apply(&mut c, t);
+                    table.apply(&mut c, t);
                 }
                 drop(c);
-                tracing::info!(resource = T::RESOURCE, count, "owner delivery: listed");
+                tracing::info!(%resource, count, "owner delivery: listed");
                 if let Some(r) = ready.take() {
                     r.done();
                 }
             }
-            Ok(watcher::Event::Apply(o)) => T::apply(&mut crate::locks::write(&state), T::trim(&o)),
+            Ok(watcher::Event::Apply(o)) => {
+                let t = table.trim(&o);
+                table.apply(&mut crate::locks::write(&state), t);
+            }
             Ok(watcher::Event::Delete(o)) => {
-                T::remove(&mut crate::locks::write(&state), T::trim(&o));
+                let t = table.trim(&o);
+                table.remove(&mut crate::locks::write(&state), t);
             }
             Err(e) => {
-                tracing::warn!(resource = T::RESOURCE, error = %e,
-                    "owner delivery: watch failed; retrying with backoff (deliveries use what was last seen)");
+                tracing::warn!(%resource, error = %e,
+                    "owner delivery: watch failed; retrying with backoff (deliveries use what was last seen; is the resource served, and may clusterscope list and watch it?)");
             }
         }
     }
 }
 
-/// Follows the objects of one custom rule's kind: name → the value of the rule's field. An
-/// object whose field is missing or not a string is skipped, and said once per kind.
-async fn follow_custom(
-    client: kube::Client,
-    state: SharedCluster,
+/// The objects of one custom rule's kind: name → the value of the rule's field. An object
+/// whose field is missing or not a string is skipped, and said once per kind.
+struct Custom {
     rule: CustomRule,
-    ready: Option<Ready>,
-) {
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-    let mut ready = ready;
-    let gvk = GroupVersionKind::gvk(&rule.group, &rule.version, &rule.kind);
-    let resource = ApiResource::from_gvk_with_plural(&gvk, &rule.resource);
-    let api: Api<DynamicObject> = Api::all_with(client, &resource);
-    let key = (rule.group.clone(), rule.kind.clone());
-    let mut warned = false;
-    let mut trim = |o: &DynamicObject| -> (String, Option<String>) {
-        let name = o.metadata.name.clone().unwrap_or_default();
-        let value = rule.value_in(&o.data).map(str::to_owned);
-        if value.is_none() && !warned {
-            warned = true;
-            tracing::warn!(kind = %rule.kind, group = %rule.group, object = %name, field = %rule.field_path(),
+    key: (String, String),
+    warned: bool,
+}
+
+impl Table for Custom {
+    type Object = kube::api::DynamicObject;
+    type Trimmed = (String, Option<String>);
+    fn resource(&self) -> String {
+        format!("{}.{}", self.rule.resource, self.rule.group)
+    }
+    fn trim(&mut self, o: &kube::api::DynamicObject) -> Self::Trimmed {
+        let name = name(o);
+        let value = self.rule.value_in(&o.data).map(str::to_owned);
+        if value.is_none() && !self.warned {
+            self.warned = true;
+            tracing::warn!(kind = %self.rule.kind, group = %self.rule.group, object = %name, field = %self.rule.field_path(),
                 "owner delivery: the rule's field is missing or not a string in this object; such objects are skipped (said once per kind)");
         }
         (name, value)
-    };
-    let apply = |c: &mut Cluster, (name, value): (String, Option<String>)| {
+    }
+    fn clear(&self, c: &mut Cluster) {
+        if let Some(known) = c.custom.get_mut(&self.key) {
+            known.values.clear();
+            known.skipped.clear();
+        }
+    }
+    fn apply(&self, c: &mut Cluster, (name, value): Self::Trimmed) {
         let entry = c
             .custom
-            .entry(key.clone())
+            .entry(self.key.clone())
             .or_insert_with(|| CustomObjects {
-                rule: rule.clone(),
+                rule: self.rule.clone(),
                 values: Default::default(),
                 skipped: Default::default(),
             });
@@ -352,56 +379,48 @@ async fn follow_custom(
                 entry.skipped.insert(name);
             }
         }
-    };
-    let forget = |c: &mut Cluster, name: &str| {
-        if let Some(entry) = c.custom.get_mut(&key) {
-            entry.values.remove(name);
-            entry.skipped.remove(name);
-        }
-    };
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    let mut relist: Option<Vec<(String, Option<String>)>> = None;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(watcher::Event::Init) => relist = Some(Vec::new()),
-            Ok(watcher::Event::InitApply(o)) => {
-                let t = trim(&o);
-                match relist.as_mut() {
-                    Some(buffer) => buffer.push(t),
-                    None => apply(&mut crate::locks::write(&state), t),
-                }
-            }
-            Ok(watcher::Event::InitDone) => {
-                let buffer = relist.take().unwrap_or_default();
-                let mut c = crate::locks::write(&state);
-                if let Some(known) = c.custom.get_mut(&key) {
-                    known.values.clear();
-                    known.skipped.clear();
-                }
-                for t in buffer {
-                    apply(&mut c, t);
-                }
-                drop(c);
-                if let Some(r) = ready.take() {
-                    r.done();
-                }
-            }
-            Ok(watcher::Event::Apply(o)) => {
-                let t = trim(&o);
-                apply(&mut crate::locks::write(&state), t);
-            }
-            Ok(watcher::Event::Delete(o)) => {
-                let name = o.metadata.name.clone().unwrap_or_default();
-                forget(&mut crate::locks::write(&state), &name);
-            }
-            Err(e) => {
-                tracing::warn!(resource = %rule.resource, group = %rule.group, error = %e,
-                    "owner delivery: watch failed; retrying with backoff (is the resource served, and may clusterscope list and watch it?)");
-            }
+    }
+    fn remove(&self, c: &mut Cluster, (name, _): Self::Trimmed) {
+        if let Some(entry) = c.custom.get_mut(&self.key) {
+            entry.values.remove(&name);
+            entry.skipped.remove(&name);
         }
     }
+}
+
+/// Follows `table` with the cluster-wide API of its built-in resource.
+fn follow_all<T: Table>(
+    table: T,
+    client: &kube::Client,
+    state: &SharedCluster,
+    ready: Option<Ready>,
+) -> impl std::future::Future<Output = ()> + Send + use<T>
+where
+    <T::Object as kube::Resource>::DynamicType: Default,
+{
+    let api = table.api(client.clone());
+    follow(table, api, state.clone(), ready)
+}
+
+/// Follows the objects of one custom rule's kind.
+fn follow_custom(
+    rule: CustomRule,
+    client: &kube::Client,
+    state: &SharedCluster,
+    ready: Option<Ready>,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    use kube::api::{ApiResource, GroupVersionKind};
+    let gvk = GroupVersionKind::gvk(&rule.group, &rule.version, &rule.kind);
+    let api = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(&gvk, &rule.resource),
+    );
+    let table = Custom {
+        key: (rule.group.clone(), rule.kind.clone()),
+        rule,
+        warned: false,
+    };
+    follow(table, api, state.clone(), ready)
 }
 
 /// Starts keeping `state` current for what `needs()` says the rules in use need: the watchers
@@ -426,23 +445,18 @@ pub fn start(
                 let r = first_round.take();
                 let (c, st) = (&client, &state);
                 if wanted.volumes && !started.volumes {
-                    tasks.spawn(follow::<Volumes>(c.clone(), st.clone(), r.clone()));
-                    tasks.spawn(follow::<Attachments>(c.clone(), st.clone(), r.clone()));
+                    tasks.spawn(follow_all(Volumes, c, st, r.clone()));
+                    tasks.spawn(follow_all(Attachments, c, st, r.clone()));
                 }
                 if wanted.namespaces && !started.namespaces {
-                    tasks.spawn(follow::<Namespaces>(c.clone(), st.clone(), r.clone()));
+                    tasks.spawn(follow_all(Namespaces, c, st, r.clone()));
                 }
                 if wanted.pods && !started.pods {
-                    tasks.spawn(follow::<Pods>(c.clone(), st.clone(), r.clone()));
+                    tasks.spawn(follow_all(Pods, c, st, r.clone()));
                 }
                 for rule in &wanted.custom {
                     if !started.custom.contains(rule) {
-                        tasks.spawn(follow_custom(
-                            c.clone(),
-                            st.clone(),
-                            rule.clone(),
-                            r.clone(),
-                        ));
+                        tasks.spawn(follow_custom(rule.clone(), c, st, r.clone()));
                     }
                 }
                 if wanted != started && started.any() {
@@ -512,6 +526,7 @@ mod tests {
 
     #[test]
     fn objects_are_trimmed_to_what_the_rules_read() {
+        let (mut volumes, mut pods, mut namespaces) = (Volumes, Pods, Namespaces);
         let pv: PersistentVolume = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "pv-7"},
             "spec": {"claimRef": {"namespace": "team-a", "name": "data", "uid": "u"}},
@@ -519,7 +534,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(
-            Volumes::trim(&pv),
+            volumes.trim(&pv),
             (
                 "pv-7".to_owned(),
                 Some(Claim {
@@ -534,12 +549,12 @@ mod tests {
             "status": {"phase": "Succeeded"}
         }))
         .unwrap();
-        assert_eq!(Pods::trim(&pod).2, None, "a finished pod no longer counts");
+        assert_eq!(pods.trim(&pod).2, None, "a finished pod no longer counts");
         let ns: NamespaceObject = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "going", "deletionTimestamp": "2026-11-20T10:00:00Z"},
             "status": {"phase": "Terminating"}
         }))
         .unwrap();
-        assert!(Namespaces::trim(&ns).1.terminating);
+        assert!(namespaces.trim(&ns).1.terminating);
     }
 }
