@@ -21,6 +21,7 @@ pub mod decide;
 pub mod discovery;
 pub mod event;
 pub mod explain;
+pub mod history;
 pub mod labels;
 pub mod leader;
 pub mod locks;

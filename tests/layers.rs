@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("discovery", 3),
     ("tls", 3),
     ("reload", 3),
+    ("history", 3),
     // Uses of the decision.
     ("admission", 4),
     ("explain", 4),

@@ -71,6 +71,8 @@ pub struct Channel {
     pub namespace: Option<String>,
     /// Write each routed event to the log stream (one JSON line on stdout).
     pub log: bool,
+    /// Record each routed event in the history database (when `serve` has one).
+    pub history: bool,
     /// Extra labels, sorted by key.
     pub labels: Vec<(String, String)>,
     /// Extra annotations, sorted by key.
@@ -156,6 +158,29 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// How to find the owners of custom cluster-scoped kinds (`ownerRules`).
     pub owner_rules: Vec<crate::owners::CustomRule>,
+    /// The history database's settings (`history:`).
+    pub history: History,
+}
+
+/// Settings of the event history (`history:`); where the database is comes from `serve`'s
+/// flags, since a running process cannot move to another database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct History {
+    /// Rows whose event was last seen longer ago than this are deleted.
+    pub retention: std::time::Duration,
+}
+
+/// Rows are kept this long when the file says nothing.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
+/// The shortest retention accepted (events live one hour in etcd by default).
+const MIN_RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            retention: DEFAULT_RETENTION,
+        }
+    }
 }
 
 // ---- the file as written -------------------------------------------------------------------
@@ -169,6 +194,13 @@ struct RawConfig {
     routes: Vec<RawRoute>,
     #[serde(default)]
     owner_rules: Vec<Spanned<RawOwnerRule>>,
+    history: Option<Spanned<RawHistory>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistory {
+    retention: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -189,6 +221,8 @@ struct RawChannel {
     namespace: Option<Spanned<String>>,
     #[serde(default)]
     log: bool,
+    #[serde(default)]
+    history: bool,
     #[serde(default)]
     labels: BTreeMap<String, Spanned<String>>,
     #[serde(default)]
@@ -429,6 +463,7 @@ impl Checker<'_> {
                 name: name.value.clone(),
                 namespace,
                 log: ch.log,
+                history: ch.history,
                 labels,
                 annotations,
                 deliver,
@@ -479,7 +514,37 @@ impl Checker<'_> {
             channels,
             routes,
             owner_rules,
+            history: match &raw.history {
+                Some(h) => self.check_history(&h.value)?,
+                None => History::default(),
+            },
         })
+    }
+
+    /// `history:`: the retention, a duration such as `30d` or `12h`.
+    fn check_history(&self, raw: &RawHistory) -> Result<History, ConfigError> {
+        let Some(r) = &raw.retention else {
+            return Ok(History::default());
+        };
+        let retention = humantime::parse_duration(r.value.trim()).map_err(|e| {
+            self.err(
+                r,
+                format!(
+                    "history.retention {:?} is not a duration such as 30d or 12h: {e}",
+                    r.value
+                ),
+            )
+        })?;
+        if retention < MIN_RETENTION {
+            return Err(self.err(
+                r,
+                format!(
+                    "history.retention {:?} is shorter than 1h, the time events live in etcd: the history would hold less than the API server",
+                    r.value
+                ),
+            ));
+        }
+        Ok(History { retention })
     }
 
     /// One `ownerRules` entry: a custom kind (its group, version, kind and plural resource)

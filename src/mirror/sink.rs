@@ -36,6 +36,7 @@ pub fn retryable(operation: &str, error: &SinkError) -> bool {
     match error {
         SinkError::Transport(_) => true,
         SinkError::Invalid(_) => false,
+        SinkError::Database { transient, .. } => *transient,
         SinkError::Status { code, .. } => {
             !(400..500).contains(code) || matches!(code, 403 | 404 | 408 | 409 | 429)
         }

@@ -78,6 +78,8 @@ pub struct Syncer {
     pub copies: Arc<CopySink>,
     /// Where `log: true` channels write.
     pub log: Option<Arc<dyn Destination>>,
+    /// Where `history: true` channels record (the PostgreSQL sink), when one is configured.
+    pub history: Option<Arc<dyn Destination>>,
     /// clusterscope's own events (given-up deliveries).
     pub own_events: Arc<crate::recorder::OwnEvents>,
     /// What delivery rules read of the cluster (owners, pods on nodes, namespaces), when
@@ -177,6 +179,7 @@ impl Syncer {
             config,
             resolver,
             log,
+            history: None,
             own_events: Arc::default(),
             cluster: None,
         }
@@ -185,6 +188,12 @@ impl Syncer {
     /// Resolves delivery rules against `cluster`.
     pub fn with_cluster(mut self, cluster: crate::owners::SharedCluster) -> Self {
         self.cluster = Some(cluster);
+        self
+    }
+
+    /// Records `history: true` channels' events with `history`.
+    pub fn with_history(mut self, history: Option<Arc<dyn Destination>>) -> Self {
+        self.history = history;
         self
     }
 
@@ -198,11 +207,13 @@ impl Syncer {
     pub fn destinations(&self) -> Vec<Arc<dyn Destination>> {
         let mut all: Vec<Arc<dyn Destination>> = vec![self.copies.clone()];
         all.extend(self.log.clone());
+        all.extend(self.history.clone());
         all
     }
 
     /// The keys a source's deliveries hold in each sink (copies in every channel namespace,
-    /// and the source itself in the log stream).
+    /// and the source itself in the log stream). Not its history row: a deleted (expired)
+    /// source's pending row is still written.
     fn delivery_keys(&self, source: &Event) -> Vec<(&'static str, String)> {
         let (Some(ns), Some(name)) = (
             source.metadata.namespace.as_deref(),
@@ -284,30 +295,46 @@ impl Syncer {
             uid: source.metadata.uid.clone(),
             ..ObjectReference::default()
         };
-        let delivery = |key: String, event: Event| Delivery {
+        let (targets, cut) = self.targets(channel, classified, source.type_.as_deref());
+        plan.cut = cut;
+        let delivery = |key: String, event: Event, namespaces: Vec<String>| Delivery {
             key,
             fingerprint: crate::mirror::copies::fingerprint(&event),
             event,
             channel: channel.name.clone(),
             source: reference.clone(),
             since,
+            namespaces,
         };
-        if channel.log
-            && let Some(log) = &self.log
-        {
-            // The source as it is once labelled: the same line before and after the label
-            // patch is stored, so the log lane writes it once.
+        // The source as it is once labelled: the same line (or row) before and after the
+        // label patch is stored, so it is written once.
+        let labelled = || {
             let mut line = source.clone();
             if let Some((_, patch)) = &plan.label {
                 apply_metadata_patch(&mut line.metadata, patch);
             }
-            plan.deliveries.push((
+            line
+        };
+        let mut deliveries = Vec::with_capacity(targets.len() + 2);
+        if channel.log
+            && let Some(log) = &self.log
+        {
+            deliveries.push((
                 log.name(),
-                delivery(format!("{source_ns}/{source_name}"), line),
+                delivery(format!("{source_ns}/{source_name}"), labelled(), Vec::new()),
             ));
         }
-        let (targets, cut) = self.targets(channel, classified, source.type_.as_deref());
-        plan.cut = cut;
+        if channel.history
+            && let Some(history) = &self.history
+        {
+            let key = source
+                .metadata
+                .uid
+                .clone()
+                .unwrap_or_else(|| format!("{source_ns}/{source_name}"));
+            let namespaces = targets.iter().map(|p| p.namespace.clone()).collect();
+            deliveries.push((history.name(), delivery(key, labelled(), namespaces)));
+        }
         for place in &targets {
             let namespace = &place.namespace;
             let target = Target {
@@ -320,9 +347,10 @@ impl Syncer {
                     "{namespace}/{}",
                     copy.metadata.name.as_deref().unwrap_or_default()
                 );
-                plan.deliveries.push((KUBERNETES, delivery(key, copy)));
+                deliveries.push((KUBERNETES, delivery(key, copy, Vec::new())));
             }
         }
+        plan.deliveries = deliveries;
         plan
     }
 

@@ -37,6 +37,9 @@ pub struct Delivery {
     /// A hash of what it says: a lane that skips repeats ([`LaneOptions::skip_repeats`])
     /// does not write a key again with the fingerprint it last wrote.
     pub fingerprint: u64,
+    /// The namespaces the channel delivers the event to (its own, its owners'...), for sinks
+    /// that record where it went (history); empty for the others.
+    pub namespaces: Vec<String>,
 }
 
 /// What a sink did with a delivery.
@@ -413,6 +416,7 @@ mod tests {
             source: ObjectReference::default(),
             since: Instant::now(),
             fingerprint: count as u64,
+            namespaces: Vec::new(),
         }
     }
 

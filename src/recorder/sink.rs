@@ -25,6 +25,8 @@ pub enum SinkError {
     },
     /// The write could not even be built.
     Invalid(String),
+    /// The history database failed (`transient`: down or busy) or refused the write.
+    Database { message: String, transient: bool },
 }
 
 impl std::fmt::Display for SinkError {
@@ -37,6 +39,7 @@ impl std::fmt::Display for SinkError {
                 message,
             } => write!(f, "API server answered {code} {reason}: {message}"),
             SinkError::Invalid(m) => write!(f, "invalid event: {m}"),
+            SinkError::Database { message, .. } => write!(f, "history database: {message}"),
         }
     }
 }
@@ -50,6 +53,7 @@ impl SinkError {
             SinkError::Transport(_) => true,
             SinkError::Status { code, .. } => *code >= 500 || *code == 429,
             SinkError::Invalid(_) => false,
+            SinkError::Database { transient, .. } => *transient,
         }
     }
 

@@ -1,0 +1,232 @@
+//! Event history in PostgreSQL: every event a `history: true` channel routes becomes one row,
+//! keyed by the source event's uid and updated as its count and last time grow, so that a
+//! platform team can ask a week later which Nodes went NotReady and which volumes failed.
+//!
+//! - [`Row`]: what is stored of one event (the columns people filter on, and the event whole);
+//! - [`store`]: the database: connection pool, embedded migrations, batched upserts, retention;
+//! - [`sink`]: the recorder pipeline's `postgres` destination, which gathers the deliveries
+//!   its lane's workers hand it into batches, and the retention task.
+//!
+//! The rows come from the mirror controller's deliveries (the stored events, not admission):
+//! its list at every start re-delivers what the API server holds, and the upsert makes that
+//! idempotent, so a restart or a second replica misses nothing and duplicates nothing.
+
+pub mod sink;
+pub mod store;
+
+use k8s_openapi::api::core::v1::Event;
+
+pub use sink::{PostgresSink, SinkOptions};
+pub use store::{Store, StoreError, StoreOptions};
+
+/// The sink's name in metrics and logs.
+pub const POSTGRES: &str = "postgres";
+
+/// One event as stored: every field a string PostgreSQL accepts (no NUL characters).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub channel: String,
+    pub involved_group: String,
+    pub involved_kind: String,
+    pub involved_name: String,
+    pub reason: String,
+    pub type_: String,
+    pub message: String,
+    pub reporting_component: String,
+    pub reporting_instance: String,
+    pub namespaces: Vec<String>,
+    /// RFC 3339.
+    pub first_time: String,
+    /// RFC 3339.
+    pub last_time: String,
+    pub count: i32,
+    pub resource_version: String,
+    /// The event as JSON text, without `metadata.managedFields`.
+    pub event: String,
+}
+
+/// PostgreSQL text holds no NUL character (a JSON `\u0000` is valid to the API server): each
+/// becomes U+FFFD, so the row is stored instead of failing its whole batch.
+pub fn storable(text: &str) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.to_owned()
+    }
+}
+
+fn field(text: Option<&str>) -> String {
+    storable(text.unwrap_or_default())
+}
+
+/// The API group of an `apiVersion` (`""` for the core group's `v1`).
+pub fn group_of(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(group, _)| group)
+}
+
+impl Row {
+    /// The row of `event` (a stored core/v1 Event, as the mirror controller sees it), routed to
+    /// `channel` and delivered to `namespaces`.
+    pub fn of(event: &Event, channel: &str, namespaces: &[String]) -> Row {
+        let meta = &event.metadata;
+        let involved = &event.involved_object;
+        let namespace = meta.namespace.as_deref().unwrap_or("default");
+        let name = meta.name.as_deref().unwrap_or_default();
+        let uid = meta
+            .uid
+            .clone()
+            .unwrap_or_else(|| format!("{namespace}/{name}"));
+        let first = event
+            .first_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .or(event.event_time.as_ref().map(|t| t.0))
+            .or(meta.creation_timestamp.as_ref().map(|t| t.0))
+            .unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+        let series = event.series.as_ref();
+        let last = series
+            .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+            .or(event.last_timestamp.as_ref().map(|t| t.0))
+            .or(event.event_time.as_ref().map(|t| t.0))
+            .unwrap_or(first)
+            .max(first);
+        let count = series
+            .and_then(|s| s.count)
+            .or(event.count)
+            .unwrap_or(1)
+            .max(1);
+        let mut whole = event.clone();
+        whole.metadata.managed_fields = None;
+        let json = serde_json::to_string(&whole).unwrap_or_else(|_| "{}".to_owned());
+        // `\u0000` escapes too: jsonb refuses them as text refuses NUL.
+        let json = json.replace("\\u0000", "\\ufffd");
+        let source = event.source.as_ref();
+        Row {
+            uid: storable(&uid),
+            namespace: storable(namespace),
+            name: storable(name),
+            channel: storable(channel),
+            involved_group: field(involved.api_version.as_deref().map(group_of)),
+            involved_kind: field(involved.kind.as_deref()),
+            involved_name: field(involved.name.as_deref()),
+            reason: field(event.reason.as_deref()),
+            type_: field(event.type_.as_deref()),
+            message: field(event.message.as_deref()),
+            reporting_component: field(
+                event
+                    .reporting_component
+                    .as_deref()
+                    .filter(|c| !c.is_empty())
+                    .or(source.and_then(|s| s.component.as_deref())),
+            ),
+            reporting_instance: field(
+                event
+                    .reporting_instance
+                    .as_deref()
+                    .filter(|c| !c.is_empty())
+                    .or(source.and_then(|s| s.host.as_deref())),
+            ),
+            namespaces: namespaces.iter().map(|n| storable(n)).collect(),
+            first_time: first.to_string(),
+            last_time: last.to_string(),
+            count,
+            resource_version: field(meta.resource_version.as_deref()),
+            event: json,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{EventSeries, EventSource, ObjectReference};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+
+    fn ts(s: &str) -> k8s_openapi::jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn node_event() -> Event {
+        Event {
+            metadata: ObjectMeta {
+                name: Some("n1.17a".into()),
+                namespace: Some("default".into()),
+                uid: Some("u-1".into()),
+                resource_version: Some("42".into()),
+                managed_fields: Some(vec![Default::default()]),
+                ..ObjectMeta::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some("n1".into()),
+                ..ObjectReference::default()
+            },
+            reason: Some("NodeNotReady".into()),
+            type_: Some("Warning".into()),
+            message: Some("bad\0byte".into()),
+            source: Some(EventSource {
+                component: Some("node-controller".into()),
+                host: Some("cp-1".into()),
+            }),
+            first_timestamp: Some(Time(ts("2026-11-20T10:00:00Z"))),
+            last_timestamp: Some(Time(ts("2026-11-20T11:00:00Z"))),
+            count: Some(7),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn a_core_event_gives_its_filter_columns_and_loses_nul_and_managed_fields() {
+        let row = Row::of(&node_event(), "nodes", &["team-a".to_owned()]);
+        assert_eq!(row.uid, "u-1");
+        assert_eq!(
+            (row.involved_group.as_str(), row.involved_kind.as_str()),
+            ("", "Node")
+        );
+        assert_eq!(row.involved_name, "n1");
+        assert_eq!(row.message, "bad\u{FFFD}byte");
+        assert_eq!(row.reporting_component, "node-controller");
+        assert_eq!(row.reporting_instance, "cp-1");
+        assert_eq!(row.count, 7);
+        assert_eq!(row.first_time, "2026-11-20T10:00:00Z");
+        assert_eq!(row.last_time, "2026-11-20T11:00:00Z");
+        assert_eq!(row.namespaces, ["team-a"]);
+        assert!(!row.event.contains("managedFields"));
+        assert!(!row.event.contains("\\u0000"), "{}", row.event);
+        let back: serde_json::Value = serde_json::from_str(&row.event).unwrap();
+        assert_eq!(back["message"], "bad\u{FFFD}byte");
+    }
+
+    #[test]
+    fn a_series_event_counts_and_times_by_its_series() {
+        let mut ev = node_event();
+        ev.first_timestamp = None;
+        ev.last_timestamp = None;
+        ev.count = None;
+        ev.event_time = Some(MicroTime(ts("2026-11-20T09:00:00.5Z")));
+        ev.reporting_component = Some("kubelet".into());
+        ev.involved_object.api_version = Some("storage.k8s.io/v1".into());
+        ev.series = Some(EventSeries {
+            count: Some(12),
+            last_observed_time: Some(MicroTime(ts("2026-11-20T09:30:00Z"))),
+        });
+        let row = Row::of(&ev, "storage", &[]);
+        assert_eq!(row.involved_group, "storage.k8s.io");
+        assert_eq!(row.reporting_component, "kubelet");
+        assert_eq!(row.count, 12);
+        assert_eq!(row.first_time, "2026-11-20T09:00:00.5Z");
+        assert_eq!(row.last_time, "2026-11-20T09:30:00Z");
+    }
+
+    #[test]
+    fn a_last_time_before_the_first_is_the_first() {
+        let mut ev = node_event();
+        ev.last_timestamp = Some(Time(ts("2026-11-19T00:00:00Z")));
+        let row = Row::of(&ev, "nodes", &[]);
+        assert_eq!(row.last_time, row.first_time);
+    }
+}

@@ -1,0 +1,359 @@
+//! The history database: a pool of connections (TLS with rustls when the URL asks for it),
+//! the schema migrations embedded in the binary, the batched upsert, and retention.
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use super::Row;
+use crate::recorder::pipeline::Delivered;
+
+/// The schema versions, oldest first, as they are embedded in the binary. Each is applied
+/// once, in one transaction, under PostgreSQL's advisory lock: two replicas starting at once
+/// wait for each other instead of both creating the tables.
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "events",
+        include_str!("../../migrations/0001_events.sql"),
+    ),
+    (
+        2,
+        "namespace access",
+        include_str!("../../migrations/0002_namespace_access.sql"),
+    ),
+];
+
+/// The newest schema version this binary knows.
+pub fn schema_version() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// The embedded migrations up to `version`.
+#[derive(Debug, Clone, Copy)]
+struct Embedded {
+    up_to: i64,
+}
+
+impl MigrationSource<'static> for Embedded {
+    fn resolve(
+        self,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>,
+    > {
+        let migrations = MIGRATIONS
+            .iter()
+            .filter(|(version, _, _)| *version <= self.up_to)
+            .map(|&(version, description, sql)| {
+                Migration::new(
+                    version,
+                    Cow::Borrowed(description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(async move { Ok(migrations) })
+    }
+}
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// `postgres://user@host:5432/db?sslmode=verify-full&sslrootcert=/path/ca.crt`.
+    pub url: String,
+    /// Overrides the URL's password (kept out of the URL: it comes from a Secret).
+    pub password: Option<String>,
+    /// Connections at most.
+    pub connections: u32,
+    /// How long a write waits for a free connection (or a new one) before it fails.
+    pub acquire_timeout: Duration,
+    /// How long one statement may run.
+    pub statement_timeout: Duration,
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("url", &redacted(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("connections", &self.connections)
+            .finish()
+    }
+}
+
+impl StoreOptions {
+    pub fn new(url: &str) -> Self {
+        StoreOptions {
+            url: url.to_owned(),
+            password: None,
+            connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The URL without its password, for logs.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<not a URL>".to_owned(),
+    }
+}
+
+/// What went wrong with the database, in words an operator can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the PostgreSQL URL {url} is not valid: {reason}")]
+    Url { url: String, reason: String },
+    #[error("migrating the history schema failed: {0}")]
+    Migrate(String),
+    #[error("{0}")]
+    Database(String),
+}
+
+impl StoreError {
+    fn database(e: &sqlx::Error) -> Self {
+        StoreError::Database(describe(e))
+    }
+}
+
+/// An error of the database, with what the operator can do about it where that is known.
+pub fn describe(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::PoolTimedOut => "no connection to PostgreSQL within the acquire timeout (the database is down, unreachable, or every connection is busy)".to_owned(),
+        sqlx::Error::Io(io) => format!("cannot reach PostgreSQL: {io}"),
+        sqlx::Error::Tls(t) => format!("TLS to PostgreSQL failed: {t} (check sslmode and sslrootcert in the URL)"),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let hint = match code.as_ref() {
+                "28P01" | "28000" => " (wrong user or password: see --postgres-password / CLUSTERSCOPE_POSTGRES_PASSWORD)",
+                "3D000" => " (the database does not exist: create it, or name another in the URL)",
+                "42501" => " (the role lacks a privilege: it must own the clusterscope schema, or be allowed to create it)",
+                "57014" => " (a statement ran past the statement timeout)",
+                _ => "",
+            };
+            format!("PostgreSQL refused: {} [SQLSTATE {code}]{hint}", db.message())
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Whether an error is the database being unreachable or busy (try the batch again later),
+/// not something about the rows themselves.
+pub fn transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // Connection exceptions, insufficient resources, operator intervention
+            // (shutdown, cancel), serialization and deadlock failures, lock timeouts.
+            ["08", "53", "57", "40", "55"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        _ => false,
+    }
+}
+
+/// The batched upsert: one statement for the whole batch (arrays, one per column, unnested).
+/// A row already stored is updated only by a state at least as new (count, last time) that
+/// differs (another resourceVersion, channel or delivery), so re-delivering the same state
+/// (a re-list, a second replica, a retry) writes nothing, and an older state never wins.
+const UPSERT: &str = r#"
+INSERT INTO clusterscope.events AS e
+    (uid, namespace, name, channel, involved_group, involved_kind, involved_name, reason, type,
+     message, reporting_component, reporting_instance, namespaces, first_time, last_time, count,
+     resource_version, event)
+SELECT u.uid, u.namespace, u.name, u.channel, u.grp, u.kind, u.iname, u.reason, u.type,
+       u.message, u.rc, u.ri,
+       ARRAY(SELECT jsonb_array_elements_text(u.namespaces::jsonb)),
+       u.first_time::timestamptz, u.last_time::timestamptz, u.count, u.rv, u.event::jsonb
+FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+            $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[])
+     AS u(uid, namespace, name, channel, grp, kind, iname, reason, type, message, rc, ri,
+          namespaces, first_time, last_time, count, rv, event)
+ON CONFLICT (uid) DO UPDATE SET
+    namespace = excluded.namespace,
+    name = excluded.name,
+    channel = excluded.channel,
+    involved_group = excluded.involved_group,
+    involved_kind = excluded.involved_kind,
+    involved_name = excluded.involved_name,
+    reason = excluded.reason,
+    type = excluded.type,
+    message = excluded.message,
+    reporting_component = excluded.reporting_component,
+    reporting_instance = excluded.reporting_instance,
+    namespaces = excluded.namespaces,
+    first_time = least(e.first_time, excluded.first_time),
+    last_time = excluded.last_time,
+    count = excluded.count,
+    resource_version = excluded.resource_version,
+    event = excluded.event,
+    updated_at = now()
+WHERE (excluded.count, excluded.last_time) >= (e.count, e.last_time)
+  AND (excluded.resource_version IS DISTINCT FROM e.resource_version
+       OR excluded.channel IS DISTINCT FROM e.channel
+       OR excluded.namespaces IS DISTINCT FROM e.namespaces)
+RETURNING e.uid, (xmax = 0) AS inserted
+"#;
+
+/// Deletes one batch of rows last seen before the cutoff; `FOR UPDATE SKIP LOCKED` lets two
+/// replicas (or a concurrent upsert) run it without waiting on each other.
+const EXPIRE: &str = r#"
+DELETE FROM clusterscope.events
+WHERE uid IN (
+    SELECT uid FROM clusterscope.events
+    WHERE last_time < now() - make_interval(secs => $1)
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+"#;
+
+/// The database; cheap to clone (a pool).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// A pool that connects when first used (the webhook must start whatever the database
+    /// does); fails only on a URL that cannot be right.
+    pub fn connect_lazy(options: &StoreOptions) -> Result<Store, StoreError> {
+        let mut connect =
+            PgConnectOptions::from_str(&options.url).map_err(|e| StoreError::Url {
+                url: redacted(&options.url),
+                reason: e.to_string(),
+            })?;
+        if let Some(password) = &options.password {
+            connect = connect.password(password);
+        }
+        let timeout_ms = options.statement_timeout.as_millis().to_string();
+        connect = connect
+            .application_name("clusterscope")
+            .options([("statement_timeout", timeout_ms.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.connections.max(1))
+            .acquire_timeout(options.acquire_timeout)
+            .idle_timeout(Some(Duration::from_secs(300)))
+            .connect_lazy_with(connect);
+        Ok(Store { pool })
+    }
+
+    /// The pool (tests, queries of one's own).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Brings the schema to this binary's version (see [`MIGRATIONS`]).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrate_to(schema_version()).await
+    }
+
+    /// Brings the schema to `version` (tests of an upgrade from an older one). A database
+    /// already at a newer version (a newer replica during a rolling upgrade) is accepted:
+    /// migrations only add.
+    pub async fn migrate_to(&self, version: i64) -> Result<(), StoreError> {
+        let mut migrator = Migrator::new(Embedded { up_to: version })
+            .await
+            .map_err(|e| StoreError::Migrate(e.to_string()))?;
+        migrator.set_ignore_missing(true);
+        migrator.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(db) => StoreError::Migrate(describe(&db)),
+            other => StoreError::Migrate(other.to_string()),
+        })
+    }
+
+    /// The schema version the database is at (0 when none).
+    pub async fn version(&self) -> Result<i64, StoreError> {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| StoreError::database(&e))?;
+        if !exists {
+            return Ok(0);
+        }
+        sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| StoreError::database(&e))
+    }
+
+    /// Writes `rows` in one statement and says, per row in order, whether it was created,
+    /// updated or already held. Rows must have distinct uids.
+    pub async fn upsert(&self, rows: &[&Row]) -> Result<Vec<Delivered>, sqlx::Error> {
+        fn column<'r>(rows: &[&'r Row], f: impl Fn(&'r Row) -> &'r str) -> Vec<&'r str> {
+            rows.iter().map(|r| f(r)).collect()
+        }
+        let namespaces: Vec<String> = rows
+            .iter()
+            .map(|r| serde_json::to_string(&r.namespaces).unwrap_or_else(|_| "[]".to_owned()))
+            .collect();
+        let counts: Vec<i32> = rows.iter().map(|r| r.count).collect();
+        let written: Vec<(String, bool)> = sqlx::query_as(UPSERT)
+            .bind(column(rows, |r| &r.uid))
+            .bind(column(rows, |r| &r.namespace))
+            .bind(column(rows, |r| &r.name))
+            .bind(column(rows, |r| &r.channel))
+            .bind(column(rows, |r| &r.involved_group))
+            .bind(column(rows, |r| &r.involved_kind))
+            .bind(column(rows, |r| &r.involved_name))
+            .bind(column(rows, |r| &r.reason))
+            .bind(column(rows, |r| &r.type_))
+            .bind(column(rows, |r| &r.message))
+            .bind(column(rows, |r| &r.reporting_component))
+            .bind(column(rows, |r| &r.reporting_instance))
+            .bind(&namespaces)
+            .bind(column(rows, |r| &r.first_time))
+            .bind(column(rows, |r| &r.last_time))
+            .bind(&counts)
+            .bind(column(rows, |r| &r.resource_version))
+            .bind(column(rows, |r| &r.event))
+            .fetch_all(&self.pool)
+            .await?;
+        let written: std::collections::HashMap<String, bool> = written.into_iter().collect();
+        Ok(rows
+            .iter()
+            .map(|r| match written.get(&r.uid) {
+                Some(true) => Delivered::Created,
+                Some(false) => Delivered::Updated,
+                None => Delivered::Unchanged,
+            })
+            .collect())
+    }
+
+    /// Deletes the rows whose event was last seen more than `retention` ago, `batch` rows a
+    /// statement (short transactions, no long lock); returns how many.
+    pub async fn expire(&self, retention: Duration, batch: i64) -> Result<u64, sqlx::Error> {
+        let mut deleted = 0;
+        loop {
+            let done = sqlx::query(EXPIRE)
+                .bind(retention.as_secs_f64())
+                .bind(batch.max(1))
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            deleted += done;
+            if done < batch.max(1) as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The history sink against a real PostgreSQL (a throwaway server per test): schema and
+//! migrations, the upsert, retention, hostile strings, two writers, row-level security, and
+//! a database that goes away under load.
+
+#[path = "support/postgres.rs"]
+mod postgres;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clusterscope::history::{PostgresSink, Row, SinkOptions, Store, StoreOptions};
+use clusterscope::recorder::pipeline::{Delivered, Delivery, Destination};
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use postgres::Postgres;
+
+fn at(rfc3339: &str) -> Time {
+    Time(rfc3339.parse().unwrap())
+}
+
+fn event(uid: &str, kind: &str, name: &str, reason: &str, count: i32, last: &str) -> Event {
+    Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}.{uid}")),
+            namespace: Some("default".into()),
+            uid: Some(uid.into()),
+            resource_version: Some(format!("{uid}-{count}")),
+            ..ObjectMeta::default()
+        },
+        involved_object: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some(kind.into()),
+            name: Some(name.into()),
+            ..ObjectReference::default()
+        },
+        reason: Some(reason.into()),
+        type_: Some("Warning".into()),
+        message: Some(format!("{reason} on {name}")),
+        first_timestamp: Some(at("2026-11-20T10:00:00Z")),
+        last_timestamp: Some(at(last)),
+        count: Some(count),
+        reporting_component: Some("node-controller".into()),
+        ..Event::default()
+    }
+}
+
+fn delivery(ev: Event, channel: &str, namespaces: &[&str]) -> Delivery {
+    Delivery {
+        key: ev.metadata.uid.clone().unwrap(),
+        fingerprint: 0,
+        event: ev,
+        channel: channel.into(),
+        source: ObjectReference::default(),
+        since: Instant::now(),
+        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+async fn store(pg: &Postgres) -> Store {
+    let store = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+#[tokio::test]
+async fn the_schema_is_created_from_empty_and_again_is_a_no_op() {
+    let Some(pg) = Postgres::start() else { return };
+    let store = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    assert_eq!(store.version().await.unwrap(), 0);
+    store.migrate().await.unwrap();
+    assert_eq!(
+        store.version().await.unwrap(),
+        clusterscope::history::store::schema_version()
+    );
+    store.migrate().await.unwrap();
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM _sqlx_migrations WHERE success"
+        ),
+        clusterscope::history::store::schema_version().to_string()
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'clusterscope' AND tablename = 'events'"
+        ),
+        "events_kind_reason,events_last_time,events_namespaces,events_object,events_pkey"
+    );
+}
+
+#[tokio::test]
+async fn a_database_at_the_previous_version_is_migrated_and_keeps_its_rows() {
+    let Some(pg) = Postgres::start() else { return };
+    let store = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    store.migrate_to(1).await.unwrap();
+    let row = Row::of(
+        &event(
+            "u1",
+            "Node",
+            "n1",
+            "NodeNotReady",
+            3,
+            "2026-11-20T11:00:00Z",
+        ),
+        "nodes",
+        &["team-a".into()],
+    );
+    assert_eq!(store.upsert(&[&row]).await.unwrap(), [Delivered::Created]);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM pg_policies WHERE schemaname = 'clusterscope'"
+        ),
+        "0"
+    );
+    store.migrate().await.unwrap();
+    assert_eq!(store.version().await.unwrap(), 2);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT uid || ' ' || count FROM clusterscope.events"
+        ),
+        "u1 3"
+    );
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT policyname FROM pg_policies WHERE schemaname = 'clusterscope'"
+        ),
+        "events_by_namespace"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_migrating_at_once_both_succeed_and_apply_each_version_once() {
+    let Some(pg) = Postgres::start() else { return };
+    let a = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let b = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM _sqlx_migrations"),
+        "2"
+    );
+}
+
+#[tokio::test]
+async fn ten_updates_of_one_event_are_one_row_with_its_count_and_times() {
+    let Some(pg) = Postgres::start() else { return };
+    let store = store(&pg).await;
+    let mut results = Vec::new();
+    for count in 1..=10 {
+        let last = format!("2026-11-20T10:{:02}:00Z", count * 5);
+        let row = Row::of(
+            &event("u1", "Node", "n1", "NodeNotReady", count, &last),
+            "nodes",
+            &[],
+        );
+        results.extend(store.upsert(&[&row]).await.unwrap());
+    }
+    assert_eq!(results[0], Delivered::Created);
+    assert!(results[1..].iter().all(|r| *r == Delivered::Updated));
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) || ' ' || max(count) || ' ' || to_char(min(first_time) AT TIME ZONE 'UTC', 'HH24:MI') || ' ' || to_char(max(last_time) AT TIME ZONE 'UTC', 'HH24:MI') FROM clusterscope.events"
+        ),
+        "1 10 10:00 10:50"
+    );
+    // The same state again (a re-list, another replica): nothing written.
+    let same = Row::of(
+        &event(
+            "u1",
+            "Node",
+            "n1",
+            "NodeNotReady",
+            10,
+            "2026-11-20T10:50:00Z",
+        ),
+        "nodes",
+        &[],
+    );
+    assert_eq!(
+        store.upsert(&[&same]).await.unwrap(),
+        [Delivered::Unchanged]
+    );
+    // An older state arriving late (a retry) never wins.
+    let old = Row::of(
+        &event(
+            "u1",
+            "Node",
+            "n1",
+            "NodeNotReady",
+            4,
+            "2026-11-20T10:20:00Z",
+        ),
+        "nodes",
+        &[],
+    );
+    assert_eq!(store.upsert(&[&old]).await.unwrap(), [Delivered::Unchanged]);
+    assert_eq!(
+        pg.psql("postgres", "SELECT count FROM clusterscope.events"),
+        "10"
+    );
+    // Delivered somewhere new (an owner appeared) without a new count: updated.
+    let moved = Row::of(
+        &event(
+            "u1",
+            "Node",
+            "n1",
+            "NodeNotReady",
+            10,
+            "2026-11-20T10:50:00Z",
+        ),
+        "nodes",
+        &["team-b".into()],
+    );
+    assert_eq!(store.upsert(&[&moved]).await.unwrap(), [Delivered::Updated]);
+}
+
+#[tokio::test]
+async fn retention_removes_only_rows_last_seen_before_it() {
+    let Some(pg) = Postgres::start() else { return };
+    let store = store(&pg).await;
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let ago = |hours: i64| (now - k8s_openapi::jiff::SignedDuration::from_hours(hours)).to_string();
+    let mut rows = Vec::new();
+    for (i, hours) in [1, 20, 23, 25, 48, 24 * 40].into_iter().enumerate() {
+        let mut ev = event(&format!("u{i}"), "Node", "n1", "Ping", 1, &ago(hours));
+        ev.first_timestamp = Some(Time(ago(hours + 1).parse().unwrap()));
+        rows.push(Row::of(&ev, "nodes", &[]));
+    }
+    let refs: Vec<&Row> = rows.iter().collect();
+    store.upsert(&refs).await.unwrap();
+    // Batches of 2 rows: the loop goes on until a batch comes back short.
+    let deleted = store
+        .expire(Duration::from_secs(24 * 3600), 2)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT string_agg(uid, ',' ORDER BY uid) FROM clusterscope.events"
+        ),
+        "u0,u1,u2"
+    );
+}
+
+/// Strings that would break a query built by concatenation, and characters PostgreSQL text
+/// cannot hold: each lands as data.
+#[tokio::test]
+async fn hostile_strings_in_every_field_land_as_data() {
+    let Some(pg) = Postgres::start() else { return };
+    let store = store(&pg).await;
+    let hostile = [
+        "'); DROP TABLE clusterscope.events; --",
+        "\" OR 1=1; --",
+        "$1::text[]",
+        "\\'; SELECT pg_sleep(10); --",
+        "nul\0byte",
+        "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ☃ \u{202e}",
+    ];
+    let mut rows = Vec::new();
+    for (i, s) in hostile.iter().enumerate() {
+        let mut ev = event(&format!("{s}-{i}"), s, s, s, 1, "2026-11-20T11:00:00Z");
+        ev.message = Some(s.to_string());
+        ev.type_ = Some(s.to_string());
+        ev.reporting_component = Some(s.to_string());
+        ev.reporting_instance = Some(s.to_string());
+        ev.metadata.name = Some(s.to_string());
+        ev.involved_object.api_version = Some(format!("{s}/v1"));
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert("k".to_owned(), s.to_string());
+        ev.metadata.labels = Some(labels);
+        rows.push(Row::of(&ev, s, &[s.to_string()]));
+    }
+    let refs: Vec<&Row> = rows.iter().collect();
+    let done = store.upsert(&refs).await.unwrap();
+    assert!(done.iter().all(|d| *d == Delivered::Created), "{done:?}");
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM clusterscope.events"),
+        hostile.len().to_string()
+    );
+    let pool = store.pool();
+    for (i, s) in hostile.iter().enumerate() {
+        let stored = s.replace('\0', "\u{FFFD}");
+        let uid = format!("{stored}-{i}");
+        let row: (String, String, String, String, String, Vec<String>, String, String) =
+            sqlx::query_as(
+                "SELECT reason, message, involved_kind, involved_group, channel, namespaces, event->>'message', event->'metadata'->'labels'->>'k' FROM clusterscope.events WHERE uid = $1",
+            )
+            .bind(&uid)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            row,
+            (
+                stored.clone(),
+                stored.clone(),
+                stored.clone(),
+                stored.clone(),
+                stored.clone(),
+                vec![stored.clone()],
+                stored.clone(),
+                stored.clone()
+            )
+        );
+    }
+}
+
+/// Two replicas (during a lease handover) writing the same events through their own sinks
+/// and pools: one row per event, each with its newest count.
+#[tokio::test]
+async fn two_replicas_writing_the_same_events_leave_one_row_each() {
+    let Some(pg) = Postgres::start() else { return };
+    let a = store(&pg).await;
+    let b = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let options = SinkOptions {
+        batch_rows: 100,
+        ..SinkOptions::default()
+    };
+    let sinks: Vec<Arc<PostgresSink>> = [a, b]
+        .into_iter()
+        .map(|s| Arc::new(PostgresSink::start(s, options, Arc::new(()))))
+        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, sink) in sinks.iter().enumerate() {
+        for w in 0..50 {
+            let sink = sink.clone();
+            tasks.spawn(async move {
+                for i in (w..2_000).step_by(50) {
+                    // Each replica sees counts 1..=3 of every event, in its own order.
+                    for count in if n == 0 { [1, 2, 3] } else { [3, 1, 2] } {
+                        let last = format!("2026-11-20T11:00:{:02}Z", count * 10);
+                        let d = delivery(
+                            event(
+                                &format!("u{i}"),
+                                "Node",
+                                &format!("n{i}"),
+                                "R",
+                                count,
+                                &last,
+                            ),
+                            "nodes",
+                            &[],
+                        );
+                        sink.deliver(&d).await.unwrap();
+                    }
+                }
+            });
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) || ' ' || count(DISTINCT uid) || ' ' || min(count) FROM clusterscope.events"
+        ),
+        "2000 2000 3"
+    );
+}
+
+/// A row the database refuses fails alone: the rest of its batch is written.
+#[tokio::test]
+async fn a_refused_row_fails_alone_and_final() {
+    let Some(pg) = Postgres::start() else { return };
+    let store = store(&pg).await;
+    pg.psql(
+        "postgres",
+        "ALTER TABLE clusterscope.events ADD CONSTRAINT no_poison CHECK (reason <> 'Poison')",
+    );
+    let sink = Arc::new(PostgresSink::start(
+        store,
+        SinkOptions {
+            linger: Duration::from_millis(200),
+            ..SinkOptions::default()
+        },
+        Arc::new(()),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let sink = sink.clone();
+        tasks.spawn(async move {
+            let reason = if i == 7 { "Poison" } else { "Fine" };
+            let d = delivery(
+                event(
+                    &format!("u{i}"),
+                    "Node",
+                    "n",
+                    reason,
+                    1,
+                    "2026-11-20T11:00:00Z",
+                ),
+                "nodes",
+                &[],
+            );
+            (i, sink.deliver(&d).await)
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        let (i, result) = r.unwrap();
+        if let Err(f) = result {
+            assert!(!f.retryable, "refused data is not retried: {f}");
+            assert!(f.to_string().contains("no_poison"), "{f}");
+            failed.push(i);
+        }
+    }
+    assert_eq!(failed, [7]);
+    assert_eq!(
+        pg.psql("postgres", "SELECT count(*) FROM clusterscope.events"),
+        "19"
+    );
+}
+
+/// A team's role reads only the rows delivered to the namespaces granted to it; clusterscope's
+/// own role (which owns the schema, as the README sets it up) reads every row.
+#[tokio::test]
+async fn a_team_role_reads_only_its_namespaces_rows() {
+    let Some(pg) = Postgres::start() else { return };
+    pg.psql("postgres", "CREATE ROLE clusterscope LOGIN");
+    pg.psql("postgres", "CREATE DATABASE history OWNER clusterscope");
+    let url = format!("postgres://clusterscope@127.0.0.1:{}/history", pg.port);
+    let store = Store::connect_lazy(&StoreOptions::new(&url)).unwrap();
+    store.migrate().await.unwrap();
+    let at = "2026-11-20T11:00:00Z";
+    let rows = [
+        Row::of(
+            &event("u1", "Node", "n1", "R", 1, at),
+            "nodes",
+            &["team-a".into()],
+        ),
+        Row::of(
+            &event("u2", "Node", "n2", "R", 1, at),
+            "nodes",
+            &["team-b".into()],
+        ),
+        Row::of(
+            &event("u3", "PersistentVolume", "pv", "R", 1, at),
+            "storage",
+            &["team-b".into(), "team-a".into()],
+        ),
+        Row::of(&event("u4", "Node", "n4", "R", 1, at), "nodes", &[]),
+    ];
+    let refs: Vec<&Row> = rows.iter().collect();
+    store.upsert(&refs).await.unwrap();
+    let run = |user: &str, sql: &str| {
+        let out = pg.psql_as(user, "history", sql);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    pg.psql("postgres", "CREATE ROLE team_a LOGIN");
+    // The README's grant, run as clusterscope's role.
+    let (ok, _, err) = run(
+        "clusterscope",
+        "GRANT USAGE ON SCHEMA clusterscope TO team_a; \
+         GRANT SELECT ON clusterscope.events TO team_a; \
+         INSERT INTO clusterscope.namespace_access (role, namespace) VALUES ('team_a', 'team-a'), ('gone_role', 'team-b')",
+    );
+    assert!(ok, "{err}");
+    let sql = "SELECT string_agg(uid, ',' ORDER BY uid) FROM clusterscope.events";
+    assert_eq!(run("team_a", sql).1, "u1,u3");
+    assert_eq!(run("clusterscope", sql).1, "u1,u2,u3,u4");
+    // The grants table itself is not readable to the team.
+    let (ok, _, err) = run("team_a", "SELECT * FROM clusterscope.namespace_access");
+    assert!(!ok && err.contains("permission denied"), "{err}");
+}

@@ -1,0 +1,238 @@
+//! A throwaway PostgreSQL server for tests: `initdb` into a temp dir, `postgres` on a free
+//! loopback port, stopped by PID when the guard drops. Debian's PostgreSQL 15 (`.ci/run`
+//! installs it); without it a test skips with a printed notice, unless
+//! CLUSTERSCOPE_REQUIRE_POSTGRES is set (CI), where it fails.
+//!
+//! PostgreSQL refuses to run as root: as root the server runs as the `postgres` user (or
+//! `nobody`), which owns the temp dir.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    pub port: u16,
+    user: Option<(u32, u32)>,
+    child: Option<Child>,
+}
+
+fn bin_dir() -> Option<PathBuf> {
+    if let Ok(paths) = std::env::var("PATH") {
+        for p in std::env::split_paths(&paths) {
+            if p.join("initdb").is_file() && p.join("postgres").is_file() {
+                // /usr/local/bin may hold links to the server's own bin dir, which has
+                // the client tools (pg_isready, psql) too.
+                let real = std::fs::canonicalize(p.join("initdb")).ok()?;
+                return real.parent().map(Path::to_path_buf);
+            }
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|b| b.join("initdb").is_file())
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn id_of(user: &str) -> Option<(u32, u32)> {
+    let out = |flag: &str| -> Option<u32> {
+        let o = Command::new("id").args([flag, user]).output().ok()?;
+        String::from_utf8(o.stdout).ok()?.trim().parse().ok()
+    };
+    Some((out("-u")?, out("-g")?))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Postgres {
+    /// A running server, or None (with a notice on stderr) when PostgreSQL is not installed
+    /// and not required.
+    pub fn start() -> Option<Postgres> {
+        let Some(bin) = bin_dir() else {
+            let msg = "PostgreSQL (initdb, postgres) is not installed: apt-get install postgresql";
+            if std::env::var_os("CLUSTERSCOPE_REQUIRE_POSTGRES").is_some() {
+                panic!("{msg}");
+            }
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let user = if is_root() {
+            Some(
+                id_of("postgres")
+                    .or_else(|| id_of("nobody"))
+                    .expect("a user to run PostgreSQL as"),
+            )
+        } else {
+            None
+        };
+        if let Some((uid, gid)) = user {
+            std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
+        }
+        let mut pg = Postgres {
+            dir,
+            bin,
+            port: free_port(),
+            user,
+            child: None,
+        };
+        let status = pg
+            .command("initdb")
+            .args(["-D"])
+            .arg(pg.data())
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "initdb failed");
+        pg.resume();
+        Some(pg)
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(self.bin.join(program));
+        if let Some((uid, gid)) = self.user {
+            c.uid(uid).gid(gid);
+        }
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/DB`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Starts the server (again, after [`Self::stop`]) and waits until it accepts queries.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let child = self
+            .command("postgres")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().display()
+            ))
+            .args(["-c", "max_connections=200"])
+            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = self
+                .command("pg_isready")
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-q"])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ready {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (fast shutdown: open connections are cut), waiting for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Runs SQL with psql as the superuser, returning its unaligned output.
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = self.psql_as("postgres", db, sql);
+        assert!(
+            out.status.success(),
+            "psql {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Runs SQL with psql as `user`; the whole output, for a test to judge.
+    pub fn psql_as(&self, user: &str, db: &str, sql: &str) -> std::process::Output {
+        let psql = if self.bin.join("psql").is_file() {
+            self.bin.join("psql")
+        } else {
+            Path::new("psql").to_path_buf()
+        };
+        Command::new(psql)
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
+            .args(["-d", db, "-c", sql])
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
