@@ -269,6 +269,8 @@ pub struct Shared {
     pub state: Arc<crate::status::StatusLine>,
     /// clusterscope's own events: connected here once the API server answers.
     pub own_events: Arc<crate::recorder::OwnEvents>,
+    /// Where `history: true` channels record (the PostgreSQL sink), when configured.
+    pub history: Option<Arc<dyn Destination>>,
 }
 
 /// Starts discovery and the leader-elected mirror controller; they stop when `stop` turns true.
@@ -342,6 +344,7 @@ fn start(
         metrics,
         state,
         own_events,
+        history,
     } = shared;
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -381,6 +384,7 @@ fn start(
     // Delivery rules read live cluster state; the controller keeps it (on the leader only).
     let syncer = Syncer::new(client.clone(), config, resolver, Some(log_sink))
         .with_own_events(own_events)
+        .with_history(history)
         .with_cluster(crate::owners::SharedCluster::default());
     let lease_ref = ObjectReference {
         api_version: Some("coordination.k8s.io/v1".to_owned()),

@@ -132,6 +132,13 @@ pub struct Metrics {
     pub discovery_refreshes: Family<ResultLabels, Counter>,
     pub config_reloads: Family<ResultLabels, Counter>,
     pub by_reason: Family<ReasonLabels, Counter>,
+    pub history_batches: Family<ResultLabels, Counter>,
+    pub history_batch_rows: Histogram,
+    pub history_batch_duration: Histogram,
+    pub history_expired_rows: Counter,
+    pub history_retention_runs: Family<ResultLabels, Counter>,
+    pub history_resyncs: Counter,
+    pub history_schema_version: Gauge,
     custom_kinds: Mutex<HashSet<String>>,
     reasons: Mutex<HashSet<String>>,
 }
@@ -275,7 +282,7 @@ impl Metrics {
         let deliveries = Family::<SinkResultLabels, Counter>::default();
         registry.register(
             "deliveries",
-            "Deliveries by sink (kubernetes, log) and result: create, update, unchanged, append (written or already there), error (a try failed), given_up",
+            "Deliveries by sink (kubernetes, log, postgres) and result: create, update, unchanged, append (written or already there), error (a try failed), given_up, dropped (the history buffer was full: written at the next re-list)",
             deliveries.clone(),
         );
         let delivery_queue_full = Family::<SinkLabels, Counter>::default();
@@ -326,6 +333,51 @@ impl Metrics {
             "Configuration file reloads by result (success, error: refused, the previous one stays)",
             config_reloads.clone(),
         );
+        let history_batches = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "history_batches",
+            "Batches written to the history database by result (success, error)",
+            history_batches.clone(),
+        );
+        let history_batch_rows =
+            Histogram::new([1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0]);
+        registry.register(
+            "history_batch_rows",
+            "Rows in one batch written to the history database",
+            history_batch_rows.clone(),
+        );
+        let history_batch_duration = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0,
+        ]);
+        registry.register(
+            "history_batch_duration_seconds",
+            "Time one batch upsert took in the history database",
+            history_batch_duration.clone(),
+        );
+        let history_expired_rows = Counter::default();
+        registry.register(
+            "history_expired_rows",
+            "Rows deleted from the history database because their event was last seen before the retention",
+            history_expired_rows.clone(),
+        );
+        let history_retention_runs = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "history_retention_runs",
+            "Retention passes over the history database by result (success, error)",
+            history_retention_runs.clone(),
+        );
+        let history_resyncs = Counter::default();
+        registry.register(
+            "history_resyncs",
+            "Re-lists of the stored events made to write what a full history buffer dropped",
+            history_resyncs.clone(),
+        );
+        let history_schema_version = Gauge::default();
+        registry.register(
+            "history_schema_version",
+            "Schema version of the history database once migrated (0: not configured or not reached yet)",
+            history_schema_version.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -341,6 +393,8 @@ impl Metrics {
             drop(cert_reloads.get_or_create(&labels));
             drop(config_reloads.get_or_create(&labels));
             drop(discovery_refreshes.get_or_create(&labels));
+            drop(history_batches.get_or_create(&labels));
+            drop(history_retention_runs.get_or_create(&labels));
         }
         for why in ["in-flight", "memory"] {
             drop(shed_requests.get_or_create(&WhyLabels {
@@ -391,6 +445,13 @@ impl Metrics {
             discovery_refreshes,
             config_reloads,
             by_reason,
+            history_batches,
+            history_batch_rows,
+            history_batch_duration,
+            history_expired_rows,
+            history_retention_runs,
+            history_resyncs,
+            history_schema_version,
             custom_kinds: Mutex::new(HashSet::new()),
             reasons: Mutex::new(HashSet::new()),
         }
@@ -451,12 +512,39 @@ impl Metrics {
         };
         drop(self.delivery_queue_full.get_or_create(&labels));
         drop(self.delivery_queue_depth.get_or_create(&labels));
-        for result in ["create", "update", "error", "given_up"] {
+        for result in ["create", "update", "error", "given_up", "dropped"] {
             drop(self.deliveries.get_or_create(&SinkResultLabels {
                 sink: sink.to_owned(),
                 result: result.to_owned(),
             }));
         }
+    }
+
+    /// One batch written to the history database (`ok`) or failed.
+    pub fn history_batch(&self, rows: usize, took: std::time::Duration, ok: bool) {
+        let result = if ok { "success" } else { "error" };
+        self.history_batches
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+        self.history_batch_rows.observe(rows as f64);
+        self.history_batch_duration.observe(took.as_secs_f64());
+    }
+
+    /// One retention pass: how many rows it deleted, or that it failed.
+    pub fn history_retention(&self, deleted: Option<u64>) {
+        let result = if deleted.is_some() {
+            "success"
+        } else {
+            "error"
+        };
+        self.history_retention_runs
+            .get_or_create(&ResultLabels {
+                result: result.to_owned(),
+            })
+            .inc();
+        self.history_expired_rows.inc_by(deleted.unwrap_or(0));
     }
 
     /// `namespaces` left out of one event's delivery in `channel` by a cap.

@@ -78,6 +78,8 @@ pub struct ServeOptions {
     pub max_connections_per_peer: usize,
     /// When set, webhook clients must present a certificate signed by this CA (PEM).
     pub client_ca: Option<PathBuf>,
+    /// Event history in PostgreSQL (`--postgres-url`); recorded by the mirror controller.
+    pub history: Option<crate::history::HistoryOptions>,
 }
 
 /// A start-up failure, in an operator's words, with its cause.
@@ -100,6 +102,8 @@ pub enum ServeError {
     },
     #[error("cannot use the cluster: {0}")]
     Cluster(String),
+    #[error("cannot use the history database: {0}")]
+    History(#[from] crate::history::StoreError),
 }
 
 /// Shared by every request.
@@ -112,6 +116,8 @@ pub struct AppState {
     pub cluster: Arc<crate::status::StatusLine>,
     /// What `/readyz` says about the configuration file.
     pub config_status: Arc<crate::status::StatusLine>,
+    /// What `/readyz` says about the history database.
+    pub history_status: Arc<crate::status::StatusLine>,
     /// Pokes discovery when a review meets a kind nobody knows.
     pub discovery: Option<crate::discovery::Trigger>,
     /// How long the cluster side waits for discovery's first answer (for `/readyz`).
@@ -140,6 +146,8 @@ pub struct Server {
     cluster: Option<(crate::cluster::Target, tokio::sync::mpsc::Receiver<()>)>,
     /// clusterscope's own events (connected by the cluster side).
     own_events: Arc<crate::recorder::OwnEvents>,
+    /// The history database, when `--postgres-url` names one (connected when first used).
+    history: Option<crate::history::Store>,
 }
 
 impl Server {
@@ -209,6 +217,22 @@ impl Server {
                 (None, None)
             }
         };
+        let history_status = Arc::new(crate::status::StatusLine::default());
+        let history = match &options.history {
+            // A URL that cannot be right stops the start; a database that does not answer
+            // yet does not (it is retried in the background).
+            Some(h) => Some(crate::history::Store::connect_lazy(&h.store)?),
+            None => {
+                history_status.set("history: off (no --postgres-url)");
+                None
+            }
+        };
+        if history.is_some() && cluster.is_none() {
+            tracing::warn!(
+                "history: --postgres-url is set but there is no cluster: nothing is recorded (the mirror controller records history)"
+            );
+            history_status.set("history: off (no cluster: the mirror controller records history)");
+        }
         metrics.channels(config.channels.iter().map(|c| c.name.as_str()));
         let shared_config = crate::config::shared(config);
         let config_status = Arc::new(crate::status::StatusLine::default());
@@ -233,6 +257,7 @@ impl Server {
         let state = Arc::new(AppState {
             reviewer: Reviewer::with_shared(shared_config, Arc::new(scope_resolver)),
             config_status,
+            history_status,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
             max_in_flight: options.max_in_flight.max(1),
             body_budget: Arc::new(tokio::sync::Semaphore::new(
@@ -256,6 +281,7 @@ impl Server {
             options,
             cluster,
             own_events,
+            history,
         })
     }
 
@@ -328,20 +354,37 @@ impl Server {
             }
         });
         let (stop_cluster, cluster_stop_rx) = tokio::sync::watch::channel(false);
+        let mut history_task = None;
         let cluster = match self.cluster.take() {
-            Some((target, pokes)) => crate::cluster::spawn(
-                target,
-                crate::cluster::Shared {
-                    config: self.state.reviewer.config.clone(),
-                    resolver: self.state.reviewer.resolver.clone(),
-                    metrics: self.state.metrics.clone(),
-                    state: self.state.cluster.clone(),
-                    own_events: self.own_events.clone(),
-                },
-                self.options.cluster.clone(),
-                pokes,
-                cluster_stop_rx,
-            ),
+            Some((target, pokes)) => {
+                let history = self.history.take().zip(self.options.history.as_ref()).map(
+                    |(store, options)| {
+                        let (sink, task) = crate::history::spawn(
+                            store,
+                            options,
+                            self.state.reviewer.config.clone(),
+                            self.state.metrics.clone(),
+                            self.state.history_status.clone(),
+                        );
+                        history_task = Some(task);
+                        sink as Arc<dyn crate::recorder::pipeline::Destination>
+                    },
+                );
+                crate::cluster::spawn(
+                    target,
+                    crate::cluster::Shared {
+                        config: self.state.reviewer.config.clone(),
+                        resolver: self.state.reviewer.resolver.clone(),
+                        metrics: self.state.metrics.clone(),
+                        state: self.state.cluster.clone(),
+                        own_events: self.own_events.clone(),
+                        history,
+                    },
+                    self.options.cluster.clone(),
+                    pokes,
+                    cluster_stop_rx,
+                )
+            }
             None => Vec::new(),
         };
         Background {
@@ -351,6 +394,7 @@ impl Server {
             stop_admin,
             stop_cluster,
             cluster,
+            history: history_task,
         }
     }
 
@@ -455,6 +499,9 @@ impl Server {
                 tracing::warn!("a cluster task did not stop in time");
             }
         }
+        if let Some(history) = background.history {
+            history.abort();
+        }
         tracing::info!("stopped");
     }
 }
@@ -467,6 +514,8 @@ struct Background {
     stop_admin: tokio::sync::oneshot::Sender<()>,
     stop_cluster: tokio::sync::watch::Sender<bool>,
     cluster: Vec<tokio::task::JoinHandle<()>>,
+    /// Migrations and retention of the history database.
+    history: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// HTTP/1.1 and HTTP/2 settings of every webhook connection.
@@ -603,9 +652,10 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
             "/readyz",
             get(|State(state): State<Arc<AppState>>| async move {
                 let cluster = format!(
-                    "{}\n{}\n{}",
+                    "{}\n{}\n{}\n{}",
                     state.config_status.get(),
                     state.cluster.get(),
+                    state.history_status.get(),
                     crate::cluster::discovery_line(
                         state.reviewer.resolver.discovery_state(),
                         state.discovery_wait,

@@ -130,6 +130,7 @@ fn spawn_cluster(
         metrics: Arc::new(Metrics::new()),
         state: Arc::new(clusterscope::status::StatusLine::default()),
         own_events: Arc::default(),
+        history: None,
     };
     let options = clusterscope::cluster::ClusterOptions {
         identity: "replica-0".into(),

@@ -15,10 +15,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("watch", 1),
     ("status", 1),
     ("leader", 1),
-    ("recorder", 1),
     ("route", 1),
     ("owners", 1),
     // Plain services over the leaves.
+    ("recorder", 2),
     ("metrics", 2),
     ("classify", 2),
     ("config", 2),

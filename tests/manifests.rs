@@ -367,6 +367,7 @@ async fn calls_of_a_run(
         body_memory: clusterscope::server::DEFAULT_BODY_MEMORY,
         max_connections_per_peer: 64,
         client_ca: None,
+        history: None,
         cluster: clusterscope::cluster::ClusterOptions {
             mode: clusterscope::cluster::ClusterMode::Client(api.client()),
             identity: "replica-0".into(),

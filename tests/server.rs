@@ -122,6 +122,7 @@ async fn start_tuned(
         body_memory: clusterscope::server::DEFAULT_BODY_MEMORY,
         max_connections_per_peer: clusterscope::server::DEFAULT_MAX_CONNECTIONS_PER_PEER,
         client_ca: None,
+        history: None,
         cluster: clusterscope::cluster::ClusterOptions {
             mode,
             identity: "replica-0".into(),

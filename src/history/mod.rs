@@ -22,6 +22,74 @@ pub use store::{Store, StoreError, StoreOptions};
 /// The sink's name in metrics and logs.
 pub const POSTGRES: &str = "postgres";
 
+/// Everything `serve` needs to record history.
+#[derive(Debug, Clone)]
+pub struct HistoryOptions {
+    pub store: StoreOptions,
+    pub sink: SinkOptions,
+    /// How often rows past the retention are deleted.
+    pub retention_every: std::time::Duration,
+}
+
+impl HistoryOptions {
+    pub fn new(url: &str) -> Self {
+        HistoryOptions {
+            store: StoreOptions::new(url),
+            sink: SinkOptions::default(),
+            retention_every: std::time::Duration::from_secs(600),
+        }
+    }
+}
+
+/// Starts recording into `store`: migrates the schema (retrying with backoff while the
+/// database cannot be reached, the writers waiting meanwhile), then deletes expired rows every
+/// `retention_every`. Returns the pipeline's sink and the task (abort it to stop).
+pub fn spawn(
+    store: Store,
+    options: &HistoryOptions,
+    config: crate::config::SharedConfig,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    status: std::sync::Arc<crate::status::StatusLine>,
+) -> (std::sync::Arc<PostgresSink>, tokio::task::JoinHandle<()>) {
+    let (ready_tx, ready) = tokio::sync::watch::channel(false);
+    let sink = std::sync::Arc::new(PostgresSink::start_when(
+        store.clone(),
+        options.sink,
+        metrics.clone(),
+        ready,
+    ));
+    let where_ = store::redacted(&options.store.url);
+    let every = options.retention_every;
+    status.set(format!("history: connecting to PostgreSQL at {where_}"));
+    let task = tokio::spawn(async move {
+        let mut wait = std::time::Duration::from_secs(1);
+        loop {
+            match store.migrate().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(database = %where_, error = %e, retry_in = %humantime::format_duration(wait),
+                        "history: cannot prepare the PostgreSQL schema yet; events wait in the buffer");
+                    status.set(format!("history: waiting for PostgreSQL at {where_}: {e}"));
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                }
+            }
+        }
+        let version = store::schema_version();
+        metrics.history_schema_version.set(version);
+        tracing::info!(database = %where_, schema_version = version, "history: recording into PostgreSQL");
+        status.set(format!(
+            "history: recording into PostgreSQL at {where_} (schema version {version})"
+        ));
+        let _ = ready_tx.send(true);
+        sink::expire_forever(store, config, every, |pass| {
+            metrics.history_retention(pass.ok());
+        })
+        .await;
+    });
+    (sink, task)
+}
+
 /// One event as stored: every field a string PostgreSQL accepts (no NUL characters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {

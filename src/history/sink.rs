@@ -57,6 +57,12 @@ impl BatchObserver for () {
     fn batch(&self, _: usize, _: Duration, _: bool) {}
 }
 
+impl BatchObserver for crate::metrics::Metrics {
+    fn batch(&self, rows: usize, took: Duration, ok: bool) {
+        self.history_batch(rows, took, ok);
+    }
+}
+
 struct Job {
     row: Row,
     reply: oneshot::Sender<Result<Delivered, Failure>>,
@@ -70,11 +76,31 @@ pub struct PostgresSink {
 impl PostgresSink {
     /// Starts `options.writers` writers over `store` (on the current runtime).
     pub fn start(store: Store, options: SinkOptions, observer: Arc<dyn BatchObserver>) -> Self {
+        Self::start_when(
+            store,
+            options,
+            observer,
+            tokio::sync::watch::channel(true).1,
+        )
+    }
+
+    /// Like [`Self::start`], but the writers write nothing until `ready` turns true (the
+    /// schema is migrated); deliveries wait in the lane meanwhile.
+    pub fn start_when(
+        store: Store,
+        options: SinkOptions,
+        observer: Arc<dyn BatchObserver>,
+        ready: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         let (jobs, rx) = mpsc::channel(options.lane_workers());
         let rx = Arc::new(Mutex::new(rx));
         for _ in 0..options.writers.max(1) {
             let (rx, store, observer) = (rx.clone(), store.clone(), observer.clone());
+            let mut ready = ready.clone();
             tokio::spawn(async move {
+                if ready.wait_for(|r| *r).await.is_err() {
+                    return;
+                }
                 while let Some(batch) = gather(&rx, options).await {
                     write(&store, batch, observer.as_ref()).await;
                 }

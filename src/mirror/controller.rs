@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -60,6 +61,12 @@ pub struct ControllerOptions {
     pub full_retry: Duration,
     /// How long the first sync waits for the owner state's first lists (delivery rules).
     pub owners_wait: Duration,
+    /// Rows the history sink holds while the database is slow or down (the bounded buffer);
+    /// past it, deliveries are dropped (counted) and written at the next re-list.
+    pub history_buffer: usize,
+    /// Workers of the history lane: each waits for its row's batch, so this many rows can be
+    /// in batches at once (batch rows × writers).
+    pub history_workers: usize,
 }
 
 impl Default for ControllerOptions {
@@ -75,6 +82,8 @@ impl Default for ControllerOptions {
             full_wait: Duration::from_secs(1),
             full_retry: Duration::from_secs(5),
             owners_wait: Duration::from_secs(30),
+            history_buffer: 20_000,
+            history_workers: crate::history::SinkOptions::default().lane_workers(),
         }
     }
 }
@@ -98,17 +107,64 @@ impl ControllerOptions {
             .fold(Pipeline::new(observer), |pipeline, sink| {
                 // The copy sink knows what is stored (its copy index); a stream does not, so
                 // its lane remembers what it wrote.
-                let copies = sink.name() == crate::mirror::sink::KUBERNETES;
+                // The history database knows too (its upsert skips what it holds) and
+                // batches what many workers hand it.
+                let (capacity, workers, skip_repeats) = match sink.name() {
+                    crate::mirror::sink::KUBERNETES => (self.queue_capacity, self.workers, false),
+                    crate::history::POSTGRES => (self.history_buffer, self.history_workers, false),
+                    _ => (self.queue_capacity, 1, true),
+                };
                 pipeline.with_sink(
                     sink,
                     LaneOptions {
-                        capacity: self.queue_capacity,
-                        workers: if copies { self.workers } else { 1 },
+                        capacity,
+                        workers,
                         retry: self.retry(),
-                        skip_repeats: !copies,
+                        skip_repeats,
                     },
                 )
             })
+    }
+}
+
+/// The history lane's state: whether its full buffer dropped deliveries since the last
+/// re-list, whether the database answers (its last try did not fail for want of it), and the
+/// signal that makes the watches re-list.
+struct History {
+    dropped: AtomicBool,
+    healthy: AtomicBool,
+    relist: tokio::sync::Notify,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        History {
+            dropped: AtomicBool::new(false),
+            healthy: AtomicBool::new(true),
+            relist: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+impl History {
+    /// Re-lists the stored events once the buffer that dropped deliveries has drained into a
+    /// database that answers: the list re-delivers every stored event, the upsert writes
+    /// only what the database lacks.
+    async fn relist_after_drops(&self, pipeline: &Pipeline, metrics: &Metrics) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            if self.dropped.load(Ordering::Relaxed)
+                && self.healthy.load(Ordering::Relaxed)
+                && pipeline.held(crate::history::POSTGRES) == 0
+            {
+                self.dropped.store(false, Ordering::Relaxed);
+                metrics.history_resyncs.inc();
+                tracing::info!(
+                    "history: the buffer drained; re-listing the stored events to write what it dropped"
+                );
+                self.relist.notify_waiters();
+            }
+        }
     }
 }
 
@@ -116,10 +172,14 @@ impl ControllerOptions {
 struct Report {
     metrics: Arc<Metrics>,
     own_events: Arc<crate::recorder::OwnEvents>,
+    history: Arc<History>,
 }
 
 impl Observer for Report {
     fn delivered(&self, sink: &'static str, delivery: &Delivery, how: Delivered) {
+        if sink == crate::history::POSTGRES {
+            self.history.healthy.store(true, Ordering::Relaxed);
+        }
         self.metrics.delivery(sink, how.as_str());
         if how.wrote() {
             self.metrics
@@ -131,6 +191,9 @@ impl Observer for Report {
     }
 
     fn failed(&self, sink: &'static str, delivery: &Delivery, failure: &Failure, given_up: bool) {
+        if sink == crate::history::POSTGRES && failure.retryable {
+            self.history.healthy.store(false, Ordering::Relaxed);
+        }
         self.metrics.delivery(sink, "error");
         self.metrics
             .mirror_write(&delivery.channel, failure.operation, "error");
@@ -174,6 +237,9 @@ struct Worker {
     options: ControllerOptions,
     /// One line a minute at most about namespaces a delivery cap left out.
     cut_log: Arc<crate::telemetry::Throttle>,
+    history: Arc<History>,
+    /// One line a minute at most about history deliveries dropped.
+    drop_log: Arc<crate::telemetry::Throttle>,
 }
 
 impl Worker {
@@ -195,6 +261,8 @@ impl Worker {
             metrics,
             options,
             cut_log,
+            history,
+            drop_log,
         } = self;
         let plan = syncer.plan(&ev, since);
         let channel = plan.channel.clone().unwrap_or_default();
@@ -216,6 +284,22 @@ impl Worker {
         }
         let mut refused = false;
         for (sink, delivery) in plan.deliveries {
+            if sink == crate::history::POSTGRES && !history.healthy.load(Ordering::Relaxed) {
+                // The database fails: never wait for it, a database outage must not hold
+                // back the copies. What the full buffer drops is written at the re-list
+                // once it drains (while it answers, a full buffer is waited for instead,
+                // as any sink's, so that the re-list itself is not dropped again).
+                if let Err(Refused::Full(_)) = pipeline.offer(sink, delivery) {
+                    metrics.delivery(sink, "dropped");
+                    history.dropped.store(true, Ordering::Relaxed);
+                    if let Some(held) = drop_log.allow() {
+                        tracing::warn!(namespace = %key.0, name = %key.1, channel,
+                            buffer = options.history_buffer, similar_since_last = held,
+                            "history: the buffer is full (the database is slow or down); this event is written at the re-list once it drains");
+                    }
+                }
+                continue;
+            }
             match pipeline
                 .offer_within(sink, delivery, options.full_wait)
                 .await
@@ -266,9 +350,11 @@ pub async fn run(
         }
     }
     let queue = Arc::new(WorkQueue::unbounded());
+    let history = Arc::new(History::default());
     let report = Arc::new(Report {
         metrics: metrics.clone(),
         own_events: syncer.own_events.clone(),
+        history: history.clone(),
     });
     let pipeline = Arc::new(options.pipeline(&syncer, report));
     for sink in pipeline.sinks() {
@@ -280,6 +366,10 @@ pub async fn run(
     // or the run itself dropped).
     let mut tasks = tokio::task::JoinSet::new();
     pipeline.start(&mut tasks);
+    if syncer.history.is_some() {
+        let (history, pipeline, metrics) = (history.clone(), pipeline.clone(), metrics.clone());
+        tasks.spawn(async move { history.relist_after_drops(&pipeline, &metrics).await });
+    }
     // Delivery rules resolve against live cluster state: list it before the first sync, so
     // that no stored event is judged against an empty state.
     if let Some(state) = syncer.cluster.clone() {
@@ -321,35 +411,48 @@ pub async fn run(
         let metrics = metrics.clone();
         let syncer = syncer.clone();
         let pipeline = pipeline.clone();
+        let history = history.clone();
         tasks.spawn(async move {
             let config = watcher::Config::default().fields(FIELD_SELECTOR);
-            let mut stream = watcher(api, config).default_backoff().boxed();
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(watcher::Event::Apply(ev) | watcher::Event::InitApply(ev)) => {
-                        // The controller's queue is unbounded: it holds one state per stored
-                        // event, which the API server bounds.
-                        let _ = queue.add(key_of(&ev), ev);
-                        metrics.mirror_queue_depth.set(queue.len() as i64);
-                    }
-                    Ok(watcher::Event::Init) => {
-                        // A (re-)list of the sources: re-list the copies too (once per
-                        // channel namespace, when first needed) instead of trusting what may
-                        // have changed while the watch was down.
-                        syncer.copies.copies.reset();
-                    }
-                    Ok(watcher::Event::InitDone) => {
-                        tracing::info!(namespace = ns, "mirror: caught up with stored events");
-                    }
-                    Ok(watcher::Event::Delete(ev)) => {
-                        // Expired (TTL) or deleted: nothing more to copy, nothing to retry.
-                        queue.forget(&key_of(&ev));
-                        syncer.forget(&ev, Some(&pipeline));
-                        metrics.mirror_queue_depth.set(queue.len() as i64);
-                    }
-                    Err(e) => {
-                        metrics.mirror_watch_errors.inc();
-                        tracing::warn!(namespace = ns, error = %e, "mirror: watch failed; retrying with backoff");
+            // A new watcher (and so a new list) whenever the history lane asks for one.
+            loop {
+                let relist = history.relist.notified();
+                tokio::pin!(relist);
+                let mut stream = watcher(api.clone(), config.clone())
+                    .default_backoff()
+                    .boxed();
+                loop {
+                    let item = tokio::select! {
+                        item = stream.next() => item,
+                        () = &mut relist => break,
+                    };
+                    let Some(item) = item else { return };
+                    match item {
+                        Ok(watcher::Event::Apply(ev) | watcher::Event::InitApply(ev)) => {
+                            // The controller's queue is unbounded: it holds one state per
+                            // stored event, which the API server bounds.
+                            let _ = queue.add(key_of(&ev), ev);
+                            metrics.mirror_queue_depth.set(queue.len() as i64);
+                        }
+                        Ok(watcher::Event::Init) => {
+                            // A (re-)list of the sources: re-list the copies too (once per
+                            // channel namespace, when first needed) instead of trusting what
+                            // may have changed while the watch was down.
+                            syncer.copies.copies.reset();
+                        }
+                        Ok(watcher::Event::InitDone) => {
+                            tracing::info!(namespace = ns, "mirror: caught up with stored events");
+                        }
+                        Ok(watcher::Event::Delete(ev)) => {
+                            // Expired (TTL) or deleted: nothing more to copy, nothing to retry.
+                            queue.forget(&key_of(&ev));
+                            syncer.forget(&ev, Some(&pipeline));
+                            metrics.mirror_queue_depth.set(queue.len() as i64);
+                        }
+                        Err(e) => {
+                            metrics.mirror_watch_errors.inc();
+                            tracing::warn!(namespace = ns, error = %e, "mirror: watch failed; retrying with backoff");
+                        }
                     }
                 }
             }
@@ -362,6 +465,8 @@ pub async fn run(
         metrics,
         options,
         cut_log: Arc::new(crate::telemetry::Throttle::new(Duration::from_secs(60))),
+        history,
+        drop_log: Arc::new(crate::telemetry::Throttle::new(Duration::from_secs(60))),
     };
     for _ in 0..worker.options.workers.max(1) {
         tasks.spawn(worker.clone().run());

@@ -154,6 +154,8 @@ struct Lane {
     written: Mutex<HashMap<String, u64>>,
     /// Woken whenever a key may have been released (room for a waiting offer).
     room: tokio::sync::Notify,
+    /// Failed tries are logged once a second at most (a database outage fails thousands).
+    failure_log: crate::telemetry::Throttle,
 }
 
 impl Lane {
@@ -193,6 +195,7 @@ impl Pipeline {
                 refused: AtomicU64::new(0),
                 written: Mutex::new(HashMap::new()),
                 room: tokio::sync::Notify::new(),
+                failure_log: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),
             }));
         }
         self
@@ -332,12 +335,14 @@ async fn work(lane: &Lane, observer: &dyn Observer) {
                     delivery.source.namespace.as_deref().unwrap_or(""),
                     delivery.source.name.as_deref().unwrap_or("")
                 );
-                if given_up {
+                if let Some(held) = lane.failure_log.allow() {
+                    let what = if given_up {
+                        "delivery given up (until its source changes again)"
+                    } else {
+                        "delivery failed; will retry"
+                    };
                     tracing::warn!(sink = name, key = %key, source = %source, channel = %delivery.channel,
-                        error = %failure, "delivery given up (until its source changes again)");
-                } else {
-                    tracing::warn!(sink = name, key = %key, source = %source, channel = %delivery.channel,
-                        error = %failure, "delivery failed; will retry");
+                        error = %failure, similar_since_last = held, "{what}");
                 }
                 lane.room.notify_waiters();
                 observer.depth(name, lane.queue.held());
