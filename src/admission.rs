@@ -103,7 +103,13 @@ impl fmt::Display for ReviewError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("invalid AdmissionReview: ")?;
         if let Some(path) = &self.path {
-            write!(f, "at `{path}`: ")?;
+            // A key may hold any character: control characters are escaped, so the message
+            // stays one line.
+            if path.chars().any(char::is_control) {
+                write!(f, "at `{}`: ", path.escape_debug())?;
+            } else {
+                write!(f, "at `{path}`: ")?;
+            }
         }
         f.write_str(&self.reason)?;
         if let Some((line, column)) = self.position {
@@ -427,6 +433,19 @@ mod tests {
     fn line_columns() {
         assert_eq!(line_column("ab\ncd", 0), (1, 1));
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    }
+
+    #[test]
+    fn a_key_with_a_newline_is_escaped_so_the_error_stays_one_line() {
+        let e = ReviewError {
+            path: Some("ki\nd".to_owned()),
+            position: Some((2, 11)),
+            reason: "expected value".to_owned(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid AdmissionReview: at `ki\\nd`: expected value (line 2, column 11)"
+        );
     }
 
     #[test]

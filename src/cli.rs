@@ -479,6 +479,9 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
         if ch.log {
             out.push_str(" [written to the log stream]");
         }
+        if ch.history {
+            out.push_str(" [recorded in the history database]");
+        }
         if ch.deliver.owners {
             out.push_str(" [copied to owner namespaces: PersistentVolume and VolumeAttachment to the claim's, Namespace to itself]");
         }
@@ -496,6 +499,12 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
             out.push_str(" [no route leads here]");
         }
         out.push('\n');
+    }
+    if config.channels.iter().any(|c| c.history) {
+        out.push_str(&format!(
+            "history: rows kept {} after their event was last seen\n",
+            humantime::format_duration(config.history.retention)
+        ));
     }
     for rule in &config.owner_rules {
         out.push_str(&format!(

@@ -152,6 +152,10 @@ fn explain_one(
         if ch.log {
             deliveries.push("a line on the log stream".to_owned());
         }
+        if ch.history {
+            deliveries
+                .push("a row in the history database (when serve has --postgres-url)".to_owned());
+        }
         if ch.deliver.owners {
             deliveries.push(format!(
                 "copies in the namespaces that own {} {} (resolved in the cluster)",

@@ -352,6 +352,42 @@ fn check_config_prints_channels_and_routes() {
 }
 
 #[test]
+fn check_config_shows_history_channels_and_refuses_a_bad_retention_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("history.yaml");
+    std::fs::write(
+        &cfg,
+        "history:\n  retention: 14d\nchannels:\n  - name: nodes\n    history: true\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("nodes [recorded in the history database]")
+            && text.contains("history: rows kept 14days after their event was last seen"),
+        "{text}"
+    );
+    for (retention, needle) in [
+        ("fortnight", "is not a duration such as 30d or 12h"),
+        ("30m", "shorter than 1h"),
+    ] {
+        std::fs::write(
+            &cfg,
+            format!("history:\n  retention: {retention}\nchannels:\n  - name: nodes\n"),
+        )
+        .unwrap();
+        let out = run(&["check-config", cfg.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = stderr_line(&out);
+        assert!(
+            err.contains(&format!("{}:2:", cfg.display())) && err.contains(needle),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn check_config_refuses_with_file_line_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.yaml");

@@ -43,14 +43,56 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-const ENTRY_POINTS: [&str; 6] = [
+const ENTRY_POINTS: [&str; 7] = [
     "base",
     "overlays/cert-manager",
     "overlays/manual-certs",
     "overlays/mirror-nodes",
     "overlays/monitoring",
     "overlays/owner-delivery",
+    "overlays/history",
 ];
+
+/// The history overlay records every channel, and hands serve the database URL and
+/// password from the Secret under the names serve reads.
+#[test]
+fn the_history_overlay_records_every_channel_with_the_secret_serve_reads() {
+    let Some(objs) = render("overlays/history") else {
+        return;
+    };
+    let config = shipped_config(&objs);
+    assert!(config.channels.iter().all(|c| c.history));
+    assert_eq!(
+        config.history.retention,
+        std::time::Duration::from_secs(30 * 24 * 3600)
+    );
+    let deployment = find(&objs, "Deployment", "clusterscope");
+    let env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap();
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_clusterscope"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for (name, key) in [
+        ("CLUSTERSCOPE_POSTGRES_URL", "url"),
+        ("CLUSTERSCOPE_POSTGRES_PASSWORD", "password"),
+    ] {
+        let var = env
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        assert_eq!(
+            var["valueFrom"]["secretKeyRef"]["name"],
+            "clusterscope-postgres"
+        );
+        assert_eq!(var["valueFrom"]["secretKeyRef"]["key"], key);
+        assert!(help.contains(&format!("env: {name}")), "serve reads {name}");
+    }
+    // The base's variables are kept (a strategic merge by name, not a replacement).
+    assert!(env.iter().any(|e| e["name"] == "POD_NAME"));
+}
 
 #[test]
 fn every_entry_point_renders() {

@@ -179,11 +179,12 @@ const UPSERT: &str = r#"
 INSERT INTO clusterscope.events AS e
     (uid, namespace, name, channel, involved_group, involved_kind, involved_name, reason, type,
      message, reporting_component, reporting_instance, namespaces, first_time, last_time, count,
-     resource_version, event)
+     resource_version, event, stored_at, updated_at)
 SELECT u.uid, u.namespace, u.name, u.channel, u.grp, u.kind, u.iname, u.reason, u.type,
        u.message, u.rc, u.ri,
        ARRAY(SELECT jsonb_array_elements_text(u.namespaces::jsonb)),
-       u.first_time::timestamptz, u.last_time::timestamptz, u.count, u.rv, u.event::jsonb
+       u.first_time::timestamptz, u.last_time::timestamptz, u.count, u.rv, u.event::jsonb,
+       clock_timestamp(), clock_timestamp()
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
             $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[])
@@ -207,7 +208,7 @@ ON CONFLICT (uid) DO UPDATE SET
     count = excluded.count,
     resource_version = excluded.resource_version,
     event = excluded.event,
-    updated_at = now()
+    updated_at = clock_timestamp()
 WHERE (excluded.count, excluded.last_time) >= (e.count, e.last_time)
   AND (excluded.resource_version IS DISTINCT FROM e.resource_version
        OR excluded.channel IS DISTINCT FROM e.channel

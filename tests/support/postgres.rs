@@ -19,6 +19,8 @@ pub struct Postgres {
     pub port: u16,
     user: Option<(u32, u32)>,
     child: Option<Child>,
+    /// fsync and full-page writes on (benchmarks); off for tests.
+    durable: bool,
 }
 
 fn bin_dir() -> Option<PathBuf> {
@@ -70,6 +72,11 @@ impl Postgres {
     /// A running server, or None (with a notice on stderr) when PostgreSQL is not installed
     /// and not required.
     pub fn start() -> Option<Postgres> {
+        Self::start_with(false)
+    }
+
+    /// A server that syncs its writes to disk as a production one does (`durable`), or not.
+    pub fn start_with(durable: bool) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             let msg = "PostgreSQL (initdb, postgres) is not installed: apt-get install postgresql";
             if std::env::var_os("CLUSTERSCOPE_REQUIRE_POSTGRES").is_some() {
@@ -97,6 +104,7 @@ impl Postgres {
             port: free_port(),
             user,
             child: None,
+            durable,
         };
         let status = pg
             .command("initdb")
@@ -155,7 +163,11 @@ impl Postgres {
                 self.dir.path().display()
             ))
             .args(["-c", "max_connections=200"])
-            .args(["-c", "fsync=off", "-c", "full_page_writes=off"])
+            .args(if self.durable {
+                ["-c", "fsync=on", "-c", "full_page_writes=on"]
+            } else {
+                ["-c", "fsync=off", "-c", "full_page_writes=off"]
+            })
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -223,6 +235,7 @@ impl Postgres {
             Path::new("psql").to_path_buf()
         };
         Command::new(psql)
+            .env("PGTZ", "UTC")
             .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
             .args(["-d", db, "-c", sql])
