@@ -30,10 +30,11 @@ async fn main() {
     ])
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = support::serve(
+    let child = support::serve_with(
         &api,
         dir.path(),
         "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n",
+        &[],
     );
     let pid = child.id();
     // Wait for the lease.

@@ -53,10 +53,11 @@ async fn main() {
         );
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = support::serve(
+    let child = support::serve_with(
         &api,
         dir.path(),
         "channels:\n  - name: nodes\n    deliver: {nodePods: {maxNamespaces: 50}}\n  - name: storage\n    deliver: {owners: true}\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: storage\n",
+        &[],
     );
     let pid = child.id();
     let start = Instant::now();

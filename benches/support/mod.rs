@@ -27,11 +27,7 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 /// Starts `clusterscope serve` with the routing configuration `config`, its cluster the fake
 /// API server (by a kubeconfig in `dir`), as replica `bench-0`, logging warnings only.
-pub fn serve(api: &FakeApiServer, dir: &Path, config: &str) -> Child {
-    serve_with(api, dir, config, &[])
-}
-
-/// As [`serve`], with more flags.
+/// `extra` flags are added.
 pub fn serve_with(api: &FakeApiServer, dir: &Path, config: &str, extra: &[String]) -> Child {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
