@@ -142,7 +142,7 @@ async fn end_to_end(pg: &postgres::Postgres, store: &Store) {
         .collect();
     lags.sort();
     println!(
-        "end to end: {} writes ({} events, {} count bumps) at {RATE}/s in {:.1} s; all {} rows written {:.1} s after the first write ({:.0} rows/s)",
+        "end to end: {} writes ({} events, {} count bumps) at {RATE}/s in {:.1} s; all {} rows written {:.1} s after the first write ({:.0} writes/s kept up with)",
         total,
         EVENTS,
         total - EVENTS,
