@@ -384,16 +384,104 @@ fn review(
     input: Option<&Path>,
 ) -> Result<(), Failure> {
     let config = load_config(config).map_err(|e| refused(e.to_string()))?;
-    let body = read_input(input)?;
+    let body = as_review(read_input(input)?)?;
     let reviewer = Reviewer::new(Arc::new(config), Arc::new(ScopeResolver::new()));
     let reviewed = reviewer.review(&body).map_err(|e| refused(e.to_string()))?;
-    if !patched_object {
-        return write_stdout(&reviewed.response);
-    }
-    let patched = patched_object_of(&body, &reviewed.decision.patch)?;
-    let text = serde_json::to_vec_pretty(&patched)
-        .map_err(|e| io_failure(format!("cannot encode the patched object: {e}")))?;
+    let text = if patched_object {
+        let patched = patched_object_of(&body, &reviewed.decision.patch)?;
+        serde_json::to_vec_pretty(&patched)
+            .map_err(|e| io_failure(format!("cannot encode the patched object: {e}")))?
+    } else {
+        reviewed.response
+    };
+    // What was decided, in words, beside the exact answer (which stays alone on stdout).
+    eprintln!("review: {}", in_words(&reviewed.decision, &body));
     write_stdout(&text)
+}
+
+/// An AdmissionReview as it is; a bare Event (`kubectl get event NAME -o json`) wrapped in the
+/// AdmissionReview its CREATE would send. A list is refused with a pointer to `explain`.
+fn as_review(body: Vec<u8>) -> Result<Vec<u8>, Failure> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        // Not JSON: the reviewer says where it breaks.
+        return Ok(body);
+    };
+    let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    match kind {
+        "Event"
+            if matches!(
+                api_version,
+                "v1" | "events.k8s.io/v1" | "events.k8s.io/v1beta1"
+            ) =>
+        {
+            let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+            let namespace = value["metadata"]["namespace"].as_str().unwrap_or("default");
+            eprintln!(
+                "review: an Event, reviewed as the AdmissionReview of its CREATE in namespace {namespace}"
+            );
+            let review = serde_json::json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": "clusterscope-review",
+                    "kind": {"group": group, "version": version, "kind": "Event"},
+                    "resource": {"group": group, "version": version, "resource": "events"},
+                    "namespace": namespace,
+                    "operation": "CREATE",
+                    "object": value,
+                }
+            });
+            serde_json::to_vec(&review)
+                .map_err(|e| io_failure(format!("cannot encode the AdmissionReview: {e}")))
+        }
+        "EventList" | "List" => Err(refused(format!(
+            "a {kind}: review answers one AdmissionReview or Event; `clusterscope explain` takes a whole list"
+        ))),
+        _ => Ok(body),
+    }
+}
+
+/// The decision in one line: what the webhook does and why.
+fn in_words(decision: &crate::decide::Decision, body: &[u8]) -> String {
+    use crate::decide::Outcome;
+    let about = decision
+        .classified
+        .as_ref()
+        .map(|c| {
+            let channel = c
+                .channel
+                .as_deref()
+                .map_or("no route matched, so no channel".to_owned(), |ch| {
+                    format!("channel {ch}")
+                });
+            format!("{} {} is cluster-scoped; {channel}", c.kind, c.name)
+        })
+        .unwrap_or_default();
+    match decision.outcome {
+        Outcome::Patched => format!("patched: {about}"),
+        Outcome::Unchanged => format!("unchanged (it carries its labels already): {about}"),
+        Outcome::Unlabelled => "unlabelled: not about a cluster-scoped object, yet it carried clusterscope's labels; the patch removes them".to_owned(),
+        Outcome::Skipped => {
+            let object = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .map(|r| r["request"]["object"].clone())
+                .unwrap_or_default();
+            let reference = if object["involvedObject"].is_object() {
+                &object["involvedObject"]
+            } else {
+                &object["regarding"]
+            };
+            let namespace = reference["namespace"].as_str().unwrap_or("");
+            let why = decision
+                .skip
+                .map_or_else(|| "not ours".to_owned(), |s| s.words(namespace));
+            format!("not patched: {why}")
+        }
+    }
 }
 
 /// The review's `request.object` with `patch` applied, as the API server would store it.

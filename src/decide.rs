@@ -83,6 +83,27 @@ impl SkipReason {
     }
 }
 
+impl SkipReason {
+    /// Why, in words (`namespace`: the involved object's, for [`SkipReason::Namespaced`]).
+    pub fn words(self, namespace: &str) -> String {
+        match self {
+            SkipReason::Namespaced => format!(
+                "its involved object has a namespace ({namespace:?}): events about it already live with it"
+            ),
+            SkipReason::NamespacedKind => "its kind is namespaced (built-in table): the missing namespace is the producer's omission".to_owned(),
+            SkipReason::NoReference => "it names no involvedObject or regarding".to_owned(),
+            SkipReason::NoKind => "its reference names no kind".to_owned(),
+            SkipReason::Mirror => "it is a copy clusterscope made".to_owned(),
+            SkipReason::Operation => "DELETE and CONNECT are not labelled".to_owned(),
+            SkipReason::NotAnEvent => "the object is not an Event".to_owned(),
+            SkipReason::NoObject => "there is no object".to_owned(),
+            SkipReason::DiscoveryPending => {
+                "its kind is not known yet (discovery has not answered)".to_owned()
+            }
+        }
+    }
+}
+
 impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

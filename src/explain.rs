@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::classify::{KindSource, ScopeResolver};
 use crate::config::Config;
-use crate::decide::{Outcome, SkipReason, decide};
+use crate::decide::{Outcome, decide};
 use crate::route::EventFacts;
 
 /// Why explaining failed: the input is not one of the accepted shapes.
@@ -89,7 +89,7 @@ fn explain_one(
     });
     if let Some(skip) = decision.skip {
         out["skip"] = json!(skip.as_str());
-        out["why"] = json!(skip_words(skip, reference.map_or("", |r| r.namespace())));
+        out["why"] = json!(skip.words(reference.map_or("", |r| r.namespace())));
     }
     let Some(classified) = &decision.classified else {
         if decision.outcome == Outcome::Unlabelled {
@@ -176,20 +176,6 @@ fn explain_one(
     out["labels"] = Value::Object(labels);
     out["deliveries"] = json!(deliveries);
     out
-}
-
-fn skip_words(skip: SkipReason, namespace: &str) -> String {
-    match skip {
-        SkipReason::Namespaced => format!("its involved object has a namespace ({namespace:?}): events about it already live with it"),
-        SkipReason::NamespacedKind => "its kind is namespaced (built-in table): the missing namespace is the producer's omission".to_owned(),
-        SkipReason::NoReference => "it names no involvedObject or regarding".to_owned(),
-        SkipReason::NoKind => "its reference names no kind".to_owned(),
-        SkipReason::Mirror => "it is a copy clusterscope made".to_owned(),
-        SkipReason::Operation => "DELETE and CONNECT are not labelled".to_owned(),
-        SkipReason::NotAnEvent => "the object is not an Event".to_owned(),
-        SkipReason::NoObject => "there is no object".to_owned(),
-        SkipReason::DiscoveryPending => "its kind is not known yet (discovery has not answered)".to_owned(),
-    }
 }
 
 /// Explains every event in `input` under `config`: one JSON object per event.

@@ -766,3 +766,86 @@ fn explain_reads_an_event_list_and_says_why() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_line(&out).contains("give an AdmissionReview, an Event"));
 }
+
+/// `review` says on stderr what it decided and why; stdout stays the exact response.
+#[test]
+fn review_says_why_an_event_was_or_was_not_patched() {
+    for (name, said) in [
+        (
+            "kubelet-node-not-ready.json",
+            "review: patched: Node node1 is cluster-scoped; channel nodes",
+        ),
+        (
+            "already-labelled.json",
+            "review: unchanged (it carries its labels already)",
+        ),
+        (
+            "namespaced-pod-event.json",
+            "review: not patched: its involved object has a namespace",
+        ),
+        (
+            "delete-event.json",
+            "review: not patched: DELETE and CONNECT are not labelled",
+        ),
+        (
+            "mirror-copy.json",
+            "review: not patched: it is a copy clusterscope made",
+        ),
+        (
+            "heal-namespaced-kind-mislabelled.json",
+            "review: unlabelled:",
+        ),
+    ] {
+        let out = run(&["review", &fixture(name)]);
+        assert!(out.status.success(), "{name}: {out:?}");
+        let err = stderr_line(&out);
+        assert!(err.starts_with(said), "{name}: {err}");
+        let response: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(response["kind"], "AdmissionReview", "{name}");
+    }
+}
+
+/// A bare Event (what `kubectl get event -o json` prints) is reviewed as its CREATE; a list
+/// is refused with a pointer to `explain`.
+#[test]
+fn review_takes_a_bare_event_and_points_a_list_to_explain() {
+    let event = serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": "node1.17", "namespace": "default"},
+        "involvedObject": {"kind": "Node", "name": "node1"},
+        "reason": "NodeNotReady", "type": "Warning"
+    });
+    let mut child = bin()
+        .args(["review", "--patched-object", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), event.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let patched: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        patched["metadata"]["labels"]["clusterscope.dev/kind"],
+        "Node"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "an Event, reviewed as the AdmissionReview of its CREATE in namespace default"
+        ) && err.contains("review: patched: Node node1"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("list.json");
+    std::fs::write(
+        &list,
+        serde_json::json!({"apiVersion": "v1", "kind": "EventList", "items": [event]}).to_string(),
+    )
+    .unwrap();
+    let out = run(&["review", list.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("`clusterscope explain` takes a whole list"));
+}
