@@ -101,27 +101,40 @@ pub fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"))
 }
 
-/// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`, creating it.
+/// Writes `ca.crt`, `tls.crt` and `tls.key` (the key with mode 0600) into `dir`, creating
+/// it; each file is replaced whole (written beside it, then renamed over it).
 pub fn write(dir: &Path, bundle: &Bundle) -> Result<(), String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let (ca, cert, key) = paths(dir);
-    let write_file = |path: &Path, text: &str, private: bool| -> Result<(), String> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        if private {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        #[cfg(not(unix))]
-        let _ = private;
-        opts.open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
-    };
-    write_file(&ca, &bundle.ca_pem, false)?;
-    write_file(&cert, &bundle.cert_pem, false)?;
-    write_file(&key, &bundle.key_pem, true)
+    replace_file(&ca, bundle.ca_pem.as_bytes(), false)?;
+    replace_file(&cert, bundle.cert_pem.as_bytes(), false)?;
+    replace_file(&key, bundle.key_pem.as_bytes(), true)
+}
+
+/// Replaces `path` with `bytes` at once: a reader sees the old file or the new one, never
+/// half of one. `private`: mode 0600.
+pub fn replace_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    opts.open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("cannot write {}: {e}", path.display())
+        })
 }
 
 /// Sets every `caBundle:` value in a webhook configuration YAML to `ca_bundle`, keeping the

@@ -249,12 +249,17 @@ pub struct CertsArgs {
     /// Namespace of the Service.
     #[arg(long, default_value = "clusterscope-system")]
     pub namespace: String,
-    /// Where to write ca.crt, tls.crt and tls.key.
-    #[arg(long, default_value = "certs", value_name = "DIR")]
+    /// Where to write ca.crt, tls.crt and tls.key (apart from `certs/`, where `serve` keeps
+    /// its self-signed localhost pair).
+    #[arg(long, default_value = "certs/webhook", value_name = "DIR")]
     pub out: PathBuf,
     /// Also set every `caBundle:` in this MutatingWebhookConfiguration YAML file.
     #[arg(long, value_name = "FILE")]
     pub webhook_config: Option<PathBuf>,
+    /// Replace a pair already in --out (rotation: a new CA, so the webhook configuration's
+    /// caBundle must be applied again too).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A failure the command reports on stderr, with its exit code.
@@ -702,25 +707,43 @@ fn certs(args: &CertsArgs) -> Result<(), Failure> {
         .map_err(|e| refused(format!("--service {e}")))?;
     crate::labels::check_dns1123_label(&args.namespace)
         .map_err(|e| refused(format!("--namespace {e}")))?;
+    // Everything is checked before anything is written: a refusal leaves no half-done files.
+    let (ca, cert, key) = crate::certs::paths(&args.out);
+    let existing: Vec<String> = [&ca, &cert, &key]
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !existing.is_empty() && !args.force {
+        return Err(refused(format!(
+            "{} already holds a pair ({}); pass --force to replace it (a rotation: apply the webhook configuration's new caBundle too), or choose another --out",
+            args.out.display(),
+            existing.join(", ")
+        )));
+    }
     let names = crate::certs::service_names(&args.service, &args.namespace);
     let bundle = crate::certs::generate(&names).map_err(io_failure)?;
-    crate::certs::write(&args.out, &bundle).map_err(io_failure)?;
     let ca_bundle = bundle.ca_bundle();
-    if let Some(path) = &args.webhook_config {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| io_failure(format!("cannot read {}: {e}", path.display())))?;
-        let (updated, count) = crate::certs::set_ca_bundle(&text, &ca_bundle);
-        if count == 0 {
-            return Err(refused(format!(
-                "{}: no `caBundle:` line to set; add `caBundle: \"\"` under each webhook's clientConfig",
-                path.display()
-            )));
+    let webhook_config = match &args.webhook_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| io_failure(format!("cannot read {}: {e}", path.display())))?;
+            let (updated, count) = crate::certs::set_ca_bundle(&text, &ca_bundle);
+            if count == 0 {
+                return Err(refused(format!(
+                    "{}: no `caBundle:` line to set; add `caBundle: \"\"` under each webhook's clientConfig (nothing was written)",
+                    path.display()
+                )));
+            }
+            Some((path, updated, count))
         }
-        std::fs::write(path, updated)
-            .map_err(|e| io_failure(format!("cannot write {}: {e}", path.display())))?;
+        None => None,
+    };
+    crate::certs::write(&args.out, &bundle).map_err(io_failure)?;
+    if let Some((path, updated, count)) = webhook_config {
+        crate::certs::replace_file(path, updated.as_bytes(), false).map_err(io_failure)?;
         eprintln!("set caBundle in {} ({count} webhook(s))", path.display());
     }
-    let (ca, cert, key) = crate::certs::paths(&args.out);
     eprintln!(
         "wrote {}, {}, {} for {}",
         ca.display(),

@@ -585,14 +585,43 @@ async fn serve_connection<S>(
 }
 
 /// The pair in `dir` when it loads, else a new self-signed CA and certificate for localhost
-/// written there: the paths of certificate and key, and the pair loaded.
+/// written there: the paths of certificate and key, and the pair loaded. A pair that is there
+/// but does not load is moved aside (`*.invalid`), with a warning saying why.
 pub fn self_signed_pair(
     dir: &std::path::Path,
 ) -> Result<(PathBuf, PathBuf, crate::tls::LoadedPair), ServeError> {
     let (ca, cert, key) = crate::certs::paths(dir);
-    if let Ok(pair) = crate::tls::load_pair(&cert, &key) {
-        tracing::info!(ca = %ca.display(), "using the self-signed certificate in {}", dir.display());
-        return Ok((cert, key, pair));
+    if cert.exists() || key.exists() {
+        match crate::tls::load_pair(&cert, &key) {
+            Ok(pair) if ca.exists() => {
+                tracing::info!(ca = %ca.display(), "using the certificate in {}; clients trust {}", dir.display(), ca.display());
+                return Ok((cert, key, pair));
+            }
+            Ok(pair) => {
+                tracing::info!(
+                    "using the certificate in {} (no ca.crt beside it: clients must trust its issuer)",
+                    dir.display()
+                );
+                return Ok((cert, key, pair));
+            }
+            Err(e) => {
+                let mut moved = Vec::new();
+                for path in [&cert, &key] {
+                    let aside = path.with_extension(format!(
+                        "{}.invalid",
+                        path.extension()
+                            .map(|e| e.to_string_lossy())
+                            .unwrap_or_default()
+                    ));
+                    if path.exists() && std::fs::rename(path, &aside).is_ok() {
+                        moved.push(aside.display().to_string());
+                    }
+                }
+                tracing::warn!(error = %e, moved_to = %moved.join(", "),
+                    "the certificate pair in {} does not load; moved it aside and creating a new self-signed pair (give --tls-cert/--tls-key to use a pair of your own)",
+                    dir.display());
+            }
+        }
     }
     let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
     let bundle = crate::certs::generate(&names).map_err(ServeError::SelfSigned)?;

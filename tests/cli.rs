@@ -849,3 +849,104 @@ fn review_takes_a_bare_event_and_points_a_list_to_explain() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_line(&out).contains("`clusterscope explain` takes a whole list"));
 }
+
+/// `certs` keeps apart from serve's quick-start pair, never replaces a pair unasked, and
+/// writes nothing when it refuses.
+#[test]
+fn certs_never_replaces_a_pair_unasked_and_writes_nothing_when_it_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default --out is not serve's certs/ (whose localhost pair the quick start uses).
+    let out = bin().arg("certs").current_dir(dir.path()).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.path().join("certs/webhook/tls.crt").exists());
+    assert!(!dir.path().join("certs/tls.crt").exists());
+    let first = std::fs::read(dir.path().join("certs/webhook/ca.crt")).unwrap();
+    // Again: refused, the pair kept.
+    let out = bin().arg("certs").current_dir(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_line(&out).contains("already holds a pair") && out.stdout.is_empty(),
+        "{out:?}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("certs/webhook/ca.crt")).unwrap(),
+        first
+    );
+    // --force rotates it: a new CA.
+    let out = bin()
+        .args(["certs", "--force"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_ne!(
+        std::fs::read(dir.path().join("certs/webhook/ca.crt")).unwrap(),
+        first
+    );
+    // A webhook configuration without a caBundle line: refused before any file is written.
+    let webhook = dir.path().join("webhook.yaml");
+    std::fs::write(
+        &webhook,
+        "kind: MutatingWebhookConfiguration\nwebhooks: []\n",
+    )
+    .unwrap();
+    let fresh = dir.path().join("fresh");
+    let out = run(&[
+        "certs",
+        "--out",
+        fresh.to_str().unwrap(),
+        "--webhook-config",
+        webhook.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_line(&out).contains("nothing was written"));
+    assert!(!fresh.exists(), "files were written before the refusal");
+}
+
+/// A pair in --cert-dir without ca.crt is used without naming a CA file that is not there; a
+/// pair that does not load is moved aside with a warning that says why.
+#[test]
+fn serve_says_what_it_does_with_the_pair_in_its_cert_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = run(&["certs", "--out", certs.to_str().unwrap()]);
+    assert!(out.status.success());
+    std::fs::remove_file(certs.join("ca.crt")).unwrap();
+    let serving = start_serve(dir.path(), |cmd| {
+        cmd.args(["--cluster", "off"]);
+    });
+    let line = serving
+        .started
+        .iter()
+        .find(|l| l.contains("using the certificate in"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        line.contains("no ca.crt beside it") && !line.contains("ca.crt\""),
+        "{:?}",
+        serving.started
+    );
+    drop(serving);
+
+    std::fs::write(certs.join("tls.crt"), "garbage").unwrap();
+    let serving = start_serve(dir.path(), |cmd| {
+        cmd.args(["--cluster", "off"]);
+    });
+    let warn = serving
+        .started
+        .iter()
+        .find(|l| l.contains("does not load"))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        warn.contains("\"level\":\"WARN\"") && warn.contains("tls.crt.invalid"),
+        "{:?}",
+        serving.started
+    );
+    assert_eq!(
+        std::fs::read_to_string(certs.join("tls.crt.invalid")).unwrap(),
+        "garbage"
+    );
+    assert!(certs.join("ca.crt").exists(), "a new pair with its CA");
+    drop(serving);
+}
