@@ -36,6 +36,14 @@ const N: Scope = Scope::Namespaced;
 
 /// Built-in kinds: (API group, kind, scope). Cluster-scoped entries are every cluster-scoped
 /// kind of current Kubernetes; namespaced entries are the ones events are commonly about.
+/// The built-in kinds by name, each with whether it is namespaced (for configuration warnings).
+pub fn builtin_kind_names() -> Vec<(&'static str, bool)> {
+    BUILTIN_KINDS
+        .iter()
+        .map(|(_, kind, scope)| (*kind, *scope == Scope::Namespaced))
+        .collect()
+}
+
 pub const BUILTIN_KINDS: &[(&str, &str, Scope)] = &[
     ("", "Node", C),
     ("", "Namespace", C),

@@ -547,6 +547,10 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
         None => Ok(Config::embedded_default()),
     }
     .map_err(|e| refused(e.to_string()))?;
+    // Valid, but surely not meant: said on stderr, the exit status stays 0.
+    for warning in config.warnings(&crate::classify::builtin_kind_names()) {
+        eprintln!("warning: {warning}");
+    }
     let mut out = String::new();
     out.push_str(&format!("{}: valid\n", config.source));
     out.push_str(&format!("label prefix: {}\n", config.label_prefix));

@@ -65,6 +65,9 @@ impl ConfigReloader {
         match parsed {
             Ok(config) => {
                 let (channels, routes) = (config.channels.len(), config.routes.len());
+                for warning in config.warnings(&crate::classify::builtin_kind_names()) {
+                    tracing::warn!(%warning, "configuration: a route that can never match");
+                }
                 self.metrics
                     .channels(config.channels.iter().map(|c| c.name.as_str()));
                 self.shared.store(Arc::new(config));

@@ -234,6 +234,9 @@ impl Server {
             history_status.set("history: off (no cluster: the mirror controller records history)");
         }
         metrics.channels(config.channels.iter().map(|c| c.name.as_str()));
+        for warning in config.warnings(&crate::classify::builtin_kind_names()) {
+            tracing::warn!(%warning, "configuration: a route that can never match");
+        }
         let shared_config = crate::config::shared(config);
         let config_status = Arc::new(crate::status::StatusLine::default());
         config_status.set("configuration: the embedded default");

@@ -950,3 +950,45 @@ fn serve_says_what_it_does_with_the_pair_in_its_cert_dir() {
     assert!(certs.join("ca.crt").exists(), "a new pair with its CA");
     drop(serving);
 }
+
+/// Routes that are valid but can never match are pointed out (stderr, by line), and the
+/// configuration still passes.
+#[test]
+fn check_config_warns_of_routes_that_can_never_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("routes.yaml");
+    std::fs::write(
+        &cfg,
+        "channels:\n  - name: a\n  - name: b\nroutes:\n  - channel: a\n    match:\n      kinds: [node, Nodes]\n      types: [warning]\n      groups: [v1]\n  - channel: a\n  - channel: b\n    match: {kinds: [Node]}\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = cfg.display().to_string();
+    for needle in [
+        format!("warning: {file}:5: kinds: \"node\" never matches"),
+        "did you mean \"Node\"?".to_owned(),
+        format!("warning: {file}:5: kinds: \"Nodes\" never matches"),
+        format!("warning: {file}:5: types: \"warning\" never matches"),
+        format!("warning: {file}:5: groups: \"v1\" never matches"),
+        format!(
+            "warning: {file}:11: this route can never match: the route at line 10 takes every event before it"
+        ),
+    ] {
+        assert!(err.contains(&needle), "{needle} in {err}");
+    }
+    assert_eq!(err.lines().count(), 5, "{err}");
+    // A field of the wrong type is named in the message.
+    std::fs::write(
+        &cfg,
+        "channels:\n  - name: a\n    deliver:\n      nodePods:\n        maxNamespaces: lots\n",
+    )
+    .unwrap();
+    let out = run(&["check-config", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_line(&out).contains(":5:24: channels[0].deliver.nodePods.maxNamespaces: "),
+        "{out:?}"
+    );
+}

@@ -268,9 +268,29 @@ fn overlays_do_not_own_team_namespaces_and_metrics_are_fenced() {
     assert!(port_rule(8080)["from"][0]["namespaceSelector"].is_object());
 }
 
+/// The configuration an entry point ships: valid, and without a route that can never match.
 fn shipped_config(objs: &[Value]) -> Config {
     let cm = find(objs, "ConfigMap", "clusterscope-config");
-    Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap(), "configmap").unwrap()
+    let config =
+        Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap(), "configmap").unwrap();
+    let warnings = config.warnings(&clusterscope::classify::builtin_kind_names());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    config
+}
+
+#[test]
+fn every_shipped_configuration_is_free_of_warnings() {
+    for entry in ENTRY_POINTS {
+        if let Some(objs) = render(entry) {
+            shipped_config(&objs);
+        }
+    }
+    let default = Config::embedded_default();
+    assert!(
+        default
+            .warnings(&clusterscope::classify::builtin_kind_names())
+            .is_empty()
+    );
 }
 
 #[test]

@@ -345,16 +345,31 @@ impl Config {
 
     /// Parses and validates YAML text; `source` names it in errors.
     pub fn from_yaml(text: &str, source: &str) -> Result<Self, ConfigError> {
-        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| {
+        // The path of the field being read when it failed (`channels[0].name`), so that a
+        // message such as "expected string scalar" names its field.
+        let mut path = String::new();
+        let raw: Result<RawConfig, _> = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                // `Spanned` fields add a `.value` step of their own.
+                path = e.path().to_string().replace(".value", "");
+                e.into_inner()
+            })
+        });
+        let raw = raw.map_err(|e| {
             let (line, column) = e
                 .location()
                 .map(|l| (l.line(), l.column()))
                 .unwrap_or((0, 0));
+            let reason = one_line(&e.without_snippet().to_string());
             ConfigError {
                 source: source.to_owned(),
                 line,
                 column,
-                reason: one_line(&e.without_snippet().to_string()),
+                reason: if path.is_empty() || path == "." || reason.contains(&path) {
+                    reason
+                } else {
+                    format!("{path}: {reason}")
+                },
             }
         })?;
         Checker { source }.check(raw)
@@ -363,6 +378,114 @@ impl Config {
     /// The channel with this name.
     pub fn channel(&self, name: &str) -> Option<&Channel> {
         self.channels.iter().find(|c| c.name == name)
+    }
+
+    /// What is valid but surely not meant: routes that can never match. `kinds` are the
+    /// kinds known (the built-in table), each with whether it is namespaced.
+    pub fn warnings(&self, kinds: &[(&str, bool)]) -> Vec<ConfigWarning> {
+        let mut out = Vec::new();
+        let mut warn = |line: u64, message: String| {
+            out.push(ConfigWarning {
+                source: self.source.clone(),
+                line,
+                message,
+            })
+        };
+        let mut catch_all: Option<u64> = None;
+        for route in &self.routes {
+            let m = &route.matcher;
+            if let Some(before) = catch_all {
+                warn(
+                    route.line,
+                    format!(
+                        "this route can never match: the route at line {before} takes every event before it"
+                    ),
+                );
+            }
+            if m.is_catch_all() && catch_all.is_none() {
+                catch_all = Some(route.line);
+            }
+            for kind in &m.kinds {
+                if let Some(&(_, namespaced)) = kinds.iter().find(|(k, _)| k == kind) {
+                    if namespaced {
+                        warn(
+                            route.line,
+                            format!(
+                                "kinds: {kind} is namespaced: its events are never labelled or routed (only events about cluster-scoped objects are)"
+                            ),
+                        );
+                    }
+                    continue;
+                }
+                let lower = kind.to_ascii_lowercase();
+                let meant = kinds.iter().map(|(k, _)| *k).find(|k| {
+                    let k = k.to_ascii_lowercase();
+                    lower == k || lower == format!("{k}s") || lower == format!("{k}es")
+                });
+                match meant {
+                    Some(k) => warn(
+                        route.line,
+                        format!(
+                            "kinds: {kind:?} never matches: kinds compare exactly with the Kind as the API writes it; did you mean {k:?}?"
+                        ),
+                    ),
+                    None if kind.starts_with(|c: char| c.is_ascii_lowercase()) => warn(
+                        route.line,
+                        format!(
+                            "kinds: {kind:?} probably never matches: Kinds are CamelCase, as the API writes them (Node, PersistentVolume)"
+                        ),
+                    ),
+                    None => {}
+                }
+            }
+            for type_ in &m.types {
+                if type_ != "Normal" && type_ != "Warning" {
+                    let hint = ["Normal", "Warning"]
+                        .into_iter()
+                        .find(|t| t.eq_ignore_ascii_case(type_))
+                        .map_or_else(String::new, |t| format!("; did you mean {t:?}?"));
+                    warn(
+                        route.line,
+                        format!(
+                            "types: {type_:?} never matches: event types are Normal and Warning{hint}"
+                        ),
+                    );
+                }
+            }
+            for group in &m.groups {
+                let version_like = group.strip_prefix('v').is_some_and(|rest| {
+                    rest.starts_with(|c: char| c.is_ascii_digit())
+                        && rest.chars().all(|c| c.is_ascii_alphanumeric())
+                });
+                if version_like || group.contains('/') {
+                    let hint = group.split_once('/').map_or_else(
+                        || " (the core group, whose apiVersion is v1, is \"\" or core)".to_owned(),
+                        |(g, _)| format!("; did you mean {g:?}?"),
+                    );
+                    warn(
+                        route.line,
+                        format!(
+                            "groups: {group:?} never matches: groups are API groups without their version{hint}"
+                        ),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Something valid in a configuration that is surely not meant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    pub source: String,
+    pub line: u64,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.source, self.line, self.message)
     }
 }
 
