@@ -10,14 +10,14 @@ duration=${1:-10}
 for tool in wrk h2load oha taskset; do
   command -v "$tool" >/dev/null || { echo "bench/load.sh: $tool not found" >&2; exit 1; }
 done
-cargo build --release --locked -q
+cargo build --profile dist --locked -q
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 body="$work/review.json"
 python3 -c 'import json,sys; json.dump(json.load(open(sys.argv[1])), open(sys.argv[2],"w"), separators=(",",":"))' \
   tests/fixtures/kubelet-node-not-ready.json "$body"
 port=18443; admin=18080
-taskset -c 0 target/release/clusterscope serve --listen 127.0.0.1:$port --admin-listen 127.0.0.1:$admin \
+taskset -c 0 target/dist/clusterscope serve --listen 127.0.0.1:$port --admin-listen 127.0.0.1:$admin \
   --cert-dir "$work/certs" --log-level warn 2>"$work/server.log" &
 pid=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null && break; sleep 0.1; done

@@ -10,8 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-300}
 command -v oha >/dev/null || { echo "bench/soak.sh: oha not found (cargo install oha --locked)" >&2; exit 1; }
-cargo build --release --locked -q
-bin=target/release/clusterscope
+cargo build --profile dist --locked -q
+bin=target/dist/clusterscope
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}" ${server:-}; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }

@@ -166,7 +166,7 @@ impl Metrics {
         );
         let duration = Histogram::new([
             0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
-            0.25, 1.0,
+            0.25, 0.5, 1.0, 2.0,
         ]);
         registry.register(
             "admission_duration_seconds",
@@ -416,7 +416,7 @@ impl Metrics {
                 }));
             }
         }
-        Metrics {
+        let metrics = Metrics {
             registry,
             requests,
             duration,
@@ -454,7 +454,11 @@ impl Metrics {
             history_schema_version,
             custom_kinds: Mutex::new(HashSet::new()),
             reasons: Mutex::new(HashSet::new()),
-        }
+        };
+        // The sinks every cluster install has; `postgres` is added when it is configured.
+        metrics.delivery_sink("kubernetes");
+        metrics.delivery_sink("log");
+        metrics
     }
 
     /// Counts a request. `operation` comes from the request: anything but the four
@@ -624,6 +628,15 @@ impl Metrics {
             };
             drop(self.mirror_given_up.get_or_create(&labels));
             drop(self.delivery_cut.get_or_create(&labels));
+            for operation in ["label", "create", "update"] {
+                for result in ["success", "error"] {
+                    drop(self.mirror_writes.get_or_create(&MirrorLabels {
+                        channel: channel.to_owned(),
+                        operation: operation.to_owned(),
+                        result: result.to_owned(),
+                    }));
+                }
+            }
         }
     }
 

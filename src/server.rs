@@ -227,6 +227,9 @@ impl Server {
                 None
             }
         };
+        if history.is_some() {
+            metrics.delivery_sink(crate::history::POSTGRES);
+        }
         if history.is_some() && cluster.is_none() {
             tracing::warn!(
                 "history: --postgres-url is set but there is no cluster: nothing is recorded (the mirror controller records history)"

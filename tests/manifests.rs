@@ -595,57 +595,176 @@ async fn owner_delivery_rbac_covers_its_calls_and_grants_nothing_unused() {
     );
 }
 
+/// The Dockerfile's dependency layer stubs every bench Cargo.toml declares (or the manifest
+/// does not load there), and it builds the binary with the profile CI builds.
 #[test]
-fn dashboard_queries_only_exported_metrics() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("manifests/grafana/clusterscope-dashboard.json");
-    let dash: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    // Every family the server exports, once each has a sample.
-    let m = clusterscope::metrics::Metrics::new();
-    m.request("CREATE", "patched");
-    m.cert_reloads
-        .get_or_create(&clusterscope::metrics::ResultLabels {
-            result: "success".into(),
-        })
-        .inc();
-    m.discovery_refreshes
-        .get_or_create(&clusterscope::metrics::ResultLabels {
-            result: "success".into(),
-        })
-        .inc();
-    m.mirror_writes
-        .get_or_create(&clusterscope::metrics::MirrorLabels {
-            channel: "n".into(),
-            operation: "create".into(),
-            result: "success".into(),
-        })
-        .inc();
-    m.classified
-        .get_or_create(&clusterscope::metrics::ClassifiedLabels {
-            scope: "cluster".into(),
-            kind: "Node".into(),
-            channel: "n".into(),
-        })
-        .inc();
-    m.by_reason
-        .get_or_create(&clusterscope::metrics::ReasonLabels { reason: "R".into() })
-        .inc();
-    let exported = m.encode();
-    let mut checked = 0;
-    for panel in dash["panels"].as_array().unwrap() {
-        for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
-                if word.starts_with("clusterscope_") {
-                    assert!(
-                        exported.contains(word),
-                        "panel {:?} queries {word}, which is not exported",
-                        panel["title"]
-                    );
-                    checked += 1;
-                }
-            }
+fn the_dockerfile_stubs_every_bench_and_builds_as_ci_does() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let cargo = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let benches: Vec<&str> = cargo
+        .split("[[bench]]")
+        .skip(1)
+        .filter_map(|b| b.lines().find(|l| l.starts_with("name = ")))
+        .map(|l| l.trim_start_matches("name = ").trim_matches('"'))
+        .collect();
+    assert!(benches.len() >= 5, "{benches:?}");
+    let stubbed = dockerfile
+        .lines()
+        .find(|l| l.contains("for b in "))
+        .expect("the bench stub loop");
+    for bench in &benches {
+        assert!(
+            stubbed.contains(&format!(" {bench}")),
+            "{bench} is not stubbed in the Dockerfile"
+        );
+    }
+    let ci = std::fs::read_to_string(root.join(".ci/run")).unwrap();
+    let build = "cargo build --profile dist --locked --bin clusterscope";
+    assert!(ci.contains(build));
+    assert_eq!(
+        dockerfile.matches(build).count(),
+        2,
+        "stub layer and real build"
+    );
+    assert!(dockerfile.contains("/src/target/dist/clusterscope"));
+}
+
+/// `promtool`, when Debian's prometheus package is installed; CI requires it.
+fn promtool() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CLUSTERSCOPE_REQUIRE_PROMETHEUS").is_none(),
+            "promtool is required (CLUSTERSCOPE_REQUIRE_PROMETHEUS is set): apt-get install prometheus"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            b"NOTICE: promtool not found (apt-get install prometheus); the alert rule tests are skipped\n",
+        );
+    }
+    found
+}
+
+fn alert_rules() -> Value {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text =
+        std::fs::read_to_string(root.join("manifests/components/alerts/prometheusrule.yaml"))
+            .unwrap();
+    let rule: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(rule["kind"], "PrometheusRule");
+    rule["spec"].clone()
+}
+
+/// The alerting rules pass `promtool check rules` and their unit tests
+/// (`alerts_test.yaml`), and every alert has a test that expects it to fire.
+#[test]
+fn the_alerts_pass_promtool_and_their_unit_tests() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let spec = alert_rules();
+    let tests =
+        std::fs::read_to_string(root.join("manifests/components/alerts/alerts_test.yaml")).unwrap();
+    for group in spec["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            let name = rule["alert"].as_str().unwrap();
+            assert!(
+                tests.contains(&format!(
+                    "alertname: {name}\n        exp_alerts:\n          - exp_labels"
+                )),
+                "no test expects {name} to fire"
+            );
         }
     }
-    assert!(checked >= 15, "{checked}");
+    let Some(promtool) = promtool() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A rule file is the PrometheusRule's spec; JSON is YAML.
+    std::fs::write(dir.path().join("rules.yaml"), spec.to_string()).unwrap();
+    std::fs::write(dir.path().join("alerts_test.yaml"), &tests).unwrap();
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "alerts_test.yaml"],
+    ] {
+        let out = std::process::Command::new(&promtool)
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every metric an alert names has a series from the start (at zero), so that no alert waits
+/// for a first increment to see it; every metric the dashboard names is exported (those whose
+/// labels come from events, such as the reason, have their first series with the first event).
+#[test]
+fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let re = regex::Regex::new(r"clusterscope_[a-z_]+").unwrap();
+    let names = |exprs: &[String]| -> std::collections::BTreeSet<String> {
+        exprs
+            .iter()
+            .flat_map(|e| re.find_iter(e).map(|m| m.as_str().to_owned()))
+            .collect()
+    };
+    let mut alerts: Vec<String> = Vec::new();
+    for group in alert_rules()["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            alerts.push(rule["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("manifests/grafana/clusterscope-dashboard.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut panels: Vec<String> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            panels.push(target["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    // As serve starts: the families, and the series of the configuration's channels.
+    let metrics = clusterscope::metrics::Metrics::new();
+    metrics.channels(["nodes"]);
+    let exported = metrics.encode();
+    let has_series = |name: &str| {
+        exported
+            .lines()
+            .any(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+    };
+    let alert_names = names(&alerts);
+    assert!(alert_names.len() >= 12, "{alert_names:?}");
+    for name in &alert_names {
+        assert!(
+            has_series(name),
+            "{name}: no series before its first change"
+        );
+    }
+    let panel_names = names(&panels);
+    assert!(panel_names.len() >= 20, "{panel_names:?}");
+    for name in &panel_names {
+        let family = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .fold(name.as_str(), |n, suffix| {
+                n.strip_suffix(suffix).unwrap_or(n)
+            });
+        // Labelled by what events say (kind, channel, reason): no series until the first.
+        let from_events = [
+            "clusterscope_events_classified",
+            "clusterscope_events_by_reason",
+        ];
+        assert!(
+            exported.contains(&format!("# TYPE {family} ")) || from_events.contains(&family),
+            "the dashboard names {name}, which is not exported"
+        );
+    }
 }

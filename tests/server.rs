@@ -1064,3 +1064,221 @@ async fn a_client_ca_admits_only_clients_with_its_certificates() {
     let answer = ask(with_cert).await.unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A real Prometheus (Debian's package), scraping one server every second; killed on drop.
+struct Prometheus {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Prometheus {
+    /// Started and ready, or None (with a notice) when it is not installed and not required.
+    async fn scraping(target: SocketAddr) -> Option<Prometheus> {
+        let bin = std::env::var_os("PATH").and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|p| p.join("prometheus"))
+                .find(|p| p.is_file())
+        });
+        let Some(bin) = bin else {
+            assert!(
+                std::env::var_os("CLUSTERSCOPE_REQUIRE_PROMETHEUS").is_none(),
+                "prometheus is required (CLUSTERSCOPE_REQUIRE_PROMETHEUS is set): apt-get install prometheus"
+            );
+            let _ = std::io::Write::write_all(
+                &mut std::io::stderr(),
+                b"NOTICE: prometheus not found (apt-get install prometheus); the dashboard test is skipped\n",
+            );
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: clusterscope\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let child = std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let prometheus = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        for _ in 0..300 {
+            if prometheus.get("/-/ready").await.0 == 200 {
+                return Some(prometheus);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("prometheus did not become ready");
+    }
+
+    async fn get(&self, path_and_query: &str) -> (u16, Vec<u8>) {
+        let Ok(tcp) = TcpStream::connect(self.addr).await else {
+            return (0, Vec::new());
+        };
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::builder()
+            .uri(path_and_query)
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let Ok(resp) = send.send_request(req).await else {
+            return (0, Vec::new());
+        };
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec();
+        (status, body)
+    }
+
+    /// An instant query's result vector.
+    async fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let q: String = url::form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+        let (status, body) = self.get(&format!("/api/v1/query?query={q}")).await;
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        assert_eq!(status, 200, "{expr}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// The Grafana dashboard against a real Prometheus scraping a running server that reviews
+/// events and mirrors them: every panel's queries return series, and every panel shows a value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
+    let api = fake_apiserver::FakeApiServer::start(&[
+        "default",
+        "kube-system",
+        "team-infra",
+        "clusterscope-system",
+    ])
+    .await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let cfg = cfg_dir.path().join("routes.yaml");
+    std::fs::write(&cfg, "channels:\n  - name: nodes\n    namespace: team-infra\n  - name: cluster\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: cluster\n").unwrap();
+    let server = start_full(
+        Duration::from_secs(60),
+        clusterscope::cluster::ClusterMode::Client(api.client()),
+        Some(cfg),
+    )
+    .await;
+    let Some(prometheus) = Prometheus::scraping(server.admin).await else {
+        return;
+    };
+    // Two scrapes before anything happens, so that rates see the change.
+    let mut up = false;
+    for _ in 0..100 {
+        let r = prometheus.query("count_over_time(up[1m])").await;
+        if r.first().and_then(|s| s["value"][1].as_str()) >= Some("2") {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(up, "prometheus never scraped the server");
+    // Reviews (patched, skipped) and stored events for the mirror.
+    let mut s = connect(&server, true).await;
+    for i in 0..40 {
+        let name = if i % 4 == 0 {
+            "namespaced-pod-event.json"
+        } else {
+            "kubelet-node-not-ready.json"
+        };
+        let (status, _, _) = send(
+            &mut s,
+            "POST",
+            "/mutate?timeout=2s",
+            Some("application/json"),
+            fixture(name),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    for i in 0..20 {
+        api.put(
+            "default",
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": format!("node{i}.{i:016x}"), "namespace": "default"},
+                "involvedObject": {"kind": "Node", "name": format!("node{i}")},
+                "reason": "NodeNotReady", "message": "not ready", "count": 1, "type": "Warning",
+                "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
+            }),
+        );
+    }
+    let mut copied = false;
+    for _ in 0..250 {
+        if api.events_in("team-infra").len() == 20 {
+            copied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(copied, "the mirror did not copy the events");
+    // Three more scrapes.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("manifests/grafana/clusterscope-dashboard.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10);
+    let mut empty = Vec::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or("?");
+        let mut shown = false;
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let result = prometheus.query(expr).await;
+            if result.is_empty() {
+                empty.push(format!("{title}: {expr}"));
+            }
+            shown |= result
+                .iter()
+                .any(|s| s["value"][1].as_str().is_some_and(|v| v != "NaN"));
+        }
+        if !shown {
+            empty.push(format!("{title}: no value but NaN"));
+        }
+    }
+    assert!(empty.is_empty(), "panels without data: {empty:#?}");
+    drop(prometheus);
+    let mut server = server;
+    let _ = server.stop.take().unwrap().send(());
+    let _ = tokio::time::timeout(LIMIT, &mut server.task).await;
+}
