@@ -496,7 +496,20 @@ fn one_line(msg: &str) -> String {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("invalid YAML");
-    let first = first.rfind(" at line ").map_or(first, |i| &first[..i]);
+    // A trailing "at line L, column C" is said by us (file:line:column); one inside the
+    // message, such as "(defined at line 2, column 8) (used at line 5, column 9)", stays.
+    let first = first
+        .rfind(" at line ")
+        .filter(|&i| {
+            let tail = &first[i + " at line ".len()..];
+            tail.split_once(", column ").is_some_and(|(l, c)| {
+                !l.is_empty()
+                    && l.bytes().all(|b| b.is_ascii_digit())
+                    && !c.is_empty()
+                    && c.bytes().all(|b| b.is_ascii_digit())
+            })
+        })
+        .map_or(first, |i| &first[..i]);
     // Drop the parser's advice to its own API user.
     first
         .split(", set DuplicateKeyPolicy")
@@ -960,6 +973,18 @@ mod tests {
         assert_eq!(e.line, 3, "{e}");
         assert!(e.reason.contains("colour"), "{e}");
         assert!(e.to_string().starts_with("test.yaml:3:"), "{e}");
+    }
+
+    #[test]
+    fn only_a_trailing_location_is_cut_from_a_parser_message() {
+        assert_eq!(
+            one_line("expected string scalar at line 2, column 8"),
+            "expected string scalar"
+        );
+        let inner =
+            "expected string scalar (defined at line 2, column 8) (used at line 5, column 9)";
+        assert_eq!(one_line(inner), inner);
+        assert_eq!(one_line("\n  first line\nsecond"), "first line");
     }
 
     #[test]
