@@ -130,15 +130,15 @@ impl ControllerOptions {
 /// The history lane's state: whether its full buffer dropped deliveries since the last
 /// re-list, whether the database answers (its last try did not fail for want of it), and the
 /// signal that makes the watches re-list.
-struct History {
+struct HistoryLane {
     dropped: AtomicBool,
     healthy: AtomicBool,
     relist: tokio::sync::Notify,
 }
 
-impl Default for History {
+impl Default for HistoryLane {
     fn default() -> Self {
-        History {
+        HistoryLane {
             dropped: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             relist: tokio::sync::Notify::new(),
@@ -146,7 +146,7 @@ impl Default for History {
     }
 }
 
-impl History {
+impl HistoryLane {
     /// Re-lists the stored events once the buffer that dropped deliveries has drained into a
     /// database that answers: the list re-delivers every stored event, the upsert writes
     /// only what the database lacks.
@@ -172,7 +172,7 @@ impl History {
 struct Report {
     metrics: Arc<Metrics>,
     own_events: Arc<crate::recorder::OwnEvents>,
-    history: Arc<History>,
+    history: Arc<HistoryLane>,
 }
 
 impl Observer for Report {
@@ -237,7 +237,7 @@ struct Worker {
     options: ControllerOptions,
     /// One line a minute at most about namespaces a delivery cap left out.
     cut_log: Arc<crate::telemetry::Throttle>,
-    history: Arc<History>,
+    history: Arc<HistoryLane>,
     /// One line a minute at most about history deliveries dropped.
     drop_log: Arc<crate::telemetry::Throttle>,
 }
@@ -350,7 +350,7 @@ pub async fn run(
         }
     }
     let queue = Arc::new(WorkQueue::unbounded());
-    let history = Arc::new(History::default());
+    let history = Arc::new(HistoryLane::default());
     let report = Arc::new(Report {
         metrics: metrics.clone(),
         own_events: syncer.own_events.clone(),
