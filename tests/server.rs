@@ -5,6 +5,10 @@
 mod common;
 #[path = "support/fake_apiserver.rs"]
 mod fake_apiserver;
+// `clusterscope serve` as its own process against the fake API server (as the load benches run it).
+#[allow(dead_code)]
+#[path = "../benches/support/mod.rs"]
+mod serve_process;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -183,12 +187,16 @@ enum Sender {
 }
 
 async fn connect(server: &TestServer, h2: bool) -> Sender {
+    connect_to(server.webhook, &server.ca_pem, h2).await
+}
+
+async fn connect_to(webhook: SocketAddr, ca_pem: &str, h2: bool) -> Sender {
     let alpn: &[&[u8]] = if h2 {
         &[b"h2", b"http/1.1"]
     } else {
         &[b"http/1.1"]
     };
-    let tls = tls_connect(server.webhook, &server.ca_pem, alpn).await;
+    let tls = tls_connect(webhook, ca_pem, alpn).await;
     let negotiated = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     if h2 {
         assert_eq!(negotiated.as_deref(), Some(&b"h2"[..]));
@@ -1176,8 +1184,26 @@ impl Prometheus {
     }
 }
 
-/// The Grafana dashboard against a real Prometheus scraping a running server that reviews
-/// events and mirrors them: every panel's queries return series, and every panel shows a value.
+/// `clusterscope serve` as its own process; killed (and waited for) when dropped.
+struct ServeProcess(std::process::Child);
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The Grafana dashboard against a real Prometheus scraping a running `clusterscope serve`
+/// (its own process, its cluster the fake API server) that reviews events and mirrors them:
+/// every panel's queries return series, and every panel shows a value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     let api = fake_apiserver::FakeApiServer::start(&[
@@ -1187,16 +1213,26 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         "clusterscope-system",
     ])
     .await;
-    let cfg_dir = tempfile::tempdir().unwrap();
-    let cfg = cfg_dir.path().join("routes.yaml");
-    std::fs::write(&cfg, "channels:\n  - name: nodes\n    namespace: team-infra\n  - name: cluster\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: cluster\n").unwrap();
-    let server = start_full(
-        Duration::from_secs(60),
-        clusterscope::cluster::ClusterMode::Client(api.client()),
-        Some(cfg),
-    )
-    .await;
-    let Some(prometheus) = Prometheus::scraping(server.admin).await else {
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, admin) = (free_port(), free_port());
+    let _serve = ServeProcess(serve_process::serve_at(
+        &api,
+        dir.path(),
+        "channels:\n  - name: nodes\n    namespace: team-infra\n  - name: cluster\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: cluster\n",
+        (webhook, admin),
+        &[],
+    ));
+    let mut leading = false;
+    for _ in 0..300 {
+        if !api.store.lock().unwrap().leases.is_empty() {
+            leading = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(leading, "serve never took the lease");
+    let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.crt")).unwrap();
+    let Some(prometheus) = Prometheus::scraping(admin).await else {
         return;
     };
     // Two scrapes before anything happens, so that rates see the change.
@@ -1209,9 +1245,9 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(up, "prometheus never scraped the server");
+    assert!(up, "prometheus never scraped serve");
     // Reviews (patched, skipped) and stored events for the mirror.
-    let mut s = connect(&server, true).await;
+    let mut s = connect_to(webhook, &ca_pem, true).await;
     for i in 0..40 {
         let name = if i % 4 == 0 {
             "namespaced-pod-event.json"
@@ -1277,8 +1313,4 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         }
     }
     assert!(empty.is_empty(), "panels without data: {empty:#?}");
-    drop(prometheus);
-    let mut server = server;
-    let _ = server.stop.take().unwrap().send(());
-    let _ = tokio::time::timeout(LIMIT, &mut server.task).await;
 }

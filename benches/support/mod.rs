@@ -26,9 +26,22 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Starts `clusterscope serve` with the routing configuration `config`, its cluster the fake
-/// API server (by a kubeconfig in `dir`), as replica `bench-0`, logging warnings only.
-/// `extra` flags are added.
+/// API server (by a kubeconfig in `dir`), as replica `bench-0`, logging warnings only, on
+/// ephemeral ports. `extra` flags are added.
 pub fn serve_with(api: &FakeApiServer, dir: &Path, config: &str, extra: &[String]) -> Child {
+    let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    serve_at(api, dir, config, (any, any), extra)
+}
+
+/// As [`serve_with`], listening on `listen` (the webhook, then the admin port); its
+/// self-signed pair is in `dir/certs`.
+pub fn serve_at(
+    api: &FakeApiServer,
+    dir: &Path,
+    config: &str,
+    listen: (std::net::SocketAddr, std::net::SocketAddr),
+    extra: &[String],
+) -> Child {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -41,13 +54,9 @@ pub fn serve_with(api: &FakeApiServer, dir: &Path, config: &str, extra: &[String
     let routes = dir.join("routes.yaml");
     std::fs::write(&routes, config).expect("config");
     Command::new(env!("CARGO_BIN_EXE_clusterscope"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+        .arg("serve")
+        .arg(format!("--listen={}", listen.0))
+        .arg(format!("--admin-listen={}", listen.1))
         .args(["--log-level", "warn"])
         .arg("--config")
         .arg(&routes)
