@@ -139,6 +139,7 @@ pub struct Metrics {
     pub history_retention_runs: Family<ResultLabels, Counter>,
     pub history_resyncs: Counter,
     pub history_schema_version: Gauge,
+    pub history_lag: Histogram,
     custom_kinds: Mutex<HashSet<String>>,
     reasons: Mutex<HashSet<String>>,
 }
@@ -378,6 +379,14 @@ impl Metrics {
             "Schema version of the history database once migrated (0: not configured or not reached yet)",
             history_schema_version.clone(),
         );
+        let history_lag = Histogram::new([
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
+        ]);
+        registry.register(
+            "history_lag_seconds",
+            "From a stored event reaching the controller to its history row written",
+            history_lag.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -452,6 +461,7 @@ impl Metrics {
             history_retention_runs,
             history_resyncs,
             history_schema_version,
+            history_lag,
             custom_kinds: Mutex::new(HashSet::new()),
             reasons: Mutex::new(HashSet::new()),
         };
@@ -534,6 +544,11 @@ impl Metrics {
             .inc();
         self.history_batch_rows.observe(rows as f64);
         self.history_batch_duration.observe(took.as_secs_f64());
+    }
+
+    /// One history row written, `lag` after its event reached the controller.
+    pub fn history_lag(&self, lag: std::time::Duration) {
+        self.history_lag.observe(lag.as_secs_f64());
     }
 
     /// One retention pass: how many rows it deleted, or that it failed.

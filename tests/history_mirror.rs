@@ -133,6 +133,15 @@ async fn stored_events_of_a_history_channel_become_rows_that_follow_their_count(
     .await
     .unwrap();
     assert_eq!(labels["clusterscope.dev/channel"], "nodes");
+    // History rows have their own lag metric, and are not counted as mirror writes.
+    assert!(running.metric("clusterscope_history_lag_seconds_count") >= 21.0);
+    assert_eq!(
+        running.metric(
+            "clusterscope_mirror_writes_total{channel=\"nodes\",operation=\"create\",result=\"success\"}"
+        ),
+        20.0,
+        "the 20 copies, not the 20 rows"
+    );
     running.stop().await;
 }
 

@@ -177,10 +177,15 @@ struct Report {
 
 impl Observer for Report {
     fn delivered(&self, sink: &'static str, delivery: &Delivery, how: Delivered) {
-        if sink == crate::history::POSTGRES {
-            self.history.healthy.store(true, Ordering::Relaxed);
-        }
         self.metrics.delivery(sink, how.as_str());
+        if sink == crate::history::POSTGRES {
+            // History rows are not mirror writes: they have their own lag and batch metrics.
+            self.history.healthy.store(true, Ordering::Relaxed);
+            if how.wrote() {
+                self.metrics.history_lag(delivery.since.elapsed());
+            }
+            return;
+        }
         if how.wrote() {
             self.metrics
                 .mirror_write(&delivery.channel, how.as_str(), "success");
@@ -195,13 +200,18 @@ impl Observer for Report {
             self.history.healthy.store(false, Ordering::Relaxed);
         }
         self.metrics.delivery(sink, "error");
-        self.metrics
-            .mirror_write(&delivery.channel, failure.operation, "error");
+        let history = sink == crate::history::POSTGRES;
+        if !history {
+            self.metrics
+                .mirror_write(&delivery.channel, failure.operation, "error");
+        }
         if !given_up {
             return;
         }
         self.metrics.delivery(sink, "given_up");
-        self.metrics.mirror_given_up(&delivery.channel);
+        if !history {
+            self.metrics.mirror_given_up(&delivery.channel);
+        }
         let source = format!(
             "{}/{}",
             delivery.source.namespace.as_deref().unwrap_or_default(),
