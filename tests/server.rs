@@ -1222,15 +1222,10 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         (webhook, admin),
         &[],
     ));
-    let mut leading = false;
-    for _ in 0..300 {
-        if !api.store.lock().unwrap().leases.is_empty() {
-            leading = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(leading, "serve never took the lease");
+    assert!(
+        fake_apiserver::eventually(15, || !api.store.lock().unwrap().leases.is_empty()).await,
+        "serve never took the lease"
+    );
     let ca_pem = std::fs::read_to_string(dir.path().join("certs/ca.crt")).unwrap();
     let Some(prometheus) = Prometheus::scraping(admin).await else {
         return;
@@ -1276,15 +1271,10 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
             }),
         );
     }
-    let mut copied = false;
-    for _ in 0..250 {
-        if api.events_in("team-infra").len() == 20 {
-            copied = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(copied, "the mirror did not copy the events");
+    assert!(
+        fake_apiserver::eventually(10, || api.events_in("team-infra").len() == 20).await,
+        "the mirror did not copy the events"
+    );
     // Three more scrapes.
     tokio::time::sleep(Duration::from_secs(4)).await;
 
