@@ -632,19 +632,12 @@ fn the_dockerfile_stubs_every_bench_and_builds_as_ci_does() {
 
 /// `promtool`, when Debian's prometheus package is installed; CI requires it.
 fn promtool() -> Option<std::path::PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|p| p.join("promtool"))
-            .find(|p| p.is_file())
-    });
+    let found = common::tools::on_path("promtool");
     if found.is_none() {
-        assert!(
-            std::env::var_os("CLUSTERSCOPE_REQUIRE_PROMETHEUS").is_none(),
-            "promtool is required (CLUSTERSCOPE_REQUIRE_PROMETHEUS is set): apt-get install prometheus"
-        );
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            b"NOTICE: promtool not found (apt-get install prometheus); the alert rule tests are skipped\n",
+        common::tools::missing(
+            "CLUSTERSCOPE_REQUIRE_PROMETHEUS",
+            "promtool is not installed: apt-get install prometheus",
+            "the alert rule tests are",
         );
     }
     found

@@ -1090,19 +1090,11 @@ impl Drop for Prometheus {
 impl Prometheus {
     /// Started and ready, or None (with a notice) when it is not installed and not required.
     async fn scraping(target: SocketAddr) -> Option<Prometheus> {
-        let bin = std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|p| p.join("prometheus"))
-                .find(|p| p.is_file())
-        });
-        let Some(bin) = bin else {
-            assert!(
-                std::env::var_os("CLUSTERSCOPE_REQUIRE_PROMETHEUS").is_none(),
-                "prometheus is required (CLUSTERSCOPE_REQUIRE_PROMETHEUS is set): apt-get install prometheus"
-            );
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                b"NOTICE: prometheus not found (apt-get install prometheus); the dashboard test is skipped\n",
+        let Some(bin) = common::tools::on_path("prometheus") else {
+            common::tools::missing(
+                "CLUSTERSCOPE_REQUIRE_PROMETHEUS",
+                "prometheus is not installed: apt-get install prometheus",
+                "the dashboard test is",
             );
             return None;
         };

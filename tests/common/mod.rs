@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../support/tools.rs"]
+pub mod tools;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,15 +27,10 @@ pub fn kubectl_available() -> bool {
             .output()
             .is_ok_and(|o| o.status.success());
         if !ok {
-            assert!(
-                std::env::var_os("CLUSTERSCOPE_REQUIRE_KUBECTL").is_none(),
-                "kubectl is required (CLUSTERSCOPE_REQUIRE_KUBECTL is set) but `kubectl version --client` failed"
-            );
-            // Written to stderr itself, not through eprintln!, which the test harness captures:
-            // the notice shows in a plain `cargo test`.
-            let _ = writeln!(
-                std::io::stderr(),
-                "NOTICE: kubectl not found; the kubectl patch oracle checks are skipped"
+            tools::missing(
+                "CLUSTERSCOPE_REQUIRE_KUBECTL",
+                "kubectl not found (`kubectl version --client` failed)",
+                "the kubectl patch oracle checks are",
             );
         }
         ok

@@ -7,6 +7,9 @@
 //! `nobody`), which owns the temp dir.
 #![allow(dead_code)]
 
+#[path = "tools.rs"]
+mod tools;
+
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -24,15 +27,11 @@ pub struct Postgres {
 }
 
 fn bin_dir() -> Option<PathBuf> {
-    if let Ok(paths) = std::env::var("PATH") {
-        for p in std::env::split_paths(&paths) {
-            if p.join("initdb").is_file() && p.join("postgres").is_file() {
-                // /usr/local/bin may hold links to the server's own bin dir, which has
-                // the client tools (pg_isready, psql) too.
-                let real = std::fs::canonicalize(p.join("initdb")).ok()?;
-                return real.parent().map(Path::to_path_buf);
-            }
-        }
+    if let Some(initdb) = tools::on_path("initdb") {
+        // /usr/local/bin may hold links to the server's own bin dir, which has the client
+        // tools (pg_isready, psql) too.
+        let real = std::fs::canonicalize(initdb).ok()?;
+        return real.parent().map(Path::to_path_buf);
     }
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
@@ -78,14 +77,10 @@ impl Postgres {
     /// A server that syncs its writes to disk as a production one does (`durable`), or not.
     pub fn start_with(durable: bool) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
-            let msg = "PostgreSQL (initdb, postgres) is not installed: apt-get install postgresql";
-            if std::env::var_os("CLUSTERSCOPE_REQUIRE_POSTGRES").is_some() {
-                panic!("{msg}");
-            }
-            // Past the test harness's capture, so that a plain `cargo test` shows it.
-            let _ = std::io::Write::write_all(
-                &mut std::io::stderr(),
-                format!("NOTICE: {msg}; this test is skipped\n").as_bytes(),
+            tools::missing(
+                "CLUSTERSCOPE_REQUIRE_POSTGRES",
+                "PostgreSQL (initdb, postgres) is not installed: apt-get install postgresql",
+                "this test is",
             );
             return None;
         };

@@ -1,0 +1,27 @@
+//! The programs tests use as oracles or real servers (kubectl, PostgreSQL, Prometheus): finding
+//! them, and what a test does without one: fail where CI requires it, else skip with a notice.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `program` on the PATH.
+pub fn on_path(program: &str) -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|p| p.join(program))
+        .find(|p| p.is_file())
+}
+
+/// `what` is missing: fails the test when the variable `required` is set (as `.ci/run` sets
+/// it), else says that `skipped` is skipped. The notice is written to stderr itself, not
+/// through eprintln!, which the test harness captures: a plain `cargo test` shows it.
+pub fn missing(required: &str, what: &str, skipped: &str) {
+    assert!(
+        std::env::var_os(required).is_none(),
+        "{what} ({required} is set)"
+    );
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("NOTICE: {what}; {skipped} skipped\n").as_bytes(),
+    );
+}
