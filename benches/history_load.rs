@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clusterscope::history::{PostgresSink, SinkOptions, Store, StoreOptions};
+use clusterscope::history::{PostgresSink, SinkOptions, Store};
 use clusterscope::recorder::pipeline::{Delivery, Destination};
 use fake_apiserver::FakeApiServer;
 use serde_json::json;
@@ -62,7 +62,12 @@ async fn end_to_end(pg: &postgres::Postgres, store: &Store) {
         &api,
         dir.path(),
         CONFIG,
-        &["--postgres-url".to_owned(), pg.url("postgres")],
+        &[
+            "--postgres-url".to_owned(),
+            pg.url(),
+            "--postgres-password".to_owned(),
+            pg.password.clone(),
+        ],
     );
     let pid = child.id();
     let start = Instant::now();
@@ -217,7 +222,7 @@ async fn main() {
     let Some(pg) = postgres::Postgres::start_with(true) else {
         return;
     };
-    let store = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).expect("store");
+    let store = Store::connect_lazy(&pg.options()).expect("store");
     let bench = async {
         end_to_end(&pg, &store).await;
         println!("sink alone (in this process), fsync on:");

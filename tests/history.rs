@@ -8,7 +8,7 @@ mod postgres;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clusterscope::history::{PostgresSink, Row, SinkOptions, Store, StoreOptions};
+use clusterscope::history::{PostgresSink, Row, SinkOptions, Store};
 use clusterscope::recorder::pipeline::{Delivered, Delivery, Destination};
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -57,7 +57,7 @@ fn delivery(ev: Event, channel: &str, namespaces: &[&str]) -> Delivery {
 }
 
 async fn store(pg: &Postgres) -> Store {
-    let store = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let store = Store::connect_lazy(&pg.options()).unwrap();
     store.migrate().await.unwrap();
     store
 }
@@ -65,7 +65,7 @@ async fn store(pg: &Postgres) -> Store {
 #[tokio::test]
 async fn the_schema_is_created_from_empty_and_again_is_a_no_op() {
     let Some(pg) = Postgres::start() else { return };
-    let store = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let store = Store::connect_lazy(&pg.options()).unwrap();
     assert_eq!(store.version().await.unwrap(), 0);
     store.migrate().await.unwrap();
     assert_eq!(
@@ -75,14 +75,14 @@ async fn the_schema_is_created_from_empty_and_again_is_a_no_op() {
     store.migrate().await.unwrap();
     assert_eq!(
         pg.psql(
-            "postgres",
-            "SELECT count(*) FROM _sqlx_migrations WHERE success"
+            "clusterscope",
+            "SELECT count(*) FROM clusterscope._sqlx_migrations WHERE success"
         ),
         clusterscope::history::store::schema_version().to_string()
     );
     assert_eq!(
         pg.psql(
-            "postgres",
+            "clusterscope",
             "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'clusterscope' AND tablename = 'events'"
         ),
         "events_kind_reason,events_last_time,events_namespaces,events_object,events_pkey"
@@ -92,7 +92,7 @@ async fn the_schema_is_created_from_empty_and_again_is_a_no_op() {
 #[tokio::test]
 async fn a_database_at_the_previous_version_is_migrated_and_keeps_its_rows() {
     let Some(pg) = Postgres::start() else { return };
-    let store = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let store = Store::connect_lazy(&pg.options()).unwrap();
     store.migrate_to(1).await.unwrap();
     let row = Row::of(
         &event(
@@ -109,7 +109,7 @@ async fn a_database_at_the_previous_version_is_migrated_and_keeps_its_rows() {
     assert_eq!(store.upsert(&[&row]).await.unwrap(), [Delivered::Created]);
     assert_eq!(
         pg.psql(
-            "postgres",
+            "clusterscope",
             "SELECT count(*) FROM pg_policies WHERE schemaname = 'clusterscope'"
         ),
         "0"
@@ -118,14 +118,14 @@ async fn a_database_at_the_previous_version_is_migrated_and_keeps_its_rows() {
     assert_eq!(store.version().await.unwrap(), 2);
     assert_eq!(
         pg.psql(
-            "postgres",
+            "clusterscope",
             "SELECT uid || ' ' || count FROM clusterscope.events"
         ),
         "u1 3"
     );
     assert_eq!(
         pg.psql(
-            "postgres",
+            "clusterscope",
             "SELECT policyname FROM pg_policies WHERE schemaname = 'clusterscope'"
         ),
         "events_by_namespace"
@@ -135,13 +135,16 @@ async fn a_database_at_the_previous_version_is_migrated_and_keeps_its_rows() {
 #[tokio::test]
 async fn two_replicas_migrating_at_once_both_succeed_and_apply_each_version_once() {
     let Some(pg) = Postgres::start() else { return };
-    let a = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
-    let b = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let a = Store::connect_lazy(&pg.options()).unwrap();
+    let b = Store::connect_lazy(&pg.options()).unwrap();
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     ra.unwrap();
     rb.unwrap();
     assert_eq!(
-        pg.psql("postgres", "SELECT count(*) FROM _sqlx_migrations"),
+        pg.psql(
+            "clusterscope",
+            "SELECT count(*) FROM clusterscope._sqlx_migrations"
+        ),
         "2"
     );
 }
@@ -164,7 +167,7 @@ async fn ten_updates_of_one_event_are_one_row_with_its_count_and_times() {
     assert!(results[1..].iter().all(|r| *r == Delivered::Updated));
     assert_eq!(
         pg.psql(
-            "postgres",
+            "clusterscope",
             "SELECT count(*) || ' ' || max(count) || ' ' || to_char(min(first_time) AT TIME ZONE 'UTC', 'HH24:MI') || ' ' || to_char(max(last_time) AT TIME ZONE 'UTC', 'HH24:MI') FROM clusterscope.events"
         ),
         "1 10 10:00 10:50"
@@ -201,7 +204,7 @@ async fn ten_updates_of_one_event_are_one_row_with_its_count_and_times() {
     );
     assert_eq!(store.upsert(&[&old]).await.unwrap(), [Delivered::Unchanged]);
     assert_eq!(
-        pg.psql("postgres", "SELECT count FROM clusterscope.events"),
+        pg.psql("clusterscope", "SELECT count FROM clusterscope.events"),
         "10"
     );
     // Delivered somewhere new (an owner appeared) without a new count: updated.
@@ -242,7 +245,7 @@ async fn retention_removes_only_rows_last_seen_before_it() {
     assert_eq!(deleted, 3);
     assert_eq!(
         pg.psql(
-            "postgres",
+            "clusterscope",
             "SELECT string_agg(uid, ',' ORDER BY uid) FROM clusterscope.events"
         ),
         "u0,u1,u2"
@@ -281,7 +284,7 @@ async fn hostile_strings_in_every_field_land_as_data() {
     let done = store.upsert(&refs).await.unwrap();
     assert!(done.iter().all(|d| *d == Delivered::Created), "{done:?}");
     assert_eq!(
-        pg.psql("postgres", "SELECT count(*) FROM clusterscope.events"),
+        pg.psql("clusterscope", "SELECT count(*) FROM clusterscope.events"),
         hostile.len().to_string()
     );
     let pool = store.pool();
@@ -318,7 +321,7 @@ async fn hostile_strings_in_every_field_land_as_data() {
 async fn two_replicas_writing_the_same_events_leave_one_row_each() {
     let Some(pg) = Postgres::start() else { return };
     let a = store(&pg).await;
-    let b = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let b = Store::connect_lazy(&pg.options()).unwrap();
     let options = SinkOptions {
         batch_rows: 100,
         ..SinkOptions::default()
@@ -359,7 +362,7 @@ async fn two_replicas_writing_the_same_events_leave_one_row_each() {
     }
     assert_eq!(
         pg.psql(
-            "postgres",
+            "clusterscope",
             "SELECT count(*) || ' ' || count(DISTINCT uid) || ' ' || min(count) FROM clusterscope.events"
         ),
         "2000 2000 3"
@@ -372,7 +375,7 @@ async fn a_refused_row_fails_alone_and_final() {
     let Some(pg) = Postgres::start() else { return };
     let store = store(&pg).await;
     pg.psql(
-        "postgres",
+        "clusterscope",
         "ALTER TABLE clusterscope.events ADD CONSTRAINT no_poison CHECK (reason <> 'Poison')",
     );
     let sink = Arc::new(PostgresSink::start(
@@ -414,7 +417,7 @@ async fn a_refused_row_fails_alone_and_final() {
     }
     assert_eq!(failed, [7]);
     assert_eq!(
-        pg.psql("postgres", "SELECT count(*) FROM clusterscope.events"),
+        pg.psql("clusterscope", "SELECT count(*) FROM clusterscope.events"),
         "19"
     );
 }
@@ -424,10 +427,7 @@ async fn a_refused_row_fails_alone_and_final() {
 #[tokio::test]
 async fn a_team_role_reads_only_its_namespaces_rows() {
     let Some(pg) = Postgres::start() else { return };
-    pg.psql("postgres", "CREATE ROLE clusterscope LOGIN");
-    pg.psql("postgres", "CREATE DATABASE history OWNER clusterscope");
-    let url = format!("postgres://clusterscope@127.0.0.1:{}/history", pg.port);
-    let store = Store::connect_lazy(&StoreOptions::new(&url)).unwrap();
+    let store = Store::connect_lazy(&pg.options()).unwrap();
     store.migrate().await.unwrap();
     let at = "2026-11-20T11:00:00Z";
     let rows = [
@@ -451,14 +451,19 @@ async fn a_team_role_reads_only_its_namespaces_rows() {
     let refs: Vec<&Row> = rows.iter().collect();
     store.upsert(&refs).await.unwrap();
     let run = |user: &str, sql: &str| {
-        let out = pg.psql_as(user, "history", sql);
+        let password = if user == "team_a" {
+            "team-a-pw"
+        } else {
+            &pg.password
+        };
+        let out = pg.psql_with_password(user, password, "clusterscope", sql);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).trim().to_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    pg.psql("postgres", "CREATE ROLE team_a LOGIN");
+    pg.psql("postgres", "CREATE ROLE team_a LOGIN PASSWORD 'team-a-pw'");
     // The README's grant, run as clusterscope's role.
     let (ok, _, err) = run(
         "clusterscope",

@@ -90,7 +90,7 @@ fn options(buffer: usize) -> clusterscope::mirror::controller::ControllerOptions
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_events_of_a_history_channel_become_rows_that_follow_their_count() {
     let Some(pg) = Postgres::start() else { return };
-    let store = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let store = Store::connect_lazy(&pg.options()).unwrap();
     store.migrate().await.unwrap();
     let api = FakeApiServer::start(&["default", "kube-system", "team-infra", "team-cluster"]).await;
     for i in 0..20 {
@@ -126,12 +126,13 @@ async fn stored_events_of_a_history_channel_become_rows_that_follow_their_count(
     assert_eq!(row_count(&store).await, 20);
     assert_eq!(api.events_in("team-cluster").len(), 20);
     // What the row keeps of the event: the labels the controller gave its source.
-    let labels: Value = sqlx::query_scalar(
-        "SELECT event->'metadata'->'labels' FROM clusterscope.events WHERE involved_name = 'node3'",
+    let labels: String = sqlx::query_scalar(
+        "SELECT (event->'metadata'->'labels')::text FROM clusterscope.events WHERE involved_name = 'node3'",
     )
     .fetch_one(store.pool())
     .await
     .unwrap();
+    let labels: Value = serde_json::from_str(&labels).unwrap();
     assert_eq!(labels["clusterscope.dev/channel"], "nodes");
     // History rows have their own lag metric, and are not counted as mirror writes.
     assert!(running.metric("clusterscope_history_lag_seconds_count") >= 21.0);
@@ -155,7 +156,7 @@ async fn the_database_down_for_30s_under_load_loses_no_row() {
     };
     let store = Store::connect_lazy(&StoreOptions {
         acquire_timeout: Duration::from_secs(1),
-        ..StoreOptions::new(&pg.url("postgres"))
+        ..pg.options()
     })
     .unwrap();
     store.migrate().await.unwrap();

@@ -5,7 +5,7 @@
 #[path = "support/postgres.rs"]
 mod postgres;
 
-use clusterscope::history::{Row, Store, StoreOptions};
+use clusterscope::history::{Row, Store};
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use postgres::Postgres;
@@ -121,7 +121,7 @@ fn at(t: &str) -> Time {
 
 async fn seeded() -> Option<Postgres> {
     let pg = Postgres::start()?;
-    let store = Store::connect_lazy(&StoreOptions::new(&pg.url("postgres"))).unwrap();
+    let store = Store::connect_lazy(&pg.options()).unwrap();
     store.migrate().await.unwrap();
     let rows: Vec<Row> = SEEDS
         .iter()
@@ -210,7 +210,7 @@ async fn every_readme_query_returns_its_rows() {
     assert_eq!(queries.len(), expected.len(), "{queries:#?}");
     for (query, want) in queries.iter().zip(expected) {
         let sql = query.replace("now()", NOW);
-        assert_eq!(lines(pg.psql("postgres", &sql)), want, "{query}");
+        assert_eq!(lines(pg.psql("clusterscope", &sql)), want, "{query}");
     }
 }
 
@@ -256,7 +256,7 @@ async fn every_history_dashboard_panel_returns_data() {
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let variables = dashboard["templating"]["list"].as_array().unwrap();
     let namespace = variables.iter().find(|v| v["name"] == "namespace").unwrap();
-    let choices = lines(pg.psql("postgres", namespace["query"].as_str().unwrap()));
+    let choices = lines(pg.psql("clusterscope", namespace["query"].as_str().unwrap()));
     assert_eq!(choices, ["storage", "team-a", "team-b"]);
     let all = namespace["allValue"].as_str().unwrap();
     let panels = dashboard["panels"].as_array().unwrap();
@@ -267,7 +267,7 @@ async fn every_history_dashboard_panel_returns_data() {
             let sql = target["rawSql"].as_str().unwrap();
             // "All", and one namespace (quoted, as Grafana quotes a single value for SQL).
             for ns in [all, "'team-a'"] {
-                let out = lines(pg.psql("postgres", &expand(sql, ns)));
+                let out = lines(pg.psql("clusterscope", &expand(sql, ns)));
                 assert!(
                     !out.is_empty() && out.iter().all(|l| l != "0"),
                     "panel {:?} with namespace {ns} returned no data: {out:?}",

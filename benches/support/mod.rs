@@ -26,7 +26,8 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Starts `clusterscope serve` with the routing configuration `config`, its cluster the fake
-/// API server (by a kubeconfig in `dir`), as replica `bench-0`, logging warnings only, on
+/// API server (by a kubeconfig in `dir`), as replica `bench-0` (unless `extra` names another
+/// `--pod-name`), logging warnings only, on
 /// ephemeral ports. `extra` flags are added.
 pub fn serve_with(api: &FakeApiServer, dir: &Path, config: &str, extra: &[String]) -> Child {
     let any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
@@ -42,6 +43,19 @@ pub fn serve_at(
     listen: (std::net::SocketAddr, std::net::SocketAddr),
     extra: &[String],
 ) -> Child {
+    serve_command(api, dir, config, listen, extra)
+        .spawn()
+        .expect("start clusterscope serve")
+}
+
+/// The command [`serve_at`] runs, for a caller to add environment or redirect output.
+pub fn serve_command(
+    api: &FakeApiServer,
+    dir: &Path,
+    config: &str,
+    listen: (std::net::SocketAddr, std::net::SocketAddr),
+    extra: &[String],
+) -> Command {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
@@ -53,7 +67,11 @@ pub fn serve_at(
     .expect("kubeconfig");
     let routes = dir.join("routes.yaml");
     std::fs::write(&routes, config).expect("config");
-    Command::new(env!("CARGO_BIN_EXE_clusterscope"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clusterscope"));
+    if !extra.iter().any(|a| a.starts_with("--pod-name")) {
+        command.args(["--pod-name", "bench-0"]);
+    }
+    command
         .arg("serve")
         .arg(format!("--listen={}", listen.0))
         .arg(format!("--admin-listen={}", listen.1))
@@ -62,19 +80,14 @@ pub fn serve_at(
         .arg(&routes)
         .arg("--cert-dir")
         .arg(dir.join("certs"))
-        .args([
-            "--pod-name",
-            "bench-0",
-            "--pod-namespace",
-            "clusterscope-system",
-        ])
+        .args(["--pod-namespace", "clusterscope-system"])
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .args(extra)
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start clusterscope serve")
+        .env_remove("CLUSTERSCOPE_POSTGRES_PASSWORD")
+        .stdout(Stdio::null());
+    command
 }
 
 /// Stops a `serve` started by [`serve`] (SIGTERM) and waits for it.

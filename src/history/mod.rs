@@ -3,7 +3,9 @@
 //! platform team can ask a week later which Nodes went NotReady and which volumes failed.
 //!
 //! - [`Row`]: what is stored of one event (the columns people filter on, and the event whole);
-//! - [`store`]: the database: connection pool, embedded migrations, batched upserts, retention;
+//! - [`schema`]: where the tables live, the embedded migrations, and bringing a database (also
+//!   one an earlier release left) to this binary's version;
+//! - [`store`]: the database: connection pool, batched upserts, retention;
 //! - [`sink`]: the recorder pipeline's `postgres` destination, which gathers the deliveries
 //!   its lane's workers hand it into batches, and the retention task.
 //!
@@ -11,6 +13,7 @@
 //! its list at every start re-delivers what the API server holds, and the upsert makes that
 //! idempotent, so a restart or a second replica misses nothing and duplicates nothing.
 
+pub mod schema;
 pub mod sink;
 pub mod store;
 
@@ -63,9 +66,9 @@ pub fn spawn(
     status.set(format!("history: connecting to PostgreSQL at {where_}"));
     let task = tokio::spawn(async move {
         let mut wait = std::time::Duration::from_secs(1);
-        loop {
+        let migrated = loop {
             match store.migrate().await {
-                Ok(()) => break,
+                Ok(done) => break done,
                 Err(e) => {
                     tracing::warn!(database = %where_, error = %e, retry_in = %humantime::format_duration(wait),
                         "history: cannot prepare the PostgreSQL schema yet; events wait in the buffer");
@@ -74,10 +77,11 @@ pub fn spawn(
                     wait = (wait * 2).min(std::time::Duration::from_secs(30));
                 }
             }
-        }
-        let version = store::schema_version();
+        };
+        let version = migrated.version;
         metrics.history_schema_version.set(version);
-        tracing::info!(database = %where_, schema_version = version, "history: recording into PostgreSQL");
+        tracing::info!(database = %where_, schema_version = version, applied = ?migrated.applied,
+            created_schema = migrated.created_schema, "history: recording into PostgreSQL");
         status.set(format!(
             "history: recording into PostgreSQL at {where_} (schema version {version})"
         ));

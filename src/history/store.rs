@@ -1,66 +1,14 @@
 //! The history database: a pool of connections (TLS with rustls when the URL asks for it),
-//! the schema migrations embedded in the binary, the batched upsert, and retention.
+//! the batched upsert, and retention. The schema and its migrations are [`super::schema`]'s.
 
-use std::borrow::Cow;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::Row;
+pub use super::schema::{Migrated, schema_version};
 use crate::recorder::pipeline::Delivered;
-
-/// The schema versions, oldest first, as they are embedded in the binary. Each is applied
-/// once, in one transaction, under PostgreSQL's advisory lock: two replicas starting at once
-/// wait for each other instead of both creating the tables.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "events",
-        include_str!("../../migrations/0001_events.sql"),
-    ),
-    (
-        2,
-        "namespace access",
-        include_str!("../../migrations/0002_namespace_access.sql"),
-    ),
-];
-
-/// The newest schema version this binary knows.
-pub fn schema_version() -> i64 {
-    MIGRATIONS.last().map_or(0, |m| m.0)
-}
-
-/// The embedded migrations up to `version`.
-#[derive(Debug, Clone, Copy)]
-struct Embedded {
-    up_to: i64,
-}
-
-impl MigrationSource<'static> for Embedded {
-    fn resolve(
-        self,
-    ) -> futures_util::future::BoxFuture<
-        'static,
-        Result<Vec<Migration>, Box<dyn std::error::Error + Send + Sync>>,
-    > {
-        let migrations = MIGRATIONS
-            .iter()
-            .filter(|(version, _, _)| *version <= self.up_to)
-            .map(|&(version, description, sql)| {
-                Migration::new(
-                    version,
-                    Cow::Borrowed(description),
-                    MigrationType::Simple,
-                    Cow::Borrowed(sql),
-                    false,
-                )
-            })
-            .collect();
-        Box::pin(async move { Ok(migrations) })
-    }
-}
 
 /// How to reach the database.
 #[derive(Clone)]
@@ -123,8 +71,12 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn database(e: &sqlx::Error) -> Self {
-        StoreError::Database(describe(e))
+    pub(super) fn database(e: sqlx::Error) -> Self {
+        StoreError::Database(describe(&e))
+    }
+
+    pub(super) fn migrating(e: sqlx::Error) -> Self {
+        StoreError::Migrate(describe(&e))
     }
 }
 
@@ -246,9 +198,13 @@ impl Store {
             connect = connect.password(password);
         }
         let timeout_ms = options.statement_timeout.as_millis().to_string();
-        connect = connect
-            .application_name("clusterscope")
-            .options([("statement_timeout", timeout_ms.as_str())]);
+        // Every statement names its schema; `search_path` is pinned to the system catalog so
+        // that what a DBA set on the role or the database (`ALTER ROLE ... SET search_path`)
+        // changes nothing: options sent at connection start override both.
+        connect = connect.application_name("clusterscope").options([
+            ("statement_timeout", timeout_ms.as_str()),
+            ("search_path", "pg_catalog"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.connections.max(1))
             .acquire_timeout(options.acquire_timeout)
@@ -262,39 +218,19 @@ impl Store {
         &self.pool
     }
 
-    /// Brings the schema to this binary's version (see [`MIGRATIONS`]).
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    /// Brings the schema to this binary's version (see [`super::schema`]).
+    pub async fn migrate(&self) -> Result<Migrated, StoreError> {
         self.migrate_to(schema_version()).await
     }
 
-    /// Brings the schema to `version` (tests of an upgrade from an older one). A database
-    /// already at a newer version (a newer replica during a rolling upgrade) is accepted:
-    /// migrations only add.
-    pub async fn migrate_to(&self, version: i64) -> Result<(), StoreError> {
-        let mut migrator = Migrator::new(Embedded { up_to: version })
-            .await
-            .map_err(|e| StoreError::Migrate(e.to_string()))?;
-        migrator.set_ignore_missing(true);
-        migrator.run(&self.pool).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(db) => StoreError::Migrate(describe(&db)),
-            other => StoreError::Migrate(other.to_string()),
-        })
+    /// Brings the schema to `version` (tests of an upgrade from an older one).
+    pub async fn migrate_to(&self, version: i64) -> Result<Migrated, StoreError> {
+        super::schema::migrate_to(&self.pool, version).await
     }
 
     /// The schema version the database is at (0 when none).
     pub async fn version(&self) -> Result<i64, StoreError> {
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(|e| StoreError::database(&e))?;
-        if !exists {
-            return Ok(0);
-        }
-        sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| StoreError::database(&e))
+        super::schema::version(&self.pool).await
     }
 
     /// Writes `rows` in one statement and says, per row in order, whether it was created,

@@ -3,6 +3,11 @@
 //! installs it); without it a test skips with a printed notice, unless
 //! CLUSTERSCOPE_REQUIRE_POSTGRES is set (CI), where it fails.
 //!
+//! Set up as the README says, literally: the README's SQL (its "Setting up the database"
+//! block) is run as the superuser, so clusterscope connects as the non-superuser role
+//! `clusterscope`, owner of database `clusterscope`, with a password (scram-sha-256 over TCP;
+//! only the superuser `postgres`, which the tests use to look, is trusted).
+//!
 //! PostgreSQL refuses to run as root: as root the server runs as the `postgres` user (or
 //! `nobody`), which owns the temp dir.
 #![allow(dead_code)]
@@ -24,7 +29,47 @@ pub struct Postgres {
     child: Option<Child>,
     /// fsync and full-page writes on (benchmarks); off for tests.
     durable: bool,
+    /// TLS on, with this certificate and key (PEM).
+    tls: Option<(String, String)>,
+    /// The password the README's setup gave the role `clusterscope`.
+    pub password: String,
 }
+
+/// How to start a server.
+#[derive(Default)]
+pub struct Setup {
+    /// fsync and full-page writes on, as a production server runs (benchmarks).
+    pub durable: bool,
+    /// `ssl=on` with this certificate chain and key (PEM).
+    pub tls: Option<(String, String)>,
+    /// Run the README's setup (role and database `clusterscope`): true but for tests that
+    /// set up a database another way.
+    pub skip_readme_setup: bool,
+}
+
+/// The README's SQL block under `heading` (its first ```sql block after it).
+pub fn readme_sql(heading: &str) -> String {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let after = readme
+        .split_once(heading)
+        .unwrap_or_else(|| panic!("README has no {heading:?}"))
+        .1;
+    let block = after
+        .split_once("```sql\n")
+        .expect("a ```sql block after the heading")
+        .1;
+    block
+        .split_once("```")
+        .expect("the block ends")
+        .0
+        .to_owned()
+}
+
+/// The heading of the README's setup.
+pub const README_SETUP: &str = "### Setting up the database";
+/// The password the README's setup shows, replaced by each test's own.
+pub const README_PASSWORD: &str = "'choose-a-password'";
 
 fn bin_dir() -> Option<PathBuf> {
     if let Some(initdb) = tools::on_path("initdb") {
@@ -59,6 +104,19 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A number no other test run picks (for passwords).
+fn fastrand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -76,6 +134,14 @@ impl Postgres {
 
     /// A server that syncs its writes to disk as a production one does (`durable`), or not.
     pub fn start_with(durable: bool) -> Option<Postgres> {
+        Self::start_as(Setup {
+            durable,
+            ..Setup::default()
+        })
+    }
+
+    /// A server as `setup` says.
+    pub fn start_as(setup: Setup) -> Option<Postgres> {
         let Some(bin) = bin_dir() else {
             tools::missing(
                 "CLUSTERSCOPE_REQUIRE_POSTGRES",
@@ -103,7 +169,9 @@ impl Postgres {
             port: free_port(),
             user,
             child: None,
-            durable,
+            durable: setup.durable,
+            tls: setup.tls,
+            password: format!("pw-{:x}", fastrand_u64()),
         };
         let status = pg
             .command("initdb")
@@ -124,8 +192,42 @@ impl Postgres {
             .status()
             .unwrap();
         assert!(status.success(), "initdb failed");
+        pg.write_server_files();
         pg.resume();
+        if !setup.skip_readme_setup {
+            let sql = readme_sql(README_SETUP);
+            assert!(
+                sql.contains(README_PASSWORD),
+                "the README's setup sets a password"
+            );
+            let sql = sql.replace(README_PASSWORD, &format!("'{}'", pg.password));
+            pg.psql_script("postgres", &sql);
+        }
         Some(pg)
+    }
+
+    /// Only the superuser is trusted (the tests' own look); every other role logs in with its
+    /// password. The TLS pair, when there is one, readable by the server alone.
+    fn write_server_files(&self) {
+        std::fs::write(
+            self.data().join("pg_hba.conf"),
+            "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        if let Some((cert, key)) = &self.tls {
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = self.data().join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o600),
+                )
+                .unwrap();
+                if let Some((uid, gid)) = self.user {
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+                }
+            }
+        }
     }
 
     fn command(&self, program: &str) -> Command {
@@ -141,9 +243,23 @@ impl Postgres {
         self.dir.path().join("data")
     }
 
-    /// `postgres://postgres@127.0.0.1:PORT/DB`.
-    pub fn url(&self, db: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    /// The README's URL: `postgres://clusterscope@127.0.0.1:PORT/clusterscope` (the password
+    /// apart, as `--postgres-password` / CLUSTERSCOPE_POSTGRES_PASSWORD gives it).
+    pub fn url(&self) -> String {
+        self.url_for("clusterscope", "clusterscope")
+    }
+
+    /// `postgres://USER@127.0.0.1:PORT/DB`.
+    pub fn url_for(&self, user: &str, db: &str) -> String {
+        format!("postgres://{user}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The store options of the README's setup: its URL and the role's password.
+    pub fn options(&self) -> clusterscope::history::StoreOptions {
+        clusterscope::history::StoreOptions {
+            password: Some(self.password.clone()),
+            ..clusterscope::history::StoreOptions::new(&self.url())
+        }
     }
 
     /// Starts the server (again, after [`Self::stop`]) and waits until it accepts queries.
@@ -162,6 +278,11 @@ impl Postgres {
                 self.dir.path().display()
             ))
             .args(["-c", "max_connections=200"])
+            .args(if self.tls.is_some() {
+                ["-c", "ssl=on"]
+            } else {
+                ["-c", "ssl=off"]
+            })
             .args(if self.durable {
                 ["-c", "fsync=on", "-c", "full_page_writes=on"]
             } else {
@@ -226,20 +347,61 @@ impl Postgres {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
-    /// Runs SQL with psql as `user`; the whole output, for a test to judge.
+    /// Runs SQL with psql as `user` (logging in with `password`, for a role that has one);
+    /// the whole output, for a test to judge.
     pub fn psql_as(&self, user: &str, db: &str, sql: &str) -> std::process::Output {
+        self.psql_command(user, db)
+            .args(["-c", sql])
+            .output()
+            .unwrap()
+    }
+
+    /// As [`Self::psql_as`], logging in with `password`.
+    pub fn psql_with_password(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+        sql: &str,
+    ) -> std::process::Output {
+        self.psql_command(user, db)
+            .env("PGPASSWORD", password)
+            .args(["-c", sql])
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a script as the superuser, statement by statement as psql runs a file (so that
+    /// `CREATE DATABASE` may be among them), stopping at the first error.
+    pub fn psql_script(&self, db: &str, sql: &str) {
+        let script = self.dir.path().join("script.sql");
+        std::fs::write(&script, sql).unwrap();
+        let out = self
+            .psql_command("postgres", db)
+            .arg("-f")
+            .arg(&script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn psql_command(&self, user: &str, db: &str) -> Command {
         let psql = if self.bin.join("psql").is_file() {
             self.bin.join("psql")
         } else {
             Path::new("psql").to_path_buf()
         };
-        Command::new(psql)
-            .env("PGTZ", "UTC")
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        let mut c = Command::new(psql);
+        c.env("PGTZ", "UTC")
+            .env_remove("PGPASSWORD")
+            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-w"])
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", user])
-            .args(["-d", db, "-c", sql])
-            .output()
-            .unwrap()
+            .args(["-d", db]);
+        c
     }
 }
 
