@@ -17,7 +17,7 @@ use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{AssertSqlSafe, Connection, SqlSafeStr};
 
-use super::store::{StoreError, describe};
+use super::store::{Store, StoreError, describe};
 
 /// The schema that holds the history.
 pub const SCHEMA: &str = "clusterscope";
@@ -103,10 +103,10 @@ pub struct Adopted {
 /// tests of an upgrade). Runs on a connection of its own, closed at the end whatever happened,
 /// so the advisory lock never outlives the attempt in a pooled connection. A database at a
 /// newer version (a newer replica during a rolling upgrade) is accepted: migrations only add.
-pub async fn migrate_to(pool: &PgPool, up_to: i64) -> Result<Migrated, StoreError> {
-    let mut conn = PgConnection::connect_with(&pool.connect_options())
+pub async fn migrate_to(store: &Store, up_to: i64) -> Result<Migrated, StoreError> {
+    let mut conn = PgConnection::connect_with(&store.pool().connect_options())
         .await
-        .map_err(StoreError::migrating)?;
+        .map_err(|e| StoreError::Migrate(store.explain(&e)))?;
     let done = migrate_locked(&mut conn, up_to).await;
     let _ = conn.close().await;
     let done = done?;

@@ -82,6 +82,9 @@ impl StoreError {
 
 /// An error of the database, with what the operator can do about it where that is known.
 pub fn describe(e: &sqlx::Error) -> String {
+    if let Some(refused) = refused_certificate(e) {
+        return refused;
+    }
     match e {
         sqlx::Error::PoolTimedOut => "no connection to PostgreSQL within the acquire timeout (the database is down, unreachable, or every connection is busy)".to_owned(),
         sqlx::Error::Io(io) => format!("cannot reach PostgreSQL: {io}"),
@@ -99,6 +102,49 @@ pub fn describe(e: &sqlx::Error) -> String {
         }
         other => other.to_string(),
     }
+}
+
+/// The server's certificate refused by rustls (sqlx passes it on inside an I/O error), in words
+/// that say which setting of the URL decides.
+fn refused_certificate(e: &sqlx::Error) -> Option<String> {
+    use rustls::CertificateError as C;
+    let inner: &(dyn std::error::Error + 'static) = match e {
+        sqlx::Error::Io(io) => io.get_ref()?,
+        sqlx::Error::Tls(t) => t.as_ref(),
+        _ => return None,
+    };
+    let rustls::Error::InvalidCertificate(why) = inner.downcast_ref::<rustls::Error>()? else {
+        return None;
+    };
+    let what = match why {
+        C::UnknownIssuer | C::BadSignature => {
+            "the server's certificate is not signed by a CA in sslrootcert (the CA file the URL names)".to_owned()
+        }
+        C::NotValidForName | C::NotValidForNameContext { .. } => {
+            "the server's certificate does not name the host the URL connects to; sslmode=verify-full checks that name: connect by a name the certificate holds (an IP address must be among them to be used), or use sslmode=verify-ca to check the CA only".to_owned()
+        }
+        other => format!("the server's certificate was refused ({other:?}); check it, and sslmode and sslrootcert in the URL"),
+    };
+    Some(format!("TLS to PostgreSQL failed: {what} [{inner}]"))
+}
+
+/// What the URL asks of TLS, said beside a refused certificate: the host, `sslmode` and
+/// `sslrootcert` as given.
+fn tls_asked(url: &str) -> String {
+    let Ok(u) = url::Url::parse(url) else {
+        return String::new();
+    };
+    let query = |key: &str| {
+        u.query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    };
+    format!(
+        "the URL connects to host {} with sslmode={} and sslrootcert={}",
+        u.host_str().unwrap_or("?"),
+        query("sslmode").unwrap_or_else(|| "prefer (the default)".to_owned()),
+        query("sslrootcert").unwrap_or_else(|| "(none)".to_owned())
+    )
 }
 
 /// Whether an error is the database being unreachable or busy (try the batch again later),
@@ -183,6 +229,8 @@ WHERE uid IN (
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// What the URL asks of TLS ([`tls_asked`]), for messages.
+    tls: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -210,12 +258,26 @@ impl Store {
             .acquire_timeout(options.acquire_timeout)
             .idle_timeout(Some(Duration::from_secs(300)))
             .connect_lazy_with(connect);
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            tls: tls_asked(&options.url).into(),
+        })
     }
 
     /// The pool (tests, queries of one's own).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// [`describe`], and for a refused certificate what the URL asked (host, `sslmode`,
+    /// `sslrootcert`), so that the operator sees which setting to change.
+    pub fn explain(&self, e: &sqlx::Error) -> String {
+        let said = describe(e);
+        if refused_certificate(e).is_some() {
+            format!("{said}; {}", self.tls)
+        } else {
+            said
+        }
     }
 
     /// Brings the schema to this binary's version (see [`super::schema`]).
@@ -225,7 +287,7 @@ impl Store {
 
     /// Brings the schema to `version` (tests of an upgrade from an older one).
     pub async fn migrate_to(&self, version: i64) -> Result<Migrated, StoreError> {
-        super::schema::migrate_to(&self.pool, version).await
+        super::schema::migrate_to(self, version).await
     }
 
     /// The schema version the database is at (0 when none).

@@ -410,3 +410,67 @@ impl Drop for Postgres {
         self.stop();
     }
 }
+
+/// What builds before the explicit schema did at each start of `serve`, replayed as psql
+/// statements: sqlx 0.8's migrator, connected as the README's role with the role's own
+/// `search_path`, created an unqualified `_sqlx_migrations` (which lands in the first schema of
+/// `"$user", public` that exists) and applied each version it did not find there, with its
+/// record, in one transaction. The first start on the README's database leaves its records in
+/// `public`; the second finds none (`"$user"` is now the schema `clusterscope`) and fails.
+pub mod previous_layout {
+    use super::Postgres;
+
+    /// sqlx 0.8's bookkeeping table, unqualified as it created it.
+    const TABLE: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+        version BIGINT PRIMARY KEY, description TEXT NOT NULL,
+        installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL,
+        checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL)";
+
+    /// One start of an earlier build, migrating up to `up_to` as `user` on `db`: Ok, or the
+    /// error PostgreSQL gave.
+    pub fn start(
+        pg: &Postgres,
+        user: &str,
+        password: &str,
+        db: &str,
+        up_to: i64,
+    ) -> Result<(), String> {
+        let run = |sql: &str| {
+            let out = pg.psql_with_password(user, password, db, sql);
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+            }
+        };
+        let applied = run(&format!(
+            "{TABLE}; SELECT coalesce(string_agg(version::text, ','), '') FROM _sqlx_migrations"
+        ))?;
+        let applied: Vec<i64> = applied
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        for (version, description, file) in clusterscope::history::schema::MIGRATIONS {
+            if *version > up_to || applied.contains(version) {
+                continue;
+            }
+            let checksum = clusterscope::history::schema::migrations(*version)
+                .pop()
+                .map(|m| {
+                    m.checksum
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>()
+                })
+                .unwrap_or_default();
+            run(&format!(
+                "BEGIN; {file}; INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES ({version}, '{description}', TRUE, '\\x{checksum}', -1); COMMIT;"
+            ))?;
+        }
+        Ok(())
+    }
+}
