@@ -90,49 +90,6 @@ async fn the_schema_is_created_from_empty_and_again_is_a_no_op() {
 }
 
 #[tokio::test]
-async fn a_database_at_the_previous_version_is_migrated_and_keeps_its_rows() {
-    let Some(pg) = Postgres::start() else { return };
-    let store = Store::connect_lazy(&pg.options()).unwrap();
-    store.migrate_to(1).await.unwrap();
-    let row = Row::of(
-        &event(
-            "u1",
-            "Node",
-            "n1",
-            "NodeNotReady",
-            3,
-            "2026-11-20T11:00:00Z",
-        ),
-        "nodes",
-        &["team-a".into()],
-    );
-    assert_eq!(store.upsert(&[&row]).await.unwrap(), [Delivered::Created]);
-    assert_eq!(
-        pg.psql(
-            "clusterscope",
-            "SELECT count(*) FROM pg_policies WHERE schemaname = 'clusterscope'"
-        ),
-        "0"
-    );
-    store.migrate().await.unwrap();
-    assert_eq!(store.version().await.unwrap(), 2);
-    assert_eq!(
-        pg.psql(
-            "clusterscope",
-            "SELECT uid || ' ' || count FROM clusterscope.events"
-        ),
-        "u1 3"
-    );
-    assert_eq!(
-        pg.psql(
-            "clusterscope",
-            "SELECT policyname FROM pg_policies WHERE schemaname = 'clusterscope'"
-        ),
-        "events_by_namespace"
-    );
-}
-
-#[tokio::test]
 async fn two_replicas_migrating_at_once_both_succeed_and_apply_each_version_once() {
     let Some(pg) = Postgres::start() else { return };
     let a = Store::connect_lazy(&pg.options()).unwrap();

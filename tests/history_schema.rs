@@ -173,13 +173,35 @@ async fn a_database_at_version_1_in_the_earlier_layout_is_upgraded() {
         ),
         "v1-row:2"
     );
+    assert_eq!(policies(&pg), "events_by_namespace");
+}
+
+/// The same upgrade in this layout (as the next schema version will be applied).
+#[tokio::test]
+async fn a_database_at_version_1_is_upgraded_and_keeps_its_rows() {
+    let Some(pg) = Postgres::start() else { return };
+    let s = store(&pg.options());
+    assert_eq!(s.migrate_to(1).await.unwrap().applied, [1]);
+    s.upsert(&[&row("u1", 3)]).await.unwrap();
+    assert_eq!(policies(&pg), "");
+    assert_eq!(store(&pg.options()).migrate().await.unwrap().applied, [2]);
+    assert_eq!(s.version().await.unwrap(), 2);
     assert_eq!(
         pg.psql(
             "clusterscope",
-            "SELECT policyname FROM pg_policies WHERE schemaname = 'clusterscope'"
+            "SELECT uid || ':' || count FROM clusterscope.events"
         ),
-        "events_by_namespace"
+        "u1:3"
     );
+    assert_eq!(policies(&pg), "events_by_namespace");
+}
+
+/// The row-level security policies of the schema (version 2 adds one).
+fn policies(pg: &Postgres) -> String {
+    pg.psql(
+        "clusterscope",
+        "SELECT coalesce(string_agg(policyname, ','), '') FROM pg_policies WHERE schemaname = 'clusterscope'",
+    )
 }
 
 /// The reverse: complete records in the schema beside an empty table elsewhere (dropped), and
