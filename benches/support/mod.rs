@@ -68,11 +68,11 @@ pub fn serve_command(
     let routes = dir.join("routes.yaml");
     std::fs::write(&routes, config).expect("config");
     let mut command = Command::new(env!("CARGO_BIN_EXE_clusterscope"));
+    command.arg("serve");
     if !extra.iter().any(|a| a.starts_with("--pod-name")) {
         command.args(["--pod-name", "bench-0"]);
     }
     command
-        .arg("serve")
         .arg(format!("--listen={}", listen.0))
         .arg(format!("--admin-listen={}", listen.1))
         .args(["--log-level", "warn"])
