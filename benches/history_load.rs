@@ -196,14 +196,17 @@ async fn per_batch_size(store: &Store) {
             ..SinkOptions::default()
         };
         let sink = Arc::new(PostgresSink::start(store.clone(), options, Arc::new(())));
-        let workers = options.lane_workers();
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
-        for w in 0..workers {
+        // As its lane runs it: one batch per writer at a time.
+        for w in 0..options.writers {
             let sink = sink.clone();
             tasks.spawn(async move {
-                for i in (w..ROWS).step_by(workers) {
-                    let _ = sink.deliver(&delivery(format!("b{batch_rows}-{i}"))).await;
+                for start in (w * batch_rows..ROWS).step_by(batch_rows * 3) {
+                    let batch: Vec<Delivery> = (start..(start + batch_rows).min(ROWS))
+                        .map(|i| delivery(format!("b{batch_rows}-{i}")))
+                        .collect();
+                    let _ = sink.deliver_batch(&batch).await;
                 }
             });
         }

@@ -646,6 +646,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         h.store.password = args.postgres_password.clone();
         h.store.connections = args.postgres_connections;
         h.sink.batch_rows = args.history_batch_rows;
+        h.sink.buffer = args.history_buffer;
         // Each writer holds a connection; leave one for retention.
         h.sink.writers = (args.postgres_connections.saturating_sub(1).max(1) as usize).min(4);
         h
@@ -680,8 +681,6 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
             lease_namespace: args.pod_namespace,
             controller: crate::mirror::controller::ControllerOptions {
                 workers: args.mirror_workers.max(1),
-                history_buffer: args.history_buffer,
-                history_workers: history.as_ref().map_or(1, |h| h.sink.lane_workers()),
                 ..Default::default()
             },
             ..Default::default()

@@ -269,8 +269,8 @@ pub struct Shared {
     pub state: Arc<crate::status::StatusLine>,
     /// clusterscope's own events: connected here once the API server answers.
     pub own_events: Arc<crate::recorder::OwnEvents>,
-    /// Where `history: true` channels record (the PostgreSQL sink), when configured.
-    pub history: Option<Arc<dyn Destination>>,
+    /// Sinks besides the copies and the log stream (the history database, when configured).
+    pub sinks: Vec<Arc<dyn Destination>>,
 }
 
 /// Starts discovery and the leader-elected mirror controller; they stop when `stop` turns true.
@@ -344,7 +344,7 @@ fn start(
         metrics,
         state,
         own_events,
-        history,
+        sinks,
     } = shared;
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -382,10 +382,13 @@ fn start(
         ),
     );
     // Delivery rules read live cluster state; the controller keeps it (on the leader only).
-    let syncer = Syncer::new(client.clone(), config, resolver, Some(log_sink))
-        .with_own_events(own_events)
-        .with_history(history)
-        .with_cluster(crate::owners::SharedCluster::default());
+    let syncer = sinks.into_iter().fold(
+        Syncer::new(client.clone(), config, resolver)
+            .with_sink(log_sink)
+            .with_own_events(own_events)
+            .with_cluster(crate::owners::SharedCluster::default()),
+        Syncer::with_sink,
+    );
     let lease_ref = ObjectReference {
         api_version: Some("coordination.k8s.io/v1".to_owned()),
         kind: Some("Lease".to_owned()),

@@ -384,7 +384,7 @@ impl Server {
                         metrics: self.state.metrics.clone(),
                         state: self.state.cluster.clone(),
                         own_events: self.own_events.clone(),
-                        history,
+                        sinks: history.into_iter().collect(),
                     },
                     self.options.cluster.clone(),
                     pokes,

@@ -130,7 +130,7 @@ fn spawn_cluster(
         metrics: Arc::new(Metrics::new()),
         state: Arc::new(clusterscope::status::StatusLine::default()),
         own_events: Arc::default(),
-        history: None,
+        sinks: Vec::new(),
     };
     let options = clusterscope::cluster::ClusterOptions {
         identity: "replica-0".into(),

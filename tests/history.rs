@@ -287,28 +287,35 @@ async fn two_replicas_writing_the_same_events_leave_one_row_each() {
         .into_iter()
         .map(|s| Arc::new(PostgresSink::start(s, options, Arc::new(()))))
         .collect();
+    // Each replica's lane hands its sink batches of 100 (two writers each), and sees counts
+    // 1..=3 of every event in its own order.
     let mut tasks = tokio::task::JoinSet::new();
     for (n, sink) in sinks.iter().enumerate() {
-        for w in 0..50 {
+        for writer in 0..2 {
             let sink = sink.clone();
             tasks.spawn(async move {
-                for i in (w..2_000).step_by(50) {
-                    // Each replica sees counts 1..=3 of every event, in its own order.
+                for chunk in (writer * 100..2_000).step_by(200) {
                     for count in if n == 0 { [1, 2, 3] } else { [3, 1, 2] } {
                         let last = format!("2026-11-20T11:00:{:02}Z", count * 10);
-                        let d = delivery(
-                            event(
-                                &format!("u{i}"),
-                                "Node",
-                                &format!("n{i}"),
-                                "R",
-                                count,
-                                &last,
-                            ),
-                            "nodes",
-                            &[],
-                        );
-                        sink.deliver(&d).await.unwrap();
+                        let batch: Vec<Delivery> = (chunk..chunk + 100)
+                            .map(|i| {
+                                delivery(
+                                    event(
+                                        &format!("u{i}"),
+                                        "Node",
+                                        &format!("n{i}"),
+                                        "R",
+                                        count,
+                                        &last,
+                                    ),
+                                    "nodes",
+                                    &[],
+                                )
+                            })
+                            .collect();
+                        for result in sink.deliver_batch(&batch).await {
+                            result.unwrap();
+                        }
                     }
                 }
             });
@@ -343,12 +350,11 @@ async fn a_refused_row_fails_alone_and_final() {
         },
         Arc::new(()),
     ));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..20 {
-        let sink = sink.clone();
-        tasks.spawn(async move {
+    // The batch its lane hands it: one statement, refused, then row by row.
+    let batch: Vec<Delivery> = (0..20)
+        .map(|i| {
             let reason = if i == 7 { "Poison" } else { "Fine" };
-            let d = delivery(
+            delivery(
                 event(
                     &format!("u{i}"),
                     "Node",
@@ -359,13 +365,11 @@ async fn a_refused_row_fails_alone_and_final() {
                 ),
                 "nodes",
                 &[],
-            );
-            (i, sink.deliver(&d).await)
-        });
-    }
+            )
+        })
+        .collect();
     let mut failed = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        let (i, result) = r.unwrap();
+    for (i, result) in sink.deliver_batch(&batch).await.into_iter().enumerate() {
         if let Err(f) = result {
             assert!(!f.retryable, "refused data is not retried: {f}");
             assert!(f.to_string().contains("no_poison"), "{f}");

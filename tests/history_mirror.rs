@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clusterscope::history::{PostgresSink, SinkOptions, Store, StoreOptions};
+use clusterscope::metrics::Metrics;
 use fake_apiserver::FakeApiServer;
 use postgres::Postgres;
 use serde_json::Value;
@@ -65,24 +66,28 @@ async fn until(secs: u64, mut cond: impl AsyncFnMut() -> bool) -> bool {
     cond().await
 }
 
-fn sink(store: &Store) -> Arc<dyn clusterscope::recorder::pipeline::Destination> {
+/// The history sink (batches of 50, two writers, `buffer` rows held), counting into `metrics`.
+fn sink(
+    store: &Store,
+    buffer: usize,
+    metrics: &Arc<Metrics>,
+) -> Arc<dyn clusterscope::recorder::pipeline::Destination> {
     Arc::new(PostgresSink::start(
         store.clone(),
         SinkOptions {
             batch_rows: 50,
             linger: Duration::from_millis(5),
             writers: 2,
+            buffer,
         },
-        Arc::new(()),
+        metrics.clone(),
     ))
 }
 
-fn options(buffer: usize) -> clusterscope::mirror::controller::ControllerOptions {
+fn options() -> clusterscope::mirror::controller::ControllerOptions {
     clusterscope::mirror::controller::ControllerOptions {
         workers: 4,
         retry_base: Duration::from_millis(100),
-        history_buffer: buffer,
-        history_workers: 100,
         ..Default::default()
     }
 }
@@ -97,8 +102,9 @@ async fn stored_events_of_a_history_channel_become_rows_that_follow_their_count(
         api.put("default", node_event(i, 1));
         api.put("default", other_event(i));
     }
-    let syncer = api.syncer(CONFIG).with_history(Some(sink(&store)));
-    let running = api.run_syncer(syncer, options(1000));
+    let metrics = Arc::new(Metrics::new());
+    let syncer = api.syncer(CONFIG).with_sink(sink(&store, 1000, &metrics));
+    let running = api.run_syncer_with(syncer, options(), metrics);
     assert!(
         until(10, async || row_count(&store).await == 20).await,
         "{} rows",
@@ -164,9 +170,10 @@ async fn the_database_down_for_30s_under_load_loses_no_row() {
     for i in 0..100 {
         api.put("default", node_event(i, 1));
     }
-    let syncer = api.syncer(CONFIG).with_history(Some(sink(&store)));
     let buffer = 300;
-    let running = api.run_syncer(syncer, options(buffer));
+    let metrics = Arc::new(Metrics::new());
+    let syncer = api.syncer(CONFIG).with_sink(sink(&store, buffer, &metrics));
+    let running = api.run_syncer_with(syncer, options(), metrics);
     assert!(until(10, async || row_count(&store).await == 100).await);
 
     pg.stop();

@@ -292,10 +292,10 @@ async fn a_log_channel_writes_through_its_own_lane() {
             clusterscope::config::Config::from_yaml(yaml, "test").unwrap(),
         ),
         Arc::new(clusterscope::classify::ScopeResolver::new()),
-        Some(Arc::new(clusterscope::recorder::LogSink::new(Box::new(
-            lines.clone(),
-        )))),
-    );
+    )
+    .with_sink(Arc::new(clusterscope::recorder::LogSink::new(Box::new(
+        lines.clone(),
+    ))));
     let running = api.run_syncer(
         syncer,
         clusterscope::mirror::controller::ControllerOptions {
@@ -354,6 +354,121 @@ async fn a_log_channel_writes_through_its_own_lane() {
     assert_eq!(
         running.metric(r#"clusterscope_delivery_queue_depth{sink="log"}"#),
         0.0
+    );
+    running.stop().await;
+}
+
+/// A sink written in this test alone, registered once: a memo of every Node event, in batches.
+/// The controller, the syncer and the pipeline are not told anything else about it.
+#[derive(Default)]
+struct Memo {
+    /// Keys and counts written, per batch.
+    batches: std::sync::Mutex<Vec<Vec<(String, i32)>>>,
+}
+
+impl clusterscope::recorder::pipeline::Destination for Memo {
+    fn name(&self) -> &'static str {
+        "memo"
+    }
+
+    fn plan(
+        &self,
+        routed: &clusterscope::recorder::pipeline::Routed<'_>,
+    ) -> Vec<clusterscope::recorder::pipeline::Delivery> {
+        if routed.event.involved_object.kind.as_deref() != Some("Node") {
+            return Vec::new();
+        }
+        vec![routed.delivery(routed.source_key(), routed.event.clone(), Vec::new())]
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        delivery: &'a clusterscope::recorder::pipeline::Delivery,
+    ) -> clusterscope::recorder::pipeline::DeliverFuture<'a> {
+        Box::pin(async move {
+            self.batches.lock().unwrap().push(vec![(
+                delivery.key.clone(),
+                delivery.event.count.unwrap_or(0),
+            )]);
+            Ok(clusterscope::recorder::pipeline::Delivered::Appended)
+        })
+    }
+
+    fn deliver_batch<'a>(
+        &'a self,
+        batch: &'a [clusterscope::recorder::pipeline::Delivery],
+    ) -> clusterscope::recorder::pipeline::BatchFuture<'a> {
+        Box::pin(async move {
+            self.batches.lock().unwrap().push(
+                batch
+                    .iter()
+                    .map(|d| (d.key.clone(), d.event.count.unwrap_or(0)))
+                    .collect(),
+            );
+            vec![Ok(clusterscope::recorder::pipeline::Delivered::Appended); batch.len()]
+        })
+    }
+
+    fn lane(
+        &self,
+        defaults: &clusterscope::recorder::pipeline::LaneOptions,
+    ) -> clusterscope::recorder::pipeline::LaneOptions {
+        // A stream: the lane remembers what it wrote, so the source's label patch (the same
+        // state once labelled) is not written twice.
+        clusterscope::recorder::pipeline::LaneOptions {
+            workers: 1,
+            skip_repeats: true,
+            batch: 25,
+            linger: Duration::from_millis(100),
+            ..defaults.clone()
+        }
+    }
+}
+
+/// A new sink is one type and one registration: it gets its deliveries from the production
+/// controller (planned by itself, batched as its lane says), and its metrics, beside the copies.
+#[tokio::test]
+async fn a_sink_defined_in_a_test_alone_gets_its_deliveries_from_the_controller() {
+    use std::sync::Arc;
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
+    let memo = Arc::new(Memo::default());
+    let syncer = api
+        .syncer(
+            "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n",
+        )
+        .with_sink(memo.clone());
+    let running = api.run_syncer(
+        syncer,
+        clusterscope::mirror::controller::ControllerOptions {
+            retry_base: Duration::from_millis(20),
+            ..Default::default()
+        },
+    );
+    for i in 0..50 {
+        api.put("default", node_event(i, 1));
+    }
+    api.put("default", pod_event(0));
+    let written = || memo.batches.lock().unwrap().iter().flatten().count();
+    assert!(
+        eventually(|| written() == 50).await,
+        "{} written",
+        written()
+    );
+    let batches = memo.batches.lock().unwrap().clone();
+    assert!(
+        batches.iter().all(|b| b.len() <= 25) && batches.iter().any(|b| b.len() > 1),
+        "batches as its lane says: {:?}",
+        batches.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert!(
+        eventually(|| running
+            .metric(r#"clusterscope_deliveries_total{sink="memo",result="append"}"#)
+            == 50.0)
+        .await
+    );
+    assert!(
+        eventually(|| api.events_in("team-infra").len() == 50).await,
+        "the copies as before"
     );
     running.stop().await;
 }

@@ -81,6 +81,17 @@ pub struct Channel {
     pub deliver: crate::owners::Rules,
 }
 
+impl Channel {
+    /// The channel's switches that are on, by their names here (`log`, `history`): a sink such
+    /// a switch turns on takes the channel's events only when it is on.
+    pub fn switches(&self) -> Vec<&'static str> {
+        [("log", self.log), ("history", self.history)]
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect()
+    }
+}
+
 /// The full keys clusterscope writes, `<labelPrefix>/<name>`, computed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {

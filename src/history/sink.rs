@@ -1,24 +1,32 @@
-//! The `postgres` destination of the recorder pipeline. Its lane's workers each hand it one
-//! delivery and wait; the sink's writers gather what is waiting into batches (up to
-//! `batch_rows`, or what arrived within `linger`) and write each batch as one upsert, so the
-//! lane keeps its per-delivery retries and reports while the database sees few statements.
+//! The `postgres` destination of the recorder pipeline, and the retention task. The sink takes
+//! the deliveries of `history: true` channels; its lane hands it batches (up to `batch_rows`,
+//! or what arrived within `linger`, one batch per writer at a time) and it writes each batch as
+//! one upsert, so the lane keeps its per-delivery retries and reports while the database sees
+//! few statements.
 //!
 //! A failed batch: when the database is down or busy every delivery in it fails retryable and
-//! the lane retries it with backoff (the lane's capacity is the bounded buffer); when the
-//! database refused the data itself, the batch is written again row by row, so that one bad
-//! row fails alone instead of holding back the others.
+//! the lane retries it with backoff (the lane's capacity is the bounded buffer, and while the
+//! database fails a full buffer drops, counts, and has the stored events listed again once it
+//! has drained); when the database refused the data itself, the batch is written again row by
+//! row, so that one bad row fails alone instead of holding back the others.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use k8s_openapi::api::core::v1::ObjectReference;
 
 use super::store::{Store, describe, transient};
 use super::{POSTGRES, Row};
 use crate::recorder::SinkError;
-use crate::recorder::pipeline::{DeliverFuture, Delivered, Delivery, Destination, Failure};
+use crate::recorder::pipeline::{
+    BatchFuture, Counted, DeliverFuture, Delivered, Delivery, Destination, Failure, LaneOptions,
+    Overflow, Routed,
+};
 
-/// How the sink batches.
+/// The channel switch that turns this sink on (`history: true`).
+pub const SWITCH: &str = "history";
+
+/// How the sink batches and buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SinkOptions {
     /// Rows in one statement at most.
@@ -27,6 +35,9 @@ pub struct SinkOptions {
     pub linger: Duration,
     /// Batches written at the same time (each holds one connection).
     pub writers: usize,
+    /// Rows held while the database is slow or down; past it, deliveries are dropped (counted)
+    /// and written at the re-list that follows once it drains.
+    pub buffer: usize,
 }
 
 impl Default for SinkOptions {
@@ -35,14 +46,8 @@ impl Default for SinkOptions {
             batch_rows: 500,
             linger: Duration::from_millis(20),
             writers: 2,
+            buffer: 20_000,
         }
-    }
-}
-
-impl SinkOptions {
-    /// Lane workers that keep every writer's batch full: each worker waits for one row.
-    pub fn lane_workers(&self) -> usize {
-        self.batch_rows.max(1) * self.writers.max(1)
     }
 }
 
@@ -50,31 +55,36 @@ impl SinkOptions {
 pub trait BatchObserver: Send + Sync {
     /// A batch of `rows` rows took `took`; `ok` when it was written.
     fn batch(&self, rows: usize, took: Duration, ok: bool);
+    /// A row was written (created or changed), `lag` after its event's change was first seen.
+    fn written(&self, lag: Duration);
 }
 
 /// Observes nothing.
 impl BatchObserver for () {
     fn batch(&self, _: usize, _: Duration, _: bool) {}
+    fn written(&self, _: Duration) {}
 }
 
 impl BatchObserver for crate::metrics::Metrics {
     fn batch(&self, rows: usize, took: Duration, ok: bool) {
         self.history_batch(rows, took, ok);
     }
+    fn written(&self, lag: Duration) {
+        self.history_lag(lag);
+    }
 }
 
-struct Job {
-    row: Row,
-    reply: oneshot::Sender<Result<Delivered, Failure>>,
-}
-
-/// The pipeline's `postgres` sink; writers run until the sink is dropped.
+/// The pipeline's `postgres` sink.
 pub struct PostgresSink {
-    jobs: mpsc::Sender<Job>,
+    store: Store,
+    options: SinkOptions,
+    observer: Arc<dyn BatchObserver>,
+    /// Nothing is written until this turns true (the schema is migrated).
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PostgresSink {
-    /// Starts `options.writers` writers over `store` (on the current runtime).
+    /// A sink writing into `store` as `options` say.
     pub fn start(store: Store, options: SinkOptions, observer: Arc<dyn BatchObserver>) -> Self {
         Self::start_when(
             store,
@@ -84,48 +94,51 @@ impl PostgresSink {
         )
     }
 
-    /// Like [`Self::start`], but the writers write nothing until `ready` turns true (the
-    /// schema is migrated); deliveries wait in the lane meanwhile.
+    /// Like [`Self::start`], but writing nothing until `ready` turns true (the schema is
+    /// migrated); deliveries wait in the lane meanwhile.
     pub fn start_when(
         store: Store,
         options: SinkOptions,
         observer: Arc<dyn BatchObserver>,
         ready: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        let (jobs, rx) = mpsc::channel(options.lane_workers());
-        let rx = Arc::new(Mutex::new(rx));
-        for _ in 0..options.writers.max(1) {
-            let (rx, store, observer) = (rx.clone(), store.clone(), observer.clone());
-            let mut ready = ready.clone();
-            tokio::spawn(async move {
-                if ready.wait_for(|r| *r).await.is_err() {
-                    return;
-                }
-                while let Some(batch) = gather(&rx, options).await {
-                    write(&store, batch, observer.as_ref()).await;
-                }
-            });
+        PostgresSink {
+            store,
+            options,
+            observer,
+            ready,
         }
-        PostgresSink { jobs }
+    }
+
+    /// Writes `batch` once the schema is ready; one result per delivery, in order.
+    async fn write_batch(&self, batch: &[Delivery]) -> Vec<Result<Delivered, Failure>> {
+        let mut ready = self.ready.clone();
+        if ready.wait_for(|r| *r).await.is_err() {
+            return vec![Err(stopped()); batch.len()];
+        }
+        let rows: Vec<Row> = batch
+            .iter()
+            .map(|d| Row::of(&d.event, &d.channel, &d.namespaces))
+            .collect();
+        let results = write(&self.store, &rows, self.observer.as_ref()).await;
+        for (delivery, result) in batch.iter().zip(&results) {
+            if matches!(result, Ok(how) if how.wrote()) {
+                self.observer.written(delivery.since.elapsed());
+            }
+        }
+        results
     }
 }
 
-/// The next batch: waits for one job, then takes what arrives within `linger` (up to
-/// `batch_rows`). None once the sink is gone.
-async fn gather(rx: &Mutex<mpsc::Receiver<Job>>, options: SinkOptions) -> Option<Vec<Job>> {
-    // One writer gathers at a time; the others wait their turn (and write meanwhile).
-    let mut rx = rx.lock().await;
-    let first = rx.recv().await?;
-    let mut batch = Vec::with_capacity(options.batch_rows);
-    batch.push(first);
-    let deadline = tokio::time::Instant::now() + options.linger;
-    while batch.len() < options.batch_rows.max(1) {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(job)) => batch.push(job),
-            Ok(None) | Err(_) => break,
-        }
+fn stopped() -> Failure {
+    Failure {
+        operation: "upsert",
+        error: SinkError::Database {
+            message: "the history database was not prepared (serve is stopping)".to_owned(),
+            transient: true,
+        },
+        retryable: true,
     }
-    Some(batch)
 }
 
 fn failure(e: &sqlx::Error) -> Failure {
@@ -140,34 +153,38 @@ fn failure(e: &sqlx::Error) -> Failure {
     }
 }
 
-/// Writes one batch and answers every job in it.
-async fn write(store: &Store, batch: Vec<Job>, observer: &dyn BatchObserver) {
-    // One statement cannot update a row twice: of two jobs for one uid (which the lane's
-    // keys prevent), the later is written and both are answered with its result.
+/// Writes `rows` as one statement; one result per row, in order.
+async fn write(
+    store: &Store,
+    rows: &[Row],
+    observer: &dyn BatchObserver,
+) -> Vec<Result<Delivered, Failure>> {
+    // One statement cannot update a row twice: of two rows for one uid (which the lane's keys
+    // prevent), the later is written and both are answered with its result.
     let mut index: std::collections::HashMap<&str, usize> =
-        std::collections::HashMap::with_capacity(batch.len());
-    let mut rows: Vec<&Row> = Vec::with_capacity(batch.len());
-    let mut slot_of = Vec::with_capacity(batch.len());
-    for job in &batch {
-        let slot = *index.entry(job.row.uid.as_str()).or_insert_with(|| {
-            rows.push(&job.row);
-            rows.len() - 1
+        std::collections::HashMap::with_capacity(rows.len());
+    let mut distinct: Vec<&Row> = Vec::with_capacity(rows.len());
+    let mut slot_of = Vec::with_capacity(rows.len());
+    for row in rows {
+        let slot = *index.entry(row.uid.as_str()).or_insert_with(|| {
+            distinct.push(row);
+            distinct.len() - 1
         });
-        rows[slot] = &job.row;
+        distinct[slot] = row;
         slot_of.push(slot);
     }
     let started = Instant::now();
-    let result = store.upsert(&rows).await;
-    observer.batch(rows.len(), started.elapsed(), result.is_ok());
+    let result = store.upsert(&distinct).await;
+    observer.batch(distinct.len(), started.elapsed(), result.is_ok());
     let answers: Vec<Result<Delivered, Failure>> = match result {
         Ok(done) => done.into_iter().map(Ok).collect(),
-        Err(e) if transient(&e) || rows.len() == 1 => vec![Err(failure(&e)); rows.len()],
+        Err(e) if transient(&e) || distinct.len() == 1 => vec![Err(failure(&e)); distinct.len()],
         Err(e) => {
             // The data was refused: find the row(s) by writing each alone.
-            tracing::warn!(rows = rows.len(), error = %describe(&e),
+            tracing::warn!(rows = distinct.len(), error = %describe(&e),
                 "history: PostgreSQL refused a batch; writing its rows one by one");
-            let mut answers = Vec::with_capacity(rows.len());
-            for row in &rows {
+            let mut answers = Vec::with_capacity(distinct.len());
+            for row in &distinct {
                 let started = Instant::now();
                 let one = store.upsert(&[row]).await;
                 observer.batch(1, started.elapsed(), one.is_ok());
@@ -179,13 +196,15 @@ async fn write(store: &Store, batch: Vec<Job>, observer: &dyn BatchObserver) {
             answers
         }
     };
-    for (job, slot) in batch.into_iter().zip(slot_of) {
-        let answer = answers
-            .get(slot)
-            .cloned()
-            .unwrap_or(Ok(Delivered::Unchanged));
-        let _ = job.reply.send(answer);
-    }
+    slot_of
+        .into_iter()
+        .map(|slot| {
+            answers
+                .get(slot)
+                .cloned()
+                .unwrap_or(Ok(Delivered::Unchanged))
+        })
+        .collect()
 }
 
 impl Destination for PostgresSink {
@@ -193,24 +212,54 @@ impl Destination for PostgresSink {
         POSTGRES
     }
 
+    /// One row per source, keyed by its uid, with the namespaces its channel delivered to.
+    fn plan(&self, routed: &Routed<'_>) -> Vec<Delivery> {
+        if !routed.switched(SWITCH) {
+            return Vec::new();
+        }
+        let key = routed
+            .source
+            .uid
+            .clone()
+            .unwrap_or_else(|| routed.source_key());
+        vec![routed.delivery(key, routed.event.clone(), routed.namespaces.to_vec())]
+    }
+
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
         Box::pin(async move {
-            let row = Row::of(&delivery.event, &delivery.channel, &delivery.namespaces);
-            let (reply, answer) = oneshot::channel();
-            let gone = || Failure {
-                operation: "upsert",
-                error: SinkError::Database {
-                    message: "the history writer stopped".to_owned(),
-                    transient: true,
-                },
-                retryable: true,
-            };
-            self.jobs
-                .send(Job { row, reply })
+            self.write_batch(std::slice::from_ref(delivery))
                 .await
-                .map_err(|_| gone())?;
-            answer.await.map_err(|_| gone())?
+                .pop()
+                .unwrap_or(Ok(Delivered::Unchanged))
         })
+    }
+
+    fn deliver_batch<'a>(&'a self, batch: &'a [Delivery]) -> BatchFuture<'a> {
+        Box::pin(self.write_batch(batch))
+    }
+
+    /// `writers` batches of `batch_rows` at a time; the buffer is the lane's capacity, and a
+    /// full buffer drops while the database fails (a database outage never holds back the
+    /// copies; the re-list once it drains writes what was dropped).
+    fn lane(&self, defaults: &LaneOptions) -> LaneOptions {
+        LaneOptions {
+            capacity: self.options.buffer.max(1),
+            workers: self.options.writers.max(1),
+            batch: self.options.batch_rows.max(1),
+            linger: self.options.linger,
+            overflow: Overflow::DropWhileFailing,
+            ..defaults.clone()
+        }
+    }
+
+    /// History rows are not mirror writes: the sink measures their lag itself.
+    fn counted(&self) -> Counted {
+        Counted::Apart
+    }
+
+    /// A deleted (expired) source's pending row is still written.
+    fn forget(&self, _source: &ObjectReference) -> Vec<String> {
+        Vec::new()
     }
 }
 

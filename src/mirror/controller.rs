@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -19,7 +18,7 @@ use kube::runtime::watcher;
 use crate::metrics::Metrics;
 use crate::mirror::sync::Syncer;
 use crate::recorder::pipeline::{
-    Delivered, Delivery, Failure, LaneOptions, Observer, Pipeline, Refused,
+    Counted, Delivered, Delivery, Failure, LaneOptions, Observer, Pipeline, Sink,
 };
 use crate::recorder::queue::{Done, Given, KeyedQueue, RetryPolicy};
 
@@ -61,12 +60,6 @@ pub struct ControllerOptions {
     pub full_retry: Duration,
     /// How long the first sync waits for the owner state's first lists (delivery rules).
     pub owners_wait: Duration,
-    /// Rows the history sink holds while the database is slow or down (the bounded buffer);
-    /// past it, deliveries are dropped (counted) and written at the next re-list.
-    pub history_buffer: usize,
-    /// Workers of the history lane: each waits for its row's batch, so this many rows can be
-    /// in batches at once (batch rows × writers).
-    pub history_workers: usize,
 }
 
 impl Default for ControllerOptions {
@@ -82,8 +75,6 @@ impl Default for ControllerOptions {
             full_wait: Duration::from_secs(1),
             full_retry: Duration::from_secs(5),
             owners_wait: Duration::from_secs(30),
-            history_buffer: 20_000,
-            history_workers: crate::history::SinkOptions::default().lane_workers(),
         }
     }
 }
@@ -98,73 +89,17 @@ impl ControllerOptions {
         }
     }
 
-    /// The delivery pipeline for `syncer`'s sinks: the copy sink with `workers` workers, the
-    /// log stream with one.
+    /// The delivery pipeline for `syncer`'s sinks: each lane as its sink runs it (see
+    /// [`crate::recorder::pipeline::Destination::lane`]) from these defaults: `workers`
+    /// workers, `queue_capacity` keys, the controller's retries.
     fn pipeline(&self, syncer: &Syncer, observer: Arc<dyn Observer>) -> Pipeline {
+        let defaults = LaneOptions::new(self.queue_capacity, self.workers, self.retry());
         syncer
-            .destinations()
-            .into_iter()
+            .sinks
+            .iter()
             .fold(Pipeline::new(observer), |pipeline, sink| {
-                // The copy sink knows what is stored (its copy index); a stream does not, so
-                // its lane remembers what it wrote.
-                // The history database knows too (its upsert skips what it holds) and
-                // batches what many workers hand it.
-                let (capacity, workers, skip_repeats) = match sink.name() {
-                    crate::mirror::sink::KUBERNETES => (self.queue_capacity, self.workers, false),
-                    crate::history::POSTGRES => (self.history_buffer, self.history_workers, false),
-                    _ => (self.queue_capacity, 1, true),
-                };
-                pipeline.with_sink(
-                    sink,
-                    LaneOptions {
-                        capacity,
-                        workers,
-                        retry: self.retry(),
-                        skip_repeats,
-                    },
-                )
+                pipeline.with_sink(sink.clone(), &defaults)
             })
-    }
-}
-
-/// The history lane's state: whether its full buffer dropped deliveries since the last
-/// re-list, whether the database answers (its last try did not fail for want of it), and the
-/// signal that makes the watches re-list.
-struct HistoryLane {
-    dropped: AtomicBool,
-    healthy: AtomicBool,
-    relist: tokio::sync::Notify,
-}
-
-impl Default for HistoryLane {
-    fn default() -> Self {
-        HistoryLane {
-            dropped: AtomicBool::new(false),
-            healthy: AtomicBool::new(true),
-            relist: tokio::sync::Notify::new(),
-        }
-    }
-}
-
-impl HistoryLane {
-    /// Re-lists the stored events once the buffer that dropped deliveries has drained into a
-    /// database that answers: the list re-delivers every stored event, the upsert writes
-    /// only what the database lacks.
-    async fn relist_after_drops(&self, pipeline: &Pipeline, metrics: &Metrics) {
-        loop {
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            if self.dropped.load(Ordering::Relaxed)
-                && self.healthy.load(Ordering::Relaxed)
-                && pipeline.held(crate::history::POSTGRES) == 0
-            {
-                self.dropped.store(false, Ordering::Relaxed);
-                metrics.history_resyncs.inc();
-                tracing::info!(
-                    "history: the buffer drained; re-listing the stored events to write what it dropped"
-                );
-                self.relist.notify_waiters();
-            }
-        }
     }
 }
 
@@ -172,18 +107,12 @@ impl HistoryLane {
 struct Report {
     metrics: Arc<Metrics>,
     own_events: Arc<crate::recorder::OwnEvents>,
-    history: Arc<HistoryLane>,
 }
 
 impl Observer for Report {
-    fn delivered(&self, sink: &'static str, delivery: &Delivery, how: Delivered) {
-        self.metrics.delivery(sink, how.as_str());
-        if sink == crate::history::POSTGRES {
-            // History rows are not mirror writes: they have their own lag and batch metrics.
-            self.history.healthy.store(true, Ordering::Relaxed);
-            if how.wrote() {
-                self.metrics.history_lag(delivery.since.elapsed());
-            }
+    fn delivered(&self, sink: Sink, delivery: &Delivery, how: Delivered) {
+        self.metrics.delivery(sink.name, how.as_str());
+        if sink.counted == Counted::Apart {
             return;
         }
         if how.wrote() {
@@ -195,30 +124,24 @@ impl Observer for Report {
         }
     }
 
-    fn failed(&self, sink: &'static str, delivery: &Delivery, failure: &Failure, given_up: bool) {
-        if sink == crate::history::POSTGRES && failure.retryable {
-            self.history.healthy.store(false, Ordering::Relaxed);
-        }
-        self.metrics.delivery(sink, "error");
-        let history = sink == crate::history::POSTGRES;
-        if !history {
+    fn failed(&self, sink: Sink, delivery: &Delivery, failure: &Failure, given_up: bool) {
+        self.metrics.delivery(sink.name, "error");
+        let mirrored = sink.counted == Counted::AsMirrorWrites;
+        if mirrored {
             self.metrics
                 .mirror_write(&delivery.channel, failure.operation, "error");
         }
         if !given_up {
             return;
         }
-        self.metrics.delivery(sink, "given_up");
-        if !history {
+        self.metrics.delivery(sink.name, "given_up");
+        if mirrored {
             self.metrics.mirror_given_up(&delivery.channel);
         }
-        let source = format!(
-            "{}/{}",
-            delivery.source.namespace.as_deref().unwrap_or_default(),
-            delivery.source.name.as_deref().unwrap_or_default()
-        );
         let message = format!(
-            "gave up delivering event {source} to {sink} ({}, channel {}) until it changes again: {}",
+            "gave up delivering event {} to {} ({}, channel {}) until it changes again: {}",
+            crate::recorder::pipeline::key_of_source(&delivery.source),
+            sink.name,
             delivery.key,
             delivery.channel,
             crate::telemetry::clip(&failure.to_string(), 512)
@@ -228,12 +151,21 @@ impl Observer for Report {
         }
     }
 
-    fn full(&self, sink: &'static str, _delivery: &Delivery) {
-        self.metrics.delivery_queue_full(sink);
+    fn full(&self, sink: Sink, _delivery: &Delivery) {
+        self.metrics.delivery_queue_full(sink.name);
     }
 
-    fn depth(&self, sink: &'static str, held: usize) {
-        self.metrics.delivery_queue_depth(sink, held);
+    fn dropped(&self, sink: Sink, _delivery: &Delivery) {
+        self.metrics.delivery(sink.name, "dropped");
+    }
+
+    fn relisting(&self, _sink: Sink) {
+        // The one metric of these re-lists (only the history sink drops today).
+        self.metrics.history_resyncs.inc();
+    }
+
+    fn depth(&self, sink: Sink, held: usize) {
+        self.metrics.delivery_queue_depth(sink.name, held);
     }
 }
 
@@ -247,9 +179,6 @@ struct Worker {
     options: ControllerOptions,
     /// One line a minute at most about namespaces a delivery cap left out.
     cut_log: Arc<crate::telemetry::Throttle>,
-    history: Arc<HistoryLane>,
-    /// One line a minute at most about history deliveries dropped.
-    drop_log: Arc<crate::telemetry::Throttle>,
 }
 
 impl Worker {
@@ -271,8 +200,6 @@ impl Worker {
             metrics,
             options,
             cut_log,
-            history,
-            drop_log,
         } = self;
         let plan = syncer.plan(&ev, since);
         let channel = plan.channel.clone().unwrap_or_default();
@@ -292,35 +219,7 @@ impl Worker {
             (Err(e), _) => metrics.mirror_write(&channel, e.operation, "error"),
             _ => {}
         }
-        let mut refused = false;
-        for (sink, delivery) in plan.deliveries {
-            if sink == crate::history::POSTGRES && !history.healthy.load(Ordering::Relaxed) {
-                // The database fails: never wait for it, a database outage must not hold
-                // back the copies. What the full buffer drops is written at the re-list
-                // once it drains (while it answers, a full buffer is waited for instead,
-                // as any sink's, so that the re-list itself is not dropped again).
-                if let Err(Refused::Full(_)) = pipeline.offer(sink, delivery) {
-                    metrics.delivery(sink, "dropped");
-                    history.dropped.store(true, Ordering::Relaxed);
-                    if let Some(held) = drop_log.allow() {
-                        tracing::warn!(namespace = %key.0, name = %key.1, channel,
-                            buffer = options.history_buffer, similar_since_last = held,
-                            "history: the buffer is full (the database is slow or down); this event is written at the re-list once it drains");
-                    }
-                }
-                continue;
-            }
-            match pipeline
-                .offer_within(sink, delivery, options.full_wait)
-                .await
-            {
-                Ok(()) => {}
-                Err(Refused::Full(_)) => refused = true,
-                Err(Refused::NoSink(d)) => {
-                    tracing::debug!(sink, key = %d.key, "mirror: no such sink; delivery dropped");
-                }
-            }
-        }
+        let refused = pipeline.hand(plan.deliveries, options.full_wait).await;
         let done = match &labelled {
             // Offered again later: the full sink has room by then, or it is offered again.
             _ if refused => Done::Later(ev, options.full_retry),
@@ -360,26 +259,20 @@ pub async fn run(
         }
     }
     let queue = Arc::new(WorkQueue::unbounded());
-    let history = Arc::new(HistoryLane::default());
     let report = Arc::new(Report {
         metrics: metrics.clone(),
         own_events: syncer.own_events.clone(),
-        history: history.clone(),
     });
     let pipeline = Arc::new(options.pipeline(&syncer, report));
     for sink in pipeline.sinks() {
         metrics.delivery_sink(sink);
     }
     // What another leader (or an earlier run) wrote is not known: list it again.
-    syncer.copies.copies.reset();
+    pipeline.relisted();
     // Every task of this run stops when the run ends, however it ends (lease lost, shutdown,
     // or the run itself dropped).
     let mut tasks = tokio::task::JoinSet::new();
     pipeline.start(&mut tasks);
-    if syncer.history.is_some() {
-        let (history, pipeline, metrics) = (history.clone(), pipeline.clone(), metrics.clone());
-        tasks.spawn(async move { history.relist_after_drops(&pipeline, &metrics).await });
-    }
     // Delivery rules resolve against live cluster state: list it before the first sync, so
     // that no stored event is judged against an empty state.
     if let Some(state) = syncer.cluster.clone() {
@@ -419,14 +312,13 @@ pub async fn run(
         let api: Api<Event> = Api::namespaced(syncer.client.clone(), ns);
         let queue = queue.clone();
         let metrics = metrics.clone();
-        let syncer = syncer.clone();
         let pipeline = pipeline.clone();
-        let history = history.clone();
         tasks.spawn(async move {
             let config = watcher::Config::default().fields(FIELD_SELECTOR);
-            // A new watcher (and so a new list) whenever the history lane asks for one.
+            // A new watcher (and so a new list) whenever a lane that dropped asks for one.
+            let relists = pipeline.relists();
             loop {
-                let relist = history.relist.notified();
+                let relist = relists.notified();
                 tokio::pin!(relist);
                 let mut stream = watcher(api.clone(), config.clone())
                     .default_backoff()
@@ -445,10 +337,10 @@ pub async fn run(
                             metrics.mirror_queue_depth.set(queue.len() as i64);
                         }
                         Ok(watcher::Event::Init) => {
-                            // A (re-)list of the sources: re-list the copies too (once per
-                            // channel namespace, when first needed) instead of trusting what
-                            // may have changed while the watch was down.
-                            syncer.copies.copies.reset();
+                            // A (re-)list of the sources: the sinks stop trusting what they
+                            // believe they hold (the copies are listed again, once per channel
+                            // namespace, when first needed): it may have changed meanwhile.
+                            pipeline.relisted();
                         }
                         Ok(watcher::Event::InitDone) => {
                             tracing::info!(namespace = ns, "mirror: caught up with stored events");
@@ -456,7 +348,7 @@ pub async fn run(
                         Ok(watcher::Event::Delete(ev)) => {
                             // Expired (TTL) or deleted: nothing more to copy, nothing to retry.
                             queue.forget(&key_of(&ev));
-                            syncer.forget(&ev, Some(&pipeline));
+                            pipeline.forget(&crate::mirror::source_reference(&ev));
                             metrics.mirror_queue_depth.set(queue.len() as i64);
                         }
                         Err(e) => {
@@ -475,8 +367,6 @@ pub async fn run(
         metrics,
         options,
         cut_log: Arc::new(crate::telemetry::Throttle::new(Duration::from_secs(60))),
-        history,
-        drop_log: Arc::new(crate::telemetry::Throttle::new(Duration::from_secs(60))),
     };
     for _ in 0..worker.options.workers.max(1) {
         tasks.spawn(worker.clone().run());

@@ -25,25 +25,8 @@ use crate::config::Keys;
 const PAGE: u32 = 500;
 
 /// The fields the mirror writes into a copy, hashed: equal fingerprints mean the stored copy
-/// already says what the wanted one says.
-pub fn fingerprint(copy: &Event) -> u64 {
-    let mut h = DefaultHasher::new();
-    let text = serde_json::to_string(&(
-        &copy.count,
-        &copy.last_timestamp,
-        &copy.first_timestamp,
-        &copy.message,
-        &copy.series,
-        &copy.event_time,
-        &copy.reason,
-        &copy.type_,
-        &copy.metadata.labels,
-        &copy.metadata.annotations,
-    ))
-    .unwrap_or_default();
-    text.hash(&mut h);
-    h.finish()
-}
+/// already says what the wanted one says (the pipeline's fingerprint of what a delivery says).
+pub use crate::recorder::pipeline::fingerprint;
 
 /// Which source a copy belongs to, hashed (0 when it names none: not a copy of ours).
 pub fn owner(copy: &Event, keys: &Keys) -> u64 {

@@ -23,6 +23,27 @@ pub mod copies;
 pub mod sink;
 pub mod sync;
 
+/// A stored event as a reference: where it is stored (namespace, name, uid), as deliveries
+/// name their source.
+pub fn source_reference(
+    source: &k8s_openapi::api::core::v1::Event,
+) -> k8s_openapi::api::core::v1::ObjectReference {
+    k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Event".to_owned()),
+        namespace: Some(
+            source
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+        ),
+        name: Some(source.metadata.name.clone().unwrap_or_default()),
+        uid: source.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
+
 /// The name of the copy of `source_namespace/source_name`: the source name and a hash of
 /// where it lives, at most 253 characters, a valid DNS subdomain when the source name is.
 ///

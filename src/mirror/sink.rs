@@ -9,14 +9,14 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kube::api::{Api, PostParams};
 
 use crate::config::{Keys, SharedConfig};
 use crate::mirror::copies::{CopyIndex, Lookup};
 use crate::mirror::{copy_is_current, is_copy_of};
 use crate::recorder::SinkError;
-use crate::recorder::pipeline::{DeliverFuture, Delivered, Delivery, Destination, Failure};
+use crate::recorder::pipeline::{DeliverFuture, Delivered, Delivery, Destination, Failure, Routed};
 
 /// The operation reported when an event that is not clusterscope's copy of the source holds
 /// the copy's name (left alone, never retried).
@@ -187,8 +187,49 @@ impl Destination for CopySink {
         KUBERNETES
     }
 
+    /// One delivery per copy, keyed by the copy's namespace and name.
+    fn plan(&self, routed: &Routed<'_>) -> Vec<Delivery> {
+        routed
+            .copies
+            .iter()
+            .map(|copy| {
+                let key = format!(
+                    "{}/{}",
+                    copy.metadata.namespace.as_deref().unwrap_or_default(),
+                    copy.metadata.name.as_deref().unwrap_or_default()
+                );
+                routed.delivery(key, copy.clone(), Vec::new())
+            })
+            .collect()
+    }
+
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
         Box::pin(self.upsert(&delivery.event, delivery.fingerprint))
+    }
+
+    /// The copies in every channel namespace are forgotten by the index, and their keys
+    /// returned (copies a delivery rule put elsewhere expire with the source).
+    fn forget(&self, source: &ObjectReference) -> Vec<String> {
+        let (Some(ns), Some(name)) = (source.namespace.as_deref(), source.name.as_deref()) else {
+            return Vec::new();
+        };
+        let copy = crate::mirror::copy_name(ns, name);
+        let config = self.config.load();
+        config
+            .channels
+            .iter()
+            .filter_map(|c| c.namespace.as_deref())
+            .map(|channel_ns| {
+                self.copies.forget(channel_ns, &copy);
+                format!("{channel_ns}/{copy}")
+            })
+            .collect()
+    }
+
+    /// What another leader (or the time the watch was down) changed is not known: the index
+    /// lists each channel namespace again when first needed.
+    fn relisted(&self) {
+        self.copies.reset();
     }
 }
 

@@ -8,15 +8,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, Patch, PatchParams};
 
 use crate::classify::ScopeResolver;
 use crate::decide::{Outcome, decide};
-use crate::mirror::sink::{CopySink, KUBERNETES, retryable};
+use crate::mirror::sink::{CopySink, retryable};
 use crate::mirror::{Target, make_copy_to};
 use crate::recorder::SinkError;
-use crate::recorder::pipeline::{Delivered, Delivery, Destination, Pipeline};
+use crate::recorder::pipeline::{Delivered, Delivery, Destination, Routed};
 
 /// What one sync did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -74,12 +74,9 @@ pub struct Syncer {
     pub client: kube::Client,
     pub config: crate::config::SharedConfig,
     pub resolver: Arc<ScopeResolver>,
-    /// Writes copies into channel namespaces (shared by the clones, with its copy index).
-    pub copies: Arc<CopySink>,
-    /// Where `log: true` channels write.
-    pub log: Option<Arc<dyn Destination>>,
-    /// Where `history: true` channels record (the PostgreSQL sink), when one is configured.
-    pub history: Option<Arc<dyn Destination>>,
+    /// Where deliveries go, the copy sink first: each sink plans its own deliveries of a
+    /// routed event; none is named here.
+    pub sinks: Vec<Arc<dyn Destination>>,
     /// clusterscope's own events (given-up deliveries).
     pub own_events: Arc<crate::recorder::OwnEvents>,
     /// What delivery rules read of the cluster (owners, pods on nodes, namespaces), when
@@ -167,22 +164,27 @@ fn apply_metadata_patch(
 }
 
 impl Syncer {
+    /// Syncs through the copy sink (copies into channel namespaces, with its copy index);
+    /// more sinks with [`Self::with_sink`].
     pub fn new(
         client: kube::Client,
         config: crate::config::SharedConfig,
         resolver: Arc<ScopeResolver>,
-        log: Option<Arc<dyn Destination>>,
     ) -> Self {
         Syncer {
-            copies: Arc::new(CopySink::new(client.clone(), config.clone())),
+            sinks: vec![Arc::new(CopySink::new(client.clone(), config.clone()))],
             client,
             config,
             resolver,
-            log,
-            history: None,
             own_events: Arc::default(),
             cluster: None,
         }
+    }
+
+    /// Delivers to `sink` too (the log stream, the history database, ...).
+    pub fn with_sink(mut self, sink: Arc<dyn Destination>) -> Self {
+        self.sinks.push(sink);
+        self
     }
 
     /// Resolves delivery rules against `cluster`.
@@ -191,63 +193,10 @@ impl Syncer {
         self
     }
 
-    /// Records `history: true` channels' events with `history`.
-    pub fn with_history(mut self, history: Option<Arc<dyn Destination>>) -> Self {
-        self.history = history;
-        self
-    }
-
     /// Records clusterscope's own events (given-up deliveries) with `own_events`.
     pub fn with_own_events(mut self, own_events: Arc<crate::recorder::OwnEvents>) -> Self {
         self.own_events = own_events;
         self
-    }
-
-    /// The sinks deliveries go to.
-    pub fn destinations(&self) -> Vec<Arc<dyn Destination>> {
-        let mut all: Vec<Arc<dyn Destination>> = vec![self.copies.clone()];
-        all.extend(self.log.clone());
-        all.extend(self.history.clone());
-        all
-    }
-
-    /// The keys a source's deliveries hold in each sink (copies in every channel namespace,
-    /// and the source itself in the log stream). Not its history row: a deleted (expired)
-    /// source's pending row is still written.
-    fn delivery_keys(&self, source: &Event) -> Vec<(&'static str, String)> {
-        let (Some(ns), Some(name)) = (
-            source.metadata.namespace.as_deref(),
-            source.metadata.name.as_deref(),
-        ) else {
-            return Vec::new();
-        };
-        let copy = crate::mirror::copy_name(ns, name);
-        let config = self.config.load();
-        let mut keys: Vec<(&'static str, String)> = config
-            .channels
-            .iter()
-            .filter_map(|c| c.namespace.as_deref())
-            .map(|channel_ns| (KUBERNETES, format!("{channel_ns}/{copy}")))
-            .collect();
-        if let Some(log) = &self.log {
-            keys.push((log.name(), format!("{ns}/{name}")));
-        }
-        keys
-    }
-
-    /// Forgets a deleted source: what the copy index knows of its copies, and its pending
-    /// deliveries (they expire with it).
-    pub fn forget(&self, source: &Event, pipeline: Option<&Pipeline>) {
-        for (sink, key) in self.delivery_keys(source) {
-            if sink == KUBERNETES
-                && let Some((ns, name)) = key.split_once('/')
-            {
-                self.copies.copies.forget(ns, name);
-            }
-            if let Some(p) = pipeline {
-                p.forget(sink, &key);
-            }
-        }
     }
 
     /// Decides what `source` (an event as stored in `default` or `kube-system`) needs; `since`
@@ -287,70 +236,42 @@ impl Syncer {
         else {
             return plan;
         };
-        let reference = ObjectReference {
-            api_version: Some("v1".to_owned()),
-            kind: Some("Event".to_owned()),
-            namespace: Some(source_ns.to_owned()),
-            name: Some(source_name.to_owned()),
-            uid: source.metadata.uid.clone(),
-            ..ObjectReference::default()
-        };
+        let reference = crate::mirror::source_reference(source);
         let (targets, cut) = self.targets(channel, classified, source.type_.as_deref());
         plan.cut = cut;
-        let delivery = |key: String, event: Event, namespaces: Vec<String>| Delivery {
-            key,
-            fingerprint: crate::mirror::copies::fingerprint(&event),
-            event,
-            channel: channel.name.clone(),
-            source: reference.clone(),
-            since,
-            namespaces,
-        };
         // The source as it is once labelled: the same line (or row) before and after the
         // label patch is stored, so it is written once.
-        let labelled = || {
-            let mut line = source.clone();
-            if let Some((_, patch)) = &plan.label {
-                apply_metadata_patch(&mut line.metadata, patch);
-            }
-            line
+        let mut labelled = source.clone();
+        if let Some((_, patch)) = &plan.label {
+            apply_metadata_patch(&mut labelled.metadata, patch);
+        }
+        let copies: Vec<Event> = targets
+            .iter()
+            .filter_map(|place| {
+                let target = Target {
+                    namespace: &place.namespace,
+                    how: place.how,
+                    why: place.why.as_deref(),
+                };
+                make_copy_to(source, classified, channel, &config, target)
+            })
+            .collect();
+        let namespaces: Vec<String> = targets.into_iter().map(|p| p.namespace).collect();
+        let switches = channel.switches();
+        let routed = Routed {
+            source: &reference,
+            event: &labelled,
+            channel: &channel.name,
+            switches: &switches,
+            copies: &copies,
+            namespaces: &namespaces,
+            since,
         };
-        let mut deliveries = Vec::with_capacity(targets.len() + 2);
-        if channel.log
-            && let Some(log) = &self.log
-        {
-            deliveries.push((
-                log.name(),
-                delivery(format!("{source_ns}/{source_name}"), labelled(), Vec::new()),
-            ));
-        }
-        if channel.history
-            && let Some(history) = &self.history
-        {
-            let key = source
-                .metadata
-                .uid
-                .clone()
-                .unwrap_or_else(|| format!("{source_ns}/{source_name}"));
-            let namespaces = targets.iter().map(|p| p.namespace.clone()).collect();
-            deliveries.push((history.name(), delivery(key, labelled(), namespaces)));
-        }
-        for place in &targets {
-            let namespace = &place.namespace;
-            let target = Target {
-                namespace,
-                how: place.how,
-                why: place.why.as_deref(),
-            };
-            if let Some(copy) = make_copy_to(source, classified, channel, &config, target) {
-                let key = format!(
-                    "{namespace}/{}",
-                    copy.metadata.name.as_deref().unwrap_or_default()
-                );
-                deliveries.push((KUBERNETES, delivery(key, copy, Vec::new())));
-            }
-        }
-        plan.deliveries = deliveries;
+        plan.deliveries = self
+            .sinks
+            .iter()
+            .flat_map(|sink| sink.plan(&routed).into_iter().map(|d| (sink.name(), d)))
+            .collect();
         plan
     }
 
@@ -444,9 +365,8 @@ impl Syncer {
                 _ => report.labelled = true,
             }
         }
-        let destinations = self.destinations();
         for (sink, delivery) in &plan.deliveries {
-            let Some(destination) = destinations.iter().find(|d| d.name() == *sink) else {
+            let Some(destination) = self.sinks.iter().find(|d| d.name() == *sink) else {
                 continue;
             };
             match destination.deliver(delivery).await {

@@ -1,19 +1,25 @@
-//! The delivery pipeline: every event clusterscope forwards (a mirror copy, a log line, and
-//! later ones) travels as a [`Delivery`] through a lane per sink: a bounded keyed queue
-//! ([`KeyedQueue`]), workers, the lane's retry policy, and one report of what happened to
-//! each delivery ([`Observer`]). What decides deliveries (the mirror controller) never writes;
-//! a new destination is one more [`Destination`] given to [`Pipeline::with_sink`].
+//! The delivery pipeline: every event clusterscope forwards (a mirror copy, a log line, a
+//! history row, and later ones) travels as a [`Delivery`] through a lane per sink: a bounded
+//! keyed queue ([`KeyedQueue`]), workers, the lane's retry policy, and one report of what
+//! happened to each delivery ([`Observer`]). What decides deliveries (the mirror controller)
+//! never writes and never names a sink: each sink is one [`Destination`] type that says which
+//! deliveries of a routed event it takes ([`Destination::plan`]), how its lane runs
+//! ([`Destination::lane`]: workers, capacity, batches, what a full lane does), and how its
+//! deliveries are counted; registering it is one [`Pipeline::with_sink`].
 //!
 //! Nothing is lost silently: a delivery refused because its lane is full is handed back to
-//! the caller (which offers it again later), counted and logged; a delivery given up after
-//! its tries is reported as such.
+//! the caller (which offers it again later), counted and logged; a lane that drops while its
+//! sink fails ([`Overflow::DropWhileFailing`]) counts what it drops and asks for a re-list
+//! once it has drained ([`Pipeline::relists`]); a delivery given up after its tries is reported
+//! as such.
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 
@@ -34,12 +40,88 @@ pub struct Delivery {
     pub source: ObjectReference,
     /// When the change it carries was first seen (for lag).
     pub since: Instant,
-    /// A hash of what it says: a lane that skips repeats ([`LaneOptions::skip_repeats`])
-    /// does not write a key again with the fingerprint it last wrote.
+    /// A hash of what it says ([`fingerprint`]): a lane that skips repeats
+    /// ([`LaneOptions::skip_repeats`]) does not write a key again with the fingerprint it last
+    /// wrote.
     pub fingerprint: u64,
     /// The namespaces the channel delivers the event to (its own, its owners'...), for sinks
     /// that record where it went (history); empty for the others.
     pub namespaces: Vec<String>,
+}
+
+/// The fields an event says (what a copy or a line carries), hashed: equal fingerprints mean
+/// a sink already holds what a delivery says.
+pub fn fingerprint(event: &Event) -> u64 {
+    let mut h = DefaultHasher::new();
+    let text = serde_json::to_string(&(
+        &event.count,
+        &event.last_timestamp,
+        &event.first_timestamp,
+        &event.message,
+        &event.series,
+        &event.event_time,
+        &event.reason,
+        &event.type_,
+        &event.metadata.labels,
+        &event.metadata.annotations,
+    ))
+    .unwrap_or_default();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// One stored event as the controller routed it: what every sink plans its deliveries from.
+#[derive(Debug, Clone, Copy)]
+pub struct Routed<'a> {
+    /// Where the source is stored (namespace, name, uid).
+    pub source: &'a ObjectReference,
+    /// The source as it is once labelled (what a line or a row records).
+    pub event: &'a Event,
+    /// The channel it was routed to.
+    pub channel: &'a str,
+    /// The channel's switches that are on, by their name in the configuration (`log`,
+    /// `history`): a sink a switch turns on takes deliveries only when it is on.
+    pub switches: &'a [&'static str],
+    /// The copies to write, one per namespace the channel delivers to.
+    pub copies: &'a [Event],
+    /// The namespaces the channel delivers to.
+    pub namespaces: &'a [String],
+    /// When this state of the source was first seen.
+    pub since: Instant,
+}
+
+impl Routed<'_> {
+    /// Whether the channel's switch `name` is on.
+    pub fn switched(&self, name: &str) -> bool {
+        self.switches.contains(&name)
+    }
+
+    /// A delivery of `event` under `key`, routed as this event is.
+    pub fn delivery(&self, key: String, event: Event, namespaces: Vec<String>) -> Delivery {
+        Delivery {
+            key,
+            fingerprint: fingerprint(&event),
+            event,
+            channel: self.channel.to_owned(),
+            source: self.source.clone(),
+            since: self.since,
+            namespaces,
+        }
+    }
+
+    /// `namespace/name` of the source (the key of a sink that holds one record per source).
+    pub fn source_key(&self) -> String {
+        key_of_source(self.source)
+    }
+}
+
+/// `namespace/name` of a stored event.
+pub fn key_of_source(source: &ObjectReference) -> String {
+    format!(
+        "{}/{}",
+        source.namespace.as_deref().unwrap_or_default(),
+        source.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// What a sink did with a delivery.
@@ -91,37 +173,100 @@ impl std::error::Error for Failure {
     }
 }
 
-/// The future a destination returns.
+/// The future a destination returns for one delivery.
 pub type DeliverFuture<'a> = Pin<Box<dyn Future<Output = Result<Delivered, Failure>> + Send + 'a>>;
 
-/// Where deliveries go.
+/// The future a destination returns for a batch: one result per delivery, in order.
+pub type BatchFuture<'a> =
+    Pin<Box<dyn Future<Output = Vec<Result<Delivered, Failure>>> + Send + 'a>>;
+
+/// How a sink's deliveries are counted besides `deliveries_total{sink}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// As the mirror's writes (`mirror_writes_total`, `mirror_lag_seconds`,
+    /// `mirror_given_up_total`): copies and log lines.
+    AsMirrorWrites,
+    /// Apart: the sink reports what it measures itself (history rows: their own lag).
+    Apart,
+}
+
+/// What a full lane does with a new delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Waits for room (backpressure), then hands it back to be offered again later.
+    Wait,
+    /// While the sink's last try failed for want of it (down, unreachable), drops it at once,
+    /// so that a failing sink never holds back the others; once the lane has drained into a
+    /// sink that answers, asks for a re-list ([`Pipeline::relists`]) that delivers again what
+    /// was dropped. While the sink answers, waits as [`Overflow::Wait`] does.
+    DropWhileFailing,
+}
+
+/// A sink as its lane's observer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sink {
+    pub name: &'static str,
+    pub counted: Counted,
+}
+
+/// Where deliveries go: one type per sink, registered once with [`Pipeline::with_sink`].
 pub trait Destination: Send + Sync {
-    /// A short name for metrics and logs (`kubernetes`, `log`, ...).
+    /// A short name for metrics and logs (`kubernetes`, `log`, `postgres`...).
     fn name(&self) -> &'static str;
+
+    /// Its deliveries of one routed event (none when the channel does not select it).
+    fn plan(&self, routed: &Routed<'_>) -> Vec<Delivery>;
+
     /// Writes one delivery (one try; the lane retries).
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a>;
+
+    /// Writes a batch ([`LaneOptions::batch`] deliveries at most), one result each in order.
+    /// The default writes them one after the other.
+    fn deliver_batch<'a>(&'a self, batch: &'a [Delivery]) -> BatchFuture<'a> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(batch.len());
+            for delivery in batch {
+                results.push(self.deliver(delivery).await);
+            }
+            results
+        })
+    }
+
+    /// How its lane runs, given the pipeline's defaults (the controller's workers, capacity
+    /// and retries); the default takes them as they are.
+    fn lane(&self, defaults: &LaneOptions) -> LaneOptions {
+        defaults.clone()
+    }
+
+    /// How its deliveries are counted.
+    fn counted(&self) -> Counted {
+        Counted::AsMirrorWrites
+    }
+
+    /// A stored source was deleted (it expired): what the sink knows of it goes, and the
+    /// keys its deliveries hold here are returned (the lane drops what it still holds).
+    fn forget(&self, _source: &ObjectReference) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// The stored events are being listed again (a new leader, a watch restart): what the
+    /// sink believes it holds may have changed meanwhile.
+    fn relisted(&self) {}
 }
 
 /// Told what happened to every delivery (metrics, logs, clusterscope's own events).
 pub trait Observer: Send + Sync {
-    fn delivered(&self, sink: &'static str, delivery: &Delivery, how: Delivered);
+    fn delivered(&self, sink: Sink, delivery: &Delivery, how: Delivered);
     /// A try failed; `given_up` when no more will be made.
-    fn failed(&self, sink: &'static str, delivery: &Delivery, failure: &Failure, given_up: bool);
-    /// Refused because the lane was full.
-    fn full(&self, sink: &'static str, delivery: &Delivery);
+    fn failed(&self, sink: Sink, delivery: &Delivery, failure: &Failure, given_up: bool);
+    /// Refused because the lane was full (handed back).
+    fn full(&self, sink: Sink, delivery: &Delivery);
+    /// Dropped because the lane was full while its sink failed ([`Overflow::DropWhileFailing`]).
+    fn dropped(&self, sink: Sink, delivery: &Delivery);
+    /// A lane that dropped deliveries drained into a sink that answers: a re-list follows.
+    fn relisting(&self, sink: Sink);
     /// Keys the lane holds now.
-    fn depth(&self, sink: &'static str, held: usize);
-}
-
-/// An observer that does nothing (tests, tools).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Unobserved;
-
-impl Observer for Unobserved {
-    fn delivered(&self, _: &'static str, _: &Delivery, _: Delivered) {}
-    fn failed(&self, _: &'static str, _: &Delivery, _: &Failure, _: bool) {}
-    fn full(&self, _: &'static str, _: &Delivery) {}
-    fn depth(&self, _: &'static str, _: usize) {}
+    fn depth(&self, sink: Sink, held: usize);
 }
 
 /// Settings of one lane.
@@ -134,6 +279,26 @@ pub struct LaneOptions {
     /// Remember the fingerprint last written per key and skip a delivery that repeats it
     /// (for sinks that cannot tell themselves, such as a stream).
     pub skip_repeats: bool,
+    /// Deliveries a worker hands the sink at once ([`Destination::deliver_batch`]), and how
+    /// long it waits for more once it has one.
+    pub batch: usize,
+    pub linger: Duration,
+    pub overflow: Overflow,
+}
+
+impl LaneOptions {
+    /// `workers` workers, `capacity` keys, `retry`: one delivery at a time, waiting when full.
+    pub fn new(capacity: usize, workers: usize, retry: RetryPolicy) -> Self {
+        LaneOptions {
+            capacity,
+            workers,
+            retry,
+            skip_repeats: false,
+            batch: 1,
+            linger: Duration::ZERO,
+            overflow: Overflow::Wait,
+        }
+    }
 }
 
 /// Why [`Pipeline::offer`] did not take a delivery; it is handed back.
@@ -147,6 +312,7 @@ pub enum Refused {
 
 struct Lane {
     sink: Arc<dyn Destination>,
+    about: Sink,
     queue: Arc<KeyedQueue<String, Delivery>>,
     options: LaneOptions,
     refused: AtomicU64,
@@ -156,6 +322,12 @@ struct Lane {
     room: tokio::sync::Notify,
     /// Failed tries are logged once a second at most (a database outage fails thousands).
     failure_log: crate::telemetry::Throttle,
+    /// The sink's last try did not fail for want of it ([`Overflow::DropWhileFailing`]).
+    answers: AtomicBool,
+    /// Deliveries were dropped since the last re-list.
+    dropped: AtomicBool,
+    /// One line a minute at most about dropped deliveries.
+    drop_log: crate::telemetry::Throttle,
 }
 
 impl Lane {
@@ -169,12 +341,19 @@ impl Lane {
             crate::locks::lock(&self.written).insert(delivery.key.clone(), delivery.fingerprint);
         }
     }
+
+    /// Whether a new delivery is dropped rather than waited for when the lane is full.
+    fn drops_now(&self) -> bool {
+        self.options.overflow == Overflow::DropWhileFailing && !self.answers.load(Ordering::Relaxed)
+    }
 }
 
-/// Lanes by sink name; cheap to share in an [`Arc`].
+/// Lanes by sink; cheap to share in an [`Arc`].
 pub struct Pipeline {
     lanes: Vec<Arc<Lane>>,
     observer: Arc<dyn Observer>,
+    /// Woken when a lane that dropped deliveries asks for a re-list.
+    relist: Arc<tokio::sync::Notify>,
 }
 
 impl Pipeline {
@@ -182,32 +361,87 @@ impl Pipeline {
         Pipeline {
             lanes: Vec::new(),
             observer,
+            relist: Arc::default(),
         }
     }
 
-    /// Adds a lane for `sink` (a second lane with the same name is ignored).
-    pub fn with_sink(mut self, sink: Arc<dyn Destination>, options: LaneOptions) -> Self {
+    /// Adds a lane for `sink`, run as [`Destination::lane`] makes of `defaults` (a second
+    /// sink with the same name is ignored).
+    pub fn with_sink(mut self, sink: Arc<dyn Destination>, defaults: &LaneOptions) -> Self {
         if self.lane(sink.name()).is_none() {
+            let options = sink.lane(defaults);
             self.lanes.push(Arc::new(Lane {
                 queue: Arc::new(KeyedQueue::bounded(options.capacity)),
+                about: Sink {
+                    name: sink.name(),
+                    counted: sink.counted(),
+                },
                 sink,
                 options,
                 refused: AtomicU64::new(0),
                 written: Mutex::new(HashMap::new()),
                 room: tokio::sync::Notify::new(),
-                failure_log: crate::telemetry::Throttle::new(std::time::Duration::from_secs(1)),
+                failure_log: crate::telemetry::Throttle::new(Duration::from_secs(1)),
+                answers: AtomicBool::new(true),
+                dropped: AtomicBool::new(false),
+                drop_log: crate::telemetry::Throttle::new(Duration::from_secs(60)),
             }));
         }
         self
     }
 
     fn lane(&self, sink: &str) -> Option<&Arc<Lane>> {
-        self.lanes.iter().find(|l| l.sink.name() == sink)
+        self.lanes.iter().find(|l| l.about.name == sink)
     }
 
     /// The sinks, by name.
     pub fn sinks(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.lanes.iter().map(|l| l.sink.name())
+        self.lanes.iter().map(|l| l.about.name)
+    }
+
+    /// Every sink's deliveries of `routed`, with the sink's name.
+    pub fn plan(&self, routed: &Routed<'_>) -> Vec<(&'static str, Delivery)> {
+        self.lanes
+            .iter()
+            .flat_map(|l| l.sink.plan(routed).into_iter().map(|d| (l.about.name, d)))
+            .collect()
+    }
+
+    /// Hands a plan's deliveries to their lanes: each waits up to `wait` for room in a full
+    /// lane, except in a lane that drops while its sink fails (see [`Overflow`]). True when one
+    /// was refused: the caller offers its source again later.
+    pub async fn hand(&self, deliveries: Vec<(&'static str, Delivery)>, wait: Duration) -> bool {
+        let mut refused = false;
+        for (sink, delivery) in deliveries {
+            match self.lane(sink) {
+                Some(lane) if lane.drops_now() => self.drop_if_full(lane, delivery),
+                Some(_) => match self.offer_within(sink, delivery, wait).await {
+                    Ok(()) | Err(Refused::NoSink(_)) => {}
+                    Err(Refused::Full(_)) => refused = true,
+                },
+                None => {
+                    tracing::debug!(sink, key = %delivery.key, "no such sink; delivery dropped");
+                }
+            }
+        }
+        refused
+    }
+
+    /// Offers without waiting; a full lane drops the delivery, counts it and marks itself for
+    /// a re-list once it drains.
+    fn drop_if_full(&self, lane: &Lane, delivery: Delivery) {
+        let key = delivery.key.clone();
+        let Err(Full(delivery)) = lane.queue.add(key, delivery) else {
+            self.observer.depth(lane.about, lane.queue.held());
+            return;
+        };
+        self.observer.dropped(lane.about, &delivery);
+        lane.dropped.store(true, Ordering::Relaxed);
+        if let Some(held) = lane.drop_log.allow() {
+            tracing::warn!(sink = lane.about.name, source = %key_of_source(&delivery.source),
+                channel = %delivery.channel, buffer = lane.options.capacity, similar_since_last = held,
+                "delivery buffer full while the sink fails (slow or down); this event is delivered at the re-list once it drains");
+        }
     }
 
     /// Queues `delivery` for `sink` without waiting; see [`Self::offer_within`].
@@ -218,7 +452,7 @@ impl Pipeline {
         let key = delivery.key.clone();
         match lane.queue.add(key, delivery) {
             Ok(()) => {
-                self.observer.depth(lane.sink.name(), lane.queue.held());
+                self.observer.depth(lane.about, lane.queue.held());
                 Ok(())
             }
             Err(Full(delivery)) => Err(self.refuse(lane, delivery)),
@@ -232,7 +466,7 @@ impl Pipeline {
         &self,
         sink: &str,
         delivery: Delivery,
-        wait: std::time::Duration,
+        wait: Duration,
     ) -> Result<(), Refused> {
         let Some(lane) = self.lane(sink) else {
             return Err(Refused::NoSink(Box::new(delivery)));
@@ -246,7 +480,7 @@ impl Pipeline {
             room.as_mut().enable();
             match lane.queue.add(delivery.key.clone(), delivery) {
                 Ok(()) => {
-                    self.observer.depth(lane.sink.name(), lane.queue.held());
+                    self.observer.depth(lane.about, lane.queue.held());
                     return Ok(());
                 }
                 Err(Full(back)) => delivery = back,
@@ -258,11 +492,11 @@ impl Pipeline {
     }
 
     fn refuse(&self, lane: &Lane, delivery: Delivery) -> Refused {
-        self.observer.full(lane.sink.name(), &delivery);
+        self.observer.full(lane.about, &delivery);
         let refused = lane.refused.fetch_add(1, Ordering::Relaxed) + 1;
         if refused % 1000 == 1 {
             tracing::warn!(
-                sink = lane.sink.name(),
+                sink = lane.about.name,
                 capacity = lane.options.capacity,
                 refused_total = refused,
                 "delivery queue full: deliveries are offered again later (the sink is slower than the events arrive, or failing)"
@@ -271,14 +505,30 @@ impl Pipeline {
         Refused::Full(Box::new(delivery))
     }
 
-    /// Drops what `sink` holds for `key` (its source is gone): queued, pending retries, and
-    /// the fingerprint last written.
-    pub fn forget(&self, sink: &str, key: &str) {
-        if let Some(lane) = self.lane(sink) {
-            lane.queue.forget(&key.to_owned());
-            crate::locks::lock(&lane.written).remove(key);
+    /// A stored source is gone (it expired): every sink forgets it, and each lane drops what
+    /// it holds for it (queued, pending retries, the fingerprint last written).
+    pub fn forget(&self, source: &ObjectReference) {
+        for lane in &self.lanes {
+            for key in lane.sink.forget(source) {
+                lane.queue.forget(&key);
+                crate::locks::lock(&lane.written).remove(&key);
+            }
             lane.room.notify_waiters();
         }
+    }
+
+    /// The stored events are being listed again: every sink is told (see
+    /// [`Destination::relisted`]).
+    pub fn relisted(&self) {
+        for lane in &self.lanes {
+            lane.sink.relisted();
+        }
+    }
+
+    /// Woken when a lane asks for the stored events to be listed again (it dropped
+    /// deliveries and has drained since).
+    pub fn relists(&self) -> Arc<tokio::sync::Notify> {
+        self.relist.clone()
     }
 
     /// Keys `sink` holds.
@@ -292,66 +542,97 @@ impl Pipeline {
             for _ in 0..lane.options.workers.max(1) {
                 let lane = lane.clone();
                 let observer = self.observer.clone();
-                tasks.spawn(async move { work(&lane, observer.as_ref()).await });
+                let relist = self.relist.clone();
+                tasks.spawn(async move { work(&lane, observer.as_ref(), &relist).await });
             }
         }
     }
 }
 
-/// One worker of a lane: deliver, then report and retry as the lane's policy says.
-async fn work(lane: &Lane, observer: &dyn Observer) {
-    let name = lane.sink.name();
+/// One worker of a lane: take a batch, deliver it, then report and retry each delivery as
+/// the lane's policy says.
+async fn work(lane: &Lane, observer: &dyn Observer, relist: &tokio::sync::Notify) {
     loop {
-        let (key, delivery, _) = lane.queue.next().await;
-        if lane.repeats(&delivery) {
-            observer.delivered(name, &delivery, Delivered::Unchanged);
-            lane.queue.done(key, Done::Finished, &lane.options.retry);
-            lane.room.notify_waiters();
-            observer.depth(name, lane.queue.held());
-            continue;
+        let taken = lane
+            .queue
+            .next_batch(lane.options.batch.max(1), lane.options.linger)
+            .await;
+        let mut batch = Vec::with_capacity(taken.len());
+        for (key, delivery, _) in taken {
+            if lane.repeats(&delivery) {
+                observer.delivered(lane.about, &delivery, Delivered::Unchanged);
+                lane.queue.done(key, Done::Finished, &lane.options.retry);
+            } else {
+                batch.push(delivery);
+            }
         }
-        let done = match lane.sink.deliver(&delivery).await {
-            Ok(how) => {
-                lane.wrote(&delivery);
-                observer.delivered(name, &delivery, how);
-                Done::Finished
+        if !batch.is_empty() {
+            let results = lane.sink.deliver_batch(&batch).await;
+            let mut results = results.into_iter();
+            for delivery in batch {
+                let result = results.next().unwrap_or(Ok(Delivered::Unchanged));
+                settle(lane, observer, delivery, result);
             }
-            Err(failure) => {
-                let retry = failure.retryable;
-                let given = if retry {
-                    lane.queue.done(
-                        key.clone(),
-                        Done::Retry(delivery.clone()),
-                        &lane.options.retry,
-                    )
-                } else {
-                    lane.queue
-                        .done(key.clone(), Done::GiveUp, &lane.options.retry)
-                };
-                let given_up = given == Given::Up;
-                observer.failed(name, &delivery, &failure, given_up);
-                let source = format!(
-                    "{}/{}",
-                    delivery.source.namespace.as_deref().unwrap_or(""),
-                    delivery.source.name.as_deref().unwrap_or("")
-                );
-                if let Some(held) = lane.failure_log.allow() {
-                    let what = if given_up {
-                        "delivery given up (until its source changes again)"
-                    } else {
-                        "delivery failed; will retry"
-                    };
-                    tracing::warn!(sink = name, key = %key, source = %source, channel = %delivery.channel,
-                        error = %failure, similar_since_last = held, "{what}");
-                }
-                lane.room.notify_waiters();
-                observer.depth(name, lane.queue.held());
-                continue;
-            }
-        };
-        lane.queue.done(key, done, &lane.options.retry);
+        }
         lane.room.notify_waiters();
-        observer.depth(name, lane.queue.held());
+        observer.depth(lane.about, lane.queue.held());
+        ask_for_relist(lane, observer, relist);
+    }
+}
+
+/// Reports one delivery's result and tells the queue: done, retried later, or given up.
+fn settle(
+    lane: &Lane,
+    observer: &dyn Observer,
+    delivery: Delivery,
+    result: Result<Delivered, Failure>,
+) {
+    let key = delivery.key.clone();
+    let failure = match result {
+        Ok(how) => {
+            lane.answers.store(true, Ordering::Relaxed);
+            lane.wrote(&delivery);
+            observer.delivered(lane.about, &delivery, how);
+            lane.queue.done(key, Done::Finished, &lane.options.retry);
+            return;
+        }
+        Err(failure) => failure,
+    };
+    if failure.retryable {
+        lane.answers.store(false, Ordering::Relaxed);
+    }
+    let done = if failure.retryable {
+        Done::Retry(delivery.clone())
+    } else {
+        Done::GiveUp
+    };
+    let given_up = lane.queue.done(key.clone(), done, &lane.options.retry) == Given::Up;
+    observer.failed(lane.about, &delivery, &failure, given_up);
+    if let Some(held) = lane.failure_log.allow() {
+        let what = if given_up {
+            "delivery given up (until its source changes again)"
+        } else {
+            "delivery failed; will retry"
+        };
+        tracing::warn!(sink = lane.about.name, key = %key, source = %key_of_source(&delivery.source),
+            channel = %delivery.channel, error = %failure, similar_since_last = held, "{what}");
+    }
+}
+
+/// A lane that dropped deliveries and has drained into a sink that answers asks for a
+/// re-list: it re-delivers every stored event, and the sink writes only what it lacks.
+fn ask_for_relist(lane: &Lane, observer: &dyn Observer, relist: &tokio::sync::Notify) {
+    if lane.dropped.load(Ordering::Relaxed)
+        && lane.answers.load(Ordering::Relaxed)
+        && lane.queue.held() == 0
+        && lane.dropped.swap(false, Ordering::Relaxed)
+    {
+        observer.relisting(lane.about);
+        tracing::info!(
+            sink = lane.about.name,
+            "the delivery buffer drained; re-listing the stored events to deliver what it dropped"
+        );
+        relist.notify_waiters();
     }
 }
 
@@ -369,6 +650,13 @@ mod tests {
     impl Destination for Scripted {
         fn name(&self) -> &'static str {
             "scripted"
+        }
+        fn plan(&self, _: &Routed<'_>) -> Vec<Delivery> {
+            Vec::new()
+        }
+        /// Its keys are the sources' names.
+        fn forget(&self, source: &ObjectReference) -> Vec<String> {
+            source.name.clone().into_iter().collect()
         }
         fn deliver<'a>(&'a self, d: &'a Delivery) -> DeliverFuture<'a> {
             Box::pin(async move {
@@ -389,25 +677,37 @@ mod tests {
     #[derive(Default)]
     struct Seen(Mutex<Vec<String>>);
     impl Observer for Seen {
-        fn delivered(&self, sink: &'static str, d: &Delivery, how: Delivered) {
+        fn delivered(&self, sink: Sink, d: &Delivery, how: Delivered) {
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("{sink} {} {}", d.key, how.as_str()));
+                .push(format!("{} {} {}", sink.name, d.key, how.as_str()));
         }
-        fn failed(&self, sink: &'static str, d: &Delivery, f: &Failure, given_up: bool) {
+        fn failed(&self, sink: Sink, d: &Delivery, f: &Failure, given_up: bool) {
             self.0.lock().unwrap().push(format!(
-                "{sink} {} {} given_up={given_up}",
-                d.key, f.operation
+                "{} {} {} given_up={given_up}",
+                sink.name, d.key, f.operation
             ));
         }
-        fn full(&self, sink: &'static str, d: &Delivery) {
+        fn full(&self, sink: Sink, d: &Delivery) {
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("{sink} {} full", d.key));
+                .push(format!("{} {} full", sink.name, d.key));
         }
-        fn depth(&self, _: &'static str, _: usize) {}
+        fn dropped(&self, sink: Sink, d: &Delivery) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {} dropped", sink.name, d.key));
+        }
+        fn relisting(&self, sink: Sink) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} relisting", sink.name));
+        }
+        fn depth(&self, _: Sink, _: usize) {}
     }
 
     fn delivery(key: &str, count: i32) -> Delivery {
@@ -426,17 +726,16 @@ mod tests {
     }
 
     fn options(capacity: usize, max_attempts: u32) -> LaneOptions {
-        LaneOptions {
+        LaneOptions::new(
             capacity,
-            workers: 1,
-            retry: RetryPolicy {
+            1,
+            RetryPolicy {
                 base: Duration::from_secs(1),
                 factor: 2,
                 max_delay: Duration::from_secs(60),
                 max_attempts,
             },
-            skip_repeats: false,
-        }
+        )
     }
 
     fn failure(retryable: bool) -> Failure {
@@ -458,7 +757,7 @@ mod tests {
             seen: Mutex::default(),
         });
         let seen = Arc::new(Seen::default());
-        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), options(10, 3));
+        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(10, 3));
         let mut tasks = tokio::task::JoinSet::new();
         p.start(&mut tasks);
         p.offer("scripted", delivery("a", 1)).unwrap();
@@ -485,7 +784,7 @@ mod tests {
             seen: Mutex::default(),
         });
         let seen = Arc::new(Seen::default());
-        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), options(10, 12));
+        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(10, 12));
         let mut tasks = tokio::task::JoinSet::new();
         p.start(&mut tasks);
         p.offer("scripted", delivery("a", 1)).unwrap();
@@ -501,7 +800,7 @@ mod tests {
             seen: Mutex::default(),
         });
         let seen = Arc::new(Seen::default());
-        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), options(2, 3));
+        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(2, 3));
         // No workers yet: everything stays queued.
         p.offer("scripted", delivery("a", 1)).unwrap();
         p.offer("scripted", delivery("b", 1)).unwrap();
@@ -537,7 +836,7 @@ mod tests {
             seen: Mutex::default(),
         });
         let seen = Arc::new(Seen::default());
-        let p = Arc::new(Pipeline::new(seen.clone()).with_sink(sink.clone(), options(1, 3)));
+        let p = Arc::new(Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(1, 3)));
         p.offer("scripted", delivery("a", 1)).unwrap();
         // Full, and no worker to make room: refused once the wait is over.
         let refused = p
@@ -573,7 +872,7 @@ mod tests {
         let seen = Arc::new(Seen::default());
         let p = Pipeline::new(seen.clone()).with_sink(
             sink.clone(),
-            LaneOptions {
+            &LaneOptions {
                 skip_repeats: true,
                 ..options(10, 3)
             },
@@ -589,7 +888,11 @@ mod tests {
             [("a".to_owned(), Some(1)), ("a".to_owned(), Some(2))]
         );
         // Forgotten (the source was deleted): a later delivery is written again.
-        p.forget("scripted", "a");
+        p.forget(&ObjectReference {
+            namespace: Some("default".into()),
+            name: Some("a".into()),
+            ..ObjectReference::default()
+        });
         p.offer("scripted", delivery("a", 2)).unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(sink.seen.lock().unwrap().len(), 3);

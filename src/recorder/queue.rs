@@ -178,20 +178,50 @@ where
     pub async fn next(&self) -> (K, V, Instant) {
         loop {
             let notified = self.ready.notified();
-            {
-                let mut s = self.lock();
-                while let Some(key) = s.order.pop_front() {
-                    s.queued.remove(&key);
-                    if let Some(value) = s.latest.remove(&key) {
-                        s.waiting.remove(&key);
-                        s.active.insert(key.clone());
-                        let since = s.since.get(&key).copied().unwrap_or_else(Instant::now);
-                        return (key, value, since);
-                    }
-                }
+            if let Some(next) = self.try_next() {
+                return next;
             }
             notified.await;
         }
+    }
+
+    /// The next key to work on, if one is queued now.
+    fn try_next(&self) -> Option<(K, V, Instant)> {
+        let mut s = self.lock();
+        while let Some(key) = s.order.pop_front() {
+            s.queued.remove(&key);
+            if let Some(value) = s.latest.remove(&key) {
+                s.waiting.remove(&key);
+                s.active.insert(key.clone());
+                let since = s.since.get(&key).copied().unwrap_or_else(Instant::now);
+                return Some((key, value, since));
+            }
+        }
+        None
+    }
+
+    /// Waits for the next key, then takes up to `max` keys in all: those queued, and those
+    /// queued within `linger` of the first (a batch for a sink that writes many at once).
+    /// Each is worked on as [`Self::next`]'s is, and marked [`Self::done`] on its own.
+    pub async fn next_batch(&self, max: usize, linger: Duration) -> Vec<(K, V, Instant)> {
+        let mut batch = vec![self.next().await];
+        let deadline = tokio::time::Instant::now() + linger;
+        while batch.len() < max {
+            let notified = self.ready.notified();
+            if let Some(next) = self.try_next() {
+                batch.push(next);
+                continue;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        // Every wake-up this batch took came with a key it took; still, keys left queued
+        // (a full batch) are said to another worker rather than left for the next add.
+        if !self.lock().order.is_empty() {
+            self.ready.notify_one();
+        }
+        batch
     }
 
     /// Marks `key` done. A failure comes back after the policy's delay unless a newer value
@@ -412,5 +442,39 @@ mod tests {
         assert_eq!(p.delay(12), Duration::from_secs(300));
         let constant = RetryPolicy { factor: 1, ..p };
         assert_eq!(constant.delay(7), Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_takes_what_is_queued_and_what_comes_within_the_linger() {
+        let q = Arc::new(Q::unbounded());
+        for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
+            q.add(k, v).unwrap();
+        }
+        let keys =
+            |b: Vec<(&'static str, i32, Instant)>| b.into_iter().map(|x| x.0).collect::<Vec<_>>();
+        assert_eq!(
+            keys(q.next_batch(2, Duration::from_millis(20)).await),
+            ["a", "b"]
+        );
+        // One queued, one more within the linger, one after it.
+        let later = q.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            later.add("d", 4).unwrap();
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            later.add("e", 5).unwrap();
+        });
+        let start = tokio::time::Instant::now();
+        assert_eq!(
+            keys(q.next_batch(10, Duration::from_millis(20)).await),
+            ["c", "d"]
+        );
+        assert_eq!(start.elapsed(), Duration::from_millis(20));
+        assert_eq!(keys(q.next_batch(10, Duration::ZERO).await), ["e"]);
+        // Keys in a batch are active: a new value of one waits for its done.
+        q.add("a", 9).unwrap();
+        assert_eq!(q.len(), 0, "a is still being worked on");
+        q.done("a", Done::Finished, &policy(1));
+        assert_eq!(keys(q.next_batch(10, Duration::ZERO).await), ["a"]);
     }
 }

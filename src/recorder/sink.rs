@@ -5,7 +5,7 @@ use std::io::Write;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::Event;
+use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 /// The future a sink returns.
@@ -198,11 +198,21 @@ impl EventSink for LogSink {
     }
 }
 
-/// The log stream as a pipeline destination: one line per delivery, never retried for long
-/// (a broken standard output does not heal).
+/// The channel switch that turns the log stream on (`log: true`).
+pub const LOG_SWITCH: &str = "log";
+
+/// The log stream as a pipeline destination: one line per source state (the source once
+/// labelled), never retried for long (a broken standard output does not heal).
 impl super::pipeline::Destination for LogSink {
     fn name(&self) -> &'static str {
         "log"
+    }
+
+    fn plan(&self, routed: &super::pipeline::Routed<'_>) -> Vec<super::pipeline::Delivery> {
+        if !routed.switched(LOG_SWITCH) {
+            return Vec::new();
+        }
+        vec![routed.delivery(routed.source_key(), routed.event.clone(), Vec::new())]
     }
 
     fn deliver<'a>(
@@ -218,6 +228,20 @@ impl super::pipeline::Destination for LogSink {
                     error,
                 })
         })
+    }
+
+    /// One writer; a stream cannot tell what it already holds, so the lane remembers what it
+    /// wrote and skips a repeat.
+    fn lane(&self, defaults: &super::pipeline::LaneOptions) -> super::pipeline::LaneOptions {
+        super::pipeline::LaneOptions {
+            workers: 1,
+            skip_repeats: true,
+            ..defaults.clone()
+        }
+    }
+
+    fn forget(&self, source: &ObjectReference) -> Vec<String> {
+        vec![super::pipeline::key_of_source(source)]
     }
 }
 

@@ -334,7 +334,6 @@ impl FakeApiServer {
                 clusterscope::config::Config::from_yaml(yaml, "test").unwrap(),
             ),
             Arc::new(clusterscope::classify::ScopeResolver::new()),
-            None,
         )
     }
 
@@ -366,8 +365,21 @@ impl FakeApiServer {
         syncer: clusterscope::mirror::sync::Syncer,
         options: clusterscope::mirror::controller::ControllerOptions,
     ) -> RunningController {
+        self.run_syncer_with(
+            syncer,
+            options,
+            Arc::new(clusterscope::metrics::Metrics::new()),
+        )
+    }
+
+    /// As [`Self::run_syncer`], counting into `metrics` (which a sink may share).
+    pub fn run_syncer_with(
+        &self,
+        syncer: clusterscope::mirror::sync::Syncer,
+        options: clusterscope::mirror::controller::ControllerOptions,
+        metrics: Arc<clusterscope::metrics::Metrics>,
+    ) -> RunningController {
         use clusterscope::recorder::{Broadcaster, KubeSink, Recorder, SystemClock};
-        let metrics = Arc::new(clusterscope::metrics::Metrics::new());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         // clusterscope's own events (given-up deliveries) are written to this server too.
         let broadcaster = Broadcaster::new(Default::default());
