@@ -222,7 +222,6 @@ pub struct Reviewed {
     pub decision: Decision,
     pub uid: String,
     pub operation: String,
-    pub api_version: String,
     /// Event namespace and name (`generateName*` when the server names it).
     pub namespace: String,
     pub name: String,
@@ -410,7 +409,6 @@ fn respond<O>(
         response,
         uid: request.uid.to_string(),
         operation: request.operation.to_string(),
-        api_version: review.api_version.to_string(),
         namespace: request.namespace.as_deref().unwrap_or("").to_owned(),
         name,
         dry_run: request.dry_run.unwrap_or(false),

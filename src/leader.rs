@@ -74,10 +74,6 @@ impl LeaseLock {
         }
     }
 
-    pub fn options(&self) -> &LeaseOptions {
-        &self.options
-    }
-
     /// Notes the record as seen now; returns how long ago (local clock) it last changed.
     fn observe(&self, record: Observed) -> Duration {
         let now = Instant::now();

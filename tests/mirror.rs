@@ -5,10 +5,8 @@ mod common;
 #[path = "support/fake_apiserver.rs"]
 mod fake_apiserver;
 
-use clusterscope::classify::ScopeResolver;
 use clusterscope::config::Config;
-use clusterscope::decide::decide;
-use clusterscope::mirror::{copy_name, make_copy};
+use clusterscope::mirror::copy_name;
 use clusterscope::recorder::{EventSink, KubeSink};
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::Event;
@@ -34,7 +32,8 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
     let api = FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
     let sink = KubeSink::new(api.client());
     let config = Config::from_yaml(CONFIG, "t").unwrap();
-    let resolver = ScopeResolver::new();
+    // The copies as the controller plans them.
+    let syncer = api.syncer(CONFIG);
     for fixture in [
         "kubelet-node-not-ready.json",
         "eventsv1-converted-to-core.json",
@@ -44,18 +43,24 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
         "update-series-patch-labelled.json",
     ] {
         let source = stored_source(fixture);
-        let text = source.to_string();
-        let view: clusterscope::event::Event = serde_json::from_str(&text).unwrap();
-        let decision = decide(&view, "default", &config, &resolver);
-        let classified = decision.classified.unwrap();
-        let channel = config
-            .channel(classified.channel.as_deref().unwrap())
-            .unwrap();
         let typed: Event = serde_json::from_value(source.clone()).unwrap();
-        let copy = make_copy(&typed, &classified, channel, &config).unwrap();
+        let plan = syncer.plan(&typed, std::time::Instant::now());
+        let channel = config.channel(plan.channel.as_deref().unwrap()).unwrap();
+        let copies: Vec<Event> = plan
+            .deliveries
+            .into_iter()
+            .filter(|(sink, _)| *sink == "kubernetes")
+            .map(|(_, d)| d.event)
+            .collect();
+        assert_eq!(
+            copies.len(),
+            1,
+            "{fixture}: one copy, in the channel's namespace"
+        );
+        let copy = &copies[0];
         let ns = channel.namespace.clone().unwrap();
         let created = sink
-            .create(&copy)
+            .create(copy)
             .await
             .unwrap_or_else(|e| panic!("{fixture}: {e}"));
         assert_eq!(created.metadata.namespace.as_deref(), Some(ns.as_str()));
@@ -68,7 +73,7 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
             Some(expected_name.as_str())
         );
         // The same source always aims at the same copy.
-        let again = sink.create(&copy).await.unwrap_err();
+        let again = sink.create(copy).await.unwrap_err();
         assert!(again.is_already_exists(), "{fixture}: {again}");
         // Without the namespace fix the API server refuses the copy.
         let mut unfixed = copy.clone();
@@ -86,165 +91,203 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
     assert_eq!(api.events_in("team-storage").len(), 1);
 }
 
-mod sync {
+mod through_the_controller {
+    //! One stored source at a time through the production path: the mirror controller's
+    //! watch, plan, label patch and the pipeline's lanes, against the fake API server.
     use super::*;
-    use clusterscope::mirror::sync::Syncer;
+    use clusterscope::mirror::controller::ControllerOptions;
+    use fake_apiserver::{RunningController, eventually};
+    use std::time::Duration;
 
-    fn syncer(api: &FakeApiServer) -> Syncer {
-        api.syncer(CONFIG)
+    fn run(api: &FakeApiServer) -> RunningController {
+        api.run_controller_with(
+            CONFIG,
+            ControllerOptions {
+                workers: 2,
+                retry_base: Duration::from_millis(20),
+                ..Default::default()
+            },
+        )
     }
 
-    fn typed(v: &Value) -> Event {
-        serde_json::from_value(v.clone()).unwrap()
+    /// The writes (create, update, patch) made to events in `ns`, by verb.
+    fn writes(api: &FakeApiServer, ns: &str) -> Vec<String> {
+        api.store
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .filter(|(verb, _, resource, namespace)| {
+                resource == "events"
+                    && namespace == ns
+                    && ["create", "update", "patch"].contains(&verb.as_str())
+            })
+            .map(|(verb, ..)| verb.clone())
+            .collect()
+    }
+
+    fn labelled(api: &FakeApiServer, name: &str) -> bool {
+        api.event("default", name)
+            .is_some_and(|e| e["metadata"]["labels"]["clusterscope.dev/channel"] == "nodes")
     }
 
     #[tokio::test]
-    async fn unlabelled_source_is_labelled_and_copied_once() {
+    async fn an_unlabelled_source_is_labelled_and_copied_once_and_a_restart_writes_nothing() {
         let api =
             FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
-        let s = syncer(&api);
         let source = stored_source("kubelet-node-not-ready.json");
         let name = source["metadata"]["name"].as_str().unwrap().to_owned();
         api.put("default", source);
-        let stored = api.event("default", &name).unwrap();
-        let report = s.sync(&typed(&stored)).await.unwrap();
+        let running = run(&api);
         assert!(
-            report.labelled && report.created && !report.updated,
-            "{report:?}"
+            eventually(10, || labelled(&api, &name)
+                && api.events_in("team-infra").len() == 1)
+            .await
         );
-        let labelled = api.event("default", &name).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(writes(&api, "default"), ["patch"], "one label patch");
         assert_eq!(
-            labelled["metadata"]["labels"]["clusterscope.dev/channel"],
-            "nodes"
+            writes(&api, "team-infra"),
+            ["create"],
+            "one copy, written once"
         );
-        // Idempotent: a second sync (another replica, a restart) changes nothing.
-        let again = s.sync(&typed(&labelled)).await.unwrap();
+        running.stop().await;
+        // Another replica, or a restart: it lists everything again and writes nothing.
+        let again = run(&api);
         assert!(
-            !again.labelled && !again.created && !again.updated,
-            "{again:?}"
+            eventually(10, || again.metric(
+                r#"clusterscope_deliveries_total{sink="kubernetes",result="unchanged"}"#
+            ) == 1.0)
+            .await
         );
-        assert_eq!(api.events_in("team-infra").len(), 1);
+        assert_eq!(writes(&api, "default"), ["patch"]);
+        assert_eq!(writes(&api, "team-infra"), ["create"]);
+        again.stop().await;
     }
 
     #[tokio::test]
     async fn count_and_message_changes_reach_the_copy() {
-        let api = FakeApiServer::start(&["default", "team-infra", "team-storage"]).await;
-        let s = syncer(&api);
+        let api =
+            FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
+        let running = run(&api);
         let mut source = stored_source("kubelet-node-not-ready.json");
         let name = source["metadata"]["name"].as_str().unwrap().to_owned();
         api.put("default", source.clone());
-        s.sync(&typed(&api.event("default", &name).unwrap()))
-            .await
-            .unwrap();
+        assert!(eventually(10, || api.events_in("team-infra").len() == 1).await);
         source["count"] = 7.into();
         source["lastTimestamp"] = "2026-11-20T11:00:00Z".into();
         source["message"] = "still not ready".into();
+        source["metadata"]["labels"] =
+            api.event("default", &name).unwrap()["metadata"]["labels"].clone();
         api.put("default", source);
-        let report = s
-            .sync(&typed(&api.event("default", &name).unwrap()))
+        assert!(
+            eventually(10, || api
+                .events_in("team-infra")
+                .first()
+                .is_some_and(|c| c["count"] == 7))
             .await
-            .unwrap();
-        assert!(report.updated, "{report:?}");
+        );
         let copies = api.events_in("team-infra");
         assert_eq!(copies.len(), 1);
-        assert_eq!(copies[0]["count"], 7);
         assert_eq!(copies[0]["message"], "still not ready");
         assert_eq!(copies[0]["lastTimestamp"], "2026-11-20T11:00:00Z");
+        assert_eq!(
+            running.metric(r#"clusterscope_deliveries_total{sink="kubernetes",result="update"}"#),
+            1.0
+        );
+        running.stop().await;
     }
 
     #[tokio::test]
-    async fn two_replicas_at_once_make_one_copy() {
-        let api = FakeApiServer::start(&["default", "team-infra", "team-storage"]).await;
-        let (a, b) = (syncer(&api), syncer(&api));
-        let mut names = Vec::new();
-        for i in 0..20 {
-            let mut source = stored_source("kubelet-node-not-ready.json");
-            let name = format!("node1.{i:016x}");
-            source["metadata"]["name"] = name.clone().into();
-            api.put("default", source);
-            names.push(name);
-        }
-        let sources: Vec<Event> = names
-            .iter()
-            .map(|n| typed(&api.event("default", n).unwrap()))
-            .collect();
-        let runs = sources.iter().map(|e| {
-            let (a, b) = (a.clone(), b.clone());
-            let e = e.clone();
-            async move { tokio::join!(a.sync(&e), b.sync(&e)) }
-        });
-        for (ra, rb) in each_in_turn(runs).await {
-            ra.unwrap();
-            rb.unwrap();
-        }
-        assert_eq!(api.events_in("team-infra").len(), 20);
-    }
-
-    async fn each_in_turn<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
-        let handles: Vec<_> = fs.collect();
-        let mut out = Vec::new();
-        for f in handles {
-            out.push(f.await);
-        }
-        out
-    }
-
-    #[tokio::test]
-    async fn namespaced_events_are_left_alone_and_missing_namespaces_reported() {
-        let api = FakeApiServer::start(&["default", "team-storage"]).await;
-        let s = syncer(&api);
-        let pod = stored_source("namespaced-pod-event.json");
-        let report = s.sync(&typed(&pod)).await.unwrap();
-        assert!(report.skipped);
-        // team-infra does not exist: the error says so, nothing panics, the source is labelled.
+    async fn namespaced_events_are_left_alone_and_a_missing_namespace_is_said_and_given_up() {
+        let api = FakeApiServer::start(&[
+            "default",
+            "kube-system",
+            "team-storage",
+            "clusterscope-system",
+        ])
+        .await;
+        let mut pod = stored_source("namespaced-pod-event.json");
+        pod["metadata"]["namespace"] = "default".into();
+        let pod_name = pod["metadata"]["name"].as_str().unwrap().to_owned();
+        api.put("default", pod);
+        // team-infra does not exist: the copy fails (retried, then given up, said in an event
+        // of clusterscope's own), nothing panics, the source is labelled all the same.
         let source = stored_source("kubelet-node-not-ready.json");
         let name = source["metadata"]["name"].as_str().unwrap().to_owned();
         api.put("default", source);
-        let err = s
-            .sync(&typed(&api.event("default", &name).unwrap()))
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("namespaces \"team-infra\" not found"),
-            "{err}"
+        let running = api.run_controller_with(
+            CONFIG,
+            ControllerOptions {
+                retry_base: Duration::from_millis(10),
+                max_attempts: 2,
+                ..Default::default()
+            },
         );
-        assert!(!api.event("default", &name).unwrap()["metadata"]["labels"].is_null());
+        assert!(eventually(10, || labelled(&api, &name)).await);
+        let given_up = || {
+            api.events_in("clusterscope-system")
+                .into_iter()
+                .find(|e| e["reason"] == "DeliveryGivenUp")
+        };
+        assert!(eventually(10, || given_up().is_some()).await);
+        let message = given_up().unwrap()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("namespaces \"team-infra\" not found"),
+            "{message}"
+        );
+        assert_eq!(
+            running.metric(r#"clusterscope_mirror_given_up_total{channel="nodes"}"#),
+            1.0
+        );
+        assert!(
+            api.event("default", &pod_name).unwrap()["metadata"]["labels"].is_null(),
+            "a namespaced event is not labelled"
+        );
+        running.stop().await;
     }
 
     /// Someone who may create events in `default` sets the mirror label on one to hide it:
     /// it is still labelled and copied.
     #[tokio::test]
     async fn the_mirror_label_hides_nothing_in_a_source_namespace() {
-        let api = FakeApiServer::start(&["default", "team-infra", "team-storage"]).await;
+        let api =
+            FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
         let mut source = stored_source("kubelet-node-not-ready.json");
         source["metadata"]["labels"] = serde_json::json!({"clusterscope.dev/mirror": "true"});
         let name = source["metadata"]["name"].as_str().unwrap().to_owned();
         api.put("default", source);
-        let report = syncer(&api)
-            .sync(&typed(&api.event("default", &name).unwrap()))
+        let running = run(&api);
+        assert!(
+            eventually(10, || labelled(&api, &name)
+                && api.events_in("team-infra").len() == 1)
             .await
-            .unwrap();
-        assert!(report.labelled && report.created, "{report:?}");
-        assert_eq!(api.events_in("team-infra").len(), 1);
+        );
+        running.stop().await;
     }
 
+    /// The label patch is refused once (say RBAC lacked `patch` in default a moment): the copy
+    /// is written meanwhile, and the label follows on the retry.
     #[tokio::test]
     async fn a_refused_label_does_not_hold_back_the_copy() {
-        let api = FakeApiServer::start(&["default", "team-infra", "team-storage"]).await;
-        let s = syncer(&api);
+        let api =
+            FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
+        api.inject_for("patch", 403, "Forbidden", 1);
         let source = stored_source("kubelet-node-not-ready.json");
         let name = source["metadata"]["name"].as_str().unwrap().to_owned();
         api.put("default", source);
-        // The label patch is forbidden (say RBAC lacks `patch` in default).
-        api.inject(403, "Forbidden", 1);
-        let err = s
-            .sync(&typed(&api.event("default", &name).unwrap()))
-            .await
-            .unwrap_err();
-        assert_eq!(err.operation, "label");
-        assert!(err.report.created, "{err:?}");
-        assert_eq!(api.events_in("team-infra").len(), 1);
+        let running = run(&api);
+        assert!(eventually(10, || api.events_in("team-infra").len() == 1).await);
+        assert!(eventually(10, || labelled(&api, &name)).await);
+        assert_eq!(
+            running.metric(r#"clusterscope_mirror_writes_total{channel="nodes",operation="label",result="error"}"#),
+            1.0
+        );
+        assert_eq!(writes(&api, "default"), ["patch", "patch"]);
+        running.stop().await;
     }
 }
 
@@ -329,7 +372,7 @@ mod fidelity {
     }
 
     /// A source stored just under the annotation limit: its copy adds the source annotations
-    /// and goes over, and the API server refuses it. The sync reports that create failure.
+    /// and goes over, and the API server refuses it: given up at once (a 422 does not heal).
     #[tokio::test]
     async fn a_copy_pushed_past_the_annotation_limit_is_refused() {
         let api = FakeApiServer::start(&["default", "kube-system", "team-infra"]).await;
@@ -338,168 +381,15 @@ mod fidelity {
         source["metadata"]["annotations"] =
             serde_json::json!({"note": "x".repeat(256 * 1024 - 100)});
         api.put("default", source.clone());
-        let stored = api.event("default", "node1.big").unwrap();
-        let err = api
-            .syncer(CONFIG)
-            .sync(&serde_json::from_value(stored).unwrap())
-            .await
-            .unwrap_err();
-        assert_eq!(err.operation, "create");
-        assert!(
-            matches!(
-                err.error,
-                clusterscope::recorder::SinkError::Status { code: 422, .. }
-            ),
-            "{err}"
+        let running = api.run_controller(CONFIG, std::time::Duration::from_millis(20));
+        let given_up = r#"clusterscope_deliveries_total{sink="kubernetes",result="given_up"}"#;
+        assert!(fake_apiserver::eventually(10, || running.metric(given_up) == 1.0).await);
+        assert_eq!(
+            running.metric(r#"clusterscope_mirror_writes_total{channel="nodes",operation="create",result="error"}"#),
+            1.0,
+            "one try"
         );
         assert!(api.events_in("team-infra").is_empty());
-    }
-}
-
-/// Delivery by ownership through a sync: a PersistentVolume's event reaches its claim's
-/// namespace, valid for the API server, saying how and why; a Node's Warning reaches the
-/// namespaces of its pods; a namespace being deleted and the source namespaces get nothing.
-mod owners {
-    use super::*;
-    use clusterscope::owners::{Claim, Cluster, Namespace, SharedCluster};
-    use std::sync::{Arc, RwLock};
-
-    const CONFIG: &str = "channels:\n  - name: storage\n    deliver: {owners: true}\n  - name: nodes\n    namespace: team-infra\n    deliver: {nodePods: {}}\nroutes:\n  - channel: storage\n    match: {kinds: [PersistentVolume]}\n  - channel: nodes\n    match: {kinds: [Node]}\n";
-
-    fn state() -> SharedCluster {
-        let mut c = Cluster::default();
-        for (ns, terminating) in [
-            ("team-a", false),
-            ("team-b", false),
-            ("going", true),
-            ("default", false),
-            ("team-infra", false),
-        ] {
-            c.namespaces.insert(
-                ns.into(),
-                Namespace {
-                    terminating,
-                    ..Namespace::default()
-                },
-            );
-        }
-        c.volumes.insert(
-            "pv-7".into(),
-            Claim {
-                namespace: "team-a".into(),
-                name: "data".into(),
-            },
-        );
-        c.pods_on_node.insert(
-            "node1".into(),
-            [
-                ("team-a", 1),
-                ("team-b", 3),
-                ("going", 1),
-                ("default", 2),
-                ("team-infra", 1),
-            ]
-            .into_iter()
-            .map(|(ns, n)| (ns.to_owned(), n))
-            .collect(),
-        );
-        Arc::new(RwLock::new(c))
-    }
-
-    fn event(name: &str, kind: &str, object: &str, type_: &str) -> Value {
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": name, "namespace": "default"},
-            "involvedObject": {"kind": kind, "name": object, "apiVersion": "v1"},
-            "reason": "Failed", "message": "it failed", "type": type_, "count": 1,
-            "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z",
-            "source": {"component": "persistentvolume-controller"}
-        })
-    }
-
-    #[tokio::test]
-    async fn a_volume_event_reaches_its_claim_namespace_and_a_node_warning_its_pods_namespaces() {
-        let api = FakeApiServer::start(&[
-            "default",
-            "kube-system",
-            "team-a",
-            "team-b",
-            "going",
-            "team-infra",
-        ])
-        .await;
-        let s = api.syncer(CONFIG).with_cluster(state());
-        api.put(
-            "default",
-            event("pv-7.1", "PersistentVolume", "pv-7", "Warning"),
-        );
-        let stored: Event =
-            serde_json::from_value(api.event("default", "pv-7.1").unwrap()).unwrap();
-        let report = s.sync(&stored).await.unwrap();
-        assert!(report.created, "{report:?}");
-        let copies = api.events_in("team-a");
-        assert_eq!(copies.len(), 1, "{copies:?}");
-        let copy = &copies[0];
-        assert_eq!(copy["involvedObject"]["namespace"], "team-a");
-        assert_eq!(
-            copy["metadata"]["labels"]["clusterscope.dev/delivery"],
-            "owner"
-        );
-        assert_eq!(
-            copy["metadata"]["labels"]["clusterscope.dev/channel"],
-            "storage"
-        );
-        assert_eq!(
-            copy["metadata"]["annotations"]["clusterscope.dev/delivered-because"],
-            "PersistentVolume pv-7 is claimed by PersistentVolumeClaim team-a/data"
-        );
-        for ns in ["team-b", "going", "team-infra"] {
-            assert!(api.events_in(ns).is_empty(), "{ns} got the volume's event");
-        }
-
-        // A Node Warning: the channel's own namespace, then each open namespace with pods on
-        // the node; not `going` (being deleted), not `default` (where the source is).
-        api.put("default", event("node1.1", "Node", "node1", "Warning"));
-        let stored: Event =
-            serde_json::from_value(api.event("default", "node1.1").unwrap()).unwrap();
-        s.sync(&stored).await.unwrap();
-        let delivered = |ns: &str| {
-            api.events_in(ns)
-                .into_iter()
-                .filter(|e| e["involvedObject"]["kind"] == "Node")
-                .map(|e| {
-                    e["metadata"]["labels"]["clusterscope.dev/delivery"]
-                        .as_str()
-                        .unwrap_or("")
-                        .to_owned()
-                })
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            delivered("team-infra"),
-            ["channel"],
-            "one copy, as the channel's"
-        );
-        assert_eq!(delivered("team-a"), ["node"]);
-        assert_eq!(delivered("team-b"), ["node"]);
-        assert!(delivered("going").is_empty());
-        assert_eq!(
-            api.events_in("default")
-                .iter()
-                .filter(|e| e["involvedObject"]["kind"] == "Node")
-                .count(),
-            1,
-            "only the source in default"
-        );
-        let why = api.events_in("team-b")[0]["metadata"]["annotations"]["clusterscope.dev/delivered-because"].clone();
-        assert_eq!(why, "Node node1 runs 3 pods of namespace team-b");
-
-        // A Normal Node event goes to the channel's namespace only (nodePods: Warning).
-        api.put("default", event("node1.2", "Node", "node1", "Normal"));
-        let stored: Event =
-            serde_json::from_value(api.event("default", "node1.2").unwrap()).unwrap();
-        s.sync(&stored).await.unwrap();
-        assert_eq!(delivered("team-infra").len(), 2);
-        assert_eq!(delivered("team-a").len(), 1);
+        running.stop().await;
     }
 }

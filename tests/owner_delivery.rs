@@ -106,6 +106,8 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
         copy["metadata"]["labels"]["clusterscope.dev/delivery"],
         "owner"
     );
+    // Valid where it lands: its involved object is placed in the copy's namespace.
+    assert_eq!(copy["involvedObject"]["namespace"], "team-a");
     assert_eq!(
         copy["metadata"]["annotations"]["clusterscope.dev/delivered-because"],
         "PersistentVolume pv-7 is claimed by PersistentVolumeClaim team-a/data"

@@ -76,31 +76,20 @@ pub struct Target<'a> {
     pub why: Option<&'a str>,
 }
 
-/// The copy of `source` for `channel` in the channel's own namespace. `None` when the channel
-/// mirrors nowhere or the source has no name.
-pub fn make_copy(
-    source: &Event,
-    classified: &Classified,
-    channel: &Channel,
-    config: &Config,
-) -> Option<Event> {
-    let namespace = channel.namespace.as_deref()?;
-    make_copy_to(
-        source,
-        classified,
-        channel,
-        config,
+impl<'a> Target<'a> {
+    /// The channel's own namespace.
+    pub fn channel(namespace: &'a str) -> Self {
         Target {
             namespace,
             how: "channel",
             why: None,
-        },
-    )
+        }
+    }
 }
 
 /// The copy of `source` for `channel` in `target`, with the labels and annotations of
 /// `classified`. `None` when the source has no name.
-pub fn make_copy_to(
+pub fn make_copy(
     source: &Event,
     classified: &Classified,
     channel: &Channel,
@@ -227,7 +216,14 @@ mod tests {
     #[test]
     fn copy_is_valid_and_labelled() {
         let config = config();
-        let copy = make_copy(&source(), &classified(), &config.channels[0], &config).unwrap();
+        let copy = make_copy(
+            &source(),
+            &classified(),
+            &config.channels[0],
+            &config,
+            Target::channel("team-infra"),
+        )
+        .unwrap();
         let m = &copy.metadata;
         assert_eq!(m.namespace.as_deref(), Some("team-infra"));
         assert_eq!(
@@ -304,7 +300,14 @@ mod tests {
     #[test]
     fn ownership_is_the_mirror_label_and_the_same_source() {
         let config = config();
-        let wanted = make_copy(&source(), &classified(), &config.channels[0], &config).unwrap();
+        let wanted = make_copy(
+            &source(),
+            &classified(),
+            &config.channels[0],
+            &config,
+            Target::channel("team-infra"),
+        )
+        .unwrap();
         let keys = &config.keys;
         assert!(is_copy_of(&wanted, &wanted, keys));
         let mut recreated = wanted.clone();
@@ -332,12 +335,19 @@ mod tests {
     }
 
     #[test]
-    fn no_copy_without_a_namespace_or_a_name() {
-        let config = Config::embedded_default();
-        assert!(make_copy(&source(), &classified(), &config.channels[0], &config).is_none());
+    fn no_copy_without_a_name() {
         let config = self::config();
         let mut nameless = source();
         nameless.metadata.name = None;
-        assert!(make_copy(&nameless, &classified(), &config.channels[0], &config).is_none());
+        assert!(
+            make_copy(
+                &nameless,
+                &classified(),
+                &config.channels[0],
+                &config,
+                Target::channel("team-infra")
+            )
+            .is_none()
+        );
     }
 }

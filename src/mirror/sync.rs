@@ -1,8 +1,8 @@
 //! Bringing one stored event in line: decide what it needs ([`Syncer::plan`]): its own labels
 //! if it was written without them (the webhook was down, or failed open), and its deliveries
-//! (a copy in the channel's namespace, a log line). The controller labels the source and hands
-//! the deliveries to the recorder's pipeline; [`Syncer::sync`] does all of it at once, through
-//! the same sinks. Idempotent: running it twice, from two replicas, or after a restart changes
+//! (copies, a log line, a history row: each sink plans its own from one [`Routed`] event). The
+//! controller labels the source ([`Syncer::label`]) and hands the deliveries to the recorder's
+//! pipeline. Idempotent: running it twice, from two replicas, or after a restart changes
 //! nothing more.
 
 use std::sync::Arc;
@@ -14,47 +14,15 @@ use kube::api::{Api, Patch, PatchParams};
 use crate::classify::ScopeResolver;
 use crate::decide::{Outcome, decide};
 use crate::mirror::sink::{CopySink, retryable};
-use crate::mirror::{Target, make_copy_to};
+use crate::mirror::{Target, make_copy};
 use crate::recorder::SinkError;
-use crate::recorder::pipeline::{Delivered, Delivery, Destination, Routed};
+use crate::recorder::pipeline::{Delivery, Destination, Routed};
 
-/// What one sync did.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SyncReport {
-    /// The source was patched with its labels.
-    pub labelled: bool,
-    /// The copy was created.
-    pub created: bool,
-    /// The existing copy was updated.
-    pub updated: bool,
-    /// The channel (if the event was routed).
-    pub channel: Option<String>,
-    /// The event was not one of ours (namespaced, mirror copy, ...).
-    pub skipped: bool,
-    /// Not ours, yet it carried our labels (its kind was misjudged): they were removed.
-    pub unlabelled: bool,
-}
-
-impl SyncReport {
-    /// The writes this sync made, as metric operation names.
-    pub fn writes(&self) -> impl Iterator<Item = &'static str> {
-        [
-            (self.labelled, "label"),
-            (self.unlabelled, "unlabel"),
-            (self.created, "create"),
-            (self.updated, "update"),
-        ]
-        .into_iter()
-        .filter_map(|(done, op)| done.then_some(op))
-    }
-}
-
-/// A failed sync: what had been done, which step failed, why, and whether a later try can
+/// A failed label patch of a source: which operation, why, and whether a later try can
 /// succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncError {
-    pub report: SyncReport,
-    /// `label`, `unlabel`, `create`, `update`, `append` or `foreign`.
+    /// `label` or `unlabel`.
     pub operation: &'static str,
     pub error: SinkError,
     pub retryable: bool,
@@ -66,7 +34,11 @@ impl std::fmt::Display for SyncError {
     }
 }
 
-impl std::error::Error for SyncError {}
+impl std::error::Error for SyncError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
 
 /// Syncs stored events; cheap to clone.
 #[derive(Clone)]
@@ -253,7 +225,7 @@ impl Syncer {
                     how: place.how,
                     why: place.why.as_deref(),
                 };
-                make_copy_to(source, classified, channel, &config, target)
+                make_copy(source, classified, channel, &config, target)
             })
             .collect();
         let namespaces: Vec<String> = targets.into_iter().map(|p| p.namespace).collect();
@@ -335,57 +307,11 @@ impl Syncer {
             Err(e) => {
                 let error = SinkError::from(e);
                 Err(SyncError {
-                    report: SyncReport {
-                        channel: plan.channel.clone(),
-                        skipped: plan.skipped,
-                        ..SyncReport::default()
-                    },
                     operation,
                     retryable: retryable(operation, &error),
                     error,
                 })
             }
-        }
-    }
-
-    /// Syncs `source` now: labels it and writes its deliveries through the same sinks the
-    /// pipeline uses, one try each. A failed label does not hold back the deliveries: it is
-    /// reported once they are done.
-    pub async fn sync(&self, source: &Event) -> Result<SyncReport, SyncError> {
-        let plan = self.plan(source, Instant::now());
-        let mut report = SyncReport {
-            channel: plan.channel.clone(),
-            skipped: plan.skipped,
-            ..SyncReport::default()
-        };
-        let labelled = self.label(source, &plan).await;
-        if let Ok(true) = labelled {
-            match plan.label.as_ref().map(|(op, _)| *op) {
-                Some("unlabel") => report.unlabelled = true,
-                _ => report.labelled = true,
-            }
-        }
-        for (sink, delivery) in &plan.deliveries {
-            let Some(destination) = self.sinks.iter().find(|d| d.name() == *sink) else {
-                continue;
-            };
-            match destination.deliver(delivery).await {
-                Ok(Delivered::Created) => report.created = true,
-                Ok(Delivered::Updated) => report.updated = true,
-                Ok(Delivered::Unchanged | Delivered::Appended) => {}
-                Err(failure) => {
-                    return Err(SyncError {
-                        report,
-                        operation: failure.operation,
-                        error: failure.error,
-                        retryable: failure.retryable,
-                    });
-                }
-            }
-        }
-        match labelled {
-            Ok(_) => Ok(report),
-            Err(e) => Err(SyncError { report, ..e }),
         }
     }
 }
