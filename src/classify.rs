@@ -34,8 +34,6 @@ pub enum KindSource {
 const C: Scope = Scope::Cluster;
 const N: Scope = Scope::Namespaced;
 
-/// Built-in kinds: (API group, kind, scope). Cluster-scoped entries are every cluster-scoped
-/// kind of current Kubernetes; namespaced entries are the ones events are commonly about.
 /// The built-in kinds by name, each with whether it is namespaced (for configuration warnings).
 pub fn builtin_kind_names() -> Vec<(&'static str, bool)> {
     BUILTIN_KINDS
@@ -44,6 +42,8 @@ pub fn builtin_kind_names() -> Vec<(&'static str, bool)> {
         .collect()
 }
 
+/// Built-in kinds: (API group, kind, scope). Cluster-scoped entries are every cluster-scoped
+/// kind of current Kubernetes; namespaced entries are the ones events are commonly about.
 pub const BUILTIN_KINDS: &[(&str, &str, Scope)] = &[
     ("", "Node", C),
     ("", "Namespace", C),

@@ -1,7 +1,8 @@
 //! The command line: `serve`, `review`, `certs` and `check-config`.
 //!
-//! Exit codes: 0 done; 1 an I/O problem (a file that cannot be read, stdout closed);
-//! 2 input that was refused (not an AdmissionReview, an invalid configuration, bad flags).
+//! Exit codes: 0 done (also when standard output is closed early); 1 the system failed (a file
+//! that cannot be read or written, a port in use); 2 input that was refused (not an
+//! AdmissionReview, an invalid configuration or certificate, bad flags, an unusable kubeconfig).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -697,7 +698,14 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
         let server = crate::server::Server::bind(options, metrics)
             .await
-            .map_err(|e| refused(error_chain(&e)))?;
+            .map_err(|e| {
+                let said = error_chain(&e);
+                if e.is_io() {
+                    io_failure(said)
+                } else {
+                    refused(said)
+                }
+            })?;
         server
             .run(stop)
             .await

@@ -24,10 +24,10 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
-/// `value` itself while fewer than `limit` distinct values were seen, else [`OTHER_KIND`].
 /// Longest label value taken from request data (reasons); longer ones are cut.
 pub const MAX_LABEL_VALUE: usize = 128;
 
+/// `value` itself while fewer than `limit` distinct values were seen, else [`OTHER_KIND`].
 fn fold(seen: &Mutex<HashSet<String>>, value: &str, limit: usize) -> String {
     let value = &*crate::telemetry::clip(value, MAX_LABEL_VALUE);
     let mut seen = crate::locks::lock(seen);

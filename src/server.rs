@@ -106,6 +106,19 @@ pub enum ServeError {
     History(#[from] crate::history::StoreError),
 }
 
+impl ServeError {
+    /// Whether the system failed rather than the input (exit 1, not 2): a port in use, a file
+    /// that cannot be read or written. A refused configuration, certificate or flag is input.
+    pub fn is_io(&self) -> bool {
+        match self {
+            ServeError::Listen { .. } | ServeError::SelfSigned(_) => true,
+            ServeError::Tls(TlsError::Read { .. }) => true,
+            ServeError::Config(c) => c.unreadable(),
+            ServeError::Tls(_) | ServeError::Cluster(_) | ServeError::History(_) => false,
+        }
+    }
+}
+
 /// Shared by every request.
 #[derive(Debug)]
 pub struct AppState {

@@ -556,13 +556,38 @@ fn serve_with_a_missing_kubeconfig_exits_2() {
     );
 }
 
-/// A --client-ca that cannot be used stops the start with a line naming the flag and file.
+/// A port in use is the system's problem, not refused input: exit 1, naming the address.
 #[test]
-fn serve_with_an_unusable_client_ca_exits_2() {
+fn serve_on_a_port_in_use_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = bin()
+        .args([
+            "serve",
+            "--cluster",
+            "off",
+            "--listen",
+            &addr,
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&addr), "{err}");
+}
+
+/// A --client-ca that cannot be used stops the start with a line naming the flag and file:
+/// exit 1 when it cannot be read, 2 when it is not a certificate.
+#[test]
+fn serve_with_an_unusable_client_ca_exits_1_or_2() {
     let dir = tempfile::tempdir().unwrap();
     let not_pem = dir.path().join("ca.pem");
     std::fs::write(&not_pem, "not a certificate").unwrap();
-    for file in [dir.path().join("missing.pem"), not_pem] {
+    for (file, code) in [(dir.path().join("missing.pem"), 1), (not_pem, 2)] {
         let out = bin()
             .args([
                 "serve",
@@ -578,7 +603,7 @@ fn serve_with_an_unusable_client_ca_exits_2() {
             .current_dir(dir.path())
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(out.status.code(), Some(code), "{file:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("--client-ca") && err.contains(&*file.to_string_lossy()),

@@ -63,6 +63,16 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// The file could not be read at all (an I/O problem, not a refused configuration).
+    pub fn unreadable(&self) -> bool {
+        self.line == 0 && self.reason.starts_with(UNREADABLE)
+    }
+}
+
+/// How [`ConfigError::reason`] starts when the file could not be read.
+const UNREADABLE: &str = "cannot read";
+
 /// A channel: where routed events go, and what it adds to them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channel {
@@ -331,7 +341,7 @@ impl Config {
             source: source.clone(),
             line: 0,
             column: 0,
-            reason: format!("cannot read: {e}"),
+            reason: format!("{UNREADABLE}: {e}"),
         })?;
         Self::from_bytes(&bytes, &source).map(|config| (config, bytes))
     }
