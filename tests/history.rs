@@ -70,7 +70,7 @@ async fn the_schema_is_created_from_empty_and_again_is_a_no_op() {
     store.migrate().await.unwrap();
     assert_eq!(
         store.version().await.unwrap(),
-        clusterscope::history::store::schema_version()
+        clusterscope::history::schema::schema_version()
     );
     store.migrate().await.unwrap();
     assert_eq!(
@@ -78,7 +78,7 @@ async fn the_schema_is_created_from_empty_and_again_is_a_no_op() {
             "clusterscope",
             "SELECT count(*) FROM clusterscope._sqlx_migrations WHERE success"
         ),
-        clusterscope::history::store::schema_version().to_string()
+        clusterscope::history::schema::schema_version().to_string()
     );
     assert_eq!(
         pg.psql(

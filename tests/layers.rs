@@ -132,3 +132,79 @@ fn the_checker_sees_a_use_and_skips_tests_and_comments() {
         "use crate::config::Config;\n// crate::server\nfn f() {}\n#[cfg(test)]\nuse crate::cli;";
     assert_eq!(uses(text), ["config"]);
 }
+
+/// The submodules of one module (`recorder/pipeline.rs`, `recorder/sink.rs`...) a file uses,
+/// as `super::x` or `crate::module::x`, in the non-test part of `text`.
+fn sibling_uses(module: &str, text: &str) -> Vec<String> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    let mut out = Vec::new();
+    for line in code.lines().map(str::trim_start) {
+        if line.starts_with("//") {
+            continue;
+        }
+        for prefix in ["super::".to_owned(), format!("crate::{module}::")] {
+            let mut rest = line;
+            while let Some(i) = rest.find(&prefix) {
+                rest = &rest[i + prefix.len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                // `super::Row` names an item of the parent, not a sibling module.
+                if name.chars().next().is_some_and(|c| c.is_ascii_lowercase()) {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Within each module, the submodules do not use each other in a circle (pipeline and sink,
+/// say): each is readable on top of the ones it uses.
+#[test]
+fn submodules_of_a_module_form_no_circle() {
+    let mut circles = Vec::new();
+    for entry in std::fs::read_dir(src()).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let module = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let mut edges: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let path = file.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+            if path.extension().is_none_or(|e| e != "rs") || name == "mod" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut uses = sibling_uses(&module, &text);
+            uses.retain(|u| *u != name && dir.join(format!("{u}.rs")).is_file());
+            uses.sort();
+            uses.dedup();
+            edges.insert(name, uses);
+        }
+        // A circle: some submodule reaches itself.
+        for start in edges.keys() {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut todo = edges[start].clone();
+            while let Some(next) = todo.pop() {
+                if next == *start {
+                    circles.push(format!("{module}: {start} reaches itself ({edges:?})"));
+                    break;
+                }
+                if seen.insert(next.clone()) {
+                    todo.extend(edges.get(&next).cloned().unwrap_or_default());
+                }
+            }
+        }
+    }
+    assert!(circles.is_empty(), "\n{}", circles.join("\n"));
+}
+
+#[test]
+fn the_sibling_checker_sees_super_and_crate_paths_but_not_parent_items() {
+    let text = "use super::queue::X;\nuse crate::recorder::error::E;\nuse super::Row;\n#[cfg(test)]\nuse super::sink;";
+    assert_eq!(sibling_uses("recorder", text), ["queue", "error"]);
+}

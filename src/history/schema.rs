@@ -75,6 +75,23 @@ pub fn migrations(up_to: i64) -> Vec<Migration> {
         .collect()
 }
 
+impl Store {
+    /// Brings the schema to this binary's version.
+    pub async fn migrate(&self) -> Result<Migrated, StoreError> {
+        migrate_to(self, schema_version()).await
+    }
+
+    /// Brings the schema to `version` (tests of an upgrade from an older one).
+    pub async fn migrate_to(&self, version: i64) -> Result<Migrated, StoreError> {
+        migrate_to(self, version).await
+    }
+
+    /// The schema version the database is at (0 when none).
+    pub async fn version(&self) -> Result<i64, StoreError> {
+        version(self.pool()).await
+    }
+}
+
 /// What bringing the schema up to date did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Migrated {

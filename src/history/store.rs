@@ -1,5 +1,6 @@
 //! The history database: a pool of connections (TLS with rustls when the URL asks for it),
-//! the batched upsert, and retention. The schema and its migrations are [`super::schema`]'s.
+//! the batched upsert, and retention. The schema and its migrations are [`super::schema`]'s
+//! (which adds [`Store::migrate`]).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -7,7 +8,6 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::Row;
-pub use super::schema::{Migrated, schema_version};
 use crate::recorder::pipeline::Delivered;
 
 /// How to reach the database.
@@ -278,21 +278,6 @@ impl Store {
         } else {
             said
         }
-    }
-
-    /// Brings the schema to this binary's version (see [`super::schema`]).
-    pub async fn migrate(&self) -> Result<Migrated, StoreError> {
-        self.migrate_to(schema_version()).await
-    }
-
-    /// Brings the schema to `version` (tests of an upgrade from an older one).
-    pub async fn migrate_to(&self, version: i64) -> Result<Migrated, StoreError> {
-        super::schema::migrate_to(self, version).await
-    }
-
-    /// The schema version the database is at (0 when none).
-    pub async fn version(&self) -> Result<i64, StoreError> {
-        super::schema::version(&self.pool).await
     }
 
     /// Writes `rows` in one statement and says, per row in order, whether it was created,

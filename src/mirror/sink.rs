@@ -16,6 +16,7 @@ use crate::config::{Keys, SharedConfig};
 use crate::mirror::copies::{CopyIndex, Lookup};
 use crate::mirror::{copy_is_current, is_copy_of};
 use crate::recorder::SinkError;
+use crate::recorder::error::Writer;
 use crate::recorder::pipeline::{DeliverFuture, Delivered, Delivery, Destination, Failure, Routed};
 
 /// The operation reported when an event that is not clusterscope's copy of the source holds
@@ -25,22 +26,10 @@ pub const FOREIGN: &str = "foreign";
 /// Conflicts tolerated while updating one copy before the try counts as failed.
 const UPDATE_ATTEMPTS: usize = 3;
 
-/// Whether a failed `operation` can succeed on a later try: transport errors, 5xx, 429 and
-/// conflicts can; so can 403 and 404 (a missing channel namespace or Role is fixed by an
-/// operator, and the tries are capped). Any other 4xx (the API server refuses this object,
-/// e.g. 422 for a copy past the annotation limit) and a foreign event cannot.
+/// Whether a failed `operation` can succeed on a later try: as the mirror retries (see
+/// [`Writer::Mirror`]), except that a foreign event is never retried.
 pub fn retryable(operation: &str, error: &SinkError) -> bool {
-    if operation == FOREIGN {
-        return false;
-    }
-    match error {
-        SinkError::Transport(_) => true,
-        SinkError::Invalid(_) => false,
-        SinkError::Database { transient, .. } => *transient,
-        SinkError::Status { code, .. } => {
-            !(400..500).contains(code) || matches!(code, 403 | 404 | 408 | 409 | 429)
-        }
-    }
+    operation != FOREIGN && error.retryable_for(Writer::Mirror)
 }
 
 /// Writes copies through the Kubernetes API.

@@ -21,6 +21,7 @@
 
 pub mod broadcaster;
 pub mod correlator;
+pub mod error;
 pub mod pipeline;
 pub mod queue;
 pub mod sink;

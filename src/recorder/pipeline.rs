@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 
+use super::error::SinkError;
 use super::queue::{Done, Full, Given, KeyedQueue, RetryPolicy};
-use super::sink::SinkError;
 
 /// One event on its way to one sink.
 #[derive(Debug, Clone)]

@@ -216,9 +216,9 @@ where
                 break;
             }
         }
-        // Every wake-up this batch took came with a key it took; still, keys left queued
-        // (a full batch) are said to another worker rather than left for the next add.
-        if !self.lock().order.is_empty() {
+        // Every wake-up this batch took came with a key it took; still, keys a full batch
+        // left queued are said to another worker rather than left for the next add.
+        if max > 1 && batch.len() == max && !self.lock().order.is_empty() {
             self.ready.notify_one();
         }
         batch

@@ -8,77 +8,10 @@ use std::sync::Mutex;
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
+pub use super::error::SinkError;
+
 /// The future a sink returns.
 pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<Event, SinkError>> + Send + 'a>>;
-
-/// Why a write failed, and whether trying again can help.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkError {
-    /// The API server could not be reached or the connection broke.
-    Transport(String),
-    /// The API server answered with an error status.
-    Status {
-        code: u16,
-        /// Kubernetes' machine-readable reason (`AlreadyExists`, `NotFound`, ...).
-        reason: String,
-        message: String,
-    },
-    /// The write could not even be built.
-    Invalid(String),
-    /// The history database failed (`transient`: down or busy) or refused the write.
-    Database { message: String, transient: bool },
-}
-
-impl std::fmt::Display for SinkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            SinkError::Transport(m) => write!(f, "cannot reach the API server: {m}"),
-            SinkError::Status {
-                code,
-                reason,
-                message,
-            } => write!(f, "API server answered {code} {reason}: {message}"),
-            SinkError::Invalid(m) => write!(f, "invalid event: {m}"),
-            SinkError::Database { message, .. } => write!(f, "history database: {message}"),
-        }
-    }
-}
-
-impl std::error::Error for SinkError {}
-
-impl SinkError {
-    /// Transport errors, 5xx and 429 may pass on a later try; other answers will not.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SinkError::Transport(_) => true,
-            SinkError::Status { code, .. } => *code >= 500 || *code == 429,
-            SinkError::Invalid(_) => false,
-            SinkError::Database { transient, .. } => *transient,
-        }
-    }
-
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, SinkError::Status { code: 404, .. })
-    }
-
-    pub fn is_already_exists(&self) -> bool {
-        matches!(self, SinkError::Status { code: 409, reason, .. } if reason == "AlreadyExists")
-    }
-}
-
-impl From<kube::Error> for SinkError {
-    fn from(e: kube::Error) -> Self {
-        match e {
-            kube::Error::Api(status) => SinkError::Status {
-                code: status.code,
-                reason: status.reason.clone(),
-                message: status.message.clone(),
-            },
-            kube::Error::SerdeError(e) => SinkError::Invalid(e.to_string()),
-            other => SinkError::Transport(other.to_string()),
-        }
-    }
-}
 
 /// Writes events, as client-go's `EventSink`: create, update, and a strategic-merge patch
 /// of an existing event (`count`, `lastTimestamp`, `message`).
