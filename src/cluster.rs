@@ -16,6 +16,7 @@ use crate::recorder::{
     Broadcaster, BroadcasterOptions, KubeSink, LogSink, Recorder, SystemClock, WARNING,
 };
 use k8s_openapi::api::core::v1::ObjectReference;
+use tokio_util::sync::CancellationToken;
 
 /// How `serve` finds its cluster. Only a pod's own service account is used unasked: a
 /// kubeconfig on a laptop may well point at production.
@@ -223,9 +224,9 @@ async fn wait_for_api_server(
     target: &Target,
     timeout: Duration,
     state: &crate::status::StatusLine,
-    stop: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
 ) -> bool {
-    let mut delay = Duration::from_secs(1);
+    let mut delays = crate::backoff::reconnect();
     let mut failures = 0u32;
     loop {
         let error = match tokio::time::timeout(timeout, target.client.apiserver_version()).await {
@@ -252,11 +253,11 @@ async fn wait_for_api_server(
             "mirroring: waiting for the API server at {} ({error})",
             target.server
         ));
+        let delay = delays.next().unwrap_or(Duration::from_secs(30));
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return false,
+            () = stop.cancelled() => return false,
             () = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 
@@ -283,33 +284,20 @@ pub fn spawn(
     shared: Shared,
     options: ClusterOptions,
     pokes: tokio::sync::mpsc::Receiver<()>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     // Settles discovery's first answer: past the wait, unknown kinds count as cluster-scoped.
     let discovery_timer = {
         let resolver = shared.resolver.clone();
         let wait = options.discovery_wait;
-        let stopped = stopped(stop.clone());
+        let stop = stop.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                () = await_discovery(&resolver, wait) => {}
-                () = stopped => {}
-            }
+            stop.run_until_cancelled(await_discovery(&resolver, wait))
+                .await;
         })
     };
     let supervisor = tokio::spawn(async move {
-        let mut stop_rx = stop.clone();
-        if !wait_for_api_server(
-            &target,
-            options.connect_timeout,
-            &shared.state,
-            &mut stop_rx,
-        )
-        .await
-        {
+        if !wait_for_api_server(&target, options.connect_timeout, &shared.state, &stop).await {
             return;
         }
         let own_events = shared.own_events.clone();
@@ -326,14 +314,14 @@ pub fn spawn(
 }
 
 /// Starts discovery, the leader-elected mirror controller and the recorder of clusterscope's
-/// own events against an API server that answers; they stop when `stop` turns true, the
+/// own events against an API server that answers; they stop when `stop` is cancelled, the
 /// recorder's worker (returned apart) once every sender is gone.
 fn start(
     client: kube::Client,
     shared: Shared,
     options: ClusterOptions,
     pokes: tokio::sync::mpsc::Receiver<()>,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> (
     Vec<tokio::task::JoinHandle<()>>,
     tokio::task::JoinHandle<()>,
@@ -346,16 +334,13 @@ fn start(
         own_events,
         sinks,
     } = shared;
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
     let discovery = tokio::spawn(crate::discovery::run(
         client.clone(),
         resolver.clone(),
         metrics.clone(),
         pokes,
         options.discovery.clone(),
-        stopped(stop.clone()),
+        stop.clone().cancelled_owned(),
     ));
     let log_sink: Arc<dyn Destination> = Arc::new(LogSink::stdout());
     let lease = options
@@ -431,18 +416,16 @@ fn start(
     };
     let mirror = tokio::spawn(run_while_leader(
         lock,
-        move |lost| {
+        move |lost: CancellationToken| {
             controller::run(
                 syncer.clone(),
                 metrics.clone(),
                 controller_options.clone(),
-                async move {
-                    let _ = lost.await;
-                },
+                lost.cancelled_owned(),
             )
         },
         on_change,
-        stopped(stop),
+        stop,
     ));
     (vec![discovery, mirror], recorder_task)
 }

@@ -11,6 +11,7 @@
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
@@ -183,22 +184,21 @@ impl LeaseLock {
     }
 }
 
-/// Runs `lead` while this replica holds the lease, until `shutdown`. `lead` gets a future
-/// that resolves when leadership is lost; `on_change` is told every change of leadership.
+/// Runs `lead` while this replica holds the lease, until `shutdown` is cancelled. `lead` gets a
+/// token (a child of `shutdown`) cancelled when leadership is lost; `on_change` is told every
+/// change of leadership.
 pub async fn run_while_leader<L, F>(
     lock: LeaseLock,
     lead: L,
     on_change: impl Fn(bool) + Send,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
 ) where
-    L: Fn(tokio::sync::oneshot::Receiver<()>) -> F,
+    L: Fn(CancellationToken) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
-    tokio::pin!(shutdown);
-    let mut leading: Option<(
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-    )> = None;
+    // The leader's token is cancelled when leadership is lost, at shutdown, and when this
+    // future is dropped (its guard goes with it): the work never outlives the election.
+    let mut leading: Option<(DropGuard, tokio::task::JoinHandle<()>)> = None;
     let deadline = lock.options.renew_deadline;
     let mut last_renewed = Instant::now();
     loop {
@@ -233,14 +233,14 @@ pub async fn run_while_leader<L, F>(
             (true, false) => {
                 tracing::info!(identity = %lock.options.identity, "leader election: this replica now mirrors");
                 on_change(true);
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                leading = Some((tx, tokio::spawn(lead(rx))));
+                let lost = shutdown.child_token();
+                leading = Some((lost.clone().drop_guard(), tokio::spawn(lead(lost))));
             }
             (false, true) => {
                 tracing::warn!(identity = %lock.options.identity, "leader election: lease lost; mirroring stops here");
                 on_change(false);
-                if let Some((tx, task)) = leading.take() {
-                    let _ = tx.send(());
+                if let Some((lost, task)) = leading.take() {
+                    drop(lost);
                     let _ = task.await;
                 }
             }
@@ -255,12 +255,12 @@ pub async fn run_while_leader<L, F>(
             lock.options.retry_period
         };
         tokio::select! {
-            () = &mut shutdown => break,
+            () = shutdown.cancelled() => break,
             () = tokio::time::sleep(pause) => {}
         }
     }
-    if let Some((tx, task)) = leading.take() {
-        let _ = tx.send(());
+    if let Some((lost, task)) = leading.take() {
+        drop(lost);
         let _ = task.await;
         on_change(false);
         lock.release().await;

@@ -12,6 +12,7 @@
 //! rotation), [`certs`] (certificate generation), [`metrics`], [`telemetry`] (logs).
 
 pub mod admission;
+pub mod backoff;
 pub mod certs;
 pub mod classify;
 pub mod cli;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use axum::Router;
 use axum::body::Body;
@@ -344,35 +345,40 @@ impl Server {
         Ok(())
     }
 
-    /// The certificate and configuration reloaders, the admin server and the cluster side.
+    /// The certificate and configuration reloaders, the admin server and the cluster side, all
+    /// stopped by one token once the webhook has drained.
     fn start_background(&mut self) -> Background {
+        let stop = CancellationToken::new();
         let interval = self.options.cert_reload_interval;
         let mut reloaders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-        reloaders.extend(self.reloader.take().map(|r| r.spawn(interval)));
+        reloaders.extend(
+            self.reloader
+                .take()
+                .map(|r| r.spawn(interval, stop.clone())),
+        );
         reloaders.extend(self.config_reloader.take().map(|mut r| {
             let paths = vec![r.path.clone()];
-            crate::watch::spawn(paths, interval, move || {
+            crate::watch::spawn(paths, interval, stop.clone(), move || {
                 r.check();
             })
         }));
         let admin_addr = self
             .admin_addr()
             .map_or_else(|| "?".to_owned(), |a| a.to_string());
-        let (stop_admin, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let listener = self.admin.take();
         let app = admin_router(self.state.clone());
-        let admin = tokio::spawn(async move {
-            let Some(listener) = listener else { return };
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stop_rx.await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "admin server stopped");
+        let admin = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let Some(listener) = listener else { return };
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "admin server stopped");
+                }
             }
         });
-        let (stop_cluster, cluster_stop_rx) = tokio::sync::watch::channel(false);
         let mut history_task = None;
         let cluster = match self.cluster.take() {
             Some((target, pokes)) => {
@@ -384,6 +390,7 @@ impl Server {
                             self.state.reviewer.config.clone(),
                             self.state.metrics.clone(),
                             self.state.history_status.clone(),
+                            stop.clone(),
                         );
                         history_task = Some(task);
                         sink as Arc<dyn crate::recorder::pipeline::Destination>
@@ -401,17 +408,16 @@ impl Server {
                     },
                     self.options.cluster.clone(),
                     pokes,
-                    cluster_stop_rx,
+                    stop.clone(),
                 )
             }
             None => Vec::new(),
         };
         Background {
+            stop,
             reloaders,
             admin,
             admin_addr,
-            stop_admin,
-            stop_cluster,
             cluster,
             history: history_task,
         }
@@ -503,13 +509,12 @@ impl Server {
         if drained.is_err() {
             tracing::warn!("drain time over; closing the remaining connections");
         }
-        let _ = background.stop_admin.send(());
+        // Everything beside the webhook stops; mirroring hands its lease over.
+        background.stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(1), background.admin).await;
-        for task in background.reloaders {
-            task.abort();
+        for task in background.reloaders.into_iter().chain(background.history) {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
         }
-        // Mirroring stops and hands its lease over.
-        let _ = background.stop_cluster.send(true);
         for task in background.cluster {
             if tokio::time::timeout(Duration::from_secs(5), task)
                 .await
@@ -518,20 +523,17 @@ impl Server {
                 tracing::warn!("a cluster task did not stop in time");
             }
         }
-        if let Some(history) = background.history {
-            history.abort();
-        }
         tracing::info!("stopped");
     }
 }
 
 /// What runs beside the webhook while it serves.
 struct Background {
+    /// The one shutdown token of everything here.
+    stop: CancellationToken,
     reloaders: Vec<tokio::task::JoinHandle<()>>,
     admin: tokio::task::JoinHandle<()>,
     admin_addr: String,
-    stop_admin: tokio::sync::oneshot::Sender<()>,
-    stop_cluster: tokio::sync::watch::Sender<bool>,
     cluster: Vec<tokio::task::JoinHandle<()>>,
     /// Migrations and retention of the history database.
     history: Option<tokio::task::JoinHandle<()>>,

@@ -279,10 +279,15 @@ impl CertReloader {
         }
     }
 
-    /// Starts watching the pair (see [`crate::watch`]); the watch is in place when this returns.
-    pub fn spawn(mut self, interval: Duration) -> tokio::task::JoinHandle<()> {
+    /// Starts watching the pair (see [`crate::watch`]) until `stop`; the watch is in place when
+    /// this returns.
+    pub fn spawn(
+        mut self,
+        interval: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
         let paths = self.files.paths().to_vec();
-        crate::watch::spawn(paths, interval, move || {
+        crate::watch::spawn(paths, interval, stop, move || {
             self.check();
         })
     }

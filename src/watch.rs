@@ -51,10 +51,11 @@ const EVENT_SETTLE: Duration = Duration::from_millis(100);
 
 /// Installs the watch, runs `check` once (for changes since the caller last read the files),
 /// then runs it on every batch of events and every `interval`. The watch is in place when this
-/// returns; it ends when the task is aborted.
+/// returns; it ends when `stop` is cancelled.
 pub fn spawn(
     paths: Vec<PathBuf>,
     interval: Duration,
+    stop: tokio_util::sync::CancellationToken,
     mut check: impl FnMut() + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let (tx, mut events) = tokio::sync::mpsc::channel::<()>(1);
@@ -69,6 +70,7 @@ pub fn spawn(
         tick.tick().await;
         loop {
             tokio::select! {
+                () = stop.cancelled() => return,
                 _ = tick.tick() => {}
                 Some(()) = events.recv() => {
                     tokio::time::sleep(EVENT_SETTLE).await;

@@ -115,7 +115,7 @@ fn spawn_cluster(
     discovery_wait: Duration,
 ) -> (
     Arc<ScopeResolver>,
-    tokio::sync::watch::Sender<bool>,
+    tokio_util::sync::CancellationToken,
     Vec<tokio::task::JoinHandle<()>>,
 ) {
     let resolver = Arc::new(ScopeResolver::awaiting_discovery());
@@ -139,13 +139,13 @@ fn spawn_cluster(
         ..Default::default()
     };
     let (_poke, pokes) = trigger();
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let tasks = clusterscope::cluster::spawn(
         clusterscope::cluster::Target::client(api.client()),
         shared,
         options,
         pokes,
-        stop_rx,
+        stop.clone(),
     );
     (resolver, stop, tasks)
 }
@@ -237,7 +237,7 @@ async fn the_mirror_waits_for_discovery_and_heals_wrong_labels() {
             .is_none(),
         "{stale}"
     );
-    let _ = stop.send(true);
+    stop.cancel();
     for t in tasks {
         let _ = t.await;
     }
@@ -266,7 +266,7 @@ async fn the_mirror_starts_when_discovery_never_answers() {
         Duration::from_millis(300),
     );
     assert!(line.contains("no answer within 300ms"), "{line}");
-    let _ = stop.send(true);
+    stop.cancel();
     for t in tasks {
         t.abort();
     }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 /// Layer of every top-level module under `src/`, lowest first.
 const LAYERS: &[(&str, u8)] = &[
     ("locks", 0),
+    ("backoff", 0),
     // Leaves: know nothing of the rest.
     ("event", 1),
     ("labels", 1),

@@ -6,6 +6,7 @@ mod fake_apiserver;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use clusterscope::leader::{LeaseLock, LeaseOptions, run_while_leader};
 use fake_apiserver::FakeApiServer;
@@ -66,8 +67,8 @@ async fn the_leader_runs_the_work_and_hands_over_on_shutdown() {
     let mut tasks = Vec::new();
     for id in ["a", "b"] {
         let lock = LeaseLock::new(api.client(), options(id));
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        stops.push(tx);
+        let stop = CancellationToken::new();
+        stops.push(stop.clone());
         let leaders = leaders.clone();
         let max_seen = max_seen.clone();
         tasks.push(tokio::spawn(run_while_leader(
@@ -78,14 +79,12 @@ async fn the_leader_runs_the_work_and_hands_over_on_shutdown() {
                 async move {
                     let n = leaders.fetch_add(1, Ordering::SeqCst) + 1;
                     max_seen.fetch_max(n, Ordering::SeqCst);
-                    let _ = lost.await;
+                    lost.cancelled().await;
                     leaders.fetch_sub(1, Ordering::SeqCst);
                 }
             },
             |_| {},
-            async {
-                let _ = rx.await;
-            },
+            stop,
         )));
     }
     let wait_for = |n: usize| {
@@ -110,13 +109,13 @@ async fn the_leader_runs_the_work_and_hands_over_on_shutdown() {
             .to_owned();
     // Stop the leader: it releases the lease and the other replica takes over.
     let idx = if holder == "a" { 0 } else { 1 };
-    let _ = stops.remove(idx).send(());
+    stops.remove(idx).cancel();
     tasks.remove(idx).await.unwrap();
     assert!(wait_for(1).await, "nobody took over");
     let new_holder =
         api.store.lock().unwrap().leases.values().next().unwrap()["spec"]["holderIdentity"].clone();
     assert_ne!(new_holder, holder.as_str());
-    let _ = stops.remove(0).send(());
+    stops.remove(0).cancel();
     tasks.remove(0).await.unwrap();
 }
 
@@ -127,24 +126,22 @@ fn run_replica(
     api: &FakeApiServer,
     identity: &str,
     options: LeaseOptions,
-) -> (Changes, tokio::sync::oneshot::Sender<()>) {
+) -> (Changes, CancellationToken) {
     let lock = LeaseLock::new(api.client_with_token(identity), options);
     let changes: Changes = Arc::default();
     let seen = changes.clone();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = CancellationToken::new();
     tokio::spawn(run_while_leader(
         lock,
-        |lost| async move {
-            let _ = lost.await;
+        |lost: CancellationToken| async move {
+            lost.cancelled().await;
         },
         move |leading| {
             seen.lock()
                 .unwrap()
                 .push((leading, std::time::Instant::now()))
         },
-        async {
-            let _ = rx.await;
-        },
+        stop.clone(),
     ));
     (changes, stop)
 }

@@ -182,18 +182,16 @@ async fn the_leader_killed_mid_work_is_replaced_and_nothing_is_lost_or_doubled()
         let syncer = syncer(&api);
         tokio::spawn(run_while_leader(
             lock,
-            move |lost| {
+            move |lost: tokio_util::sync::CancellationToken| {
                 controller::run(
                     syncer.clone(),
                     Arc::new(Metrics::new()),
                     options(),
-                    async move {
-                        let _ = lost.await;
-                    },
+                    lost.cancelled_owned(),
                 )
             },
             |_| {},
-            std::future::pending::<()>(),
+            tokio_util::sync::CancellationToken::new(),
         ))
     };
     let a = replica("a");

@@ -46,13 +46,14 @@ impl HistoryOptions {
 
 /// Starts recording into `store`: migrates the schema (retrying with backoff while the
 /// database cannot be reached, the writers waiting meanwhile), then deletes expired rows every
-/// `retention_every`. Returns the pipeline's sink and the task (abort it to stop).
+/// `retention_every`, until `stop`. Returns the pipeline's sink and the task.
 pub fn spawn(
     store: Store,
     options: &HistoryOptions,
     config: crate::config::SharedConfig,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     status: std::sync::Arc<crate::status::StatusLine>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> (std::sync::Arc<PostgresSink>, tokio::task::JoinHandle<()>) {
     let (ready_tx, ready) = tokio::sync::watch::channel(false);
     let sink = std::sync::Arc::new(PostgresSink::start_when(
@@ -64,17 +65,17 @@ pub fn spawn(
     let where_ = store::redacted(&options.store.url);
     let every = options.retention_every;
     status.set(format!("history: connecting to PostgreSQL at {where_}"));
-    let task = tokio::spawn(async move {
-        let mut wait = std::time::Duration::from_secs(1);
+    let work = async move {
+        let mut delays = crate::backoff::reconnect();
         let migrated = loop {
             match store.migrate().await {
                 Ok(done) => break done,
                 Err(e) => {
+                    let wait = delays.next().unwrap_or(std::time::Duration::from_secs(30));
                     tracing::warn!(database = %where_, error = %e, retry_in = %humantime::format_duration(wait),
                         "history: cannot prepare the PostgreSQL schema yet; events wait in the buffer");
                     status.set(format!("history: waiting for PostgreSQL at {where_}: {e}"));
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(std::time::Duration::from_secs(30));
                 }
             }
         };
@@ -90,6 +91,9 @@ pub fn spawn(
             metrics.history_retention(pass.ok());
         })
         .await;
+    };
+    let task = tokio::spawn(async move {
+        stop.run_until_cancelled_owned(work).await;
     });
     (sink, task)
 }
