@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("locks", 0),
     ("backoff", 0),
+    ("follow", 0),
     // Leaves: know nothing of the rest.
     ("event", 1),
     ("labels", 1),

@@ -9,10 +9,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::Api;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 
 use crate::metrics::Metrics;
@@ -241,6 +239,39 @@ impl Worker {
     }
 }
 
+/// One event of the watch on stored sources in `ns`: queue it, forget it, or tell the sinks
+/// that everything is listed again.
+fn sourced(
+    event: watcher::Event<Event>,
+    ns: &str,
+    queue: &WorkQueue,
+    pipeline: &Pipeline,
+    metrics: &Metrics,
+) {
+    match event {
+        watcher::Event::Apply(ev) | watcher::Event::InitApply(ev) => {
+            // The controller's queue is unbounded: it holds one state per stored event, which
+            // the API server bounds.
+            let _ = queue.add(key_of(&ev), ev);
+        }
+        watcher::Event::Init => {
+            // A (re-)list of the sources: the sinks stop trusting what they believe they hold
+            // (the copies are listed again, once per channel namespace, when first needed): it
+            // may have changed meanwhile.
+            pipeline.relisted();
+        }
+        watcher::Event::InitDone => {
+            tracing::info!(namespace = ns, "mirror: caught up with stored events");
+        }
+        watcher::Event::Delete(ev) => {
+            // Expired (TTL) or deleted: nothing more to copy, nothing to retry.
+            queue.forget(&key_of(&ev));
+            pipeline.forget(&crate::mirror::source_reference(&ev));
+        }
+    }
+    metrics.mirror_queue_depth.set(queue.len() as i64);
+}
+
 /// Runs until `shutdown` resolves.
 pub async fn run(
     syncer: Syncer,
@@ -310,55 +341,24 @@ pub async fn run(
     }
     for ns in SOURCE_NAMESPACES {
         let api: Api<Event> = Api::namespaced(syncer.client.clone(), ns);
-        let queue = queue.clone();
-        let metrics = metrics.clone();
-        let pipeline = pipeline.clone();
-        tasks.spawn(async move {
-            let config = watcher::Config::default().fields(FIELD_SELECTOR);
-            // A new watcher (and so a new list) whenever a lane that dropped asks for one.
-            let relists = pipeline.relists();
-            loop {
-                let relist = relists.notified();
-                tokio::pin!(relist);
-                let mut stream = watcher(api.clone(), config.clone())
-                    .default_backoff()
-                    .boxed();
-                loop {
-                    let item = tokio::select! {
-                        item = stream.next() => item,
-                        () = &mut relist => break,
-                    };
-                    let Some(item) = item else { return };
-                    match item {
-                        Ok(watcher::Event::Apply(ev) | watcher::Event::InitApply(ev)) => {
-                            // The controller's queue is unbounded: it holds one state per
-                            // stored event, which the API server bounds.
-                            let _ = queue.add(key_of(&ev), ev);
-                            metrics.mirror_queue_depth.set(queue.len() as i64);
-                        }
-                        Ok(watcher::Event::Init) => {
-                            // A (re-)list of the sources: the sinks stop trusting what they
-                            // believe they hold (the copies are listed again, once per channel
-                            // namespace, when first needed): it may have changed meanwhile.
-                            pipeline.relisted();
-                        }
-                        Ok(watcher::Event::InitDone) => {
-                            tracing::info!(namespace = ns, "mirror: caught up with stored events");
-                        }
-                        Ok(watcher::Event::Delete(ev)) => {
-                            // Expired (TTL) or deleted: nothing more to copy, nothing to retry.
-                            queue.forget(&key_of(&ev));
-                            pipeline.forget(&crate::mirror::source_reference(&ev));
-                            metrics.mirror_queue_depth.set(queue.len() as i64);
-                        }
-                        Err(e) => {
-                            metrics.mirror_watch_errors.inc();
-                            tracing::warn!(namespace = ns, error = %e, "mirror: watch failed; retrying with backoff");
-                        }
-                    }
-                }
-            }
-        });
+        let (queue, metrics, pipeline) = (queue.clone(), metrics.clone(), pipeline.clone());
+        let how = crate::follow::Follow {
+            what: format!("events in {ns}"),
+            hint: "mirroring waits; what is stored meanwhile is caught up by the next list",
+            // A new list whenever a lane that dropped deliveries asks for one.
+            relist: Some(pipeline.relists()),
+        };
+        let errors = metrics.mirror_watch_errors.clone();
+        let config = watcher::Config::default().fields(FIELD_SELECTOR);
+        tasks.spawn(crate::follow::follow(
+            api,
+            config,
+            how,
+            move |event| sourced(event, ns, &queue, &pipeline, &metrics),
+            move || {
+                errors.inc();
+            },
+        ));
     }
     let worker = Worker {
         syncer,

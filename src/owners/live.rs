@@ -9,11 +9,10 @@
 
 use std::fmt::Debug;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace as NamespaceObject, PersistentVolume, Pod};
 use k8s_openapi::api::storage::v1::VolumeAttachment;
 use kube::api::Api;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 
 use super::{Claim, Cluster, CustomObjects, CustomRule, Follows, Namespace, Rules, SharedCluster};
@@ -275,56 +274,76 @@ impl Ready {
     }
 }
 
-/// Follows one resource until aborted: watch (with kube-runtime's backoff), trim, apply.
-/// `ready` is told after the first complete list.
+/// Follows one resource until aborted (see [`crate::follow`]): trim, apply; a list is applied
+/// whole when it is complete. `ready` is told after the first complete list.
 async fn follow<T: Table>(
-    mut table: T,
+    table: T,
     api: Api<T::Object>,
     state: SharedCluster,
     ready: Option<Ready>,
 ) {
-    let mut ready = ready;
-    let resource = table.resource();
-    let mut stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
-    // A re-list being collected: applied whole at InitDone.
-    let mut relist: Option<Vec<T::Trimmed>> = None;
-    while let Some(item) = stream.next().await {
-        match item {
-            Ok(watcher::Event::Init) => relist = Some(Vec::new()),
-            Ok(watcher::Event::InitApply(o)) => {
-                let t = table.trim(&o);
-                match relist.as_mut() {
+    let how = crate::follow::Follow {
+        what: table.resource(),
+        hint: "owner delivery uses what was last seen; is the resource served, and may clusterscope list and watch it?",
+        relist: None,
+    };
+    let mut lister = Lister {
+        table,
+        state,
+        ready,
+        relist: None,
+    };
+    crate::follow::follow(
+        api,
+        watcher::Config::default(),
+        how,
+        |e| lister.take(e),
+        || {},
+    )
+    .await;
+}
+
+/// What [`follow`] keeps between events.
+struct Lister<T: Table> {
+    table: T,
+    state: SharedCluster,
+    ready: Option<Ready>,
+    /// A list being collected: applied whole at its end.
+    relist: Option<Vec<T::Trimmed>>,
+}
+
+impl<T: Table> Lister<T> {
+    fn take(&mut self, event: watcher::Event<T::Object>) {
+        match event {
+            watcher::Event::Init => self.relist = Some(Vec::new()),
+            watcher::Event::InitApply(o) => {
+                let t = self.table.trim(&o);
+                match self.relist.as_mut() {
                     Some(buffer) => buffer.push(t),
-                    None => table.apply(&mut crate::locks::write(&state), t),
+                    None => self.table.apply(&mut crate::locks::write(&self.state), t),
                 }
             }
-            Ok(watcher::Event::InitDone) => {
-                let buffer = relist.take().unwrap_or_default();
+            watcher::Event::InitDone => {
+                let buffer = self.relist.take().unwrap_or_default();
                 let count = buffer.len();
-                let mut c = crate::locks::write(&state);
-                table.clear(&mut c);
+                let mut c = crate::locks::write(&self.state);
+                self.table.clear(&mut c);
                 for t in buffer {
-                    table.apply(&mut c, t);
+                    self.table.apply(&mut c, t);
                 }
                 drop(c);
-                tracing::info!(%resource, count, "owner delivery: listed");
-                if let Some(r) = ready.take() {
+                tracing::info!(resource = %self.table.resource(), count, "owner delivery: listed");
+                if let Some(r) = self.ready.take() {
                     r.done();
                 }
             }
-            Ok(watcher::Event::Apply(o)) => {
-                let t = table.trim(&o);
-                table.apply(&mut crate::locks::write(&state), t);
+            watcher::Event::Apply(o) => {
+                let t = self.table.trim(&o);
+                self.table.apply(&mut crate::locks::write(&self.state), t);
             }
-            Ok(watcher::Event::Delete(o)) => {
-                let t = table.trim(&o);
-                table.remove(&mut crate::locks::write(&state), t);
-            }
-            Err(e) => {
-                tracing::warn!(%resource, error = %e,
-                    "owner delivery: watch failed; retrying with backoff (deliveries use what was last seen; is the resource served, and may clusterscope list and watch it?)");
+            watcher::Event::Delete(o) => {
+                let t = self.table.trim(&o);
+                self.table.remove(&mut crate::locks::write(&self.state), t);
             }
         }
     }

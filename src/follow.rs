@@ -1,0 +1,75 @@
+//! Following a Kubernetes resource: kube-runtime's watcher (a list, then a watch, a new list
+//! after a 410 or a broken watch, its default backoff after errors), with the one way
+//! clusterscope reports a failing watch and a re-list on demand. The mirror controller follows
+//! the stored events with it, the owner state the volumes, attachments, namespaces, pods and
+//! custom kinds its rules read.
+//!
+//! Hand-written over kube-runtime's `reflector`: a reflector store keeps every object whole
+//! for as long as it exists (a store of 20,000 Node events measured +101 MB RSS), where the
+//! callers here keep only what they need of each (a queue entry while it waits, a trimmed
+//! record), so they take the watcher's events themselves.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use kube::Resource;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use serde::de::DeserializeOwned;
+
+/// What is followed, for the log, and what to do about a failing watch.
+#[derive(Debug, Clone)]
+pub struct Follow {
+    /// `events in default`, `persistentvolumes`, ...
+    pub what: String,
+    /// Said with every failure: what it means for the caller and what to check.
+    pub hint: &'static str,
+    /// Woken when the caller wants everything listed again (a new watcher, so a new list).
+    pub relist: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// Follows `api` with `config` until the watch stream ends (it does not on its own: the
+/// caller drops or stops the future): every event goes to `handle`, every failure is logged as
+/// one warning naming what is followed and counted by `failed`; the watcher retries by itself.
+pub async fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    how: Follow,
+    mut handle: impl FnMut(watcher::Event<K>),
+    mut failed: impl FnMut(),
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    loop {
+        // Registered before the watch starts: a request made meanwhile is not lost.
+        let asked = how.relist.as_deref().map(tokio::sync::Notify::notified);
+        let asked = async move {
+            match asked {
+                Some(notified) => notified.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(asked);
+        let mut stream = watcher(api.clone(), config.clone())
+            .default_backoff()
+            .boxed();
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                () = &mut asked => break,
+            };
+            match item {
+                None => return,
+                Some(Ok(event)) => handle(event),
+                Some(Err(e)) => {
+                    failed();
+                    tracing::warn!(watch = %how.what, error = %e,
+                        "watch failed; retrying with backoff ({})", how.hint);
+                }
+            }
+        }
+        tracing::info!(watch = %how.what, "listing again, as asked");
+    }
+}
