@@ -436,3 +436,53 @@ async fn an_api_server_outage_loses_nothing_and_doubles_nothing() {
     assert_eq!(api.events_in("team-b").len(), 10);
     running.stop().await;
 }
+
+/// The configuration is reloaded: the owner state follows what the new rules need, stops the
+/// watches no rule needs any more, and starts them again (refilled by their first list) when a
+/// rule needs them again.
+#[tokio::test]
+async fn a_reloaded_configuration_starts_and_stops_what_the_owner_state_follows() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a"]).await;
+    api.put_object("pods", pod("team-a", "web-1", "node1", "Running"));
+    let state = clusterscope::owners::SharedCluster::default();
+    let syncer = api.syncer(CONFIG).with_cluster(state.clone());
+    let config = syncer.config.clone();
+    let running = api.run_syncer(
+        syncer,
+        ControllerOptions {
+            retry_base: Duration::from_millis(20),
+            owners_every: Duration::from_millis(100),
+            ..ControllerOptions::default()
+        },
+    );
+    let on_node = |node: &str| {
+        state
+            .read()
+            .unwrap()
+            .pods_on_node
+            .get(node)
+            .is_some_and(|p| p.contains_key("team-a"))
+    };
+    state_knows(&state, |c| c.pods_on_node.contains_key("node1")).await;
+    let without_rules = "channels:\n  - name: nodes\nroutes:\n  - channel: nodes\n";
+    config.store(std::sync::Arc::new(
+        clusterscope::config::Config::from_yaml(without_rules, "reloaded").unwrap(),
+    ));
+    // No rule reads pods now: their watch is stopped, a pod started meanwhile is not seen
+    // (a watch that still ran would report it within milliseconds).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.delete_object("pods", "team-a", "web-1");
+    api.put_object("pods", pod("team-a", "web-2", "node2", "Running"));
+    assert!(
+        !eventually(1, || on_node("node2")).await,
+        "the pods are still followed with no rule reading them"
+    );
+    // With the rules back, the first list knows where the pods are now.
+    config.store(std::sync::Arc::new(
+        clusterscope::config::Config::from_yaml(CONFIG, "reloaded").unwrap(),
+    ));
+    assert!(eventually(10, || on_node("node2") && !on_node("node1")).await);
+    api.put("default", event("node2.1", "Node", "node2", "Warning", 1));
+    assert!(eventually(10, || copies(&api, "team-a", "node2.1").len() == 1).await);
+    running.stop().await;
+}

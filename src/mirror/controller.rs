@@ -58,6 +58,8 @@ pub struct ControllerOptions {
     pub full_retry: Duration,
     /// How long the first sync waits for the owner state's first lists (delivery rules).
     pub owners_wait: Duration,
+    /// How often the owner state reads the configuration for what its rules need followed.
+    pub owners_every: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -73,6 +75,7 @@ impl Default for ControllerOptions {
             full_wait: Duration::from_secs(1),
             full_retry: Duration::from_secs(5),
             owners_wait: Duration::from_secs(30),
+            owners_every: Duration::from_secs(10),
         }
     }
 }
@@ -315,7 +318,12 @@ pub async fn run(
                 &config.owner_rules,
             )
         };
-        let (ready, keep) = crate::owners::live::start(syncer.client.clone(), state.clone(), needs);
+        let (ready, keep) = crate::owners::live::start(
+            syncer.client.clone(),
+            state.clone(),
+            needs,
+            options.owners_every,
+        );
         tasks.spawn(keep);
         // What the state holds, in the metrics every 2 s (a read lock and a few lengths).
         let (metrics, every) = (metrics.clone(), Duration::from_secs(2));

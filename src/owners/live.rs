@@ -442,60 +442,102 @@ fn follow_custom(
     follow(table, api, state.clone(), ready)
 }
 
+/// One resource followed for the rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Followed {
+    Volumes,
+    Attachments,
+    Namespaces,
+    Pods,
+    Custom(CustomRule),
+}
+
+impl Needs {
+    /// The resources these needs follow.
+    fn followed(&self) -> Vec<Followed> {
+        let mut all = Vec::new();
+        if self.volumes {
+            all.extend([Followed::Volumes, Followed::Attachments]);
+        }
+        if self.namespaces {
+            all.push(Followed::Namespaces);
+        }
+        if self.pods {
+            all.push(Followed::Pods);
+        }
+        all.extend(self.custom.iter().cloned().map(Followed::Custom));
+        all
+    }
+}
+
+/// Starts following `what` into `state`; `ready` is told after its first list.
+fn start_following(
+    what: &Followed,
+    client: &kube::Client,
+    state: &SharedCluster,
+    ready: Option<Ready>,
+) -> tokio::task::JoinHandle<()> {
+    match what {
+        Followed::Volumes => tokio::spawn(follow_all(Volumes, client, state, ready)),
+        Followed::Attachments => tokio::spawn(follow_all(Attachments, client, state, ready)),
+        Followed::Namespaces => tokio::spawn(follow_all(Namespaces, client, state, ready)),
+        Followed::Pods => tokio::spawn(follow_all(Pods, client, state, ready)),
+        Followed::Custom(rule) => tokio::spawn(follow_custom(rule.clone(), client, state, ready)),
+    }
+}
+
+/// Stops what it follows when dropped.
+struct Following(Vec<(Followed, tokio::task::JoinHandle<()>)>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        for (_, task) in &self.0 {
+            task.abort();
+        }
+    }
+}
+
 /// Starts keeping `state` current for what `needs()` says the rules in use need: the watchers
-/// needed now at once (the returned [`Ready`] counts their first lists), and every 10 s the
-/// ones a reloaded configuration needs since. The returned future runs until dropped.
+/// needed now at once (the returned [`Ready`] counts their first lists), then every `every`
+/// (the configuration is read again, it may have been reloaded) the ones needed since are started
+/// and the ones no rule needs any more stopped (their first list on a later start refills
+/// their part of the state). The returned future runs until dropped, and its watchers with it.
 pub fn start(
     client: kube::Client,
     state: SharedCluster,
     needs: impl Fn() -> Needs + Send + 'static,
+    every: std::time::Duration,
 ) -> (Ready, impl std::future::Future<Output = ()> + Send) {
     let ready = Ready::default();
     let first = needs();
     ready.add(first.watchers());
-    let keep = {
-        let ready = ready.clone();
-        async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            let mut started = Needs::default();
-            let mut wanted = first.clone();
-            let mut first_round = Some(ready);
-            loop {
-                let r = first_round.take();
-                let (c, st) = (&client, &state);
-                if wanted.volumes && !started.volumes {
-                    tasks.spawn(follow_all(Volumes, c, st, r.clone()));
-                    tasks.spawn(follow_all(Attachments, c, st, r.clone()));
+    let first_ready = ready.clone();
+    let keep = async move {
+        let mut following = Following(Vec::new());
+        let mut wanted = first;
+        let mut first_round = Some(first_ready);
+        loop {
+            let round = first_round.take();
+            let now = wanted.followed();
+            let before: Vec<Followed> = following.0.iter().map(|(w, _)| w.clone()).collect();
+            following.0.retain(|(what, task)| {
+                let keep = now.contains(what);
+                if !keep {
+                    task.abort();
                 }
-                if wanted.namespaces && !started.namespaces {
-                    tasks.spawn(follow_all(Namespaces, c, st, r.clone()));
+                keep
+            });
+            for what in &now {
+                if !before.contains(what) {
+                    let task = start_following(what, &client, &state, round.clone());
+                    following.0.push((what.clone(), task));
                 }
-                if wanted.pods && !started.pods {
-                    tasks.spawn(follow_all(Pods, c, st, r.clone()));
-                }
-                for rule in &wanted.custom {
-                    if !started.custom.contains(rule) {
-                        tasks.spawn(follow_custom(rule.clone(), c, st, r.clone()));
-                    }
-                }
-                if wanted != started && started.any() {
-                    tracing::info!(now = %wanted.describe(), "owner delivery: watching more for the new configuration");
-                }
-                let mut custom = started.custom.clone();
-                for rule in &wanted.custom {
-                    if !custom.contains(rule) {
-                        custom.push(rule.clone());
-                    }
-                }
-                started = Needs {
-                    volumes: started.volumes || wanted.volumes,
-                    namespaces: started.namespaces || wanted.namespaces,
-                    pods: started.pods || wanted.pods,
-                    custom,
-                };
-                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-                wanted = needs();
             }
+            if round.is_none() && now != before {
+                tracing::info!(now = %wanted.describe(), "owner delivery: following what the reloaded configuration needs");
+            }
+            tokio::time::sleep(every).await;
+            wanted = needs();
         }
     };
     (ready, keep)
