@@ -2,7 +2,8 @@
 //!
 //! Exit codes: 0 done (also when standard output is closed early); 1 the system failed (a file
 //! that cannot be read or written, a port in use); 2 input that was refused (not an
-//! AdmissionReview, an invalid configuration or certificate, bad flags, an unusable kubeconfig).
+//! AdmissionReview, an invalid configuration or certificate, bad flags, a kubeconfig naming
+//! no usable cluster).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -274,22 +275,6 @@ fn refused(message: impl Into<String>) -> Failure {
         code: 2,
         message: message.into(),
     }
-}
-
-/// An error and its causes in one line, each cause once (a message that already quotes its
-/// cause is not followed by it again).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 fn io_failure(message: impl Into<String>) -> Failure {
@@ -699,7 +684,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         let server = crate::server::Server::bind(options, metrics)
             .await
             .map_err(|e| {
-                let said = error_chain(&e);
+                let said = crate::telemetry::error_chain(&e);
                 if e.is_io() {
                     io_failure(said)
                 } else {
@@ -709,7 +694,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
         server
             .run(stop)
             .await
-            .map_err(|e| io_failure(error_chain(&e)))
+            .map_err(|e| io_failure(crate::telemetry::error_chain(&e)))
     })
 }
 

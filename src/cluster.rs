@@ -145,14 +145,55 @@ impl Default for ClusterOptions {
     }
 }
 
-/// Finds the cluster configuration `mode` names; `Ok(None)` when there is none to use.
+/// Why the cluster named on the command line cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("no cluster configuration found within {}", humantime::format_duration(*.0))]
+    InferTimedOut(Duration),
+    #[error("no in-cluster configuration or kubeconfig")]
+    Infer(#[source] kube::config::InferConfigError),
+    /// The kubeconfig file cannot be read (missing, unreadable, not YAML).
+    #[error("cannot read kubeconfig {}", path.display())]
+    ReadKubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// It was read, but names no usable cluster or context.
+    #[error("kubeconfig {}", path.display())]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("cannot build a client for {server}")]
+    Client {
+        server: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ClusterError {
+    /// The file named could not be read at all (an I/O problem, not a refused kubeconfig).
+    pub fn unreadable(&self) -> bool {
+        match self {
+            ClusterError::ReadKubeconfig { source, .. } => {
+                matches!(source, kube::config::KubeconfigError::ReadConfig(..))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Finds the cluster configuration `mode` names; `Ok(None)` when there is none to use (off,
+/// a client given, not in a pod).
 async fn configure(
     mode: &ClusterMode,
     timeout: Duration,
-) -> Result<Option<(kube::Config, String, Option<String>)>, String> {
+) -> Result<Option<(kube::Config, String, Option<String>)>, ClusterError> {
     match mode {
-        ClusterMode::Off => Ok(None),
-        ClusterMode::Client(_) => Err("a client is given, not a configuration".to_owned()),
+        ClusterMode::Off | ClusterMode::Client(_) => Ok(None),
         ClusterMode::InCluster => match kube::Config::incluster() {
             Ok(config) => Ok(Some((
                 config,
@@ -165,8 +206,8 @@ async fn configure(
         ClusterMode::Infer => {
             let config = tokio::time::timeout(timeout, kube::Config::infer())
                 .await
-                .map_err(|_| "no cluster configuration found in time".to_owned())?
-                .map_err(|e| format!("no in-cluster configuration or kubeconfig: {e}"))?;
+                .map_err(|_| ClusterError::InferTimedOut(timeout))?
+                .map_err(ClusterError::Infer)?;
             let context = kube::config::Kubeconfig::read()
                 .ok()
                 .and_then(|k| k.current_context);
@@ -178,8 +219,12 @@ async fn configure(
             Ok(Some((config, source.to_owned(), context)))
         }
         ClusterMode::Kubeconfig { path, context } => {
-            let file = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("cannot read kubeconfig {}: {e}", path.display()))?;
+            let file = kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                ClusterError::ReadKubeconfig {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
             let chosen = context.clone().or_else(|| file.current_context.clone());
             let options = kube::config::KubeConfigOptions {
                 context: context.clone(),
@@ -187,7 +232,10 @@ async fn configure(
             };
             let config = kube::Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+                .map_err(|source| ClusterError::Kubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
             Ok(Some((
                 config,
                 format!("kubeconfig {}", path.display()),
@@ -200,7 +248,7 @@ async fn configure(
 /// Resolves `mode` to a target without contacting it (local files and environment only, so
 /// the webhook never waits on the API server to start). `Ok(None)`: no cluster to use (off,
 /// or not in a pod with `InCluster`).
-pub async fn plan(mode: &ClusterMode, timeout: Duration) -> Result<Option<Target>, String> {
+pub async fn plan(mode: &ClusterMode, timeout: Duration) -> Result<Option<Target>, ClusterError> {
     if let ClusterMode::Client(c) = mode {
         return Ok(Some(Target::client(c.clone())));
     }
@@ -208,8 +256,10 @@ pub async fn plan(mode: &ClusterMode, timeout: Duration) -> Result<Option<Target
         return Ok(None);
     };
     let server = config.cluster_url.to_string();
-    let client = kube::Client::try_from(config)
-        .map_err(|e| format!("cannot build a client for {server}: {e}"))?;
+    let client = kube::Client::try_from(config).map_err(|source| ClusterError::Client {
+        server: server.clone(),
+        source,
+    })?;
     Ok(Some(Target {
         client,
         source,

@@ -101,8 +101,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot use the cluster: {0}")]
-    Cluster(String),
+    #[error("cannot use the cluster")]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot use the history database: {0}")]
     History(#[from] crate::history::StoreError),
 }
@@ -115,7 +115,8 @@ impl ServeError {
             ServeError::Listen { .. } | ServeError::SelfSigned(_) => true,
             ServeError::Tls(TlsError::Read { .. }) => true,
             ServeError::Config(c) => c.unreadable(),
-            ServeError::Tls(_) | ServeError::Cluster(_) | ServeError::History(_) => false,
+            ServeError::Cluster(c) => c.unreadable(),
+            ServeError::Tls(_) | ServeError::History(_) => false,
         }
     }
 }
@@ -223,6 +224,7 @@ impl Server {
                 return Err(ServeError::Cluster(reason));
             }
             Err(reason) => {
+                let reason = crate::telemetry::error_chain(&reason);
                 tracing::warn!(
                     %reason,
                     "no cluster: mirroring and discovery are off; the webhook serves with the built-in kind table"

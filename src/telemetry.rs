@@ -131,6 +131,22 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
     }
 }
 
+/// An error and its causes in one line, each cause once (a message that already quotes its
+/// cause is not followed by it again).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -530,30 +530,39 @@ fn serve_refuses_zero_and_nonsense_flags() {
     }
 }
 
-/// A kubeconfig given on the command line must work: a missing one stops the start.
+/// A kubeconfig given on the command line must work: one that cannot be read stops the start
+/// (exit 1, naming the file), one that names no usable cluster too (exit 2).
 #[test]
-fn serve_with_a_missing_kubeconfig_exits_2() {
+fn serve_with_an_unusable_kubeconfig_exits_1_or_2() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    let out = bin()
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--kubeconfig")
-        .arg(&missing)
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot use the cluster") && err.contains("nope"),
-        "{err}"
-    );
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(
+        &empty,
+        "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n",
+    )
+    .unwrap();
+    for (file, code) in [(missing, 1), (empty, 2)] {
+        let out = bin()
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .arg("--kubeconfig")
+            .arg(&file)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{file:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cannot use the cluster") && err.contains(&*file.to_string_lossy()),
+            "{err}"
+        );
+    }
 }
 
 /// A port in use is the system's problem, not refused input: exit 1, naming the address.
