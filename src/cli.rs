@@ -172,32 +172,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CLUSTERSCOPE_MAX_CONNECTIONS_PER_PEER", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS_PER_PEER,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_connections_per_peer: usize,
-    /// Record the events of `history: true` channels in this PostgreSQL database
-    /// (`postgres://user@host:5432/db?sslmode=verify-full&sslrootcert=/etc/ca.crt`).
-    #[arg(long, env = "CLUSTERSCOPE_POSTGRES_URL", value_name = "URL")]
-    pub postgres_url: Option<String>,
-    /// The database password (instead of one in the URL; from a Secret).
-    #[arg(
-        long,
-        env = "CLUSTERSCOPE_POSTGRES_PASSWORD",
-        hide_env_values = true,
-        value_name = "PASSWORD",
-        requires = "postgres_url"
-    )]
-    pub postgres_password: Option<String>,
-    /// Connections to the history database at most (1-64).
-    #[arg(long, env = "CLUSTERSCOPE_POSTGRES_CONNECTIONS", default_value_t = 4,
-          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=64))]
-    pub postgres_connections: u32,
-    /// Rows written to the history database in one statement at most (1-5000).
-    #[arg(long, env = "CLUSTERSCOPE_HISTORY_BATCH_ROWS", default_value_t = 500,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=5000))]
-    pub history_batch_rows: usize,
-    /// Rows held while the history database is slow or down (100-1000000); past it, events
-    /// are dropped (counted) and written at the re-list that follows once it answers.
-    #[arg(long, env = "CLUSTERSCOPE_HISTORY_BUFFER", default_value_t = 20_000,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(100..=1_000_000))]
-    pub history_buffer: usize,
+    #[command(flatten)]
+    pub history: crate::history::Args,
     /// Log format.
     #[arg(long, env = "CLUSTERSCOPE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
     pub log_format: crate::telemetry::LogFormat,
@@ -627,16 +603,7 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
     crate::telemetry::init(args.log_format, &args.log_level).map_err(refused)?;
-    let history = args.postgres_url.as_deref().map(|url| {
-        let mut h = crate::history::HistoryOptions::new(url);
-        h.store.password = args.postgres_password.clone();
-        h.store.connections = args.postgres_connections;
-        h.sink.batch_rows = args.history_batch_rows;
-        h.sink.buffer = args.history_buffer;
-        // Each writer holds a connection; leave one for retention.
-        h.sink.writers = (args.postgres_connections.saturating_sub(1).max(1) as usize).min(4);
-        h
-    });
+    let history = args.history.options();
     let options = crate::server::ServeOptions {
         listen: args.listen,
         admin_listen: args.admin_listen,

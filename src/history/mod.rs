@@ -44,6 +44,52 @@ impl HistoryOptions {
     }
 }
 
+/// `serve`'s history flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Record the events of `history: true` channels in this PostgreSQL database
+    /// (`postgres://user@host:5432/db?sslmode=verify-full&sslrootcert=/etc/ca.crt`).
+    #[arg(long, env = "CLUSTERSCOPE_POSTGRES_URL", value_name = "URL")]
+    pub postgres_url: Option<String>,
+    /// The database password (instead of one in the URL; from a Secret).
+    #[arg(
+        long,
+        env = "CLUSTERSCOPE_POSTGRES_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD",
+        requires = "postgres_url"
+    )]
+    pub postgres_password: Option<String>,
+    /// Connections to the history database at most (1-64).
+    #[arg(long, env = "CLUSTERSCOPE_POSTGRES_CONNECTIONS", default_value_t = 4,
+          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(1..=64))]
+    pub postgres_connections: u32,
+    /// Rows written to the history database in one statement at most (1-5000).
+    #[arg(long, env = "CLUSTERSCOPE_HISTORY_BATCH_ROWS", default_value_t = 500,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=5000))]
+    pub history_batch_rows: usize,
+    /// Rows held while the history database is slow or down (100-1000000); past it, events
+    /// are dropped (counted) and written at the re-list that follows once it answers.
+    #[arg(long, env = "CLUSTERSCOPE_HISTORY_BUFFER", default_value_t = 20_000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(100..=1_000_000))]
+    pub history_buffer: usize,
+}
+
+impl Args {
+    /// What `serve` records with, when a database is named.
+    pub fn options(&self) -> Option<HistoryOptions> {
+        let url = self.postgres_url.as_deref()?;
+        let mut h = HistoryOptions::new(url);
+        h.store.password = self.postgres_password.clone();
+        h.store.connections = self.postgres_connections;
+        h.sink.batch_rows = self.history_batch_rows;
+        h.sink.buffer = self.history_buffer;
+        // Each writer holds a connection; leave one for retention.
+        h.sink.writers = (self.postgres_connections.saturating_sub(1).max(1) as usize).min(4);
+        Some(h)
+    }
+}
+
 /// Starts recording into `store`: migrates the schema (retrying with backoff while the
 /// database cannot be reached, the writers waiting meanwhile), then deletes expired rows every
 /// `retention_every`, until `stop`. Returns the pipeline's sink and the task.
@@ -296,6 +342,52 @@ mod tests {
         assert_eq!(row.count, 12);
         assert_eq!(row.first_time, "2026-11-20T09:00:00.5Z");
         assert_eq!(row.last_time, "2026-11-20T09:30:00Z");
+    }
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        history: Args,
+    }
+
+    fn flags(args: &[&str]) -> Result<Option<HistoryOptions>, clap::Error> {
+        use clap::Parser;
+        Flags::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .map(|f| f.history.options())
+    }
+
+    #[test]
+    fn the_flags_make_the_options_and_leave_a_connection_for_retention() {
+        assert!(
+            flags(&[]).unwrap().is_none(),
+            "history is off without a URL"
+        );
+        let h = flags(&[
+            "--postgres-url",
+            "postgres://cs@db/cs",
+            "--postgres-connections",
+            "6",
+            "--history-buffer",
+            "500",
+            "--history-batch-rows",
+            "50",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.store.connections, h.sink.writers), (6, 4));
+        assert_eq!((h.sink.buffer, h.sink.batch_rows), (500, 50));
+        let one = flags(&[
+            "--postgres-url",
+            "postgres://cs@db/cs",
+            "--postgres-connections",
+            "1",
+        ]);
+        assert_eq!(one.unwrap().unwrap().sink.writers, 1);
+        assert!(
+            flags(&["--postgres-password", "x"]).is_err(),
+            "a password needs a URL"
+        );
+        assert!(flags(&["--postgres-url", "u", "--history-buffer", "5"]).is_err());
     }
 
     #[test]
