@@ -184,11 +184,6 @@ fn field(text: Option<&str>) -> String {
     storable(text.unwrap_or_default())
 }
 
-/// The API group of an `apiVersion` (`""` for the core group's `v1`).
-pub fn group_of(api_version: &str) -> &str {
-    api_version.rsplit_once('/').map_or("", |(group, _)| group)
-}
-
 impl Row {
     /// The row of `event` (a stored core/v1 Event, as the mirror controller sees it), routed to
     /// `channel` and delivered to `namespaces`.
@@ -231,7 +226,13 @@ impl Row {
             namespace: storable(namespace),
             name: storable(name),
             channel: storable(channel),
-            involved_group: field(involved.api_version.as_deref().map(group_of)),
+            // The group as the decision reads it (`""` for the core group and when unknown).
+            involved_group: field(
+                involved
+                    .api_version
+                    .as_deref()
+                    .and_then(crate::classify::group_of),
+            ),
             involved_kind: field(involved.kind.as_deref()),
             involved_name: field(involved.name.as_deref()),
             reason: field(event.reason.as_deref()),
