@@ -12,11 +12,10 @@
 //!
 //! Run: `cargo bench --bench history_load` (about 2 minutes). Bounded: gives up after 180 s.
 
-#[path = "../tests/support/fake_apiserver.rs"]
-mod fake_apiserver;
-#[path = "../tests/support/postgres.rs"]
-mod postgres;
+#[path = "../tests/support/mod.rs"]
 mod support;
+
+use support::{fake_apiserver, postgres};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use clusterscope::history::{PostgresSink, SinkOptions, Store};
 use clusterscope::recorder::pipeline::{Delivery, Destination};
 use fake_apiserver::FakeApiServer;
 use serde_json::json;
-use support::{percentile, vm};
+use support::serve::{percentile, vm};
 
 const EVENTS: usize = 50_000;
 const RATE: u64 = 5_000;
@@ -58,7 +57,7 @@ fn node_event(i: usize, count: i64) -> serde_json::Value {
 async fn end_to_end(pg: &postgres::Postgres, store: &Store) {
     let api = FakeApiServer::start(&["default", "kube-system", "clusterscope-system"]).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = support::serve_with(
+    let child = support::serve::serve_with(
         &api,
         dir.path(),
         CONFIG,
@@ -164,7 +163,7 @@ async fn end_to_end(pg: &postgres::Postgres, store: &Store) {
         lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3
     );
     println!("  serve RSS idle {rss_idle}, peak {rss_peak}");
-    support::stop(child);
+    support::serve::stop(child);
 }
 
 fn delivery(uid: String) -> Delivery {

@@ -6,16 +6,17 @@
 //!
 //! Run: `cargo bench --bench mirror_load` (about 20 s). Bounded: gives up after 60 s.
 
-#[path = "../tests/support/fake_apiserver.rs"]
-mod fake_apiserver;
+#[path = "../tests/support/mod.rs"]
 mod support;
+
+use support::fake_apiserver;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use serde_json::json;
-use support::{percentile, vm};
+use support::serve::{percentile, vm};
 
 const EVENTS: usize = 20_000;
 const RATE: u64 = 2_000;
@@ -30,7 +31,7 @@ async fn main() {
     ])
     .await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = support::serve_with(
+    let child = support::serve::serve_with(
         &api,
         dir.path(),
         "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n",
@@ -113,7 +114,7 @@ async fn main() {
         let copies = lags.len();
         (lags, copies)
     };
-    support::stop(child);
+    support::serve::stop(child);
     println!(
         "mirror load: {EVENTS} events written at {:.0}/s over {load_secs:.1} s; {copies} copies after {done_secs:.1} s",
         EVENTS as f64 / load_secs

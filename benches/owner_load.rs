@@ -8,16 +8,17 @@
 //!
 //! Run: `cargo bench --bench owner_load` (about a minute). Bounded: gives up after 90 s.
 
-#[path = "../tests/support/fake_apiserver.rs"]
-mod fake_apiserver;
+#[path = "../tests/support/mod.rs"]
 mod support;
+
+use support::fake_apiserver;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use serde_json::json;
-use support::{percentile, vm};
+use support::serve::{percentile, vm};
 
 const EVENTS: usize = 20_000;
 const RATE: u64 = 2_000;
@@ -53,7 +54,7 @@ async fn main() {
         );
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let child = support::serve_with(
+    let child = support::serve::serve_with(
         &api,
         dir.path(),
         "channels:\n  - name: nodes\n    deliver: {nodePods: {maxNamespaces: 50}}\n  - name: storage\n    deliver: {owners: true}\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: storage\n",
@@ -178,7 +179,7 @@ async fn main() {
         lags.sort();
         (lags, copies, complete)
     };
-    support::stop(child);
+    support::serve::stop(child);
     println!(
         "state: {PODS} pods on {NODES} nodes in {NAMESPACES} namespaces, {VOLUMES} volumes; listed {:.1} s after start",
         listed_after.as_secs_f64()

@@ -8,8 +8,10 @@
 //!
 //! Run: `cargo bench --bench resync` (about a minute). Bounded: gives up after 180 s.
 
-#[path = "../tests/support/fake_apiserver.rs"]
-mod fake_apiserver;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::fake_apiserver;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -1,6 +1,8 @@
 //! The `clusterscope` binary: `review` and `check-config` as an operator runs them.
 
-mod common;
+mod support;
+
+use support::fixtures;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
@@ -16,7 +18,7 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn fixture(name: &str) -> String {
-    common::fixtures_dir()
+    fixtures::fixtures_dir()
         .join(name)
         .to_string_lossy()
         .into_owned()

@@ -1,7 +1,8 @@
 //! API discovery teaches the scope resolver the real scope of custom kinds.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
+mod support;
+
+use support::fake_apiserver;
 
 use std::sync::Arc;
 use std::time::Duration;

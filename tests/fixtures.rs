@@ -8,7 +8,9 @@
 //!   json-patch and by `kubectl patch --local` (the API server's patch code), yields exactly those
 //!   label and annotation maps, changes nothing else, and reviewing the result yields no patch.
 
-mod common;
+mod support;
+
+use support::fixtures;
 
 use std::sync::Arc;
 
@@ -138,9 +140,9 @@ fn check_case(name: &str, body: &[u8], expect: &Value) -> Result<(), String> {
         return Err("the patch changed more than labels and annotations".into());
     }
 
-    if common::kubectl_available() {
-        let by_kubectl = common::kubectl_patch(&object, &patch)?;
-        let untouched = common::kubectl_patch(&object, &json!([]))?;
+    if fixtures::kubectl_available() {
+        let by_kubectl = fixtures::kubectl_patch(&object, &patch)?;
+        let untouched = fixtures::kubectl_patch(&object, &json!([]))?;
         if by_kubectl["metadata"]["labels"] != meta["labels"]
             || by_kubectl["metadata"]["annotations"] != meta["annotations"]
         {
@@ -172,7 +174,7 @@ fn check_case(name: &str, body: &[u8], expect: &Value) -> Result<(), String> {
 
 #[test]
 fn every_fixture_meets_its_expectation() {
-    let dir = common::fixtures_dir();
+    let dir = fixtures::fixtures_dir();
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())

@@ -2,8 +2,9 @@
 //! migrations, the upsert, retention, hostile strings, two writers, row-level security, and
 //! a database that goes away under load.
 
-#[path = "support/postgres.rs"]
-mod postgres;
+mod support;
+
+use support::postgres;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

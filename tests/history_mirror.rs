@@ -1,10 +1,11 @@
 //! History end to end: stored events (fake API server) → mirror controller → postgres sink →
 //! rows in a real PostgreSQL; and the database down for 30 s while events keep coming.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
-#[path = "support/postgres.rs"]
-mod postgres;
+mod support;
+
+use support::events::node_event;
+
+use support::{fake_apiserver, postgres};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,18 +17,6 @@ use postgres::Postgres;
 use serde_json::Value;
 
 const CONFIG: &str = "channels:\n  - name: nodes\n    namespace: team-infra\n    history: true\n  - name: cluster\n    namespace: team-cluster\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: cluster\n";
-
-fn node_event(i: usize, count: i64) -> Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("node{i}.{:016x}", i), "namespace": "default", "uid": format!("ev-node{i}")},
-        "involvedObject": {"kind": "Node", "name": format!("node{i}"), "uid": format!("node{i}")},
-        "reason": "NodeNotReady", "message": format!("Node node{i} status is now: NodeNotReady"),
-        "source": {"component": "node-controller"},
-        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": format!("2026-11-20T10:{:02}:00Z", count.min(59)),
-        "count": count, "type": "Warning"
-    })
-}
 
 fn other_event(i: usize) -> Value {
     serde_json::json!({

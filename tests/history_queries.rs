@@ -2,8 +2,9 @@
 //! a real PostgreSQL holding a known week of events: each returns exactly the rows it promises.
 //! `now()` is pinned to 2026-11-20 15:00 UTC (the query text is otherwise run as written).
 
-#[path = "support/postgres.rs"]
-mod postgres;
+mod support;
+
+use support::postgres;
 
 use clusterscope::history::{Row, Store};
 use k8s_openapi::api::core::v1::{Event, ObjectReference};

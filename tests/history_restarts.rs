@@ -6,14 +6,10 @@
 //! replicas started at once on a database an earlier build left broken. Each ends with every
 //! event the API server holds as exactly one row.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
-#[path = "support/postgres.rs"]
-mod postgres;
-// `clusterscope serve` as its own process against the fake API server (as the load benches run it).
-#[allow(dead_code)]
-#[path = "../benches/support/mod.rs"]
-mod serve_process;
+mod support;
+
+use support::events::node_event_on;
+use support::{fake_apiserver, postgres, serve};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use fake_apiserver::FakeApiServer;
 use postgres::{Postgres, Setup, previous_layout};
-use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CONFIG: &str = "channels:\n  - name: nodes\n    namespace: team-infra\n    history: true\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n";
@@ -33,17 +28,6 @@ const NAMESPACES: &[&str] = &[
     "team-infra",
     "clusterscope-system",
 ];
-
-fn node_event(i: usize, count: i64) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("node{}.{i:016x}", i % 50), "namespace": "default", "uid": format!("ev-{i}")},
-        "involvedObject": {"kind": "Node", "name": format!("node{}", i % 50), "uid": format!("node{}", i % 50)},
-        "reason": "NodeNotReady", "message": format!("Node node{} status is now: NodeNotReady", i % 50),
-        "source": {"component": "node-controller"}, "type": "Warning", "count": count,
-        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": format!("2026-11-20T10:{:02}:00Z", count.min(59))
-    })
-}
 
 fn free_port() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -65,7 +49,7 @@ impl Serve {
     fn start(api: &FakeApiServer, dir: &Path, pg: &Postgres, url: &str, name: &str) -> Serve {
         let admin = free_port();
         let log = dir.join(format!("{name}.log"));
-        let child = serve_process::serve_command(
+        let child = serve::serve_command(
             api,
             dir,
             CONFIG,
@@ -220,10 +204,13 @@ async fn stopped_and_started_three_times_it_keeps_recording() {
     for start in 0..3 {
         // New events, and a count bump of one written before.
         for i in start * 100..(start + 1) * 100 {
-            api.put("default", node_event(i, 1));
+            api.put("default", node_event_on(i % 50, i, 1));
         }
         if start > 0 {
-            api.put("default", node_event(start * 7, 1 + start as i64));
+            api.put(
+                "default",
+                node_event_on((start * 7) % 50, start * 7, 1 + start as i64),
+            );
         }
         let serve = Serve::start(&api, dir.path(), &pg, &url, "clusterscope-0");
         serve.recording().await;
@@ -270,9 +257,12 @@ async fn killed_mid_stream_and_started_again_every_held_event_is_one_row() {
     let mut serve = Some(serve);
     for n in 0..1500usize {
         if n % 5 == 4 {
-            api.put("default", node_event(n - 4, 2 + (n % 3) as i64));
+            api.put(
+                "default",
+                node_event_on((n - 4) % 50, n - 4, 2 + (n % 3) as i64),
+            );
         } else {
-            api.put("default", node_event(n, 1));
+            api.put("default", node_event_on(n % 50, n, 1));
         }
         if n == 500 {
             let log = serve.take().map(Serve::kill).unwrap_or_default();
@@ -315,7 +305,7 @@ async fn two_replicas_started_at_once_on_a_database_an_earlier_build_broke() {
     let dir = tempfile::tempdir().unwrap();
     let api = FakeApiServer::start(NAMESPACES).await;
     for i in 0..200 {
-        api.put("default", node_event(i, 1));
+        api.put("default", node_event_on(i % 50, i, 1));
     }
     let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
     std::fs::create_dir_all(&a_dir).unwrap();

@@ -4,8 +4,9 @@
 //! their second start) repaired without losing a row, another role name, a `search_path` a DBA
 //! set, a role given only a schema (managed PostgreSQL), two replicas at once.
 
-#[path = "support/postgres.rs"]
-mod postgres;
+mod support;
+
+use support::postgres;
 
 use clusterscope::history::schema::{Adopted, schema_version};
 use clusterscope::history::{Row, Store, StoreOptions};

@@ -3,8 +3,9 @@
 //! a wrong CA or a host the certificate does not name is refused, and the error names the
 //! setting to look at; `verify-ca` checks the CA only, `require` only encrypts.
 
-#[path = "support/postgres.rs"]
-mod postgres;
+mod support;
+
+use support::postgres;
 
 use clusterscope::history::{Store, StoreOptions};
 use postgres::{Postgres, Setup};

@@ -3,7 +3,9 @@
 //! property-based mutations of every fixture. Nothing may panic; every input gets an answer or
 //! a one-line error.
 
-mod common;
+mod support;
+
+use support::fixtures;
 
 use std::sync::Arc;
 
@@ -128,7 +130,7 @@ fn duplicate_keys_wrong_types_and_odd_numbers() {
 }
 
 fn fixtures() -> Vec<Vec<u8>> {
-    let dir = common::fixtures_dir();
+    let dir = fixtures::fixtures_dir();
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap()
         .filter_map(|e| e.ok())

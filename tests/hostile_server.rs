@@ -2,7 +2,9 @@
 //! that would exhaust memory, request data that would explode metric series, and one address
 //! opening connection after connection.
 
-mod common;
+mod support;
+
+use support::fixtures;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -138,7 +140,7 @@ async fn nine_seven_mib_bodies_at_once_stay_under_the_memory_limit() {
     let (child, addr, admin, ca) = serve(dir.path(), &["--max-body-memory", "16MiB"]);
     let pid = child.child.id();
     let mut review: Value = serde_json::from_slice(
-        &std::fs::read(common::fixtures_dir().join("kubelet-node-not-ready.json")).unwrap(),
+        &std::fs::read(fixtures::fixtures_dir().join("kubelet-node-not-ready.json")).unwrap(),
     )
     .unwrap();
     review["request"]["object"]["message"] = "m".repeat(7 * 1024 * 1024 - 4096).into();
@@ -195,7 +197,7 @@ async fn random_request_data_does_not_grow_metric_series() {
     let (child, addr, admin, ca) = serve(dir.path(), &[]);
     let pid = child.child.id();
     let template: Value = serde_json::from_slice(
-        &std::fs::read(common::fixtures_dir().join("kubelet-node-not-ready.json")).unwrap(),
+        &std::fs::read(fixtures::fixtures_dir().join("kubelet-node-not-ready.json")).unwrap(),
     )
     .unwrap();
     let config = tls_config(&ca);

@@ -1,7 +1,8 @@
 //! Leader election over a Lease on the fake API server.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
+mod support;
+
+use support::fake_apiserver;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,9 +3,9 @@
 //! every API call the code makes (recorded by the fake API server while the real server runs
 //! its cluster side) and grants nothing it does not use.
 
-mod common;
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
+mod support;
+
+use support::{fake_apiserver, fixtures};
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -17,7 +17,7 @@ use clusterscope::config::Config;
 use serde_json::Value;
 
 fn render(entry: &str) -> Option<Vec<Value>> {
-    if !common::kubectl_available() {
+    if !fixtures::kubectl_available() {
         return None;
     }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -632,9 +632,9 @@ fn the_dockerfile_stubs_every_bench_and_builds_as_ci_does() {
 
 /// `promtool`, when Debian's prometheus package is installed; CI requires it.
 fn promtool() -> Option<std::path::PathBuf> {
-    let found = common::tools::on_path("promtool");
+    let found = fixtures::tools::on_path("promtool");
     if found.is_none() {
-        common::tools::missing(
+        fixtures::tools::missing(
             "CLUSTERSCOPE_REQUIRE_PROMETHEUS",
             "promtool is not installed: apt-get install prometheus",
             "the alert rule tests are",

@@ -6,7 +6,9 @@
 //! (so it never hides one) and false for each event whose involved object has a namespace (so
 //! those cost the API server no webhook call).
 
-mod common;
+mod support;
+
+use support::fixtures;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -93,7 +95,7 @@ fn eval(expression: &str, review: &Value) -> Result<bool, String> {
 fn reviews() -> Vec<(PathBuf, Value)> {
     let real = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/real-reviews");
     let mut out = Vec::new();
-    for dir in [real.as_path(), common::fixtures_dir().as_path()] {
+    for dir in [real.as_path(), fixtures::fixtures_dir().as_path()] {
         let Ok(entries) = std::fs::read_dir(dir) else {
             continue;
         };

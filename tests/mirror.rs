@@ -1,9 +1,9 @@
 //! Mirror copies are accepted by the API server's Event validation (the fake enforces
 //! `legacyValidateEvent`), for old-style and new-style events, and land under one name.
 
-mod common;
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
+mod support;
+
+use support::{fake_apiserver, fixtures};
 
 use clusterscope::config::Config;
 use clusterscope::mirror::copy_name;
@@ -16,7 +16,7 @@ const CONFIG: &str = "channels:\n  - name: nodes\n    namespace: team-infra\n  -
 
 fn stored_source(fixture: &str) -> Value {
     let review: Value =
-        serde_json::from_slice(&std::fs::read(common::fixtures_dir().join(fixture)).unwrap())
+        serde_json::from_slice(&std::fs::read(fixtures::fixtures_dir().join(fixture)).unwrap())
             .unwrap();
     let mut object = review["request"]["object"].clone();
     // As the API server stores it: a uid, a name.

@@ -2,9 +2,11 @@
 //! restarts, two controllers at once, dropped watches and 410 Gone, API faults. Every routed
 //! stored event ends with exactly one valid copy.
 
-mod common;
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
+mod support;
+
+use support::events::node_event;
+
+use support::fake_apiserver;
 
 use std::time::Duration;
 
@@ -12,18 +14,6 @@ use fake_apiserver::FakeApiServer;
 use serde_json::Value;
 
 const CONFIG: &str = "channels:\n  - name: nodes\n    namespace: team-infra\n  - name: storage\n    namespace: team-storage\n  - name: cluster\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: storage\n    match: {kinds: [PersistentVolume]}\n  - channel: cluster\n";
-
-fn node_event(i: usize, count: i64) -> Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("node{i}.{:016x}", i), "namespace": "default"},
-        "involvedObject": {"kind": "Node", "name": format!("node{i}"), "uid": format!("node{i}")},
-        "reason": "NodeNotReady", "message": format!("Node node{i} status is now: NodeNotReady"),
-        "source": {"component": "kubelet", "host": format!("node{i}")},
-        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z",
-        "count": count, "type": "Normal"
-    })
-}
 
 fn pod_event(i: usize) -> Value {
     serde_json::json!({
@@ -238,6 +228,8 @@ async fn a_source_recreated_after_its_ttl_is_followed_by_the_same_copy() {
     api.expire("default", &name);
     let mut again = node_event(1, 1);
     again["message"] = "recreated".into();
+    // A new object: the API server gives it a new uid.
+    again["metadata"]["uid"] = serde_json::Value::Null;
     api.put("default", again);
     assert!(
         eventually(|| {

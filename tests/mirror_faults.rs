@@ -1,8 +1,11 @@
 //! The mirror path under faults (scaled down in time): an API server outage, a 429 storm, and
 //! the leader killed mid-work. Nothing is lost and nothing is duplicated.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
+mod support;
+
+use support::events::node_event;
+
+use support::fake_apiserver;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,20 +15,9 @@ use clusterscope::metrics::Metrics;
 use clusterscope::mirror::controller::{self, ControllerOptions};
 use clusterscope::mirror::sync::Syncer;
 use fake_apiserver::FakeApiServer;
-use serde_json::Value;
 
 const CONFIG: &str =
     "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n";
-
-fn node_event(i: usize) -> Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("node{i}.{:016x}", i), "namespace": "default"},
-        "involvedObject": {"kind": "Node", "name": format!("node{i}"), "uid": format!("node{i}")},
-        "reason": "NodeNotReady", "message": "not ready", "count": 1, "type": "Normal",
-        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
-    })
-}
 
 fn syncer(api: &FakeApiServer) -> Syncer {
     api.syncer(CONFIG)
@@ -62,14 +54,14 @@ async fn an_api_server_outage_loses_nothing() {
     let api = FakeApiServer::start(&["default", "team-infra"]).await;
     let running = api.run_controller(CONFIG, options().retry_base);
     for i in 0..10 {
-        api.put("default", node_event(i));
+        api.put("default", node_event(i, 1));
     }
     assert!(eventually(20, || exactly_one_copy_each(&api, 10)).await);
     // The API server goes away for 3 s; events keep being stored meanwhile (another apiserver).
     api.store.lock().unwrap().down_until = Some(Instant::now() + Duration::from_secs(3));
     api.drop_watches();
     for i in 10..30 {
-        api.put("default", node_event(i));
+        api.put("default", node_event(i, 1));
     }
     assert!(
         eventually(40, || exactly_one_copy_each(&api, 30)).await,
@@ -88,7 +80,7 @@ async fn a_429_storm_loses_nothing() {
     // per-event backoff takes over.
     api.inject_for("create", 429, "TooManyRequests", 24);
     for i in 0..40 {
-        api.put("default", node_event(i));
+        api.put("default", node_event(i, 1));
     }
     let done = eventually(120, || exactly_one_copy_each(&api, 40)).await;
     let (left, creates) = {
@@ -135,7 +127,7 @@ async fn a_full_delivery_queue_loses_nothing() {
     // Labelled as the webhook would have: no label patch echoes back as a second chance, so
     // only the controller's offering again can recover what the full queue refused.
     for i in 0..20 {
-        let mut ev = node_event(i);
+        let mut ev = node_event(i, 1);
         ev["metadata"]["labels"] = serde_json::json!({"clusterscope.dev/scope": "cluster",
             "clusterscope.dev/kind": "Node", "clusterscope.dev/channel": "nodes"});
         ev["metadata"]["annotations"] =
@@ -198,7 +190,7 @@ async fn the_leader_killed_mid_work_is_replaced_and_nothing_is_lost_or_doubled()
     assert!(eventually(10, || !api.store.lock().unwrap().leases.is_empty()).await);
     let b = replica("b");
     for i in 0..50 {
-        api.put("default", node_event(i));
+        api.put("default", node_event(i, 1));
     }
     // Kill whichever leads while it is mirroring: no release, no goodbye.
     let holder =
@@ -207,7 +199,7 @@ async fn the_leader_killed_mid_work_is_replaced_and_nothing_is_lost_or_doubled()
     tokio::time::sleep(Duration::from_millis(30)).await;
     dead.abort();
     for i in 50..80 {
-        api.put("default", node_event(i));
+        api.put("default", node_event(i, 1));
     }
     assert!(
         eventually(40, || exactly_one_copy_each(&api, 80)).await,

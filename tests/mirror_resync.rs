@@ -3,8 +3,11 @@
 //! an update is one PUT. A stale view (a copy changed or deleted behind the mirror's back)
 //! still ends with exactly one current copy.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
+mod support;
+
+use support::events::node_event;
+
+use support::fake_apiserver;
 
 use std::time::Duration;
 
@@ -13,17 +16,6 @@ use serde_json::Value;
 
 const CONFIG: &str =
     "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n";
-
-fn node_event(i: usize, count: i64) -> Value {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"name": format!("node{i}.{i:016x}"), "namespace": "default"},
-        "involvedObject": {"kind": "Node", "name": format!("node{i}"), "uid": format!("node{i}")},
-        "reason": "NodeNotReady", "message": "not ready",
-        "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z",
-        "count": count, "type": "Normal"
-    })
-}
 
 fn start(api: &FakeApiServer) -> fake_apiserver::RunningController {
     api.run_controller(CONFIG, Duration::from_millis(20))

@@ -3,8 +3,9 @@
 //! each event into the namespaces tied to its object at delivery time; ownership changes move
 //! later updates, a namespace being deleted gets nothing, and nothing is copied twice.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
+mod support;
+
+use support::fake_apiserver;
 
 use std::time::Duration;
 

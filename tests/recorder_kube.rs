@@ -2,8 +2,9 @@
 //! server: created events pass the API server's validation, repeats become count patches, an
 //! expired event is created again, faults are retried, final answers are not.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
+mod support;
+
+use support::fake_apiserver;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -2,13 +2,9 @@
 //! way the API server drives it: a rustls client trusting the generated CA, HTTP/2 or HTTP/1.1
 //! by ALPN, keep-alive connections.
 
-mod common;
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
-// `clusterscope serve` as its own process against the fake API server (as the load benches run it).
-#[allow(dead_code)]
-#[path = "../benches/support/mod.rs"]
-mod serve_process;
+mod support;
+
+use support::{fake_apiserver, fixtures, serve};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -272,7 +268,7 @@ async fn admin_get(server: &TestServer, path: &str) -> (u16, String) {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(common::fixtures_dir().join(name)).unwrap()
+    std::fs::read(fixtures::fixtures_dir().join(name)).unwrap()
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -290,7 +286,7 @@ async fn fixtures_round_trip_over_http1_and_http2() {
         Arc::new(Config::embedded_default()),
         Arc::new(ScopeResolver::new()),
     );
-    let names: Vec<String> = std::fs::read_dir(common::fixtures_dir())
+    let names: Vec<String> = std::fs::read_dir(fixtures::fixtures_dir())
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -1090,8 +1086,8 @@ impl Drop for Prometheus {
 impl Prometheus {
     /// Started and ready, or None (with a notice) when it is not installed and not required.
     async fn scraping(target: SocketAddr) -> Option<Prometheus> {
-        let Some(bin) = common::tools::on_path("prometheus") else {
-            common::tools::missing(
+        let Some(bin) = fixtures::tools::on_path("prometheus") else {
+            fixtures::tools::missing(
                 "CLUSTERSCOPE_REQUIRE_PROMETHEUS",
                 "prometheus is not installed: apt-get install prometheus",
                 "the dashboard test is",
@@ -1207,7 +1203,7 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let (webhook, admin) = (free_port(), free_port());
-    let _serve = ServeProcess(serve_process::serve_at(
+    let _serve = ServeProcess(serve::serve_at(
         &api,
         dir.path(),
         "channels:\n  - name: nodes\n    namespace: team-infra\n  - name: cluster\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n  - channel: cluster\n",

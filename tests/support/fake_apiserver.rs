@@ -6,8 +6,6 @@
 //! namespaces), answers AlreadyExists, 404 for a missing namespace or event, and injects
 //! faults on demand: forced error statuses, slow answers, or a server that is down.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -10,10 +10,8 @@
 //!
 //! PostgreSQL refuses to run as root: as root the server runs as the `postgres` user (or
 //! `nobody`), which owns the temp dir.
-#![allow(dead_code)]
 
-#[path = "tools.rs"]
-mod tools;
+use super::tools;
 
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;

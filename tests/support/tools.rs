@@ -1,6 +1,5 @@
 //! The programs tests use as oracles or real servers (kubectl, PostgreSQL, Prometheus): finding
 //! them, and what a test does without one: fail where CI requires it, else skip with a notice.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 

@@ -1,9 +1,6 @@
 //! Helpers shared by the integration tests: the fixture directory and the kubectl oracle.
 
-#![allow(dead_code)]
-
-#[path = "../support/tools.rs"]
-pub mod tools;
+pub use super::tools;
 
 use std::io::Write;
 use std::path::PathBuf;

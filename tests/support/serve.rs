@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::fake_apiserver::FakeApiServer;
+use super::fake_apiserver::FakeApiServer;
 
 /// A field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), as written there.
 pub fn vm(pid: u32, field: &str) -> String {
