@@ -12,6 +12,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::Api;
 use kube::runtime::watcher;
+use tracing::Instrument;
 
 use crate::metrics::Metrics;
 use crate::mirror::sync::Syncer;
@@ -187,7 +188,10 @@ impl Worker {
         loop {
             let (key, ev, since) = self.queue.next().await;
             self.metrics.mirror_queue_depth.set(self.queue.len() as i64);
-            self.step(key, ev, since).await;
+            // Every line about this source carries it, as kube-runtime's controller does.
+            let span =
+                tracing::info_span!("mirror", object.ref = %format_args!("{}/{}", key.0, key.1));
+            self.step(key, ev, since).instrument(span).await;
         }
     }
 
@@ -207,9 +211,12 @@ impl Worker {
         if plan.cut > 0 {
             metrics.delivery_cut(&channel, plan.cut);
             if let Some(held) = cut_log.allow() {
-                tracing::warn!(namespace = %key.0, name = %key.1, channel, left_out = plan.cut,
+                tracing::warn!(
+                    channel,
+                    left_out = plan.cut,
                     similar_since_last = held,
-                    "mirror: a delivery rule named more namespaces than deliver.nodePods.maxNamespaces allows; the rest get no copy");
+                    "mirror: a delivery rule named more namespaces than deliver.nodePods.maxNamespaces allows; the rest get no copy"
+                );
             }
         }
         let labelled = syncer.label(&ev, &plan).await;
@@ -232,11 +239,10 @@ impl Worker {
         if let Err(e) = &labelled {
             if given == Given::Up {
                 metrics.mirror_given_up(&channel);
-                tracing::warn!(namespace = %key.0, name = %key.1, channel, error = %e,
+                tracing::warn!(channel, error = %e,
                     "mirror: gave up labelling this event (until its source changes again)");
             } else {
-                tracing::warn!(namespace = %key.0, name = %key.1, channel, error = %e,
-                    "mirror: labelling failed; will retry");
+                tracing::warn!(channel, error = %e, "mirror: labelling failed; will retry");
             }
         }
     }
