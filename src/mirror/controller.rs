@@ -248,6 +248,75 @@ impl Worker {
     }
 }
 
+/// Keeps the owner state delivery rules read (what the configuration's rules need, followed
+/// in `tasks`, and its size in the metrics every 2 s); its first lists' [`Ready`], or None
+/// when nothing keeps a state.
+///
+/// [`Ready`]: crate::owners::live::Ready
+fn keep_owner_state(
+    syncer: &Syncer,
+    metrics: &Arc<Metrics>,
+    options: &ControllerOptions,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Option<crate::owners::live::Ready> {
+    let state = syncer.cluster.clone()?;
+    let config = syncer.config.clone();
+    let needs = move || {
+        let config = config.load();
+        crate::owners::live::Needs::of(
+            config.channels.iter().map(|c| &c.deliver),
+            &config.owner_rules,
+        )
+    };
+    let (ready, keep) = crate::owners::live::start(
+        syncer.client.clone(),
+        state.clone(),
+        needs,
+        options.owners_every,
+    );
+    tasks.spawn(keep);
+    let (metrics, every) = (metrics.clone(), Duration::from_secs(2));
+    tasks.spawn(async move {
+        loop {
+            let (known, skipped) = crate::locks::read(&state).counts();
+            metrics.owner_state(&known, &skipped);
+            tokio::time::sleep(every).await;
+        }
+    });
+    Some(ready)
+}
+
+/// Follows the stored events in each source namespace into the work queue (see [`sourced`]).
+fn follow_sources(
+    syncer: &Syncer,
+    queue: &Arc<WorkQueue>,
+    pipeline: &Arc<Pipeline>,
+    metrics: &Arc<Metrics>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) {
+    for ns in SOURCE_NAMESPACES {
+        let api: Api<Event> = Api::namespaced(syncer.client.clone(), ns);
+        let (queue, metrics, pipeline) = (queue.clone(), metrics.clone(), pipeline.clone());
+        let how = crate::follow::Follow {
+            what: format!("events in {ns}"),
+            hint: "mirroring waits; what is stored meanwhile is caught up by the next list",
+            // A new list whenever a lane that dropped deliveries asks for one.
+            relist: Some(pipeline.relists()),
+        };
+        let errors = metrics.mirror_watch_errors.clone();
+        let config = watcher::Config::default().fields(FIELD_SELECTOR);
+        tasks.spawn(crate::follow::follow(
+            api,
+            config,
+            how,
+            move |event| sourced(event, ns, &queue, &pipeline, &metrics),
+            move || {
+                errors.inc();
+            },
+        ));
+    }
+}
+
 /// One event of the watch on stored sources in `ns`: queue it, forget it, or tell the sinks
 /// that everything is listed again.
 fn sourced(
@@ -315,65 +384,21 @@ pub async fn run(
     pipeline.start(&mut tasks);
     // Delivery rules resolve against live cluster state: list it before the first sync, so
     // that no stored event is judged against an empty state.
-    if let Some(state) = syncer.cluster.clone() {
-        let config = syncer.config.clone();
-        let needs = move || {
-            let config = config.load();
-            crate::owners::live::Needs::of(
-                config.channels.iter().map(|c| &c.deliver),
-                &config.owner_rules,
-            )
-        };
-        let (ready, keep) = crate::owners::live::start(
-            syncer.client.clone(),
-            state.clone(),
-            needs,
-            options.owners_every,
-        );
-        tasks.spawn(keep);
-        // What the state holds, in the metrics every 2 s (a read lock and a few lengths).
-        let (metrics, every) = (metrics.clone(), Duration::from_secs(2));
-        tasks.spawn(async move {
-            loop {
-                let (known, skipped) = crate::locks::read(&state).counts();
-                metrics.owner_state(&known, &skipped);
-                tokio::time::sleep(every).await;
-            }
-        });
-        if !ready.is_ready() {
-            tracing::info!("mirror: listing what delivery rules need before the first sync");
-            tokio::select! {
-                waited = tokio::time::timeout(options.owners_wait, ready.wait()) => {
-                    if waited.is_err() {
-                        tracing::warn!(waited = %humantime::format_duration(options.owners_wait),
-                            "mirror: the owner state is not listed yet (see the owner delivery warnings); syncing with what is known, deliveries by ownership may miss namespaces until it is");
-                    }
+    if let Some(ready) = keep_owner_state(&syncer, &metrics, &options, &mut tasks)
+        && !ready.is_ready()
+    {
+        tracing::info!("mirror: listing what delivery rules need before the first sync");
+        tokio::select! {
+            waited = tokio::time::timeout(options.owners_wait, ready.wait()) => {
+                if waited.is_err() {
+                    tracing::warn!(waited = %humantime::format_duration(options.owners_wait),
+                        "mirror: the owner state is not listed yet (see the owner delivery warnings); syncing with what is known, deliveries by ownership may miss namespaces until it is");
                 }
-                () = &mut shutdown => return,
             }
+            () = &mut shutdown => return,
         }
     }
-    for ns in SOURCE_NAMESPACES {
-        let api: Api<Event> = Api::namespaced(syncer.client.clone(), ns);
-        let (queue, metrics, pipeline) = (queue.clone(), metrics.clone(), pipeline.clone());
-        let how = crate::follow::Follow {
-            what: format!("events in {ns}"),
-            hint: "mirroring waits; what is stored meanwhile is caught up by the next list",
-            // A new list whenever a lane that dropped deliveries asks for one.
-            relist: Some(pipeline.relists()),
-        };
-        let errors = metrics.mirror_watch_errors.clone();
-        let config = watcher::Config::default().fields(FIELD_SELECTOR);
-        tasks.spawn(crate::follow::follow(
-            api,
-            config,
-            how,
-            move |event| sourced(event, ns, &queue, &pipeline, &metrics),
-            move || {
-                errors.inc();
-            },
-        ));
-    }
+    follow_sources(&syncer, &queue, &pipeline, &metrics, &mut tasks);
     let worker = Worker {
         syncer,
         pipeline,
