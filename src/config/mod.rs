@@ -4,6 +4,8 @@
 //! way the API server would check what we write from it: channel names, label keys and values,
 //! annotation keys. Every error names the file, line and column and says what is wrong.
 
+mod summary;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::Path;
