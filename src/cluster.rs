@@ -363,6 +363,77 @@ pub fn spawn(
     vec![discovery_timer, supervisor]
 }
 
+/// Events about clusterscope itself, written the way client-go's recorder writes them, about
+/// this replica's pod: the recorder (connected to `own_events`) and its worker.
+fn record_own_events(
+    client: &kube::Client,
+    options: &ClusterOptions,
+    own_events: &crate::recorder::OwnEvents,
+) -> (Arc<Recorder>, tokio::task::JoinHandle<()>) {
+    let broadcaster = Broadcaster::new(BroadcasterOptions::default());
+    let clock: Arc<dyn crate::recorder::Clock> = Arc::new(SystemClock);
+    let task =
+        broadcaster.start_recording_to_sink(Arc::new(KubeSink::new(client.clone())), clock.clone());
+    let recorder = Arc::new(Recorder::new(
+        broadcaster,
+        "clusterscope",
+        &options.identity,
+        clock,
+    ));
+    own_events.connect(
+        recorder.clone(),
+        crate::recorder::pod_reference(
+            &options.lease_namespace,
+            &options.identity,
+            options.pod_uid.as_deref(),
+        ),
+    );
+    (recorder, task)
+}
+
+/// What a change of leadership is said as: the leader metric, an event about the Lease
+/// (LeaderElected, LeaderLost), the `/readyz` line.
+fn leadership_said(
+    lease: &LeaseOptions,
+    identity: &str,
+    state: &Arc<crate::status::StatusLine>,
+    metrics: &Arc<Metrics>,
+    recorder: Arc<Recorder>,
+) -> impl Fn(bool) + Send + use<> {
+    let lease_ref = ObjectReference {
+        api_version: Some("coordination.k8s.io/v1".to_owned()),
+        kind: Some("Lease".to_owned()),
+        namespace: Some(lease.namespace.clone()),
+        name: Some(lease.name.clone()),
+        ..ObjectReference::default()
+    };
+    let (state, metrics, identity) = (state.clone(), metrics.clone(), identity.to_owned());
+    move |leading: bool| {
+        metrics.mirror_leader.set(i64::from(leading));
+        let (type_, reason, message) = if leading {
+            (
+                "Normal",
+                "LeaderElected",
+                format!("{identity} now mirrors events"),
+            )
+        } else {
+            (
+                WARNING,
+                "LeaderLost",
+                format!("{identity} stopped mirroring events"),
+            )
+        };
+        if !recorder.event(&lease_ref, type_, reason, &message) {
+            metrics.recorder_dropped.inc();
+        }
+        state.set(if leading {
+            "mirroring: on (this replica holds the lease)"
+        } else {
+            "mirroring: standby (another replica holds the lease)"
+        });
+    }
+}
+
 /// Starts discovery, the leader-elected mirror controller and the recorder of clusterscope's
 /// own events against an API server that answers; they stop when `stop` is cancelled, the
 /// recorder's worker (returned apart) once every sender is gone.
@@ -392,31 +463,9 @@ fn start(
         options.discovery.clone(),
         stop.clone().cancelled_owned(),
     ));
-    let log_sink: Arc<dyn Destination> = Arc::new(LogSink::stdout());
-    let lease = options
-        .lease
-        .clone()
-        .unwrap_or_else(|| LeaseOptions::new(&options.lease_namespace, &options.identity));
-    // Events about clusterscope itself, written the way client-go's recorder writes them.
-    let broadcaster = Broadcaster::new(BroadcasterOptions::default());
-    let clock: Arc<dyn crate::recorder::Clock> = Arc::new(SystemClock);
-    let recorder_task =
-        broadcaster.start_recording_to_sink(Arc::new(KubeSink::new(client.clone())), clock.clone());
-    let recorder = Arc::new(Recorder::new(
-        broadcaster,
-        "clusterscope",
-        &options.identity,
-        clock,
-    ));
-    own_events.connect(
-        recorder.clone(),
-        crate::recorder::pod_reference(
-            &options.lease_namespace,
-            &options.identity,
-            options.pod_uid.as_deref(),
-        ),
-    );
+    let (recorder, recorder_task) = record_own_events(&client, &options, &own_events);
     // Delivery rules read live cluster state; the controller keeps it (on the leader only).
+    let log_sink: Arc<dyn Destination> = Arc::new(LogSink::stdout());
     let syncer = sinks.into_iter().fold(
         Syncer::new(client.clone(), config, resolver)
             .with_sink(log_sink)
@@ -424,46 +473,14 @@ fn start(
             .with_cluster(crate::owners::SharedCluster::default()),
         Syncer::with_sink,
     );
-    let lease_ref = ObjectReference {
-        api_version: Some("coordination.k8s.io/v1".to_owned()),
-        kind: Some("Lease".to_owned()),
-        namespace: Some(lease.namespace.clone()),
-        name: Some(lease.name.clone()),
-        ..ObjectReference::default()
-    };
+    let lease = options
+        .lease
+        .clone()
+        .unwrap_or_else(|| LeaseOptions::new(&options.lease_namespace, &options.identity));
+    let on_change = leadership_said(&lease, &options.identity, &state, &metrics, recorder);
     let lock = LeaseLock::new(client, lease);
     state.set("mirroring: standby (another replica holds the lease)");
     let controller_options = options.controller.clone();
-    let on_change = {
-        let state = state.clone();
-        let metrics = metrics.clone();
-        let recorder = recorder.clone();
-        let identity = options.identity.clone();
-        move |leading: bool| {
-            metrics.mirror_leader.set(i64::from(leading));
-            let (type_, reason, message) = if leading {
-                (
-                    "Normal",
-                    "LeaderElected",
-                    format!("{identity} now mirrors events"),
-                )
-            } else {
-                (
-                    WARNING,
-                    "LeaderLost",
-                    format!("{identity} stopped mirroring events"),
-                )
-            };
-            if !recorder.event(&lease_ref, type_, reason, &message) {
-                metrics.recorder_dropped.inc();
-            }
-            state.set(if leading {
-                "mirroring: on (this replica holds the lease)"
-            } else {
-                "mirroring: standby (another replica holds the lease)"
-            });
-        }
-    };
     let mirror = tokio::spawn(run_while_leader(
         lock,
         move |lost: CancellationToken| {
