@@ -93,11 +93,11 @@ pub enum ServeError {
     /// Generating or writing the self-signed pair failed.
     #[error("{0}")]
     SelfSigned(String),
-    #[error("cannot listen on {addr}{role}: {source}")]
+    #[error("cannot listen on {addr} ({flag})")]
     Listen {
         addr: SocketAddr,
-        /// `""` for the webhook, `" (admin)"` for the admin port.
-        role: &'static str,
+        /// The flag that gave the address: `--listen` or `--admin-listen`.
+        flag: &'static str,
         #[source]
         source: std::io::Error,
     },
@@ -172,86 +172,19 @@ impl Server {
             Some(path) => Config::read(path),
             None => Ok((Config::embedded_default(), Vec::new())),
         }?;
-        let (cert_path, key_path, (loaded, fingerprint)) = match &options.tls {
-            Some((cert, key)) => (cert.clone(), key.clone(), crate::tls::load_pair(cert, key)?),
-            None => self_signed_pair(&options.cert_dir)?,
-        };
-        metrics.cert_expiry.set(loaded.not_after);
-        let resolver = Arc::new(CertResolver::new(loaded.key));
-        let tls_config = crate::tls::server_config(resolver.clone(), options.client_ca.as_deref())?;
-        let reloader =
-            CertReloader::new(cert_path, key_path, resolver, metrics.clone(), fingerprint);
-        let listen = |addr: SocketAddr, role: &'static str| async move {
+        // The ports first: an address in use is said before any certificate is made.
+        let listen = |addr: SocketAddr, flag: &'static str| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Listen { addr, role, source })
+                .map_err(|source| ServeError::Listen { addr, flag, source })
         };
-        let webhook = listen(options.listen, "").await?;
-        let admin = listen(options.admin_listen, " (admin)").await?;
+        let webhook = listen(options.listen, "--listen").await?;
+        let admin = listen(options.admin_listen, "--admin-listen").await?;
+        let (acceptor, reloader) = serving_certificate(&options, &metrics)?;
         let cluster_state = Arc::new(crate::status::StatusLine::default());
-        let mode = &options.cluster.mode;
-        // Resolved from local files and the environment only: binding never waits on the API
-        // server (the cluster side connects in the background, see `cluster::spawn`).
-        let (cluster, discovery) = match crate::cluster::plan(mode, options.cluster.connect_timeout)
-            .await
-        {
-            Ok(Some(target)) => {
-                tracing::info!(
-                    server = %target.server,
-                    source = %target.source,
-                    context = target.context.as_deref().unwrap_or(""),
-                    "cluster configured ({}): connecting to {} in the background",
-                    target.source,
-                    target.server
-                );
-                let (trigger, pokes) = crate::discovery::trigger();
-                cluster_state.set(format!("mirroring: connecting to {}", target.server));
-                (Some((target, pokes)), Some(trigger))
-            }
-            Ok(None) => {
-                let why = match mode {
-                    crate::cluster::ClusterMode::Off => "--cluster off",
-                    _ => "not running in a pod; --cluster on or --kubeconfig uses a kubeconfig",
-                };
-                tracing::info!(
-                    "no cluster ({why}): mirroring and discovery are off; the webhook serves with the built-in kind table"
-                );
-                cluster_state.set(format!("mirroring: off ({why})"));
-                (None, None)
-            }
-            // Asked for explicitly: starting without it would hide the mistake.
-            Err(reason) if mode.required() => {
-                return Err(ServeError::Cluster(reason));
-            }
-            Err(reason) => {
-                let reason = crate::telemetry::error_chain(&reason);
-                tracing::warn!(
-                    %reason,
-                    "no cluster: mirroring and discovery are off; the webhook serves with the built-in kind table"
-                );
-                cluster_state.set(format!("mirroring: off ({reason})"));
-                (None, None)
-            }
-        };
+        let (cluster, discovery) = plan_cluster(&options, &cluster_state).await?;
         let history_status = Arc::new(crate::status::StatusLine::default());
-        let history = match &options.history {
-            // A URL that cannot be right stops the start; a database that does not answer
-            // yet does not (it is retried in the background).
-            Some(h) => Some(crate::history::Store::connect_lazy(&h.store)?),
-            None => {
-                history_status.set("history: off (no --postgres-url)");
-                None
-            }
-        };
-        if history.is_some() {
-            metrics.delivery_sink(crate::history::POSTGRES);
-        }
-        if history.is_some() && cluster.is_none() {
-            tracing::warn!(
-                "history: --postgres-url is set but there is no cluster: nothing is recorded (the mirror controller records history)"
-            );
-            history_status.set("history: off (no cluster: the mirror controller records history)");
-        }
+        let history = open_history(&options, &metrics, &history_status, cluster.is_some())?;
         metrics.channels(config.channels.iter().map(|c| c.name.as_str()));
         for warning in config.warnings(&crate::classify::builtin_kind_names()) {
             tracing::warn!(%warning, "configuration: a route that can never match");
@@ -297,7 +230,7 @@ impl Server {
             state,
             webhook,
             admin: Some(admin),
-            acceptor: TlsAcceptor::from(Arc::new(tls_config)),
+            acceptor,
             reloader: Some(reloader),
             config_reloader,
             options,
@@ -528,6 +461,100 @@ impl Server {
         tracing::info!("stopped");
     }
 }
+
+/// The serving pair (given, or made self-signed in `--cert-dir`), the TLS acceptor over it,
+/// and the reloader that follows its files.
+fn serving_certificate(
+    options: &ServeOptions,
+    metrics: &Arc<Metrics>,
+) -> Result<(TlsAcceptor, CertReloader), ServeError> {
+    let (cert_path, key_path, (loaded, fingerprint)) = match &options.tls {
+        Some((cert, key)) => (cert.clone(), key.clone(), crate::tls::load_pair(cert, key)?),
+        None => self_signed_pair(&options.cert_dir)?,
+    };
+    metrics.cert_expiry.set(loaded.not_after);
+    let resolver = Arc::new(CertResolver::new(loaded.key));
+    let tls_config = crate::tls::server_config(resolver.clone(), options.client_ca.as_deref())?;
+    let reloader = CertReloader::new(cert_path, key_path, resolver, metrics.clone(), fingerprint);
+    Ok((TlsAcceptor::from(Arc::new(tls_config)), reloader))
+}
+
+/// The cluster to connect to in the background, resolved from local files and the
+/// environment only (binding never waits on the API server, see `cluster::spawn`), and the
+/// trigger that asks discovery for a refresh; said on `state`. A cluster asked for explicitly
+/// that cannot be used stops the start: starting without it would hide the mistake.
+async fn plan_cluster(
+    options: &ServeOptions,
+    state: &crate::status::StatusLine,
+) -> Result<Cluster, ServeError> {
+    let mode = &options.cluster.mode;
+    match crate::cluster::plan(mode, options.cluster.connect_timeout).await {
+        Ok(Some(target)) => {
+            tracing::info!(
+                server = %target.server,
+                source = %target.source,
+                context = target.context.as_deref().unwrap_or(""),
+                "cluster configured ({}): connecting to {} in the background",
+                target.source,
+                target.server
+            );
+            let (trigger, pokes) = crate::discovery::trigger();
+            state.set(format!("mirroring: connecting to {}", target.server));
+            Ok((Some((target, pokes)), Some(trigger)))
+        }
+        Ok(None) => {
+            let why = match mode {
+                crate::cluster::ClusterMode::Off => "--cluster off",
+                _ => "not running in a pod; --cluster on or --kubeconfig uses a kubeconfig",
+            };
+            tracing::info!(
+                "no cluster ({why}): mirroring and discovery are off; the webhook serves with the built-in kind table"
+            );
+            state.set(format!("mirroring: off ({why})"));
+            Ok((None, None))
+        }
+        Err(reason) if mode.required() => Err(ServeError::Cluster(reason)),
+        Err(reason) => {
+            let reason = crate::telemetry::error_chain(&reason);
+            tracing::warn!(
+                %reason,
+                "no cluster: mirroring and discovery are off; the webhook serves with the built-in kind table"
+            );
+            state.set(format!("mirroring: off ({reason})"));
+            Ok((None, None))
+        }
+    }
+}
+
+/// The history database when `--postgres-url` names one (connected when first used: a URL
+/// that cannot be right stops the start, a database that does not answer yet does not), said
+/// on `status`.
+fn open_history(
+    options: &ServeOptions,
+    metrics: &Metrics,
+    status: &crate::status::StatusLine,
+    with_cluster: bool,
+) -> Result<Option<crate::history::Store>, ServeError> {
+    let Some(h) = &options.history else {
+        status.set("history: off (no --postgres-url)");
+        return Ok(None);
+    };
+    let store = crate::history::Store::connect_lazy(&h.store)?;
+    metrics.delivery_sink(crate::history::POSTGRES);
+    if !with_cluster {
+        tracing::warn!(
+            "history: --postgres-url is set but there is no cluster: nothing is recorded (the mirror controller records history)"
+        );
+        status.set("history: off (no cluster: the mirror controller records history)");
+    }
+    Ok(Some(store))
+}
+
+/// What [`plan_cluster`] found: the target with discovery's pokes, and discovery's trigger.
+type Cluster = (
+    Option<(crate::cluster::Target, tokio::sync::mpsc::Receiver<()>)>,
+    Option<crate::discovery::Trigger>,
+);
 
 /// What runs beside the webhook while it serves.
 struct Background {

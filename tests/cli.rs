@@ -567,7 +567,8 @@ fn serve_with_an_unusable_kubeconfig_exits_1_or_2() {
     }
 }
 
-/// A port in use is the system's problem, not refused input: exit 1, naming the address.
+/// A port in use is the system's problem, not refused input: exit 1, naming the address and
+/// its flag, said before any certificate is made.
 #[test]
 fn serve_on_a_port_in_use_exits_1() {
     let dir = tempfile::tempdir().unwrap();
@@ -588,7 +589,11 @@ fn serve_on_a_port_in_use_exits_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&addr), "{err}");
+    assert!(err.contains(&addr) && err.contains("(--listen)"), "{err}");
+    assert!(
+        !dir.path().join("certs").exists(),
+        "no certificate is made for a server that cannot start"
+    );
 }
 
 /// A --client-ca that cannot be used stops the start with a line naming the flag and file:
