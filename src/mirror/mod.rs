@@ -213,17 +213,16 @@ mod tests {
         .unwrap()
     }
 
+    /// The copy of `source` for the first channel, in its namespace.
+    fn channel_copy(source: &Event, config: &Config) -> Option<Event> {
+        let target = Target::channel("team-infra");
+        make_copy(source, &classified(), &config.channels[0], config, target)
+    }
+
     #[test]
     fn copy_is_valid_and_labelled() {
         let config = config();
-        let copy = make_copy(
-            &source(),
-            &classified(),
-            &config.channels[0],
-            &config,
-            Target::channel("team-infra"),
-        )
-        .unwrap();
+        let copy = channel_copy(&source(), &config).unwrap();
         let m = &copy.metadata;
         assert_eq!(m.namespace.as_deref(), Some("team-infra"));
         assert_eq!(
@@ -300,14 +299,7 @@ mod tests {
     #[test]
     fn ownership_is_the_mirror_label_and_the_same_source() {
         let config = config();
-        let wanted = make_copy(
-            &source(),
-            &classified(),
-            &config.channels[0],
-            &config,
-            Target::channel("team-infra"),
-        )
-        .unwrap();
+        let wanted = channel_copy(&source(), &config).unwrap();
         let keys = &config.keys;
         assert!(is_copy_of(&wanted, &wanted, keys));
         let mut recreated = wanted.clone();
@@ -339,15 +331,6 @@ mod tests {
         let config = self::config();
         let mut nameless = source();
         nameless.metadata.name = None;
-        assert!(
-            make_copy(
-                &nameless,
-                &classified(),
-                &config.channels[0],
-                &config,
-                Target::channel("team-infra")
-            )
-            .is_none()
-        );
+        assert!(channel_copy(&nameless, &config).is_none());
     }
 }
