@@ -110,7 +110,10 @@ async fn a_restart_writes_only_what_changed_while_it_was_down() {
     assert_eq!(calls(&api, "create", "team-infra"), 2);
     assert_eq!(calls(&api, "get", "team-infra"), 0);
     assert_eq!(copy_of(&api, 1).unwrap()["count"], 7);
-    assert_eq!(copy_of(&api, 3).unwrap()["message"], "not ready");
+    assert_eq!(
+        copy_of(&api, 3).unwrap()["message"],
+        "Node node3 status is now: NodeNotReady"
+    );
     assert!(copy_of(&api, 2).is_some() && copy_of(&api, 20).is_some());
     assert_eq!(api.events_in("team-infra").len(), 21);
 }
@@ -147,8 +150,9 @@ async fn live_updates_are_one_put_and_a_stale_view_still_converges() {
     api.put("default", other);
     assert!(
         fake_apiserver::eventually(10, || {
-            copy_of(&api, 0).is_some_and(|c| c["count"] == 3 && c["message"] == "not ready")
-                && copy_of(&api, 1).is_some_and(|c| c["count"] == 9)
+            copy_of(&api, 0).is_some_and(|c| {
+                c["count"] == 3 && c["message"] == "Node node0 status is now: NodeNotReady"
+            }) && copy_of(&api, 1).is_some_and(|c| c["count"] == 9)
         })
         .await,
         "copies: {:?}",
