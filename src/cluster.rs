@@ -12,9 +12,7 @@ use crate::metrics::Metrics;
 use crate::mirror::controller::{self, ControllerOptions};
 use crate::mirror::sync::Syncer;
 use crate::recorder::pipeline::Destination;
-use crate::recorder::{
-    Broadcaster, BroadcasterOptions, KubeSink, LogSink, Recorder, SystemClock, WARNING,
-};
+use crate::recorder::{KubeSink, LogSink, Recorder, RecorderOptions, SystemClock, WARNING};
 use k8s_openapi::api::core::v1::ObjectReference;
 use tokio_util::sync::CancellationToken;
 
@@ -311,6 +309,9 @@ async fn wait_for_api_server(
     }
 }
 
+/// How long the last own events (LeaderLost) may take to be written when stopping.
+const OWN_EVENTS_DRAIN: Duration = Duration::from_secs(5);
+
 /// What the cluster side shares with the webhook.
 #[derive(Clone)]
 pub struct Shared {
@@ -355,31 +356,45 @@ pub fn spawn(
         for task in tasks {
             let _ = task.await;
         }
-        // The last own events (LeaderLost) are queued by now: let go of the recorder, so its
-        // worker writes what is queued and ends.
+        // The last own events (LeaderLost) are queued by now: nothing more is recorded.
         own_events.disconnect();
-        let _ = recorder.await;
+        recorder.stop().await;
     });
     vec![discovery_timer, supervisor]
 }
 
+/// The recorder of clusterscope's own events, and its writers.
+struct OwnRecorder {
+    recorder: Arc<Recorder>,
+    writers: tokio::task::JoinSet<()>,
+}
+
+impl OwnRecorder {
+    /// Writes what is queued (a few seconds at most), then stops the writers.
+    async fn stop(self) {
+        if !self.recorder.drain(OWN_EVENTS_DRAIN).await {
+            tracing::warn!(within = ?OWN_EVENTS_DRAIN, "stopping with some of clusterscope's own events unwritten");
+        }
+        drop(self.writers);
+    }
+}
+
 /// Events about clusterscope itself, written the way client-go's recorder writes them, about
-/// this replica's pod: the recorder (connected to `own_events`) and its worker.
+/// this replica's pod: the recorder (connected to `own_events`) and its writers.
 fn record_own_events(
     client: &kube::Client,
     options: &ClusterOptions,
     own_events: &crate::recorder::OwnEvents,
-) -> (Arc<Recorder>, tokio::task::JoinHandle<()>) {
-    let broadcaster = Broadcaster::new(BroadcasterOptions::default());
-    let clock: Arc<dyn crate::recorder::Clock> = Arc::new(SystemClock);
-    let task =
-        broadcaster.start_recording_to_sink(Arc::new(KubeSink::new(client.clone())), clock.clone());
+) -> OwnRecorder {
     let recorder = Arc::new(Recorder::new(
-        broadcaster,
+        vec![Arc::new(KubeSink::new(client.clone()))],
+        &RecorderOptions::default(),
         "clusterscope",
         &options.identity,
-        clock,
+        Arc::new(SystemClock),
     ));
+    let mut writers = tokio::task::JoinSet::new();
+    recorder.start(&mut writers);
     own_events.connect(
         recorder.clone(),
         crate::recorder::pod_reference(
@@ -388,7 +403,7 @@ fn record_own_events(
             options.pod_uid.as_deref(),
         ),
     );
-    (recorder, task)
+    OwnRecorder { recorder, writers }
 }
 
 /// What a change of leadership is said as: the leader metric, an event about the Lease
@@ -436,17 +451,14 @@ fn leadership_said(
 
 /// Starts discovery, the leader-elected mirror controller and the recorder of clusterscope's
 /// own events against an API server that answers; they stop when `stop` is cancelled, the
-/// recorder's worker (returned apart) once every sender is gone.
+/// recorder (returned apart with its writers) once drained.
 fn start(
     client: kube::Client,
     shared: Shared,
     options: ClusterOptions,
     pokes: tokio::sync::mpsc::Receiver<()>,
     stop: CancellationToken,
-) -> (
-    Vec<tokio::task::JoinHandle<()>>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (Vec<tokio::task::JoinHandle<()>>, OwnRecorder) {
     let Shared {
         config,
         resolver,
@@ -463,7 +475,7 @@ fn start(
         options.discovery.clone(),
         stop.clone().cancelled_owned(),
     ));
-    let (recorder, recorder_task) = record_own_events(&client, &options, &own_events);
+    let own_recorder = record_own_events(&client, &options, &own_events);
     // Delivery rules read live cluster state; the controller keeps it (on the leader only).
     let log_sink: Arc<dyn Destination> = Arc::new(LogSink::stdout());
     let syncer = sinks.into_iter().fold(
@@ -477,7 +489,13 @@ fn start(
         .lease
         .clone()
         .unwrap_or_else(|| LeaseOptions::new(&options.lease_namespace, &options.identity));
-    let on_change = leadership_said(&lease, &options.identity, &state, &metrics, recorder);
+    let on_change = leadership_said(
+        &lease,
+        &options.identity,
+        &state,
+        &metrics,
+        own_recorder.recorder.clone(),
+    );
     let lock = LeaseLock::new(client, lease);
     state.set("mirroring: standby (another replica holds the lease)");
     let controller_options = options.controller.clone();
@@ -494,5 +512,5 @@ fn start(
         on_change,
         stop,
     ));
-    (vec![discovery, mirror], recorder_task)
+    (vec![discovery, mirror], own_recorder)
 }

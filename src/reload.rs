@@ -100,7 +100,7 @@ impl ConfigReloader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recorder::{Broadcaster, BroadcasterOptions, LogSink, OwnEvents, Recorder};
+    use crate::recorder::{LogSink, OwnEvents, Recorder, RecorderOptions};
 
     use crate::recorder::sink::tests::Shared as Buffer;
 
@@ -114,12 +114,15 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         // Recorded events land in a buffer, one JSON line each.
         let written = Buffer::default();
-        let broadcaster = Broadcaster::new(BroadcasterOptions::default());
-        let clock: Arc<dyn crate::recorder::Clock> = Arc::new(crate::recorder::SystemClock);
-        let _task = broadcaster.start_recording_to_sink(
-            Arc::new(LogSink::new(Box::new(written.clone()))),
-            clock.clone(),
-        );
+        let recorder = Arc::new(Recorder::new(
+            vec![Arc::new(LogSink::new(Box::new(written.clone())))],
+            &RecorderOptions::default(),
+            "clusterscope",
+            "host",
+            Arc::new(crate::recorder::SystemClock),
+        ));
+        let mut writers = tokio::task::JoinSet::new();
+        recorder.start(&mut writers);
         let own = Arc::new(OwnEvents::new());
         let mut reloader = ConfigReloader::new(
             path.clone(),
@@ -133,7 +136,7 @@ mod tests {
         std::fs::write(&path, "routes:\n  - channel: nowhere\n").unwrap();
         assert!(matches!(reloader.check(), Some(Err(_))));
         own.connect(
-            Arc::new(Recorder::new(broadcaster, "clusterscope", "host", clock)),
+            recorder,
             crate::recorder::pod_reference("clusterscope-system", "clusterscope-0", Some("u-0")),
         );
         std::fs::write(

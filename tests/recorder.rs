@@ -1,69 +1,75 @@
-//! The recorder's write path with a scripted sink and tokio's paused clock (no real sleeps):
-//! client-go's retry numbers, which errors are retried, patch-to-create fallback, and a
-//! broadcaster that never blocks its caller.
+//! The recorder's write path with scripted sinks and tokio's paused clock (no real sleeps):
+//! events go through the recorder's pipeline lanes as in production; client-go's retry numbers,
+//! which errors are retried, repeats carried as the stored event's next count, and a recorder
+//! that never blocks its caller.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clusterscope::recorder::broadcaster::{BroadcastStats, record_to_sink};
-use clusterscope::recorder::sink::SinkFuture;
-use clusterscope::recorder::{
-    Broadcaster, BroadcasterOptions, Clock, Correlator, CorrelatorOptions, EventSink, ManualClock,
-    Recorder, SinkError, WriteOutcome,
-};
+use clusterscope::recorder::pipeline::{DeliverFuture, Delivered, Delivery, Destination, Failure};
+use clusterscope::recorder::{ManualClock, Recorder, RecorderOptions, SinkError};
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use tokio::time::Instant;
 
-/// A sink that answers from a script and remembers each call and when it came.
-#[derive(Default)]
+/// A sink that answers from a script (then success) and remembers each try and when it came.
 struct ScriptedSink {
-    answers: Mutex<VecDeque<Result<(), SinkError>>>,
-    calls: Mutex<Vec<(String, Instant, Event)>>,
+    name: &'static str,
+    answers: Mutex<VecDeque<SinkError>>,
+    /// Never answers (to fill the lane).
+    stuck: bool,
+    calls: Mutex<Vec<(Instant, Event)>>,
 }
 
 impl ScriptedSink {
-    fn with(answers: Vec<Result<(), SinkError>>) -> Arc<Self> {
+    fn failing(errors: Vec<SinkError>) -> Arc<Self> {
         Arc::new(ScriptedSink {
-            answers: Mutex::new(answers.into()),
+            name: "scripted",
+            answers: Mutex::new(errors.into()),
+            stuck: false,
             calls: Mutex::default(),
         })
     }
-    fn answer(&self, op: &str, event: &Event) -> Result<Event, SinkError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push((op.to_owned(), Instant::now(), event.clone()));
-        let next = self.answers.lock().unwrap().pop_front().unwrap_or(Ok(()));
-        next.map(|()| {
-            let mut stored = event.clone();
-            stored.metadata.resource_version = Some("1".into());
-            stored
+    fn named(name: &'static str) -> Arc<Self> {
+        Arc::new(ScriptedSink {
+            name,
+            ..Arc::into_inner(Self::failing(Vec::new())).unwrap()
         })
     }
-    fn ops(&self) -> Vec<String> {
-        self.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|c| c.0.clone())
-            .collect()
+    fn stuck() -> Arc<Self> {
+        Arc::new(ScriptedSink {
+            stuck: true,
+            ..Arc::into_inner(Self::failing(Vec::new())).unwrap()
+        })
+    }
+    fn calls(&self) -> Vec<(Instant, Event)> {
+        self.calls.lock().unwrap().clone()
     }
 }
 
-impl EventSink for ScriptedSink {
-    fn create<'a>(&'a self, event: &'a Event) -> SinkFuture<'a> {
-        Box::pin(async move { self.answer("create", event) })
-    }
-    fn update<'a>(&'a self, event: &'a Event) -> SinkFuture<'a> {
-        Box::pin(async move { self.answer("update", event) })
-    }
-    fn patch<'a>(&'a self, event: &'a Event, _p: &'a serde_json::Value) -> SinkFuture<'a> {
-        Box::pin(async move { self.answer("patch", event) })
-    }
+impl Destination for ScriptedSink {
     fn name(&self) -> &'static str {
-        "scripted"
+        self.name
+    }
+    fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
+        Box::pin(async move {
+            if self.stuck {
+                std::future::pending::<()>().await;
+            }
+            self.calls
+                .lock()
+                .unwrap()
+                .push((Instant::now(), delivery.event.clone()));
+            match self.answers.lock().unwrap().pop_front() {
+                None => Ok(Delivered::Created),
+                Some(error) => Err(Failure {
+                    operation: "create",
+                    retryable: error.is_retryable(),
+                    error,
+                }),
+            }
+        })
     }
 }
 
@@ -84,93 +90,70 @@ fn node_ref(name: &str) -> ObjectReference {
     }
 }
 
-fn recorder_event(clock: Arc<ManualClock>, node: &str, reason: &str) -> Event {
-    Recorder::new(
-        Broadcaster::new(BroadcasterOptions::default()),
+/// A recorder writing to `sinks` as production does (client-go's defaults unless `options`
+/// say otherwise), its writers running.
+fn recorder(
+    sinks: Vec<Arc<dyn Destination>>,
+    options: RecorderOptions,
+    clock: Arc<ManualClock>,
+) -> (Arc<Recorder>, tokio::task::JoinSet<()>) {
+    let recorder = Arc::new(Recorder::new(
+        sinks,
+        &options,
         "clusterscope",
         "pod-1",
         clock,
-    )
-    .make_event(&node_ref(node), "Warning", reason, "message")
+    ));
+    let mut writers = tokio::task::JoinSet::new();
+    recorder.start(&mut writers);
+    (recorder, writers)
 }
 
-async fn write(
-    sink: &ScriptedSink,
-    correlator: &mut Correlator,
-    event: Event,
-    jitter: f64,
-) -> (WriteOutcome, BroadcastStats) {
-    let stats = BroadcastStats::default();
-    let mut jitter = move || jitter;
-    let out = record_to_sink(
-        sink,
-        correlator,
-        event,
-        &BroadcasterOptions::default(),
-        &stats,
-        &mut jitter,
-    )
-    .await;
-    (out, stats)
+/// Records one Warning about node `n1` and waits (in paused time) until it is written or
+/// given up.
+async fn record_one(sink: Arc<ScriptedSink>) -> Arc<Recorder> {
+    let (r, _writers) = recorder(
+        vec![sink],
+        RecorderOptions::default(),
+        Arc::new(ManualClock::new()),
+    );
+    assert!(r.event(&node_ref("n1"), "Warning", "R", "message"));
+    assert!(r.drain(Duration::from_secs(3600)).await, "drained");
+    r
 }
 
 #[tokio::test(start_paused = true)]
 async fn transport_errors_are_retried_12_times_first_sleep_jittered_then_10s() {
-    let clock = Arc::new(ManualClock::new());
-    let mut correlator = Correlator::new(CorrelatorOptions::default(), clock.clone());
-    let sink = ScriptedSink::with(vec![
-        Err(SinkError::Transport("connection refused".into()));
-        20
-    ]);
-    let start = Instant::now();
-    let (out, stats) = write(
-        &sink,
-        &mut correlator,
-        recorder_event(clock, "n1", "R"),
-        0.25,
-    )
-    .await;
-    assert!(
-        matches!(out, WriteOutcome::GaveUp(SinkError::Transport(_))),
-        "{out:?}"
-    );
-    let calls = sink.calls.lock().unwrap();
+    let sink = ScriptedSink::failing(vec![SinkError::Transport("connection refused".into()); 20]);
+    let r = record_one(sink.clone()).await;
+    let calls = sink.calls();
     assert_eq!(calls.len(), 12, "client-go tries 12 times");
-    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].1 - w[0].1).collect();
-    assert_eq!(
-        gaps[0],
-        Duration::from_millis(2500),
-        "first sleep = 0.25 x 10 s"
+    let gaps: Vec<Duration> = calls.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    assert!(
+        gaps[0] <= Duration::from_secs(10),
+        "the first sleep is a random part of 10 s: {gaps:?}"
     );
     assert!(
         gaps[1..].iter().all(|g| *g == Duration::from_secs(10)),
         "{gaps:?}"
     );
-    assert_eq!(calls[0].1, start);
+    let stats = r.stats();
     assert_eq!(stats.retries.load(Ordering::Relaxed), 11);
     assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.written.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test(start_paused = true)]
 async fn server_errors_and_429_are_retried_until_success() {
-    let clock = Arc::new(ManualClock::new());
-    let mut correlator = Correlator::new(CorrelatorOptions::default(), clock.clone());
-    let sink = ScriptedSink::with(vec![
-        Err(status(500, "InternalError")),
-        Err(status(429, "TooManyRequests")),
-        Err(status(503, "ServiceUnavailable")),
-        Ok(()),
+    let sink = ScriptedSink::failing(vec![
+        status(500, "InternalError"),
+        status(429, "TooManyRequests"),
+        status(503, "ServiceUnavailable"),
     ]);
-    let (out, stats) = write(
-        &sink,
-        &mut correlator,
-        recorder_event(clock, "n1", "R"),
-        0.0,
-    )
-    .await;
-    assert!(matches!(out, WriteOutcome::Written(_)));
-    assert_eq!(sink.ops(), ["create"; 4]);
-    assert_eq!(stats.written.load(Ordering::Relaxed), 1);
+    let r = record_one(sink.clone()).await;
+    assert_eq!(sink.calls().len(), 4);
+    assert_eq!(r.stats().written.load(Ordering::Relaxed), 1);
+    assert_eq!(r.stats().retries.load(Ordering::Relaxed), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -180,111 +163,88 @@ async fn final_answers_are_not_retried() {
         status(422, "Invalid"),
         status(403, "Forbidden"),
         status(404, "NotFound"),
+        SinkError::Invalid("no name".into()),
     ] {
-        let clock = Arc::new(ManualClock::new());
-        let mut correlator = Correlator::new(CorrelatorOptions::default(), clock.clone());
-        let sink = ScriptedSink::with(vec![Err(err.clone())]);
-        let (out, _) = write(
-            &sink,
-            &mut correlator,
-            recorder_event(clock, "n1", "R"),
-            0.5,
-        )
-        .await;
-        assert_eq!(out, WriteOutcome::Refused(err));
-        assert_eq!(sink.ops().len(), 1);
+        let sink = ScriptedSink::failing(vec![err.clone()]);
+        let r = record_one(sink.clone()).await;
+        assert_eq!(sink.calls().len(), 1, "{err}");
+        assert_eq!(r.stats().failed.load(Ordering::Relaxed), 1, "{err}");
+        assert_eq!(r.stats().retries.load(Ordering::Relaxed), 0, "{err}");
     }
 }
 
 #[tokio::test(start_paused = true)]
-async fn repeat_is_a_patch_and_a_404_patch_becomes_a_create() {
+async fn a_repeat_is_the_stored_event_with_the_next_count() {
     let clock = Arc::new(ManualClock::new());
-    let mut correlator = Correlator::new(CorrelatorOptions::default(), clock.clone());
-    let sink = ScriptedSink::with(vec![Ok(()), Ok(()), Err(status(404, "NotFound")), Ok(())]);
-    let ev = || recorder_event(clock.clone(), "n1", "R");
-    let first = ev();
-    write(&sink, &mut correlator, first.clone(), 0.0).await;
-    clock.advance(Duration::from_secs(5));
-    write(&sink, &mut correlator, ev(), 0.0).await;
-    clock.advance(Duration::from_secs(5));
-    let (out, _) = write(&sink, &mut correlator, ev(), 0.0).await;
-    assert_eq!(sink.ops(), ["create", "patch", "patch", "create"]);
-    let calls = sink.calls.lock().unwrap();
-    // The patches and the re-create carry the first event's name and the growing count.
-    assert_eq!(calls[1].2.metadata.name, first.metadata.name);
-    assert_eq!(calls[1].2.count, Some(2));
-    assert_eq!(calls[3].2.count, Some(3));
-    assert_eq!(
-        calls[3].2.metadata.resource_version, None,
-        "a create carries no resourceVersion"
+    let sink = ScriptedSink::failing(Vec::new());
+    let (r, _writers) = recorder(
+        vec![sink.clone()],
+        RecorderOptions::default(),
+        clock.clone(),
     );
-    assert!(matches!(out, WriteOutcome::Written(_)));
-}
-
-/// A sink that never answers, to fill the queue.
-struct StuckSink;
-
-impl EventSink for StuckSink {
-    fn create<'a>(&'a self, _e: &'a Event) -> SinkFuture<'a> {
-        Box::pin(std::future::pending())
+    for _ in 0..3 {
+        assert!(r.event(&node_ref("n1"), "Warning", "R", "message"));
+        assert!(r.drain(Duration::from_secs(60)).await);
+        clock.advance(Duration::from_secs(5));
     }
-    fn update<'a>(&'a self, _e: &'a Event) -> SinkFuture<'a> {
-        Box::pin(std::future::pending())
-    }
-    fn patch<'a>(&'a self, _e: &'a Event, _p: &'a serde_json::Value) -> SinkFuture<'a> {
-        Box::pin(std::future::pending())
-    }
-    fn name(&self) -> &'static str {
-        "stuck"
-    }
+    let calls = sink.calls();
+    let counts: Vec<Option<i32>> = calls.iter().map(|c| c.1.count).collect();
+    assert_eq!(counts, [Some(1), Some(2), Some(3)]);
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.1.metadata.name == calls[0].1.metadata.name),
+        "the repeats name the first event"
+    );
+    assert_eq!(
+        calls[2].1.first_timestamp, calls[0].1.first_timestamp,
+        "the first timestamp stays"
+    );
+    assert_ne!(calls[2].1.last_timestamp, calls[0].1.last_timestamp);
 }
 
 #[tokio::test]
-async fn a_full_queue_drops_and_counts_without_blocking() {
-    let broadcaster = Broadcaster::new(BroadcasterOptions {
-        queue_size: 10,
-        ..BroadcasterOptions::default()
-    });
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new());
-    broadcaster.start_recording_to_sink(Arc::new(StuckSink), clock.clone());
-    let recorder = Recorder::new(broadcaster.clone(), "clusterscope", "pod-1", clock);
+async fn a_full_lane_drops_and_counts_without_blocking() {
+    let (r, _writers) = recorder(
+        vec![ScriptedSink::stuck()],
+        RecorderOptions {
+            queue_size: 10,
+            ..RecorderOptions::default()
+        },
+        Arc::new(ManualClock::new()),
+    );
     let mut accepted = 0;
     for i in 0..100 {
-        if recorder.event(&node_ref(&format!("n{i}")), "Normal", "R", "m") {
+        if r.event(&node_ref(&format!("n{i}")), "Normal", "R", "m") {
             accepted += 1;
         }
     }
-    // The worker holds one event in the stuck write; ten wait in the queue.
-    let dropped = broadcaster.stats().dropped.load(Ordering::Relaxed);
-    assert!((10..=11).contains(&accepted), "accepted {accepted}");
-    assert_eq!(dropped, 100 - accepted);
+    // The lane holds ten events (one of them in the stuck write); the rest are dropped.
+    assert_eq!(accepted, 10);
+    assert_eq!(r.stats().dropped.load(Ordering::Relaxed), 90);
     assert!(
-        !recorder.event(&node_ref("x"), "Bogus", "R", "m"),
+        !r.event(&node_ref("x"), "Bogus", "R", "m"),
         "bad type refused"
+    );
+    assert!(
+        !r.drain(Duration::from_millis(50)).await,
+        "a stuck sink is not drained"
     );
 }
 
 #[tokio::test]
-async fn events_reach_every_sink() {
-    let broadcaster = Broadcaster::new(BroadcasterOptions::default());
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new());
-    let a = ScriptedSink::with(Vec::new());
-    let b = ScriptedSink::with(Vec::new());
-    broadcaster.start_recording_to_sink(a.clone(), clock.clone());
-    broadcaster.start_recording_to_sink(b.clone(), clock.clone());
-    let recorder = Recorder::new(broadcaster.clone(), "clusterscope", "pod-1", clock);
-    assert!(recorder.event(&node_ref("n1"), "Normal", "Started", "m"));
-    for _ in 0..200 {
-        if a.ops().len() == 1 && b.ops().len() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    assert_eq!(
-        (a.ops(), b.ops()),
-        (vec!["create".to_owned()], vec!["create".to_owned()])
+async fn events_reach_every_sink_as_client_go_makes_them() {
+    let a = ScriptedSink::named("a");
+    let b = ScriptedSink::named("b");
+    let (r, _writers) = recorder(
+        vec![a.clone(), b.clone()],
+        RecorderOptions::default(),
+        Arc::new(ManualClock::new()),
     );
-    let ev = &a.calls.lock().unwrap()[0].2;
+    assert!(r.event(&node_ref("n1"), "Normal", "Started", "m"));
+    assert!(r.drain(Duration::from_secs(5)).await);
+    assert_eq!((a.calls().len(), b.calls().len()), (1, 1));
+    let ev = &a.calls()[0].1;
     assert_eq!(
         ev.metadata.namespace.as_deref(),
         Some("default"),
@@ -297,4 +257,24 @@ async fn events_reach_every_sink() {
     );
     assert_eq!(ev.reporting_component.as_deref(), Some("clusterscope"));
     assert_eq!(ev.reporting_instance.as_deref(), Some("pod-1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_spam_filter_drops_past_the_burst() {
+    let clock = Arc::new(ManualClock::new());
+    let sink = ScriptedSink::failing(Vec::new());
+    let (r, _writers) = recorder(
+        vec![sink.clone()],
+        RecorderOptions::default(),
+        clock.clone(),
+    );
+    // Distinct reasons, one object: 25 pass the token bucket, the rest are filtered.
+    for i in 0..30 {
+        assert!(r.event(&node_ref("n1"), "Normal", &format!("R{i}"), "m"));
+        // Each its own name (named by the time, as client-go names them).
+        clock.advance(Duration::from_millis(1));
+    }
+    assert!(r.drain(Duration::from_secs(5)).await);
+    assert_eq!(sink.calls().len(), 25);
+    assert_eq!(r.stats().filtered.load(Ordering::Relaxed), 5);
 }

@@ -1,6 +1,7 @@
 //! The recorder writing through the Kubernetes API ([`KubeSink`]) to the in-process fake API
-//! server: created events pass the API server's validation, repeats become count patches, an
-//! expired event is created again, faults are retried, final answers are not.
+//! server, as production runs it (its pipeline lane, client-go's retries): created events pass
+//! the API server's validation, repeats become count patches, an expired event is created
+//! again, faults are retried, final answers are not.
 
 mod support;
 
@@ -10,12 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clusterscope::recorder::broadcaster::{BroadcastStats, record_to_sink};
-use clusterscope::recorder::{Broadcaster, Recorder};
-use clusterscope::recorder::{
-    BroadcasterOptions, Correlator, CorrelatorOptions, KubeSink, ManualClock, SinkError,
-    WriteOutcome,
-};
+use clusterscope::recorder::pipeline::{Delivered, Delivery, Destination};
+use clusterscope::recorder::{KubeSink, ManualClock, Recorder, RecorderOptions, SinkError};
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 
@@ -30,155 +27,177 @@ fn node_ref() -> ObjectReference {
 
 struct Rig {
     api: FakeApiServer,
-    sink: KubeSink,
     clock: Arc<ManualClock>,
-    correlator: Correlator,
-    recorder: Recorder,
-    options: BroadcasterOptions,
+    recorder: Arc<Recorder>,
+    _writers: tokio::task::JoinSet<()>,
 }
+
+/// A recorder writing to `client` with client-go's numbers, the sleeps between tries short.
+fn recorder_for(client: kube::Client, max_tries: u32, clock: Arc<ManualClock>) -> Rig0 {
+    let recorder = Arc::new(Recorder::new(
+        vec![Arc::new(KubeSink::new(client))],
+        &RecorderOptions {
+            retry_sleep: Duration::from_millis(10),
+            max_tries,
+            ..RecorderOptions::default()
+        },
+        "clusterscope",
+        "clusterscope-0",
+        clock,
+    ));
+    let mut writers = tokio::task::JoinSet::new();
+    recorder.start(&mut writers);
+    (recorder, writers)
+}
+
+type Rig0 = (Arc<Recorder>, tokio::task::JoinSet<()>);
 
 async fn rig() -> Rig {
     let api = FakeApiServer::start(&["default", "kube-system"]).await;
-    let sink = KubeSink::new(api.client());
     let clock = Arc::new(ManualClock::new());
-    let correlator = Correlator::new(CorrelatorOptions::default(), clock.clone());
-    let recorder = Recorder::new(
-        Broadcaster::new(BroadcasterOptions::default()),
-        "clusterscope",
-        "clusterscope-0",
-        clock.clone(),
-    );
+    let (recorder, writers) = recorder_for(api.client(), 12, clock.clone());
     Rig {
         api,
-        sink,
         clock,
-        correlator,
         recorder,
-        options: BroadcasterOptions {
-            retry_sleep: Duration::from_millis(10),
-            ..BroadcasterOptions::default()
-        },
+        _writers: writers,
     }
 }
 
 impl Rig {
-    async fn write(&mut self, event: Event) -> WriteOutcome {
-        let stats = BroadcastStats::default();
-        let mut jitter = || 0.5;
-        record_to_sink(
-            &self.sink,
-            &mut self.correlator,
-            event,
-            &self.options,
-            &stats,
-            &mut jitter,
-        )
-        .await
+    /// Records a Warning about node1 and waits until it is written or given up.
+    async fn record(&self, reason: &str) {
+        assert!(
+            self.recorder
+                .event(&node_ref(), "Warning", reason, "disk pressure")
+        );
+        assert!(self.recorder.drain(Duration::from_secs(10)).await);
     }
-    fn node_event(&self, reason: &str) -> Event {
-        self.recorder
-            .make_event(&node_ref(), "Warning", reason, "disk pressure")
+    fn methods(&self) -> Vec<String> {
+        let store = self.api.store.lock().unwrap();
+        store.requests.iter().map(|x| x.0.clone()).collect()
+    }
+    fn only_event(&self) -> serde_json::Value {
+        let events = self.api.events_in("default");
+        assert_eq!(events.len(), 1, "{events:?}");
+        events[0].clone()
     }
 }
 
 #[tokio::test]
 async fn create_then_count_patches_then_recreate_after_ttl() {
-    let mut r = rig().await;
-    let first = r.node_event("NodeHasDiskPressure");
-    let name = first.metadata.name.clone().unwrap();
-    assert!(matches!(r.write(first).await, WriteOutcome::Written(_)));
-    let stored = r.api.event("default", &name).expect("stored in default");
+    let r = rig().await;
+    r.record("NodeHasDiskPressure").await;
+    let stored = r.only_event();
+    let name = stored["metadata"]["name"].as_str().unwrap().to_owned();
     assert_eq!(stored["count"], 1);
     assert_eq!(stored["involvedObject"]["kind"], "Node");
 
     r.clock.advance(Duration::from_secs(60));
-    let second = r.node_event("NodeHasDiskPressure");
-    assert!(matches!(r.write(second).await, WriteOutcome::Written(_)));
-    let stored = r.api.event("default", &name).unwrap();
+    r.record("NodeHasDiskPressure").await;
+    let stored = r.only_event();
+    assert_eq!(stored["metadata"]["name"], name.as_str());
     assert_eq!(stored["count"], 2, "a repeat is a patch of the same object");
-    assert_eq!(r.api.events_in("default").len(), 1);
-    let methods: Vec<String> = r
-        .api
-        .store
-        .lock()
-        .unwrap()
-        .requests
-        .iter()
-        .map(|x| x.0.clone())
-        .collect();
-    assert_eq!(methods, ["POST", "PATCH"]);
+    assert_ne!(stored["lastTimestamp"], stored["firstTimestamp"]);
+    assert_eq!(r.methods(), ["POST", "PATCH"]);
 
     // The event expired (TTL): the next repeat's patch gets 404 and creates it again.
     r.api.expire("default", &name);
     r.clock.advance(Duration::from_secs(60));
-    let third = r.node_event("NodeHasDiskPressure");
-    assert!(matches!(r.write(third).await, WriteOutcome::Written(_)));
+    r.record("NodeHasDiskPressure").await;
     let again = r
         .api
         .event("default", &name)
         .expect("re-created under the same name");
     assert_eq!(again["count"], 3);
+    assert_eq!(r.methods(), ["POST", "PATCH", "PATCH", "POST"]);
+    assert_eq!(r.recorder.stats().written.load(Ordering::Relaxed), 3);
 }
 
 #[tokio::test]
 async fn faults_are_retried_and_lose_nothing() {
-    let mut r = rig().await;
+    let r = rig().await;
     r.api.inject(500, "InternalError", 2);
     r.api.inject(429, "TooManyRequests", 1);
-    let ev = r.node_event("Rebooted");
-    let name = ev.metadata.name.clone().unwrap();
-    assert!(matches!(r.write(ev).await, WriteOutcome::Written(_)));
-    assert!(r.api.event("default", &name).is_some());
-    assert_eq!(r.api.store.lock().unwrap().requests.len(), 4);
+    r.record("Rebooted").await;
+    assert_eq!(r.only_event()["reason"], "Rebooted");
+    assert_eq!(r.methods().len(), 4);
+    let stats = r.recorder.stats();
+    assert_eq!(stats.written.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
+    // The two 500s are the recorder's retries; kube's client retries a 429 itself.
+    assert!(stats.retries.load(Ordering::Relaxed) >= 2);
+}
+
+/// One try of the sink alone, for an event made by hand.
+async fn deliver(
+    sink: &KubeSink,
+    event: Event,
+) -> Result<Delivered, clusterscope::recorder::pipeline::Failure> {
+    sink.deliver(&Delivery::new("k".into(), event, &node_ref()))
+        .await
 }
 
 #[tokio::test]
 async fn final_answers_are_reported_not_retried() {
-    let mut r = rig().await;
+    let r = rig().await;
+    let sink = KubeSink::new(r.api.client());
+    let made = |namespace: &str| {
+        let mut ev = r
+            .recorder
+            .make_event(&node_ref(), "Warning", "Misplaced", "m");
+        ev.metadata.namespace = Some(namespace.into());
+        ev
+    };
     // A cluster-scoped reference stored outside default: the API server's validation refuses it.
-    let mut ev = r.node_event("Misplaced");
-    ev.metadata.namespace = Some("kube-system".into());
-    match r.write(ev).await {
-        WriteOutcome::Refused(SinkError::Status {
+    let failure = deliver(&sink, made("kube-system")).await.unwrap_err();
+    assert!(!failure.retryable);
+    match failure.error {
+        SinkError::Status {
             code: 422, message, ..
-        }) => {
-            assert!(
-                message.contains("does not match event.namespace"),
-                "{message}"
-            )
-        }
+        } => assert!(
+            message.contains("does not match event.namespace"),
+            "{message}"
+        ),
         other => panic!("{other:?}"),
     }
     // A namespace that does not exist.
-    let mut ev = r.node_event("Lost");
-    ev.metadata.namespace = Some("missing".into());
-    ev.involved_object.namespace = Some("missing".into());
-    assert!(matches!(
-        r.write(ev).await,
-        WriteOutcome::Refused(SinkError::Status { code: 404, .. })
-    ));
-    assert_eq!(r.api.store.lock().unwrap().requests.len(), 2);
+    let mut lost = made("missing");
+    lost.involved_object.namespace = Some("missing".into());
+    let failure = deliver(&sink, lost).await.unwrap_err();
+    assert!(matches!(failure.error, SinkError::Status { code: 404, .. }));
+    assert!(!failure.retryable);
+    // An event without a name is not sent at all.
+    let mut nameless = made("default");
+    nameless.metadata.name = None;
+    let failure = deliver(&sink, nameless).await.unwrap_err();
+    assert!(matches!(failure.error, SinkError::Invalid(_)));
+    assert_eq!(r.methods(), ["POST", "POST"]);
 }
 
 #[tokio::test]
 async fn an_unreachable_api_server_is_a_transport_error_and_retried() {
-    let mut r = rig().await;
-    let dead = KubeSink::new({
+    let dead = {
         let url: axum::http::Uri = "http://127.0.0.1:1".parse().unwrap();
         kube::Client::try_from(kube::Config::new(url)).unwrap()
-    });
-    let stats = BroadcastStats::default();
-    let mut jitter = || 0.0;
-    let options = BroadcasterOptions {
-        max_tries: 3,
-        retry_sleep: Duration::from_millis(1),
-        ..BroadcasterOptions::default()
     };
-    let ev = r.node_event("X");
-    let out = record_to_sink(&dead, &mut r.correlator, ev, &options, &stats, &mut jitter).await;
+    let clock = Arc::new(ManualClock::new());
+    let ev = Recorder::new(
+        Vec::new(),
+        &RecorderOptions::default(),
+        "c",
+        "h",
+        clock.clone(),
+    )
+    .make_event(&node_ref(), "Warning", "X", "m");
+    let failure = deliver(&KubeSink::new(dead.clone()), ev).await.unwrap_err();
     assert!(
-        matches!(out, WriteOutcome::GaveUp(SinkError::Transport(_))),
-        "{out:?}"
+        matches!(failure.error, SinkError::Transport(_)) && failure.retryable,
+        "{failure:?}"
     );
-    assert_eq!(stats.retries.load(Ordering::Relaxed), 2);
+    let (recorder, _writers) = recorder_for(dead, 3, clock);
+    assert!(recorder.event(&node_ref(), "Warning", "X", "m"));
+    assert!(recorder.drain(Duration::from_secs(10)).await);
+    assert_eq!(recorder.stats().retries.load(Ordering::Relaxed), 2);
+    assert_eq!(recorder.stats().failed.load(Ordering::Relaxed), 1);
 }

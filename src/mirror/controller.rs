@@ -88,6 +88,7 @@ impl ControllerOptions {
             factor: 2,
             max_delay: Duration::from_secs(300),
             max_attempts: self.max_attempts.max(1),
+            jitter_first: false,
         }
     }
 

@@ -58,12 +58,9 @@ impl Default for CorrelatorOptions {
 pub enum Correlated {
     /// Create this event.
     Create(Event),
-    /// Patch the stored event (named in `event`) with `patch`; `event` is the full new state,
-    /// to create if the stored one is gone.
-    Patch {
-        event: Event,
-        patch: serde_json::Value,
-    },
+    /// A repeat: patch the stored event it names with its `count`, `lastTimestamp` and
+    /// `message` (the full new state, to create if the stored one is gone).
+    Patch(Event),
     /// Dropped by the spam filter.
     Skip,
 }
@@ -155,16 +152,14 @@ impl Correlator {
     pub fn correlate(&mut self, event: Event) -> Correlated {
         let now = self.clock.now();
         let (aggregated, key) = self.aggregate(event, now);
-        let (observed, patch) = self.observe(aggregated, key);
+        let (observed, repeat) = self.observe(aggregated, key);
         if !self.allow(&observed, now) {
             return Correlated::Skip;
         }
-        match patch {
-            Some(patch) => Correlated::Patch {
-                event: observed,
-                patch,
-            },
-            None => Correlated::Create(observed),
+        if repeat {
+            Correlated::Patch(observed)
+        } else {
+            Correlated::Create(observed)
         }
     }
 
@@ -211,18 +206,16 @@ impl Correlator {
         (combined, group)
     }
 
-    fn observe(&mut self, mut event: Event, key: String) -> (Event, Option<serde_json::Value>) {
-        let mut patch = None;
+    /// client-go `eventObserve`: a repeat takes the stored event's name, first timestamp and
+    /// the next count (true).
+    fn observe(&mut self, mut event: Event, key: String) -> (Event, bool) {
+        let mut repeat = false;
         if let Some(last) = self.observed.get(&key).filter(|o| o.count > 0).cloned() {
             event.metadata.name = last.name;
             event.metadata.resource_version = last.resource_version;
             event.first_timestamp = last.first_timestamp;
             event.count = Some(last.count.saturating_add(1));
-            patch = Some(serde_json::json!({
-                "count": event.count,
-                "lastTimestamp": event.last_timestamp,
-                "message": event.message,
-            }));
+            repeat = true;
         }
         self.observed.put(
             key,
@@ -233,7 +226,7 @@ impl Correlator {
                 resource_version: event.metadata.resource_version.clone(),
             },
         );
-        (event, patch)
+        (event, repeat)
     }
 
     /// Token bucket per source + object.
@@ -259,20 +252,6 @@ impl Correlator {
         } else {
             false
         }
-    }
-
-    /// Records what the API server stored (name, resourceVersion), as client-go's `UpdateState`.
-    pub fn update_state(&mut self, stored: &Event) {
-        let key = event_key(stored);
-        self.observed.put(
-            key,
-            Observation {
-                count: stored.count.unwrap_or(1),
-                first_timestamp: stored.first_timestamp.clone(),
-                name: stored.metadata.name.clone(),
-                resource_version: stored.metadata.resource_version.clone(),
-            },
-        );
     }
 }
 
@@ -323,20 +302,18 @@ mod tests {
         assert!(matches!(c.correlate(first), Correlated::Create(_)));
         clock.advance(Duration::from_secs(30));
         match c.correlate(node_event("n1", "NodeNotReady", "not ready", clock.now())) {
-            Correlated::Patch { event, patch } => {
+            Correlated::Patch(event) => {
                 assert_eq!(event.count, Some(2));
                 assert_eq!(
                     event.metadata.name, name,
                     "the patch targets the stored event"
                 );
-                assert_eq!(patch["count"], 2);
-                assert_eq!(patch["message"], "not ready");
-                assert!(patch.get("lastTimestamp").is_some());
+                assert_eq!(event.message.as_deref(), Some("not ready"));
             }
             other => panic!("{other:?}"),
         }
         match c.correlate(node_event("n1", "NodeNotReady", "not ready", clock.now())) {
-            Correlated::Patch { event, .. } => assert_eq!(event.count, Some(3)),
+            Correlated::Patch(event) => assert_eq!(event.count, Some(3)),
             other => panic!("{other:?}"),
         }
     }
@@ -362,9 +339,12 @@ mod tests {
         }
         // Further ones patch the combined event.
         match c.correlate(node_event("n1", "R", "m10", clock.now())) {
-            Correlated::Patch { event, patch } => {
+            Correlated::Patch(event) => {
                 assert_eq!(event.count, Some(2));
-                assert_eq!(patch["message"], "(combined from similar events): m10");
+                assert_eq!(
+                    event.message.as_deref(),
+                    Some("(combined from similar events): m10")
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -435,22 +415,5 @@ mod tests {
             c.correlate(node_event("n0", "R", "m", clock.now())),
             Correlated::Create(_)
         ));
-    }
-
-    #[test]
-    fn update_state_remembers_the_stored_name_and_version() {
-        let (clock, mut c) = setup();
-        let Correlated::Create(mut stored) = c.correlate(node_event("n1", "R", "m", clock.now()))
-        else {
-            panic!()
-        };
-        stored.metadata.resource_version = Some("42".into());
-        c.update_state(&stored);
-        match c.correlate(node_event("n1", "R", "m", clock.now())) {
-            Correlated::Patch { event, .. } => {
-                assert_eq!(event.metadata.resource_version.as_deref(), Some("42"))
-            }
-            other => panic!("{other:?}"),
-        }
     }
 }

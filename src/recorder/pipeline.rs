@@ -49,6 +49,22 @@ pub struct Delivery {
     pub namespaces: Vec<String>,
 }
 
+impl Delivery {
+    /// A delivery of `event` under `key` that no channel routed (the recorder's own events,
+    /// about `about`): seen now, delivered to no namespace in particular.
+    pub fn new(key: String, event: Event, about: &ObjectReference) -> Self {
+        Delivery {
+            key,
+            fingerprint: fingerprint(&event),
+            event,
+            channel: String::new(),
+            source: about.clone(),
+            since: Instant::now(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
 /// The fields an event says (what a copy or a line carries), hashed: equal fingerprints mean
 /// a sink already holds what a delivery says.
 pub fn fingerprint(event: &Event) -> u64 {
@@ -214,8 +230,11 @@ pub trait Destination: Send + Sync {
     /// A short name for metrics and logs (`kubernetes`, `log`, `postgres`...).
     fn name(&self) -> &'static str;
 
-    /// Its deliveries of one routed event (none when the channel does not select it).
-    fn plan(&self, routed: &Routed<'_>) -> Vec<Delivery>;
+    /// Its deliveries of one routed event (none when the channel does not select it; none
+    /// ever for a sink only the recorder writes to, which offers its events directly).
+    fn plan(&self, _routed: &Routed<'_>) -> Vec<Delivery> {
+        Vec::new()
+    }
 
     /// Writes one delivery (one try; the lane retries).
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a>;
@@ -444,7 +463,9 @@ impl Pipeline {
         }
     }
 
-    /// Queues `delivery` for `sink` without waiting; see [`Self::offer_within`].
+    /// Queues `delivery` for `sink` without waiting. A full lane hands it back (reported to
+    /// the observer as full); what to do with it is the caller's: the recorder drops it, as
+    /// client-go's broadcaster does, and counts it.
     pub fn offer(&self, sink: &str, delivery: Delivery) -> Result<(), Refused> {
         let Some(lane) = self.lane(sink) else {
             return Err(Refused::NoSink(Box::new(delivery)));
@@ -455,7 +476,10 @@ impl Pipeline {
                 self.observer.depth(lane.about, lane.queue.held());
                 Ok(())
             }
-            Err(Full(delivery)) => Err(self.refuse(lane, delivery)),
+            Err(Full(delivery)) => {
+                self.observer.full(lane.about, &delivery);
+                Err(Refused::Full(Box::new(delivery)))
+            }
         }
     }
 
@@ -534,6 +558,27 @@ impl Pipeline {
     /// Keys `sink` holds.
     pub fn held(&self, sink: &str) -> usize {
         self.lane(sink).map_or(0, |l| l.queue.held())
+    }
+
+    /// Waits until every lane holds nothing (written, or given up), for `within` at most:
+    /// false when something is still held then (the workers are about to be stopped).
+    pub async fn drain(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        for lane in &self.lanes {
+            loop {
+                // Registered before looking, so a release between the look and the wait is seen.
+                let room = lane.room.notified();
+                tokio::pin!(room);
+                room.as_mut().enable();
+                if lane.queue.held() == 0 {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, room).await.is_err() {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Starts every lane's workers in `tasks`; they run until the set is dropped or aborted.
@@ -734,6 +779,7 @@ mod tests {
                 factor: 2,
                 max_delay: Duration::from_secs(60),
                 max_attempts,
+                jitter_first: false,
             },
         )
     }

@@ -1,29 +1,23 @@
-//! Where events are written: the Kubernetes API ([`KubeSink`]) or the log stream ([`LogSink`]).
+//! Where the recorder's events are written: the Kubernetes API ([`KubeSink`]) or the log
+//! stream ([`LogSink`]). Both are pipeline [`Destination`]s, run in lanes as every sink is;
+//! the log stream is also a sink of the mirror (a channel's `log: true`).
 
-use std::future::Future;
 use std::io::Write;
-use std::pin::Pin;
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 pub use super::error::SinkError;
+use super::error::Writer;
+use super::pipeline::{
+    DeliverFuture, Delivered, Delivery, Destination, Failure, LaneOptions, Routed,
+};
 
-/// The future a sink returns.
-pub type SinkFuture<'a> = Pin<Box<dyn Future<Output = Result<Event, SinkError>> + Send + 'a>>;
-
-/// Writes events, as client-go's `EventSink`: create, update, and a strategic-merge patch
-/// of an existing event (`count`, `lastTimestamp`, `message`).
-pub trait EventSink: Send + Sync {
-    fn create<'a>(&'a self, event: &'a Event) -> SinkFuture<'a>;
-    fn update<'a>(&'a self, event: &'a Event) -> SinkFuture<'a>;
-    fn patch<'a>(&'a self, event: &'a Event, patch: &'a serde_json::Value) -> SinkFuture<'a>;
-    /// A short name for logs and metrics.
-    fn name(&self) -> &'static str;
-}
-
-/// Writes events through the Kubernetes API, each into its own namespace.
+/// Writes events through the Kubernetes API, each into its own namespace, as client-go's
+/// recorder writes them: a new event is created; a repeat (a count above 1, as the
+/// [`super::Correlator`] makes it) is a strategic-merge patch of `count`, `lastTimestamp`
+/// and `message` of the stored event, created again if it expired meanwhile (404).
 #[derive(Clone)]
 pub struct KubeSink {
     client: kube::Client,
@@ -38,49 +32,72 @@ impl KubeSink {
         let ns = event.metadata.namespace.as_deref().unwrap_or("default");
         Api::namespaced(self.client.clone(), ns)
     }
+
+    async fn create(&self, event: &Event) -> Result<Delivered, Failure> {
+        let mut event = event.clone();
+        // A create carries no resourceVersion (the correlator keeps the stored one).
+        event.metadata.resource_version = None;
+        self.api(&event)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(|_| Delivered::Created)
+            .map_err(|e| failure("create", SinkError::from(e)))
+    }
+
+    async fn patch(&self, event: &Event, name: &str) -> Result<Delivered, Failure> {
+        let patch = serde_json::json!({
+            "count": event.count,
+            "lastTimestamp": event.last_timestamp,
+            "message": event.message,
+        });
+        match self
+            .api(event)
+            .patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .map_err(SinkError::from)
+        {
+            Ok(_) => Ok(Delivered::Updated),
+            // The stored event expired (its TTL): the repeat creates it again.
+            Err(e) if e.is_not_found() => self.create(event).await,
+            Err(e) => Err(failure("patch", e)),
+        }
+    }
 }
 
-fn name_of(event: &Event) -> Result<&str, SinkError> {
-    event
-        .metadata
-        .name
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| SinkError::Invalid("the event has no name".into()))
+/// A failed write, retried as client-go's recorder retries.
+fn failure(operation: &'static str, error: SinkError) -> Failure {
+    Failure {
+        operation,
+        retryable: error.retryable_for(Writer::Recorder),
+        error,
+    }
 }
 
-impl EventSink for KubeSink {
-    fn create<'a>(&'a self, event: &'a Event) -> SinkFuture<'a> {
-        Box::pin(async move {
-            Ok(self
-                .api(event)
-                .create(&PostParams::default(), event)
-                .await?)
-        })
-    }
-
-    fn update<'a>(&'a self, event: &'a Event) -> SinkFuture<'a> {
-        Box::pin(async move {
-            let name = name_of(event)?;
-            Ok(self
-                .api(event)
-                .replace(name, &PostParams::default(), event)
-                .await?)
-        })
-    }
-
-    fn patch<'a>(&'a self, event: &'a Event, patch: &'a serde_json::Value) -> SinkFuture<'a> {
-        Box::pin(async move {
-            let name = name_of(event)?;
-            Ok(self
-                .api(event)
-                .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
-                .await?)
-        })
-    }
-
+impl Destination for KubeSink {
     fn name(&self) -> &'static str {
         "kubernetes"
+    }
+
+    fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
+        Box::pin(async move {
+            let event = &delivery.event;
+            match event.metadata.name.as_deref().filter(|n| !n.is_empty()) {
+                None => Err(failure(
+                    "create",
+                    SinkError::Invalid("the event has no name".into()),
+                )),
+                Some(name) if event.count.unwrap_or(1) > 1 => self.patch(event, name).await,
+                Some(_) => self.create(event).await,
+            }
+        })
+    }
+
+    /// One writer, as client-go's broadcaster has per sink.
+    fn lane(&self, defaults: &LaneOptions) -> LaneOptions {
+        LaneOptions {
+            workers: 1,
+            ..defaults.clone()
+        }
     }
 }
 
@@ -102,32 +119,13 @@ impl LogSink {
         }
     }
 
-    fn write(&self, event: &Event) -> Result<Event, SinkError> {
+    fn write(&self, event: &Event) -> Result<(), SinkError> {
         let mut line = serde_json::to_vec(event).map_err(|e| SinkError::Invalid(e.to_string()))?;
         line.push(b'\n');
         let mut out = crate::locks::lock(&self.out);
         out.write_all(&line)
             .and_then(|()| out.flush())
-            .map_err(|e| SinkError::Transport(format!("cannot write the log stream: {e}")))?;
-        Ok(event.clone())
-    }
-}
-
-impl EventSink for LogSink {
-    fn create<'a>(&'a self, event: &'a Event) -> SinkFuture<'a> {
-        Box::pin(async move { self.write(event) })
-    }
-
-    fn update<'a>(&'a self, event: &'a Event) -> SinkFuture<'a> {
-        Box::pin(async move { self.write(event) })
-    }
-
-    fn patch<'a>(&'a self, event: &'a Event, _patch: &'a serde_json::Value) -> SinkFuture<'a> {
-        Box::pin(async move { self.write(event) })
-    }
-
-    fn name(&self) -> &'static str {
-        "log"
+            .map_err(|e| SinkError::Transport(format!("cannot write the log stream: {e}")))
     }
 }
 
@@ -136,37 +134,30 @@ pub const LOG_SWITCH: &str = "log";
 
 /// The log stream as a pipeline destination: one line per source state (the source once
 /// labelled), never retried for long (a broken standard output does not heal).
-impl super::pipeline::Destination for LogSink {
+impl Destination for LogSink {
     fn name(&self) -> &'static str {
         "log"
     }
 
-    fn plan(&self, routed: &super::pipeline::Routed<'_>) -> Vec<super::pipeline::Delivery> {
+    fn plan(&self, routed: &Routed<'_>) -> Vec<Delivery> {
         if !routed.switched(LOG_SWITCH) {
             return Vec::new();
         }
         vec![routed.delivery(routed.source_key(), routed.event.clone(), Vec::new())]
     }
 
-    fn deliver<'a>(
-        &'a self,
-        delivery: &'a super::pipeline::Delivery,
-    ) -> super::pipeline::DeliverFuture<'a> {
+    fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
         Box::pin(async move {
             self.write(&delivery.event)
-                .map(|_| super::pipeline::Delivered::Appended)
-                .map_err(|error| super::pipeline::Failure {
-                    operation: "append",
-                    retryable: error.is_retryable(),
-                    error,
-                })
+                .map(|()| Delivered::Appended)
+                .map_err(|error| failure("append", error))
         })
     }
 
     /// One writer; a stream cannot tell what it already holds, so the lane remembers what it
     /// wrote and skips a repeat.
-    fn lane(&self, defaults: &super::pipeline::LaneOptions) -> super::pipeline::LaneOptions {
-        super::pipeline::LaneOptions {
+    fn lane(&self, defaults: &LaneOptions) -> LaneOptions {
+        LaneOptions {
             workers: 1,
             skip_repeats: true,
             ..defaults.clone()
@@ -215,17 +206,18 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
-    async fn log_sink_writes_one_json_line_per_write() {
+    async fn log_sink_writes_one_json_line_per_delivery() {
         let buf = Shared::default();
         let sink = LogSink::new(Box::new(buf.clone()));
         let mut ev = Event::default();
         ev.metadata.name = Some("n1.abc".into());
         ev.reason = Some("NodeNotReady".into());
-        sink.create(&ev).await.unwrap();
+        let about = ObjectReference::default();
+        let first = Delivery::new("default/n1.abc".into(), ev.clone(), &about);
+        assert_eq!(sink.deliver(&first).await, Ok(Delivered::Appended));
         ev.count = Some(2);
-        sink.patch(&ev, &serde_json::json!({"count": 2}))
-            .await
-            .unwrap();
+        let repeat = Delivery::new("default/n1.abc".into(), ev, &about);
+        assert_eq!(sink.deliver(&repeat).await, Ok(Delivered::Appended));
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()

@@ -377,14 +377,18 @@ impl FakeApiServer {
         options: clusterscope::mirror::controller::ControllerOptions,
         metrics: Arc<clusterscope::metrics::Metrics>,
     ) -> RunningController {
-        use clusterscope::recorder::{Broadcaster, KubeSink, Recorder, SystemClock};
+        use clusterscope::recorder::{KubeSink, Recorder, SystemClock};
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         // clusterscope's own events (given-up deliveries) are written to this server too.
-        let broadcaster = Broadcaster::new(Default::default());
-        let clock: Arc<dyn clusterscope::recorder::Clock> = Arc::new(SystemClock);
-        let recorder_task = broadcaster
-            .start_recording_to_sink(Arc::new(KubeSink::new(self.client())), clock.clone());
-        let recorder = Arc::new(Recorder::new(broadcaster, "clusterscope", "test", clock));
+        let recorder = Arc::new(Recorder::new(
+            vec![Arc::new(KubeSink::new(self.client()))],
+            &Default::default(),
+            "clusterscope",
+            "test",
+            Arc::new(SystemClock),
+        ));
+        let mut recorder_writers = tokio::task::JoinSet::new();
+        recorder.start(&mut recorder_writers);
         let own_events = Arc::new(clusterscope::recorder::OwnEvents::new());
         own_events.connect(
             recorder,
@@ -405,7 +409,7 @@ impl FakeApiServer {
         RunningController {
             stop,
             task,
-            recorder_task,
+            recorder_writers,
             metrics,
         }
     }
@@ -551,12 +555,11 @@ impl FakeApiServer {
 
 type St = State<Arc<Mutex<Store>>>;
 
-/// Records the request and applies injected faults and delays.
 /// A mirror controller started by [`FakeApiServer::run_controller`].
 pub struct RunningController {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
-    recorder_task: tokio::task::JoinHandle<()>,
+    recorder_writers: tokio::task::JoinSet<()>,
     pub metrics: Arc<clusterscope::metrics::Metrics>,
 }
 
@@ -564,7 +567,7 @@ impl RunningController {
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
-        self.recorder_task.abort();
+        drop(self.recorder_writers);
     }
 
     /// The value of the first series of the controller's metrics starting with `prefix`
