@@ -382,10 +382,10 @@ fn respond<O>(
     request: &Request<'_, O>,
     decision: Decision,
 ) -> Result<Reviewed, ReviewError> {
-    let patch = if decision.patch.is_empty() {
+    let patch = if decision.changes.is_empty() {
         None
     } else {
-        let json = serde_json::to_vec(&decision.patch)
+        let json = serde_json::to_vec(&decision.changes.json_patch())
             .map_err(|e| ReviewError::plain(format!("cannot encode the patch: {e}")))?;
         Some(base64::engine::general_purpose::STANDARD.encode(json))
     };

@@ -355,7 +355,7 @@ fn review(
     let reviewer = Reviewer::new(Arc::new(config), Arc::new(ScopeResolver::new()));
     let reviewed = reviewer.review(&body).map_err(|e| refused(e.to_string()))?;
     let text = if patched_object {
-        let patched = patched_object_of(&body, &reviewed.decision.patch)?;
+        let patched = patched_object_of(&body, &reviewed.decision.changes.json_patch())?;
         serde_json::to_vec_pretty(&patched)
             .map_err(|e| io_failure(format!("cannot encode the patched object: {e}")))?
     } else {

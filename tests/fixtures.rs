@@ -163,10 +163,10 @@ fn check_case(name: &str, body: &[u8], expect: &Value) -> Result<(), String> {
     let second = reviewer
         .review(&again)
         .map_err(|e| format!("re-review refused: {e}"))?;
-    if !second.decision.patch.is_empty() {
+    if !second.decision.changes.is_empty() {
         return Err(format!(
             "{name}: second review patched again: {:?}",
-            second.decision.patch
+            second.decision.changes
         ));
     }
     Ok(())

@@ -77,7 +77,7 @@ fn huge_strings_and_maps_are_handled() {
     );
     let r = reviewer().review(wrap_object(&obj).as_bytes()).unwrap();
     assert_eq!(
-        r.decision.patch.len(),
+        r.decision.changes.json_patch().len(),
         4,
         "per-key adds, the existing labels untouched"
     );
@@ -121,11 +121,13 @@ fn duplicate_keys_wrong_types_and_odd_numbers() {
     let r = reviewer().review(cases[1].as_bytes()).unwrap();
     assert!(
         !r.decision
-            .patch
+            .changes
+            .labels
+            .entries
             .iter()
-            .any(|op| format!("{op:?}").contains("clusterscope.dev~1kind")),
+            .any(|(key, _)| key == "clusterscope.dev/kind"),
         "{:?}",
-        r.decision.patch
+        r.decision.changes
     );
 }
 

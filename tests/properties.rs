@@ -162,7 +162,7 @@ proptest! {
             }
         }
         let second = reviewer.review(&review_of(&patched, op)).unwrap();
-        prop_assert!(second.decision.patch.is_empty(), "second review patched: {:?}", second.decision.patch);
+        prop_assert!(second.decision.changes.is_empty(), "second review patched: {:?}", second.decision.changes);
         prop_assert_eq!(first.decision.classified.map(|c| c.channel), second.decision.classified.map(|c| c.channel));
     }
 }

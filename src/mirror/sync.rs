@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, Patch, PatchParams};
 
 use crate::classify::ScopeResolver;
-use crate::decide::{Outcome, decide};
+use crate::decide::{Changes, Outcome, decide};
 use crate::mirror::sink::{CopySink, retryable};
 use crate::mirror::{Target, make_copy};
 use crate::recorder::SinkError;
@@ -71,68 +71,13 @@ pub struct Plan {
     pub channel: Option<String>,
     /// The event is not one of ours (namespaced, mirror copy, ...).
     pub skipped: bool,
-    /// A patch of the source's own labels: `label` (add ours) or `unlabel` (remove ours from
-    /// an event that is not about a cluster-scoped object), as a JSON merge patch.
-    pub label: Option<(&'static str, serde_json::Value)>,
+    /// A change of the source's own labels, with its operation: `label` (add ours) or
+    /// `unlabel` (remove ours from an event that is not about a cluster-scoped object).
+    pub label: Option<(&'static str, Changes)>,
     /// What to write where: (sink name, delivery).
     pub deliveries: Vec<(&'static str, Delivery)>,
     /// Namespaces a delivery rule's cap left out.
     pub cut: usize,
-}
-
-/// The decision's JSON Patch (which only touches `metadata`, `metadata.labels` and
-/// `metadata.annotations`) as the equivalent JSON merge patch.
-pub fn merge_patch_of(ops: &[json_patch::PatchOperation]) -> serde_json::Value {
-    use json_patch::PatchOperation as Op;
-    let mut patch = serde_json::json!({});
-    for op in ops {
-        let (path, value) = match op {
-            Op::Add(a) => (&a.path, a.value.clone()),
-            Op::Replace(r) => (&r.path, r.value.clone()),
-            Op::Remove(r) => (&r.path, serde_json::Value::Null),
-            _ => continue,
-        };
-        let mut target = &mut patch;
-        let tokens: Vec<String> = path.tokens().map(|t| t.decoded().into_owned()).collect();
-        let Some((last, parents)) = tokens.split_last() else {
-            continue;
-        };
-        for t in parents {
-            target = &mut target[t.as_str()];
-            if !target.is_object() {
-                *target = serde_json::json!({});
-            }
-        }
-        target[last.as_str()] = value;
-    }
-    patch
-}
-
-/// Applies a merge patch of `metadata.labels` and `metadata.annotations` (as
-/// [`merge_patch_of`] makes) to typed metadata: strings are set, nulls removed.
-fn apply_metadata_patch(
-    meta: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    patch: &serde_json::Value,
-) {
-    for (field, map) in [
-        ("labels", &mut meta.labels),
-        ("annotations", &mut meta.annotations),
-    ] {
-        let Some(changes) = patch["metadata"][field].as_object() else {
-            continue;
-        };
-        let map = map.get_or_insert_with(Default::default);
-        for (key, value) in changes {
-            match value.as_str() {
-                Some(v) => {
-                    map.insert(key.clone(), v.to_owned());
-                }
-                None => {
-                    map.remove(key);
-                }
-            }
-        }
-    }
 }
 
 impl Syncer {
@@ -182,8 +127,8 @@ impl Syncer {
         let source_name = source.metadata.name.as_deref().unwrap_or("");
         let decision = decide(&view, source_ns, &config, &self.resolver);
         let label = |op| {
-            (!source_name.is_empty() && !decision.patch.is_empty())
-                .then(|| (op, merge_patch_of(&decision.patch)))
+            (!source_name.is_empty() && !decision.changes.is_empty())
+                .then(|| (op, decision.changes.clone()))
         };
         let Some(classified) = decision.classified.as_ref() else {
             return Plan {
@@ -214,8 +159,8 @@ impl Syncer {
         // The source as it is once labelled: the same line (or row) before and after the
         // label patch is stored, so it is written once.
         let mut labelled = source.clone();
-        if let Some((_, patch)) = &plan.label {
-            apply_metadata_patch(&mut labelled.metadata, patch);
+        if let Some((_, changes)) = &plan.label {
+            changes.apply(&mut labelled.metadata);
         }
         let copies: Vec<Event> = targets
             .iter()
@@ -289,17 +234,21 @@ impl Syncer {
         (targets, resolution.cut)
     }
 
-    /// Applies the plan's label patch to the stored source (as a merge patch): false when
-    /// there is none or the source is gone already (TTL), which needs nothing more.
+    /// Applies the plan's label changes to the stored source (as a merge patch): false when
+    /// there are none or the source is gone already (TTL), which needs nothing more.
     pub async fn label(&self, source: &Event, plan: &Plan) -> Result<bool, SyncError> {
-        let Some((operation, patch)) = &plan.label else {
+        let Some((operation, changes)) = &plan.label else {
             return Ok(false);
         };
         let namespace = source.metadata.namespace.as_deref().unwrap_or("default");
         let name = source.metadata.name.as_deref().unwrap_or_default();
         let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
         match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(changes.merge_patch()),
+            )
             .await
         {
             Ok(_) => Ok(true),

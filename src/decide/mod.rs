@@ -1,16 +1,16 @@
 //! The decision for one Event: skip it, or which labels and annotations it must carry, and
-//! the minimal JSON Patch that gets it there.
+//! the [`Changes`] that get it there.
 //!
-//! The patch touches only `metadata.labels` and `metadata.annotations`, creates a missing map
-//! in one operation, corrects our own keys when their values are wrong, and is empty when the
-//! event already carries everything: reviewing a patched event again yields no patch.
+//! The changes touch only `metadata.labels` and `metadata.annotations`, correct our own keys
+//! when their values are wrong, and are empty when the event already carries everything:
+//! reviewing a patched event again changes nothing.
+
+pub mod changes;
 
 use std::borrow::Cow;
 use std::fmt;
 
-use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
-use jsonptr::PointerBuf;
-use serde_json::{Map, Value};
+pub use changes::{Change, Changes, MapChanges};
 
 use crate::classify::{KindSource, ScopeResolver, Verdict};
 use crate::config::Config;
@@ -141,8 +141,8 @@ pub struct Decision {
     pub outcome: Outcome,
     pub skip: Option<SkipReason>,
     pub classified: Option<Classified>,
-    /// Empty unless `outcome` is [`Outcome::Patched`].
-    pub patch: Vec<PatchOperation>,
+    /// Empty unless `outcome` is [`Outcome::Patched`] or [`Outcome::Unlabelled`].
+    pub changes: Changes,
     /// The event's name when the request did not carry one (`generateName*`).
     pub event_name: Option<String>,
 }
@@ -153,14 +153,10 @@ impl Decision {
             outcome: Outcome::Skipped,
             skip: Some(reason),
             classified: None,
-            patch: Vec::new(),
+            changes: Changes::default(),
             event_name: None,
         }
     }
-}
-
-fn pointer(tokens: &[&str]) -> PointerBuf {
-    PointerBuf::from_tokens(tokens.iter().copied())
 }
 
 /// Desired entries of a string map: `Some(value)` to hold, `None` to be absent.
@@ -170,54 +166,25 @@ fn borrowed_entry((k, v): &(String, String)) -> (&str, Option<Cow<'_, str>>) {
     (k.as_str(), Some(Cow::Borrowed(v.as_str())))
 }
 
-/// The entries of `desired` that should be present, as a JSON object.
-fn present(desired: &Desired<'_, '_>) -> Value {
-    Value::Object(
-        desired
-            .iter()
-            .filter_map(|(k, v)| {
-                v.as_ref()
-                    .map(|v| ((*k).to_owned(), Value::String(v.to_string())))
-            })
-            .collect(),
-    )
-}
-
-/// Emits the operations that make `current` hold every `(key, Some(value))` of `desired`
-/// and none of the `(key, None)`, under `/metadata/<field>`.
-fn diff_map(
-    field: &str,
-    current: Option<&StringMap<'_>>,
-    desired: &Desired<'_, '_>,
-    ops: &mut Vec<PatchOperation>,
-) {
-    let Some(current) = current else {
-        let map = present(desired);
-        if map.as_object().is_some_and(|m| !m.is_empty()) {
-            ops.push(PatchOperation::Add(AddOperation {
-                path: pointer(&["metadata", field]),
-                value: map,
-            }));
-        }
-        return;
-    };
-    for (key, want) in desired {
-        let have = current.get(key);
-        let path = || pointer(&["metadata", field, key]);
-        match (have, want) {
-            (None, Some(v)) => ops.push(PatchOperation::Add(AddOperation {
-                path: path(),
-                value: Value::String(v.to_string()),
-            })),
-            (Some(h), Some(v)) if h != v.as_ref() => {
-                ops.push(PatchOperation::Replace(ReplaceOperation {
-                    path: path(),
-                    value: Value::String(v.to_string()),
-                }))
-            }
-            (Some(_), None) => ops.push(PatchOperation::Remove(RemoveOperation { path: path() })),
-            _ => {}
-        }
+/// The changes that make `current` hold every `(key, Some(value))` of `desired` and none of
+/// the `(key, None)`.
+fn diff_map(current: Option<&StringMap<'_>>, desired: &Desired<'_, '_>) -> MapChanges {
+    let entries = desired
+        .iter()
+        .filter_map(|(key, want)| {
+            let have = current.and_then(|c| c.get(key));
+            let change = match (have, want) {
+                (None, Some(v)) => Change::Add(v.to_string()),
+                (Some(h), Some(v)) if h != v.as_ref() => Change::Replace(v.to_string()),
+                (Some(_), None) => Change::Remove,
+                _ => return None,
+            };
+            Some(((*key).to_owned(), change))
+        })
+        .collect();
+    MapChanges {
+        missing: current.is_none(),
+        entries,
     }
 }
 
@@ -261,14 +228,12 @@ fn not_ours(event: &Event<'_>, config: &Config, reason: SkipReason) -> Decision 
                 .map(|(k, _)| (k.as_str(), None)),
         );
     }
-    diff_map("labels", labels, &stale_labels, &mut decision.patch);
-    diff_map(
-        "annotations",
-        annotations,
-        &stale_annotations,
-        &mut decision.patch,
-    );
-    if !decision.patch.is_empty() {
+    decision.changes = Changes {
+        metadata_missing: false,
+        labels: diff_map(labels, &stale_labels),
+        annotations: diff_map(annotations, &stale_annotations),
+    };
+    if !decision.changes.is_empty() {
         decision.outcome = Outcome::Unlabelled;
     }
     decision
@@ -350,22 +315,14 @@ pub fn decide(
         annotations.extend(ch.annotations.iter().map(borrowed_entry));
     }
 
-    let mut patch = Vec::new();
-    if event.metadata.is_none() {
-        let mut meta = Map::new();
-        meta.insert("labels".into(), present(&labels));
-        meta.insert("annotations".into(), present(&annotations));
-        patch.push(PatchOperation::Add(AddOperation {
-            path: pointer(&["metadata"]),
-            value: Value::Object(meta),
-        }));
-    } else {
-        diff_map("labels", event.labels(), &labels, &mut patch);
-        diff_map("annotations", event.annotations(), &annotations, &mut patch);
-    }
+    let changes = Changes {
+        metadata_missing: event.metadata.is_none(),
+        labels: diff_map(event.labels(), &labels),
+        annotations: diff_map(event.annotations(), &annotations),
+    };
 
     Decision {
-        outcome: if patch.is_empty() {
+        outcome: if changes.is_empty() {
             Outcome::Unchanged
         } else {
             Outcome::Patched
@@ -380,7 +337,7 @@ pub fn decide(
             channel: channel.map(|c| c.name.clone()),
             kind_source,
         }),
-        patch,
+        changes,
         event_name: None,
     }
 }
@@ -388,6 +345,8 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use json_patch::PatchOperation;
+    use serde_json::Value;
 
     fn decide_json(json: &str) -> Decision {
         let ev: Event = serde_json::from_str(json).unwrap();
@@ -400,7 +359,8 @@ mod tests {
     }
 
     fn paths(d: &Decision) -> Vec<String> {
-        d.patch
+        d.changes
+            .json_patch()
             .iter()
             .map(|op| match op {
                 PatchOperation::Add(a) => format!("add {}", a.path),
@@ -448,7 +408,7 @@ mod tests {
                 "involvedObject":{"kind":"Node","name":"n1"}}"#,
         );
         assert_eq!(d.outcome, Outcome::Unchanged);
-        assert!(d.patch.is_empty());
+        assert!(d.changes.is_empty());
     }
 
     #[test]
@@ -544,12 +504,12 @@ mod tests {
         );
         // Healed: nothing more to do.
         let mut healed: Value = serde_json::from_str(labelled).unwrap();
-        json_patch::patch(&mut healed, &d.patch).unwrap();
+        json_patch::patch(&mut healed, &d.changes.json_patch()).unwrap();
         let text = healed.to_string();
         let ev: Event = serde_json::from_str(&text).unwrap();
         let again = decide(&ev, "default", &config, &resolver);
         assert_eq!(again.outcome, Outcome::Skipped);
-        assert!(again.patch.is_empty());
+        assert!(again.changes.is_empty());
         assert_eq!(healed["metadata"]["labels"]["app"], "w");
         assert_eq!(healed["metadata"]["annotations"]["note"], "keep");
     }
@@ -564,7 +524,7 @@ mod tests {
         let pending = ScopeResolver::awaiting_discovery();
         let d = decide(&ev, "default", &config, &pending);
         assert_eq!(d.skip, Some(SkipReason::DiscoveryPending));
-        assert!(d.patch.is_empty(), "nothing is removed on a guess either");
+        assert!(d.changes.is_empty(), "nothing is removed on a guess either");
         pending.give_up_waiting();
         assert_eq!(
             decide(&ev, "default", &config, &pending).outcome,

@@ -1,0 +1,233 @@
+//! What a decision changes on an event, typed: entries of `metadata.labels` and
+//! `metadata.annotations` to add, replace or remove. Every consumer reads this one value in
+//! its own form: the webhook as a JSON Patch, the mirror as a merge patch of the stored
+//! event, the log and history lines applied to typed metadata.
+
+use std::collections::BTreeMap;
+
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, ReplaceOperation};
+use jsonptr::PointerBuf;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde_json::{Map, Value};
+
+/// One entry's change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Absent today: added with this value.
+    Add(String),
+    /// Present with another value: replaced.
+    Replace(String),
+    /// Present: removed.
+    Remove,
+}
+
+impl Change {
+    /// The value the entry ends with (`None`: absent).
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            Change::Add(v) | Change::Replace(v) => Some(v),
+            Change::Remove => None,
+        }
+    }
+}
+
+/// The changes to one string map of the metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MapChanges {
+    /// The map is absent today (only additions then, made in one step).
+    pub missing: bool,
+    pub entries: Vec<(String, Change)>,
+}
+
+impl MapChanges {
+    /// The entries it adds, as a JSON object (the whole map, when it is missing).
+    fn added(&self) -> Value {
+        Value::Object(
+            self.entries
+                .iter()
+                .filter_map(|(k, c)| c.value().map(|v| (k.clone(), Value::String(v.to_owned()))))
+                .collect(),
+        )
+    }
+}
+
+/// What a decision changes; empty when the event already carries everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// The event has no `metadata` at all (labels and annotations are added with it).
+    pub metadata_missing: bool,
+    pub labels: MapChanges,
+    pub annotations: MapChanges,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.labels.entries.is_empty() && self.annotations.entries.is_empty()
+    }
+
+    fn maps(&self) -> [(&'static str, &MapChanges); 2] {
+        [("labels", &self.labels), ("annotations", &self.annotations)]
+    }
+
+    /// As the minimal JSON Patch (RFC 6902) the webhook answers with: a missing map (or
+    /// metadata) is added in one operation, each other entry by its own.
+    pub fn json_patch(&self) -> Vec<PatchOperation> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        if self.metadata_missing {
+            let meta: Map<String, Value> = self
+                .maps()
+                .into_iter()
+                .map(|(field, map)| (field.to_owned(), map.added()))
+                .collect();
+            return vec![add(
+                PointerBuf::from_tokens(["metadata"]),
+                Value::Object(meta),
+            )];
+        }
+        let mut ops = Vec::new();
+        for (field, map) in self.maps() {
+            if map.missing {
+                if !map.entries.is_empty() {
+                    ops.push(add(
+                        PointerBuf::from_tokens(["metadata", field]),
+                        map.added(),
+                    ));
+                }
+                continue;
+            }
+            for (key, change) in &map.entries {
+                let path = PointerBuf::from_tokens(["metadata", field, key.as_str()]);
+                ops.push(match change {
+                    Change::Add(v) => add(path, Value::String(v.clone())),
+                    Change::Replace(v) => PatchOperation::Replace(ReplaceOperation {
+                        path,
+                        value: Value::String(v.clone()),
+                    }),
+                    Change::Remove => PatchOperation::Remove(RemoveOperation { path }),
+                });
+            }
+        }
+        ops
+    }
+
+    /// As a JSON merge patch (RFC 7386) of the stored event: values set, removals null.
+    pub fn merge_patch(&self) -> Value {
+        let mut meta = Map::new();
+        for (field, map) in self.maps() {
+            if map.entries.is_empty() {
+                continue;
+            }
+            let entries: Map<String, Value> = map
+                .entries
+                .iter()
+                .map(|(k, c)| {
+                    let value = c
+                        .value()
+                        .map_or(Value::Null, |v| Value::String(v.to_owned()));
+                    (k.clone(), value)
+                })
+                .collect();
+            meta.insert(field.to_owned(), Value::Object(entries));
+        }
+        serde_json::json!({ "metadata": meta })
+    }
+
+    /// Applied to typed metadata (what a log line or a history row records).
+    pub fn apply(&self, meta: &mut ObjectMeta) {
+        for (map, changes) in [
+            (&mut meta.labels, &self.labels),
+            (&mut meta.annotations, &self.annotations),
+        ] {
+            if changes.entries.is_empty() {
+                continue;
+            }
+            let map = map.get_or_insert_with(BTreeMap::new);
+            for (key, change) in &changes.entries {
+                match change.value() {
+                    Some(v) => map.insert(key.clone(), v.to_owned()),
+                    None => map.remove(key),
+                };
+            }
+        }
+    }
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes() -> Changes {
+        Changes {
+            metadata_missing: false,
+            labels: MapChanges {
+                missing: false,
+                entries: vec![
+                    ("a/scope".into(), Change::Add("cluster".into())),
+                    ("a/kind".into(), Change::Replace("node".into())),
+                    ("a/channel".into(), Change::Remove),
+                ],
+            },
+            annotations: MapChanges {
+                missing: true,
+                entries: vec![("a/object".into(), Change::Add("Node/n1".into()))],
+            },
+        }
+    }
+
+    /// The three forms say the same: the JSON Patch and the merge patch applied to the same
+    /// object (by the json_patch crate's RFC implementations) and the typed application agree.
+    #[test]
+    fn every_form_ends_in_the_same_metadata() {
+        let before = serde_json::json!({"metadata": {"name": "e", "labels": {
+            "a/kind": "pod", "a/channel": "x", "keep": "1"}}});
+        let c = changes();
+        let mut by_json_patch = before.clone();
+        json_patch::patch(&mut by_json_patch, &c.json_patch()).unwrap();
+        let mut by_merge = before.clone();
+        json_patch::merge(&mut by_merge, &c.merge_patch());
+        assert_eq!(by_json_patch, by_merge);
+        let mut typed: ObjectMeta = serde_json::from_value(before["metadata"].clone()).unwrap();
+        c.apply(&mut typed);
+        assert_eq!(serde_json::to_value(&typed).unwrap(), by_merge["metadata"]);
+        assert_eq!(by_merge["metadata"]["labels"]["a/scope"], "cluster");
+        assert!(by_merge["metadata"]["labels"].get("a/channel").is_none());
+        assert_eq!(by_merge["metadata"]["annotations"]["a/object"], "Node/n1");
+    }
+
+    #[test]
+    fn a_missing_map_or_metadata_is_added_in_one_operation() {
+        let c = changes();
+        let paths: Vec<String> = c
+            .json_patch()
+            .iter()
+            .map(|op| match op {
+                PatchOperation::Add(a) => format!("add {}", a.path),
+                PatchOperation::Replace(r) => format!("replace {}", r.path),
+                PatchOperation::Remove(r) => format!("remove {}", r.path),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "add /metadata/labels/a~1scope",
+                "replace /metadata/labels/a~1kind",
+                "remove /metadata/labels/a~1channel",
+                "add /metadata/annotations"
+            ]
+        );
+        let whole = Changes {
+            metadata_missing: true,
+            ..c
+        };
+        assert_eq!(whole.json_patch().len(), 1);
+        assert!(Changes::default().json_patch().is_empty());
+        assert!(Changes::default().is_empty());
+    }
+}
