@@ -160,10 +160,8 @@ pub struct Row {
     pub reporting_component: String,
     pub reporting_instance: String,
     pub namespaces: Vec<String>,
-    /// RFC 3339.
-    pub first_time: String,
-    /// RFC 3339.
-    pub last_time: String,
+    pub first_time: k8s_openapi::jiff::Timestamp,
+    pub last_time: k8s_openapi::jiff::Timestamp,
     pub count: i32,
     pub resource_version: String,
     /// The event as JSON text, without `metadata.managedFields`.
@@ -253,8 +251,8 @@ impl Row {
                     .or(source.and_then(|s| s.host.as_deref())),
             ),
             namespaces: namespaces.iter().map(|n| storable(n)).collect(),
-            first_time: first.to_string(),
-            last_time: last.to_string(),
+            first_time: first,
+            last_time: last,
             count,
             resource_version: field(meta.resource_version.as_deref()),
             event: json,
@@ -315,8 +313,8 @@ mod tests {
         assert_eq!(row.reporting_component, "node-controller");
         assert_eq!(row.reporting_instance, "cp-1");
         assert_eq!(row.count, 7);
-        assert_eq!(row.first_time, "2026-11-20T10:00:00Z");
-        assert_eq!(row.last_time, "2026-11-20T11:00:00Z");
+        assert_eq!(row.first_time, ts("2026-11-20T10:00:00Z"));
+        assert_eq!(row.last_time, ts("2026-11-20T11:00:00Z"));
         assert_eq!(row.namespaces, ["team-a"]);
         assert!(!row.event.contains("managedFields"));
         assert!(!row.event.contains("\\u0000"), "{}", row.event);
@@ -341,8 +339,8 @@ mod tests {
         assert_eq!(row.involved_group, "storage.k8s.io");
         assert_eq!(row.reporting_component, "kubelet");
         assert_eq!(row.count, 12);
-        assert_eq!(row.first_time, "2026-11-20T09:00:00.5Z");
-        assert_eq!(row.last_time, "2026-11-20T09:30:00Z");
+        assert_eq!(row.first_time, ts("2026-11-20T09:00:00.5Z"));
+        assert_eq!(row.last_time, ts("2026-11-20T09:30:00Z"));
     }
 
     #[derive(clap::Parser)]

@@ -5,7 +5,9 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use k8s_openapi::jiff::Timestamp;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use time::OffsetDateTime;
 
 use super::Row;
 use crate::recorder::pipeline::Delivered;
@@ -181,11 +183,11 @@ INSERT INTO clusterscope.events AS e
 SELECT u.uid, u.namespace, u.name, u.channel, u.grp, u.kind, u.iname, u.reason, u.type,
        u.message, u.rc, u.ri,
        ARRAY(SELECT jsonb_array_elements_text(u.namespaces::jsonb)),
-       u.first_time::timestamptz, u.last_time::timestamptz, u.count, u.rv, u.event::jsonb,
+       u.first_time, u.last_time, u.count, u.rv, u.event::jsonb,
        clock_timestamp(), clock_timestamp()
 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
             $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
-            $14::text[], $15::text[], $16::int4[], $17::text[], $18::text[])
+            $14::timestamptz[], $15::timestamptz[], $16::int4[], $17::text[], $18::text[])
      AS u(uid, namespace, name, channel, grp, kind, iname, reason, type, message, rc, ri,
           namespaces, first_time, last_time, count, rv, event)
 ON CONFLICT (uid) DO UPDATE SET
@@ -213,6 +215,16 @@ WHERE (excluded.count, excluded.last_time) >= (e.count, e.last_time)
        OR excluded.namespaces IS DISTINCT FROM e.namespaces)
 RETURNING e.uid, (xmax = 0) AS inserted
 "#;
+
+/// A Kubernetes time as PostgreSQL's driver takes it (both span the years 1 to 9999 at least;
+/// anything beyond cannot come from the API server and is held at the nearest end).
+fn offset_date_time(t: Timestamp) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(t.as_nanosecond()).unwrap_or(if t.as_second() < 0 {
+        OffsetDateTime::new_utc(time::Date::MIN, time::Time::MIDNIGHT)
+    } else {
+        OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT)
+    })
+}
 
 /// Deletes one batch of rows last seen before the cutoff; `FOR UPDATE SKIP LOCKED` lets two
 /// replicas (or a concurrent upsert) run it without waiting on each other.
@@ -286,6 +298,11 @@ impl Store {
         fn column<'r>(rows: &[&'r Row], f: impl Fn(&'r Row) -> &'r str) -> Vec<&'r str> {
             rows.iter().map(|r| f(r)).collect()
         }
+        fn times(rows: &[&Row], f: impl Fn(&Row) -> Timestamp) -> Vec<OffsetDateTime> {
+            rows.iter().map(|r| offset_date_time(f(r))).collect()
+        }
+        // Each row's namespaces as a JSON array: an array per row is a jagged text[][], which
+        // PostgreSQL cannot hold (nor UNNEST), so they travel as text and become text[] there.
         let namespaces: Vec<String> = rows
             .iter()
             .map(|r| serde_json::to_string(&r.namespaces).unwrap_or_else(|_| "[]".to_owned()))
@@ -305,8 +322,8 @@ impl Store {
             .bind(column(rows, |r| &r.reporting_component))
             .bind(column(rows, |r| &r.reporting_instance))
             .bind(&namespaces)
-            .bind(column(rows, |r| &r.first_time))
-            .bind(column(rows, |r| &r.last_time))
+            .bind(times(rows, |r| r.first_time))
+            .bind(times(rows, |r| r.last_time))
             .bind(&counts)
             .bind(column(rows, |r| &r.resource_version))
             .bind(column(rows, |r| &r.event))
