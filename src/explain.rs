@@ -9,8 +9,8 @@
 use serde_json::{Value, json};
 
 use crate::classify::{KindSource, ScopeResolver};
-use crate::config::Config;
-use crate::decide::{Outcome, decide};
+use crate::config::{Channel, Config};
+use crate::decide::{Classified, Outcome, decide};
 use crate::route::EventFacts;
 
 /// Why explaining failed: the input is not one of the accepted shapes.
@@ -100,18 +100,7 @@ fn explain_one(
         return out;
     };
     out["scope"] = json!("cluster");
-    out["why"] = json!(match classified.kind_source {
-        KindSource::Builtin => format!(
-            "no namespace in its reference, and {} is cluster-scoped in the built-in kind table",
-            classified.kind
-        ),
-        KindSource::Discovered =>
-            format!("API discovery says {} is cluster-scoped", classified.kind),
-        KindSource::Unknown => format!(
-            "no namespace in its reference; {} is outside the built-in table, so it counts as cluster-scoped (with a cluster, discovery decides)",
-            classified.kind
-        ),
-    });
+    out["why"] = json!(why_cluster_scoped(classified));
     out["group"] = json!(crate::route::shown_group(&classified.group));
     out["kind"] = json!(classified.kind);
     let facts = EventFacts {
@@ -131,51 +120,83 @@ fn explain_one(
     {
         out["route"] = json!({"index": index + 1, "line": route.line});
     }
-    let keys = &config.keys;
-    let mut labels = serde_json::Map::new();
-    labels.insert(keys.scope.clone(), json!("cluster"));
-    labels.insert(keys.kind.clone(), json!(classified.kind_label));
     let channel = classified
         .channel
         .as_deref()
         .and_then(|c| config.channel(c));
-    let mut deliveries = Vec::new();
     if let Some(ch) = channel {
         out["channel"] = json!(ch.name);
+    }
+    out["labels"] = labels_of(classified, channel, config);
+    out["deliveries"] = json!(
+        channel
+            .map(|ch| deliveries_of(ch, classified))
+            .unwrap_or_default()
+    );
+    out
+}
+
+/// Why the event counts as one about a cluster-scoped object.
+fn why_cluster_scoped(classified: &Classified) -> String {
+    match classified.kind_source {
+        KindSource::Builtin => format!(
+            "no namespace in its reference, and {} is cluster-scoped in the built-in kind table",
+            classified.kind
+        ),
+        KindSource::Discovered => {
+            format!("API discovery says {} is cluster-scoped", classified.kind)
+        }
+        KindSource::Unknown => format!(
+            "no namespace in its reference; {} is outside the built-in table, so it counts as cluster-scoped (with a cluster, discovery decides)",
+            classified.kind
+        ),
+    }
+}
+
+/// The labels the event carries once labelled.
+fn labels_of(classified: &Classified, channel: Option<&Channel>, config: &Config) -> Value {
+    let keys = &config.keys;
+    let mut labels = serde_json::Map::new();
+    labels.insert(keys.scope.clone(), json!("cluster"));
+    labels.insert(keys.kind.clone(), json!(classified.kind_label));
+    if let Some(ch) = channel {
         labels.insert(keys.channel.clone(), json!(ch.name));
         for (k, v) in &ch.labels {
             labels.insert(k.clone(), json!(v));
         }
-        if let Some(ns) = &ch.namespace {
-            deliveries.push(format!("a copy in namespace {ns}"));
-        }
-        if ch.log {
-            deliveries.push("a line on the log stream".to_owned());
-        }
-        if ch.history {
-            deliveries
-                .push("a row in the history database (when serve has --postgres-url)".to_owned());
-        }
-        if ch.deliver.owners {
-            deliveries.push(format!(
-                "copies in the namespaces that own {} {} (resolved in the cluster)",
-                classified.kind, classified.name
-            ));
-        }
-        if let Some(np) = &ch.deliver.node_pods {
-            deliveries.push(format!(
-                "for {} events about a Node, copies in the namespaces of its pods (at most {})",
-                np.types.join("/"),
-                np.max_namespaces
-            ));
-        }
-        if let Some(sel) = &ch.deliver.namespace_selector {
-            deliveries.push(format!("copies in the namespaces labelled {sel}"));
-        }
     }
-    out["labels"] = Value::Object(labels);
-    out["deliveries"] = json!(deliveries);
-    out
+    Value::Object(labels)
+}
+
+/// Where `channel` delivers the event, in words.
+fn deliveries_of(ch: &Channel, classified: &Classified) -> Vec<String> {
+    let mut deliveries = Vec::new();
+    if let Some(ns) = &ch.namespace {
+        deliveries.push(format!("a copy in namespace {ns}"));
+    }
+    if ch.log {
+        deliveries.push("a line on the log stream".to_owned());
+    }
+    if ch.history {
+        deliveries.push("a row in the history database (when serve has --postgres-url)".to_owned());
+    }
+    if ch.deliver.owners {
+        deliveries.push(format!(
+            "copies in the namespaces that own {} {} (resolved in the cluster)",
+            classified.kind, classified.name
+        ));
+    }
+    if let Some(np) = &ch.deliver.node_pods {
+        deliveries.push(format!(
+            "for {} events about a Node, copies in the namespaces of its pods (at most {})",
+            np.types.join("/"),
+            np.max_namespaces
+        ));
+    }
+    if let Some(sel) = &ch.deliver.namespace_selector {
+        deliveries.push(format!("copies in the namespaces labelled {sel}"));
+    }
+    deliveries
 }
 
 /// Explains every event in `input` under `config`: one JSON object per event.

@@ -407,95 +407,88 @@ impl Config {
     /// kinds known (the built-in table), each with whether it is namespaced.
     pub fn warnings(&self, kinds: &[(&str, bool)]) -> Vec<ConfigWarning> {
         let mut out = Vec::new();
-        let mut warn = |line: u64, message: String| {
-            out.push(ConfigWarning {
-                source: self.source.clone(),
-                line,
-                message,
-            })
-        };
         let mut catch_all: Option<u64> = None;
         for route in &self.routes {
             let m = &route.matcher;
-            if let Some(before) = catch_all {
-                warn(
-                    route.line,
-                    format!(
-                        "this route can never match: the route at line {before} takes every event before it"
-                    ),
-                );
-            }
+            let shadowed = catch_all.map(|before| {
+                format!(
+                    "this route can never match: the route at line {before} takes every event before it"
+                )
+            });
             if m.is_catch_all() && catch_all.is_none() {
                 catch_all = Some(route.line);
             }
-            for kind in &m.kinds {
-                if let Some(&(_, namespaced)) = kinds.iter().find(|(k, _)| k == kind) {
-                    if namespaced {
-                        warn(
-                            route.line,
-                            format!(
-                                "kinds: {kind} is namespaced: its events are never labelled or routed (only events about cluster-scoped objects are)"
-                            ),
-                        );
-                    }
-                    continue;
-                }
-                let lower = kind.to_ascii_lowercase();
-                let meant = kinds.iter().map(|(k, _)| *k).find(|k| {
-                    let k = k.to_ascii_lowercase();
-                    lower == k || lower == format!("{k}s") || lower == format!("{k}es")
-                });
-                match meant {
-                    Some(k) => warn(
-                        route.line,
-                        format!(
-                            "kinds: {kind:?} never matches: kinds compare exactly with the Kind as the API writes it; did you mean {k:?}?"
-                        ),
-                    ),
-                    None if kind.starts_with(|c: char| c.is_ascii_lowercase()) => warn(
-                        route.line,
-                        format!(
-                            "kinds: {kind:?} probably never matches: Kinds are CamelCase, as the API writes them (Node, PersistentVolume)"
-                        ),
-                    ),
-                    None => {}
-                }
-            }
-            for type_ in &m.types {
-                if type_ != "Normal" && type_ != "Warning" {
-                    let hint = ["Normal", "Warning"]
-                        .into_iter()
-                        .find(|t| t.eq_ignore_ascii_case(type_))
-                        .map_or_else(String::new, |t| format!("; did you mean {t:?}?"));
-                    warn(
-                        route.line,
-                        format!(
-                            "types: {type_:?} never matches: event types are Normal and Warning{hint}"
-                        ),
-                    );
-                }
-            }
-            for group in &m.groups {
-                let version_like = group.strip_prefix('v').is_some_and(|rest| {
-                    rest.starts_with(|c: char| c.is_ascii_digit())
-                        && rest.chars().all(|c| c.is_ascii_alphanumeric())
-                });
-                if version_like || group.contains('/') {
-                    let hint = group.split_once('/').map_or_else(
-                        || " (the core group, whose apiVersion is v1, is \"\" or core)".to_owned(),
-                        |(g, _)| format!("; did you mean {g:?}?"),
-                    );
-                    warn(
-                        route.line,
-                        format!(
-                            "groups: {group:?} never matches: groups are API groups without their version{hint}"
-                        ),
-                    );
-                }
-            }
+            let messages = shadowed
+                .into_iter()
+                .chain(m.kinds.iter().filter_map(|kind| kind_warning(kind, kinds)))
+                .chain(m.types.iter().filter_map(|t| type_warning(t)))
+                .chain(m.groups.iter().filter_map(|g| group_warning(g)));
+            out.extend(messages.map(|message| ConfigWarning {
+                source: self.source.clone(),
+                line: route.line,
+                message,
+            }));
         }
         out
     }
+}
+
+/// A route's kind that surely does not mean what it says: a namespaced kind (`kinds` says
+/// which are), or a name the API never writes (lower case, a plural).
+fn kind_warning(kind: &str, kinds: &[(&str, bool)]) -> Option<String> {
+    if let Some(&(_, namespaced)) = kinds.iter().find(|(k, _)| *k == kind) {
+        return namespaced.then(|| {
+            format!(
+                "kinds: {kind} is namespaced: its events are never labelled or routed (only events about cluster-scoped objects are)"
+            )
+        });
+    }
+    let lower = kind.to_ascii_lowercase();
+    let meant = kinds.iter().map(|(k, _)| *k).find(|k| {
+        let k = k.to_ascii_lowercase();
+        lower == k || lower == format!("{k}s") || lower == format!("{k}es")
+    });
+    match meant {
+        Some(k) => Some(format!(
+            "kinds: {kind:?} never matches: kinds compare exactly with the Kind as the API writes it; did you mean {k:?}?"
+        )),
+        None if kind.starts_with(|c: char| c.is_ascii_lowercase()) => Some(format!(
+            "kinds: {kind:?} probably never matches: Kinds are CamelCase, as the API writes them (Node, PersistentVolume)"
+        )),
+        None => None,
+    }
+}
+
+/// A route's event type other than Normal and Warning.
+fn type_warning(type_: &str) -> Option<String> {
+    if type_ == "Normal" || type_ == "Warning" {
+        return None;
+    }
+    let hint = ["Normal", "Warning"]
+        .into_iter()
+        .find(|t| t.eq_ignore_ascii_case(type_))
+        .map_or_else(String::new, |t| format!("; did you mean {t:?}?"));
+    Some(format!(
+        "types: {type_:?} never matches: event types are Normal and Warning{hint}"
+    ))
+}
+
+/// A route's group written as a version (`v1`) or an apiVersion (`apps/v1`).
+fn group_warning(group: &str) -> Option<String> {
+    let version_like = group.strip_prefix('v').is_some_and(|rest| {
+        rest.starts_with(|c: char| c.is_ascii_digit())
+            && rest.chars().all(|c| c.is_ascii_alphanumeric())
+    });
+    if !version_like && !group.contains('/') {
+        return None;
+    }
+    let hint = group.split_once('/').map_or_else(
+        || " (the core group, whose apiVersion is v1, is \"\" or core)".to_owned(),
+        |(g, _)| format!("; did you mean {g:?}?"),
+    );
+    Some(format!(
+        "groups: {group:?} never matches: groups are API groups without their version{hint}"
+    ))
 }
 
 /// Something valid in a configuration that is surely not meant.
@@ -556,116 +549,15 @@ impl Checker<'_> {
     }
 
     fn check(&self, raw: RawConfig) -> Result<Config, ConfigError> {
-        let label_prefix = match &raw.label_prefix {
-            Some(p) => {
-                check_dns1123_subdomain(&p.value)
-                    .map_err(|e| self.err(p, format!("labelPrefix {e}")))?;
-                // The longest key we write must stay a valid qualified name.
-                check_qualified_name(&Keys::new(&p.value).involved_object)
-                    .map_err(|e| self.err(p, format!("labelPrefix: {e}")))?;
-                p.value.clone()
-            }
-            None => DEFAULT_LABEL_PREFIX.to_owned(),
-        };
+        let label_prefix = self.check_label_prefix(raw.label_prefix.as_ref())?;
         let keys = Keys::new(&label_prefix);
-        let reserved = keys.all();
-
-        let Some(raw_channels) = raw.channels else {
-            return Err(ConfigError {
-                source: self.source.to_owned(),
-                line: 1,
-                column: 1,
-                reason: "no `channels`: define at least one channel".to_owned(),
-            });
-        };
-        if raw_channels.value.is_empty() {
-            return Err(self.err(
-                &raw_channels,
-                "`channels` is empty: define at least one channel",
-            ));
-        }
-        let mut channels = Vec::with_capacity(raw_channels.value.len());
-        let mut seen = HashSet::new();
-        for ch in &raw_channels.value {
-            let name = &ch.name;
-            check_dns1123_label(&name.value)
-                .map_err(|e| self.err(name, format!("channel name {e}")))?;
-            if !seen.insert(name.value.as_str()) {
-                return Err(self.err(name, format!("duplicate channel {:?}", name.value)));
-            }
-            let labels = self.extras(&name.value, "label", &ch.labels, &reserved, true)?;
-            let annotations =
-                self.extras(&name.value, "annotation", &ch.annotations, &reserved, false)?;
-            let namespace = match &ch.namespace {
-                None => None,
-                Some(ns) => {
-                    check_dns1123_label(&ns.value).map_err(|e| {
-                        self.err(ns, format!("channel {:?}: namespace {e}", name.value))
-                    })?;
-                    if ns.value == "default" || ns.value == "kube-system" {
-                        return Err(self.err(
-                            ns,
-                            format!(
-                                "channel {:?}: cannot mirror into {:?}: events about cluster-scoped objects already live there",
-                                name.value, ns.value
-                            ),
-                        ));
-                    }
-                    Some(ns.value.clone())
-                }
-            };
-            let deliver = match &ch.deliver {
-                Some(d) => self.check_deliver(&name.value, d)?,
-                None => crate::owners::Rules::default(),
-            };
-            channels.push(Channel {
-                name: name.value.clone(),
-                namespace,
-                log: ch.log,
-                history: ch.history,
-                labels,
-                annotations,
-                deliver,
-            });
-        }
-
-        let mut routes = Vec::with_capacity(raw.routes.len());
-        for r in &raw.routes {
-            let Some(channel) = channels.iter().position(|c| c.name == r.channel.value) else {
-                return Err(self.err(
-                    &r.channel,
-                    format!(
-                        "route names channel {:?}, which is not defined under `channels`",
-                        r.channel.value
-                    ),
-                ));
-            };
-            let matcher = match &r.matcher {
-                Some(m) => self.check_match(&m.value)?,
-                None => Match::default(),
-            };
-            routes.push(Route {
-                channel,
-                line: r.channel.referenced.line(),
-                matcher,
-            });
-        }
-
-        let mut owner_rules: Vec<crate::owners::CustomRule> = Vec::new();
-        for raw in &raw.owner_rules {
-            let rule = self.check_owner_rule(raw)?;
-            if owner_rules
-                .iter()
-                .any(|r| r.group == rule.group && r.kind == rule.kind)
-            {
-                return Err(self.err(
-                    raw,
-                    format!("ownerRules: a second rule for {}/{}", rule.group, rule.kind),
-                ));
-            }
-            owner_rules.push(rule);
-        }
-
+        let channels = self.check_channels(raw.channels.as_ref(), &keys.all())?;
+        let routes = raw
+            .routes
+            .iter()
+            .map(|r| self.check_route(r, &channels))
+            .collect::<Result<_, _>>()?;
+        let owner_rules = self.check_owner_rules(&raw.owner_rules)?;
         Ok(Config {
             source: self.source.to_owned(),
             label_prefix,
@@ -678,6 +570,144 @@ impl Checker<'_> {
                 None => History::default(),
             },
         })
+    }
+
+    /// `labelPrefix:` (default `clusterscope.dev`): a DNS subdomain short enough that the
+    /// longest key written with it is still a valid qualified name.
+    fn check_label_prefix(&self, raw: Option<&Spanned<String>>) -> Result<String, ConfigError> {
+        let Some(p) = raw else {
+            return Ok(DEFAULT_LABEL_PREFIX.to_owned());
+        };
+        check_dns1123_subdomain(&p.value).map_err(|e| self.err(p, format!("labelPrefix {e}")))?;
+        check_qualified_name(&Keys::new(&p.value).involved_object)
+            .map_err(|e| self.err(p, format!("labelPrefix: {e}")))?;
+        Ok(p.value.clone())
+    }
+
+    /// `channels:`: at least one, each name once.
+    fn check_channels(
+        &self,
+        raw: Option<&Spanned<Vec<RawChannel>>>,
+        reserved: &[&str],
+    ) -> Result<Vec<Channel>, ConfigError> {
+        let Some(raw_channels) = raw else {
+            return Err(ConfigError {
+                source: self.source.to_owned(),
+                line: 1,
+                column: 1,
+                reason: "no `channels`: define at least one channel".to_owned(),
+            });
+        };
+        if raw_channels.value.is_empty() {
+            return Err(self.err(
+                raw_channels,
+                "`channels` is empty: define at least one channel",
+            ));
+        }
+        let mut seen = HashSet::new();
+        raw_channels
+            .value
+            .iter()
+            .map(|ch| {
+                if !seen.insert(ch.name.value.as_str()) {
+                    return Err(
+                        self.err(&ch.name, format!("duplicate channel {:?}", ch.name.value))
+                    );
+                }
+                self.check_channel(ch, reserved)
+            })
+            .collect()
+    }
+
+    /// One channel: its name, extras, namespace and delivery rules.
+    fn check_channel(&self, ch: &RawChannel, reserved: &[&str]) -> Result<Channel, ConfigError> {
+        let name = &ch.name;
+        check_dns1123_label(&name.value)
+            .map_err(|e| self.err(name, format!("channel name {e}")))?;
+        let labels = self.extras(&name.value, "label", &ch.labels, reserved, true)?;
+        let annotations =
+            self.extras(&name.value, "annotation", &ch.annotations, reserved, false)?;
+        let namespace = match &ch.namespace {
+            None => None,
+            Some(ns) => Some(self.check_channel_namespace(&name.value, ns)?),
+        };
+        let deliver = match &ch.deliver {
+            Some(d) => self.check_deliver(&name.value, d)?,
+            None => crate::owners::Rules::default(),
+        };
+        Ok(Channel {
+            name: name.value.clone(),
+            namespace,
+            log: ch.log,
+            history: ch.history,
+            labels,
+            annotations,
+            deliver,
+        })
+    }
+
+    /// A channel's `namespace:`: a DNS label, and not where the sources live.
+    fn check_channel_namespace(
+        &self,
+        channel: &str,
+        ns: &Spanned<String>,
+    ) -> Result<String, ConfigError> {
+        check_dns1123_label(&ns.value)
+            .map_err(|e| self.err(ns, format!("channel {channel:?}: namespace {e}")))?;
+        if ns.value == "default" || ns.value == "kube-system" {
+            return Err(self.err(
+                ns,
+                format!(
+                    "channel {channel:?}: cannot mirror into {:?}: events about cluster-scoped objects already live there",
+                    ns.value
+                ),
+            ));
+        }
+        Ok(ns.value.clone())
+    }
+
+    /// One route: a channel defined under `channels`, and its match.
+    fn check_route(&self, r: &RawRoute, channels: &[Channel]) -> Result<Route, ConfigError> {
+        let Some(channel) = channels.iter().position(|c| c.name == r.channel.value) else {
+            return Err(self.err(
+                &r.channel,
+                format!(
+                    "route names channel {:?}, which is not defined under `channels`",
+                    r.channel.value
+                ),
+            ));
+        };
+        let matcher = match &r.matcher {
+            Some(m) => self.check_match(&m.value)?,
+            None => Match::default(),
+        };
+        Ok(Route {
+            channel,
+            line: r.channel.referenced.line(),
+            matcher,
+        })
+    }
+
+    /// `ownerRules:`: one rule per group and kind.
+    fn check_owner_rules(
+        &self,
+        raw: &[Spanned<RawOwnerRule>],
+    ) -> Result<Vec<crate::owners::CustomRule>, ConfigError> {
+        let mut owner_rules: Vec<crate::owners::CustomRule> = Vec::new();
+        for raw in raw {
+            let rule = self.check_owner_rule(raw)?;
+            if owner_rules
+                .iter()
+                .any(|r| r.group == rule.group && r.kind == rule.kind)
+            {
+                return Err(self.err(
+                    raw,
+                    format!("ownerRules: a second rule for {}/{}", rule.group, rule.kind),
+                ));
+            }
+            owner_rules.push(rule);
+        }
+        Ok(owner_rules)
     }
 
     /// `history:`: the retention, a duration such as `30d` or `12h`.

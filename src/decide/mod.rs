@@ -254,14 +254,15 @@ pub fn decide(
     config: &Config,
     resolver: &ScopeResolver,
 ) -> Decision {
-    let keys = &config.keys;
     let namespace = if namespace.is_empty() {
         event.metadata.as_ref().map_or("", |m| m.namespace())
     } else {
         namespace
     };
     if !SOURCE_NAMESPACES.contains(&namespace)
-        && event.labels().is_some_and(|l| l.contains_key(&keys.mirror))
+        && event
+            .labels()
+            .is_some_and(|l| l.contains_key(&config.keys.mirror))
     {
         return Decision::skipped(SkipReason::Mirror);
     }
@@ -282,45 +283,53 @@ pub fn decide(
         // Not known yet either way: leave the event as it is.
         Verdict::Undetermined { .. } => return Decision::skipped(SkipReason::DiscoveryPending),
     };
-    let facts = EventFacts {
-        group: &group,
-        kind: &kind,
-        name: reference.name(),
+    let classified = Classified {
+        kind_label: safe_label_value(&kind).into_owned(),
+        name: reference.name().to_owned(),
+        reason: event.reason().to_owned(),
+        channel: None,
+        kind_source,
+        group,
+        kind,
+    };
+    labelled(event, classified, config)
+}
+
+/// The decision for an event about a cluster-scoped object: its route, and the changes
+/// that make it carry clusterscope's labels and annotation (and its channel's extras).
+fn labelled(event: &Event<'_>, mut classified: Classified, config: &Config) -> Decision {
+    let keys = &config.keys;
+    let channel = config.route(&EventFacts {
+        group: &classified.group,
+        kind: &classified.kind,
+        name: &classified.name,
         reason: event.reason(),
         type_: event.type_(),
         reporter: event.reporter(),
         message: event.message(),
-    };
-    let channel = config.route(&facts);
-    let kind_label = safe_label_value(&kind);
-
+    });
     let mut labels: Vec<(&str, Option<Cow<'_, str>>)> = vec![
         (&keys.scope, Some(Cow::Borrowed("cluster"))),
-        (&keys.kind, Some(Cow::Borrowed(kind_label.as_ref()))),
+        (&keys.kind, Some(Cow::Borrowed(&classified.kind_label))),
         (
             &keys.channel,
             channel.map(|c| Cow::Borrowed(c.name.as_str())),
         ),
     ];
-    let mut annotations: Vec<(&str, Option<Cow<'_, str>>)> = vec![(
-        &keys.involved_object,
-        Some(Cow::Owned(crate::route::involved_object(
-            &group,
-            &kind,
-            reference.name(),
-        ))),
-    )];
+    let involved =
+        crate::route::involved_object(&classified.group, &classified.kind, &classified.name);
+    let mut annotations: Vec<(&str, Option<Cow<'_, str>>)> =
+        vec![(&keys.involved_object, Some(Cow::Owned(involved)))];
     if let Some(ch) = channel {
         labels.extend(ch.labels.iter().map(borrowed_entry));
         annotations.extend(ch.annotations.iter().map(borrowed_entry));
     }
-
     let changes = Changes {
         metadata_missing: event.metadata.is_none(),
         labels: diff_map(event.labels(), &labels),
         annotations: diff_map(event.annotations(), &annotations),
     };
-
+    classified.channel = channel.map(|c| c.name.clone());
     Decision {
         outcome: if changes.is_empty() {
             Outcome::Unchanged
@@ -328,15 +337,7 @@ pub fn decide(
             Outcome::Patched
         },
         skip: None,
-        classified: Some(Classified {
-            kind_label: kind_label.into_owned(),
-            group,
-            kind,
-            name: reference.name().to_owned(),
-            reason: event.reason().to_owned(),
-            channel: channel.map(|c| c.name.clone()),
-            kind_source,
-        }),
+        classified: Some(classified),
         changes,
         event_name: None,
     }

@@ -187,6 +187,26 @@ pub struct Object<'a> {
     pub name: &'a str,
 }
 
+/// The destinations found so far for one object: each open namespace once, in the order
+/// found.
+struct Found<'c> {
+    cluster: &'c Cluster,
+    seen: BTreeSet<String>,
+    out: Resolution,
+}
+
+impl Found<'_> {
+    fn add(&mut self, namespace: &str, how: How, why: String) {
+        if self.cluster.open(namespace) && self.seen.insert(namespace.to_owned()) {
+            self.out.destinations.push(Destination {
+                namespace: namespace.to_owned(),
+                how,
+                why,
+            });
+        }
+    }
+}
+
 impl Cluster {
     /// Records where a pod runs: `node` is `None` for a pod not bound to a node or terminated
     /// (Succeeded or Failed), which no longer counts.
@@ -271,43 +291,69 @@ impl Cluster {
     /// Where an event of `type_` about `object` goes under `rules`, one destination per
     /// namespace (the first rule to name it wins), sorted by namespace within each rule.
     pub fn resolve(&self, rules: &Rules, object: Object<'_>, type_: &str) -> Resolution {
-        let mut out = Resolution::default();
-        let mut seen = BTreeSet::new();
-        let mut add = |out: &mut Resolution, namespace: &str, how: How, why: String| {
-            if self.open(namespace) && seen.insert(namespace.to_owned()) {
-                out.destinations.push(Destination {
-                    namespace: namespace.to_owned(),
-                    how,
-                    why,
-                });
-            }
+        let mut found = Found {
+            cluster: self,
+            seen: BTreeSet::new(),
+            out: Resolution::default(),
         };
-        if rules.owners
-            && let Some((namespace, why)) = self.owner(object)
-        {
-            add(&mut out, &namespace, How::Owner, why);
+        let custom = self.custom_value(object);
+        if rules.owners {
+            self.owners_of(object, custom.as_ref(), &mut found);
         }
-        let custom = (!self.custom.is_empty())
-            .then(|| {
-                self.custom
-                    .get(&(object.group.to_owned(), object.kind.to_owned()))
-            })
-            .flatten()
-            .and_then(|c| {
-                let value = c.values.get(object.name)?;
-                Some((c.rule.follows, value.as_str(), c.rule.field_path()))
-            });
-        if rules.owners
-            && let Some((Follows::Namespace, namespace, field)) = &custom
+        if let Some(node_pods) = &rules.node_pods
+            && node_pods.types.iter().any(|t| t == type_)
         {
+            self.pods_of_node(node_pods, object, custom.as_ref(), &mut found);
+        }
+        if let Some(selector) = &rules.namespace_selector {
+            self.selected(selector, &mut found);
+        }
+        found.out
+    }
+
+    /// What a custom rule reads of `object`: whom it follows, the value, and the field.
+    fn custom_value(&self, object: Object<'_>) -> Option<(Follows, &str, String)> {
+        if self.custom.is_empty() {
+            return None;
+        }
+        let c = self
+            .custom
+            .get(&(object.group.to_owned(), object.kind.to_owned()))?;
+        let value = c.values.get(object.name)?;
+        Some((c.rule.follows, value.as_str(), c.rule.field_path()))
+    }
+
+    /// `owners: true`: the namespace that owns the object (a claim, a namespace, or the one a
+    /// custom object names).
+    fn owners_of(
+        &self,
+        object: Object<'_>,
+        custom: Option<&(Follows, &str, String)>,
+        found: &mut Found<'_>,
+    ) {
+        if let Some((namespace, why)) = self.owner(object) {
+            found.add(&namespace, How::Owner, why);
+        }
+        if let Some((Follows::Namespace, namespace, field)) = custom {
             let why = format!(
                 "{} {} names namespace {namespace} in {field}",
                 object.kind, object.name
             );
-            add(&mut out, namespace, How::Owner, why);
+            found.add(namespace, How::Owner, why);
         }
+    }
+
+    /// `nodePods`: the namespaces of the pods on the object's Node (a Node, or a custom
+    /// object that names one), `max_namespaces` at most (the rest counted as cut).
+    fn pods_of_node(
+        &self,
+        node_pods: &NodePods,
+        object: Object<'_>,
+        custom: Option<&(Follows, &str, String)>,
+        found: &mut Found<'_>,
+    ) {
         // A custom object that names a Node goes where that node's events go.
-        let (node, via) = match &custom {
+        let (node, via) = match custom {
             Some((Follows::Node, node, field)) => (
                 Some(*node),
                 format!(
@@ -317,42 +363,36 @@ impl Cluster {
             ),
             _ => (node_of(object), format!("{} {}", object.kind, object.name)),
         };
-        if let Some(node_pods) = &rules.node_pods
-            && node_pods.types.iter().any(|t| t == type_)
-            && let Some(node) = node
-            && let Some(namespaces) = self.pods_on_node.get(node)
-        {
-            let open: Vec<(&String, &u32)> = namespaces
-                .iter()
-                .filter(|(ns, pods)| **pods > 0 && self.open(ns))
-                .collect();
-            out.cut += open.len().saturating_sub(node_pods.max_namespaces);
-            for (ns, pods) in open.into_iter().take(node_pods.max_namespaces) {
-                let why = format!(
-                    "{via} runs {pods} pod{} of namespace {ns}",
-                    if *pods == 1 { "" } else { "s" }
-                );
-                add(&mut out, ns, How::Node, why);
-            }
+        let Some(namespaces) = node.and_then(|n| self.pods_on_node.get(n)) else {
+            return;
+        };
+        let open: Vec<(&String, &u32)> = namespaces
+            .iter()
+            .filter(|(ns, pods)| **pods > 0 && self.open(ns))
+            .collect();
+        found.out.cut += open.len().saturating_sub(node_pods.max_namespaces);
+        for (ns, pods) in open.into_iter().take(node_pods.max_namespaces) {
+            let why = format!(
+                "{via} runs {pods} pod{} of namespace {ns}",
+                if *pods == 1 { "" } else { "s" }
+            );
+            found.add(ns, How::Node, why);
         }
-        if let Some(selector) = &rules.namespace_selector {
-            let mut matching: Vec<&String> = self
-                .namespaces
-                .iter()
-                .filter(|(_, n)| selector.matches(&n.labels))
-                .map(|(name, _)| name)
-                .collect();
-            matching.sort();
-            for ns in matching {
-                add(
-                    &mut out,
-                    ns,
-                    How::Selector,
-                    format!("namespace {ns} matches the channel's namespaceSelector"),
-                );
-            }
+    }
+
+    /// `namespaceSelector`: the namespaces whose labels match, by name.
+    fn selected(&self, selector: &Selector, found: &mut Found<'_>) {
+        let mut matching: Vec<&String> = self
+            .namespaces
+            .iter()
+            .filter(|(_, n)| selector.matches(&n.labels))
+            .map(|(name, _)| name)
+            .collect();
+        matching.sort();
+        for ns in matching {
+            let why = format!("namespace {ns} matches the channel's namespaceSelector");
+            found.add(ns, How::Selector, why);
         }
-        out
     }
 
     /// The owner namespace of a PersistentVolume, VolumeAttachment or Namespace, and why.
