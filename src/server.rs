@@ -1070,29 +1070,48 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let too_large = format!("request body is larger than {MAX_BODY_BYTES} bytes");
     if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         // Not worth reading: answered at once, the body dropped after the answer.
-        let response = refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large);
+        let response = refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large());
         return holding(body, response);
     }
-    let deadline = request_timeout(uri);
     let declared = declared.and_then(|n| usize::try_from(n).ok());
+    // The body's memory stays reserved until the answer is made.
+    let (bytes, _reserved) = match read_request(state, uri, body, declared).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let started = Instant::now();
+    match state.reviewer.review(&bytes) {
+        Ok(reviewed) => reviewed_response(state, reviewed, started),
+        Err(e) => refuse(state, StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+fn too_large() -> String {
+    format!("request body is larger than {MAX_BODY_BYTES} bytes")
+}
+
+/// Reads the request body within the request's timeout and the memory budget; a body that
+/// cannot be had is answered here.
+async fn read_request(
+    state: &AppState,
+    uri: &Uri,
+    body: Body,
+    declared: Option<usize>,
+) -> Result<(axum::body::Bytes, tokio::sync::OwnedSemaphorePermit), Response<Body>> {
+    let deadline = request_timeout(uri);
     let read = tokio::time::timeout(deadline, read_body(body, declared, &state.body_budget)).await;
-    let (bytes, _reserved) = match read {
-        Err(_) => {
-            return refuse(
-                state,
-                StatusCode::REQUEST_TIMEOUT,
-                &format!("request body not received within the request timeout of {deadline:?}"),
-            );
-        }
-        Ok(Err((BodyError::TooLarge, body))) => {
-            return holding(
-                body,
-                refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large),
-            );
-        }
+    match read {
+        Err(_) => Err(refuse(
+            state,
+            StatusCode::REQUEST_TIMEOUT,
+            &format!("request body not received within the request timeout of {deadline:?}"),
+        )),
+        Ok(Err((BodyError::TooLarge, body))) => Err(holding(
+            body,
+            refuse(state, StatusCode::PAYLOAD_TOO_LARGE, &too_large()),
+        )),
         Ok(Err((BodyError::NoMemory, body))) => {
             let message = format!(
                 "request bodies in memory would exceed {} (--max-body-memory)",
@@ -1100,69 +1119,70 @@ async fn answer(state: &AppState, uri: &Uri, headers: &HeaderMap, body: Body) ->
                     .display()
                     .iec()
             );
-            return holding(body, shed(state, "memory", &message));
+            Err(holding(body, shed(state, "memory", &message)))
         }
         Ok(Err((BodyError::Broken(e), _))) => {
             // The client went away or broke the stream mid-body: not a bad AdmissionReview.
             state.metrics.request("unknown", "error");
             tracing::debug!(error = %e, "request body could not be read");
-            return text(
+            Err(text(
                 StatusCode::BAD_REQUEST,
                 &format!("cannot read the request body: {e}"),
-            );
+            ))
         }
-        Ok(Ok(read)) => read,
-    };
-    let started = Instant::now();
-    match state.reviewer.review(&bytes) {
-        Ok(reviewed) => {
-            let d = &reviewed.decision;
-            let span = tracing::Span::current();
-            span.record("uid", reviewed.uid.as_str());
-            span.record("operation", reviewed.operation.as_str());
-            span.record("outcome", d.outcome.as_str());
-            if let Some(c) = &d.classified {
-                span.record("kind", c.kind.as_str());
-            }
-            state
-                .metrics
-                .request(&reviewed.operation, d.outcome.as_str());
-            let c = d.classified.as_ref();
-            if let Some(c) = c {
-                state.metrics.classified(
-                    &c.kind_label,
-                    c.builtin_kind(),
-                    &c.reason,
-                    c.channel.as_deref().unwrap_or(""),
-                );
-            }
-            if let (Some(c), Some(trigger)) = (c, &state.discovery)
-                && c.kind_source == crate::classify::KindSource::Unknown
-            {
-                trigger.poke();
-            }
-            tracing::debug!(
-                uid = %reviewed.uid,
-                operation = %reviewed.operation,
-                namespace = %reviewed.namespace,
-                name = %reviewed.name,
-                kind = c.map_or("", |c| c.kind.as_str()),
-                channel = c.and_then(|c| c.channel.as_deref()).unwrap_or(""),
-                outcome = d.outcome.as_str(),
-                skip = d.skip.map_or("", |s| s.as_str()),
-                dry_run = reviewed.dry_run,
-                micros = started.elapsed().as_micros() as u64,
-                "reviewed"
-            );
-            let mut resp = Response::new(Body::from(reviewed.response));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static("application/json"),
-            );
-            resp
-        }
-        Err(e) => refuse(state, StatusCode::BAD_REQUEST, &e.to_string()),
+        Ok(Ok(read)) => Ok(read),
     }
+}
+
+/// The answer to a reviewed request, once what was decided is recorded: the request's span,
+/// metrics, a discovery poke for an unknown kind, a debug line.
+fn reviewed_response(
+    state: &AppState,
+    reviewed: crate::admission::Reviewed,
+    started: Instant,
+) -> Response<Body> {
+    let d = &reviewed.decision;
+    let c = d.classified.as_ref();
+    let span = tracing::Span::current();
+    span.record("uid", reviewed.uid.as_str());
+    span.record("operation", reviewed.operation.as_str());
+    span.record("outcome", d.outcome.as_str());
+    if let Some(c) = c {
+        span.record("kind", c.kind.as_str());
+        state.metrics.classified(
+            &c.kind_label,
+            c.builtin_kind(),
+            &c.reason,
+            c.channel.as_deref().unwrap_or(""),
+        );
+        if c.kind_source == crate::classify::KindSource::Unknown
+            && let Some(trigger) = &state.discovery
+        {
+            trigger.poke();
+        }
+    }
+    state
+        .metrics
+        .request(&reviewed.operation, d.outcome.as_str());
+    tracing::debug!(
+        uid = %reviewed.uid,
+        operation = %reviewed.operation,
+        namespace = %reviewed.namespace,
+        name = %reviewed.name,
+        kind = c.map_or("", |c| c.kind.as_str()),
+        channel = c.and_then(|c| c.channel.as_deref()).unwrap_or(""),
+        outcome = d.outcome.as_str(),
+        skip = d.skip.map_or("", |s| s.as_str()),
+        dry_run = reviewed.dry_run,
+        micros = started.elapsed().as_micros() as u64,
+        "reviewed"
+    );
+    let mut resp = Response::new(Body::from(reviewed.response));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 #[cfg(test)]
