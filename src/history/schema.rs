@@ -123,7 +123,7 @@ pub struct Adopted {
 pub async fn migrate_to(store: &Store, up_to: i64) -> Result<Migrated, StoreError> {
     let mut conn = PgConnection::connect_with(&store.pool().connect_options())
         .await
-        .map_err(|e| StoreError::Migrate(store.explain(&e)))?;
+        .map_err(|e| StoreError::migrating_as(store.explain(&e), e))?;
     let done = migrate_locked(&mut conn, up_to).await;
     let _ = conn.close().await;
     let done = done?;
@@ -186,13 +186,16 @@ async fn ensure_schema(conn: &mut PgConnection) -> Result<bool, StoreError> {
         .await
     {
         Ok(_) => Ok(true),
-        Err(e) if code_of(&e).as_deref() == Some("42501") => Err(StoreError::Migrate(format!(
-            "{}; the schema {SCHEMA} does not exist and this role may not create it: make the \
-             role own the database (CREATE DATABASE ... OWNER ...), or have an administrator \
-             run CREATE SCHEMA {SCHEMA} AUTHORIZATION <the role>",
-            describe(&e)
-        ))),
-        Err(e) => Err(StoreError::Migrate(describe(&e))),
+        Err(e) if code_of(&e).as_deref() == Some("42501") => {
+            let said = format!(
+                "{}; the schema {SCHEMA} does not exist and this role may not create it: make \
+                 the role own the database (CREATE DATABASE ... OWNER ...), or have an \
+                 administrator run CREATE SCHEMA {SCHEMA} AUTHORIZATION <the role>",
+                describe(&e)
+            );
+            Err(StoreError::migrating_as(said, e))
+        }
+        Err(e) => Err(StoreError::migrating(e)),
     }
 }
 
@@ -238,7 +241,9 @@ async fn adopt_table(
     table: &str,
     ours: &[Migration],
 ) -> Result<Option<Adopted>, StoreError> {
-    let fail = |e: sqlx::Error| StoreError::Migrate(format!("repairing {table}: {}", describe(&e)));
+    let fail = |e: sqlx::Error| {
+        StoreError::migrating_as(format!("repairing {table}: {}", describe(&e)), e)
+    };
     let mut tx = conn.begin().await.map_err(fail)?;
     let records: Vec<Record> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT version, description, installed_on::text, success, checksum, execution_time
@@ -304,7 +309,7 @@ async fn refuse_unrecorded_tables(conn: &mut PgConnection) -> Result<(), StoreEr
     .await
     .map_err(StoreError::migrating)?;
     if tables && !recorded {
-        return Err(StoreError::Migrate(format!(
+        return Err(StoreError::refused(format!(
             "the table clusterscope.events exists but no record of schema version 1 was found in \
              {BOOKKEEPING} nor in a _sqlx_migrations table this role owns elsewhere; restore \
              that record (or rename the schema {SCHEMA} to start a new history)"
@@ -343,10 +348,10 @@ pub async fn version(pool: &PgPool) -> Result<i64, StoreError> {
 }
 
 fn migrate_error(e: MigrateError) -> StoreError {
-    StoreError::Migrate(match e {
-        MigrateError::Execute(db) => describe(&db),
+    let said = match &e {
+        MigrateError::Execute(db) => describe(db),
         MigrateError::ExecuteMigration(db, version) => {
-            format!("while applying schema version {version}: {}", describe(&db))
+            format!("while applying schema version {version}: {}", describe(db))
         }
         MigrateError::VersionMismatch(version) => format!(
             "{BOOKKEEPING} records schema version {version} with another checksum than this \
@@ -358,7 +363,8 @@ fn migrate_error(e: MigrateError) -> StoreError {
              and delete that record before starting again"
         ),
         other => other.to_string(),
-    })
+    };
+    StoreError::migrating_as(said, e)
 }
 
 /// The repairs in words, for the log line.

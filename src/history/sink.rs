@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use super::store::{Store, describe, transient};
 use super::{POSTGRES, Row};
 use crate::recorder::SinkError;
+use crate::recorder::error::Cause;
 use crate::recorder::pipeline::{
     BatchFuture, Counted, DeliverFuture, Delivered, Delivery, Destination, Failure, LaneOptions,
     Overflow, Routed,
@@ -134,19 +135,19 @@ fn stopped() -> Failure {
     Failure {
         operation: "upsert",
         error: SinkError::Database {
-            message: "the history database was not prepared (serve is stopping)".to_owned(),
+            message: "the history database was not prepared (serve is stopping)".into(),
             transient: true,
         },
         retryable: true,
     }
 }
 
-fn failure(e: &sqlx::Error) -> Failure {
-    let retryable = transient(e);
+fn failure(e: sqlx::Error) -> Failure {
+    let retryable = transient(&e);
     Failure {
         operation: "upsert",
         error: SinkError::Database {
-            message: describe(e),
+            message: Cause::new(describe(&e), e),
             transient: retryable,
         },
         retryable,
@@ -178,7 +179,7 @@ async fn write(
     observer.batch(distinct.len(), started.elapsed(), result.is_ok());
     let answers: Vec<Result<Delivered, Failure>> = match result {
         Ok(done) => done.into_iter().map(Ok).collect(),
-        Err(e) if transient(&e) || distinct.len() == 1 => vec![Err(failure(&e)); distinct.len()],
+        Err(e) if transient(&e) || distinct.len() == 1 => vec![Err(failure(e)); distinct.len()],
         Err(e) => {
             // The data was refused: find the row(s) by writing each alone.
             tracing::warn!(rows = distinct.len(), error = %describe(&e),
@@ -190,7 +191,7 @@ async fn write(
                 observer.batch(1, started.elapsed(), one.is_ok());
                 answers.push(match one {
                     Ok(mut done) => Ok(done.pop().unwrap_or(Delivered::Unchanged)),
-                    Err(e) => Err(failure(&e)),
+                    Err(e) => Err(failure(e)),
                 });
             }
             answers

@@ -64,21 +64,55 @@ pub fn redacted(url: &str) -> String {
 /// What went wrong with the database, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the PostgreSQL URL {url} is not valid: {reason}")]
-    Url { url: String, reason: String },
-    #[error("migrating the history schema failed: {0}")]
-    Migrate(String),
-    #[error("{0}")]
-    Database(String),
+    #[error("the PostgreSQL URL {url} is not valid: {source}")]
+    Url {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Migrating the schema failed: `said` says why in words an operator can act on; the
+    /// error it comes from, when there is one, is its source.
+    #[error("migrating the history schema failed: {said}")]
+    Migrate {
+        said: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// The database failed: `said` in words ([`describe`]), the driver's error as its source.
+    #[error("{said}")]
+    Database {
+        said: String,
+        #[source]
+        source: sqlx::Error,
+    },
 }
 
 impl StoreError {
     pub(super) fn database(e: sqlx::Error) -> Self {
-        StoreError::Database(describe(&e))
+        StoreError::Database {
+            said: describe(&e),
+            source: e,
+        }
     }
 
     pub(super) fn migrating(e: sqlx::Error) -> Self {
-        StoreError::Migrate(describe(&e))
+        Self::migrating_as(describe(&e), e)
+    }
+
+    /// Migrating failed with `said`, which puts what `source` says in words.
+    pub(super) fn migrating_as(
+        said: String,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Migrate {
+            said,
+            source: Some(source.into()),
+        }
+    }
+
+    /// Migrating was refused for a reason of its own (the database said nothing wrong).
+    pub(super) fn refused(said: String) -> Self {
+        StoreError::Migrate { said, source: None }
     }
 }
 
@@ -250,9 +284,9 @@ impl Store {
     /// does); fails only on a URL that cannot be right.
     pub fn connect_lazy(options: &StoreOptions) -> Result<Store, StoreError> {
         let mut connect =
-            PgConnectOptions::from_str(&options.url).map_err(|e| StoreError::Url {
+            PgConnectOptions::from_str(&options.url).map_err(|source| StoreError::Url {
                 url: redacted(&options.url),
-                reason: e.to_string(),
+                source,
             })?;
         if let Some(password) = &options.password {
             connect = connect.password(password);

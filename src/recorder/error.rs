@@ -1,10 +1,64 @@
 //! Why a write failed, and the one classification of whether trying again can help.
 
+use std::sync::Arc;
+
+/// What went wrong, in words, with the error it comes from (kept for its chain of sources;
+/// shared, so that a failure reported for every row of a batch is one error).
+#[derive(Debug, Clone)]
+pub struct Cause {
+    said: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Cause {
+    /// `said` puts `source` in words.
+    pub fn new(said: String, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Cause {
+            said,
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The underlying error, if any.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Two causes are the same when they say the same (sources are not comparable).
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        self.said == other.said
+    }
+}
+
+impl Eq for Cause {}
+
+impl std::fmt::Display for Cause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.said)
+    }
+}
+
+impl From<String> for Cause {
+    fn from(said: String) -> Self {
+        Cause { said, source: None }
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(said: &str) -> Self {
+        said.to_owned().into()
+    }
+}
+
 /// Why a write failed, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkError {
     /// The API server could not be reached or the connection broke.
-    Transport(String),
+    Transport(Cause),
     /// The API server answered with an error status.
     Status {
         code: u16,
@@ -13,9 +67,11 @@ pub enum SinkError {
         message: String,
     },
     /// The write could not even be built.
-    Invalid(String),
+    Invalid(Cause),
+    /// The log stream (standard output) could not be written.
+    Stream(Cause),
     /// The history database failed (`transient`: down or busy) or refused the write.
-    Database { message: String, transient: bool },
+    Database { message: Cause, transient: bool },
 }
 
 impl std::fmt::Display for SinkError {
@@ -28,12 +84,21 @@ impl std::fmt::Display for SinkError {
                 message,
             } => write!(f, "API server answered {code} {reason}: {message}"),
             SinkError::Invalid(m) => write!(f, "invalid event: {m}"),
+            SinkError::Stream(m) => write!(f, "cannot write the log stream: {m}"),
             SinkError::Database { message, .. } => write!(f, "history database: {message}"),
         }
     }
 }
 
-impl std::error::Error for SinkError {}
+impl std::error::Error for SinkError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SinkError::Transport(c) | SinkError::Invalid(c) | SinkError::Stream(c) => c.source(),
+            SinkError::Database { message, .. } => message.source(),
+            SinkError::Status { .. } => None,
+        }
+    }
+}
 
 /// Who writes: the two ways clusterscope writes to the API server retry different answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +119,7 @@ impl SinkError {
     /// classification; each sink names its writer).
     pub fn retryable_for(&self, writer: Writer) -> bool {
         match self {
-            SinkError::Transport(_) => true,
+            SinkError::Transport(_) | SinkError::Stream(_) => true,
             SinkError::Invalid(_) => false,
             SinkError::Database { transient, .. } => *transient,
             SinkError::Status { code, .. } => match writer {
@@ -88,8 +153,29 @@ impl From<kube::Error> for SinkError {
                 reason: status.reason.clone(),
                 message: status.message.clone(),
             },
-            kube::Error::SerdeError(e) => SinkError::Invalid(e.to_string()),
-            other => SinkError::Transport(other.to_string()),
+            kube::Error::SerdeError(e) => SinkError::Invalid(Cause::new(e.to_string(), e)),
+            other => SinkError::Transport(Cause::new(other.to_string(), other)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn a_transport_error_keeps_the_kube_error_as_its_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let kube_error = kube::Error::Service(Box::new(io));
+        let e = SinkError::from(kube_error);
+        assert!(e.is_retryable());
+        assert!(e.to_string().starts_with("cannot reach the API server: "));
+        let source = e.source().expect("the kube error is kept");
+        assert!(source.downcast_ref::<kube::Error>().is_some(), "{source:?}");
+        assert_eq!(
+            SinkError::Transport("x".into()),
+            SinkError::Transport(Cause::new("x".into(), std::fmt::Error))
+        );
     }
 }

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
 pub use super::error::SinkError;
-use super::error::Writer;
+use super::error::{Cause, Writer};
 use super::pipeline::{
     DeliverFuture, Delivered, Delivery, Destination, Failure, LaneOptions, Routed,
 };
@@ -120,12 +120,13 @@ impl LogSink {
     }
 
     fn write(&self, event: &Event) -> Result<(), SinkError> {
-        let mut line = serde_json::to_vec(event).map_err(|e| SinkError::Invalid(e.to_string()))?;
+        let mut line = serde_json::to_vec(event)
+            .map_err(|e| SinkError::Invalid(Cause::new(e.to_string(), e)))?;
         line.push(b'\n');
         let mut out = crate::locks::lock(&self.out);
         out.write_all(&line)
             .and_then(|()| out.flush())
-            .map_err(|e| SinkError::Transport(format!("cannot write the log stream: {e}")))
+            .map_err(|e| SinkError::Stream(Cause::new(e.to_string(), e)))
     }
 }
 
