@@ -79,144 +79,17 @@ pub enum ExplainFormat {
     Json,
 }
 
+/// `serve`'s flags: each component's own, flattened.
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// HTTPS address for AdmissionReviews (`POST /mutate`).
-    #[arg(long, env = "CLUSTERSCOPE_LISTEN", default_value = "0.0.0.0:8443")]
-    pub listen: std::net::SocketAddr,
-    /// Plain-HTTP address for /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "CLUSTERSCOPE_ADMIN_LISTEN",
-        default_value = "0.0.0.0:8080"
-    )]
-    pub admin_listen: std::net::SocketAddr,
-    /// Routing configuration (YAML); the embedded default when omitted.
-    #[arg(long, env = "CLUSTERSCOPE_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Serving certificate (PEM); watched and reloaded when it changes.
-    #[arg(
-        long,
-        env = "CLUSTERSCOPE_TLS_CERT",
-        requires = "tls_key",
-        value_name = "FILE"
-    )]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key of the serving certificate (PEM: PKCS#1, PKCS#8 or SEC1).
-    #[arg(
-        long,
-        env = "CLUSTERSCOPE_TLS_KEY",
-        requires = "tls_cert",
-        value_name = "FILE"
-    )]
-    pub tls_key: Option<PathBuf>,
-    /// Require webhook clients to present a certificate signed by this CA (PEM): for an API
-    /// server whose admission configuration gives it a client certificate for webhooks.
-    #[arg(long, env = "CLUSTERSCOPE_CLIENT_CA", value_name = "FILE")]
-    pub client_ca: Option<PathBuf>,
-    /// Without --tls-cert/--tls-key: where a self-signed CA and certificate are created.
-    #[arg(
-        long,
-        env = "CLUSTERSCOPE_CERT_DIR",
-        default_value = "certs",
-        value_name = "DIR"
-    )]
-    pub cert_dir: PathBuf,
-    /// How often the certificate files are re-read.
-    #[arg(long, env = "CLUSTERSCOPE_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = positive_duration)]
-    pub cert_reload_interval: std::time::Duration,
-    /// Longest wait for requests in flight at shutdown.
-    #[arg(long, env = "CLUSTERSCOPE_DRAIN_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
-    pub drain_timeout: std::time::Duration,
-    /// A client that has not sent its request headers by then is disconnected.
-    #[arg(long, env = "CLUSTERSCOPE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
-    pub header_read_timeout: std::time::Duration,
-    /// Cluster side (mirroring, discovery): `auto` uses the pod's service account when running
-    /// in a pod and nothing otherwise; `on` also uses a kubeconfig (KUBECONFIG or
-    /// ~/.kube/config, as kubectl does) and refuses to start if no API server answers; `off`
-    /// runs the webhook alone.
-    #[arg(long, env = "CLUSTERSCOPE_CLUSTER", value_enum, default_value_t = ClusterFlag::Auto)]
-    pub cluster: ClusterFlag,
-    /// Use this kubeconfig (implies `--cluster on`; never read unless given).
-    #[arg(long, value_name = "FILE", conflicts_with = "cluster")]
-    pub kubeconfig: Option<PathBuf>,
-    /// The kubeconfig context to use (its current context by default).
-    #[arg(long, value_name = "NAME", requires = "kubeconfig")]
-    pub context: Option<String>,
-    /// This replica's name, for the mirror lease (the Downward API's pod name).
-    #[arg(long, env = "POD_NAME")]
-    pub pod_name: Option<String>,
-    /// This replica's pod uid (the Downward API's), named in its own events.
-    #[arg(long, env = "POD_UID")]
-    pub pod_uid: Option<String>,
-    /// Namespace of the mirror lease (the Downward API's pod namespace).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "clusterscope-system")]
-    pub pod_namespace: String,
-    /// Events mirrored at once (1-256).
-    #[arg(long, env = "CLUSTERSCOPE_MIRROR_WORKERS", default_value_t = 8,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
-    pub mirror_workers: usize,
-    /// Open webhook connections at most (1-1000000); more are closed at once.
-    #[arg(long, env = "CLUSTERSCOPE_MAX_CONNECTIONS", default_value_t = 2048,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
-    pub max_connections: usize,
-    /// Requests in flight at most (1-100000); more are answered 503 (Retry-After: 1).
-    #[arg(long, env = "CLUSTERSCOPE_MAX_IN_FLIGHT", default_value_t = 1024,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=100_000))]
-    pub max_in_flight: usize,
-    /// Memory for request bodies, all requests together (e.g. 16MiB); past it, requests
-    /// are answered 503 and the API server fails open.
-    #[arg(long, env = "CLUSTERSCOPE_MAX_BODY_MEMORY", default_value = "16MiB", value_parser = body_memory)]
-    pub max_body_memory: usize,
-    /// Open webhook connections from one address at most; more are closed at once.
-    #[arg(long, env = "CLUSTERSCOPE_MAX_CONNECTIONS_PER_PEER", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS_PER_PEER,
-          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
-    pub max_connections_per_peer: usize,
+    #[command(flatten)]
+    pub server: crate::server::Args,
+    #[command(flatten)]
+    pub cluster: crate::cluster::Args,
     #[command(flatten)]
     pub history: crate::history::Args,
-    /// Log format.
-    #[arg(long, env = "CLUSTERSCOPE_LOG_FORMAT", value_enum, default_value_t = crate::telemetry::LogFormat::Text)]
-    pub log_format: crate::telemetry::LogFormat,
-    /// Log level or filter (`info`, `debug`, `clusterscope=debug`); RUST_LOG wins when set.
-    #[arg(long, env = "CLUSTERSCOPE_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-}
-
-/// A duration flag: more than zero and at most a day (`500ms`, `10s`, `5m`).
-fn positive_duration(text: &str) -> Result<std::time::Duration, String> {
-    let d =
-        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))?;
-    if d.is_zero() {
-        return Err("must be more than zero".to_owned());
-    }
-    if d > std::time::Duration::from_secs(86_400) {
-        return Err("must be at most 24h".to_owned());
-    }
-    Ok(d)
-}
-
-/// `--max-body-memory`: a size from one largest body (7 MiB) to 4 GiB (`16MiB`, `64Mi`).
-fn body_memory(text: &str) -> Result<usize, String> {
-    let size: bytesize::ByteSize = text
-        .parse()
-        .map_err(|e| format!("{e} (examples: 16MiB, 64Mi)"))?;
-    let bytes = usize::try_from(size.as_u64()).map_err(|_| "too large".to_owned())?;
-    let min = crate::server::MAX_BODY_BYTES;
-    if bytes < min || bytes > 4 << 30 {
-        return Err(format!(
-            "must be between 7MiB (one largest body) and 4GiB, got {}",
-            size.display().iec()
-        ));
-    }
-    Ok(bytes)
-}
-
-/// `--cluster` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ClusterFlag {
-    Auto,
-    On,
-    Off,
+    #[command(flatten)]
+    pub log: crate::telemetry::Args,
 }
 
 #[derive(Debug, clap::Args)]
@@ -517,44 +390,9 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
-    crate::telemetry::init(args.log_format, &args.log_level).map_err(refused)?;
+    crate::telemetry::init(args.log.log_format, &args.log.log_level).map_err(refused)?;
     let history = args.history.options();
-    let options = crate::server::ServeOptions {
-        listen: args.listen,
-        admin_listen: args.admin_listen,
-        config: args.config,
-        tls: args.tls_cert.zip(args.tls_key),
-        cert_dir: args.cert_dir,
-        cert_reload_interval: args.cert_reload_interval,
-        drain_timeout: args.drain_timeout,
-        header_read_timeout: args.header_read_timeout,
-        handshake_timeout: std::time::Duration::from_secs(10),
-        max_connections: args.max_connections,
-        max_in_flight: args.max_in_flight,
-        body_memory: args.max_body_memory,
-        max_connections_per_peer: args.max_connections_per_peer,
-        client_ca: args.client_ca,
-        cluster: crate::cluster::ClusterOptions {
-            mode: match (args.kubeconfig, args.cluster) {
-                (Some(path), _) => crate::cluster::ClusterMode::Kubeconfig {
-                    path,
-                    context: args.context,
-                },
-                (None, ClusterFlag::Auto) => crate::cluster::ClusterMode::InCluster,
-                (None, ClusterFlag::On) => crate::cluster::ClusterMode::Infer,
-                (None, ClusterFlag::Off) => crate::cluster::ClusterMode::Off,
-            },
-            identity: args.pod_name.unwrap_or_else(hostname),
-            pod_uid: args.pod_uid,
-            lease_namespace: args.pod_namespace,
-            controller: crate::mirror::controller::ControllerOptions {
-                workers: args.mirror_workers.max(1),
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-        history,
-    };
+    let options = args.server.options(args.cluster.options(hostname), history);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -640,4 +478,72 @@ fn hostname() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "clusterscope".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// clap's own consistency checks over every command (ids, groups, `requires`,
+    /// `conflicts_with` across the components' flattened flags).
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_flags_reach_each_component() {
+        let cli = Cli::try_parse_from([
+            "clusterscope",
+            "serve",
+            "--kubeconfig",
+            "/k",
+            "--context",
+            "c",
+            "--max-in-flight",
+            "7",
+            "--cert-reload-interval",
+            "3s",
+            "--postgres-url",
+            "postgres://h/db",
+            "--history-batch-rows",
+            "9",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.log.log_format, crate::telemetry::LogFormat::Json);
+        let history = args.history.options().expect("a database is named");
+        assert_eq!(history.sink.batch_rows, 9);
+        let options = args
+            .server
+            .options(args.cluster.options(|| "host".into()), Some(history));
+        assert_eq!(options.limits.max_in_flight, 7);
+        assert_eq!(options.limits.max_connections, 2048);
+        assert_eq!(
+            options.certificates.reload_interval,
+            std::time::Duration::from_secs(3)
+        );
+        assert_eq!(options.cluster.identity, "host");
+        assert!(matches!(
+            options.cluster.mode,
+            crate::cluster::ClusterMode::Kubeconfig { ref context, .. } if context.as_deref() == Some("c")
+        ));
+        // --kubeconfig and --cluster exclude each other across the two components.
+        assert!(
+            Cli::try_parse_from([
+                "clusterscope",
+                "serve",
+                "--kubeconfig",
+                "/k",
+                "--cluster",
+                "on"
+            ])
+            .is_err()
+        );
+    }
 }

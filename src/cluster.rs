@@ -143,6 +143,70 @@ impl Default for ClusterOptions {
     }
 }
 
+/// `--cluster` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClusterFlag {
+    Auto,
+    On,
+    Off,
+}
+
+/// `serve`'s cluster flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "cluster_flags")]
+pub struct Args {
+    /// Cluster side (mirroring, discovery): `auto` uses the pod's service account when running
+    /// in a pod and nothing otherwise; `on` also uses a kubeconfig (KUBECONFIG or
+    /// ~/.kube/config, as kubectl does) and refuses to start if no API server answers; `off`
+    /// runs the webhook alone.
+    #[arg(long, env = "CLUSTERSCOPE_CLUSTER", value_enum, default_value_t = ClusterFlag::Auto)]
+    pub cluster: ClusterFlag,
+    /// Use this kubeconfig (implies `--cluster on`; never read unless given).
+    #[arg(long, value_name = "FILE", conflicts_with = "cluster")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context to use (its current context by default).
+    #[arg(long, value_name = "NAME", requires = "kubeconfig")]
+    pub context: Option<String>,
+    /// This replica's name, for the mirror lease (the Downward API's pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// This replica's pod uid (the Downward API's), named in its own events.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<String>,
+    /// Namespace of the mirror lease (the Downward API's pod namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "clusterscope-system")]
+    pub pod_namespace: String,
+    /// Events mirrored at once (1-256).
+    #[arg(long, env = "CLUSTERSCOPE_MIRROR_WORKERS", default_value_t = 8,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+    pub mirror_workers: usize,
+}
+
+impl Args {
+    /// The cluster side's options; `hostname` names this replica when no pod name is given.
+    pub fn options(self, hostname: impl FnOnce() -> String) -> ClusterOptions {
+        ClusterOptions {
+            mode: match (self.kubeconfig, self.cluster) {
+                (Some(path), _) => ClusterMode::Kubeconfig {
+                    path,
+                    context: self.context,
+                },
+                (None, ClusterFlag::Auto) => ClusterMode::InCluster,
+                (None, ClusterFlag::On) => ClusterMode::Infer,
+                (None, ClusterFlag::Off) => ClusterMode::Off,
+            },
+            identity: self.pod_name.unwrap_or_else(hostname),
+            pod_uid: self.pod_uid,
+            lease_namespace: self.pod_namespace,
+            controller: ControllerOptions {
+                workers: self.mirror_workers.max(1),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+}
+
 /// Why the cluster named on the command line cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {

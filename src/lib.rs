@@ -22,6 +22,7 @@ pub mod decide;
 pub mod discovery;
 pub mod event;
 pub mod explain;
+pub mod flags;
 pub mod follow;
 pub mod history;
 pub mod labels;

@@ -72,6 +72,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// `serve`'s log flags.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "log_flags")]
+pub struct Args {
+    /// Log format.
+    #[arg(long, env = "CLUSTERSCOPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `clusterscope=debug`); RUST_LOG wins when set.
+    #[arg(long, env = "CLUSTERSCOPE_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
 /// Installs the global subscriber: `RUST_LOG` when set, else `level`.
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {

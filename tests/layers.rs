@@ -10,6 +10,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("locks", 0),
     ("backoff", 0),
     ("follow", 0),
+    ("flags", 0),
     // Leaves: know nothing of the rest.
     ("event", 1),
     ("labels", 1),

@@ -92,8 +92,8 @@ async fn start_limited(
     limits: (usize, usize),
 ) -> TestServer {
     start_tuned(cert_reload_interval, mode, config, |o| {
-        o.max_connections = limits.0;
-        o.max_in_flight = limits.1;
+        o.limits.max_connections = limits.0;
+        o.limits.max_in_flight = limits.1;
     })
     .await
 }
@@ -111,17 +111,20 @@ async fn start_tuned(
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         config,
-        tls: Some((dir.path().join("tls.crt"), dir.path().join("tls.key"))),
-        cert_dir: dir.path().join("unused"),
-        cert_reload_interval,
-        drain_timeout: Duration::from_secs(5),
-        header_read_timeout: Duration::from_millis(500),
-        handshake_timeout: Duration::from_secs(2),
-        max_connections: LIMITS.0,
-        max_in_flight: LIMITS.1,
-        body_memory: clusterscope::server::DEFAULT_BODY_MEMORY,
-        max_connections_per_peer: clusterscope::server::DEFAULT_MAX_CONNECTIONS_PER_PEER,
-        client_ca: None,
+        certificates: clusterscope::server::Certificates {
+            pair: Some((dir.path().join("tls.crt"), dir.path().join("tls.key"))),
+            dir: dir.path().join("unused"),
+            reload_interval: cert_reload_interval,
+            client_ca: None,
+        },
+        limits: clusterscope::server::Limits {
+            drain_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_millis(500),
+            handshake_timeout: Duration::from_secs(2),
+            max_connections: LIMITS.0,
+            max_in_flight: LIMITS.1,
+            ..Default::default()
+        },
         history: None,
         cluster: clusterscope::cluster::ClusterOptions {
             mode,
@@ -1007,7 +1010,7 @@ async fn a_client_ca_admits_only_clients_with_its_certificates() {
         Duration::from_secs(3600),
         clusterscope::cluster::ClusterMode::Off,
         None,
-        move |o| o.client_ca = Some(ca_path),
+        move |o| o.certificates.client_ca = Some(ca_path),
     )
     .await;
 

@@ -46,6 +46,7 @@ impl HistoryOptions {
 
 /// `serve`'s history flags.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "history_flags")]
 pub struct Args {
     /// Record the events of `history: true` channels in this PostgreSQL database
     /// (`postgres://user@host:5432/db?sslmode=verify-full&sslrootcert=/etc/ca.crt`).

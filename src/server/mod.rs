@@ -6,6 +6,10 @@
 //! accepting, lets requests in flight finish, closes idle keep-alive connections at once
 //! (HTTP/1 `Connection: close`, HTTP/2 GOAWAY) and returns within the drain time.
 
+pub mod args;
+
+pub use args::{Args, Certificates, Limits};
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,26 +63,10 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub config: Option<PathBuf>,
-    /// Serving certificate and key; both or neither.
-    pub tls: Option<(PathBuf, PathBuf)>,
-    /// Where a self-signed pair is created when `tls` is `None`.
-    pub cert_dir: PathBuf,
-    pub cert_reload_interval: Duration,
-    pub drain_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub handshake_timeout: Duration,
+    pub certificates: Certificates,
+    pub limits: Limits,
     /// The cluster side: discovery and mirroring.
     pub cluster: crate::cluster::ClusterOptions,
-    /// Open webhook connections at most; more are closed at once.
-    pub max_connections: usize,
-    /// Requests in flight at most; more are answered 503.
-    pub max_in_flight: usize,
-    /// Memory for request bodies, all requests together; past it, 503.
-    pub body_memory: usize,
-    /// Open webhook connections from one address at most; more are closed at once.
-    pub max_connections_per_peer: usize,
-    /// When set, webhook clients must present a certificate signed by this CA (PEM).
-    pub client_ca: Option<PathBuf>,
     /// Event history in PostgreSQL (`--postgres-url`); recorded by the mirror controller.
     pub history: Option<crate::history::HistoryOptions>,
 }
@@ -214,11 +202,12 @@ impl Server {
             config_status,
             history_status,
             in_flight: std::sync::atomic::AtomicUsize::new(0),
-            max_in_flight: options.max_in_flight.max(1),
+            max_in_flight: options.limits.max_in_flight.max(1),
             body_budget: Arc::new(tokio::sync::Semaphore::new(
-                (options.body_memory / BUDGET_UNIT).clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+                (options.limits.body_memory / BUDGET_UNIT)
+                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
-            body_memory: options.body_memory,
+            body_memory: options.limits.body_memory,
             refusal_log: crate::telemetry::Throttle::new(Duration::from_secs(1)),
             metrics,
             ready: AtomicBool::new(false),
@@ -284,7 +273,7 @@ impl Server {
     /// stopped by one token once the webhook has drained.
     fn start_background(&mut self) -> Background {
         let stop = CancellationToken::new();
-        let interval = self.options.cert_reload_interval;
+        let interval = self.options.certificates.reload_interval;
         let mut reloaders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         reloaders.extend(
             self.reloader
@@ -366,12 +355,12 @@ impl Server {
         graceful: &GracefulShutdown,
     ) {
         let app = webhook_router(self.state.clone());
-        let builder = Arc::new(connection_builder(self.options.header_read_timeout));
+        let builder = Arc::new(connection_builder(self.options.limits.header_read_timeout));
         let connections = Arc::new(tokio::sync::Semaphore::new(
-            self.options.max_connections.max(1),
+            self.options.limits.max_connections.max(1),
         ));
         let peers = Arc::new(PeerCounts::default());
-        let per_peer = self.options.max_connections_per_peer.max(1);
+        let per_peer = self.options.limits.max_connections_per_peer.max(1);
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -391,7 +380,7 @@ impl Server {
                 // At the cap: close at once rather than queue behind the others.
                 let rejected = self.state.metrics.connections_rejected.inc() + 1;
                 if rejected % 100 == 1 {
-                    tracing::warn!(%peer, max = self.options.max_connections, rejected_total = rejected, "connection limit reached; closing new connections");
+                    tracing::warn!(%peer, max = self.options.limits.max_connections, rejected_total = rejected, "connection limit reached; closing new connections");
                 }
                 continue;
             };
@@ -424,7 +413,7 @@ impl Server {
                 builder.clone(),
                 TowerToHyperService::new(service),
                 graceful.watcher(),
-                self.options.handshake_timeout,
+                self.options.limits.handshake_timeout,
                 open,
             );
             tokio::spawn(tracing::Instrument::instrument(serve, span));
@@ -437,10 +426,11 @@ impl Server {
         self.state.ready.store(false, Ordering::SeqCst);
         drop(self.webhook);
         tracing::info!(
-            drain_timeout = ?self.options.drain_timeout,
+            drain_timeout = ?self.options.limits.drain_timeout,
             "shutting down: readiness off, draining connections"
         );
-        let drained = tokio::time::timeout(self.options.drain_timeout, graceful.shutdown()).await;
+        let drained =
+            tokio::time::timeout(self.options.limits.drain_timeout, graceful.shutdown()).await;
         if drained.is_err() {
             tracing::warn!("drain time over; closing the remaining connections");
         }
@@ -468,13 +458,14 @@ fn serving_certificate(
     options: &ServeOptions,
     metrics: &Arc<Metrics>,
 ) -> Result<(TlsAcceptor, CertReloader), ServeError> {
-    let (cert_path, key_path, (loaded, fingerprint)) = match &options.tls {
+    let (cert_path, key_path, (loaded, fingerprint)) = match &options.certificates.pair {
         Some((cert, key)) => (cert.clone(), key.clone(), crate::tls::load_pair(cert, key)?),
-        None => self_signed_pair(&options.cert_dir)?,
+        None => self_signed_pair(&options.certificates.dir)?,
     };
     metrics.cert_expiry.set(loaded.not_after);
     let resolver = Arc::new(CertResolver::new(loaded.key));
-    let tls_config = crate::tls::server_config(resolver.clone(), options.client_ca.as_deref())?;
+    let tls_config =
+        crate::tls::server_config(resolver.clone(), options.certificates.client_ca.as_deref())?;
     let reloader = CertReloader::new(cert_path, key_path, resolver, metrics.clone(), fingerprint);
     Ok((TlsAcceptor::from(Arc::new(tls_config)), reloader))
 }
