@@ -109,6 +109,23 @@ fn recorder(
     (recorder, writers)
 }
 
+/// A recorder with client-go's defaults writing to one sink that always answers.
+fn answering() -> (
+    Arc<ManualClock>,
+    Arc<ScriptedSink>,
+    Arc<Recorder>,
+    tokio::task::JoinSet<()>,
+) {
+    let clock = Arc::new(ManualClock::new());
+    let sink = ScriptedSink::failing(Vec::new());
+    let (r, writers) = recorder(
+        vec![sink.clone()],
+        RecorderOptions::default(),
+        clock.clone(),
+    );
+    (clock, sink, r, writers)
+}
+
 /// Records one Warning about node `n1` and waits (in paused time) until it is written or
 /// given up.
 async fn record_one(sink: Arc<ScriptedSink>) -> Arc<Recorder> {
@@ -175,13 +192,7 @@ async fn final_answers_are_not_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn a_repeat_is_the_stored_event_with_the_next_count() {
-    let clock = Arc::new(ManualClock::new());
-    let sink = ScriptedSink::failing(Vec::new());
-    let (r, _writers) = recorder(
-        vec![sink.clone()],
-        RecorderOptions::default(),
-        clock.clone(),
-    );
+    let (clock, sink, r, _writers) = answering();
     for _ in 0..3 {
         assert!(r.event(&node_ref("n1"), "Warning", "R", "message"));
         assert!(r.drain(Duration::from_secs(60)).await);
@@ -261,13 +272,7 @@ async fn events_reach_every_sink_as_client_go_makes_them() {
 
 #[tokio::test(start_paused = true)]
 async fn the_spam_filter_drops_past_the_burst() {
-    let clock = Arc::new(ManualClock::new());
-    let sink = ScriptedSink::failing(Vec::new());
-    let (r, _writers) = recorder(
-        vec![sink.clone()],
-        RecorderOptions::default(),
-        clock.clone(),
-    );
+    let (clock, sink, r, _writers) = answering();
     // Distinct reasons, one object: 25 pass the token bucket, the rest are filtered.
     for i in 0..30 {
         assert!(r.event(&node_ref("n1"), "Normal", &format!("R{i}"), "m"));

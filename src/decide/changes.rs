@@ -159,8 +159,22 @@ fn add(path: PointerBuf, value: Value) -> PatchOperation {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The JSON Patch's operations and paths, e.g. `add /metadata/labels/a~1scope`.
+    pub(crate) fn paths(changes: &Changes) -> Vec<String> {
+        changes
+            .json_patch()
+            .iter()
+            .map(|op| match op {
+                PatchOperation::Add(a) => format!("add {}", a.path),
+                PatchOperation::Replace(r) => format!("replace {}", r.path),
+                PatchOperation::Remove(r) => format!("remove {}", r.path),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
 
     fn changes() -> Changes {
         Changes {
@@ -203,18 +217,8 @@ mod tests {
     #[test]
     fn a_missing_map_or_metadata_is_added_in_one_operation() {
         let c = changes();
-        let paths: Vec<String> = c
-            .json_patch()
-            .iter()
-            .map(|op| match op {
-                PatchOperation::Add(a) => format!("add {}", a.path),
-                PatchOperation::Replace(r) => format!("replace {}", r.path),
-                PatchOperation::Remove(r) => format!("remove {}", r.path),
-                _ => String::new(),
-            })
-            .collect();
         assert_eq!(
-            paths,
+            paths(&c),
             [
                 "add /metadata/labels/a~1scope",
                 "replace /metadata/labels/a~1kind",

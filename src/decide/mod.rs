@@ -346,7 +346,6 @@ fn labelled(event: &Event<'_>, mut classified: Classified, config: &Config) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
-    use json_patch::PatchOperation;
     use serde_json::Value;
 
     fn decide_json(json: &str) -> Decision {
@@ -360,16 +359,7 @@ mod tests {
     }
 
     fn paths(d: &Decision) -> Vec<String> {
-        d.changes
-            .json_patch()
-            .iter()
-            .map(|op| match op {
-                PatchOperation::Add(a) => format!("add {}", a.path),
-                PatchOperation::Replace(r) => format!("replace {}", r.path),
-                PatchOperation::Remove(r) => format!("remove {}", r.path),
-                other => format!("{other:?}"),
-            })
-            .collect()
+        changes::tests::paths(&d.changes)
     }
 
     #[test]
