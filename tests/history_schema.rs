@@ -338,10 +338,7 @@ async fn a_role_given_only_a_schema_by_an_administrator_migrates_and_restarts() 
         ),
         "f"
     );
-    let options = StoreOptions {
-        password: Some(pg.password.clone()),
-        ..StoreOptions::new(&pg.url_for("clusterscope", "shared"))
-    };
+    let options = pg.options_for(&pg.url_for("clusterscope", "shared"));
     for i in 0..2 {
         let s = store(&options);
         let done = s.migrate().await.unwrap();
@@ -353,10 +350,7 @@ async fn a_role_given_only_a_schema_by_an_administrator_migrates_and_restarts() 
     // Without the schema, the error says what an administrator can do.
     pg.psql("postgres", "CREATE DATABASE bare");
     pg.psql("bare", "GRANT CONNECT ON DATABASE bare TO clusterscope");
-    let err = store(&StoreOptions {
-        password: Some(pg.password.clone()),
-        ..StoreOptions::new(&pg.url_for("clusterscope", "bare"))
-    })
+    let err = store(&pg.options_for(&pg.url_for("clusterscope", "bare")))
     .migrate()
     .await
     .unwrap_err()

@@ -37,9 +37,8 @@ impl Tls {
             self.dir.path().join(ca).display()
         );
         Store::connect_lazy(&StoreOptions {
-            password: Some(self.pg.password.clone()),
             acquire_timeout: std::time::Duration::from_secs(5),
-            ..StoreOptions::new(&url)
+            ..self.pg.options_for(&url)
         })
         .unwrap()
     }

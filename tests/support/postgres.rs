@@ -254,9 +254,14 @@ impl Postgres {
 
     /// The store options of the README's setup: its URL and the role's password.
     pub fn options(&self) -> clusterscope::history::StoreOptions {
+        self.options_for(&self.url())
+    }
+
+    /// The store options for `url`, with the README role's password.
+    pub fn options_for(&self, url: &str) -> clusterscope::history::StoreOptions {
         clusterscope::history::StoreOptions {
             password: Some(self.password.clone()),
-            ..clusterscope::history::StoreOptions::new(&self.url())
+            ..clusterscope::history::StoreOptions::new(url)
         }
     }
 
