@@ -385,7 +385,7 @@ fn respond<O>(
     let patch = if decision.changes.is_empty() {
         None
     } else {
-        let json = serde_json::to_vec(&decision.changes.json_patch())
+        let json = serde_json::to_vec(&decision.changes.as_json_patch())
             .map_err(|e| ReviewError::plain(format!("cannot encode the patch: {e}")))?;
         Some(base64::engine::general_purpose::STANDARD.encode(json))
     };

@@ -351,10 +351,10 @@ async fn a_role_given_only_a_schema_by_an_administrator_migrates_and_restarts() 
     pg.psql("postgres", "CREATE DATABASE bare");
     pg.psql("bare", "GRANT CONNECT ON DATABASE bare TO clusterscope");
     let err = store(&pg.options_for(&pg.url_for("clusterscope", "bare")))
-    .migrate()
-    .await
-    .unwrap_err()
-    .to_string();
+        .migrate()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("may not create it")
             && err.contains("CREATE SCHEMA clusterscope AUTHORIZATION"),

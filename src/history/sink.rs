@@ -131,11 +131,15 @@ impl PostgresSink {
     }
 }
 
+/// How the history database is named in a failed delivery.
+const STORE: &str = "history database";
+
 fn stopped() -> Failure {
     Failure {
         operation: "upsert",
-        error: SinkError::Database {
-            message: "the history database was not prepared (serve is stopping)".into(),
+        error: SinkError::Store {
+            store: STORE,
+            cause: "not prepared (serve is stopping)".into(),
             transient: true,
         },
         retryable: true,
@@ -146,8 +150,9 @@ fn failure(e: sqlx::Error) -> Failure {
     let retryable = transient(&e);
     Failure {
         operation: "upsert",
-        error: SinkError::Database {
-            message: Cause::new(describe(&e), e),
+        error: SinkError::Store {
+            store: STORE,
+            cause: Cause::new(describe(&e), e),
             transient: retryable,
         },
         retryable,

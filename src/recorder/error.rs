@@ -70,8 +70,13 @@ pub enum SinkError {
     Invalid(Cause),
     /// The log stream (standard output) could not be written.
     Stream(Cause),
-    /// The history database failed (`transient`: down or busy) or refused the write.
-    Database { message: Cause, transient: bool },
+    /// A sink's own store (a database...) failed (`transient`: down or busy) or refused the
+    /// write; `store` names it for the operator.
+    Store {
+        store: &'static str,
+        cause: Cause,
+        transient: bool,
+    },
 }
 
 impl std::fmt::Display for SinkError {
@@ -85,7 +90,7 @@ impl std::fmt::Display for SinkError {
             } => write!(f, "API server answered {code} {reason}: {message}"),
             SinkError::Invalid(m) => write!(f, "invalid event: {m}"),
             SinkError::Stream(m) => write!(f, "cannot write the log stream: {m}"),
-            SinkError::Database { message, .. } => write!(f, "history database: {message}"),
+            SinkError::Store { store, cause, .. } => write!(f, "{store}: {cause}"),
         }
     }
 }
@@ -94,7 +99,7 @@ impl std::error::Error for SinkError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SinkError::Transport(c) | SinkError::Invalid(c) | SinkError::Stream(c) => c.source(),
-            SinkError::Database { message, .. } => message.source(),
+            SinkError::Store { cause, .. } => cause.source(),
             SinkError::Status { .. } => None,
         }
     }
@@ -121,7 +126,7 @@ impl SinkError {
         match self {
             SinkError::Transport(_) | SinkError::Stream(_) => true,
             SinkError::Invalid(_) => false,
-            SinkError::Database { transient, .. } => *transient,
+            SinkError::Store { transient, .. } => *transient,
             SinkError::Status { code, .. } => match writer {
                 Writer::Recorder => *code >= 500 || *code == 429,
                 Writer::Mirror => {
