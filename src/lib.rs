@@ -36,6 +36,7 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod status;
+pub mod subscription;
 pub mod telemetry;
 pub mod tls;
 pub mod watch;

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("config", 2),
     // The decision, and what feeds or reloads it.
     ("decide", 3),
+    ("subscription", 3),
     ("discovery", 3),
     ("tls", 3),
     ("reload", 3),

@@ -183,6 +183,38 @@ pub struct Config {
     pub owner_rules: Vec<crate::owners::CustomRule>,
     /// The history database's settings (`history:`).
     pub history: History,
+    /// What tenants' Subscriptions may ask for (`subscriptions:`); `None`: not allowed.
+    pub subscriptions: Option<Subscriptions>,
+}
+
+/// The cluster admin's ceiling on tenants' Subscriptions (`subscriptions:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscriptions {
+    /// The relations they may use (both by default).
+    pub relations: Vec<crate::owners::Relation>,
+    /// The kinds they may ask for; empty: any kind their relation covers.
+    pub kinds: Vec<String>,
+    /// Whether they may also record in the history database.
+    pub history: bool,
+    /// Subscriptions per namespace at most (the oldest are honoured).
+    pub max_per_namespace: usize,
+    /// Copies per second at most into one namespace from its subscriptions.
+    pub deliveries_per_second: u32,
+}
+
+impl Default for Subscriptions {
+    fn default() -> Self {
+        Subscriptions {
+            relations: vec![
+                crate::owners::Relation::Owned,
+                crate::owners::Relation::Nodes,
+            ],
+            kinds: Vec::new(),
+            history: false,
+            max_per_namespace: 10,
+            deliveries_per_second: 50,
+        }
+    }
 }
 
 /// Settings of the event history (`history:`); where the database is comes from `serve`'s
@@ -218,6 +250,19 @@ struct RawConfig {
     #[serde(default)]
     owner_rules: Vec<Spanned<RawOwnerRule>>,
     history: Option<Spanned<RawHistory>>,
+    subscriptions: Option<Spanned<RawSubscriptions>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawSubscriptions {
+    relations: Option<Vec<crate::owners::Relation>>,
+    #[serde(default)]
+    kinds: Vec<Spanned<String>>,
+    #[serde(default)]
+    history: bool,
+    max_per_namespace: Option<Spanned<u64>>,
+    deliveries_per_second: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -569,6 +614,10 @@ impl Checker<'_> {
                 Some(h) => self.check_history(&h.value)?,
                 None => History::default(),
             },
+            subscriptions: match &raw.subscriptions {
+                Some(s) => Some(self.check_subscriptions(&s.value)?),
+                None => None,
+            },
         })
     }
 
@@ -734,6 +783,52 @@ impl Checker<'_> {
             ));
         }
         Ok(History { retention })
+    }
+
+    /// `subscriptions:`: relations, kinds as the API writes them, and bounded caps.
+    fn check_subscriptions(&self, raw: &RawSubscriptions) -> Result<Subscriptions, ConfigError> {
+        let defaults = Subscriptions::default();
+        for kind in &raw.kinds {
+            if !kind.value.starts_with(|c: char| c.is_ascii_uppercase())
+                || !kind.value.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                return Err(self.err(
+                    kind,
+                    format!(
+                        "subscriptions.kinds: {:?} is not a Kind as the API writes it (Node, PersistentVolume)",
+                        kind.value
+                    ),
+                ));
+            }
+        }
+        let bounded = |field: &str, v: &Option<Spanned<u64>>, max: u64, default: u64| match v {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&n.value) => Ok(n.value),
+            Some(n) => Err(self.err(
+                n,
+                format!(
+                    "subscriptions.{field}: {} is not between 1 and {max}",
+                    n.value
+                ),
+            )),
+        };
+        Ok(Subscriptions {
+            relations: raw.relations.clone().unwrap_or(defaults.relations),
+            kinds: raw.kinds.iter().map(|k| k.value.clone()).collect(),
+            history: raw.history,
+            max_per_namespace: bounded(
+                "maxPerNamespace",
+                &raw.max_per_namespace,
+                1000,
+                defaults.max_per_namespace as u64,
+            )? as usize,
+            deliveries_per_second: bounded(
+                "deliveriesPerSecond",
+                &raw.deliveries_per_second,
+                10_000,
+                u64::from(defaults.deliveries_per_second),
+            )? as u32,
+        })
     }
 
     /// One `ownerRules` entry: a custom kind (its group, version, kind and plural resource)
@@ -1329,5 +1424,51 @@ routes:
         let c = Config::embedded_default();
         assert_eq!(c.routes[0].matcher.describe(), "kind in [Node]");
         assert_eq!(c.routes[2].matcher.describe(), "every event");
+    }
+
+    #[test]
+    fn subscriptions_are_off_unless_the_admin_sets_a_ceiling() {
+        let base = "channels:\n  - name: a\n";
+        assert_eq!(Config::from_yaml(base, "t").unwrap().subscriptions, None);
+        let on = Config::from_yaml(&format!("{base}subscriptions: {{}}\n"), "t").unwrap();
+        assert_eq!(on.subscriptions, Some(Subscriptions::default()));
+        let set = Config::from_yaml(
+            &format!(
+                "{base}subscriptions:\n  relations: [nodes]\n  kinds: [Node]\n  history: true\n  maxPerNamespace: 3\n  deliveriesPerSecond: 20\n"
+            ),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            set.subscriptions,
+            Some(Subscriptions {
+                relations: vec![crate::owners::Relation::Nodes],
+                kinds: vec!["Node".into()],
+                history: true,
+                max_per_namespace: 3,
+                deliveries_per_second: 20,
+            })
+        );
+    }
+
+    #[test]
+    fn a_subscription_ceiling_out_of_bounds_is_refused_where_it_is_written() {
+        let base = "channels:\n  - name: a\nsubscriptions:\n";
+        let err = |yaml: String| Config::from_yaml(&yaml, "t").unwrap_err();
+        let e = err(format!("{base}  maxPerNamespace: 0\n"));
+        assert_eq!(e.line, 4);
+        assert!(
+            e.reason
+                .contains("maxPerNamespace: 0 is not between 1 and 1000"),
+            "{e}"
+        );
+        let e = err(format!("{base}  deliveriesPerSecond: 20000\n"));
+        assert!(e.reason.contains("between 1 and 10000"), "{e}");
+        let e = err(format!("{base}  kinds: [nodes]\n"));
+        assert!(e.reason.contains("not a Kind as the API writes it"), "{e}");
+        let e = err(format!("{base}  relations: [everything]\n"));
+        assert!(e.to_string().contains("everything"), "{e}");
+        let e = err(format!("{base}  mode: open\n"));
+        assert!(e.to_string().contains("mode"), "{e}");
     }
 }

@@ -4,7 +4,8 @@ use super::{Channel, Config};
 
 impl Config {
     /// The configuration in words: its source, channels (what each does with an event),
-    /// history retention, owner rules, and routes in order, one per line.
+    /// history retention, owner rules, the subscription ceiling, and routes in order, one per
+    /// line.
     pub fn summary(&self) -> String {
         let config = self;
         let mut out = String::new();
@@ -31,6 +32,21 @@ impl Config {
                     crate::owners::Follows::Namespace => "a namespace (for channels with owners)",
                     crate::owners::Follows::Node => "a Node (for channels with nodePods)",
                 }
+            ));
+        }
+        if let Some(sub) = &config.subscriptions {
+            let relations: Vec<&str> = sub.relations.iter().map(|r| r.as_str()).collect();
+            out.push_str(&format!(
+                "subscriptions: allowed (relations {}; kinds {}; history {}; at most {} per namespace, {} copies/s into each)\n",
+                relations.join(", "),
+                if sub.kinds.is_empty() {
+                    "any their relation covers".to_owned()
+                } else {
+                    sub.kinds.join(", ")
+                },
+                if sub.history { "allowed" } else { "not allowed" },
+                sub.max_per_namespace,
+                sub.deliveries_per_second
             ));
         }
         out.push_str(&format!(

@@ -54,6 +54,62 @@ pub enum Follows {
     Node,
 }
 
+/// How an object is tied to a namespace, as a tenant's Subscription names it.
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Relation {
+    Owned,
+    Nodes,
+}
+
+impl Relation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Relation::Owned => "owned",
+            Relation::Nodes => "nodes",
+        }
+    }
+
+    /// The built-in kinds it covers, as (group, kind).
+    pub fn builtin_kinds(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Relation::Owned => &[
+                ("", "PersistentVolume"),
+                ("storage.k8s.io", "VolumeAttachment"),
+                ("", "Namespace"),
+            ],
+            Relation::Nodes => &[("", "Node"), ("storage.k8s.io", "CSINode")],
+        }
+    }
+
+    /// What a custom rule's field must name for this relation.
+    pub fn follows(self) -> Follows {
+        match self {
+            Relation::Owned => Follows::Namespace,
+            Relation::Nodes => Follows::Node,
+        }
+    }
+
+    /// Whether it covers `kind`: a built-in kind of its, or a custom kind one of the admin's
+    /// `ownerRules` ties to what it follows.
+    pub fn covers(self, kind: &str, owner_rules: &[CustomRule]) -> bool {
+        self.builtin_kinds().iter().any(|(_, k)| *k == kind)
+            || owner_rules
+                .iter()
+                .any(|r| r.kind == kind && r.follows == self.follows())
+    }
+}
+
 /// A configured rule for a custom cluster-scoped kind (`ownerRules` in the configuration):
 /// which field of its objects names a namespace or a Node.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
