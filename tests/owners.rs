@@ -208,3 +208,145 @@ proptest! {
         }
     }
 }
+
+// ---- tenants' Subscriptions: the same ties, never more -------------------------------------
+
+use clusterscope::subscription::{Accepted, EventType, Relation, Subscribers, SubscriptionSpec};
+
+const REASONS: &[&str] = &["FailedMount", "FailedAttach", "NodeNotReady", "Rebooted"];
+
+/// Random subscriptions, each in a random namespace (existing or not, alive or not).
+fn subscriptions() -> impl Strategy<Value = Vec<(&'static str, Accepted)>> {
+    let one = (
+        prop::sample::select(NAMESPACES),
+        any::<bool>(),
+        prop::collection::vec(
+            prop::sample::select(
+                &[
+                    "Node",
+                    "CSINode",
+                    "PersistentVolume",
+                    "VolumeAttachment",
+                    "Namespace",
+                ][..],
+            ),
+            0..3,
+        ),
+        prop::option::of(any::<bool>()),
+        prop::collection::vec(
+            prop::sample::select(&["FailedMount", "Failed*", "NodeNotReady", "Re*"][..]),
+            0..3,
+        ),
+    );
+    prop::collection::vec(one, 0..8).prop_map(|subs| {
+        subs.into_iter()
+            .enumerate()
+            .map(|(i, (ns, owned, kinds, warning, reasons))| {
+                let spec = SubscriptionSpec {
+                    relation: if owned {
+                        Relation::Owned
+                    } else {
+                        Relation::Nodes
+                    },
+                    kinds: kinds.into_iter().map(str::to_owned).collect(),
+                    types: warning
+                        .map(|w| {
+                            vec![if w {
+                                EventType::Warning
+                            } else {
+                                EventType::Normal
+                            }]
+                        })
+                        .unwrap_or_default(),
+                    reasons: reasons.into_iter().map(str::to_owned).collect(),
+                    history: false,
+                };
+                (
+                    ns,
+                    Accepted {
+                        name: format!("sub-{i}"),
+                        spec,
+                    },
+                )
+            })
+            .collect()
+    })
+}
+
+/// Whether `spec`'s filters take the event, from the definitions.
+fn filters_take(spec: &SubscriptionSpec, kind: &str, type_: &str, reason: &str) -> bool {
+    let kind_ok = spec.kinds.is_empty() || spec.kinds.iter().any(|k| k == kind);
+    let type_ok = spec.types.is_empty()
+        || spec.types.iter().any(|t| match t {
+            EventType::Normal => type_ == "Normal",
+            EventType::Warning => type_ == "Warning",
+        });
+    let reason_ok = spec.reasons.is_empty()
+        || spec
+            .reasons
+            .iter()
+            .any(|r| r == reason || (r.ends_with('*') && reason.starts_with(&r[..r.len() - 1])));
+    kind_ok && type_ok && reason_ok
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// A subscription never widens what a namespace sees: a copy goes only to a namespace its
+    /// relation ties the object to now (the owner rules' oracle) and where one of its
+    /// subscriptions wants the event; each such namespace gets exactly one copy naming every
+    /// subscription that wants it.
+    #[test]
+    fn subscriptions_deliver_only_where_the_relation_ties_the_object(
+        c in cluster(),
+        subs in subscriptions(),
+        object in object(),
+        warning in any::<bool>(),
+        reason in prop::sample::select(REASONS),
+    ) {
+        let type_ = if warning { "Warning" } else { "Normal" };
+        let (group, kind, name) = object;
+        let mut subscribers = Subscribers::default();
+        for (ns, a) in &subs {
+            subscribers.insert(ns, a.clone());
+        }
+        let got = subscribers.wanted(&c, Object { group, kind, name }, type_, reason);
+        let owned = oracle(&c, &Rules { owners: true, ..Rules::default() }, object, type_);
+        let nodes = oracle(
+            &c,
+            &Rules {
+                node_pods: Some(NodePods {
+                    types: vec!["Normal".into(), "Warning".into()],
+                    max_namespaces: usize::MAX,
+                }),
+                ..Rules::default()
+            },
+            object,
+            type_,
+        );
+        let tied = |relation: Relation, ns: &str| match relation {
+            Relation::Owned => owned.get(&How::Owner).is_some_and(|t| t.contains(ns)),
+            Relation::Nodes => nodes.get(&How::Node).is_some_and(|t| t.contains(ns)),
+        };
+        // What the definitions say each namespace should get.
+        let mut expected: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+        for (ns, a) in &subs {
+            if tied(a.spec.relation, ns) && filters_take(&a.spec, kind, type_, reason) {
+                expected.entry(ns).or_default().insert(a.name.clone());
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for w in &got {
+            prop_assert!(seen.insert(w.namespace.clone()), "{} got two copies", w.namespace);
+            let want = expected.get(w.namespace.as_str());
+            prop_assert!(
+                want.is_some(),
+                "{} got {kind} {name} without a subscription tied to it: {:?}", w.namespace, w
+            );
+            let names: BTreeSet<String> = w.subscriptions.iter().cloned().collect();
+            prop_assert_eq!(Some(&names), want);
+            prop_assert!(!w.why.is_empty());
+        }
+        prop_assert_eq!(seen.len(), expected.len(), "missed: {:?} got {:?}", expected, got);
+    }
+}
