@@ -246,6 +246,9 @@ pub struct Wanted {
     pub why: String,
 }
 
+/// [`Subscribers`] shared between what keeps them and the mirror's planner.
+pub type SharedSubscribers = std::sync::Arc<std::sync::RwLock<Subscribers>>;
+
 /// The accepted subscriptions of the cluster, by namespace.
 #[derive(Debug, Clone, Default)]
 pub struct Subscribers {

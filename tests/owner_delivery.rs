@@ -487,3 +487,101 @@ async fn a_reloaded_configuration_starts_and_stops_what_the_owner_state_follows(
     assert!(eventually(10, || copies(&api, "team-a", "node2.1").len() == 1).await);
     running.stop().await;
 }
+
+/// A tenant's Subscription through the production controller: a copy only in a namespace
+/// the relation ties the object to and where a subscription wants the event; one copy for
+/// two subscriptions, labelled with the first by name.
+#[tokio::test]
+async fn subscriptions_get_copies_only_where_their_relation_ties_the_object() {
+    use clusterscope::subscription::{Accepted, Relation, SharedSubscribers, SubscriptionSpec};
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b", "team-c"]).await;
+    // No channel delivers by rule: copies can only come from subscriptions. The state the
+    // rules read is set here (no rule asks the controller to follow pods).
+    let state = clusterscope::owners::SharedCluster::default();
+    {
+        let mut s = state.write().unwrap();
+        for ns in ["team-a", "team-b", "team-c"] {
+            s.namespaces.insert(ns.into(), Default::default());
+        }
+        s.set_pod("team-a", "web-1", Some("node1"));
+        s.set_pod("team-b", "db-1", Some("node1"));
+    }
+    let wants = |relation, reasons: &[&str]| SubscriptionSpec {
+        relation,
+        kinds: vec!["Node".into()],
+        types: Vec::new(),
+        reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+        history: false,
+    };
+    let subscribers = SharedSubscribers::default();
+    {
+        let mut s = subscribers.write().unwrap();
+        for (ns, name, spec) in [
+            (
+                "team-a",
+                "node-failures",
+                wants(Relation::Nodes, &["Failed*"]),
+            ),
+            ("team-a", "all-node-events", wants(Relation::Nodes, &[])),
+            (
+                "team-b",
+                "reboots-only",
+                wants(Relation::Nodes, &["Rebooted"]),
+            ),
+            ("team-c", "not-on-this-node", wants(Relation::Nodes, &[])),
+        ] {
+            s.insert(
+                ns,
+                Accepted {
+                    name: name.into(),
+                    spec,
+                },
+            );
+        }
+    }
+    let syncer = api
+        .syncer("channels:\n  - name: nodes\nroutes:\n  - channel: nodes\n")
+        .with_cluster(state)
+        .with_subscribers(subscribers);
+    let running = api.run_syncer(
+        syncer,
+        ControllerOptions {
+            workers: 2,
+            retry_base: Duration::from_millis(20),
+            ..ControllerOptions::default()
+        },
+    );
+    api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
+    assert!(eventually(10, || copies(&api, "team-a", "node1.1").len() == 1).await);
+    let copy = &copies(&api, "team-a", "node1.1")[0];
+    let labels = &copy["metadata"]["labels"];
+    assert_eq!(labels["clusterscope.dev/delivery"], "subscription");
+    assert_eq!(labels["clusterscope.dev/subscription"], "all-node-events");
+    let why = copy["metadata"]["annotations"]["clusterscope.dev/delivered-because"]
+        .as_str()
+        .unwrap();
+    assert!(
+        why.starts_with(
+            "subscription all-node-events, node-failures: Node node1 runs 1 pod of namespace team-a"
+        ),
+        "{why}"
+    );
+    // The same event, updated, is seen again: still nothing where no subscription wants it
+    // or the relation does not tie the node.
+    api.put("default", event("node1.1", "Node", "node1", "Warning", 2));
+    assert!(
+        eventually(10, || copies(&api, "team-a", "node1.1")
+            .first()
+            .is_some_and(|c| c["count"] == 2))
+        .await
+    );
+    assert!(
+        copies(&api, "team-b", "node1.1").is_empty(),
+        "team-b wants Rebooted only"
+    );
+    assert!(
+        copies(&api, "team-c", "node1.1").is_empty(),
+        "team-c runs no pod on node1"
+    );
+    running.stop().await;
+}

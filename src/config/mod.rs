@@ -125,6 +125,9 @@ pub struct Keys {
     pub delivery: String,
     /// Annotation on copies delivered by a rule: why this namespace.
     pub delivered_because: String,
+    /// Label on copies a Subscription asked for: its name (the first by name, when several
+    /// in one namespace want the same event).
+    pub subscription: String,
 }
 
 impl Keys {
@@ -141,11 +144,12 @@ impl Keys {
             source_uid: key("source-uid"),
             delivery: key("delivery"),
             delivered_because: key("delivered-because"),
+            subscription: key("subscription"),
         }
     }
 
     /// Every key clusterscope owns; channels may not set them.
-    pub fn all(&self) -> [&str; 10] {
+    pub fn all(&self) -> [&str; 11] {
         [
             &self.scope,
             &self.kind,
@@ -157,6 +161,7 @@ impl Keys {
             &self.source_uid,
             &self.delivery,
             &self.delivered_because,
+            &self.subscription,
         ]
     }
 }

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::config::{Channel, Config, Keys};
 use crate::decide::Classified;
 use crate::labels::MAX_SUBDOMAIN_LEN;
+use crate::owners::How;
 
 pub mod controller;
 pub mod copies;
@@ -70,10 +71,13 @@ pub fn copy_name(source_namespace: &str, source_name: &str) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
     pub namespace: &'a str,
-    /// The delivery label: `channel` (the channel's namespace), `owner`, `node`, `selector`.
-    pub how: &'a str,
+    /// The delivery label: `channel` (the channel's namespace), `owner`, `node`, `selector`,
+    /// `subscription`.
+    pub how: How,
     /// Why this namespace (for rule deliveries), as an annotation.
     pub why: Option<&'a str>,
+    /// The Subscription that asked for it (its label), for `subscription` deliveries.
+    pub subscription: Option<&'a str>,
 }
 
 impl<'a> Target<'a> {
@@ -81,8 +85,9 @@ impl<'a> Target<'a> {
     pub fn channel(namespace: &'a str) -> Self {
         Target {
             namespace,
-            how: "channel",
+            how: How::Channel,
             why: None,
+            subscription: None,
         }
     }
 }
@@ -106,7 +111,10 @@ pub fn make_copy(
     labels.insert(keys.kind.clone(), classified.kind_label.clone());
     labels.insert(keys.channel.clone(), channel.name.clone());
     labels.insert(keys.mirror.clone(), "true".to_owned());
-    labels.insert(keys.delivery.clone(), target.how.to_owned());
+    labels.insert(keys.delivery.clone(), target.how.as_str().to_owned());
+    if let Some(name) = target.subscription {
+        labels.insert(keys.subscription.clone(), name.to_owned());
+    }
     labels.extend(channel.labels.iter().cloned());
 
     let mut annotations: BTreeMap<String, String> =

@@ -15,6 +15,7 @@ use crate::classify::ScopeResolver;
 use crate::decide::{Changes, Outcome, decide};
 use crate::mirror::sink::{CopySink, retryable};
 use crate::mirror::{Target, make_copy};
+use crate::owners::How;
 use crate::recorder::SinkError;
 use crate::recorder::pipeline::{Delivery, Destination, Routed};
 
@@ -54,14 +55,18 @@ pub struct Syncer {
     /// What delivery rules read of the cluster (owners, pods on nodes, namespaces), when
     /// something keeps it.
     pub cluster: Option<crate::owners::SharedCluster>,
+    /// The tenants' accepted Subscriptions, when something keeps them.
+    pub subscribers: Option<crate::subscription::SharedSubscribers>,
 }
 
 /// A namespace a copy goes to, how it got there (the delivery label) and why.
 #[derive(Debug, Clone)]
 struct Place {
     namespace: String,
-    how: &'static str,
+    how: How,
     why: Option<String>,
+    /// The Subscription that asked for it (the first by name).
+    subscription: Option<String>,
 }
 
 /// What one source needs, decided without writing anything.
@@ -95,6 +100,7 @@ impl Syncer {
             resolver,
             own_events: Arc::default(),
             cluster: None,
+            subscribers: None,
         }
     }
 
@@ -111,6 +117,12 @@ impl Syncer {
     }
 
     /// Records clusterscope's own events (given-up deliveries) with `own_events`.
+    /// Delivers what the tenants' Subscriptions in `subscribers` ask for (read at each plan).
+    pub fn with_subscribers(mut self, subscribers: crate::subscription::SharedSubscribers) -> Self {
+        self.subscribers = Some(subscribers);
+        self
+    }
+
     pub fn with_own_events(mut self, own_events: Arc<crate::recorder::OwnEvents>) -> Self {
         self.own_events = own_events;
         self
@@ -169,6 +181,7 @@ impl Syncer {
                     namespace: &place.namespace,
                     how: place.how,
                     why: place.why.as_deref(),
+                    subscription: place.subscription.as_deref(),
                 };
                 make_copy(source, classified, channel, &config, target)
             })
@@ -202,36 +215,66 @@ impl Syncer {
         type_: Option<&str>,
     ) -> (Vec<Place>, usize) {
         let mut targets: Vec<Place> = Vec::new();
+        let add = |targets: &mut Vec<Place>, place: Place| {
+            if !crate::decide::SOURCE_NAMESPACES.contains(&place.namespace.as_str())
+                && !targets.iter().any(|p| p.namespace == place.namespace)
+            {
+                targets.push(place);
+            }
+        };
         if let Some(ns) = &channel.namespace {
-            targets.push(Place {
-                namespace: ns.clone(),
-                how: "channel",
-                why: None,
-            });
+            add(
+                &mut targets,
+                Place {
+                    namespace: ns.clone(),
+                    how: How::Channel,
+                    why: None,
+                    subscription: None,
+                },
+            );
         }
-        let Some(state) = self.cluster.as_ref().filter(|_| channel.deliver.any()) else {
+        let Some(state) = self.cluster.as_ref() else {
             return (targets, 0);
         };
+        let state = crate::locks::read(state);
         let object = crate::owners::Object {
             group: &classified.group,
             kind: &classified.kind,
             name: &classified.name,
         };
-        let resolution =
-            crate::locks::read(state).resolve(&channel.deliver, object, type_.unwrap_or_default());
-        for d in resolution.destinations {
-            if crate::decide::SOURCE_NAMESPACES.contains(&d.namespace.as_str())
-                || targets.iter().any(|p| p.namespace == d.namespace)
-            {
-                continue;
+        let type_ = type_.unwrap_or_default();
+        let mut cut = 0;
+        if channel.deliver.any() {
+            let resolution = state.resolve(&channel.deliver, object, type_);
+            cut = resolution.cut;
+            for d in resolution.destinations {
+                let place = Place {
+                    namespace: d.namespace,
+                    how: d.how,
+                    why: Some(d.why),
+                    subscription: None,
+                };
+                add(&mut targets, place);
             }
-            targets.push(Place {
-                namespace: d.namespace,
-                how: d.how.as_str(),
-                why: Some(d.why),
-            });
         }
-        (targets, resolution.cut)
+        if let Some(subscribers) = &self.subscribers {
+            let wanted =
+                crate::locks::read(subscribers).wanted(&state, object, type_, &classified.reason);
+            for w in wanted {
+                let place = Place {
+                    why: Some(format!(
+                        "subscription {}: {}",
+                        w.subscriptions.join(", "),
+                        w.why
+                    )),
+                    subscription: w.subscriptions.into_iter().next(),
+                    namespace: w.namespace,
+                    how: How::Subscription,
+                };
+                add(&mut targets, place);
+            }
+        }
+        (targets, cut)
     }
 
     /// Applies the plan's label changes to the stored source (as a merge patch): false when

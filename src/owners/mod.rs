@@ -203,17 +203,23 @@ impl Rules {
 /// How a copy got to its namespace (the value of the delivery label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum How {
+    /// The channel's own namespace.
+    Channel,
     Owner,
     Node,
     Selector,
+    /// A tenant's Subscription in that namespace.
+    Subscription,
 }
 
 impl How {
     pub fn as_str(self) -> &'static str {
         match self {
+            How::Channel => "channel",
             How::Owner => "owner",
             How::Node => "node",
             How::Selector => "selector",
+            How::Subscription => "subscription",
         }
     }
 }
