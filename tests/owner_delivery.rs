@@ -28,15 +28,22 @@ fn start_with_state(
 ) {
     let state = clusterscope::owners::SharedCluster::default();
     let syncer = api.syncer(CONFIG).with_cluster(state.clone());
-    let running = api.run_syncer(
+    (run(api, syncer), state)
+}
+
+/// The production controller over `syncer`, two workers, quick retries.
+fn run(
+    api: &FakeApiServer,
+    syncer: clusterscope::mirror::sync::Syncer,
+) -> fake_apiserver::RunningController {
+    api.run_syncer(
         syncer,
         ControllerOptions {
             workers: 2,
             retry_base: Duration::from_millis(20),
             ..ControllerOptions::default()
         },
-    );
-    (running, state)
+    )
 }
 
 /// Waits until the controller's owner state satisfies `cond`.
@@ -543,14 +550,7 @@ async fn subscriptions_get_copies_only_where_their_relation_ties_the_object() {
         .syncer("channels:\n  - name: nodes\nroutes:\n  - channel: nodes\n")
         .with_cluster(state)
         .with_subscribers(subscribers);
-    let running = api.run_syncer(
-        syncer,
-        ControllerOptions {
-            workers: 2,
-            retry_base: Duration::from_millis(20),
-            ..ControllerOptions::default()
-        },
-    );
+    let running = run(&api, syncer);
     api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
     assert!(eventually(10, || copies(&api, "team-a", "node1.1").len() == 1).await);
     let copy = &copies(&api, "team-a", "node1.1")[0];
