@@ -119,6 +119,8 @@ pub struct ClusterOptions {
     pub lease_namespace: String,
     pub lease: Option<LeaseOptions>,
     pub controller: ControllerOptions,
+    /// The tenants' Subscriptions (their statuses).
+    pub subscriptions: crate::subscription::controller::Options,
     pub discovery: DiscoveryOptions,
     /// How long to wait for the API server at start before going on without it.
     pub connect_timeout: Duration,
@@ -136,6 +138,7 @@ impl Default for ClusterOptions {
             lease_namespace: "clusterscope-system".to_owned(),
             lease: None,
             controller: ControllerOptions::default(),
+            subscriptions: crate::subscription::controller::Options::default(),
             discovery: DiscoveryOptions::default(),
             connect_timeout: Duration::from_secs(10),
             discovery_wait: Duration::from_secs(30),
@@ -513,8 +516,8 @@ fn leadership_said(
     }
 }
 
-/// Starts discovery, the leader-elected mirror controller and the recorder of clusterscope's
-/// own events against an API server that answers; they stop when `stop` is cancelled, the
+/// Starts discovery, the leader-elected mirror and subscription controllers and the recorder
+/// of clusterscope's own events against an API server that answers; they stop when `stop` is cancelled, the
 /// recorder (returned apart with its writers) once drained.
 fn start(
     client: kube::Client,
@@ -542,11 +545,13 @@ fn start(
     let own_recorder = record_own_events(&client, &options, &own_events);
     // Delivery rules read live cluster state; the controller keeps it (on the leader only).
     let log_sink: Arc<dyn Destination> = Arc::new(LogSink::stdout());
+    let subscriptions = Arc::new(crate::subscription::Live::default());
     let syncer = sinks.into_iter().fold(
-        Syncer::new(client.clone(), config, resolver)
+        Syncer::new(client.clone(), config.clone(), resolver)
             .with_sink(log_sink)
             .with_own_events(own_events)
-            .with_cluster(crate::owners::SharedCluster::default()),
+            .with_cluster(crate::owners::SharedCluster::default())
+            .with_subscriptions(subscriptions.clone()),
         Syncer::with_sink,
     );
     let lease = options
@@ -560,18 +565,30 @@ fn start(
         &metrics,
         own_recorder.recorder.clone(),
     );
-    let lock = LeaseLock::new(client, lease);
+    let lock = LeaseLock::new(client.clone(), lease);
     state.set("mirroring: standby (another replica holds the lease)");
     let controller_options = options.controller.clone();
+    let subscription_options = options.subscriptions.clone();
     let mirror = tokio::spawn(run_while_leader(
         lock,
         move |lost: CancellationToken| {
-            controller::run(
+            let mirror = controller::run(
                 syncer.clone(),
                 metrics.clone(),
                 controller_options.clone(),
+                lost.clone().cancelled_owned(),
+            );
+            let subscriptions = crate::subscription::controller::run(
+                client.clone(),
+                config.clone(),
+                subscriptions.clone(),
+                metrics.clone(),
+                subscription_options.clone(),
                 lost.cancelled_owned(),
-            )
+            );
+            async move {
+                tokio::join!(mirror, subscriptions);
+            }
         },
         on_change,
         stop,

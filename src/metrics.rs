@@ -92,6 +92,19 @@ pub struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SubscriptionLabels {
+    /// `accepted` or `refused`.
+    pub state: String,
+    /// `Accepted`, or the refusal's condition reason.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkResultLabels {
     pub sink: String,
     pub result: String,
@@ -140,6 +153,8 @@ pub struct Metrics {
     pub history_resyncs: Counter,
     pub history_schema_version: Gauge,
     pub history_lag: Histogram,
+    pub subscriptions: Family<SubscriptionLabels, Gauge>,
+    pub subscription_deliveries: Family<OutcomeLabels, Counter>,
     custom_kinds: Mutex<HashSet<String>>,
     reasons: Mutex<HashSet<String>>,
 }
@@ -387,6 +402,23 @@ impl Metrics {
             "From a stored event reaching the controller to its history row written",
             history_lag.clone(),
         );
+        let subscriptions = Family::<SubscriptionLabels, Gauge>::default();
+        registry.register(
+            "subscriptions",
+            "Tenant Subscriptions by state (accepted, refused) and condition reason",
+            subscriptions.clone(),
+        );
+        let subscription_deliveries = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "subscription_deliveries",
+            "Subscription copies by outcome: delivered (written), deferred (held back by the namespace's deliveriesPerSecond, planned again a second later)",
+            subscription_deliveries.clone(),
+        );
+        for outcome in ["delivered", "deferred"] {
+            drop(subscription_deliveries.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            }));
+        }
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -462,6 +494,8 @@ impl Metrics {
             history_resyncs,
             history_schema_version,
             history_lag,
+            subscriptions,
+            subscription_deliveries,
             custom_kinds: Mutex::new(HashSet::new()),
             reasons: Mutex::new(HashSet::new()),
         };
@@ -589,6 +623,28 @@ impl Metrics {
                 .get_or_create(&KindLabels { kind: kind.clone() })
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// How many subscriptions stand where: (state, reason, how many), every reason given (a
+    /// reason none has now reads 0).
+    pub fn subscriptions(&self, counts: &[(&str, &str, usize)]) {
+        for (state, reason, n) in counts {
+            self.subscriptions
+                .get_or_create(&SubscriptionLabels {
+                    state: (*state).to_owned(),
+                    reason: (*reason).to_owned(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// `n` subscription copies with `outcome` (`delivered`, `deferred`).
+    pub fn subscription_deliveries(&self, outcome: &str, n: usize) {
+        self.subscription_deliveries
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc_by(n as u64);
     }
 
     /// One delivery refused by a full queue of `sink`.

@@ -27,6 +27,10 @@ pub const FIELD_SELECTOR: &str = "involvedObject.namespace=";
 
 type Key = (String, String);
 
+/// When a source whose subscription copy a namespace's delivery rate held back is planned
+/// again (the rate is per second).
+const DEFERRED_RETRY: Duration = Duration::from_secs(1);
+
 fn key_of(ev: &Event) -> Key {
     (
         ev.metadata.namespace.clone().unwrap_or_default(),
@@ -106,10 +110,31 @@ impl ControllerOptions {
     }
 }
 
-/// What the mirror makes of every delivery: metrics, and an event of its own for one given up.
+/// What the mirror makes of every delivery: metrics, the subscriptions' counts, and an event
+/// of its own for one given up.
 struct Report {
     metrics: Arc<Metrics>,
     own_events: Arc<crate::recorder::OwnEvents>,
+    subscriptions: Option<Arc<crate::subscription::Live>>,
+    config: crate::config::SharedConfig,
+}
+
+impl Report {
+    /// A copy a subscription asked for, written: counted for the subscriptions that wanted it.
+    fn subscription_copy(&self, copy: &k8s_openapi::api::core::v1::Event) {
+        let Some(live) = &self.subscriptions else {
+            return;
+        };
+        let keys = &self.config.load().keys;
+        let labels = copy.metadata.labels.as_ref();
+        let label = |key: &String| labels.and_then(|l| l.get(key)).map(String::as_str);
+        if label(&keys.mirror) == Some("true")
+            && label(&keys.delivery) == Some(crate::owners::How::Subscription.as_str())
+        {
+            live.credit(copy);
+            self.metrics.subscription_deliveries("delivered", 1);
+        }
+    }
 }
 
 impl Observer for Report {
@@ -124,6 +149,7 @@ impl Observer for Report {
         }
         if matches!(how, Delivered::Created | Delivered::Updated) {
             self.metrics.mirror_lag(delivery.since.elapsed());
+            self.subscription_copy(&delivery.event);
         }
     }
 
@@ -220,6 +246,9 @@ impl Worker {
                 );
             }
         }
+        if plan.deferred > 0 {
+            metrics.subscription_deliveries("deferred", plan.deferred);
+        }
         let labelled = syncer.label(&ev, &plan).await;
         match (&labelled, &plan.label) {
             (Ok(true), Some((operation, _))) => {
@@ -232,6 +261,8 @@ impl Worker {
         let done = match &labelled {
             // Offered again later: the full sink has room by then, or it is offered again.
             _ if refused => Done::Later(ev, options.full_retry),
+            // A namespace's subscription rate held a copy back: planned again when it has room.
+            Ok(_) if plan.deferred > 0 => Done::Later(ev, DEFERRED_RETRY),
             Ok(_) => Done::Finished,
             Err(e) if e.retryable => Done::Retry(ev),
             Err(_) => Done::GiveUp,
@@ -249,27 +280,35 @@ impl Worker {
     }
 }
 
-/// Keeps the owner state delivery rules read (what the configuration's rules need, followed
-/// in `tasks`, and its size in the metrics every 2 s); its first lists' [`Ready`], or None
-/// when nothing keeps a state.
+/// Keeps the owner state delivery rules read (what the configuration's rules and the accepted
+/// subscriptions need, followed in `tasks`, and its size in the metrics every 2 s); its
+/// [`Keeper`], or None when nothing keeps a state.
 ///
-/// [`Ready`]: crate::owners::live::Ready
+/// [`Keeper`]: crate::owners::live::Keeper
 fn keep_owner_state(
     syncer: &Syncer,
     metrics: &Arc<Metrics>,
     options: &ControllerOptions,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Option<crate::owners::live::Ready> {
+) -> Option<crate::owners::live::Keeper> {
     let state = syncer.cluster.clone()?;
-    let config = syncer.config.clone();
+    let (config, subscriptions) = (syncer.config.clone(), syncer.subscriptions.clone());
     let needs = move || {
         let config = config.load();
+        let subscribed = subscriptions
+            .as_ref()
+            .map(|live| live.subscribers().rules())
+            .unwrap_or_default();
         crate::owners::live::Needs::of(
-            config.channels.iter().map(|c| &c.deliver),
+            config
+                .channels
+                .iter()
+                .map(|c| &c.deliver)
+                .chain(&subscribed),
             &config.owner_rules,
         )
     };
-    let (ready, keep) = crate::owners::live::start(
+    let (keeper, keep) = crate::owners::live::start(
         syncer.client.clone(),
         state.clone(),
         needs,
@@ -284,7 +323,33 @@ fn keep_owner_state(
             tokio::time::sleep(every).await;
         }
     });
-    Some(ready)
+    Some(keeper)
+}
+
+/// How long after one re-list for new subscriptions another may start (changes meanwhile are
+/// gathered into it).
+const SUBSCRIBED_RELIST_GAP: Duration = Duration::from_secs(2);
+
+/// Whenever the accepted subscriptions change: the owner state follows what they need, then
+/// the stored events are listed again, so that a new subscription gets the events already
+/// stored (copies that exist cost nothing: the copy index knows them).
+async fn relist_for_subscriptions(
+    live: Arc<crate::subscription::Live>,
+    keeper: Option<crate::owners::live::Keeper>,
+    pipeline: Arc<Pipeline>,
+) {
+    // Changes from now on: what is accepted already is planned with the first list.
+    let mut changes = live.changes();
+    while changes.changed().await.is_ok() {
+        if let Some(keeper) = &keeper {
+            keeper.refresh().await;
+        }
+        tracing::info!(
+            "mirror: the accepted subscriptions changed; listing the stored events again for them"
+        );
+        pipeline.relists().notify_waiters();
+        tokio::time::sleep(SUBSCRIBED_RELIST_GAP).await;
+    }
 }
 
 /// Follows the stored events in each source namespace into the work queue (see [`sourced`]).
@@ -372,6 +437,8 @@ pub async fn run(
     let report = Arc::new(Report {
         metrics: metrics.clone(),
         own_events: syncer.own_events.clone(),
+        subscriptions: syncer.subscriptions.clone(),
+        config: syncer.config.clone(),
     });
     let pipeline = Arc::new(options.pipeline(&syncer, report));
     for sink in pipeline.sinks() {
@@ -383,9 +450,22 @@ pub async fn run(
     // or the run itself dropped).
     let mut tasks = tokio::task::JoinSet::new();
     pipeline.start(&mut tasks);
+    // Subscriptions are known before the first sync, so that stored events reach them.
+    if let Some(live) = &syncer.subscriptions {
+        tokio::select! {
+            waited = tokio::time::timeout(options.owners_wait, live.listed()) => {
+                if waited.is_err() {
+                    tracing::warn!(waited = %humantime::format_duration(options.owners_wait),
+                        "mirror: the subscriptions are not listed yet (see the subscription warnings); syncing without them, the stored events are listed again once they are");
+                }
+            }
+            () = &mut shutdown => return,
+        }
+    }
     // Delivery rules resolve against live cluster state: list it before the first sync, so
     // that no stored event is judged against an empty state.
-    if let Some(ready) = keep_owner_state(&syncer, &metrics, &options, &mut tasks)
+    let keeper = keep_owner_state(&syncer, &metrics, &options, &mut tasks);
+    if let Some(ready) = keeper.as_ref().map(crate::owners::live::Keeper::ready)
         && !ready.is_ready()
     {
         tracing::info!("mirror: listing what delivery rules need before the first sync");
@@ -400,6 +480,9 @@ pub async fn run(
         }
     }
     follow_sources(&syncer, &queue, &pipeline, &metrics, &mut tasks);
+    if let Some(live) = syncer.subscriptions.clone() {
+        tasks.spawn(relist_for_subscriptions(live, keeper, pipeline.clone()));
+    }
     let worker = Worker {
         syncer,
         pipeline,

@@ -18,6 +18,7 @@ use crate::mirror::{Target, make_copy};
 use crate::owners::How;
 use crate::recorder::SinkError;
 use crate::recorder::pipeline::{Delivery, Destination, Routed};
+use crate::subscription::Wanted;
 
 /// A failed label patch of a source: which operation, why, and whether a later try can
 /// succeed.
@@ -56,7 +57,7 @@ pub struct Syncer {
     /// something keeps it.
     pub cluster: Option<crate::owners::SharedCluster>,
     /// The tenants' accepted Subscriptions, when something keeps them.
-    pub subscribers: Option<crate::subscription::SharedSubscribers>,
+    pub subscriptions: Option<Arc<crate::subscription::Live>>,
 }
 
 /// A namespace a copy goes to, how it got there (the delivery label) and why.
@@ -67,6 +68,54 @@ struct Place {
     why: Option<String>,
     /// The Subscription that asked for it (the first by name).
     subscription: Option<String>,
+}
+
+/// Where one event's copies go.
+#[derive(Debug, Default)]
+struct Targets {
+    places: Vec<Place>,
+    /// Namespaces a delivery rule's cap left out.
+    cut: usize,
+    /// Subscription copies held back by their namespace's delivery rate.
+    deferred: usize,
+    /// A subscription that asked for it wants it in history too.
+    history: bool,
+}
+
+impl Targets {
+    /// Adds `place` unless it is a source namespace or has a copy already; whether it did.
+    fn add(&mut self, place: Place) -> bool {
+        let fresh = !crate::decide::SOURCE_NAMESPACES.contains(&place.namespace.as_str())
+            && !self.places.iter().any(|p| p.namespace == place.namespace);
+        if fresh {
+            self.places.push(place);
+        }
+        fresh
+    }
+
+    /// Adds what a namespace's subscriptions want, if its delivery rate lets one more through
+    /// now (else it is counted as deferred: the source is planned again later).
+    fn subscribed(&mut self, live: &crate::subscription::Live, wanted: Wanted) {
+        let taken = self.places.iter().any(|p| p.namespace == wanted.namespace);
+        if taken {
+            return;
+        }
+        if !live.admit(&wanted.namespace) {
+            self.deferred += 1;
+            return;
+        }
+        self.history |= wanted.history;
+        self.add(Place {
+            why: Some(format!(
+                "subscription {}: {}",
+                wanted.subscriptions.join(", "),
+                wanted.why
+            )),
+            subscription: wanted.subscriptions.into_iter().next(),
+            namespace: wanted.namespace,
+            how: How::Subscription,
+        });
+    }
 }
 
 /// What one source needs, decided without writing anything.
@@ -83,6 +132,9 @@ pub struct Plan {
     pub deliveries: Vec<(&'static str, Delivery)>,
     /// Namespaces a delivery rule's cap left out.
     pub cut: usize,
+    /// Subscription copies held back by their namespace's delivery rate: the source is
+    /// planned again later.
+    pub deferred: usize,
 }
 
 impl Syncer {
@@ -100,7 +152,7 @@ impl Syncer {
             resolver,
             own_events: Arc::default(),
             cluster: None,
-            subscribers: None,
+            subscriptions: None,
         }
     }
 
@@ -116,13 +168,13 @@ impl Syncer {
         self
     }
 
-    /// Records clusterscope's own events (given-up deliveries) with `own_events`.
-    /// Delivers what the tenants' Subscriptions in `subscribers` ask for (read at each plan).
-    pub fn with_subscribers(mut self, subscribers: crate::subscription::SharedSubscribers) -> Self {
-        self.subscribers = Some(subscribers);
+    /// Delivers what the tenants' Subscriptions in `live` ask for (read at each plan).
+    pub fn with_subscriptions(mut self, live: Arc<crate::subscription::Live>) -> Self {
+        self.subscriptions = Some(live);
         self
     }
 
+    /// Records clusterscope's own events (given-up deliveries) with `own_events`.
     pub fn with_own_events(mut self, own_events: Arc<crate::recorder::OwnEvents>) -> Self {
         self.own_events = own_events;
         self
@@ -166,8 +218,9 @@ impl Syncer {
             return plan;
         };
         let reference = crate::mirror::source_reference(source);
-        let (targets, cut) = self.targets(channel, classified, source.type_.as_deref());
-        plan.cut = cut;
+        let targets = self.targets(channel, classified, source.type_.as_deref());
+        plan.cut = targets.cut;
+        plan.deferred = targets.deferred;
         // The source as it is once labelled: the same line (or row) before and after the
         // label patch is stored, so it is written once.
         let mut labelled = source.clone();
@@ -175,6 +228,7 @@ impl Syncer {
             changes.apply(&mut labelled.metadata);
         }
         let copies: Vec<Event> = targets
+            .places
             .iter()
             .filter_map(|place| {
                 let target = Target {
@@ -186,8 +240,11 @@ impl Syncer {
                 make_copy(source, classified, channel, &config, target)
             })
             .collect();
-        let namespaces: Vec<String> = targets.into_iter().map(|p| p.namespace).collect();
-        let switches = channel.switches();
+        let namespaces: Vec<String> = targets.places.into_iter().map(|p| p.namespace).collect();
+        let mut switches = channel.switches();
+        if targets.history && !switches.contains(&"history") {
+            switches.push("history");
+        }
         let routed = Routed {
             source: &reference,
             event: &labelled,
@@ -206,35 +263,33 @@ impl Syncer {
     }
 
     /// The namespaces a channel's copy of an event goes to: the channel's own, then those
-    /// its delivery rules name from the cluster state (never `default` or `kube-system`, where
-    /// the sources are), once each; and how many a cap left out.
+    /// its delivery rules name from the cluster state, then those subscriptions ask for (never
+    /// `default` or `kube-system`, where the sources are), once each.
     fn targets(
         &self,
         channel: &crate::config::Channel,
         classified: &crate::decide::Classified,
         type_: Option<&str>,
-    ) -> (Vec<Place>, usize) {
-        let mut targets: Vec<Place> = Vec::new();
-        let add = |targets: &mut Vec<Place>, place: Place| {
-            if !crate::decide::SOURCE_NAMESPACES.contains(&place.namespace.as_str())
-                && !targets.iter().any(|p| p.namespace == place.namespace)
-            {
-                targets.push(place);
-            }
-        };
+    ) -> Targets {
+        let mut targets = Targets::default();
         if let Some(ns) = &channel.namespace {
-            add(
-                &mut targets,
-                Place {
-                    namespace: ns.clone(),
-                    how: How::Channel,
-                    why: None,
-                    subscription: None,
-                },
-            );
+            targets.add(Place {
+                namespace: ns.clone(),
+                how: How::Channel,
+                why: None,
+                subscription: None,
+            });
         }
-        let Some(state) = self.cluster.as_ref() else {
-            return (targets, 0);
+        let subscribed = self
+            .subscriptions
+            .as_ref()
+            .filter(|live| !live.subscribers().is_empty());
+        let Some(state) = self
+            .cluster
+            .as_ref()
+            .filter(|_| channel.deliver.any() || subscribed.is_some())
+        else {
+            return targets;
         };
         let state = crate::locks::read(state);
         let object = crate::owners::Object {
@@ -243,38 +298,27 @@ impl Syncer {
             name: &classified.name,
         };
         let type_ = type_.unwrap_or_default();
-        let mut cut = 0;
         if channel.deliver.any() {
             let resolution = state.resolve(&channel.deliver, object, type_);
-            cut = resolution.cut;
+            targets.cut = resolution.cut;
             for d in resolution.destinations {
-                let place = Place {
+                targets.add(Place {
                     namespace: d.namespace,
                     how: d.how,
                     why: Some(d.why),
                     subscription: None,
-                };
-                add(&mut targets, place);
+                });
             }
         }
-        if let Some(subscribers) = &self.subscribers {
-            let wanted =
-                crate::locks::read(subscribers).wanted(&state, object, type_, &classified.reason);
+        if let Some(live) = subscribed {
+            let wanted = live
+                .subscribers()
+                .wanted(&state, object, type_, &classified.reason);
             for w in wanted {
-                let place = Place {
-                    why: Some(format!(
-                        "subscription {}: {}",
-                        w.subscriptions.join(", "),
-                        w.why
-                    )),
-                    subscription: w.subscriptions.into_iter().next(),
-                    namespace: w.namespace,
-                    how: How::Subscription,
-                };
-                add(&mut targets, place);
+                targets.subscribed(live, w);
             }
         }
-        (targets, cut)
+        targets
     }
 
     /// Applies the plan's label changes to the stored source (as a merge patch): false when

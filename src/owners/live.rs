@@ -497,27 +497,66 @@ impl Drop for Following {
     }
 }
 
+/// The handle of what keeps the owner state: its first lists, and a way to make it read what
+/// the rules need at once.
+#[derive(Clone)]
+pub struct Keeper {
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    /// Refreshes asked for so far.
+    asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The refreshes the last round served (it read `asked` before the needs), and the first
+    /// lists of the followers it started.
+    rounds: tokio::sync::watch::Receiver<(u64, Ready)>,
+}
+
+impl Keeper {
+    /// The first lists of the last round's new followers (at start: every follower's).
+    pub fn ready(&self) -> Ready {
+        self.rounds.borrow().1.clone()
+    }
+
+    /// Reads what the rules need now rather than at the next tick, and waits until what that
+    /// started has listed once (a new subscription's relation, say).
+    pub async fn refresh(&self) {
+        let mut rounds = self.rounds.clone();
+        let asked = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        self.wake.notify_one();
+        let ready = match rounds.wait_for(|(served, _)| *served >= asked).await {
+            Ok(round) => round.1.clone(),
+            Err(_) => return,
+        };
+        ready.wait().await;
+    }
+}
+
 /// Starts keeping `state` current for what `needs()` says the rules in use need: the watchers
-/// needed now at once (the returned [`Ready`] counts their first lists), then every `every`
-/// (the configuration is read again, it may have been reloaded) the ones needed since are started
-/// and the ones no rule needs any more stopped (their first list on a later start refills
-/// their part of the state). The returned future runs until dropped, and its watchers with it.
+/// needed now at once (the returned [`Keeper`]'s [`Ready`] counts their first lists), then
+/// every `every`, or at once when [`Keeper::refresh`] asks (the configuration may have been
+/// reloaded, subscriptions may have come), the ones needed since are started and the ones no
+/// rule needs any more stopped (their first list on a later start refills their part of the
+/// state). The returned future runs until dropped, and its watchers with it.
 pub fn start(
     client: kube::Client,
     state: SharedCluster,
     needs: impl Fn() -> Needs + Send + 'static,
     every: std::time::Duration,
-) -> (Ready, impl std::future::Future<Output = ()> + Send) {
-    let ready = Ready::default();
+) -> (Keeper, impl std::future::Future<Output = ()> + Send) {
     let first = needs();
+    let ready = Ready::default();
     ready.add(first.watchers());
-    let first_ready = ready.clone();
+    let (rounds_tx, rounds) = tokio::sync::watch::channel((0, ready.clone()));
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let keeper = Keeper {
+        wake: wake.clone(),
+        asked: asked.clone(),
+        rounds,
+    };
     let keep = async move {
         let mut following = Following(Vec::new());
         let mut wanted = first;
-        let mut first_round = Some(first_ready);
+        let (mut round, mut served, mut ready) = (0u64, 0u64, ready);
         loop {
-            let round = first_round.take();
             let now = wanted.followed();
             let before: Vec<Followed> = following.0.iter().map(|(w, _)| w.clone()).collect();
             following.0.retain(|(what, task)| {
@@ -527,20 +566,33 @@ pub fn start(
                 }
                 keep
             });
-            for what in &now {
-                if !before.contains(what) {
-                    let task = start_following(what, &client, &state, round.clone());
-                    following.0.push((what.clone(), task));
-                }
+            for what in now.iter().filter(|w| !before.contains(w)) {
+                let task = start_following(what, &client, &state, Some(ready.clone()));
+                following.0.push((what.clone(), task));
             }
-            if round.is_none() && now != before {
-                tracing::info!(now = %wanted.describe(), "owner delivery: following what the reloaded configuration needs");
+            if round > 0 && now != before {
+                tracing::info!(now = %wanted.describe(), "owner delivery: following what the rules in use need now");
             }
-            tokio::time::sleep(every).await;
+            rounds_tx.send_replace((served, ready));
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = wake.notified() => {}
+            }
+            served = asked.load(std::sync::atomic::Ordering::SeqCst);
             wanted = needs();
+            round += 1;
+            ready = Ready::default();
+            let before: Vec<Followed> = following.0.iter().map(|(w, _)| w.clone()).collect();
+            ready.add(
+                wanted
+                    .followed()
+                    .iter()
+                    .filter(|w| !before.contains(w))
+                    .count(),
+            );
         }
     };
-    (ready, keep)
+    (keeper, keep)
 }
 
 #[cfg(test)]

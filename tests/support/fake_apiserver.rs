@@ -5,6 +5,14 @@
 //! enforces the Event validation rules of the facts page (`legacyValidateEvent`, names,
 //! namespaces), answers AlreadyExists, 404 for a missing namespace or event, and injects
 //! faults on demand: forced error statuses, slow answers, or a server that is down.
+//!
+//! Beside Events: Leases, the cluster resources delivery rules read (list and watch across
+//! namespaces, in pages), discovery, and clusterscope's Subscription custom resource once its
+//! CRD is installed ([`FakeApiServer::install_subscription_crd`]; 404 before): list and watch
+//! in every namespace, and its status subresource by server-side apply. Assumed of the real
+//! API server there, not measured: a write of the object keeps its status and moves
+//! `metadata.generation` only when the spec changes; an apply of the status needs a
+//! `fieldManager` and changes nothing else.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
@@ -306,10 +314,17 @@ impl FakeApiServer {
             .route(
                 "/apis/{group}/{version}/{plural}",
                 get(
-                    |st: St, q: Query, Path((group, _version, plural)): Path<(String, String, String)>| async move {
+                    |st: St, q: Query, Path((group, version, plural)): Path<(String, String, String)>| async move {
+                        if let Some(r) = not_served(&st.0, &group, &version, &plural) {
+                            return r;
+                        }
                         list_objects(st, q, &group, &plural).await
                     },
                 ),
+            )
+            .route(
+                "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/status",
+                axum::routing::patch(apply_status),
             )
             .route("/api", get(api_versions))
             .route("/api/v1", get(core_resources))
@@ -504,8 +519,27 @@ impl FakeApiServer {
                 s.terminating.remove(&name);
             }
         }
-        bump(&mut s, &mut obj);
         let key = (resource.to_owned(), ns, name);
+        if resource == "subscriptions" {
+            // A custom resource with a status subresource: a write of the object keeps the
+            // stored status, and a change of its spec moves the generation.
+            let old = s.objects.get(&key);
+            let generation = match old {
+                Some(o) if o["spec"] == obj["spec"] => o["metadata"]["generation"].as_i64(),
+                Some(o) => o["metadata"]["generation"].as_i64().map(|g| g + 1),
+                None => Some(1),
+            };
+            obj["metadata"]["generation"] = json!(generation.unwrap_or(1));
+            obj["status"] = old.map_or(Value::Null, |o| o["status"].clone());
+            if let Some(o) = old {
+                obj["metadata"]["creationTimestamp"] = o["metadata"]["creationTimestamp"].clone();
+                obj["metadata"]["uid"] = o["metadata"]["uid"].clone();
+            }
+            if obj["status"].is_null() {
+                obj.as_object_mut().map(|o| o.remove("status"));
+            }
+        }
+        bump(&mut s, &mut obj);
         let kind = if s.objects.contains_key(&key) {
             "MODIFIED"
         } else {
@@ -513,6 +547,37 @@ impl FakeApiServer {
         };
         record(&mut s, kind, &format!("@{resource}"), &obj);
         s.objects.insert(key, obj);
+    }
+
+    /// Installs the Subscription CRD: discovery lists it, and it is served from then on.
+    pub fn install_subscription_crd(&self) {
+        self.store.lock().unwrap().discovery.push((
+            "clusterscope.dev".into(),
+            "v1alpha1".into(),
+            "subscriptions".into(),
+            "Subscription".into(),
+            true,
+        ));
+    }
+
+    /// Stores (creates or updates) a Subscription as a team's `kubectl apply` would, created
+    /// `age_order` seconds after a fixed instant (the controller honours the oldest first).
+    pub fn put_subscription(&self, ns: &str, name: &str, spec: Value, age_order: u32) {
+        self.put_object(
+            "subscriptions",
+            json!({"apiVersion": "clusterscope.dev/v1alpha1", "kind": "Subscription",
+                "metadata": {"name": name, "namespace": ns,
+                    "creationTimestamp": format!("2026-12-01T10:{:02}:{:02}Z", age_order / 60, age_order % 60)},
+                "spec": spec}),
+        );
+    }
+
+    /// A stored object (`subscriptions`, `pods`, ...).
+    pub fn object(&self, resource: &str, ns: &str, name: &str) -> Option<Value> {
+        let s = self.store.lock().unwrap();
+        s.objects
+            .get(&(resource.to_owned(), ns.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// Deletes a PersistentVolume, VolumeAttachment, Namespace or Pod; watchers see DELETED.
@@ -710,6 +775,105 @@ async fn list(
 }
 
 type Query = axum::extract::Query<BTreeMap<String, String>>;
+
+/// A custom resource of clusterscope's own group that discovery does not list is not served
+/// (its CRD is not installed): 404, as the API server answers.
+fn not_served(store: &Mutex<Store>, group: &str, version: &str, plural: &str) -> Option<Response> {
+    let s = store.lock().unwrap();
+    let served = s
+        .discovery
+        .iter()
+        .any(|(g, v, p, ..)| g == group && v == version && p == plural);
+    (group == "clusterscope.dev" && !served).then(|| {
+        status(
+            404,
+            "NotFound",
+            &format!("the server could not find the requested resource ({plural}.{group})"),
+        )
+    })
+}
+
+/// A server-side apply of a custom resource's status subresource, as the API server takes it:
+/// `application/apply-patch+yaml` with a `fieldManager`, the body naming the object's
+/// apiVersion, kind and name; only `.status` changes (spec, labels and generation stay), the
+/// resourceVersion moves and watchers see MODIFIED. One field manager owns the whole status
+/// here, so its applied status replaces the stored one.
+async fn apply_status(
+    State(store): St,
+    Path((group, version, ns, plural, name)): Path<(String, String, String, String, String)>,
+    axum::extract::Query(q): Query,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = not_served(&store, &group, &version, &plural) {
+        return r;
+    }
+    let subresource = format!("{plural}/status");
+    if let Some(r) = gate(
+        &store,
+        "PATCH",
+        format!("{ns}/{name}/status"),
+        Some(("patch", &group, &subresource, &ns)),
+    )
+    .await
+    {
+        return r;
+    }
+    let ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct != "application/apply-patch+yaml" {
+        return status(
+            415,
+            "UnsupportedMediaType",
+            &format!("the fake applies status only: {ct:?}"),
+        );
+    }
+    if q.get("fieldManager").is_none_or(|m| m.is_empty()) {
+        return status(
+            400,
+            "BadRequest",
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch",
+        );
+    }
+    let Ok(applied) = serde_json::from_slice::<Value>(&body) else {
+        return status(
+            400,
+            "BadRequest",
+            "the applied configuration is not JSON (YAML)",
+        );
+    };
+    let gv = format!("{group}/{version}");
+    if applied["apiVersion"] != json!(gv) || applied["kind"].as_str().is_none_or(str::is_empty) {
+        return status(
+            400,
+            "BadRequest",
+            "the applied configuration must name apiVersion and kind",
+        );
+    }
+    if applied["metadata"]["name"] != json!(name) {
+        return status(
+            400,
+            "BadRequest",
+            "the name of the object does not match the name on the URL",
+        );
+    }
+    let mut s = store.lock().unwrap();
+    let key = (plural.clone(), ns.clone(), name.clone());
+    let Some(mut obj) = s.objects.get(&key).cloned() else {
+        return status(
+            404,
+            "NotFound",
+            &format!("{plural}.{group} \"{name}\" not found"),
+        );
+    };
+    obj["status"] = applied["status"].clone();
+    bump(&mut s, &mut obj);
+    record(&mut s, "MODIFIED", &format!("@{plural}"), &obj);
+    s.objects.insert(key, obj.clone());
+    axum::Json(obj).into_response()
+}
 
 /// LIST or WATCH of one of the cluster resources delivery rules read (all namespaces).
 async fn list_objects(

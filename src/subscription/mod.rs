@@ -17,6 +17,12 @@ use crate::config::Subscriptions;
 use crate::owners::CustomRule;
 pub use crate::owners::Relation;
 
+pub mod controller;
+pub mod status;
+mod subscribers;
+
+pub use subscribers::{Accepted, Live, Subscribers, Wanted};
+
 /// What a team asks for in its namespace.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[kube(
@@ -75,6 +81,15 @@ pub struct SubscriptionSpec {
 pub enum EventType {
     Normal,
     Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
 }
 
 /// What the controller says of a subscription.
@@ -138,6 +153,16 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every reason a refusal can give.
+    pub const REASONS: [&'static str; 6] = [
+        "SubscriptionsDisabled",
+        "RelationNotAllowed",
+        "KindNotAllowed",
+        "KindNotCovered",
+        "HistoryNotAllowed",
+        "NamespaceLimit",
+    ];
+
     /// The condition's reason.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -201,143 +226,6 @@ pub fn accept(
         });
     }
     Ok(())
-}
-
-/// An accepted subscription, as delivery reads it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub name: String,
-    pub spec: SubscriptionSpec,
-}
-
-impl Accepted {
-    /// Whether its filters take an event of `type_` and `reason` about a `kind` object.
-    pub fn wants(&self, kind: &str, type_: &str, reason: &str) -> bool {
-        let spec = &self.spec;
-        (spec.kinds.is_empty() || spec.kinds.iter().any(|k| k == kind))
-            && (spec.types.is_empty() || spec.types.iter().any(|t| t.as_str() == type_))
-            && (spec.reasons.is_empty() || spec.reasons.iter().any(|r| reason_matches(r, reason)))
-    }
-}
-
-impl EventType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Normal => "Normal",
-            EventType::Warning => "Warning",
-        }
-    }
-}
-
-/// `FailedMount` matches itself; `Failed*` every reason that starts with `Failed`.
-fn reason_matches(pattern: &str, reason: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => reason.starts_with(prefix),
-        None => pattern == reason,
-    }
-}
-
-/// One copy a namespace's subscriptions ask for: where, for which of them (by name, sorted:
-/// two subscriptions wanting the same event give one copy), and why the relation ties it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wanted {
-    pub namespace: String,
-    pub subscriptions: Vec<String>,
-    pub why: String,
-}
-
-/// [`Subscribers`] shared between what keeps them and the mirror's planner.
-pub type SharedSubscribers = std::sync::Arc<std::sync::RwLock<Subscribers>>;
-
-/// The accepted subscriptions of the cluster, by namespace.
-#[derive(Debug, Clone, Default)]
-pub struct Subscribers {
-    by_namespace: std::collections::BTreeMap<String, Vec<Accepted>>,
-}
-
-impl Subscribers {
-    pub fn insert(&mut self, namespace: &str, accepted: Accepted) {
-        let list = self.by_namespace.entry(namespace.to_owned()).or_default();
-        list.retain(|a| a.name != accepted.name);
-        list.push(accepted);
-        list.sort_by(|a, b| a.name.cmp(&b.name));
-    }
-
-    pub fn remove(&mut self, namespace: &str, name: &str) {
-        if let Some(list) = self.by_namespace.get_mut(namespace) {
-            list.retain(|a| a.name != name);
-            if list.is_empty() {
-                self.by_namespace.remove(namespace);
-            }
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.by_namespace.is_empty()
-    }
-
-    /// The copies an event of `type_` and `reason` about `object` gets from subscriptions:
-    /// only in namespaces the subscription's relation ties the object to in `cluster` now
-    /// (the owner delivery's own resolution, so the two can never disagree), only where a
-    /// subscription there wants it.
-    pub fn wanted(
-        &self,
-        cluster: &crate::owners::Cluster,
-        object: crate::owners::Object<'_>,
-        type_: &str,
-        reason: &str,
-    ) -> Vec<Wanted> {
-        if self.by_namespace.is_empty() {
-            return Vec::new();
-        }
-        let mut out: Vec<Wanted> = Vec::new();
-        for relation in [Relation::Owned, Relation::Nodes] {
-            let tied = cluster.resolve(&relation_rules(relation), object, type_);
-            for place in tied.destinations {
-                let Some(subs) = self.by_namespace.get(&place.namespace) else {
-                    continue;
-                };
-                let names: Vec<String> = subs
-                    .iter()
-                    .filter(|a| a.spec.relation == relation && a.wants(object.kind, type_, reason))
-                    .map(|a| a.name.clone())
-                    .collect();
-                if names.is_empty() {
-                    continue;
-                }
-                match out.iter_mut().find(|w| w.namespace == place.namespace) {
-                    Some(w) => {
-                        w.subscriptions.extend(names);
-                        w.subscriptions.sort();
-                    }
-                    None => out.push(Wanted {
-                        namespace: place.namespace,
-                        subscriptions: names,
-                        why: place.why,
-                    }),
-                }
-            }
-        }
-        out
-    }
-}
-
-/// The owner-delivery rules that say where `relation` ties an object: every namespace, every
-/// event type (a subscription's own filters choose the types).
-fn relation_rules(relation: Relation) -> crate::owners::Rules {
-    match relation {
-        Relation::Owned => crate::owners::Rules {
-            owners: true,
-            ..Default::default()
-        },
-        Relation::Nodes => crate::owners::Rules {
-            node_pods: Some(crate::owners::NodePods {
-                types: vec!["Normal".to_owned(), "Warning".to_owned()],
-                max_namespaces: usize::MAX,
-            }),
-            ..Default::default()
-        },
-    }
 }
 
 fn listed(items: &[impl AsRef<str>]) -> String {

@@ -1,0 +1,313 @@
+//! The subscription controller (on the replica holding the lease, beside the mirror): follows
+//! every Subscription into a kube-runtime reflector store, judges each namespace's against the
+//! admin's ceiling (oldest first, so a namespace over its cap keeps its oldest), hands the
+//! accepted ones to the mirror ([`Live::replace`]) and writes each status that changed with
+//! server-side apply: on every change of a Subscription, and every `status_every` (counts of
+//! delivered copies, a reloaded configuration).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+
+use super::{Accepted, Live, Refusal, Subscribers, Subscription, accept, status};
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// The field manager of the statuses clusterscope applies.
+pub const FIELD_MANAGER: &str = "clusterscope";
+
+/// Controller settings.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How often statuses are brought up to date without a change of a Subscription (counts
+    /// of delivered copies, a reloaded ceiling).
+    pub status_every: Duration,
+    /// How long a burst of changes is gathered before they are judged together.
+    pub settle: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            status_every: Duration::from_secs(10),
+            settle: Duration::from_millis(100),
+        }
+    }
+}
+
+/// One subscription judged: where it stands and what its status should say.
+struct Judged {
+    subscription: Arc<Subscription>,
+    verdict: Result<(), Refusal>,
+}
+
+/// Judges every subscription against `config`'s ceiling, each namespace's oldest first.
+fn judge(all: Vec<Arc<Subscription>>, config: &Config) -> (Subscribers, Vec<Judged>) {
+    let mut by_namespace: BTreeMap<String, Vec<Arc<Subscription>>> = BTreeMap::new();
+    for s in all {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        by_namespace.entry(ns).or_default().push(s);
+    }
+    let mut subscribers = Subscribers::with_owner_rules(config.owner_rules.clone());
+    let mut judged = Vec::new();
+    for (namespace, mut list) in by_namespace {
+        list.sort_by(|a, b| {
+            let age = |s: &Subscription| s.metadata.creation_timestamp.clone().map(|t| t.0);
+            age(a)
+                .cmp(&age(b))
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
+        let mut rank = 0;
+        for subscription in list {
+            let verdict = accept(
+                &subscription.spec,
+                config.subscriptions.as_ref(),
+                &config.owner_rules,
+                rank,
+            );
+            if verdict.is_ok() {
+                rank += 1;
+                let name = subscription.metadata.name.clone().unwrap_or_default();
+                let spec = subscription.spec.clone();
+                subscribers.insert(&namespace, Accepted { name, spec });
+            }
+            judged.push(Judged {
+                subscription,
+                verdict,
+            });
+        }
+    }
+    (subscribers, judged)
+}
+
+/// How many are accepted, and refused for each reason (0 for the reasons none has).
+fn tally(judged: &[Judged]) -> Vec<(&'static str, &'static str, usize)> {
+    let accepted = judged.iter().filter(|j| j.verdict.is_ok()).count();
+    let mut counts = vec![("accepted", "Accepted", accepted)];
+    for reason in Refusal::REASONS {
+        let n = judged
+            .iter()
+            .filter(|j| j.verdict.as_ref().err().map(Refusal::reason) == Some(reason))
+            .count();
+        counts.push(("refused", reason, n));
+    }
+    counts
+}
+
+/// What one run of the controller keeps between rounds.
+struct Round {
+    api_client: kube::Client,
+    config: crate::config::SharedConfig,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    /// `status.delivered` of each subscription (by uid) when this run first saw it: the
+    /// run's own counts add to it.
+    bases: HashMap<String, u64>,
+    /// The subscriptions of the last round, to forget those that are gone.
+    seen: HashSet<(String, String)>,
+}
+
+impl Round {
+    /// Judges `store`'s subscriptions, hands the accepted to the mirror and applies every
+    /// status that changed.
+    async fn run(&mut self, store: &Store<Subscription>) {
+        let config = self.config.load_full();
+        let (subscribers, judged) = judge(store.state(), &config);
+        let rate = config
+            .subscriptions
+            .as_ref()
+            .map_or(1, |c| c.deliveries_per_second);
+        self.live.replace(subscribers, rate);
+        self.metrics.subscriptions(&tally(&judged));
+        let mut seen = HashSet::new();
+        for j in &judged {
+            let meta = &j.subscription.metadata;
+            let (ns, name) = (
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            );
+            let base = *self
+                .bases
+                .entry(meta.uid.clone().unwrap_or_default())
+                .or_insert_with(|| j.subscription.status.as_ref().map_or(0, |s| s.delivered));
+            let count = self.live.count(&ns, &name);
+            let wanted = status::desired(
+                &j.subscription,
+                &j.verdict,
+                base + count.delivered,
+                count.last,
+                SystemTime::now(),
+            );
+            if j.subscription.status.as_ref() != Some(&wanted) {
+                self.apply(&ns, &name, &wanted).await;
+            }
+            seen.insert((ns, name));
+        }
+        for (ns, name) in self.seen.difference(&seen) {
+            self.live.forget(ns, name);
+        }
+        self.seen = seen;
+    }
+
+    /// Applies `status` to `namespace/name` (the status subresource, server-side apply).
+    async fn apply(&self, namespace: &str, name: &str, status: &super::SubscriptionStatus) {
+        let api: Api<Subscription> = Api::namespaced(self.api_client.clone(), namespace);
+        let body = serde_json::json!({
+            "apiVersion": "clusterscope.dev/v1alpha1",
+            "kind": "Subscription",
+            "metadata": {"name": name, "namespace": namespace},
+            "status": status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch_status(name, &params, &Patch::Apply(&body)).await {
+            Ok(_) => {}
+            // Deleted meanwhile: its deliveries stopped with it.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(subscription = %format_args!("{namespace}/{name}"), error = %e,
+                "subscriptions: cannot write the status (tried again at the next round); may clusterscope patch subscriptions/status?")
+            }
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves: follows the Subscriptions, keeps `live` and the statuses
+/// current.
+pub async fn run(
+    client: kube::Client,
+    config: crate::config::SharedConfig,
+    live: Arc<Live>,
+    metrics: Arc<Metrics>,
+    options: Options,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    // A new run counts from the statuses as stored: nothing is counted twice.
+    live.restart_counts();
+    // Nothing is watched until the admin sets a ceiling (the CRD may not be installed).
+    while config.load().subscriptions.is_none() {
+        live.replace(Subscribers::default(), 1);
+        tokio::select! {
+            () = tokio::time::sleep(options.status_every) => {}
+            () = &mut shutdown => return,
+        }
+    }
+    tracing::info!(
+        "subscriptions: allowed by the configuration; following Subscriptions in every namespace"
+    );
+    let (store, mut writer) = reflector::store::<Subscription>();
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let how = crate::follow::Follow {
+        what: "subscriptions.clusterscope.dev".to_owned(),
+        hint: "subscriptions keep what was last seen; is the Subscription CRD installed (manifests/components/subscriptions), and may clusterscope list and watch subscriptions?",
+        relist: None,
+    };
+    let errors = metrics.mirror_watch_errors.clone();
+    let told = changed.clone();
+    let follow = crate::follow::follow(
+        Api::<Subscription>::all(client.clone()),
+        watcher::Config::default(),
+        how,
+        move |event| {
+            writer.apply_watcher_event(&event);
+            told.notify_one();
+        },
+        move || {
+            errors.inc();
+        },
+    );
+    let mut round = Round {
+        api_client: client,
+        config,
+        live,
+        metrics,
+        bases: HashMap::new(),
+        seen: HashSet::new(),
+    };
+    let rounds = async {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        loop {
+            round.run(&store).await;
+            tokio::select! {
+                () = changed.notified() => tokio::time::sleep(options.settle).await,
+                () = tokio::time::sleep(options.status_every) => {}
+            }
+        }
+    };
+    tokio::select! {
+        () = follow => {}
+        () = rounds => {}
+        () = &mut shutdown => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subscription::{Relation, SubscriptionSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn sub(ns: &str, name: &str, age_secs: i64, relation: Relation) -> Arc<Subscription> {
+        let mut s = Subscription::new(
+            name,
+            SubscriptionSpec {
+                relation,
+                kinds: Vec::new(),
+                types: Vec::new(),
+                reasons: Vec::new(),
+                history: false,
+            },
+        );
+        s.metadata.namespace = Some(ns.to_owned());
+        let t = jiff_free_time(age_secs);
+        s.metadata.creation_timestamp = Some(Time(t));
+        Arc::new(s)
+    }
+
+    fn jiff_free_time(secs: i64) -> k8s_openapi::jiff::Timestamp {
+        k8s_openapi::jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap_or_default()
+    }
+
+    #[test]
+    fn a_namespace_over_its_cap_keeps_its_oldest_and_refusals_take_no_place() {
+        let config = Config::from_yaml(
+            "channels:\n  - name: a\nsubscriptions:\n  relations: [nodes]\n  maxPerNamespace: 2\n",
+            "t",
+        )
+        .unwrap();
+        let all = vec![
+            sub("team-a", "newest", 30, Relation::Nodes),
+            sub("team-a", "owned", 0, Relation::Owned),
+            sub("team-a", "oldest", 10, Relation::Nodes),
+            sub("team-a", "middle", 20, Relation::Nodes),
+            sub("team-b", "alone", 40, Relation::Nodes),
+        ];
+        let (subscribers, judged) = judge(all, &config);
+        let verdicts: Vec<(String, Option<&str>)> = judged
+            .iter()
+            .map(|j| {
+                (
+                    j.subscription.metadata.name.clone().unwrap_or_default(),
+                    j.verdict.as_ref().err().map(Refusal::reason),
+                )
+            })
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("owned".to_owned(), Some("RelationNotAllowed")),
+                ("oldest".to_owned(), None),
+                ("middle".to_owned(), None),
+                ("newest".to_owned(), Some("NamespaceLimit")),
+                ("alone".to_owned(), None),
+            ]
+        );
+        assert_eq!(subscribers.len(), 3);
+    }
+}
