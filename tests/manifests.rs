@@ -43,7 +43,7 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-const ENTRY_POINTS: [&str; 7] = [
+const ENTRY_POINTS: [&str; 8] = [
     "base",
     "overlays/cert-manager",
     "overlays/manual-certs",
@@ -51,6 +51,7 @@ const ENTRY_POINTS: [&str; 7] = [
     "overlays/monitoring",
     "overlays/owner-delivery",
     "overlays/history",
+    "overlays/subscriptions",
 ];
 
 /// The history overlay records every channel, and hands serve the database URL and
@@ -593,6 +594,110 @@ async fn owner_delivery_rbac_covers_its_calls_and_grants_nothing_unused() {
         &calls,
         &[
             ("patch", "", "events", "clusterscope-system"),
+            // Read back only when a write finds the copy changed or already there (409).
+            ("get", "", "events", "*"),
+        ],
+    );
+}
+
+/// The subscriptions overlay: clusterscope follows Subscriptions, writes only their status,
+/// and copies what accepted ones ask for; every grant used. Teams get Subscriptions through
+/// the built-in roles (aggregation), never their status.
+#[tokio::test]
+async fn subscriptions_rbac_covers_its_calls_and_teams_manage_their_own() {
+    let Some(objs) = render("overlays/subscriptions") else {
+        return;
+    };
+    let config = shipped_config(&objs);
+    assert!(
+        config.subscriptions.is_some(),
+        "the overlay allows subscriptions"
+    );
+    let edit = find(&objs, "ClusterRole", "clusterscope-subscriptions-edit");
+    for role in ["admin", "edit"] {
+        assert_eq!(
+            edit["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{role}")],
+            "true"
+        );
+    }
+    let resources: Vec<&Value> = edit["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["resources"].as_array().unwrap())
+        .collect();
+    assert_eq!(
+        resources,
+        [&serde_json::json!("subscriptions")],
+        "never their status"
+    );
+    let view = find(&objs, "ClusterRole", "clusterscope-subscriptions-view");
+    assert_eq!(
+        view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"],
+        "true"
+    );
+    let granted = grants(&objs, true);
+    let api = fake_apiserver::FakeApiServer::start(&[
+        "default",
+        "kube-system",
+        "team-a",
+        "team-b",
+        "clusterscope-system",
+    ])
+    .await;
+    api.install_subscription_crd();
+    api.put_object(
+        "persistentvolumes",
+        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-7"},
+            "spec": {"claimRef": {"namespace": "team-a", "name": "data"}}}),
+    );
+    api.put_object(
+        "pods",
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "team-b"},
+            "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "x"}]},
+            "status": {"phase": "Running"}}),
+    );
+    api.put_subscription(
+        "team-a",
+        "volumes",
+        serde_json::json!({"relation": "owned"}),
+        1,
+    );
+    api.put_subscription(
+        "team-b",
+        "nodes",
+        serde_json::json!({"relation": "nodes"}),
+        2,
+    );
+    api.put(
+        "default",
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "pv-7.a", "namespace": "default"},
+            "involvedObject": {"kind": "PersistentVolume", "name": "pv-7"},
+            "reason": "VolumeFailedDelete", "message": "failed", "count": 1, "type": "Warning",
+            "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
+        }),
+    );
+    api.put("default", node_event("default", "node1.a", 1, "Warning"));
+    let calls = calls_of_a_run(&objs, &api, async |api| {
+        wait(|| api.events_in("team-a").len() == 1 && api.events_in("team-b").len() == 1).await;
+        api.put("default", node_event("default", "node1.a", 2, "Warning"));
+        wait(|| api.events_in("team-b").iter().any(|c| c["count"] == 2)).await;
+        let accepted = |ns: &str, name: &str| {
+            api.object("subscriptions", ns, name)
+                .is_some_and(|s| s["status"]["conditions"][0]["status"] == "True")
+        };
+        wait(|| accepted("team-a", "volumes") && accepted("team-b", "nodes")).await;
+    })
+    .await;
+    check_grants(
+        &granted,
+        &calls,
+        &[
+            ("patch", "", "events", "clusterscope-system"),
+            // Sources labelled in kube-system: rbac_covers_every_api_call_... exercises it.
+            ("patch", "", "events", "kube-system"),
             // Read back only when a write finds the copy changed or already there (409).
             ("get", "", "events", "*"),
         ],
