@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 const MANIFEST: &str = "manifests/components/subscriptions/crd.yaml";
 
-const HEADER: &str = "# Generated from src/subscription.rs by tests/subscription_crd.rs; do not edit.\n# Regenerate: CLUSTERSCOPE_WRITE_MANIFESTS=1 cargo test --test subscription_crd\n";
+const HEADER: &str = "# Generated from src/subscription/mod.rs by tests/subscription_crd.rs; do not edit.\n# Regenerate: CLUSTERSCOPE_WRITE_MANIFESTS=1 cargo test --test subscription_crd\n";
 
 fn generated() -> Value {
     serde_json::to_value(Subscription::crd()).unwrap()
@@ -158,4 +158,54 @@ fn the_schema_bounds_and_patterns_refuse_malformed_specs() {
     for bad in ["node", "Node s", "", &"N".repeat(64)] {
         assert!(!kinds.is_match(bad), "{bad:?}");
     }
+}
+
+/// The YAML blocks of docs/subscriptions.md.
+fn documented_yaml() -> Vec<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/subscriptions.md");
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split("```yaml\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+/// What docs/subscriptions.md shows a team writing is a Subscription the CRD takes (its
+/// rules hold, its patterns match), and the admin's ceiling it shows is a valid configuration.
+#[test]
+fn the_documented_examples_are_valid() {
+    let blocks = documented_yaml();
+    let docs: Vec<Value> = blocks
+        .iter()
+        .filter(|b| b.contains("kind: Subscription"))
+        .flat_map(|b| serde_saphyr::from_multiple::<Value>(b).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 2);
+    let props = schema()["properties"]["spec"]["properties"].clone();
+    let reasons =
+        regex::Regex::new(props["reasons"]["items"]["pattern"].as_str().unwrap()).unwrap();
+    for doc in docs {
+        let typed: Subscription = serde_json::from_value(doc.clone()).unwrap();
+        for rule in rules(&schema()["properties"]["spec"]) {
+            assert!(holds(&rule, &doc["spec"]), "{rule} on {doc}");
+        }
+        assert!(
+            typed.spec.reasons.iter().all(|r| reasons.is_match(r)),
+            "{doc}"
+        );
+    }
+    let ceiling = blocks
+        .iter()
+        .find(|b| b.starts_with("subscriptions:"))
+        .expect("the ceiling example");
+    let config = clusterscope::config::Config::from_yaml(
+        &format!("channels:\n  - name: a\n{ceiling}"),
+        "docs/subscriptions.md",
+    )
+    .unwrap();
+    assert_eq!(
+        config.subscriptions,
+        Some(clusterscope::config::Subscriptions::default()),
+        "the example shows the defaults"
+    );
 }
