@@ -7,6 +7,7 @@
 pub mod events;
 pub mod fake_apiserver;
 pub mod fixtures;
+pub mod load;
 pub mod postgres;
 pub mod serve;
 pub mod tools;
