@@ -120,33 +120,15 @@ fn spawn_cluster(
     Vec<tokio::task::JoinHandle<()>>,
 ) {
     let resolver = Arc::new(ScopeResolver::awaiting_discovery());
-    let config = clusterscope::config::Config::from_yaml(
+    let (stop, tasks) = fake_apiserver::spawn_cluster(
+        api,
         "channels: [{name: all, namespace: team-infra}]\nroutes: [{channel: all}]\n",
-        "test",
-    )
-    .unwrap();
-    let shared = clusterscope::cluster::Shared {
-        config: clusterscope::config::shared(config),
-        resolver: resolver.clone(),
-        metrics: Arc::new(Metrics::new()),
-        state: Arc::new(clusterscope::status::StatusLine::default()),
-        own_events: Arc::default(),
-        sinks: Vec::new(),
-    };
-    let options = clusterscope::cluster::ClusterOptions {
-        identity: "replica-0".into(),
-        lease: Some(fake_apiserver::short_lease("replica-0")),
-        discovery_wait,
-        ..Default::default()
-    };
-    let (_poke, pokes) = trigger();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let tasks = clusterscope::cluster::spawn(
-        clusterscope::cluster::Target::client(api.client()),
-        shared,
-        options,
-        pokes,
-        stop.clone(),
+        resolver.clone(),
+        Arc::new(Metrics::new()),
+        clusterscope::cluster::ClusterOptions {
+            discovery_wait,
+            ..Default::default()
+        },
     );
     (resolver, stop, tasks)
 }

@@ -544,14 +544,8 @@ async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
     );
 }
 
-/// The owner-delivery overlay: cluster-wide reads of what ties objects to namespaces, and
-/// copies written wherever a rule names; every grant used.
-#[tokio::test]
-async fn owner_delivery_rbac_covers_its_calls_and_grants_nothing_unused() {
-    let Some(objs) = render("overlays/owner-delivery") else {
-        return;
-    };
-    let granted = grants(&objs, true);
+/// A fake API server with two teams: pv-7 claimed from team-a, a pod of team-b on node1.
+async fn two_teams() -> fake_apiserver::FakeApiServer {
     let api = fake_apiserver::FakeApiServer::start(&[
         "default",
         "kube-system",
@@ -571,14 +565,30 @@ async fn owner_delivery_rbac_covers_its_calls_and_grants_nothing_unused() {
             "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "x"}]},
             "status": {"phase": "Running"}}),
     );
-    let pv_event = serde_json::json!({
+    api
+}
+
+/// A Warning about pv-7 in `default`.
+fn pv_event() -> Value {
+    serde_json::json!({
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": "pv-7.a", "namespace": "default"},
         "involvedObject": {"kind": "PersistentVolume", "name": "pv-7"},
         "reason": "VolumeFailedDelete", "message": "failed", "count": 1, "type": "Warning",
         "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
-    });
-    api.put("default", pv_event);
+    })
+}
+
+/// The owner-delivery overlay: cluster-wide reads of what ties objects to namespaces, and
+/// copies written wherever a rule names; every grant used.
+#[tokio::test]
+async fn owner_delivery_rbac_covers_its_calls_and_grants_nothing_unused() {
+    let Some(objs) = render("overlays/owner-delivery") else {
+        return;
+    };
+    let granted = grants(&objs, true);
+    let api = two_teams().await;
+    api.put("default", pv_event());
     api.put("default", node_event("default", "node1.a", 1, "Warning"));
     let mut new_style = node_event("kube-system", "node1.b", 1, "Warning");
     new_style["eventTime"] = "2026-11-20T10:00:00.000000Z".into();
@@ -637,26 +647,8 @@ async fn subscriptions_rbac_covers_its_calls_and_teams_manage_their_own() {
         "true"
     );
     let granted = grants(&objs, true);
-    let api = fake_apiserver::FakeApiServer::start(&[
-        "default",
-        "kube-system",
-        "team-a",
-        "team-b",
-        "clusterscope-system",
-    ])
-    .await;
+    let api = two_teams().await;
     api.install_subscription_crd();
-    api.put_object(
-        "persistentvolumes",
-        serde_json::json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-7"},
-            "spec": {"claimRef": {"namespace": "team-a", "name": "data"}}}),
-    );
-    api.put_object(
-        "pods",
-        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "team-b"},
-            "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "x"}]},
-            "status": {"phase": "Running"}}),
-    );
     api.put_subscription(
         "team-a",
         "volumes",
@@ -669,16 +661,7 @@ async fn subscriptions_rbac_covers_its_calls_and_teams_manage_their_own() {
         serde_json::json!({"relation": "nodes"}),
         2,
     );
-    api.put(
-        "default",
-        serde_json::json!({
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": "pv-7.a", "namespace": "default"},
-            "involvedObject": {"kind": "PersistentVolume", "name": "pv-7"},
-            "reason": "VolumeFailedDelete", "message": "failed", "count": 1, "type": "Warning",
-            "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
-        }),
-    );
+    api.put("default", pv_event());
     api.put("default", node_event("default", "node1.a", 1, "Warning"));
     let calls = calls_of_a_run(&objs, &api, async |api| {
         wait(|| api.events_in("team-a").len() == 1 && api.events_in("team-b").len() == 1).await;

@@ -84,14 +84,6 @@ fn event(name: &str, kind: &str, object: &str, type_: &str, count: i64) -> Value
     })
 }
 
-/// The copies of `source` in `ns`.
-fn copies(api: &FakeApiServer, ns: &str, source: &str) -> Vec<Value> {
-    api.events_in(ns)
-        .into_iter()
-        .filter(|e| e["metadata"]["annotations"]["clusterscope.dev/source-name"] == source)
-        .collect()
-}
-
 #[tokio::test]
 async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
     let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b"]).await;
@@ -108,8 +100,8 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
         event("pv-7.1", "PersistentVolume", "pv-7", "Warning", 1),
     );
     let (running, state) = start_with_state(&api);
-    assert!(eventually(10, || copies(&api, "team-a", "pv-7.1").len() == 1).await);
-    let copy = &copies(&api, "team-a", "pv-7.1")[0];
+    assert!(eventually(10, || api.copies_of("team-a", "pv-7.1").len() == 1).await);
+    let copy = &api.copies_of("team-a", "pv-7.1")[0];
     assert_eq!(
         copy["metadata"]["labels"]["clusterscope.dev/delivery"],
         "owner"
@@ -124,7 +116,7 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
         "default",
         event("va-1.1", "VolumeAttachment", "va-1", "Warning", 1),
     );
-    assert!(eventually(10, || copies(&api, "team-a", "va-1.1").len() == 1).await);
+    assert!(eventually(10, || api.copies_of("team-a", "va-1.1").len() == 1).await);
 
     // The volume is re-bound to team-b: later updates go there; team-a keeps what it had.
     api.put_object("persistentvolumes", volume("pv-7", "team-b", "data2"));
@@ -133,10 +125,10 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
         "default",
         event("pv-7.1", "PersistentVolume", "pv-7", "Warning", 2),
     );
-    assert!(eventually(10, || copies(&api, "team-b", "pv-7.1").len() == 1).await);
-    assert_eq!(copies(&api, "team-b", "pv-7.1")[0]["count"], 2);
+    assert!(eventually(10, || api.copies_of("team-b", "pv-7.1").len() == 1).await);
+    assert_eq!(api.copies_of("team-b", "pv-7.1")[0]["count"], 2);
     assert_eq!(
-        copies(&api, "team-a", "pv-7.1")[0]["count"],
+        api.copies_of("team-a", "pv-7.1")[0]["count"],
         1,
         "the old owner's copy was updated"
     );
@@ -146,7 +138,7 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
         "default",
         event("team-b.1", "Namespace", "team-b", "Normal", 1),
     );
-    assert!(eventually(10, || copies(&api, "team-b", "team-b.1").len() == 1).await);
+    assert!(eventually(10, || api.copies_of("team-b", "team-b.1").len() == 1).await);
     api.put_object(
         "namespaces",
         json!({"apiVersion": "v1", "kind": "Namespace",
@@ -159,7 +151,7 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
         event("team-a.1", "Namespace", "team-a", "Normal", 1),
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(copies(&api, "team-a", "team-a.1").is_empty());
+    assert!(api.copies_of("team-a", "team-a.1").is_empty());
     assert_eq!(
         running.metric(r#"clusterscope_deliveries_total{sink="kubernetes",result="error"}"#),
         0.0,
@@ -179,12 +171,12 @@ async fn node_warnings_reach_the_namespaces_of_its_pods_up_to_the_cap() {
     let (running, state) = start_with_state(&api);
     api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
     assert!(
-        eventually(10, || copies(&api, "team-a", "node1.1").len() == 1
-            && copies(&api, "team-b", "node1.1").len() == 1)
+        eventually(10, || api.copies_of("team-a", "node1.1").len() == 1
+            && api.copies_of("team-b", "node1.1").len() == 1)
         .await
     );
     assert!(
-        copies(&api, "team-c", "node1.1").is_empty(),
+        api.copies_of("team-c", "node1.1").is_empty(),
         "a finished pod ties nothing"
     );
     // Normal events are not delivered by the node rule (Warning by default).
@@ -196,9 +188,12 @@ async fn node_warnings_reach_the_namespaces_of_its_pods_up_to_the_cap() {
     api.put_object("pods", pod("team-a", "web-3", "node1", "Running"));
     state_knows(&state, |c| c.pods_on_node["node1"].len() == 3).await;
     api.put("default", event("node1.3", "Node", "node1", "Warning", 1));
-    assert!(eventually(10, || copies(&api, "team-b", "node1.3").len() == 1).await);
-    assert_eq!(copies(&api, "team-a", "node1.3").len(), 1);
-    assert!(copies(&api, "team-c", "node1.3").is_empty(), "past the cap");
+    assert!(eventually(10, || api.copies_of("team-b", "node1.3").len() == 1).await);
+    assert_eq!(api.copies_of("team-a", "node1.3").len(), 1);
+    assert!(
+        api.copies_of("team-c", "node1.3").is_empty(),
+        "past the cap"
+    );
     assert!(
         eventually(10, || running.metric(
             r#"clusterscope_delivery_namespaces_cut_total{channel="nodes"}"#
@@ -207,7 +202,7 @@ async fn node_warnings_reach_the_namespaces_of_its_pods_up_to_the_cap() {
     );
     for ns in ["team-a", "team-b", "team-c"] {
         assert!(
-            copies(&api, ns, "node1.2").is_empty(),
+            api.copies_of(ns, "node1.2").is_empty(),
             "{ns} got a Normal node event"
         );
     }
@@ -228,8 +223,8 @@ async fn the_state_is_read_past_the_first_page() {
     api.put_object("pods", pod("team-z", "last", "node1", "Running"));
     let running = start(&api);
     api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
-    assert!(eventually(10, || copies(&api, "team-z", "node1.1").len() == 1).await);
-    assert!(copies(&api, "team-a", "node1.1").is_empty());
+    assert!(eventually(10, || api.copies_of("team-z", "node1.1").len() == 1).await);
+    assert!(api.copies_of("team-a", "node1.1").is_empty());
     let pages = api
         .store
         .lock()
@@ -256,7 +251,7 @@ async fn a_410_relist_of_the_state_loses_nothing_and_doubles_nothing() {
         "default",
         event("pv-7.0", "PersistentVolume", "pv-7", "Warning", 1),
     );
-    assert!(eventually(10, || copies(&api, "team-a", "pv-7.0").len() == 1).await);
+    assert!(eventually(10, || api.copies_of("team-a", "pv-7.0").len() == 1).await);
     // Watches drop and the history is compacted: every watcher must list again.
     api.compact();
     api.drop_watches();
@@ -270,9 +265,9 @@ async fn a_410_relist_of_the_state_loses_nothing_and_doubles_nothing() {
             "default",
             event(&name, "PersistentVolume", "pv-7", "Warning", 1),
         );
-        let landed = || copies(&api, "team-a", &name).len() + copies(&api, "team-b", &name).len();
+        let landed = || api.copies_of("team-a", &name).len() + api.copies_of("team-b", &name).len();
         assert!(eventually(10, || landed() >= 1).await, "{name} lost");
-        if copies(&api, "team-b", &name).len() == 1 {
+        if api.copies_of("team-b", &name).len() == 1 {
             break;
         }
         assert!(probes < 100, "the state never learned of the re-bind");
@@ -287,13 +282,13 @@ async fn a_410_relist_of_the_state_loses_nothing_and_doubles_nothing() {
         event("pv-7.last", "PersistentVolume", "pv-7", "Warning", 1),
     );
     assert!(
-        eventually(10, || copies(&api, "team-b", "pv-7.0").len() == 1
-            && copies(&api, "team-b", "pv-7.last").len() == 1)
+        eventually(10, || api.copies_of("team-b", "pv-7.0").len() == 1
+            && api.copies_of("team-b", "pv-7.last").len() == 1)
         .await
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(copies(&api, "team-a", "pv-7.last").is_empty());
-    assert_eq!(copies(&api, "team-a", "pv-7.0")[0]["count"], 1);
+    assert!(api.copies_of("team-a", "pv-7.last").is_empty());
+    assert_eq!(api.copies_of("team-a", "pv-7.0")[0]["count"], 1);
     // Never two copies of one source in a namespace. (A re-sync after the re-list may also
     // give an earlier event a copy at the new owner: it is delivered where the state says.)
     for ns in ["team-a", "team-b"] {
@@ -354,22 +349,22 @@ async fn custom_kinds_follow_their_rule_field() {
     api.put("default", custom("NodeClaim", "nc-1", "nc-1.1"));
     api.put("default", custom("Disk", "disk-2", "disk-2.1"));
     assert!(
-        eventually(10, || copies(&api, "team-a", "disk-1.1").len() == 1
-            && copies(&api, "team-b", "nc-1.1").len() == 1)
+        eventually(10, || api.copies_of("team-a", "disk-1.1").len() == 1
+            && api.copies_of("team-b", "nc-1.1").len() == 1)
         .await
     );
     assert_eq!(
-        copies(&api, "team-a", "disk-1.1")[0]["metadata"]["annotations"]["clusterscope.dev/delivered-because"],
+        api.copies_of("team-a", "disk-1.1")[0]["metadata"]["annotations"]["clusterscope.dev/delivered-because"],
         "Disk disk-1 names namespace team-a in spec.claimRef.namespace"
     );
     assert_eq!(
-        copies(&api, "team-b", "nc-1.1")[0]["metadata"]["labels"]["clusterscope.dev/delivery"],
+        api.copies_of("team-b", "nc-1.1")[0]["metadata"]["labels"]["clusterscope.dev/delivery"],
         "node"
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
     for ns in ["team-a", "team-b"] {
         assert!(
-            copies(&api, ns, "disk-2.1").is_empty(),
+            api.copies_of(ns, "disk-2.1").is_empty(),
             "{ns}: a non-string field tied disk-2"
         );
     }
@@ -403,7 +398,7 @@ async fn custom_kinds_follow_their_rule_field() {
     })
     .await;
     api.put("default", custom("Disk", "disk-1", "disk-1.2"));
-    assert!(eventually(10, || copies(&api, "team-b", "disk-1.2").len() == 1).await);
+    assert!(eventually(10, || api.copies_of("team-b", "disk-1.2").len() == 1).await);
     running.stop().await;
 }
 
@@ -419,7 +414,7 @@ async fn an_api_server_outage_loses_nothing_and_doubles_nothing() {
         "default",
         event("pv-a.0", "PersistentVolume", "pv-a", "Warning", 1),
     );
-    assert!(eventually(10, || copies(&api, "team-a", "pv-a.0").len() == 1).await);
+    assert!(eventually(10, || api.copies_of("team-a", "pv-a.0").len() == 1).await);
     api.store.lock().unwrap().down_until = Some(std::time::Instant::now() + Duration::from_secs(2));
     api.drop_watches();
     for i in 1..=20 {
@@ -436,7 +431,7 @@ async fn an_api_server_outage_loses_nothing_and_doubles_nothing() {
             } else {
                 ("pv-b", "team-b")
             };
-            copies(&api, ns, &format!("{pv}.{i}")).len() == 1
+            api.copies_of(ns, &format!("{pv}.{i}")).len() == 1
         })
     };
     assert!(eventually(30, delivered).await);
@@ -491,6 +486,6 @@ async fn a_reloaded_configuration_starts_and_stops_what_the_owner_state_follows(
     ));
     assert!(eventually(10, || on_node("node2") && !on_node("node1")).await);
     api.put("default", event("node2.1", "Node", "node2", "Warning", 1));
-    assert!(eventually(10, || copies(&api, "team-a", "node2.1").len() == 1).await);
+    assert!(eventually(10, || api.copies_of("team-a", "node2.1").len() == 1).await);
     running.stop().await;
 }

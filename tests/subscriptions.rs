@@ -34,19 +34,8 @@ struct Cluster {
 
 impl Cluster {
     fn start(api: &FakeApiServer, yaml: &str) -> Cluster {
-        let config = clusterscope::config::Config::from_yaml(yaml, "test").unwrap();
         let metrics = Arc::new(clusterscope::metrics::Metrics::new());
-        let shared = clusterscope::cluster::Shared {
-            config: clusterscope::config::shared(config),
-            resolver: Arc::new(clusterscope::classify::ScopeResolver::new()),
-            metrics: metrics.clone(),
-            state: Arc::new(clusterscope::status::StatusLine::default()),
-            own_events: Arc::default(),
-            sinks: Vec::new(),
-        };
         let options = clusterscope::cluster::ClusterOptions {
-            identity: "replica-0".into(),
-            lease: Some(fake_apiserver::short_lease("replica-0")),
             controller: clusterscope::mirror::controller::ControllerOptions {
                 workers: 2,
                 retry_base: Duration::from_millis(20),
@@ -60,14 +49,12 @@ impl Cluster {
             },
             ..Default::default()
         };
-        let (_pokes, rx) = tokio::sync::mpsc::channel(1);
-        let stop = tokio_util::sync::CancellationToken::new();
-        let tasks = clusterscope::cluster::spawn(
-            clusterscope::cluster::Target::client(api.client()),
-            shared,
+        let (stop, tasks) = fake_apiserver::spawn_cluster(
+            api,
+            yaml,
+            Arc::new(clusterscope::classify::ScopeResolver::new()),
+            metrics.clone(),
             options,
-            rx,
-            stop.clone(),
         );
         Cluster {
             stop,
@@ -84,13 +71,7 @@ impl Cluster {
     }
 
     fn metric(&self, line_start: &str) -> f64 {
-        self.metrics
-            .encode()
-            .lines()
-            .find(|l| l.starts_with(line_start))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        fake_apiserver::metric(&self.metrics, line_start)
     }
 }
 
@@ -116,12 +97,16 @@ fn event(name: &str, kind: &str, object: &str, type_: &str, reason: &str, count:
     })
 }
 
-/// The copies of `source` in `ns`.
-fn copies(api: &FakeApiServer, ns: &str, source: &str) -> Vec<Value> {
-    api.events_in(ns)
-        .into_iter()
-        .filter(|e| e["metadata"]["annotations"]["clusterscope.dev/source-name"] == source)
-        .collect()
+/// The `count`-th VolumeFailedDelete of pv-7.
+fn pv_event(count: i64) -> Value {
+    event(
+        "pv-7.1",
+        "PersistentVolume",
+        "pv-7",
+        "Warning",
+        "VolumeFailedDelete",
+        count,
+    )
 }
 
 /// The condition `type_` of a subscription's stored status.
@@ -185,8 +170,8 @@ async fn a_team_gets_what_it_asked_for_and_nothing_more() {
         "default",
         event("node1.1", "Node", "node1", "Warning", "FailedMount", 1),
     );
-    assert!(eventually(10, || copies(&api, "team-a", "node1.1").len() == 1).await);
-    let copy = &copies(&api, "team-a", "node1.1")[0];
+    assert!(eventually(10, || api.copies_of("team-a", "node1.1").len() == 1).await);
+    let copy = &api.copies_of("team-a", "node1.1")[0];
     let labels = &copy["metadata"]["labels"];
     assert_eq!(labels["clusterscope.dev/delivery"], "subscription");
     assert_eq!(labels["clusterscope.dev/subscription"], "all-node-events");
@@ -219,17 +204,18 @@ async fn a_team_gets_what_it_asked_for_and_nothing_more() {
         event("node1.1", "Node", "node1", "Warning", "FailedMount", 2),
     );
     assert!(
-        eventually(10, || copies(&api, "team-a", "node1.1")
+        eventually(10, || api
+            .copies_of("team-a", "node1.1")
             .first()
             .is_some_and(|c| c["count"] == 2))
         .await
     );
     assert!(
-        copies(&api, "team-b", "node1.1").is_empty(),
+        api.copies_of("team-b", "node1.1").is_empty(),
         "team-b wants Rebooted only"
     );
     assert!(
-        copies(&api, "team-c", "node1.1").is_empty(),
+        api.copies_of("team-c", "node1.1").is_empty(),
         "team-c runs nothing on node1"
     );
     assert!(
@@ -326,30 +312,20 @@ async fn refused_subscriptions_say_why_and_get_nothing() {
         cluster.metric("clusterscope_subscriptions{state=\"refused\",reason=\"NamespaceLimit\"}"),
         1.0
     );
-    api.put(
-        "default",
-        event(
-            "pv-7.1",
-            "PersistentVolume",
-            "pv-7",
-            "Warning",
-            "VolumeFailedDelete",
-            1,
-        ),
-    );
+    api.put("default", pv_event(1));
     api.put(
         "default",
         event("node1.1", "Node", "node1", "Warning", "NodeNotReady", 1),
     );
-    assert!(eventually(10, || copies(&api, "team-a", "pv-7.1").len() == 1).await);
-    let copy = &copies(&api, "team-a", "pv-7.1")[0];
+    assert!(eventually(10, || api.copies_of("team-a", "pv-7.1").len() == 1).await);
+    let copy = &api.copies_of("team-a", "pv-7.1")[0];
     assert_eq!(
         copy["metadata"]["labels"]["clusterscope.dev/subscription"],
         "volumes"
     );
     // Give the node event every chance: no copy for the refused subscription.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(copies(&api, "team-a", "node1.1").is_empty());
+    assert!(api.copies_of("team-a", "node1.1").is_empty());
     // The oldest goes: the next in line is accepted, and counts from then on.
     api.delete_object("subscriptions", "team-a", "volumes");
     assert!(
@@ -362,19 +338,9 @@ async fn refused_subscriptions_say_why_and_get_nothing() {
         ))
         .await
     );
-    api.put(
-        "default",
-        event(
-            "pv-7.1",
-            "PersistentVolume",
-            "pv-7",
-            "Warning",
-            "VolumeFailedDelete",
-            2,
-        ),
-    );
+    api.put("default", pv_event(2));
     assert!(
-        eventually(10, || copies(&api, "team-a", "pv-7.1")[0]["metadata"]["labels"]
+        eventually(10, || api.copies_of("team-a", "pv-7.1")[0]["metadata"]["labels"]
             ["clusterscope.dev/subscription"]
             == "volume-failures")
         .await
@@ -401,7 +367,7 @@ async fn new_subscriptions_get_stored_events_and_deleted_ones_stop() {
         .await
     );
     api.put_subscription("team-c", "its-node", nodes(&[]), 1);
-    assert!(eventually(10, || copies(&api, "team-c", "node2.1").len() == 1).await);
+    assert!(eventually(10, || api.copies_of("team-c", "node2.1").len() == 1).await);
     api.delete_object("subscriptions", "team-c", "its-node");
     // Judged without it (the metric follows the rounds).
     assert!(
@@ -425,8 +391,8 @@ async fn new_subscriptions_get_stored_events_and_deleted_ones_stop() {
         .await
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(copies(&api, "team-c", "node2.2").is_empty());
-    let kept = copies(&api, "team-c", "node2.1");
+    assert!(api.copies_of("team-c", "node2.2").is_empty());
+    let kept = api.copies_of("team-c", "node2.1");
     assert_eq!(kept.len(), 1, "the earlier copy stays until the TTL");
     assert_eq!(kept[0]["count"], 1, "and is not updated any more");
     cluster.stop().await;
@@ -479,7 +445,7 @@ async fn without_a_ceiling_subscriptions_are_not_watched() {
         "default",
         event("node1.1", "Node", "node1", "Warning", "NodeNotReady", 1),
     );
-    assert!(eventually(10, || copies(&api, "team-a", "node1.1").len() == 1).await);
+    assert!(eventually(10, || api.copies_of("team-a", "node1.1").len() == 1).await);
     let calls = api.store.lock().unwrap().calls.clone();
     assert!(
         !calls.iter().any(|c| c.1 == "clusterscope.dev"),

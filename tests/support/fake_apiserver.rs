@@ -572,6 +572,14 @@ impl FakeApiServer {
         );
     }
 
+    /// The mirror copies of the source event `source` stored in `ns`.
+    pub fn copies_of(&self, ns: &str, source: &str) -> Vec<Value> {
+        self.events_in(ns)
+            .into_iter()
+            .filter(|e| e["metadata"]["annotations"]["clusterscope.dev/source-name"] == source)
+            .collect()
+    }
+
     /// A stored object (`subscriptions`, `pods`, ...).
     pub fn object(&self, resource: &str, ns: &str, name: &str) -> Option<Value> {
         let s = self.store.lock().unwrap();
@@ -638,14 +646,59 @@ impl RunningController {
     /// The value of the first series of the controller's metrics starting with `prefix`
     /// (0 when there is none).
     pub fn metric(&self, prefix: &str) -> f64 {
-        self.metrics
-            .encode()
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
+        metric(&self.metrics, prefix)
     }
+}
+
+/// The value of the first series of `metrics` whose line starts with `prefix` (0 if none).
+pub fn metric(metrics: &clusterscope::metrics::Metrics, prefix: &str) -> f64 {
+    metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The cluster side as `serve` runs it (`cluster::spawn`: discovery, the lease, the mirror and
+/// subscription controllers) against `api`, with the configuration `yaml`, as replica
+/// `replica-0` with a short lease; `options` gives the rest. Stops when the token is cancelled.
+pub fn spawn_cluster(
+    api: &FakeApiServer,
+    yaml: &str,
+    resolver: Arc<clusterscope::classify::ScopeResolver>,
+    metrics: Arc<clusterscope::metrics::Metrics>,
+    options: clusterscope::cluster::ClusterOptions,
+) -> (
+    tokio_util::sync::CancellationToken,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let config = clusterscope::config::Config::from_yaml(yaml, "test").unwrap();
+    let shared = clusterscope::cluster::Shared {
+        config: clusterscope::config::shared(config),
+        resolver,
+        metrics,
+        state: Arc::new(clusterscope::status::StatusLine::default()),
+        own_events: Arc::default(),
+        sinks: Vec::new(),
+    };
+    let options = clusterscope::cluster::ClusterOptions {
+        identity: "replica-0".into(),
+        lease: Some(short_lease("replica-0")),
+        ..options
+    };
+    // Discovery is refreshed on its own timer only: no pokes.
+    let (_pokes, pokes) = tokio::sync::mpsc::channel(1);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let tasks = clusterscope::cluster::spawn(
+        clusterscope::cluster::Target::client(api.client()),
+        shared,
+        options,
+        pokes,
+        stop.clone(),
+    );
+    (stop, tasks)
 }
 
 /// Lease timings short enough for tests: 1 s lease, 700 ms renew deadline, 100 ms retries.
@@ -776,6 +829,13 @@ async fn list(
 
 type Query = axum::extract::Query<BTreeMap<String, String>>;
 
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
 /// A custom resource of clusterscope's own group that discovery does not list is not served
 /// (its CRD is not installed): 404, as the API server answers.
 fn not_served(store: &Mutex<Store>, group: &str, version: &str, plural: &str) -> Option<Response> {
@@ -819,10 +879,7 @@ async fn apply_status(
     {
         return r;
     }
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ct = content_type(&headers);
     if ct != "application/apply-patch+yaml" {
         return status(
             415,
@@ -1073,10 +1130,7 @@ async fn patch(
     {
         return r;
     }
-    let ct = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let ct = content_type(&headers);
     if !ct.starts_with("application/strategic-merge-patch+json")
         && !ct.starts_with("application/merge-patch+json")
     {

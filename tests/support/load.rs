@@ -84,6 +84,29 @@ pub struct Planned {
     pub copies: usize,
 }
 
+/// The i-th event of the delivery benches: even, about volume `i mod volumes` (one copy, into
+/// its claim's namespace); odd, a Warning about node `i mod nodes` (a copy into each of the
+/// `copies_per_node` namespaces with pods on it).
+pub fn volume_or_node(i: usize, volumes: usize, nodes: usize, copies_per_node: usize) -> Planned {
+    if i.is_multiple_of(2) {
+        let pv = format!("pv-{}", i % volumes);
+        Planned {
+            name: format!("{pv}.{i:016x}"),
+            kind: "PersistentVolume",
+            object: pv,
+            copies: 1,
+        }
+    } else {
+        let node = format!("node-{}", i % nodes);
+        Planned {
+            name: format!("{node}.{i:016x}"),
+            kind: "Node",
+            object: node,
+            copies: copies_per_node,
+        }
+    }
+}
+
 /// What was written: source → (when, copies expected), their sum, and the seconds it took.
 pub struct Written {
     pub sources: HashMap<String, (Instant, usize)>,
@@ -140,6 +163,21 @@ pub struct Arrived {
 }
 
 impl Arrived {
+    /// What a bench prints of a load `what` of `written` and what arrived.
+    pub fn report(&self, what: &str, written: &Written) -> String {
+        format!(
+            "{what}: {} events written at {:.0}/s over {:.1} s; {} of {} copies after {:.1} s; {} sources fully delivered\n{}",
+            written.sources.len(),
+            written.sources.len() as f64 / written.secs,
+            written.secs,
+            self.copies,
+            written.expected,
+            self.done_secs,
+            self.complete,
+            self.lag_line()
+        )
+    }
+
     /// `lag (...): p50 .. p90 .. p99 .. max ..`
     pub fn lag_line(&self) -> String {
         format!(
