@@ -453,3 +453,97 @@ async fn without_a_ceiling_subscriptions_are_not_watched() {
     );
     cluster.stop().await;
 }
+
+/// A sink switched on by the channel's `history` switch, as the history sink is: it plans one
+/// delivery naming where the event went.
+struct HistoryProbe;
+
+impl clusterscope::recorder::pipeline::Destination for HistoryProbe {
+    fn name(&self) -> &'static str {
+        "history-probe"
+    }
+
+    fn plan(
+        &self,
+        routed: &clusterscope::recorder::pipeline::Routed<'_>,
+    ) -> Vec<clusterscope::recorder::pipeline::Delivery> {
+        if !routed.switched("history") {
+            return Vec::new();
+        }
+        vec![routed.delivery(
+            "probe".into(),
+            routed.event.clone(),
+            routed.namespaces.to_vec(),
+        )]
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        _delivery: &'a clusterscope::recorder::pipeline::Delivery,
+    ) -> clusterscope::recorder::pipeline::DeliverFuture<'a> {
+        Box::pin(async { Ok(clusterscope::recorder::pipeline::Delivered::Created) })
+    }
+}
+
+/// A subscription with `history: true` (the admin allowing it) has the events it gets recorded
+/// in history, naming its namespace, though its channel does not record; one without does not.
+#[tokio::test]
+async fn a_subscription_asking_for_history_has_its_events_recorded() {
+    use clusterscope::subscription::{Accepted, Live, Relation, Subscribers, SubscriptionSpec};
+    let api = FakeApiServer::start(&NAMESPACES).await;
+    let state = clusterscope::owners::SharedCluster::default();
+    {
+        let mut s = state.write().unwrap();
+        s.namespaces.insert("team-a".into(), Default::default());
+        s.set_pod("team-a", "web-1", Some("node1"));
+    }
+    let plan_with = |history: bool| {
+        let live = Arc::new(Live::default());
+        let mut subscribers = Subscribers::default();
+        subscribers.insert(
+            "team-a",
+            Accepted {
+                name: "its-node".into(),
+                spec: SubscriptionSpec {
+                    relation: Relation::Nodes,
+                    kinds: Vec::new(),
+                    types: Vec::new(),
+                    reasons: Vec::new(),
+                    history,
+                },
+            },
+        );
+        live.replace(subscribers, 50);
+        let syncer = api
+            .syncer(&format!("{ROUTES}subscriptions: {{history: true}}\n"))
+            .with_cluster(state.clone())
+            .with_subscriptions(live)
+            .with_sink(Arc::new(HistoryProbe));
+        let source: k8s_openapi::api::core::v1::Event = serde_json::from_value(event(
+            "node1.1",
+            "Node",
+            "node1",
+            "Warning",
+            "NodeNotReady",
+            1,
+        ))
+        .unwrap();
+        syncer.plan(&source, std::time::Instant::now())
+    };
+    let recorded = plan_with(true);
+    let probe: Vec<_> = recorded
+        .deliveries
+        .iter()
+        .filter(|(sink, _)| *sink == "history-probe")
+        .collect();
+    assert_eq!(probe.len(), 1, "{:?}", recorded.deliveries);
+    assert_eq!(probe[0].1.namespaces, ["team-a"]);
+    let not_recorded = plan_with(false);
+    assert!(
+        not_recorded
+            .deliveries
+            .iter()
+            .all(|(sink, _)| *sink != "history-probe")
+    );
+    assert_eq!(not_recorded.deliveries.len(), 1, "the copy only");
+}
