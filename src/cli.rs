@@ -163,12 +163,16 @@ fn run(command: Command) -> Result<(), Failure> {
     }
 }
 
-/// Loads the configuration from `path`, or the embedded default.
+/// Loads the configuration from `path` (the file, the ConfigMap holding it, or kustomize's
+/// output), or the embedded default.
 pub fn load_config(path: Option<&Path>) -> Result<Config, crate::config::ConfigError> {
-    match path {
-        Some(p) => Config::from_file(p),
-        None => Ok(Config::embedded_default()),
-    }
+    let Some(path) = path else {
+        return Ok(Config::embedded_default());
+    };
+    let source = path.display().to_string();
+    let bytes = std::fs::read(path)
+        .map_err(|e| crate::config::ConfigError::unreadable_file(&source, &e))?;
+    Config::from_document_bytes(&bytes, &source)
 }
 
 fn read_input(input: Option<&Path>) -> Result<Vec<u8>, Failure> {
@@ -377,7 +381,7 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
         Some(path) => {
             let bytes = std::fs::read(path)
                 .map_err(|e| io_failure(format!("{}: cannot read: {e}", path.display())))?;
-            Config::from_bytes(&bytes, &path.display().to_string())
+            Config::from_document_bytes(&bytes, &path.display().to_string())
         }
         None => Ok(Config::embedded_default()),
     }

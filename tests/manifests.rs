@@ -853,3 +853,106 @@ fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
         );
     }
 }
+
+/// The ConfigMaps `manifests/` ships, as their files.
+fn shipped_configmaps() -> Vec<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests");
+    let mut files = vec![root.join("base/configmap.yaml")];
+    for overlay in std::fs::read_dir(root.join("overlays")).unwrap() {
+        let file = overlay.unwrap().path().join("config.yaml");
+        if file.exists() {
+            files.push(file);
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    files
+}
+
+fn clusterscope(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_clusterscope"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `check-config` and `explain --config` take every ConfigMap `manifests/` ships (its
+/// comment, the README and an alert tell users to run them on it), as the user has it.
+#[test]
+fn check_config_and_explain_take_every_shipped_configmap() {
+    let events = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/events.json");
+    for file in shipped_configmaps() {
+        let out = clusterscope(&["check-config".as_ref(), file.as_os_str()]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.starts_with(&format!(
+                "{} (ConfigMap clusterscope-config, key config.yaml): valid",
+                file.display()
+            )),
+            "{stdout}"
+        );
+        let out = clusterscope(&[
+            "explain".as_ref(),
+            "--config".as_ref(),
+            file.as_os_str(),
+            events.as_os_str(),
+        ]);
+        assert!(
+            out.status.success(),
+            "explain --config {}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("about: Node worker-2"));
+    }
+}
+
+/// `kubectl kustomize ... > all.yaml; clusterscope check-config all.yaml` finds the
+/// configuration among the rendered objects, for every entry point; an error in it points at
+/// the line of the rendered file.
+#[test]
+fn check_config_takes_a_kustomize_render() {
+    if !fixtures::kubectl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for entry in ENTRY_POINTS {
+        let out = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("manifests")
+                    .join(entry),
+            )
+            .output()
+            .unwrap();
+        let rendered = dir.path().join(format!("{}.yaml", entry.replace('/', "-")));
+        std::fs::write(&rendered, &out.stdout).unwrap();
+        let checked = clusterscope(&["check-config".as_ref(), rendered.as_os_str()]);
+        assert!(
+            checked.status.success(),
+            "{entry}: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+    // A typo in the rendered file: refused (exit 2), at its line in that file.
+    let base = std::fs::read_to_string(dir.path().join("base.yaml")).unwrap();
+    let broken = base.replacen("- channel: nodes", "- channel: nodez", 1);
+    let line = broken.lines().position(|l| l.contains("nodez")).unwrap() + 1;
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, &broken).unwrap();
+    let out = clusterscope(&["check-config".as_ref(), file.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{}:{line}:", file.display())),
+        "expected line {line}: {stderr}"
+    );
+    assert!(stderr.contains("nodez"), "{stderr}");
+}

@@ -4,6 +4,7 @@
 //! way the API server would check what we write from it: channel names, label keys and values,
 //! annotation keys. Every error names the file, line and column and says what is wrong.
 
+mod document;
 mod summary;
 
 use std::collections::{BTreeMap, HashSet};
@@ -39,6 +40,23 @@ pub fn shared(config: Config) -> SharedConfig {
     std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config))
 }
 
+/// File contents as text: not larger than a configuration may be, UTF-8.
+fn text_of<'a>(bytes: &'a [u8], source: &str) -> Result<&'a str, ConfigError> {
+    let fail = |reason: String| ConfigError {
+        source: source.to_owned(),
+        line: 0,
+        column: 0,
+        reason,
+    };
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(fail(format!(
+            "file is {} bytes, larger than the {MAX_CONFIG_BYTES} bytes a configuration may be",
+            bytes.len()
+        )));
+    }
+    std::str::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: {e}")))
+}
+
 /// A configuration that was refused, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -66,6 +84,16 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ConfigError {
+    /// `source` could not be read.
+    pub fn unreadable_file(source: &str, error: &std::io::Error) -> Self {
+        ConfigError {
+            source: source.to_owned(),
+            line: 0,
+            column: 0,
+            reason: format!("{UNREADABLE}: {error}"),
+        }
+    }
+
     /// The file could not be read at all (an I/O problem, not a refused configuration).
     pub fn unreadable(&self) -> bool {
         self.line == 0 && self.reason.starts_with(UNREADABLE)
@@ -389,31 +417,20 @@ impl Config {
     /// a watcher can tell later changes from this version without reading the file again.
     pub fn read(path: &Path) -> Result<(Self, Vec<u8>), ConfigError> {
         let source = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| ConfigError {
-            source: source.clone(),
-            line: 0,
-            column: 0,
-            reason: format!("{UNREADABLE}: {e}"),
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| ConfigError::unreadable_file(&source, &e))?;
         Self::from_bytes(&bytes, &source).map(|config| (config, bytes))
     }
 
     /// Validates file contents: size, UTF-8, then [`Self::from_yaml`].
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self, ConfigError> {
-        let fail = |reason: String| ConfigError {
-            source: source.to_owned(),
-            line: 0,
-            column: 0,
-            reason,
-        };
-        if bytes.len() as u64 > MAX_CONFIG_BYTES {
-            return Err(fail(format!(
-                "file is {} bytes, larger than the {MAX_CONFIG_BYTES} bytes a configuration may be",
-                bytes.len()
-            )));
-        }
-        let text = std::str::from_utf8(bytes).map_err(|e| fail(format!("not UTF-8 text: {e}")))?;
-        Self::from_yaml(text, source)
+        Self::from_yaml(text_of(bytes, source)?, source)
+    }
+
+    /// As [`Self::from_bytes`], also taking the ConfigMap that ships a configuration (its
+    /// `config.yaml` key) or the output of `kubectl kustomize` with that ConfigMap in it, as
+    /// people hand them to `check-config` and `explain`.
+    pub fn from_document_bytes(bytes: &[u8], source: &str) -> Result<Self, ConfigError> {
+        document::from_document(text_of(bytes, source)?, source)
     }
 
     /// Parses and validates YAML text; `source` names it in errors.
