@@ -130,7 +130,7 @@ fn explain_one(
     out["labels"] = labels_of(classified, channel, config);
     out["deliveries"] = json!(
         channel
-            .map(|ch| deliveries_of(ch, classified))
+            .map(|ch| deliveries_of(ch, classified, view.type_(), config))
             .unwrap_or_default()
     );
     out
@@ -168,8 +168,15 @@ fn labels_of(classified: &Classified, channel: Option<&Channel>, config: &Config
     Value::Object(labels)
 }
 
-/// Where `channel` delivers the event, in words.
-fn deliveries_of(ch: &Channel, classified: &Classified) -> Vec<String> {
+/// Where `channel` delivers an event of `type_`, in words: its namespace, the log, history,
+/// and what each delivery rule does with this kind and type (the gate the controller applies,
+/// `owners::Rules::reach`), "not delivered" included.
+fn deliveries_of(
+    ch: &Channel,
+    classified: &Classified,
+    type_: &str,
+    config: &Config,
+) -> Vec<String> {
     let mut deliveries = Vec::new();
     if let Some(ns) = &ch.namespace {
         deliveries.push(format!("a copy in namespace {ns}"));
@@ -180,21 +187,17 @@ fn deliveries_of(ch: &Channel, classified: &Classified) -> Vec<String> {
     if ch.history {
         deliveries.push("a row in the history database (when serve has --postgres-url)".to_owned());
     }
-    if ch.deliver.owners {
-        deliveries.push(format!(
-            "copies in the namespaces that own {} {} (resolved in the cluster)",
-            classified.kind, classified.name
-        ));
-    }
-    if let Some(np) = &ch.deliver.node_pods {
-        deliveries.push(format!(
-            "for {} events about a Node, copies in the namespaces of its pods (at most {})",
-            np.types.join("/"),
-            np.max_namespaces
-        ));
-    }
-    if let Some(sel) = &ch.deliver.namespace_selector {
-        deliveries.push(format!("copies in the namespaces labelled {sel}"));
+    let object = crate::owners::Object {
+        group: &classified.group,
+        kind: &classified.kind,
+        name: &classified.name,
+    };
+    let custom = config
+        .owner_rules
+        .iter()
+        .find(|r| r.group == classified.group && r.kind == classified.kind);
+    for reach in ch.deliver.reach(object, type_, custom) {
+        deliveries.push(format!("{}: {}", reach.rule.as_str(), reach.says));
     }
     deliveries
 }
@@ -252,8 +255,8 @@ pub fn to_text(explained: &Value) -> String {
         .as_array()
         .map(|d| d.iter().map(s).collect())
         .unwrap_or_default();
-    if !deliveries.is_empty() {
-        out.push_str(&format!("\n  delivered as: {}", deliveries.join("; ")));
+    for delivery in deliveries {
+        out.push_str(&format!("\n  delivery: {delivery}"));
     }
     out
 }

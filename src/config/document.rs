@@ -87,12 +87,15 @@ pub fn from_document(text: &str, source: &str) -> Result<Config, ConfigError> {
     let doc = &docs[*index];
     let name = value["metadata"]["name"].as_str().unwrap_or("(no name)");
     let inner = value["data"][KEY].as_str().unwrap_or_default();
-    Config::from_yaml(inner, source)
-        .map_err(|e| in_key(e, doc, name))
-        .map(|mut config| {
-            config.source = format!("{source} (ConfigMap {name}, key {KEY})");
-            config
-        })
+    let mut config = Config::from_yaml(inner, source).map_err(|e| in_key(e, doc, name))?;
+    config.source = format!("{source} (ConfigMap {name}, key {KEY})");
+    // Routes name their lines (explain, warnings): lines of the file given.
+    if let Some((key_line, _)) = literal_block(doc.text) {
+        for route in &mut config.routes {
+            route.line += doc.first_line + key_line - 1;
+        }
+    }
+    Ok(config)
 }
 
 /// An error of the whole file.

@@ -23,6 +23,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use kube::core::{Selector, SelectorExt};
 
 pub mod live;
+mod reach;
+
+pub use reach::{Reach, Rule};
 
 /// The cluster state shared by whatever keeps it and whoever resolves against it.
 pub type SharedCluster = std::sync::Arc<std::sync::RwLock<Cluster>>;
@@ -358,19 +361,29 @@ impl Cluster {
             seen: BTreeSet::new(),
             out: Resolution::default(),
         };
+        let rule = self.custom_rule(object);
+        let [owners, node_pods, selector] = rules.gate(object, type_, rule);
         let custom = self.custom_value(object);
-        if rules.owners {
+        if owners {
             self.owners_of(object, custom.as_ref(), &mut found);
         }
-        if let Some(node_pods) = &rules.node_pods
-            && node_pods.types.iter().any(|t| t == type_)
-        {
-            self.pods_of_node(node_pods, object, custom.as_ref(), &mut found);
+        if let Some(np) = rules.node_pods.as_ref().filter(|_| node_pods) {
+            self.pods_of_node(np, object, custom.as_ref(), &mut found);
         }
-        if let Some(selector) = &rules.namespace_selector {
-            self.selected(selector, &mut found);
+        if let Some(sel) = rules.namespace_selector.as_ref().filter(|_| selector) {
+            self.selected(sel, &mut found);
         }
         found.out
+    }
+
+    /// The admin's rule for `object`'s kind, if it has one.
+    fn custom_rule(&self, object: Object<'_>) -> Option<&CustomRule> {
+        if self.custom.is_empty() {
+            return None;
+        }
+        self.custom
+            .get(&(object.group.to_owned(), object.kind.to_owned()))
+            .map(|c| &c.rule)
     }
 
     /// What a custom rule reads of `object`: whom it follows, the value, and the field.
