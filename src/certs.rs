@@ -104,6 +104,12 @@ pub fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (the key with mode 0600) into `dir`, creating
 /// it; each file is replaced whole (written beside it, then renamed over it).
 pub fn write(dir: &Path, bundle: &Bundle) -> Result<(), String> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(format!(
+            "{} is a file, not a directory: give a directory for the certificates (it is created if missing)",
+            dir.display()
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let (ca, cert, key) = paths(dir);
     replace_file(&ca, bundle.ca_pem.as_bytes(), false)?;

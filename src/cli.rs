@@ -247,8 +247,14 @@ fn review(
 /// AdmissionReview its CREATE would send. A list is refused with a pointer to `explain`.
 fn as_review(body: Vec<u8>) -> Result<Vec<u8>, Failure> {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
-        // Not JSON: the reviewer says where it breaks.
-        return Ok(body);
+        let first = body.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b == b'{' || *b == b'[') {
+            // JSON that breaks somewhere: the reviewer says where.
+            return Ok(body);
+        }
+        return Err(refused(
+            "input is not JSON: give an AdmissionReview, or a bare Event as `kubectl get event NAME -o json` prints it",
+        ));
     };
     let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     let api_version = value
@@ -362,6 +368,10 @@ fn explain(
     let config = load_config(config).map_err(|e| refused(e.to_string()))?;
     let body = read_input(input)?;
     let explained = crate::explain::explain(&body, &config).map_err(|e| refused(e.to_string()))?;
+    if explained.is_empty() && output == ExplainFormat::Text {
+        eprintln!("explain: the input holds no events");
+        return Ok(());
+    }
     let text = match output {
         ExplainFormat::Json => serde_json::to_vec_pretty(&explained)
             .map_err(|e| io_failure(format!("cannot encode the explanation: {e}")))?,
@@ -394,6 +404,7 @@ fn check_config(file: Option<&Path>) -> Result<(), Failure> {
 }
 
 fn serve(args: ServeArgs) -> Result<(), Failure> {
+    args.server.certificates.check().map_err(refused)?;
     crate::telemetry::init(args.log.log_format, &args.log.log_level).map_err(refused)?;
     let history = args.history.options();
     let options = args.server.options(args.cluster.options(hostname), history);

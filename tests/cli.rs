@@ -367,7 +367,7 @@ fn check_config_shows_history_channels_and_refuses_a_bad_retention_where_it_is()
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.contains("nodes [recorded in the history database]")
-            && text.contains("history: rows kept 14days after their event was last seen"),
+            && text.contains("history: rows kept 14 days after their event was last seen"),
         "{text}"
     );
     for (retention, needle) in [
@@ -1032,4 +1032,108 @@ fn check_config_warns_of_routes_that_can_never_match() {
         stderr_line(&out).contains(":5:24: channels[0].deliver.nodePods.maxNamespaces: "),
         "{out:?}"
     );
+}
+
+/// Messages a new user meets, each saying what was wrong and what to do (issue 22, finding 5).
+#[test]
+fn review_on_something_not_json_says_so_and_what_it_takes() {
+    let mut child = bin()
+        .args(["review", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"garbage\n").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_line(&out);
+    assert!(err.contains("input is not JSON"), "{err}");
+    assert!(err.contains("a bare Event"), "{err}");
+}
+
+#[test]
+fn explain_on_an_empty_list_says_there_is_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.json");
+    std::fs::write(&empty, r#"{"apiVersion":"v1","kind":"List","items":[]}"#).unwrap();
+    let out = run(&["explain", empty.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr_line(&out).contains("holds no events"));
+}
+
+#[test]
+fn history_retention_reads_in_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "channels:\n  - name: a\n    history: true\n").unwrap();
+    let out = run(&["check-config", config.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("rows kept 30 days after"), "{text}");
+}
+
+#[test]
+fn a_certificate_without_its_key_says_so_without_a_misleading_usage() {
+    let out = run(&["serve", "--cluster", "off", "--tls-cert", "/tmp/x.crt"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr_line(&out);
+    assert!(err.contains("--tls-cert needs --tls-key"), "{err}");
+    let out = run(&["serve", "--cluster", "off", "--tls-key", "/tmp/x.key"]);
+    assert!(stderr_line(&out).contains("--tls-key needs --tls-cert"));
+}
+
+#[test]
+fn a_cert_dir_that_is_a_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("certs");
+    std::fs::write(&file, "not a directory").unwrap();
+    let out = run(&[
+        "serve",
+        "--cluster",
+        "off",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--cert-dir",
+        file.to_str().unwrap(),
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--cert-dir: ") && err.contains("is a file, not a directory"),
+        "{err}"
+    );
+}
+
+/// `curl http://` on the HTTPS port: a readable 400 saying to use https://.
+#[test]
+fn plain_http_on_the_https_port_gets_a_readable_answer() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let serving = start_serve(dir.path(), |c| {
+        c.args(["--cluster", "off"]);
+    });
+    let mut tcp = std::net::TcpStream::connect(&serving.listen).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    tcp.write_all(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer:?}"
+    );
+    assert!(answer.contains("call it with https://"), "{answer:?}");
+    let (status, _) = serving.stop();
+    assert!(status.success());
 }

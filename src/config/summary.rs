@@ -18,7 +18,7 @@ impl Config {
         if config.channels.iter().any(|c| c.history) {
             out.push_str(&format!(
                 "history: rows kept {} after their event was last seen\n",
-                humantime::format_duration(config.history.retention)
+                in_words(config.history.retention)
             ));
         }
         for rule in &config.owner_rules {
@@ -117,4 +117,16 @@ fn channel_line(config: &Config, idx: usize, ch: &Channel) -> String {
     }
     out.push('\n');
     out
+}
+
+/// `30 days`, `1 day`, or humantime's `36h 30m` for what is not whole days.
+fn in_words(d: std::time::Duration) -> String {
+    const DAY: u64 = 86_400;
+    match d.as_secs() {
+        s if s % DAY == 0 && d.subsec_nanos() == 0 => match s / DAY {
+            1 => "1 day".to_owned(),
+            n => format!("{n} days"),
+        },
+        _ => humantime::format_duration(d).to_string(),
+    }
 }

@@ -81,20 +81,10 @@ pub struct Args {
 #[group(id = "certificate_flags")]
 pub struct CertificateArgs {
     /// Serving certificate (PEM); watched and reloaded when it changes.
-    #[arg(
-        long,
-        env = "CLUSTERSCOPE_TLS_CERT",
-        requires = "tls_key",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "CLUSTERSCOPE_TLS_CERT", value_name = "FILE")]
     pub tls_cert: Option<PathBuf>,
     /// Private key of the serving certificate (PEM: PKCS#1, PKCS#8 or SEC1).
-    #[arg(
-        long,
-        env = "CLUSTERSCOPE_TLS_KEY",
-        requires = "tls_cert",
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "CLUSTERSCOPE_TLS_KEY", value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
     /// Require webhook clients to present a certificate signed by this CA (PEM): for an API
     /// server whose admission configuration gives it a client certificate for webhooks.
@@ -139,6 +129,18 @@ pub struct LimitArgs {
     #[arg(long, env = "CLUSTERSCOPE_MAX_CONNECTIONS_PER_PEER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_PEER,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub max_connections_per_peer: usize,
+}
+
+impl CertificateArgs {
+    /// A certificate and its key come together (said here rather than by clap, whose usage
+    /// line would make the other flags given look required).
+    pub fn check(&self) -> Result<(), String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err("--tls-cert needs --tls-key (the certificate's private key): give both, or neither for a self-signed pair in --cert-dir".to_owned()),
+            (None, Some(_)) => Err("--tls-key needs --tls-cert (the certificate it belongs to): give both, or neither for a self-signed pair in --cert-dir".to_owned()),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl Args {

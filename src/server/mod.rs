@@ -7,6 +7,7 @@
 //! (HTTP/1 `Connection: close`, HTTP/2 GOAWAY) and returns within the drain time.
 
 pub mod args;
+mod plain;
 
 pub use args::{Args, Certificates, Limits};
 
@@ -608,7 +609,16 @@ async fn serve_connection<S>(
 {
     let _open = open;
     let _ = tcp.set_nodelay(true);
-    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+    // One deadline for the first byte and the handshake together.
+    let deadline = tokio::time::Instant::now() + handshake_timeout;
+    if tokio::time::timeout_at(deadline, plain::is_plain_http(&tcp))
+        .await
+        .unwrap_or(false)
+    {
+        plain::refuse(tcp).await;
+        return;
+    }
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -666,7 +676,8 @@ pub fn self_signed_pair(
     }
     let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
     let bundle = crate::certs::generate(&names).map_err(ServeError::SelfSigned)?;
-    crate::certs::write(dir, &bundle).map_err(ServeError::SelfSigned)?;
+    crate::certs::write(dir, &bundle)
+        .map_err(|e| ServeError::SelfSigned(format!("--cert-dir: {e}")))?;
     tracing::info!(
         ca = %ca.display(),
         "no --tls-cert/--tls-key given: created a self-signed CA and a certificate for localhost and 127.0.0.1; trust {} to call the webhook",
