@@ -37,7 +37,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Generate a CA and a serving certificate for the webhook's Service.
     Certs(CertsArgs),
-    /// Answer one AdmissionReview offline: prints the response AdmissionReview as JSON.
+    /// Answer one AdmissionReview offline: prints the response AdmissionReview as JSON. A bare
+    /// Event (`kubectl get event NAME -o json`) is reviewed as the AdmissionReview of its CREATE.
     Review {
         /// Routing configuration (YAML); the embedded default when omitted.
         #[arg(long, env = "CLUSTERSCOPE_CONFIG", value_name = "FILE")]
@@ -45,7 +46,7 @@ pub enum Command {
         /// Print the reviewed object with the patch applied instead of the response.
         #[arg(long)]
         patched_object: bool,
-        /// The AdmissionReview to read; `-` or nothing for standard input.
+        /// The AdmissionReview (or bare Event) to read; `-` or nothing for standard input.
         #[arg(value_name = "FILE")]
         input: Option<PathBuf>,
     },

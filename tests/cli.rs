@@ -1137,3 +1137,95 @@ fn plain_http_on_the_https_port_gets_a_readable_answer() {
     let (status, _) = serving.stop();
     assert!(status.success());
 }
+
+/// `serve --help`'s flags in order: (flag, env var, default).
+fn help_flags() -> Vec<(String, Option<String>, Option<String>)> {
+    let out = run(&["serve", "--help"]);
+    let help = String::from_utf8(out.stdout).unwrap();
+    let flag = regex::Regex::new(r"^\s+(?:-\w, )?--([a-z0-9-]+)").unwrap();
+    let mut flags: Vec<(String, String)> = Vec::new();
+    for line in help.lines() {
+        match flag.captures(line) {
+            Some(c) => flags.push((c[1].to_owned(), line.to_owned())),
+            None => {
+                if let Some(last) = flags.last_mut() {
+                    last.1.push(' ');
+                    last.1.push_str(line.trim());
+                }
+            }
+        }
+    }
+    let field = |text: &str, name: &str, end: char| {
+        let start = text.find(&format!("[{name}: "))? + name.len() + 3;
+        Some(
+            text[start..]
+                .split(end)
+                .next()?
+                .trim_end_matches(']')
+                .to_owned(),
+        )
+    };
+    flags
+        .into_iter()
+        .filter(|(f, _)| f != "help")
+        .map(|(f, text)| (f, field(&text, "env", '='), field(&text, "default", ']')))
+        .collect()
+}
+
+/// The README's flag tables agree with `serve --help`: every flag has one row, every row's
+/// flags exist, each with the same environment variable and default, in the help's order.
+#[test]
+fn the_readme_flag_tables_agree_with_help() {
+    let readme =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .unwrap();
+    let help = help_flags();
+    let position = |f: &str| help.iter().position(|(h, _, _)| h == f);
+    let mut rows: Vec<(usize, Vec<String>, String, String)> = Vec::new();
+    for (n, line) in readme.lines().enumerate() {
+        if !line.starts_with("| `--") {
+            continue;
+        }
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let flags: Vec<String> = cells[0]
+            .split('`')
+            .filter(|t| t.starts_with("--"))
+            .map(|t| t.trim_start_matches("--").to_owned())
+            .collect();
+        rows.push((n, flags, cells[1].to_owned(), cells[2].replace('`', "")));
+    }
+    for (flag, env, default) in &help {
+        let found: Vec<_> = rows.iter().filter(|r| r.1.contains(flag)).collect();
+        assert_eq!(found.len(), 1, "--{flag}: README rows {found:?}");
+        let (_, _, env_cell, default_cell) = found[0];
+        if let Some(env) = env {
+            assert!(
+                env_cell.contains(env.as_str()),
+                "--{flag}: env {env} not in {env_cell:?}"
+            );
+        }
+        if let Some(default) = default {
+            assert!(
+                default_cell.contains(default.as_str()),
+                "--{flag}: default {default} not in {default_cell:?}"
+            );
+        }
+    }
+    let mut previous: Option<(usize, usize)> = None;
+    for (line, flags, _, _) in &rows {
+        for f in flags {
+            let at = position(f)
+                .unwrap_or_else(|| panic!("README line {}: --{f} is not a serve flag", line + 1));
+            if let Some((prev_line, prev_at)) = previous
+                && prev_line + 1 == *line
+            {
+                assert!(
+                    at > prev_at,
+                    "README line {}: --{f} is out of the help's order",
+                    line + 1
+                );
+            }
+            previous = Some((*line, at));
+        }
+    }
+}

@@ -98,7 +98,8 @@ pub struct CertificateArgs {
         value_name = "DIR"
     )]
     pub cert_dir: PathBuf,
-    /// How often the certificate files are re-read.
+    /// How often the certificate files and the configuration file are re-read (a change of
+    /// either is also picked up at once from file events).
     #[arg(long, env = "CLUSTERSCOPE_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = positive_duration)]
     pub cert_reload_interval: Duration,
 }
