@@ -475,6 +475,12 @@ fn certs(args: &CertsArgs) -> Result<(), Failure> {
     if let Some((path, updated, count)) = webhook_config {
         crate::certs::replace_file(path, updated.as_bytes(), false).map_err(io_failure)?;
         eprintln!("set caBundle in {} ({count} webhook(s))", path.display());
+        // The shipped overlay's patch is a tracked file: say so before it is committed.
+        eprintln!(
+            "NOTE: {} now holds this cluster's CA. If git tracks it (manifests/overlays/manual-certs/cabundle.yaml is), `git status` shows it changed: commit it only in your own deployment repository; `git checkout -- {}` restores the empty one.",
+            path.display(),
+            path.display()
+        );
     }
     eprintln!(
         "wrote {}, {}, {} for {}",

@@ -486,6 +486,12 @@ fn certs_writes_the_pair_and_the_ca_bundle() {
     );
     let yaml = std::fs::read_to_string(&webhook).unwrap();
     assert!(yaml.contains(&format!("caBundle: {bundle}")), "{yaml}");
+    // Editing the overlay's tracked patch is said loudly, with the way back.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("now holds this cluster's CA") && err.contains("git checkout --"),
+        "{err}"
+    );
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
