@@ -158,10 +158,10 @@ async fn seeded() -> Option<Postgres> {
     Some(pg)
 }
 
-/// The ```sql blocks of the README's "### Queries" section.
+/// The ```sql blocks of the "### Queries" section of the history documentation.
 fn readme_queries() -> Vec<String> {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/history.md")).unwrap();
     let start = readme.find("### Queries").expect("a Queries section");
     let section = &readme[start..];
     let end = section[4..].find("\n#").map_or(section.len(), |i| i + 4);

@@ -45,13 +45,17 @@ pub struct Setup {
     pub skip_readme_setup: bool,
 }
 
-/// The README's SQL block under `heading` (its first ```sql block after it).
+/// The documentation of the history (`docs/history.md`, linked from the README).
+pub const HISTORY_DOC: &str = "docs/history.md";
+
+/// The SQL block under `heading` of the history documentation (its first ```sql block after
+/// it), as users copy it.
 pub fn readme_sql(heading: &str) -> String {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .expect("README.md");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(HISTORY_DOC))
+        .expect(HISTORY_DOC);
     let after = readme
         .split_once(heading)
-        .unwrap_or_else(|| panic!("README has no {heading:?}"))
+        .unwrap_or_else(|| panic!("{HISTORY_DOC} has no {heading:?}"))
         .1;
     let block = after
         .split_once("```sql\n")
