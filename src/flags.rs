@@ -4,8 +4,10 @@ use std::time::Duration;
 
 /// A duration flag: more than zero and at most a day (`500ms`, `10s`, `5m`).
 pub fn positive_duration(text: &str) -> Result<Duration, String> {
-    let d =
-        humantime::parse_duration(text).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))?;
+    // One line of guidance: humantime's own message lists every unit it knows.
+    let d = humantime::parse_duration(text).map_err(|_| {
+        "not a duration: a number and a unit, such as 500ms, 10s, 5m or 1h".to_owned()
+    })?;
     if d.is_zero() {
         return Err("must be more than zero".to_owned());
     }
@@ -28,6 +30,10 @@ mod tests {
                 .contains("more than zero")
         );
         assert!(positive_duration("2d").unwrap_err().contains("at most 24h"));
-        assert!(positive_duration("ten").unwrap_err().contains("examples"));
+        for bad in ["ten", "5x", ""] {
+            let e = positive_duration(bad).unwrap_err();
+            assert_eq!(e.matches("500ms").count(), 1, "{e}");
+            assert!(!e.contains("supported units"), "{e}");
+        }
     }
 }

@@ -100,7 +100,7 @@ pub struct CertificateArgs {
     pub cert_dir: PathBuf,
     /// How often the certificate files and the configuration file are re-read (a change of
     /// either is also picked up at once from file events).
-    #[arg(long, env = "CLUSTERSCOPE_CERT_RELOAD_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, env = "CLUSTERSCOPE_CERT_RELOAD_INTERVAL", default_value = "10s", value_name = "DURATION", value_parser = positive_duration)]
     pub cert_reload_interval: Duration,
 }
 
@@ -109,10 +109,10 @@ pub struct CertificateArgs {
 #[group(id = "limit_flags")]
 pub struct LimitArgs {
     /// Longest wait for requests in flight at shutdown.
-    #[arg(long, env = "CLUSTERSCOPE_DRAIN_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, env = "CLUSTERSCOPE_DRAIN_TIMEOUT", default_value = "10s", value_name = "DURATION", value_parser = positive_duration)]
     pub drain_timeout: Duration,
     /// A client that has not sent its request headers by then is disconnected.
-    #[arg(long, env = "CLUSTERSCOPE_HEADER_READ_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    #[arg(long, env = "CLUSTERSCOPE_HEADER_READ_TIMEOUT", default_value = "5s", value_name = "DURATION", value_parser = positive_duration)]
     pub header_read_timeout: Duration,
     /// Open webhook connections at most (1-1000000); more are closed at once.
     #[arg(long, env = "CLUSTERSCOPE_MAX_CONNECTIONS", default_value_t = Limits::default().max_connections,
