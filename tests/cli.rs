@@ -521,7 +521,7 @@ fn serve_refuses_zero_and_nonsense_flags() {
         ("--cert-reload-interval", "0s", "more than zero"),
         ("--drain-timeout", "0s", "more than zero"),
         ("--header-read-timeout", "0ms", "more than zero"),
-        ("--header-read-timeout", "ten seconds", "such as 500ms, 10s, 5m or 1h"),
+        ("--header-read-timeout", "ten seconds", "such as 500ms"),
         ("--cert-reload-interval", "400d", "at most 24h"),
         ("--max-connections", "0", "not in 1..=1000000"),
         ("--max-in-flight", "0", "not in 1..=100000"),
