@@ -17,6 +17,19 @@ fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
 
+/// Runs the binary with `args`, `input` on its standard input.
+fn run_with_input(args: &[&str], input: &[u8]) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn fixture(name: &str) -> String {
     fixtures::fixtures_dir()
         .join(name)
@@ -200,14 +213,7 @@ fn review_prints_the_response_review() {
 #[test]
 fn review_reads_standard_input() {
     let body = std::fs::read(fixture("namespaced-pod-event.json")).unwrap();
-    let mut child = bin()
-        .args(["review", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&body).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(&["review", "-"], &body);
     assert!(out.status.success());
     let resp: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(resp["response"]["allowed"], true);
@@ -1043,18 +1049,7 @@ fn check_config_warns_of_routes_that_can_never_match() {
 /// Messages a new user meets, each saying what was wrong and what to do (issue 22, finding 5).
 #[test]
 fn review_on_something_not_json_says_so_and_what_it_takes() {
-    let mut child = bin()
-        .args(["review", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(b"garbage\n").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = run_with_input(&["review", "-"], b"garbage\n");
     assert_eq!(out.status.code(), Some(2));
     let err = stderr_line(&out);
     assert!(err.contains("input is not JSON"), "{err}");
@@ -1063,10 +1058,10 @@ fn review_on_something_not_json_says_so_and_what_it_takes() {
 
 #[test]
 fn explain_on_an_empty_list_says_there_is_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let empty = dir.path().join("empty.json");
-    std::fs::write(&empty, r#"{"apiVersion":"v1","kind":"List","items":[]}"#).unwrap();
-    let out = run(&["explain", empty.to_str().unwrap()]);
+    let out = run_with_input(
+        &["explain", "-"],
+        br#"{"apiVersion":"v1","kind":"List","items":[]}"#,
+    );
     assert!(out.status.success());
     assert!(
         out.stdout.is_empty(),
@@ -1074,16 +1069,6 @@ fn explain_on_an_empty_list_says_there_is_nothing() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert!(stderr_line(&out).contains("holds no events"));
-}
-
-#[test]
-fn history_retention_reads_in_words() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.yaml");
-    std::fs::write(&config, "channels:\n  - name: a\n    history: true\n").unwrap();
-    let out = run(&["check-config", config.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("rows kept 30 days after"), "{text}");
 }
 
 #[test]
