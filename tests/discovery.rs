@@ -122,7 +122,9 @@ fn spawn_cluster(
     let resolver = Arc::new(ScopeResolver::awaiting_discovery());
     let (stop, tasks) = fake_apiserver::spawn_cluster(
         api,
-        "channels: [{name: all, namespace: team-infra}]\nroutes: [{channel: all}]\n",
+        fake_apiserver::config(
+            "channels: [{name: all, namespace: team-infra}]\nroutes: [{channel: all}]\n",
+        ),
         resolver.clone(),
         Arc::new(Metrics::new()),
         clusterscope::cluster::ClusterOptions {

@@ -27,6 +27,8 @@ const ROUTES: &str = "channels:\n  - name: nodes\n  - name: cluster\nroutes:\n  
 
 /// The cluster side as `serve` runs it, with the configuration `yaml`.
 struct Cluster {
+    /// The configuration it runs on: storing another is a reload.
+    config: clusterscope::config::SharedConfig,
     stop: tokio_util::sync::CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     metrics: Arc<clusterscope::metrics::Metrics>,
@@ -49,14 +51,16 @@ impl Cluster {
             },
             ..Default::default()
         };
+        let config = fake_apiserver::config(yaml);
         let (stop, tasks) = fake_apiserver::spawn_cluster(
             api,
-            yaml,
+            config.clone(),
             Arc::new(clusterscope::classify::ScopeResolver::new()),
             metrics.clone(),
             options,
         );
         Cluster {
+            config,
             stop,
             tasks,
             metrics,
@@ -546,4 +550,61 @@ async fn a_subscription_asking_for_history_has_its_events_recorded() {
             .all(|(sink, _)| *sink != "history-probe")
     );
     assert_eq!(not_recorded.deliveries.len(), 1, "the copy only");
+}
+
+/// The admin narrows the ceiling (a configuration reload): a subscription it no longer allows
+/// says so in its status and gets nothing more; widened again, it is accepted and delivered to.
+#[tokio::test]
+async fn a_reloaded_ceiling_applies_to_existing_subscriptions() {
+    let api = cluster_with_pods().await;
+    api.put_subscription("team-c", "its-node", nodes(&[]), 1);
+    let cluster = Cluster::start(&api, &format!("{ROUTES}subscriptions: {{}}\n"));
+    assert!(
+        eventually(10, || accepted(
+            &api, "team-c", "its-node", "True", "Accepted"
+        ))
+        .await
+    );
+    let narrowed = format!("{ROUTES}subscriptions:\n  relations: [owned]\n");
+    cluster.config.store(Arc::new(
+        clusterscope::config::Config::from_yaml(&narrowed, "reloaded").unwrap(),
+    ));
+    assert!(
+        eventually(10, || accepted(
+            &api,
+            "team-c",
+            "its-node",
+            "False",
+            "RelationNotAllowed"
+        ))
+        .await
+    );
+    api.put(
+        "default",
+        event("node2.1", "Node", "node2", "Warning", "NodeNotReady", 1),
+    );
+    assert!(
+        eventually(10, || api.event("default", "node2.1").unwrap()["metadata"]
+            ["labels"]["clusterscope.dev/channel"]
+            == "nodes")
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(api.copies_of("team-c", "node2.1").is_empty());
+    cluster.config.store(Arc::new(
+        clusterscope::config::Config::from_yaml(
+            &format!("{ROUTES}subscriptions: {{}}\n"),
+            "reloaded",
+        )
+        .unwrap(),
+    ));
+    assert!(
+        eventually(10, || accepted(
+            &api, "team-c", "its-node", "True", "Accepted"
+        ))
+        .await
+    );
+    // Accepted again: the stored event is listed again for it and copied.
+    assert!(eventually(10, || api.copies_of("team-c", "node2.1").len() == 1).await);
+    cluster.stop().await;
 }

@@ -662,11 +662,12 @@ pub fn metric(metrics: &clusterscope::metrics::Metrics, prefix: &str) -> f64 {
 }
 
 /// The cluster side as `serve` runs it (`cluster::spawn`: discovery, the lease, the mirror and
-/// subscription controllers) against `api`, with the configuration `yaml`, as replica
-/// `replica-0` with a short lease; `options` gives the rest. Stops when the token is cancelled.
+/// subscription controllers) against `api`, with the configuration `config` (a test may store
+/// another in it, as a reload does), as replica `replica-0` with a short lease; `options`
+/// gives the rest. Stops when the token is cancelled.
 pub fn spawn_cluster(
     api: &FakeApiServer,
-    yaml: &str,
+    config: clusterscope::config::SharedConfig,
     resolver: Arc<clusterscope::classify::ScopeResolver>,
     metrics: Arc<clusterscope::metrics::Metrics>,
     options: clusterscope::cluster::ClusterOptions,
@@ -674,9 +675,8 @@ pub fn spawn_cluster(
     tokio_util::sync::CancellationToken,
     Vec<tokio::task::JoinHandle<()>>,
 ) {
-    let config = clusterscope::config::Config::from_yaml(yaml, "test").unwrap();
     let shared = clusterscope::cluster::Shared {
-        config: clusterscope::config::shared(config),
+        config,
         resolver,
         metrics,
         state: Arc::new(clusterscope::status::StatusLine::default()),
@@ -699,6 +699,11 @@ pub fn spawn_cluster(
         stop.clone(),
     );
     (stop, tasks)
+}
+
+/// `yaml` as a shared configuration (what `serve` reloads in place).
+pub fn config(yaml: &str) -> clusterscope::config::SharedConfig {
+    clusterscope::config::shared(clusterscope::config::Config::from_yaml(yaml, "test").unwrap())
 }
 
 /// Lease timings short enough for tests: 1 s lease, 700 ms renew deadline, 100 ms retries.
