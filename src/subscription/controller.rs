@@ -151,6 +151,12 @@ impl Round {
             self.live.forget(ns, name);
         }
         self.seen = seen;
+        // The bases of subscriptions that are gone go with them.
+        let uids: HashSet<&str> = judged
+            .iter()
+            .filter_map(|j| j.subscription.metadata.uid.as_deref())
+            .collect();
+        self.bases.retain(|uid, _| uids.contains(uid.as_str()));
     }
 
     /// Applies `status` to `namespace/name` (the status subresource, server-side apply).

@@ -289,7 +289,7 @@ impl Live {
     }
 
     /// Forgets every count (a new controller run reads the delivered totals from the statuses
-    /// again) and namespaces not seen for a while in the limiter.
+    /// again).
     pub fn restart_counts(&self) {
         crate::locks::lock(&self.counts).clear();
     }
