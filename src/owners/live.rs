@@ -566,14 +566,20 @@ pub fn start(
                 }
                 keep
             });
-            for what in now.iter().filter(|w| !before.contains(w)) {
+            let started: Vec<&Followed> = now.iter().filter(|w| !before.contains(w)).collect();
+            // The first round's lists were counted before it ran (the caller waits on them).
+            if round > 0 {
+                ready = Ready::default();
+                ready.add(started.len());
+            }
+            for what in started {
                 let task = start_following(what, &client, &state, Some(ready.clone()));
                 following.0.push((what.clone(), task));
             }
             if round > 0 && now != before {
                 tracing::info!(now = %wanted.describe(), "owner delivery: following what the rules in use need now");
             }
-            rounds_tx.send_replace((served, ready));
+            rounds_tx.send_replace((served, ready.clone()));
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = wake.notified() => {}
@@ -581,15 +587,6 @@ pub fn start(
             served = asked.load(std::sync::atomic::Ordering::SeqCst);
             wanted = needs();
             round += 1;
-            ready = Ready::default();
-            let before: Vec<Followed> = following.0.iter().map(|(w, _)| w.clone()).collect();
-            ready.add(
-                wanted
-                    .followed()
-                    .iter()
-                    .filter(|w| !before.contains(w))
-                    .count(),
-            );
         }
     };
     (keeper, keep)
