@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::classify::ScopeResolver;
@@ -68,25 +68,6 @@ pub struct AdmissionReview<'a, O> {
     pub kind: Cow<'a, str>,
     #[serde(borrow)]
     pub request: Option<Request<'a, O>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseReview<'a> {
-    api_version: &'a str,
-    kind: &'static str,
-    response: Response<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct Response<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<String>,
 }
 
 /// Why input is not an AdmissionReview we can answer. `Display` is one line for an operator.
@@ -382,24 +363,7 @@ fn respond<O>(
     request: &Request<'_, O>,
     decision: Decision,
 ) -> Result<Reviewed, ReviewError> {
-    let patch = if decision.changes.is_empty() {
-        None
-    } else {
-        let json = serde_json::to_vec(&decision.changes.as_json_patch())
-            .map_err(|e| ReviewError::plain(format!("cannot encode the patch: {e}")))?;
-        Some(base64::engine::general_purpose::STANDARD.encode(json))
-    };
-    let out = ResponseReview {
-        api_version: &review.api_version,
-        kind: "AdmissionReview",
-        response: Response {
-            uid: &request.uid,
-            allowed: true,
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
-        },
-    };
-    let response = serde_json::to_vec(&out)
+    let response = response_bytes(&review.api_version, &request.uid, &decision.changes)
         .map_err(|e| ReviewError::plain(format!("cannot encode the response: {e}")))?;
     let name = match &decision.event_name {
         Some(n) => n.clone(),
@@ -414,6 +378,46 @@ fn respond<O>(
         dry_run: request.dry_run.unwrap_or(false),
         decision,
     })
+}
+
+/// The AdmissionReview answered, serialized:
+/// `{"apiVersion":…,"kind":"AdmissionReview","response":{"uid":…,"allowed":true}}`, with
+/// `"patchType":"JSONPatch","patch":"<base64>"` in `response` when there are changes.
+///
+/// Written into one buffer of the right size: the patch is encoded once and its base64 goes
+/// straight into the answer (base64 never needs JSON escaping); the echoed strings are
+/// escaped by serde_json.
+fn response_bytes(
+    api_version: &str,
+    uid: &str,
+    changes: &crate::decide::Changes,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let patch = if changes.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_vec(&changes.as_json_patch())?)
+    };
+    let encoded = patch
+        .as_ref()
+        .map_or(0, |p| base64::encoded_len(p.len(), true).unwrap_or(0));
+    let mut out = Vec::with_capacity(112 + api_version.len() + uid.len() + encoded);
+    out.extend_from_slice(b"{\"apiVersion\":");
+    serde_json::to_writer(&mut out, api_version)?;
+    out.extend_from_slice(b",\"kind\":\"AdmissionReview\",\"response\":{\"uid\":");
+    serde_json::to_writer(&mut out, uid)?;
+    out.extend_from_slice(b",\"allowed\":true");
+    if let Some(patch) = patch {
+        out.extend_from_slice(b",\"patchType\":\"JSONPatch\",\"patch\":\"");
+        let start = out.len();
+        out.resize(start + encoded, 0);
+        let written = base64::engine::general_purpose::STANDARD
+            .encode_slice(&patch, &mut out[start..])
+            .map_err(serde::ser::Error::custom)?;
+        out.truncate(start + written);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b"}}");
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -482,5 +486,59 @@ mod tests {
         assert!(e.reason.contains("expected \"AdmissionReview\""), "{e}");
         let e = reviewer().review(b"{\"a\":\"\xff\"}").unwrap_err();
         assert_eq!(e.position, Some((1, 7)));
+    }
+
+    #[test]
+    fn the_answer_is_the_review_envelope_with_the_patch_in_base64() {
+        let review = |uid: &str, extra: serde_json::Value| {
+            let mut metadata = serde_json::json!({"name": "n1.1", "namespace": "default"});
+            for (k, v) in extra.as_object().into_iter().flatten() {
+                metadata[k] = v.clone();
+            }
+            let body = serde_json::json!({
+                "apiVersion": ADMISSION_V1BETA1, "kind": "AdmissionReview",
+                "request": {"uid": uid, "operation": "CREATE", "namespace": "default",
+                    "object": {"kind": "Event", "apiVersion": "v1", "metadata": metadata,
+                        "involvedObject": {"kind": "Node", "name": "n1"}}}
+            });
+            let reviewed = reviewer().review(body.to_string().as_bytes()).unwrap();
+            let answer: serde_json::Value = serde_json::from_slice(&reviewed.response).unwrap();
+            (reviewed, answer)
+        };
+        // A uid that needs escaping comes back as sent.
+        let uid = "a\"b\\c\u{2028}\u{1}é";
+        let (reviewed, answer) = review(uid, serde_json::json!({}));
+        let patch = serde_json::to_value(reviewed.decision.changes.as_json_patch()).unwrap();
+        assert!(patch.as_array().is_some_and(|ops| !ops.is_empty()));
+        let encoded = answer["response"]["patch"].as_str().unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&decoded).unwrap(),
+            patch
+        );
+        assert_eq!(
+            answer,
+            serde_json::json!({
+                "apiVersion": ADMISSION_V1BETA1, "kind": "AdmissionReview",
+                "response": {"uid": uid, "allowed": true, "patchType": "JSONPatch", "patch": encoded}
+            })
+        );
+        // Labelled already: no patch and no patch type.
+        let labelled = reviewed.decision.changes.merge_patch()["metadata"].clone();
+        let (reviewed, answer) = review("u2", labelled);
+        assert!(
+            reviewed.decision.changes.is_empty(),
+            "{:?}",
+            reviewed.decision
+        );
+        assert_eq!(
+            answer,
+            serde_json::json!({
+                "apiVersion": ADMISSION_V1BETA1, "kind": "AdmissionReview",
+                "response": {"uid": "u2", "allowed": true}
+            })
+        );
     }
 }

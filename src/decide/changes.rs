@@ -133,13 +133,17 @@ impl serde::Serialize for Path<'_> {
         let mut text = String::with_capacity(64);
         for token in self.0 {
             text.push('/');
-            for c in token.chars() {
-                match c {
-                    '~' => text.push_str("~0"),
-                    '/' => text.push_str("~1"),
-                    c => text.push(c),
-                }
+            let mut rest = *token;
+            while let Some(at) = rest.find(['~', '/']) {
+                text.push_str(&rest[..at]);
+                text.push_str(if rest[at..].starts_with('~') {
+                    "~0"
+                } else {
+                    "~1"
+                });
+                rest = &rest[at + 1..];
             }
+            text.push_str(rest);
         }
         s.serialize_str(&text)
     }
