@@ -43,14 +43,15 @@ fn fold(seen: &Mutex<HashSet<String>>, value: &str, limit: usize) -> String {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub operation: String,
-    pub outcome: String,
+    pub operation: &'static str,
+    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassifiedLabels {
-    pub scope: String,
-    pub kind: String,
+    pub scope: &'static str,
+    /// Borrowed for a built-in kind: the hot path allocates no label it can avoid.
+    pub kind: std::borrow::Cow<'static, str>,
     pub channel: String,
 }
 
@@ -451,10 +452,7 @@ impl Metrics {
                 "invalid",
                 "error",
             ] {
-                drop(requests.get_or_create(&RequestLabels {
-                    operation: operation.to_owned(),
-                    outcome: outcome.to_owned(),
-                }));
+                drop(requests.get_or_create(&RequestLabels { operation, outcome }));
             }
         }
         let metrics = Metrics {
@@ -507,27 +505,33 @@ impl Metrics {
 
     /// Counts a request. `operation` comes from the request: anything but the four
     /// admission operations (and `unknown`, for requests refused before decoding) is `other`.
-    pub fn request(&self, operation: &str, outcome: &str) {
+    pub fn request(&self, operation: &str, outcome: &'static str) {
         let operation = match operation {
-            "CREATE" | "UPDATE" | "DELETE" | "CONNECT" | "unknown" => operation,
+            "CREATE" => "CREATE",
+            "UPDATE" => "UPDATE",
+            "DELETE" => "DELETE",
+            "CONNECT" => "CONNECT",
+            "unknown" => "unknown",
             _ => "other",
         };
         self.requests
-            .get_or_create(&RequestLabels {
-                operation: operation.to_owned(),
-                outcome: outcome.to_owned(),
-            })
+            .get_or_create(&RequestLabels { operation, outcome })
             .inc();
     }
 
     /// Counts an event about a cluster-scoped object. Kinds outside the built-in table
-    /// (`builtin_kind` false) and reasons come from request data: both are folded into
-    /// `_other` past their limits.
-    pub fn classified(&self, kind_label: &str, builtin_kind: bool, reason: &str, channel: &str) {
-        let kind = if builtin_kind {
-            kind_label.to_owned()
-        } else {
-            fold(&self.custom_kinds, kind_label, MAX_CUSTOM_KINDS)
+    /// (`builtin_kind`, the table's name, is `None`) and reasons come from request data: both
+    /// are folded into `_other` past their limits.
+    pub fn classified(
+        &self,
+        kind_label: &str,
+        builtin_kind: Option<&'static str>,
+        reason: &str,
+        channel: &str,
+    ) {
+        let kind = match builtin_kind {
+            Some(kind) => std::borrow::Cow::Borrowed(kind),
+            None => std::borrow::Cow::Owned(fold(&self.custom_kinds, kind_label, MAX_CUSTOM_KINDS)),
         };
         self.by_reason
             .get_or_create(&ReasonLabels {
@@ -536,7 +540,7 @@ impl Metrics {
             .inc();
         self.classified
             .get_or_create(&ClassifiedLabels {
-                scope: "cluster".to_owned(),
+                scope: "cluster",
                 kind,
                 channel: channel.to_owned(),
             })
@@ -756,9 +760,9 @@ mod tests {
     fn custom_kinds_are_folded_past_the_limit() {
         let m = Metrics::new();
         for i in 0..MAX_CUSTOM_KINDS + 10 {
-            m.classified(&format!("Kind{i}"), false, "R", "cluster");
+            m.classified(&format!("Kind{i}"), None, "R", "cluster");
         }
-        m.classified("Node", true, "R", "cluster");
+        m.classified("Node", Some("Node"), "R", "cluster");
         let text = m.encode();
         let series = text
             .lines()

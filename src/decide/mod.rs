@@ -125,13 +125,13 @@ pub struct Classified {
 }
 
 impl Classified {
-    /// Whether the kind is one of the built-in table's (metrics keep those apart from custom
-    /// kinds, which come from request data and are bounded).
-    pub fn builtin_kind(&self) -> bool {
-        self.kind_source == KindSource::Builtin
-            || crate::classify::BUILTIN_KINDS
-                .iter()
-                .any(|(_, k, _)| *k == self.kind)
+    /// The kind's name in the built-in table, if it is one of its kinds (metrics keep those
+    /// apart from custom kinds, which come from request data and are bounded).
+    pub fn builtin_kind(&self) -> Option<&'static str> {
+        crate::classify::BUILTIN_KINDS
+            .iter()
+            .find(|(_, k, _)| *k == self.kind)
+            .map(|(_, k, _)| *k)
     }
 }
 
