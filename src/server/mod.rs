@@ -25,7 +25,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode, Uri, header};
 use axum::routing::{get, post};
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -400,19 +400,11 @@ impl Server {
             // Every log line about this connection names the peer; requests (which HTTP/2
             // serves in tasks of their own) get the span through their extensions.
             let span = tracing::info_span!("connection", %peer);
-            let request_span = ConnectionSpan(span.clone());
-            let service = tower::ServiceExt::map_request(
-                app.clone(),
-                move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(request_span.clone());
-                    req
-                },
-            );
             let serve = serve_connection(
                 tcp,
                 self.acceptor.clone(),
                 builder.clone(),
-                TowerToHyperService::new(service),
+                TowerToHyperService::new(app.clone()),
                 graceful.watcher(),
                 self.options.limits.handshake_timeout,
                 open,
@@ -561,8 +553,8 @@ struct Background {
 }
 
 /// HTTP/1.1 and HTTP/2 settings of every webhook connection.
-fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn connection_builder(header_read_timeout: Duration) -> auto::Builder<InSpanExecutor> {
+    let mut builder = auto::Builder::new(InSpanExecutor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -583,16 +575,28 @@ fn connection_builder(header_read_timeout: Duration) -> auto::Builder<TokioExecu
     builder
 }
 
-/// The span of the connection a request came on (in the request's extensions).
-#[derive(Clone)]
-struct ConnectionSpan(tracing::Span);
+/// Spawns what hyper runs beside a connection (HTTP/2 serves each stream in a task of its
+/// own) in the span current at the spawn, the connection's: every line logged while
+/// answering names the peer, whatever the protocol, at no cost per request.
+#[derive(Clone, Copy, Debug)]
+struct InSpanExecutor;
+
+impl<F> hyper::rt::Executor<F> for InSpanExecutor
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        tokio::spawn(tracing::Instrument::in_current_span(future));
+    }
+}
 
 /// One webhook connection: the TLS handshake (bounded), then HTTP until it ends or the
 /// drain closes it. `open` counts it while it lives.
 async fn serve_connection<S>(
     tcp: tokio::net::TcpStream,
     acceptor: TlsAcceptor,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<InSpanExecutor>>,
     service: TowerToHyperService<S>,
     watcher: hyper_util::server::graceful::Watcher,
     handshake_timeout: Duration,
@@ -878,13 +882,9 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn mutate(
-    State(state): State<Arc<AppState>>,
-    connection: Option<axum::Extension<ConnectionSpan>>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response<Body> {
+async fn mutate(State(state): State<Arc<AppState>>, request: Request<Body>) -> Response<Body> {
+    // Taken apart, not extracted piece by piece: extractors would copy the headers.
+    let (parts, body) = request.into_parts();
     let started = Instant::now();
     let metrics = &state.metrics;
     metrics.in_flight.inc();
@@ -899,9 +899,8 @@ async fn mutate(
     }
     // Filled in once the review is decoded; every line logged while answering carries it
     // (and the connection's peer, from the span around the connection).
-    let parent = connection.map_or_else(tracing::Span::current, |c| c.0.0.clone());
+    // The connection's span is the current one (see `InSpanExecutor`).
     let span = tracing::debug_span!(
-        parent: &parent,
         "request",
         uid = tracing::field::Empty,
         operation = tracing::field::Empty,
@@ -909,7 +908,8 @@ async fn mutate(
         outcome = tracing::field::Empty,
     );
     let response =
-        tracing::Instrument::instrument(answer(&state, &uri, &headers, body), span).await;
+        tracing::Instrument::instrument(answer(&state, &parts.uri, &parts.headers, body), span)
+            .await;
     metrics.duration.observe(started.elapsed().as_secs_f64());
     response
 }
@@ -1190,6 +1190,52 @@ fn reviewed_response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log lines written by spawned stream tasks, captured.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            crate::locks::lock(&self.0).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn work_hyper_spawns_logs_in_the_connection_span() {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (done, finished) = tokio::sync::oneshot::channel();
+            let span = tracing::info_span!("connection", peer = "192.0.2.7:40000");
+            span.in_scope(|| {
+                hyper::rt::Executor::execute(&InSpanExecutor, async move {
+                    tracing::info!("stream answered");
+                    let _ = done.send(());
+                });
+            });
+            finished.await.unwrap();
+        });
+        let text = String::from_utf8(crate::locks::lock(&lines.0).clone()).unwrap();
+        assert!(
+            text.contains(
+                "connection{peer=\"192.0.2.7:40000\"}: clusterscope::server::tests: stream answered"
+            ),
+            "{text}"
+        );
+    }
 
     #[test]
     fn timeouts_from_the_query() {
