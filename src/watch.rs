@@ -89,7 +89,7 @@ fn watch_dirs(
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let handler = move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| is_a_change(&e.kind)) {
             // A full channel already holds a wake-up; nothing is lost.
             let _ = tx.try_send(());
         }
@@ -119,6 +119,18 @@ fn watch_dirs(
     Some(watcher)
 }
 
+/// Whether an event can mean new contents. Opening, reading and closing a file unwritten
+/// cannot, and the check itself reads the files: answering those would re-read them every
+/// [`EVENT_SETTLE`] forever.
+fn is_a_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +155,46 @@ mod tests {
             Some(vec![Vec::new(), b"y".to_vec()]),
             "a missing file reads as empty"
         );
+    }
+
+    #[tokio::test]
+    async fn reading_the_files_is_not_a_change_writing_them_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tls.crt");
+        std::fs::write(&file, "1").unwrap();
+        let checks = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = checks.clone();
+        let mut files = Files::new(vec![file.clone()], vec![b"1".to_vec()]);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = spawn(
+            vec![file.clone()],
+            Duration::from_secs(3600),
+            stop.clone(),
+            move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                // As the reloaders do: every check reads the files.
+                let _ = files.changed();
+            },
+        );
+        let count = || checks.load(std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(EVENT_SETTLE * 6).await;
+        assert_eq!(count(), 1, "the check's own reads started more checks");
+        std::fs::write(&file, "2").unwrap();
+        for _ in 0..100 {
+            if count() > 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let after_write = count();
+        assert!(after_write > 1, "a write was not seen");
+        tokio::time::sleep(EVENT_SETTLE * 6).await;
+        assert_eq!(
+            count(),
+            after_write,
+            "checks went on after the write was read"
+        );
+        stop.cancel();
+        task.await.unwrap();
     }
 }
