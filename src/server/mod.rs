@@ -950,9 +950,9 @@ enum BodyError {
     Broken(String),
 }
 
-/// Reads a body of at most [`MAX_BODY_BYTES`], reserving memory from the budget as the buffer
-/// grows (all of `declared` at once when known); the reservation lives as long as the
-/// returned permit.
+/// Reads a body of at most [`MAX_BODY_BYTES`], reserving memory from the budget as it grows
+/// (all of `declared` at once when known); the reservation lives as long as the returned
+/// permit.
 async fn read_body(
     body: Body,
     declared: Option<usize>,
@@ -963,7 +963,7 @@ async fn read_body(
     let Ok(mut permit) = budget.clone().try_acquire_many_owned(units(first)) else {
         return Err((BodyError::NoMemory, body));
     };
-    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut received = Received::Nothing;
     let mut body = body;
     while let Some(frame) = body.frame().await {
         let frame = match frame {
@@ -973,22 +973,74 @@ async fn read_body(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if buf.len() + data.len() > MAX_BODY_BYTES {
+        if received.len() + data.len() > MAX_BODY_BYTES {
             return Err((BodyError::TooLarge, body));
         }
-        buf.extend_from_slice(&data);
+        received = received.and(data, declared.unwrap_or(0));
         let held = permit.num_permits() * BUDGET_UNIT;
-        if buf.capacity() > held {
+        if received.memory() > held {
             match budget
                 .clone()
-                .try_acquire_many_owned(units(buf.capacity() - held))
+                .try_acquire_many_owned(units(received.memory() - held))
             {
                 Ok(more) => permit.merge(more),
                 Err(_) => return Err((BodyError::NoMemory, body)),
             }
         }
     }
-    Ok((buf.freeze(), permit))
+    Ok((received.into_bytes(), permit))
+}
+
+/// A body as it arrives. One frame (the usual case, on both protocols) is kept as received;
+/// only a body in several frames is copied into one buffer.
+enum Received {
+    Nothing,
+    One(axum::body::Bytes),
+    Joined(bytes::BytesMut),
+}
+
+impl Received {
+    /// With `data` appended; a buffer made for several frames has room for `declared`.
+    fn and(self, data: axum::body::Bytes, declared: usize) -> Received {
+        match self {
+            Received::Nothing => Received::One(data),
+            Received::One(first) => {
+                let mut joined =
+                    bytes::BytesMut::with_capacity(declared.max(first.len() + data.len()));
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&data);
+                Received::Joined(joined)
+            }
+            Received::Joined(mut joined) => {
+                joined.extend_from_slice(&data);
+                Received::Joined(joined)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Received::Nothing => 0,
+            Received::One(bytes) => bytes.len(),
+            Received::Joined(joined) => joined.len(),
+        }
+    }
+
+    /// The memory it holds, as the budget counts it.
+    fn memory(&self) -> usize {
+        match self {
+            Received::Joined(joined) => joined.capacity(),
+            other => other.len(),
+        }
+    }
+
+    fn into_bytes(self) -> axum::body::Bytes {
+        match self {
+            Received::Nothing => axum::body::Bytes::new(),
+            Received::One(bytes) => bytes,
+            Received::Joined(joined) => joined.freeze(),
+        }
+    }
 }
 
 /// Most of an unread request body discarded (never stored) before an early refusal is sent,
@@ -1203,6 +1255,44 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[tokio::test]
+    async fn a_body_in_one_frame_is_kept_as_received_several_are_joined_within_the_budget() {
+        let budget = Arc::new(tokio::sync::Semaphore::new(64));
+        let review = axum::body::Bytes::from_static(br#"{"apiVersion":"admission.k8s.io/v1"}"#);
+        let (read, permit) = read_body(Body::from(review.clone()), Some(review.len()), &budget)
+            .await
+            .unwrap_or_else(|_| panic!("one frame"));
+        assert_eq!(read.as_ptr(), review.as_ptr(), "copied");
+        assert_eq!(permit.num_permits(), 1);
+        drop(permit);
+        // Three frames of 1.5 KiB: joined in order, the reservation grown to their size.
+        let parts: Vec<Result<http_body::Frame<axum::body::Bytes>, std::convert::Infallible>> =
+            [b'a', b'b', b'c']
+                .into_iter()
+                .map(|c| Ok(http_body::Frame::data(vec![c; 1536].into())))
+                .collect();
+        let body = Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+            parts,
+        )));
+        let (read, permit) = read_body(body, None, &budget)
+            .await
+            .unwrap_or_else(|_| panic!("three frames"));
+        assert_eq!(read.len(), 3 * 1536);
+        assert!(read[..1536].iter().all(|b| *b == b'a') && read[3072..].iter().all(|b| *b == b'c'));
+        assert!(
+            permit.num_permits() * BUDGET_UNIT >= read.len(),
+            "the reservation covers what is held"
+        );
+        // Past the budget: refused, nothing held.
+        let big = Body::from(vec![0u8; 65 * 1024]);
+        assert!(matches!(
+            read_body(big, None, &budget).await,
+            Err((BodyError::NoMemory, _))
+        ));
+        drop(permit);
+        assert_eq!(budget.available_permits(), 64);
     }
 
     #[test]
