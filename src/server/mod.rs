@@ -23,7 +23,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, Request, Response, StatusCode, Uri, header};
-use axum::routing::{get, post};
+use axum::routing::get;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -355,7 +355,7 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send,
         graceful: &GracefulShutdown,
     ) {
-        let app = webhook_router(self.state.clone());
+        let app = webhook_service(self.state.clone());
         let builder = Arc::new(connection_builder(self.options.limits.header_read_timeout));
         let connections = Arc::new(tokio::sync::Semaphore::new(
             self.options.limits.max_connections.max(1),
@@ -691,42 +691,63 @@ pub fn self_signed_pair(
     Ok((cert, key, pair))
 }
 
-/// `POST /mutate`, with panic recovery.
-pub fn webhook_router(state: Arc<AppState>) -> Router {
-    let metrics = state.metrics.clone();
-    with_recovery(
-        Router::new()
-            .route(
-                "/mutate",
-                post(mutate).fallback(|body: Body| async move {
-                    let response = text(StatusCode::METHOD_NOT_ALLOWED, "use POST /mutate");
-                    after_unread(body, response).await
-                }),
-            )
-            .fallback(|uri: Uri, body: Body| async move {
-                let response = text(
-                    StatusCode::NOT_FOUND,
-                    &format!(
-                        "no such path {:?}; the webhook serves POST /mutate",
-                        uri.path()
-                    ),
-                );
-                after_unread(body, response).await
-            })
-            .with_state(state),
-        metrics,
-    )
+/// The webhook: `POST /mutate`; another method on it is a 405, another path a 404, and a panic
+/// while answering a 500. One route is matched by hand: a router's boxed, cloned services and
+/// bodies cost allocations on every request.
+pub fn webhook_service(
+    state: Arc<AppState>,
+) -> impl tower::Service<
+    Request<hyper::body::Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Clone
++ Send
++ 'static {
+    tower::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let state = state.clone();
+        async move {
+            let metrics = state.metrics.clone();
+            let answer = webhook(state, request.map(Body::new));
+            Ok(recovered(answer, &metrics).await)
+        }
+    })
 }
 
-/// Turns a panic in any handler into a 500 and a metric instead of a dead connection.
-pub fn with_recovery(router: Router, metrics: Arc<Metrics>) -> Router {
-    router.layer(tower_http::catch_panic::CatchPanicLayer::custom(
-        move |_panic: Box<dyn std::any::Any + Send + 'static>| {
+async fn webhook(state: Arc<AppState>, request: Request<Body>) -> Response<Body> {
+    if request.uri().path() != "/mutate" {
+        let response = text(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "no such path {:?}; the webhook serves POST /mutate",
+                request.uri().path()
+            ),
+        );
+        return after_unread(request.into_body(), response).await;
+    }
+    if request.method() != axum::http::Method::POST {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "use POST /mutate");
+        response
+            .headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return after_unread(request.into_body(), response).await;
+    }
+    mutate(state, request).await
+}
+
+/// `answer`, or a 500 and a metric if it panics, instead of a dead connection.
+pub async fn recovered(
+    answer: impl Future<Output = Response<Body>>,
+    metrics: &Metrics,
+) -> Response<Body> {
+    match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(answer)).await {
+        Ok(response) => response,
+        Err(_panic) => {
             metrics.panics.inc();
             tracing::error!("a request handler panicked; answered 500");
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        },
-    ))
+        }
+    }
 }
 
 /// `/healthz`, `/readyz`, `/metrics`.
@@ -882,7 +903,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-async fn mutate(State(state): State<Arc<AppState>>, request: Request<Body>) -> Response<Body> {
+async fn mutate(state: Arc<AppState>, request: Request<Body>) -> Response<Body> {
     // Taken apart, not extracted piece by piece: extractors would copy the headers.
     let (parts, body) = request.into_parts();
     let started = Instant::now();
