@@ -641,7 +641,7 @@ async fn a_panicking_handler_answers_500_and_counts() {
             let byte = v[usize::from(v.is_empty())];
             axum::response::Response::new(axum::body::Body::from(vec![byte]))
         };
-        let resp = clusterscope::server::recovered(answer, &metrics).await;
+        let resp = clusterscope::server::recovered(answer, metrics.clone()).await;
         assert_eq!(resp.status(), 500);
     }
     assert_eq!(

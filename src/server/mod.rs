@@ -705,12 +705,10 @@ pub fn webhook_service(
 + Send
 + 'static {
     tower::service_fn(move |request: Request<hyper::body::Incoming>| {
-        let state = state.clone();
-        async move {
-            let metrics = state.metrics.clone();
-            let answer = webhook(state, request.map(Body::new));
-            Ok(recovered(answer, &metrics).await)
-        }
+        // Plain combinators, no async block: HTTP/2 moves each request's future into a task
+        // of its own, and an async block would hold the answer's state twice.
+        let answer = webhook(state.clone(), request.map(Body::new));
+        futures_util::FutureExt::map(recovered(answer, state.metrics.clone()), Ok)
     })
 }
 
@@ -736,18 +734,18 @@ async fn webhook(state: Arc<AppState>, request: Request<Body>) -> Response<Body>
 }
 
 /// `answer`, or a 500 and a metric if it panics, instead of a dead connection.
-pub async fn recovered(
+pub fn recovered(
     answer: impl Future<Output = Response<Body>>,
-    metrics: &Metrics,
-) -> Response<Body> {
-    match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(answer)).await {
-        Ok(response) => response,
-        Err(_panic) => {
+    metrics: Arc<Metrics>,
+) -> impl Future<Output = Response<Body>> {
+    let caught = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(answer));
+    futures_util::FutureExt::map(caught, move |answered| {
+        answered.unwrap_or_else(|_panic| {
             metrics.panics.inc();
             tracing::error!("a request handler panicked; answered 500");
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-        }
-    }
+        })
+    })
 }
 
 /// `/healthz`, `/readyz`, `/metrics`.
