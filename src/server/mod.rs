@@ -397,8 +397,8 @@ impl Server {
                 permit,
                 peer_slot,
             );
-            // Every log line about this connection names the peer; requests (which HTTP/2
-            // serves in tasks of their own) get the span through their extensions.
+            // Every log line about this connection names the peer; requests that HTTP/2 serves
+            // in tasks of their own get the span from the executor (`InSpanExecutor`).
             let span = tracing::info_span!("connection", %peer);
             let serve = serve_connection(
                 tcp,
@@ -916,9 +916,8 @@ async fn mutate(state: Arc<AppState>, request: Request<Body>) -> Response<Body> 
         );
         return holding(body, shed(&state, "in-flight", &message));
     }
-    // Filled in once the review is decoded; every line logged while answering carries it
-    // (and the connection's peer, from the span around the connection).
-    // The connection's span is the current one (see `InSpanExecutor`).
+    // Filled in once the review is decoded; every line logged while answering carries it,
+    // and the connection's peer from the connection's span, the current one here.
     let span = tracing::debug_span!(
         "request",
         uid = tracing::field::Empty,
