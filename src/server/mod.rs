@@ -1261,20 +1261,6 @@ fn reviewed_response(
 mod tests {
     use super::*;
 
-    /// Log lines written by spawned stream tasks, captured.
-    #[derive(Clone, Default)]
-    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            crate::locks::lock(&self.0).extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[tokio::test]
     async fn a_body_in_one_frame_is_kept_as_received_several_are_joined_within_the_budget() {
         let budget = Arc::new(tokio::sync::Semaphore::new(64));
@@ -1315,7 +1301,8 @@ mod tests {
 
     #[test]
     fn work_hyper_spawns_logs_in_the_connection_span() {
-        let lines = Lines::default();
+        // The recorder's tests' writer: what was logged, read back.
+        let lines = crate::recorder::sink::tests::Shared::default();
         let writer = lines.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
