@@ -2,7 +2,8 @@
 # Load benchmark of `clusterscope serve` on loopback: the server pinned to core 0, the load on
 # core 1. Reports, per run, the requests answered 2xx, every non-2xx answer and socket error
 # (a benchmark must show its failures), latency percentiles, and requests per server
-# CPU-second (the figure that does not depend on how many cores the load tool has).
+# CPU-second (the figure that does not depend on how many cores the load tool has), and the
+# peak RSS after the 2000 req/s runs and again after the full loads.
 #
 # Needs wrk and h2load (`apt-get install wrk nghttp2-client`), oha for latency at a fixed rate
 # (`cargo install oha --locked`), taskset, bc and python3. Bounded: each run lasts DURATION seconds.
@@ -108,13 +109,14 @@ print("   all " + line([d for _, d in rows]))
 print("   from 1 s on " + line([d for s, d in rows if s - t0 >= 1.0]))
 PY
 }
+peak_rss() { # server pid, label, when
+  echo "== $2 peak RSS $3: $(grep VmHWM "/proc/$1/status" | awk '{print $2, $3}')"
+}
+# The fixed-rate runs come first, so that the peak RSS at 2000 req/s is read before the full
+# loads raise it.
 load() { # server pid, url, label, CA file or "" (skip certificate checks)
   local server=$1 url=$2 label=$3 ca=$4
   local trust=(--insecure); [ -n "$ca" ] && trust=(--cacert "$ca")
-  run "$server" "$label: HTTP/1.1 full load (wrk, 2 threads, 32 connections)" \
-    taskset -c 1 wrk -t2 -c32 -d"${duration}s" --latency -s "$work/post.lua" "$url"
-  run "$server" "$label: HTTP/2 full load (h2load, 8 connections x 16 streams)" \
-    taskset -c 1 h2load -D "$duration" -c8 -m16 -H 'Content-Type: application/json' -d "$body" "$url"
   rm -f "$work/h1.db" "$work/h2.db"
   run "$server" "$label: HTTP/1.1 at 2000 req/s (oha, 8 connections)" \
     taskset -c 1 oha --no-tui -z "${duration}s" -q 2000 -c 8 --latency-correction -m POST \
@@ -124,10 +126,14 @@ load() { # server pid, url, label, CA file or "" (skip certificate checks)
     taskset -c 1 oha --no-tui -z "${duration}s" -q 2000 -c 8 --latency-correction -m POST \
       -T application/json -D "$body" "${trust[@]}" --http2 -p 1 --db-url "$work/h2.db" "$url"
   stored_latency "$work/h2.db"
+  peak_rss "$server" "$label" "at 2000 req/s"
+  run "$server" "$label: HTTP/1.1 full load (wrk, 2 threads, 32 connections)" \
+    taskset -c 1 wrk -t2 -c32 -d"${duration}s" --latency -s "$work/post.lua" "$url"
+  run "$server" "$label: HTTP/2 full load (h2load, 8 connections x 16 streams)" \
+    taskset -c 1 h2load -D "$duration" -c8 -m16 -H 'Content-Type: application/json' -d "$body" "$url"
+  peak_rss "$server" "$label" "after the full loads too"
 }
 load "$pid" "https://localhost:$port/mutate?timeout=10s" clusterscope "$work/certs/ca.crt"
-echo "== clusterscope peak RSS: $(grep VmHWM /proc/$pid/status | awk '{print $2, $3}')"
 if [ -n "$against" ]; then
   load "$against_pid" "$against" reference ""
-  echo "== reference peak RSS: $(grep VmHWM /proc/$against_pid/status | awk '{print $2, $3}')"
 fi
