@@ -720,21 +720,16 @@ fn serve_survives_a_closed_stderr() {
 /// operation, kind and outcome (tracing spans, shown by the JSON log format).
 #[test]
 fn log_lines_carry_the_peer_and_the_request_uid() {
-    if std::process::Command::new("curl")
-        .arg("-V")
-        .output()
-        .is_err()
-    {
-        eprintln!("NOTICE: curl not found; span check skipped");
+    let Some(curl) = support::tools::curl_with_http2("the span check is") else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let serving = start_serve(dir.path(), |cmd| {
         cmd.args(["--cluster", "off", "--log-level", "clusterscope=debug"]);
     });
     let listen = serving.listen.clone();
     let port = listen.rsplit(':').next().unwrap();
-    let out = std::process::Command::new("curl")
+    let out = std::process::Command::new(curl)
         .args(["-s", "-o", "/dev/null", "--cacert"])
         .arg(dir.path().join("certs/ca.crt"))
         .args(["-H", "Content-Type: application/json", "--data-binary"])

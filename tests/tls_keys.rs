@@ -1,7 +1,9 @@
 //! Serving keys come as PKCS#8 (our own `certs`), SEC1 (cert-manager's ECDSA keys) or PKCS#1
 //! (classic RSA): all three load; a key that does not fit the certificate is refused.
 //! The SEC1 and PKCS#1 files are made with the `openssl` command; without it these checks
-//! are skipped with a notice.
+//! are skipped with a notice, and fail where `CLUSTERSCOPE_REQUIRE_OPENSSL` is set (CI).
+
+mod support;
 
 use std::path::Path;
 use std::process::Command;
@@ -16,17 +18,6 @@ fn openssl(args: &[&str], dir: &Path) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-fn have_openssl() -> bool {
-    let ok = Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("NOTICE: openssl not found; SEC1 and PKCS#1 key checks skipped");
-    }
-    ok
-}
-
 #[test]
 fn pkcs8_sec1_and_pkcs1_keys_load() {
     let b = clusterscope::certs::generate(&["localhost".to_owned()]).unwrap();
@@ -38,7 +29,7 @@ fn pkcs8_sec1_and_pkcs1_keys_load() {
         "tls.key",
     )
     .unwrap();
-    if !have_openssl() {
+    if support::tools::openssl("the SEC1 and PKCS#1 key checks are").is_none() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -24,3 +24,37 @@ pub fn missing(required: &str, what: &str, skipped: &str) {
         format!("NOTICE: {what}; {skipped} skipped\n").as_bytes(),
     );
 }
+
+/// `curl`, when it can speak HTTP/2 (the checks that use it send HTTP/2 uploads); else
+/// [`missing`] under `CLUSTERSCOPE_REQUIRE_CURL`, and None.
+pub fn curl_with_http2(skipped: &str) -> Option<PathBuf> {
+    let found = on_path("curl").filter(|curl| {
+        std::process::Command::new(curl)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| {
+                o.status.success() && String::from_utf8_lossy(&o.stdout).contains("HTTP2")
+            })
+    });
+    if found.is_none() {
+        missing(
+            "CLUSTERSCOPE_REQUIRE_CURL",
+            "curl with HTTP/2 is not installed: apt-get install curl",
+            skipped,
+        );
+    }
+    found
+}
+
+/// `openssl`; else [`missing`] under `CLUSTERSCOPE_REQUIRE_OPENSSL`, and None.
+pub fn openssl(skipped: &str) -> Option<PathBuf> {
+    let found = on_path("openssl");
+    if found.is_none() {
+        missing(
+            "CLUSTERSCOPE_REQUIRE_OPENSSL",
+            "openssl is not installed: apt-get install openssl",
+            skipped,
+        );
+    }
+    found
+}
