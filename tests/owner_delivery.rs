@@ -1,7 +1,8 @@
 //! Delivery by ownership end to end: the mirror controller watches what the rules need
 //! (PersistentVolumes, VolumeAttachments, Namespaces, Pods) on the fake API server and copies
 //! each event into the namespaces tied to its object at delivery time; ownership changes move
-//! later updates, a namespace being deleted gets nothing, and nothing is copied twice.
+//! later updates, a namespace being deleted gets nothing (and one found closing only on the
+//! write is given up at once), and nothing is copied twice.
 
 mod support;
 
@@ -133,7 +134,7 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
         "the old owner's copy was updated"
     );
 
-    // A namespace gets its own events; one being deleted gets nothing, and nothing fails.
+    // A namespace gets its own events; one the state knows is being deleted is not asked for.
     api.put(
         "default",
         event("team-b.1", "Namespace", "team-b", "Normal", 1),
@@ -150,13 +151,75 @@ async fn volume_events_follow_their_claim_and_namespace_events_stay_home() {
         "default",
         event("team-a.1", "Namespace", "team-a", "Normal", 1),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(api.copies_of("team-a", "team-a.1").is_empty());
+    // Settled: the source is labelled, and a later event's copy has landed behind it.
+    assert!(
+        eventually(10, || api.event("default", "team-a.1").is_some_and(|e| {
+            e["metadata"]["labels"]["clusterscope.dev/channel"] == "storage"
+        }))
+        .await
+    );
+    api.put(
+        "default",
+        event("team-b.2", "Namespace", "team-b", "Normal", 1),
+    );
+    assert!(eventually(10, || api.copies_of("team-b", "team-b.2").len() == 1).await);
     assert_eq!(
-        running.metric(r#"clusterscope_deliveries_total{sink="kubernetes",result="error"}"#),
-        0.0,
+        creates_in(&api, "team-a"),
+        1,
+        "only pv-7.1's copy was created in team-a; nothing was asked of it once it was closing"
+    );
+    running.stop().await;
+}
+
+/// How many creates were asked of the API server in `ns`.
+fn creates_in(api: &FakeApiServer, ns: &str) -> usize {
+    let s = api.store.lock().unwrap();
+    s.requests
+        .iter()
+        .filter(|(method, path)| method == "POST" && path == ns)
+        .count()
+}
+
+/// The race a real cluster has: the owner state still says the namespace is open, but it is
+/// being deleted and the API server answers 403 with the cause `NamespaceTerminating`. A
+/// namespace being deleted never opens again: the copy is given up at once (one create asked,
+/// no retries) and counted, and other namespaces are not held up.
+#[tokio::test]
+async fn a_namespace_deleted_before_the_state_knows_is_given_up_at_once() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b"]).await;
+    let (running, state) = start_with_state(&api);
+    state_knows(&state, |c| c.open("team-a") && c.open("team-b")).await;
+    // Deleted on the API server; the Namespace object (and so the state) still says Active.
+    api.store
+        .lock()
+        .unwrap()
+        .terminating
+        .insert("team-a".into());
+    api.put(
+        "default",
+        event("team-a.1", "Namespace", "team-a", "Normal", 1),
+    );
+    let given_up = r#"clusterscope_mirror_given_up_total{channel="storage"}"#;
+    assert!(
+        eventually(10, || running.seen(given_up) == 1.0).await,
         "{}",
         running.metrics.encode()
+    );
+    api.put(
+        "default",
+        event("team-b.1", "Namespace", "team-b", "Normal", 1),
+    );
+    assert!(eventually(10, || api.copies_of("team-b", "team-b.1").len() == 1).await);
+    assert_eq!(
+        creates_in(&api, "team-a"),
+        1,
+        "a closing namespace was asked again"
+    );
+    assert_eq!(
+        running.metric(
+            r#"clusterscope_mirror_writes_total{channel="storage",operation="create",result="error"}"#
+        ),
+        1.0
     );
     running.stop().await;
 }
@@ -195,7 +258,7 @@ async fn node_warnings_reach_the_namespaces_of_its_pods_up_to_the_cap() {
         "past the cap"
     );
     assert!(
-        eventually(10, || running.metric(
+        eventually(10, || running.seen(
             r#"clusterscope_delivery_namespaces_cut_total{channel="nodes"}"#
         ) >= 1.0)
         .await
@@ -375,13 +438,13 @@ async fn custom_kinds_follow_their_rule_field() {
     );
     // Counted: skipped objects by kind, known objects by resource.
     assert!(
-        eventually(15, || running.metric(
+        eventually(15, || running.seen(
             r#"clusterscope_owner_rule_skipped_objects{kind="Disk.example.com"}"#
         ) == 1.0
-            && running.metric(
+            && running.seen(
                 r#"clusterscope_owner_objects{resource="disks.example.com"}"#
             ) == 1.0
-            && running.metric(r#"clusterscope_owner_objects{resource="pods"}"#)
+            && running.seen(r#"clusterscope_owner_objects{resource="pods"}"#)
                 == 1.0)
         .await,
         "{}",

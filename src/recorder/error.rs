@@ -66,6 +66,15 @@ pub enum SinkError {
         reason: String,
         message: String,
     },
+    /// The API server refused to create anything in the namespace because it is being deleted
+    /// (403 with the cause `NamespaceTerminating`, from the NamespaceLifecycle admission plugin):
+    /// a namespace being deleted never opens again, so no writer tries again.
+    /// The API server's message names the namespace.
+    NamespaceTerminating(String),
+    /// The API server's answer could not be read (kube's `SerdeError`; building the request
+    /// cannot fail this way for an Event). Whatever the server did, a later try settles it, as
+    /// client-go retries every error that is not an API status.
+    Unreadable(Cause),
     /// The write could not even be built.
     Invalid(Cause),
     /// The log stream (standard output) could not be written.
@@ -88,6 +97,11 @@ impl std::fmt::Display for SinkError {
                 reason,
                 message,
             } => write!(f, "API server answered {code} {reason}: {message}"),
+            SinkError::NamespaceTerminating(message) => write!(
+                f,
+                "the namespace is being deleted, nothing more is written there: API server answered 403 NamespaceTerminating: {message}"
+            ),
+            SinkError::Unreadable(m) => write!(f, "cannot read the API server's answer: {m}"),
             SinkError::Invalid(m) => write!(f, "invalid event: {m}"),
             SinkError::Stream(m) => write!(f, "cannot write the log stream: {m}"),
             SinkError::Store { store, cause, .. } => write!(f, "{store}: {cause}"),
@@ -98,9 +112,12 @@ impl std::fmt::Display for SinkError {
 impl std::error::Error for SinkError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            SinkError::Transport(c) | SinkError::Invalid(c) | SinkError::Stream(c) => c.source(),
+            SinkError::Transport(c)
+            | SinkError::Unreadable(c)
+            | SinkError::Invalid(c)
+            | SinkError::Stream(c) => c.source(),
             SinkError::Store { cause, .. } => cause.source(),
-            SinkError::Status { .. } => None,
+            SinkError::Status { .. } | SinkError::NamespaceTerminating(_) => None,
         }
     }
 }
@@ -124,8 +141,8 @@ impl SinkError {
     /// classification; each sink names its writer).
     pub fn retryable_for(&self, writer: Writer) -> bool {
         match self {
-            SinkError::Transport(_) | SinkError::Stream(_) => true,
-            SinkError::Invalid(_) => false,
+            SinkError::Transport(_) | SinkError::Unreadable(_) | SinkError::Stream(_) => true,
+            SinkError::Invalid(_) | SinkError::NamespaceTerminating(_) => false,
             SinkError::Store { transient, .. } => *transient,
             SinkError::Status { code, .. } => match writer {
                 Writer::Recorder => *code >= 500 || *code == 429,
@@ -153,15 +170,28 @@ impl SinkError {
 impl From<kube::Error> for SinkError {
     fn from(e: kube::Error) -> Self {
         match e {
+            kube::Error::Api(status) if namespace_terminating(&status) => {
+                SinkError::NamespaceTerminating(status.message)
+            }
             kube::Error::Api(status) => SinkError::Status {
                 code: status.code,
-                reason: status.reason.clone(),
-                message: status.message.clone(),
+                reason: status.reason,
+                message: status.message,
             },
-            kube::Error::SerdeError(e) => SinkError::Invalid(Cause::new(e.to_string(), e)),
+            kube::Error::SerdeError(e) => SinkError::Unreadable(Cause::new(e.to_string(), e)),
             other => SinkError::Transport(Cause::new(other.to_string(), other)),
         }
     }
+}
+
+/// A 403 whose cause is `NamespaceTerminating` (the NamespaceLifecycle admission plugin's
+/// answer to a create in a namespace being deleted; the facts page has it as measured).
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status.code == 403
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
 }
 
 #[cfg(test)]
@@ -182,5 +212,31 @@ mod tests {
             SinkError::Transport("x".into()),
             SinkError::Transport(Cause::new("x".into(), std::fmt::Error))
         );
+    }
+
+    #[test]
+    fn a_create_in_a_namespace_being_deleted_is_final_for_every_writer() {
+        // As a real API server answered (the facts page).
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "events \"e1\" is forbidden: unable to create new content in namespace gone because it is being terminated",
+            "reason": "Forbidden", "code": 403,
+            "details": {"name": "e1", "kind": "events", "causes": [{"reason": "NamespaceTerminating",
+                "message": "namespace gone is being terminated", "field": "metadata.namespace"}]}
+        }))
+        .unwrap();
+        let e = SinkError::from(kube::Error::Api(Box::new(status.clone())));
+        assert!(matches!(e, SinkError::NamespaceTerminating(_)), "{e:?}");
+        assert!(!e.retryable_for(Writer::Mirror) && !e.retryable_for(Writer::Recorder));
+        assert!(
+            e.to_string().contains("being deleted") && e.to_string().contains("in namespace gone"),
+            "{e}"
+        );
+        // Any other 403 (a Role missing, fixed by an operator) the mirror still retries.
+        let mut other = status;
+        other.details = None;
+        let e = SinkError::from(kube::Error::Api(Box::new(other)));
+        assert!(matches!(e, SinkError::Status { code: 403, .. }));
+        assert!(e.retryable_for(Writer::Mirror));
     }
 }
