@@ -7,8 +7,8 @@
 //!    `(combined from similar events): `.
 //! 2. **Deduplication**: a repeat of an event already written becomes a patch of `count`,
 //!    `lastTimestamp` and `message` of the stored event, not a new object.
-//! 3. **Spam filter**: a token bucket per source + involved object (burst 25, then one per
-//!    300 s) drops the excess.
+//! 3. **Spam filter**: a token bucket per source + involved object + type (burst 25, then one
+//!    per 300 s) drops the excess.
 //!
 //! Every cache is an LRU of `cache_size` (4096) keys. Time comes from a [`Clock`], so tests
 //! control it.
@@ -122,9 +122,13 @@ pub fn aggregate_key(e: &Event) -> (String, String) {
     (parts.concat(), s(&e.message).to_owned())
 }
 
-/// client-go `getSpamKey`: source and involved object.
+/// client-go `getSpamKey`: source, involved object and type (the type since
+/// kubernetes/kubernetes#124747: Normal and Warning events about one object have a bucket each,
+/// so a burst of Normal events never silences a Warning).
 pub fn spam_key(e: &Event) -> String {
-    source_and_object(e, false).concat()
+    let mut parts = source_and_object(e, false);
+    parts.push(s(&e.type_));
+    parts.concat()
 }
 
 /// Correlates events before they are written.
@@ -189,7 +193,7 @@ impl Correlator {
         let object_name = s(&event.involved_object.name).to_owned();
         let combined = Event {
             metadata: ObjectMeta {
-                name: Some(format!("{object_name}.{:x}", now.as_nanosecond())),
+                name: Some(super::name::event_name(&object_name, now)),
                 namespace: event.metadata.namespace.clone(),
                 ..ObjectMeta::default()
             },
@@ -220,7 +224,9 @@ impl Correlator {
         self.observed.put(
             key,
             Observation {
-                count: event.count.unwrap_or(1),
+                // An event without a count is not counted on (client-go's zero count): its
+                // repeat is created again, not patched.
+                count: event.count.unwrap_or(0),
                 first_timestamp: event.first_timestamp.clone(),
                 name: event.metadata.name.clone(),
                 resource_version: event.metadata.resource_version.clone(),
@@ -229,7 +235,7 @@ impl Correlator {
         (event, repeat)
     }
 
-    /// Token bucket per source + object.
+    /// Token bucket per source + object + type.
     fn allow(&mut self, event: &Event, now: Timestamp) -> bool {
         let burst = f64::from(self.options.spam_burst);
         let refill = self

@@ -22,6 +22,7 @@
 
 pub mod correlator;
 pub mod error;
+pub mod name;
 pub mod pipeline;
 pub mod queue;
 pub mod record;

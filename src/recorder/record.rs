@@ -152,7 +152,7 @@ impl Recorder {
         &self.stats
     }
 
-    /// client-go `makeEvent`: named `<object>.<hex nanoseconds>`, in the object's namespace or
+    /// client-go `makeEvent`: named as [`super::name::event_name`] says, in the object's namespace or
     /// `default` for a cluster-scoped object, count 1, first and last timestamp now.
     pub fn make_event(
         &self,
@@ -169,10 +169,9 @@ impl Recorder {
             .unwrap_or_else(|| "default".to_owned());
         Event {
             metadata: ObjectMeta {
-                name: Some(format!(
-                    "{}.{:x}",
+                name: Some(super::name::event_name(
                     reference.name.as_deref().unwrap_or(""),
-                    now.as_nanosecond()
+                    now,
                 )),
                 namespace: Some(namespace),
                 ..ObjectMeta::default()
