@@ -32,6 +32,7 @@ async fn one_holder_at_a_time_and_takeover_after_expiry() {
         "b took a lease a holds"
     );
     assert!(a.try_acquire_or_renew().await.unwrap(), "a could not renew");
+    let renewed = std::time::Instant::now();
     // a stops renewing: b waits out the lease duration, then takes over.
     let mut took = false;
     for _ in 0..100 {
@@ -42,6 +43,12 @@ async fn one_holder_at_a_time_and_takeover_after_expiry() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(took, "b never took over the expired lease");
+    // b saw a's renewal on its next try at the earliest, and waited a whole lease from there.
+    assert!(
+        renewed.elapsed() >= Duration::from_secs(1),
+        "b took over {:?} after a's last renewal, within the 1 s lease",
+        renewed.elapsed()
+    );
     assert!(
         !a.try_acquire_or_renew().await.unwrap(),
         "a still thinks it leads"
