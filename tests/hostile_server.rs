@@ -4,7 +4,7 @@
 
 mod support;
 
-use support::fixtures;
+use support::{fake_apiserver, fixtures};
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -167,9 +167,22 @@ async fn nine_seven_mib_bodies_at_once_stay_under_the_memory_limit() {
     );
     assert!(statuses.contains(&200), "nothing was served: {statuses:?}");
     assert!(statuses.contains(&503), "nothing was shed: {statuses:?}");
-    assert!(
-        metrics.contains(r#"clusterscope_admission_shed_requests_total{why="memory"}"#),
+    // Every 503 was the memory budget's, none the in-flight limit's (9 is far below it).
+    let shed = statuses.iter().filter(|s| **s == 503).count() as f64;
+    assert_eq!(
+        fake_apiserver::series(
+            &metrics,
+            r#"clusterscope_admission_shed_requests_total{why="memory"}"#
+        ),
+        shed,
         "{metrics}"
+    );
+    assert_eq!(
+        fake_apiserver::series(
+            &metrics,
+            r#"clusterscope_admission_shed_requests_total{why="in-flight"}"#
+        ),
+        0.0
     );
     assert!(
         peak_kib < 64 * 1024,

@@ -102,6 +102,56 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
     assert_eq!(api.events_in("team-storage").len(), 1);
 }
 
+/// A copy's name is part of what is stored: a release that named copies differently would give
+/// every stored source a second copy on upgrade. These names were written by earlier releases
+/// and must stay: core/v1 and events.k8s.io/v1 sources (the fixtures the test above plans and
+/// creates under `copy_name`), `default` and `kube-system`, names that fit whole and long ones
+/// cut to fit with the wide hash.
+#[test]
+fn copy_names_stay_what_earlier_releases_wrote() {
+    let pinned = [
+        // core/v1, kubelet, in default
+        (
+            "default",
+            "node1.187a3c5e2f9b1d04",
+            "node1.187a3c5e2f9b1d04.64570f5b",
+        ),
+        // the same name in kube-system is another source
+        (
+            "kube-system",
+            "node1.187a3c5e2f9b1d04",
+            "node1.187a3c5e2f9b1d04.b18898bb",
+        ),
+        // events.k8s.io/v1 (stored and read as core/v1), in kube-system and default
+        (
+            "kube-system",
+            "node1.eventsv1-kube-system-emptyns",
+            "node1.eventsv1-kube-system-emptyns.540012e7",
+        ),
+        (
+            "default",
+            "node5.187a3c5e30000030",
+            "node5.187a3c5e30000030.8138019d",
+        ),
+        ("default", "pv-7.1", "pv-7.1.66c4f2d0"),
+    ];
+    for (namespace, name, copy) in pinned {
+        assert_eq!(copy_name(namespace, name), copy, "{namespace}/{name}");
+    }
+    // Cut to 253 characters, the head kept, a 64-bit hash after it.
+    let cut = [
+        (
+            "x".repeat(240) + ".187a3c5e2f9b1d04",
+            "x".repeat(236) + ".5e3440f94e431ae0",
+        ),
+        ("a".repeat(247), "a".repeat(236) + ".445f584417a8d338"),
+        ("a".repeat(253), "a".repeat(236) + ".e168837b87b428aa"),
+    ];
+    for (name, copy) in cut {
+        assert_eq!(copy_name("default", &name), copy, "default/{name}");
+    }
+}
+
 mod through_the_controller {
     //! One stored source at a time through the production path: the mirror controller's
     //! watch, plan, label patch and the pipeline's lanes, against the fake API server.
@@ -166,7 +216,7 @@ mod through_the_controller {
         // Another replica, or a restart: it lists everything again and writes nothing.
         let again = run(&api);
         assert!(
-            eventually(10, || again.metric(
+            eventually(10, || again.seen(
                 r#"clusterscope_deliveries_total{sink="kubernetes",result="unchanged"}"#
             ) == 1.0)
             .await
@@ -394,7 +444,7 @@ mod fidelity {
         api.put("default", source.clone());
         let running = api.run_controller(CONFIG, std::time::Duration::from_millis(20));
         let given_up = r#"clusterscope_deliveries_total{sink="kubernetes",result="given_up"}"#;
-        assert!(fake_apiserver::eventually(10, || running.metric(given_up) == 1.0).await);
+        assert!(fake_apiserver::eventually(10, || running.seen(given_up) == 1.0).await);
         assert_eq!(
             running.metric(r#"clusterscope_mirror_writes_total{channel="nodes",operation="create",result="error"}"#),
             1.0,

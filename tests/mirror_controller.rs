@@ -334,7 +334,7 @@ async fn a_log_channel_writes_through_its_own_lane() {
         ),
     ] {
         assert!(
-            eventually(|| running.metric(series) == value).await,
+            eventually(|| running.seen(series) == value).await,
             "{series}: {}",
             running.metrics.encode()
         );
@@ -461,6 +461,98 @@ async fn a_sink_defined_in_a_test_alone_gets_its_deliveries_from_the_controller(
     assert!(
         eventually(|| api.events_in("team-infra").len() == 50).await,
         "the copies as before"
+    );
+    running.stop().await;
+}
+
+/// The mirror follows the events about cluster-scoped objects by a field selector: it must be
+/// one the API server supports (a real one answers 400 to any other field, and the mirror would
+/// never start), and it is exactly `involvedObject.namespace=` on every list and watch of
+/// `default` and `kube-system`.
+#[tokio::test]
+async fn the_mirror_selects_its_sources_by_a_field_the_api_server_supports() {
+    use k8s_openapi::api::core::v1::Event;
+    use kube::api::{Api, ListParams};
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
+    api.put("default", node_event(1, 1));
+    api.put("default", pod_event(1));
+    // The fake reads selectors as the API server does: a misspelt field is refused, `!=` works.
+    let events: Api<Event> = Api::namespaced(api.client(), "default");
+    let misspelt = ListParams::default().fields("involvedObject.namespaces=");
+    match events.list(&misspelt).await {
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (400, "BadRequest"));
+            assert_eq!(
+                s.message,
+                "field label not supported: involvedObject.namespaces"
+            );
+        }
+        other => panic!("a misspelt field was accepted: {other:?}"),
+    }
+    let names = |params: ListParams| {
+        let events = events.clone();
+        async move {
+            let list = events.list(&params).await.unwrap();
+            list.items
+                .into_iter()
+                .filter_map(|e| e.metadata.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    let namespaced = names(ListParams::default().fields("involvedObject.namespace!=")).await;
+    assert_eq!(
+        namespaced,
+        [pod_event(1)["metadata"]["name"].as_str().unwrap()]
+    );
+    let cluster = names(ListParams::default().fields("involvedObject.namespace==")).await;
+    assert_eq!(
+        cluster,
+        [node_event(1, 1)["metadata"]["name"].as_str().unwrap()]
+    );
+    let both = names(ListParams::default().fields("type=Warning,reason!=BackOff")).await;
+    assert_eq!(both, cluster, "terms are joined by AND");
+
+    api.store.lock().unwrap().field_selectors.clear();
+    let running = start(&api);
+    assert!(eventually(|| one_valid_copy_each(&api, 1).is_ok()).await);
+    assert!(
+        eventually(|| {
+            let s = api.store.lock().unwrap();
+            ["default", "kube-system"].iter().all(|ns| {
+                s.field_selectors
+                    .iter()
+                    .any(|(r, n, sel)| r == "events" && n == ns && !sel.is_empty())
+            })
+        })
+        .await,
+        "the mirror never listed or watched both source namespaces"
+    );
+    let selectors: std::collections::BTreeSet<(String, String)> = api
+        .store
+        .lock()
+        .unwrap()
+        .field_selectors
+        .iter()
+        .filter(|(r, n, _)| r == "events" && (n == "default" || n == "kube-system"))
+        .map(|(_, n, sel)| (n.clone(), sel.clone()))
+        .collect();
+    // The copy index lists copies by label in their own namespaces, never the sources'.
+    assert_eq!(
+        selectors,
+        [
+            ("default".to_owned(), "involvedObject.namespace=".to_owned()),
+            (
+                "kube-system".to_owned(),
+                "involvedObject.namespace=".to_owned()
+            ),
+        ]
+        .into(),
+        "what the mirror asks the API server for its sources"
+    );
+    assert!(
+        api.events_in("team-infra")
+            .iter()
+            .all(|c| c["involvedObject"]["kind"] == "Node")
     );
     running.stop().await;
 }

@@ -136,7 +136,7 @@ async fn a_full_delivery_queue_loses_nothing() {
     }
     let full = r#"clusterscope_delivery_queue_full_total{sink="kubernetes"}"#;
     assert!(
-        eventually(20, || running.metric(full) >= 1.0).await,
+        eventually(20, || running.seen(full) >= 1.0).await,
         "the queue never filled: {}",
         running.metrics.encode()
     );

@@ -172,10 +172,6 @@ fn labelled(mut ev: Value) -> Value {
     ev
 }
 
-fn metric(running: &fake_apiserver::RunningController, prefix: &str) -> f64 {
-    running.metric(prefix)
-}
-
 /// A copy the API server refuses for good (422: the source's annotations push it past the
 /// 256 KiB limit) is given up at once: counted, logged, and never tried again.
 #[tokio::test]
@@ -193,10 +189,9 @@ async fn a_refused_copy_is_given_up_and_not_retried() {
     api.put("default", labelled(node_event(2, 1)));
     let running = start(&api);
     assert!(
-        fake_apiserver::eventually(10, || metric(
-            &running,
-            r#"clusterscope_mirror_given_up_total{channel="nodes"}"#
-        ) == 1.0)
+        fake_apiserver::eventually(10, || running
+            .seen(r#"clusterscope_mirror_given_up_total{channel="nodes"}"#)
+            == 1.0)
         .await,
         "{}",
         running.metrics.encode()
@@ -265,10 +260,9 @@ async fn a_foreign_event_at_the_copys_name_is_left_alone() {
     api.put("team-infra", squatter);
     let running = start(&api);
     assert!(
-        fake_apiserver::eventually(10, || metric(
-            &running,
-            r#"clusterscope_mirror_given_up_total{channel="nodes"}"#
-        ) == 1.0)
+        fake_apiserver::eventually(10, || running
+            .seen(r#"clusterscope_mirror_given_up_total{channel="nodes"}"#)
+            == 1.0)
         .await
     );
     quiet(&api).await;

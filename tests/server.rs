@@ -275,11 +275,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    fake_apiserver::series(text, series)
 }
 
 #[tokio::test]
@@ -423,10 +419,17 @@ async fn slow_clients_are_cut() {
         .await
         .unwrap();
     let mut buf = Vec::new();
+    let sent = std::time::Instant::now();
     let read = tokio::time::timeout(LIMIT, tls.read_to_end(&mut buf)).await;
     assert!(
         read.is_ok(),
         "connection with unfinished headers was not closed"
+    );
+    // By the configured 500 ms, not the 5 s default: the option is what closed it.
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(450) && took < Duration::from_secs(4),
+        "closed {took:?} after the unfinished headers; the timeout is 500 ms"
     );
 
     // Body never finished: answered within the request's own timeout.
@@ -930,17 +933,12 @@ async fn connection_and_in_flight_caps_answer_clearly() {
 
 /// Early refusals (415, 404, 405) reach an ordinary HTTP/2 client that is still uploading:
 /// curl used to fail with "stream error" most of the time, because the answer ended the
-/// stream before the body was read. Skipped with a notice when curl is missing.
+/// stream before the body was read. Skipped with a notice when curl is missing (CI requires it).
 #[tokio::test]
 async fn early_refusals_reach_an_uploading_http2_client() {
-    let has_curl = std::process::Command::new("curl")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("HTTP2"));
-    if !has_curl {
-        eprintln!("NOTICE: curl with HTTP/2 not found; early-refusal check skipped");
+    let Some(curl_bin) = fixtures::tools::curl_with_http2("the early-refusal check is") else {
         return;
-    }
+    };
     let server = start().await;
     let ca = server.dir.path().join("ca-for-curl.crt");
     std::fs::write(&ca, &server.ca_pem).unwrap();
@@ -948,7 +946,7 @@ async fn early_refusals_reach_an_uploading_http2_client() {
     std::fs::write(&body, vec![b'a'; 3 * 1024 * 1024]).unwrap();
     let port = server.webhook.port();
     let curl = move |method: &str, path: &str, content_type: &str| {
-        let out = std::process::Command::new("curl")
+        let out = std::process::Command::new(&curl_bin)
             .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--http2"])
             .args(["-X", method, "--cacert"])
             .arg(&ca)

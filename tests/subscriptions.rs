@@ -77,6 +77,11 @@ impl Cluster {
     fn metric(&self, line_start: &str) -> f64 {
         fake_apiserver::metric(&self.metrics, line_start)
     }
+
+    /// For polling: NaN while the series is not there.
+    fn seen(&self, line_start: &str) -> f64 {
+        fake_apiserver::seen(&self.metrics, line_start)
+    }
 }
 
 fn pod(ns: &str, name: &str, node: &str) -> Value {
@@ -375,7 +380,7 @@ async fn new_subscriptions_get_stored_events_and_deleted_ones_stop() {
     api.delete_object("subscriptions", "team-c", "its-node");
     // Judged without it (the metric follows the rounds).
     assert!(
-        eventually(10, || cluster.metric(
+        eventually(10, || cluster.seen(
             "clusterscope_subscriptions{state=\"accepted\",reason=\"Accepted\"}"
         ) == 0.0)
         .await

@@ -64,6 +64,9 @@ pub struct Store {
     pub objects: BTreeMap<(String, String, String), Value>,
     /// Namespaces being deleted: creating in them is refused as the API server does.
     pub terminating: BTreeSet<String>,
+    /// The field selector of every LIST and WATCH, as sent (empty for none): (resource,
+    /// namespace or "" for all, selector).
+    pub field_selectors: Vec<(String, String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -104,6 +107,23 @@ fn status(code: u16, reason: &str, message: &str) -> Response {
         axum::Json(body),
     )
         .into_response()
+}
+
+/// The NamespaceLifecycle admission plugin's answer to a create in a namespace being deleted,
+/// as a real API server sent it (the facts page).
+fn terminating(ns: &str, name: &str) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": format!("events \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated"),
+        "reason": "Forbidden",
+        "details": {"name": name, "kind": "events", "causes": [{
+            "reason": "NamespaceTerminating",
+            "message": format!("namespace {ns} is being terminated"),
+            "field": "metadata.namespace",
+        }]},
+        "code": 403,
+    });
+    (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -643,22 +663,48 @@ impl RunningController {
         drop(self.recorder_writers);
     }
 
-    /// The value of the first series of the controller's metrics starting with `prefix`
-    /// (0 when there is none).
+    /// The value of the series of the controller's metrics starting with `prefix`; see
+    /// [`series`].
     pub fn metric(&self, prefix: &str) -> f64 {
         metric(&self.metrics, prefix)
     }
+
+    /// For polling: the value of that series, or NaN while it is not there (no comparison
+    /// holds for NaN, so a wait on a misspelt series never ends as if it had come true).
+    pub fn seen(&self, prefix: &str) -> f64 {
+        seen(&self.metrics, prefix)
+    }
 }
 
-/// The value of the first series of `metrics` whose line starts with `prefix` (0 if none).
+/// The value of the series of `metrics` whose line starts with `prefix`; see [`series`].
 pub fn metric(metrics: &clusterscope::metrics::Metrics, prefix: &str) -> f64 {
-    metrics
-        .encode()
-        .lines()
-        .find(|l| l.starts_with(prefix))
+    series(&metrics.encode(), prefix)
+}
+
+/// [`RunningController::seen`] for any metrics.
+pub fn seen(metrics: &clusterscope::metrics::Metrics, prefix: &str) -> f64 {
+    find_series(&metrics.encode(), prefix).unwrap_or(f64::NAN)
+}
+
+fn find_series(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| !l.starts_with('#') && l.starts_with(prefix))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+}
+
+/// The value of the first series in the exposition `text` whose line starts with `prefix`
+/// (a name and its labels, as written there). A series that is not there fails the test,
+/// naming the series of that name that are: a misspelt name or label must not read as 0.
+pub fn series(text: &str, prefix: &str) -> f64 {
+    find_series(text, prefix).unwrap_or_else(|| {
+        let name = prefix.split('{').next().unwrap_or(prefix);
+        let present: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.starts_with(name))
+            .collect();
+        panic!("no series {prefix} in the metrics; of {name} there are: {present:#?}")
+    })
 }
 
 /// The cluster side as `serve` runs it (`cluster::spawn`: discovery, the lease, the mirror and
@@ -791,6 +837,10 @@ async fn list(
     {
         return r;
     }
+    let fields = match field_selector(&store, ("events", &ns), &q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let s = store.lock().unwrap();
     if let Some(Err(e)) = q
         .get("labelSelector")
@@ -811,7 +861,7 @@ async fn list(
         .filter(|((n, name), v)| {
             *n == ns
                 && (after.is_empty() || *name > after)
-                && selects(q.get("fieldSelector"), v)
+                && fields.selects(v)
                 && q.get("labelSelector")
                     .is_none_or(|l| label_selects(l, v) == Ok(true))
         })
@@ -958,6 +1008,10 @@ async fn list_objects(
     {
         return r;
     }
+    let fields = match field_selector(&store, (resource, ""), &q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let s = store.lock().unwrap();
     // Pages as the API server serves them: `limit` items in key order, then a `continue`
     // token naming the last one (kube-runtime's watcher lists in pages of 500).
@@ -976,6 +1030,7 @@ async fn list_objects(
             r == resource
                 && after.is_none_or(|(a_ns, a_name)| (ns.as_str(), name.as_str()) > (a_ns, a_name))
         })
+        .filter(|(_, v)| fields.selects(v))
         .take(limit.saturating_add(1))
         .map(|((_, ns, name), v)| (format!("{ns}/{name}"), v.clone()))
         .collect();
@@ -1052,13 +1107,7 @@ async fn create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Respon
         return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
     }
     if s.terminating.contains(&ns) {
-        return status(
-            403,
-            "Forbidden",
-            &format!(
-                "events \"\" is forbidden: unable to create new content in namespace {ns} because it is being terminated"
-            ),
-        );
+        return terminating(&ns, str_at(&ev, &["metadata", "name"]));
     }
     if let Err(e) = validate(&ns, &ev) {
         return status(422, "Invalid", &format!("Event is invalid: {e}"));
@@ -1186,18 +1235,114 @@ async fn delete(State(store): St, Path((ns, name)): Path<(String, String)>) -> R
     }
 }
 
-/// A field selector of `path.to.field=value` terms joined by commas (equality only).
-fn selects(selector: Option<&String>, obj: &Value) -> bool {
-    let Some(sel) = selector.filter(|s| !s.is_empty()) else {
-        return true;
-    };
-    sel.split(',').all(|term| {
-        let Some((path, want)) = term.split_once('=') else {
-            return true;
+/// A parsed field selector: `field=value`, `field==value` and `field!=value` terms joined by
+/// commas, each field one the API server can select `resource` by (apimachinery's
+/// `fields.ParseSelector` and the resource's field label conversion).
+#[derive(Clone, Debug, Default)]
+pub struct FieldSelector(Vec<(Vec<&'static str>, bool, String)>);
+
+/// The fields every resource can be selected by.
+const META_FIELDS: [(&str, &[&str]); 2] = [
+    ("metadata.name", &["metadata", "name"]),
+    ("metadata.namespace", &["metadata", "namespace"]),
+];
+
+/// Events' selectable fields (`pkg/registry/core/event/strategy.go`, `ToSelectableFields`;
+/// the facts page): `source` is `source.component` (or `reportingController` when that is
+/// empty), `reportingComponent` is `reportingController`.
+const EVENT_FIELDS: [(&str, &[&str]); 11] = [
+    ("involvedObject.kind", &["involvedObject", "kind"]),
+    ("involvedObject.namespace", &["involvedObject", "namespace"]),
+    ("involvedObject.name", &["involvedObject", "name"]),
+    ("involvedObject.uid", &["involvedObject", "uid"]),
+    (
+        "involvedObject.apiVersion",
+        &["involvedObject", "apiVersion"],
+    ),
+    (
+        "involvedObject.resourceVersion",
+        &["involvedObject", "resourceVersion"],
+    ),
+    ("involvedObject.fieldPath", &["involvedObject", "fieldPath"]),
+    ("reason", &["reason"]),
+    ("reportingComponent", &["reportingController"]),
+    ("source", &["source", "component"]),
+    ("type", &["type"]),
+];
+
+/// Pods' (`pkg/registry/core/pod/strategy.go`, `ToSelectableFields`, the string ones) and
+/// Namespaces' (`status.phase`) own selectable fields.
+const POD_FIELDS: [(&str, &[&str]); 7] = [
+    ("spec.nodeName", &["spec", "nodeName"]),
+    ("spec.restartPolicy", &["spec", "restartPolicy"]),
+    ("spec.schedulerName", &["spec", "schedulerName"]),
+    ("spec.serviceAccountName", &["spec", "serviceAccountName"]),
+    ("status.phase", &["status", "phase"]),
+    ("status.podIP", &["status", "podIP"]),
+    ("status.nominatedNodeName", &["status", "nominatedNodeName"]),
+];
+
+impl FieldSelector {
+    /// `selector` for `resource`; the API server's 400 message for a field it cannot select
+    /// by or a term it cannot read.
+    pub fn parse(resource: &str, selector: &str) -> Result<FieldSelector, String> {
+        let own: &[(&str, &[&str])] = match resource {
+            "events" => &EVENT_FIELDS,
+            "pods" => &POD_FIELDS,
+            "namespaces" => &POD_FIELDS[4..5],
+            _ => &[],
         };
-        let path: Vec<&str> = path.split('.').collect();
-        str_at(obj, &path) == want.trim_start_matches('=')
-    })
+        let mut terms = Vec::new();
+        for term in selector.split(',').filter(|t| !t.is_empty()) {
+            let (field, negate, value) = if let Some((f, v)) = term.split_once("!=") {
+                (f, true, v)
+            } else if let Some((f, v)) = term.split_once("==") {
+                (f, false, v)
+            } else if let Some((f, v)) = term.split_once('=') {
+                (f, false, v)
+            } else {
+                return Err(format!(
+                    "invalid selector: '{selector}'; can't understand '{term}'"
+                ));
+            };
+            let Some((_, path)) = META_FIELDS
+                .iter()
+                .chain(own)
+                .find(|(name, _)| *name == field)
+            else {
+                return Err(format!("field label not supported: {field}"));
+            };
+            terms.push((path.to_vec(), negate, value.to_owned()));
+        }
+        Ok(FieldSelector(terms))
+    }
+
+    /// Whether `obj` has every selected field as asked (a missing field is "").
+    pub fn selects(&self, obj: &Value) -> bool {
+        self.0.iter().all(|(path, negate, want)| {
+            let mut have = str_at(obj, path);
+            if have.is_empty() && path.as_slice() == ["source", "component"] {
+                have = str_at(obj, &["reportingController"]);
+            }
+            (have == want) != *negate
+        })
+    }
+}
+
+/// The field selector of a LIST or WATCH of `resource`, recorded in the store; a 400 as the
+/// API server answers for one it cannot read.
+fn field_selector(
+    store: &Mutex<Store>,
+    (resource, ns): (&str, &str),
+    q: &BTreeMap<String, String>,
+) -> Result<FieldSelector, Response> {
+    let selector = q.get("fieldSelector").map_or("", String::as_str);
+    store.lock().unwrap().field_selectors.push((
+        resource.to_owned(),
+        ns.to_owned(),
+        selector.to_owned(),
+    ));
+    FieldSelector::parse(resource, selector).map_err(|e| status(400, "BadRequest", &e))
 }
 
 fn line(kind: &str, obj: &Value) -> Bytes {
@@ -1228,6 +1373,10 @@ async fn watch_as(
     {
         return r;
     }
+    let fields = match field_selector(&store, (resource, rbac_ns), &q) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
     let (backlog, mut rx, from) = {
         let s = store.lock().unwrap();
@@ -1245,7 +1394,7 @@ async fn watch_as(
         let backlog: Vec<(u64, String, Value)> = s
             .history
             .iter()
-            .filter(|(rv, _, n, o)| *rv > from && *n == ns && selects(q.get("fieldSelector"), o))
+            .filter(|(rv, _, n, o)| *rv > from && *n == ns && fields.selects(o))
             .map(|(rv, k, _, o)| (*rv, k.clone(), o.clone()))
             .collect();
         (backlog, rx, from)
@@ -1254,7 +1403,6 @@ async fn watch_as(
         .get("timeoutSeconds")
         .and_then(|v| v.parse().ok())
         .map_or(Duration::from_secs(290), Duration::from_secs);
-    let selector = q.get("fieldSelector").cloned();
     tokio::spawn(async move {
         let mut last = from;
         for (rv, kind, obj) in backlog {
@@ -1270,7 +1418,7 @@ async fn watch_as(
             tokio::select! {
                 () = &mut deadline => return,
                 msg = rx.recv() => match msg {
-                    Ok(WatchMsg::Change(rv, kind, n, obj)) if n == ns && rv > last && selects(selector.as_ref(), &obj) => {
+                    Ok(WatchMsg::Change(rv, kind, n, obj)) if n == ns && rv > last && fields.selects(&obj) => {
                         last = rv;
                         if out_tx.send(line(&kind, &obj)).await.is_err() {
                             return;
