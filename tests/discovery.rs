@@ -197,7 +197,7 @@ async fn the_mirror_waits_for_discovery_and_heals_wrong_labels() {
         "the stale labels were never removed or the Node never copied"
     );
     // Let any wrong work that would follow show up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.quiet().await;
     assert_eq!(
         resolver.discovery_state(),
         clusterscope::classify::DiscoveryState::Answered

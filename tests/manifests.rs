@@ -524,6 +524,12 @@ async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
         // object.
         let mut new_style = node_event("kube-system", "node1.b", 1, "Normal");
         new_style["eventTime"] = "2026-11-20T10:00:00.000000Z".into();
+        new_style["reportingComponent"] = "kubelet".into();
+        new_style["reportingInstance"] = "node1".into();
+        new_style["action"] = "StatusChange".into();
+        new_style["reportingComponent"] = "kubelet".into();
+        new_style["reportingInstance"] = "node1".into();
+        new_style["action"] = "StatusChange".into();
         api.put("kube-system", new_style);
         wait(|| api.events_in("team-infra").len() == 2).await;
         // A count bump: the copy is updated.
@@ -592,6 +598,9 @@ async fn owner_delivery_rbac_covers_its_calls_and_grants_nothing_unused() {
     api.put("default", node_event("default", "node1.a", 1, "Warning"));
     let mut new_style = node_event("kube-system", "node1.b", 1, "Warning");
     new_style["eventTime"] = "2026-11-20T10:00:00.000000Z".into();
+    new_style["reportingComponent"] = "kubelet".into();
+    new_style["reportingInstance"] = "node1".into();
+    new_style["action"] = "StatusChange".into();
     api.put("kube-system", new_style);
     let calls = calls_of_a_run(&objs, &api, async |api| {
         wait(|| api.events_in("team-a").len() == 1 && api.events_in("team-b").len() == 2).await;

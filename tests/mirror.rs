@@ -102,6 +102,70 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
     assert_eq!(api.events_in("team-storage").len(), 1);
 }
 
+/// The fake validates events.k8s.io/v1 events (those with `eventTime`) as the API server does:
+/// a copy of one that lost `reportingController`, `reportingInstance`, `action` or `reason`, or
+/// carries a controller that is no qualified name or a note over 1 KiB, is refused with 422
+/// there; the planned copy keeps them all and is accepted.
+#[tokio::test]
+async fn a_new_style_copy_that_lost_a_required_field_is_refused() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-infra", "team-storage"]).await;
+    let syncer = api.syncer(CONFIG);
+    let source: Event = serde_json::from_value(stored_source(
+        "real-node1-eventsv1-kube-system-emptyns.json",
+    ))
+    .unwrap();
+    assert!(source.event_time.is_some(), "the fixture is new-style");
+    let plan = syncer.plan(&source, std::time::Instant::now());
+    let copy = plan
+        .deliveries
+        .into_iter()
+        .find(|(sink, _)| *sink == "kubernetes")
+        .map(|(_, d)| d.event)
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(api.client(), "team-infra");
+    let create = |body: Event| {
+        let events = events.clone();
+        async move { events.create(&PostParams::default(), &body).await }
+    };
+    type Break = fn(&mut Event);
+    let broken: [(&str, Break, &str); 6] = [
+        (
+            "reportingComponent",
+            |e| e.reporting_component = None,
+            "reportingController: Required value",
+        ),
+        (
+            "reportingInstance",
+            |e| e.reporting_instance = None,
+            "reportingInstance: Required value",
+        ),
+        ("action", |e| e.action = None, "action: Required value"),
+        ("reason", |e| e.reason = None, "reason: Required value"),
+        (
+            "reportingComponent",
+            |e| e.reporting_component = Some("Not A Name!".into()),
+            "reportingController: Invalid value",
+        ),
+        (
+            "message",
+            |e| e.message = Some("n".repeat(1025)),
+            "message: Too long",
+        ),
+    ];
+    for (field, breaks, says) in broken {
+        let mut bad = copy.clone();
+        breaks(&mut bad);
+        match create(bad).await {
+            Err(kube::Error::Api(s)) => {
+                assert_eq!(s.code, 422, "{field}");
+                assert!(s.message.contains(says), "{field}: {}", s.message);
+            }
+            other => panic!("a copy without a valid {field} was accepted: {other:?}"),
+        }
+    }
+    create(copy).await.expect("the planned copy is accepted");
+}
+
 /// A copy's name is part of what is stored: a release that named copies differently would give
 /// every stored source a second copy on upgrade. These names were written by earlier releases
 /// and must stay: core/v1 and events.k8s.io/v1 sources (the fixtures the test above plans and
@@ -205,7 +269,7 @@ mod through_the_controller {
                 && api.events_in("team-infra").len() == 1)
             .await
         );
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        api.quiet().await;
         assert_eq!(writes(&api, "default"), ["patch"], "one label patch");
         assert_eq!(
             writes(&api, "team-infra"),
@@ -394,6 +458,10 @@ mod fidelity {
             .unwrap();
         let mut new_style = node_event("kube-system", "b");
         new_style["eventTime"] = "2026-11-20T10:00:00.000000Z".into();
+        // What a new-style event must carry besides (legacyValidateEvent).
+        new_style["reportingComponent"] = "kubelet".into();
+        new_style["reportingInstance"] = "node1".into();
+        new_style["action"] = "StatusChange".into();
         create(&api, "kube-system", &new_style).await.unwrap();
     }
 

@@ -32,20 +32,6 @@ fn calls(api: &FakeApiServer, verb: &str, ns: &str) -> usize {
         .count()
 }
 
-/// Waits until no call has been made for 300 ms (bounded).
-async fn quiet(api: &FakeApiServer) {
-    let mut seen = usize::MAX;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let now = api.store.lock().unwrap().calls.len();
-        if now == seen {
-            return;
-        }
-        seen = now;
-    }
-    panic!("the controller never went quiet");
-}
-
 fn copy_of(api: &FakeApiServer, i: usize) -> Option<Value> {
     api.events_in("team-infra").into_iter().find(|c| {
         c["metadata"]["annotations"]["clusterscope.dev/source-name"]
@@ -65,7 +51,7 @@ async fn copied(n: usize) -> FakeApiServer {
         "first run copied {} of {n}",
         api.events_in("team-infra").len()
     );
-    quiet(&api).await;
+    api.quiet().await;
     first.stop().await;
     api.store.lock().unwrap().calls.clear();
     api
@@ -76,7 +62,7 @@ async fn a_restart_lists_the_copies_in_pages_and_writes_nothing() {
     // 1,200 copies: three pages of 500.
     let api = copied(1_200).await;
     let again = start(&api);
-    quiet(&api).await;
+    api.quiet().await;
     again.stop().await;
     assert_eq!(calls(&api, "list", "team-infra"), 3, "one paginated LIST");
     for verb in ["create", "get", "update", "patch"] {
@@ -102,7 +88,7 @@ async fn a_restart_writes_only_what_changed_while_it_was_down() {
     api.store.lock().unwrap().calls.clear();
 
     let again = start(&api);
-    quiet(&api).await;
+    api.quiet().await;
     again.stop().await;
     assert_eq!(calls(&api, "list", "team-infra"), 1);
     // Copies of node1 and node3 updated, node2's and node20's created: one call each.
@@ -122,7 +108,7 @@ async fn a_restart_writes_only_what_changed_while_it_was_down() {
 async fn live_updates_are_one_put_and_a_stale_view_still_converges() {
     let api = copied(3).await;
     let running = start(&api);
-    quiet(&api).await;
+    api.quiet().await;
     api.store.lock().unwrap().calls.clear();
     // A count bump while running: one PUT, no read.
     let mut bumped = api.event("default", &format!("node0.{:016x}", 0)).unwrap();
@@ -131,7 +117,7 @@ async fn live_updates_are_one_put_and_a_stale_view_still_converges() {
     assert!(
         fake_apiserver::eventually(10, || copy_of(&api, 0).is_some_and(|c| c["count"] == 2)).await
     );
-    quiet(&api).await;
+    api.quiet().await;
     assert_eq!(calls(&api, "update", "team-infra"), 1);
     assert_eq!(calls(&api, "get", "team-infra"), 0);
 
@@ -197,9 +183,9 @@ async fn a_refused_copy_is_given_up_and_not_retried() {
         running.metrics.encode()
     );
     assert!(fake_apiserver::eventually(10, || copy_of(&api, 2).is_some()).await);
-    quiet(&api).await;
+    api.quiet().await;
     let creates = calls(&api, "create", "team-infra");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.quiet().await;
     assert_eq!(calls(&api, "create", "team-infra"), creates, "retried");
     // Two creates: the refused one (once) and node2's.
     assert_eq!(creates, 2);
@@ -235,9 +221,9 @@ async fn an_expired_source_is_forgotten() {
     assert!(fake_apiserver::eventually(10, || calls(&api, "create", "team-infra") >= 2).await);
     api.expire("default", &format!("node1.{:016x}", 1));
     // Let any retry already scheduled run out (backoff from 20 ms: at most a few hundred ms).
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    api.quiet().await;
     let tried = calls(&api, "create", "team-infra");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    api.quiet().await;
     assert_eq!(
         calls(&api, "create", "team-infra"),
         tried,
@@ -265,7 +251,7 @@ async fn a_foreign_event_at_the_copys_name_is_left_alone() {
             == 1.0)
         .await
     );
-    quiet(&api).await;
+    api.quiet().await;
     assert_eq!(calls(&api, "update", "team-infra"), 0, "overwritten");
     let stored = api.event("team-infra", &copy_name).unwrap();
     assert_eq!(stored["message"], "not yours");

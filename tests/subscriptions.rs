@@ -333,7 +333,7 @@ async fn refused_subscriptions_say_why_and_get_nothing() {
         "volumes"
     );
     // Give the node event every chance: no copy for the refused subscription.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.quiet().await;
     assert!(api.copies_of("team-a", "node1.1").is_empty());
     // The oldest goes: the next in line is accepted, and counts from then on.
     api.delete_object("subscriptions", "team-a", "volumes");
@@ -399,7 +399,7 @@ async fn new_subscriptions_get_stored_events_and_deleted_ones_stop() {
             == "nodes")
         .await
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.quiet().await;
     assert!(api.copies_of("team-c", "node2.2").is_empty());
     let kept = api.copies_of("team-c", "node2.1");
     assert_eq!(kept.len(), 1, "the earlier copy stays until the TTL");
@@ -594,7 +594,7 @@ async fn a_reloaded_ceiling_applies_to_existing_subscriptions() {
             == "nodes")
         .await
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    api.quiet().await;
     assert!(api.copies_of("team-c", "node2.1").is_empty());
     cluster.config.store(Arc::new(
         clusterscope::config::Config::from_yaml(

@@ -181,6 +181,9 @@ pub fn validate(namespace: &str, ev: &Value) -> Result<(), String> {
             "involvedObject.namespace: Invalid value: {involved_ns:?}: does not match event.namespace"
         ));
     }
+    if new_style {
+        validate_new_style(ev)?;
+    }
     validate_metadata_maps(ev)?;
     for (field, max) in [
         ("reason", 128),
@@ -193,6 +196,38 @@ pub fn validate(namespace: &str, ev: &Value) -> Result<(), String> {
                 "{field}: Too long: may not be more than {max} bytes"
             ));
         }
+    }
+    Ok(())
+}
+
+/// What `legacyValidateEvent` asks of an event with `eventTime` (every events.k8s.io/v1 event):
+/// `reportingController` (a qualified name), `reportingInstance`, `action` and `reason`, each
+/// at most 128 characters, and a message (the note) of at most 1024.
+/// Events are stored and written as core/v1 here, where the controller is `reportingComponent`
+/// (the API server's messages name the internal field, `reportingController`).
+fn validate_new_style(ev: &Value) -> Result<(), String> {
+    for (json, field) in [
+        ("reportingComponent", "reportingController"),
+        ("reportingInstance", "reportingInstance"),
+        ("action", "action"),
+        ("reason", "reason"),
+    ] {
+        let value = str_at(ev, &[json]);
+        if value.is_empty() {
+            return Err(format!("{field}: Required value"));
+        }
+        if value.len() > 128 {
+            return Err(format!("{field}: Too long: may not be more than 128 bytes"));
+        }
+    }
+    let controller = str_at(ev, &["reportingComponent"]);
+    if !is_qualified_name(controller) {
+        return Err(format!(
+            "reportingController: Invalid value: {controller:?}: name part must consist of alphanumeric characters, '-', '_' or '.'"
+        ));
+    }
+    if str_at(ev, &["message"]).len() > 1024 {
+        return Err("message: Too long: may not be more than 1024 bytes".into());
     }
     Ok(())
 }
@@ -413,6 +448,9 @@ impl FakeApiServer {
         metrics: Arc<clusterscope::metrics::Metrics>,
     ) -> RunningController {
         use clusterscope::recorder::{KubeSink, Recorder, SystemClock};
+        // As `serve` does: every channel's series exist from the start, at zero.
+        let config = syncer.config.load_full();
+        metrics.channels(config.channels.iter().map(|c| c.name.as_str()));
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         // clusterscope's own events (given-up deliveries) are written to this server too.
         let recorder = Arc::new(Recorder::new(
@@ -480,6 +518,27 @@ impl FakeApiServer {
             s.faults
                 .push_back((Some(verb.to_owned()), code, reason.to_owned()));
         }
+    }
+
+    /// Waits until the API server has been asked nothing for 300 ms, Leases aside (a
+    /// replica renews its lease all the time): what a controller does after an event is done,
+    /// so a check that something did NOT happen reads a settled state. Fails the test when the
+    /// asking never stops (bounded at 30 s).
+    pub async fn quiet(&self) {
+        let asked = || {
+            let s = self.store.lock().unwrap();
+            s.calls.iter().filter(|c| c.2 != "leases").count()
+        };
+        let mut seen = usize::MAX;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = asked();
+            if now == seen {
+                return;
+            }
+            seen = now;
+        }
+        panic!("the API server was never left alone for 300 ms");
     }
 
     pub fn event(&self, ns: &str, name: &str) -> Option<Value> {
@@ -839,7 +898,7 @@ async fn list(
     }
     let fields = match field_selector(&store, ("events", &ns), &q) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(e) => return status(400, "BadRequest", &e),
     };
     let s = store.lock().unwrap();
     if let Some(Err(e)) = q
@@ -1010,7 +1069,7 @@ async fn list_objects(
     }
     let fields = match field_selector(&store, (resource, ""), &q) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(e) => return status(400, "BadRequest", &e),
     };
     let s = store.lock().unwrap();
     // Pages as the API server serves them: `limit` items in key order, then a `continue`
@@ -1329,20 +1388,20 @@ impl FieldSelector {
     }
 }
 
-/// The field selector of a LIST or WATCH of `resource`, recorded in the store; a 400 as the
-/// API server answers for one it cannot read.
+/// The field selector of a LIST or WATCH of `resource`, recorded in the store; the message of
+/// the 400 the API server answers for one it cannot read.
 fn field_selector(
     store: &Mutex<Store>,
     (resource, ns): (&str, &str),
     q: &BTreeMap<String, String>,
-) -> Result<FieldSelector, Response> {
+) -> Result<FieldSelector, String> {
     let selector = q.get("fieldSelector").map_or("", String::as_str);
     store.lock().unwrap().field_selectors.push((
         resource.to_owned(),
         ns.to_owned(),
         selector.to_owned(),
     ));
-    FieldSelector::parse(resource, selector).map_err(|e| status(400, "BadRequest", &e))
+    FieldSelector::parse(resource, selector)
 }
 
 fn line(kind: &str, obj: &Value) -> Bytes {
@@ -1375,7 +1434,7 @@ async fn watch_as(
     }
     let fields = match field_selector(&store, (resource, rbac_ns), &q) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(e) => return status(400, "BadRequest", &e),
     };
     let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Bytes>(1024);
     let (backlog, mut rx, from) = {
