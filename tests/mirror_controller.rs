@@ -114,8 +114,17 @@ async fn catches_up_on_start_then_follows_live_changes() {
         "{:?}",
         one_valid_copy_each(&api, 40)
     );
-    let text = running.metrics.encode();
-    assert!(text.contains(r#"clusterscope_mirror_writes_total{channel="nodes",operation="create",result="success"} 40"#), "{text}");
+    // Each copy written once. The fake stores a copy before the controller has its answer
+    // and counts it: wait for the count, then make sure it stays (nothing written twice).
+    let creates =
+        r#"clusterscope_mirror_writes_total{channel="nodes",operation="create",result="success"}"#;
+    assert!(
+        eventually(|| running.seen(creates) == 40.0).await,
+        "{}",
+        running.metrics.encode()
+    );
+    api.quiet().await;
+    assert_eq!(running.metric(creates), 40.0);
     running.stop().await;
 }
 
