@@ -193,8 +193,8 @@ impl Serving {
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        (status, self.logs.try_iter().collect())
+        // Every line it wrote: the reader ends (and the channel with it) at the pipe's end.
+        (status, self.logs.iter().collect())
     }
 }
 
@@ -323,6 +323,138 @@ fn check_config_reads_the_file_serve_would_and_an_unreadable_one_is_exit_1() {
     let out = run(&["check-config", "/nonexistent/config.yaml"]);
     assert_eq!(out.status.code(), Some(1), "a file that cannot be read");
     assert!(stderr_line(&out).contains("/nonexistent/config.yaml: cannot read"));
+}
+
+/// `check-config` with `input` on standard input (no `CLUSTERSCOPE_CONFIG`).
+fn check_config_with_input(args: &[&str], input: &[u8]) -> Output {
+    let mut child = bin()
+        .arg("check-config")
+        .args(args)
+        .env_remove("CLUSTERSCOPE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// What is handed to `check-config` on standard input is what it checks: `-`, or a pipe with
+/// no file named. A typo piped in is refused where it is, never passed over for the embedded
+/// default; an empty pipe (the command before it failed) is refused; a ConfigMap is read as
+/// `serve` reads it. With nothing on standard input (a script, CI) the embedded default is
+/// checked, and said to be.
+#[test]
+fn check_config_checks_what_is_piped_in_and_never_the_default_instead() {
+    let typo = b"channels:\n  - name: x\n    namespce: y\n";
+    for args in [&[][..], &["-"][..]] {
+        let out = check_config_with_input(args, typo);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr_line(&out);
+        assert!(
+            err.contains("<standard input>:3:") && err.contains("namespce"),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: said something on stdout");
+    }
+    let out = check_config_with_input(&[], b"channels:\n  - name: only\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("<standard input>: valid"), "{text}");
+    assert!(text.contains("only"), "{text}");
+    for args in [&[][..], &["-"][..]] {
+        let out = check_config_with_input(args, b"\n");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: an empty pipe passed");
+        assert!(stderr_line(&out).contains("empty"), "{args:?}");
+    }
+    let configmap = std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("manifests/overlays/history/config.yaml"),
+    )
+    .unwrap();
+    let out = check_config_with_input(&["-"], &configmap);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bin()
+        .arg("check-config")
+        .env_remove("CLUSTERSCOPE_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("<embedded default>: valid"));
+}
+
+/// `kubectl kustomize manifests/overlays/mirror-nodes | clusterscope check-config`: the
+/// rendered documents are read and the shipped ConfigMap in them is checked.
+#[test]
+fn kustomize_output_piped_into_check_config_is_what_is_checked() {
+    if !fixtures::kubectl_available() {
+        return;
+    }
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/overlays/mirror-nodes");
+    let rendered = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(rendered.status.success());
+    let out = check_config_with_input(&[], &rendered.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(
+            "<standard input> (ConfigMap clusterscope-config, key config.yaml): valid"
+        ),
+        "{said}"
+    );
+    assert!(said.contains("team-infra"), "{said}");
+    // The same documents with the typo in the ConfigMap's key: refused, not "valid".
+    let broken = String::from_utf8(rendered.stdout).unwrap().replacen(
+        "  - name: nodes\n",
+        "  - name: nodes\n    namespce: y\n",
+        1,
+    );
+    let out = check_config_with_input(&[], broken.as_bytes());
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// `serve --config` takes what `check-config` takes: the ConfigMap that ships a configuration
+/// (one loader for every command).
+#[test]
+fn serve_takes_the_configmap_check_config_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let configmap = dir.path().join("configmap.yaml");
+    std::fs::write(
+        &configmap,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: clusterscope-config\ndata:\n  config.yaml: |\n    channels:\n      - name: only\n",
+    )
+    .unwrap();
+    let checked = run(&["check-config", configmap.to_str().unwrap()]);
+    assert!(checked.status.success());
+    let serving = start_serve(dir.path(), |cmd| {
+        cmd.args(["--cluster", "off", "--config"]).arg(&configmap);
+    });
+    let (status, _) = serving.stop();
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
 /// `check-config | head -1`: the reader closes early; that is not an error.

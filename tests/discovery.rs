@@ -75,11 +75,10 @@ async fn an_unknown_kind_triggers_a_rate_limited_refresh() {
         },
     ));
     let refreshes = |m: &Metrics| {
-        m.encode()
-            .lines()
-            .find(|l| l.starts_with("clusterscope_discovery_refreshes_total{result=\"success\"}"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .unwrap_or(0.0)
+        fake_apiserver::metric(
+            m,
+            r#"clusterscope_discovery_refreshes_total{result="success"}"#,
+        )
     };
     for _ in 0..100 {
         if refreshes(&metrics) >= 1.0 {
@@ -103,7 +102,8 @@ async fn an_unknown_kind_triggers_a_rate_limited_refresh() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(learned, "the triggered refresh never happened");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Whatever the other four pokes would start has been asked by then.
+    api.quiet().await;
     assert_eq!(refreshes(&metrics), 2.0, "five pokes, one refresh");
     let _ = stop.send(());
     task.await.unwrap();

@@ -339,6 +339,16 @@ async fn one_address_cannot_take_every_connection() {
         "{metrics}"
     );
     held.pop();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The server has seen it close: two connections open.
+    let mut open = f64::NAN;
+    for _ in 0..250 {
+        let metrics = reqwest_free_get(&admin, "/metrics").await;
+        open = fake_apiserver::series(&metrics, "clusterscope_connections_open ");
+        if open == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(open, 2.0, "the closed connection is still counted open");
     assert!(connect().await.is_ok(), "a freed slot was not reusable");
 }

@@ -108,7 +108,7 @@ async fn the_leader_runs_the_work_and_hands_over_on_shutdown() {
         }
     };
     assert!(wait_for(1).await);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    lease_asks(&api, 10).await;
     assert_eq!(max_seen.load(Ordering::SeqCst), 1, "two leaders at once");
     let holder =
         api.store.lock().unwrap().leases.values().next().unwrap()["spec"]["holderIdentity"]
@@ -125,6 +125,20 @@ async fn the_leader_runs_the_work_and_hands_over_on_shutdown() {
     assert_ne!(new_holder, holder.as_str());
     stops.remove(0).cancel();
     tasks.remove(0).await.unwrap();
+}
+
+/// Waits until the replicas have asked the API server about the lease `n` more times: each
+/// has had its chances to take it (wrongly, where a check follows).
+async fn lease_asks(api: &FakeApiServer, n: usize) {
+    let asked = || {
+        let s = api.store.lock().unwrap();
+        s.calls.iter().filter(|c| c.2 == "leases").count()
+    };
+    let from = asked();
+    assert!(
+        fake_apiserver::eventually(10, || asked() >= from + n).await,
+        "the replicas stopped asking for the lease"
+    );
 }
 
 /// Leadership changes of one replica, with the time each was seen.
@@ -183,7 +197,7 @@ async fn a_stalled_leader_steps_down_before_anyone_takes_over() {
     }
     assert!(first(&a, true).is_some(), "a never led");
     let (b, _stop_b) = run_replica(&api, "b", opts("b"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    lease_asks(&api, 6).await;
     assert!(first(&b, true).is_none(), "b took a held lease");
 
     api.store.lock().unwrap().stalled_token = Some("a".into());

@@ -250,6 +250,19 @@ async fn send(
     (status, headers, body)
 }
 
+/// Waits (bounded) until the server counts `n` requests in flight: a request whose headers
+/// were sent is being handled, not still on its way.
+async fn until_in_flight(server: &TestServer, n: f64) {
+    for _ in 0..250 {
+        let (_, m) = admin_get(server, "/metrics").await;
+        if metric(&m, "clusterscope_admission_requests_in_flight ") == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server never had {n} requests in flight");
+}
+
 async fn admin_get(server: &TestServer, path: &str) -> (u16, String) {
     let mut tcp = TcpStream::connect(server.admin).await.unwrap();
     tcp.write_all(
@@ -585,7 +598,7 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
     busy.write_all(head.as_bytes()).await.unwrap();
     let half = body.len() / 2;
     busy.write_all(&body[..half]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    until_in_flight(&server, 1.0).await;
 
     server.stop.take().unwrap().send(()).unwrap();
 
@@ -880,7 +893,7 @@ async fn connection_and_in_flight_caps_answer_clearly() {
     .await
     .unwrap();
     busy.write_all(&body[..10]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until_in_flight(&server, 1.0).await;
     // The second connection gets a clear 503 for its request.
     let mut second = connect(&server, false).await;
     let (status, headers, text) = send(
@@ -1255,8 +1268,25 @@ async fn every_dashboard_panel_returns_data_from_a_real_prometheus() {
         fake_apiserver::eventually(10, || api.events_in("team-infra").len() == 20).await,
         "the mirror did not copy the events"
     );
-    // Three more scrapes.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Three more scrapes of serve, as Prometheus counts them.
+    let scrapes = |result: Vec<serde_json::Value>| {
+        result
+            .first()
+            .and_then(|s| s["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let count = "count_over_time(up[10m])";
+    let before = scrapes(prometheus.query(count).await);
+    let mut more = false;
+    for _ in 0..100 {
+        if scrapes(prometheus.query(count).await) >= before + 3.0 {
+            more = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(more, "prometheus stopped scraping serve");
 
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("manifests/grafana/clusterscope-dashboard.json");

@@ -520,14 +520,17 @@ impl FakeApiServer {
         }
     }
 
-    /// Waits until the API server has been asked nothing for 300 ms, Leases aside (a
-    /// replica renews its lease all the time): what a controller does after an event is done,
+    /// Waits until the API server has been asked nothing for 300 ms (discovery included),
+    /// Leases aside (a replica renews its lease all the time): what a controller does after an event is done,
     /// so a check that something did NOT happen reads a settled state. Fails the test when the
     /// asking never stops (bounded at 30 s).
     pub async fn quiet(&self) {
         let asked = || {
             let s = self.store.lock().unwrap();
-            s.calls.iter().filter(|c| c.2 != "leases").count()
+            s.requests
+                .iter()
+                .filter(|(_, path)| !path.starts_with("lease "))
+                .count()
         };
         let mut seen = usize::MAX;
         for _ in 0..100 {
