@@ -66,8 +66,9 @@ pub enum Command {
     },
     /// Validate a routing configuration and print its channels and routes.
     CheckConfig {
-        /// The file to check; `CLUSTERSCOPE_CONFIG` (as `serve` reads it), else the embedded
-        /// default, when omitted.
+        /// The file to check (a configuration, its ConfigMap, or `kubectl kustomize` output),
+        /// `-` for standard input. When omitted: `CLUSTERSCOPE_CONFIG` (as `serve` reads it),
+        /// else standard input when a pipe or file is on it, else the embedded default.
         #[arg(value_name = "FILE", env = "CLUSTERSCOPE_CONFIG")]
         file: Option<PathBuf>,
     },
@@ -170,10 +171,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, crate::config::ConfigE
     let Some(path) = path else {
         return Ok(Config::embedded_default());
     };
-    let source = path.display().to_string();
-    let bytes = std::fs::read(path)
-        .map_err(|e| crate::config::ConfigError::unreadable_file(&source, &e))?;
-    Config::from_document_bytes(&bytes, &source)
+    Config::read(path).map(|(config, _)| config)
 }
 
 fn read_input(input: Option<&Path>) -> Result<Vec<u8>, Failure> {
@@ -387,16 +385,62 @@ fn explain(
 }
 
 fn check_config(file: Option<&Path>) -> Result<(), Failure> {
-    let config = match file {
-        // A file that cannot be read is not a refused configuration (exit 1, as documented).
-        Some(path) => {
+    let (bytes, source) = match file {
+        Some(path) if path != Path::new("-") => {
+            // A file that cannot be read is not a refused configuration (exit 1, as documented).
             let bytes = std::fs::read(path)
                 .map_err(|e| io_failure(format!("{}: cannot read: {e}", path.display())))?;
-            Config::from_document_bytes(&bytes, &path.display().to_string())
+            (bytes, path.display().to_string())
         }
-        None => Ok(Config::embedded_default()),
+        // `-`, or a pipe or file on standard input: what was handed over is what is checked,
+        // never the embedded default in its place.
+        Some(_) => (read_config_stdin()?, STDIN.to_owned()),
+        None if stdin_carries_input() => (read_config_stdin()?, STDIN.to_owned()),
+        None => {
+            let config = Config::embedded_default();
+            return say_valid(&config);
+        }
+    };
+    let config = Config::from_bytes(&bytes, &source).map_err(|e| refused(e.to_string()))?;
+    say_valid(&config)
+}
+
+/// How standard input is named in what `check-config` says.
+const STDIN: &str = "<standard input>";
+
+/// Standard input, as a configuration: refused when it is empty (a command before the pipe
+/// that failed hands over nothing, and nothing is not a valid configuration).
+fn read_config_stdin() -> Result<Vec<u8>, Failure> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(crate::config::MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io_failure(format!("{STDIN}: cannot read: {e}")))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(refused(format!(
+            "{STDIN}: empty: nothing to check (give a file, or pipe a configuration in)"
+        )));
     }
-    .map_err(|e| refused(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// Whether standard input carries something to read: a pipe, a file or a socket; not a
+/// terminal, nor /dev/null (a script or CI job with no input).
+fn stdin_carries_input() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(fd) = std::io::stdin().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd).metadata().is_ok_and(|m| {
+        let t = m.file_type();
+        t.is_fifo() || t.is_file() || t.is_socket()
+    })
+}
+
+/// Prints the summary of a configuration that passed, with its warnings on stderr.
+fn say_valid(config: &Config) -> Result<(), Failure> {
     // Valid, but surely not meant: said on stderr, the exit status stays 0.
     for warning in config.warnings(&crate::classify::builtin_kind_names()) {
         eprintln!("warning: {warning}");

@@ -27,7 +27,7 @@ pub const DEFAULT_SOURCE: &str = "<embedded default>";
 /// Label prefix when the file names none.
 pub const DEFAULT_LABEL_PREFIX: &str = "clusterscope.dev";
 /// Largest configuration file accepted.
-const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Largest compiled size of one regular expression.
 const MAX_REGEX_BYTES: usize = 1024 * 1024;
 
@@ -408,11 +408,6 @@ impl Config {
         }
     }
 
-    /// Reads and validates a configuration file.
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        Self::read(path).map(|(config, _)| config)
-    }
-
     /// Reads and validates a configuration file; also returns the bytes it was parsed from, so
     /// a watcher can tell later changes from this version without reading the file again.
     pub fn read(path: &Path) -> Result<(Self, Vec<u8>), ConfigError> {
@@ -421,15 +416,10 @@ impl Config {
         Self::from_bytes(&bytes, &source).map(|config| (config, bytes))
     }
 
-    /// Validates file contents: size, UTF-8, then [`Self::from_yaml`].
+    /// The one loader every command uses (`serve`, its reloads, `check-config`, `explain`,
+    /// `review`): size, UTF-8, then the configuration itself, the ConfigMap that ships it (its
+    /// `config.yaml` key) or the output of `kubectl kustomize` with that ConfigMap in it.
     pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Self, ConfigError> {
-        Self::from_yaml(text_of(bytes, source)?, source)
-    }
-
-    /// As [`Self::from_bytes`], also taking the ConfigMap that ships a configuration (its
-    /// `config.yaml` key) or the output of `kubectl kustomize` with that ConfigMap in it, as
-    /// people hand them to `check-config` and `explain`.
-    pub fn from_document_bytes(bytes: &[u8], source: &str) -> Result<Self, ConfigError> {
         document::from_document(text_of(bytes, source)?, source)
     }
 
