@@ -576,6 +576,7 @@ fn start(
                 syncer.clone(),
                 metrics.clone(),
                 controller_options.clone(),
+                state.clone(),
                 lost.clone().cancelled_owned(),
             );
             let subscriptions = crate::subscription::controller::run(

@@ -179,6 +179,7 @@ async fn the_leader_killed_mid_work_is_replaced_and_nothing_is_lost_or_doubled()
                     syncer.clone(),
                     Arc::new(Metrics::new()),
                     options(),
+                    Arc::default(),
                     lost.cancelled_owned(),
                 )
             },

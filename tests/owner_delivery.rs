@@ -230,6 +230,65 @@ async fn a_namespace_deleted_before_the_state_knows_is_given_up_at_once() {
     running.stop().await;
 }
 
+/// Nothing is delivered from a partial owner state, however long it takes to list (no deadline
+/// after which a partial state would do), and `/readyz` says so meanwhile, with the progress:
+/// a Node Warning stored before the start reaches every namespace with pods on the node, also
+/// the one whose pods come on the last page of the list.
+#[tokio::test]
+async fn deliveries_wait_for_the_whole_owner_state_and_readiness_says_so() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b", "team-c"]).await;
+    // 1,500 pods, three pages of 500 in key order: team-c's pod on node1 comes last.
+    for i in 0..1_500 {
+        let (ns, node) = match i {
+            0 => ("team-a", "node1"),
+            1 => ("team-b", "node1"),
+            _ if i < 1_499 => ("team-b", "node2"),
+            _ => ("team-c", "node1"),
+        };
+        api.put_object("pods", pod(ns, &format!("p{i:04}"), node, "Running"));
+    }
+    api.store.lock().unwrap().list_delay = Some(("pods".into(), Duration::from_millis(700)));
+    api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
+    let config = "channels:\n  - name: nodes\n    deliver: {nodePods: {maxNamespaces: 10}}\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n";
+    let state = clusterscope::owners::SharedCluster::default();
+    let running = run(&api, api.syncer(config).with_cluster(state));
+    // Listing: the pods so far (0, 500 or 1000 of 1,500) and namespaces are said.
+    assert!(
+        eventually(10, || running.status.get().contains(" so far")).await,
+        "{}",
+        running.status.get()
+    );
+    assert!(!running.status.is_ready());
+    assert!(
+        running
+            .status
+            .get()
+            .contains("not ready: mirroring holds its deliveries until the owner state is listed"),
+        "{}",
+        running.status.get()
+    );
+    for ns in ["team-a", "team-b", "team-c"] {
+        assert!(
+            api.copies_of(ns, "node1.1").is_empty(),
+            "{ns}: delivered from a partial state"
+        );
+    }
+    assert!(
+        eventually(20, || running.status.is_ready()).await,
+        "{}",
+        running.status.get()
+    );
+    for ns in ["team-a", "team-b", "team-c"] {
+        assert!(
+            eventually(10, || api.copies_of(ns, "node1.1").len() == 1).await,
+            "{ns} got no copy: {:?} {}",
+            api.events_in(ns),
+            running.metrics.encode()
+        );
+    }
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn node_warnings_reach_the_namespaces_of_its_pods_up_to_the_cap() {
     let api = FakeApiServer::start(&["default", "kube-system", "team-a", "team-b", "team-c"]).await;

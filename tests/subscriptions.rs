@@ -41,7 +41,7 @@ impl Cluster {
             controller: clusterscope::mirror::controller::ControllerOptions {
                 workers: 2,
                 retry_base: Duration::from_millis(20),
-                owners_wait: Duration::from_secs(5),
+                subscriptions_wait: Duration::from_secs(5),
                 owners_every: Duration::from_millis(200),
                 ..Default::default()
             },

@@ -20,6 +20,7 @@ use crate::recorder::pipeline::{
     Counted, Delivered, Delivery, Failure, LaneOptions, Observer, Pipeline, Sink,
 };
 use crate::recorder::queue::{Done, Given, KeyedQueue, RetryPolicy};
+use crate::status::StatusLine;
 
 pub use crate::decide::SOURCE_NAMESPACES;
 /// Only events whose involved object has no namespace: everything else is not ours.
@@ -61,8 +62,10 @@ pub struct ControllerOptions {
     pub full_wait: Duration,
     /// When a sink refused a delivery (full), the source is planned again after this.
     pub full_retry: Duration,
-    /// How long the first sync waits for the owner state's first lists (delivery rules).
-    pub owners_wait: Duration,
+    /// How long the first sync waits for the accepted Subscriptions' first list (then it syncs
+    /// without them, and lists the stored events again once they are in). The owner state has
+    /// no such deadline: deliveries wait until it is listed.
+    pub subscriptions_wait: Duration,
     /// How often the owner state reads the configuration for what its rules need followed.
     pub owners_every: Duration,
 }
@@ -79,7 +82,7 @@ impl Default for ControllerOptions {
             queue_capacity: 10_000,
             full_wait: Duration::from_secs(1),
             full_retry: Duration::from_secs(5),
-            owners_wait: Duration::from_secs(30),
+            subscriptions_wait: Duration::from_secs(30),
             owners_every: Duration::from_secs(10),
         }
     }
@@ -208,11 +211,16 @@ struct Worker {
     options: ControllerOptions,
     /// One line a minute at most about namespaces a delivery cap left out.
     cut_log: Arc<crate::telemetry::Throttle>,
+    /// Whether the owner state is complete: no source is planned while it is not.
+    complete: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Worker {
-    async fn run(self) {
+    async fn run(mut self) {
         loop {
+            // Held while the owner state lists (what arrives meanwhile waits in the queue,
+            // each source at its newest state). Its sender ends only with this run.
+            let _ = self.complete.wait_for(|complete| *complete).await;
             let (key, ev, since) = self.queue.next().await;
             self.metrics.mirror_queue_depth.set(self.queue.len() as i64);
             // Every line about this source carries it, as kube-runtime's controller does.
@@ -232,6 +240,7 @@ impl Worker {
             metrics,
             options,
             cut_log,
+            complete: _,
         } = self;
         let plan = syncer.plan(&ev, since);
         let channel = plan.channel.clone().unwrap_or_default();
@@ -276,6 +285,52 @@ impl Worker {
             } else {
                 tracing::warn!(channel, error = %e, "mirror: labelling failed; will retry");
             }
+        }
+    }
+}
+
+/// How often the log says how the owner state's lists go while deliveries wait for them.
+const LISTING_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Holds every sync until the owner state is complete (its first lists, and those of a rule
+/// added later), so that no delivery by ownership is planned from a partial state: there is no
+/// deadline after which a partial state would do. Meanwhile `/readyz` is held not ready with the
+/// lists' progress, and the log says it every 10 s. Tells the workers through `complete`.
+async fn hold_until_listed(
+    progress: crate::owners::live::Progress,
+    (status, hold): (Arc<StatusLine>, crate::status::Hold),
+    complete: tokio::sync::watch::Sender<bool>,
+) {
+    let mut hold = Some(hold);
+    let mut last_said: Option<tokio::time::Instant> = None;
+    loop {
+        let changed = progress.changed();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if progress.is_complete() {
+            if hold.take().is_some() {
+                tracing::info!(listed = %progress.describe(), "mirror: the owner state is listed; delivering");
+            }
+            complete.send_replace(true);
+            changed.await;
+            continue;
+        }
+        complete.send_replace(false);
+        let why = format!(
+            "mirroring holds its deliveries until the owner state is listed ({})",
+            progress.describe()
+        );
+        match &hold {
+            Some(hold) => hold.say(why),
+            None => hold = Some(status.hold(why)),
+        }
+        if last_said.is_none_or(|t| t.elapsed() >= LISTING_LOG_EVERY) {
+            tracing::info!(listed = %progress.describe(), "mirror: listing the owner state; deliveries wait for it");
+            last_said = Some(tokio::time::Instant::now());
+        }
+        tokio::select! {
+            () = &mut changed => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
 }
@@ -416,18 +471,23 @@ fn sourced(
     metrics.mirror_queue_depth.set(queue.len() as i64);
 }
 
-/// Runs until `shutdown` resolves.
+/// Runs until `shutdown` resolves. `status` (the `/readyz` line of the cluster side) is held
+/// not ready from the start until the first sync can run from complete inputs, and again while
+/// the owner state is incomplete.
 pub async fn run(
     syncer: Syncer,
     metrics: Arc<Metrics>,
     options: ControllerOptions,
+    status: Arc<StatusLine>,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
+    let starting = status.hold("mirroring is starting");
     // Never act on a guess: until discovery answers (or is given up on, see
     // `cluster::await_discovery`), a namespaced custom resource would look cluster-scoped.
     if syncer.resolver.discovery_state() == crate::classify::DiscoveryState::Pending {
         tracing::info!("mirror: waiting for API discovery before the first sync");
+        starting.say("mirroring waits for API discovery before the first sync");
         tokio::select! {
             _ = syncer.resolver.settled() => {}
             () = &mut shutdown => return,
@@ -452,32 +512,26 @@ pub async fn run(
     pipeline.start(&mut tasks);
     // Subscriptions are known before the first sync, so that stored events reach them.
     if let Some(live) = &syncer.subscriptions {
+        starting.say("mirroring waits for the Subscriptions' first list");
         tokio::select! {
-            waited = tokio::time::timeout(options.owners_wait, live.listed()) => {
+            waited = tokio::time::timeout(options.subscriptions_wait, live.listed()) => {
                 if waited.is_err() {
-                    tracing::warn!(waited = %humantime::format_duration(options.owners_wait),
+                    tracing::warn!(waited = %humantime::format_duration(options.subscriptions_wait),
                         "mirror: the subscriptions are not listed yet (see the subscription warnings); syncing without them, the stored events are listed again once they are");
                 }
             }
             () = &mut shutdown => return,
         }
     }
-    // Delivery rules resolve against live cluster state: list it before the first sync, so
-    // that no stored event is judged against an empty state.
+    // Delivery rules resolve against live cluster state: no sync runs until it is listed.
     let keeper = keep_owner_state(&syncer, &metrics, &options, &mut tasks);
-    if let Some(ready) = keeper.as_ref().map(crate::owners::live::Keeper::ready)
-        && !ready.is_ready()
-    {
-        tracing::info!("mirror: listing what delivery rules need before the first sync");
-        tokio::select! {
-            waited = tokio::time::timeout(options.owners_wait, ready.wait()) => {
-                if waited.is_err() {
-                    tracing::warn!(waited = %humantime::format_duration(options.owners_wait),
-                        "mirror: the owner state is not listed yet (see the owner delivery warnings); syncing with what is known, deliveries by ownership may miss namespaces until it is");
-                }
-            }
-            () = &mut shutdown => return,
+    let (complete_tx, complete) = tokio::sync::watch::channel(keeper.is_none());
+    match &keeper {
+        Some(keeper) => {
+            let held = (status.clone(), starting);
+            tasks.spawn(hold_until_listed(keeper.progress(), held, complete_tx));
         }
+        None => drop(starting),
     }
     follow_sources(&syncer, &queue, &pipeline, &metrics, &mut tasks);
     if let Some(live) = syncer.subscriptions.clone() {
@@ -490,6 +544,7 @@ pub async fn run(
         metrics,
         options,
         cut_log: Arc::new(crate::telemetry::Throttle::new(Duration::from_secs(60))),
+        complete,
     };
     for _ in 0..worker.options.workers.max(1) {
         tasks.spawn(worker.clone().run());

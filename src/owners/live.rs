@@ -274,13 +274,102 @@ impl Ready {
     }
 }
 
+/// What the owner state has listed: for each resource followed now, the objects of its first
+/// list so far and whether that list is in. Complete when every one is in (a rule added by a
+/// reload starts a follower, and the state is incomplete again until it has listed): the
+/// mirror plans no delivery by ownership from an incomplete state.
+#[derive(Clone, Default)]
+pub struct Progress {
+    lists: std::sync::Arc<std::sync::Mutex<Lists>>,
+    changed: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// By follower: (resource, objects listed so far, whether its first list is in).
+#[derive(Default)]
+struct Lists {
+    next: u64,
+    by_follower: std::collections::BTreeMap<u64, (String, usize, bool)>,
+}
+
+impl Progress {
+    /// A follower of `resource` starts; its id.
+    fn start(&self, resource: String) -> u64 {
+        let mut lists = crate::locks::lock(&self.lists);
+        let id = lists.next;
+        lists.next += 1;
+        lists.by_follower.insert(id, (resource, 0, false));
+        drop(lists);
+        self.changed.notify_waiters();
+        id
+    }
+
+    /// `count` objects of the follower's first list are in so far.
+    fn listing(&self, id: u64, count: usize) {
+        if let Some(entry) = crate::locks::lock(&self.lists).by_follower.get_mut(&id) {
+            entry.1 = count;
+        }
+    }
+
+    /// The follower's first list is in, `count` objects.
+    fn listed(&self, id: u64, count: usize) {
+        if let Some(entry) = crate::locks::lock(&self.lists).by_follower.get_mut(&id) {
+            *entry = (std::mem::take(&mut entry.0), count, true);
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// The follower stopped (no rule needs its resource any more, or the keeper ended).
+    fn stop(&self, id: u64) {
+        crate::locks::lock(&self.lists).by_follower.remove(&id);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether every resource followed now has listed once.
+    pub fn is_complete(&self) -> bool {
+        crate::locks::lock(&self.lists)
+            .by_follower
+            .values()
+            .all(|(_, _, done)| *done)
+    }
+
+    /// `pods: 45000 so far, namespaces: 3000 listed`, in resource order.
+    pub fn describe(&self) -> String {
+        let lists = crate::locks::lock(&self.lists);
+        let mut parts: Vec<(String, String)> = lists
+            .by_follower
+            .values()
+            .map(|(resource, count, done)| {
+                let said = if *done { "listed" } else { "so far" };
+                (resource.clone(), format!("{resource}: {count} {said}"))
+            })
+            .collect();
+        parts.sort();
+        let parts: Vec<String> = parts.into_iter().map(|(_, p)| p).collect();
+        if parts.is_empty() {
+            "nothing followed".to_owned()
+        } else {
+            parts.join(", ")
+        }
+    }
+
+    /// Resolves at the next start, first list or stop of a follower (enable it before
+    /// reading [`Self::is_complete`], as with any [`tokio::sync::Notify`]).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+}
+
+/// Objects between two progress reports of a first list (kube's watcher lists in pages of
+/// 500).
+const PROGRESS_EVERY: usize = 500;
+
 /// Follows one resource until aborted (see [`crate::follow`]): trim, apply; a list is applied
 /// whole when it is complete. `ready` is told after the first complete list.
 async fn follow<T: Table>(
     table: T,
     api: Api<T::Object>,
     state: SharedCluster,
-    ready: Option<Ready>,
+    (ready, progress, id): Told,
 ) {
     let how = crate::follow::Follow {
         what: table.resource(),
@@ -292,6 +381,9 @@ async fn follow<T: Table>(
         state,
         ready,
         relist: None,
+        progress,
+        id,
+        first: true,
     };
     crate::follow::follow(
         api,
@@ -310,6 +402,18 @@ struct Lister<T: Table> {
     ready: Option<Ready>,
     /// A list being collected: applied whole at its end.
     relist: Option<Vec<T::Trimmed>>,
+    /// Where the first list's progress is told, as follower `id`.
+    progress: Progress,
+    id: u64,
+    /// Until the first list is in.
+    first: bool,
+}
+
+/// A follower that ends (stopped, or its keeper gone) is no longer waited for.
+impl<T: Table> Drop for Lister<T> {
+    fn drop(&mut self) {
+        self.progress.stop(self.id);
+    }
 }
 
 impl<T: Table> Lister<T> {
@@ -319,7 +423,12 @@ impl<T: Table> Lister<T> {
             watcher::Event::InitApply(o) => {
                 let t = self.table.trim(&o);
                 match self.relist.as_mut() {
-                    Some(buffer) => buffer.push(t),
+                    Some(buffer) => {
+                        buffer.push(t);
+                        if self.first && buffer.len() % PROGRESS_EVERY == 0 {
+                            self.progress.listing(self.id, buffer.len());
+                        }
+                    }
                     None => self.table.apply(&mut crate::locks::write(&self.state), t),
                 }
             }
@@ -333,6 +442,9 @@ impl<T: Table> Lister<T> {
                 }
                 drop(c);
                 tracing::info!(resource = %self.table.resource(), count, "owner delivery: listed");
+                if std::mem::take(&mut self.first) {
+                    self.progress.listed(self.id, count);
+                }
                 if let Some(r) = self.ready.take() {
                     r.done();
                 }
@@ -349,6 +461,11 @@ impl<T: Table> Lister<T> {
     }
 }
 
+/// A custom rule's resource as said in logs and progress: `<plural>.<group>`.
+fn custom_resource(rule: &CustomRule) -> String {
+    format!("{}.{}", rule.resource, rule.group)
+}
+
 /// The objects of one custom rule's kind: name → the value of the rule's field. An object
 /// whose field is missing or not a string is skipped, and said once per kind.
 struct Custom {
@@ -361,7 +478,7 @@ impl Table for Custom {
     type Object = kube::api::DynamicObject;
     type Trimmed = (String, Option<String>);
     fn resource(&self) -> String {
-        format!("{}.{}", self.rule.resource, self.rule.group)
+        custom_resource(&self.rule)
     }
     fn trim(&mut self, o: &kube::api::DynamicObject) -> Self::Trimmed {
         let name = name(o);
@@ -412,13 +529,13 @@ fn follow_all<T: Table>(
     table: T,
     client: &kube::Client,
     state: &SharedCluster,
-    ready: Option<Ready>,
+    told: Told,
 ) -> impl std::future::Future<Output = ()> + Send + use<T>
 where
     <T::Object as kube::Resource>::DynamicType: Default,
 {
     let api = table.api(client.clone());
-    follow(table, api, state.clone(), ready)
+    follow(table, api, state.clone(), told)
 }
 
 /// Follows the objects of one custom rule's kind.
@@ -426,7 +543,7 @@ fn follow_custom(
     rule: CustomRule,
     client: &kube::Client,
     state: &SharedCluster,
-    ready: Option<Ready>,
+    told: Told,
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     use kube::api::{ApiResource, GroupVersionKind};
     let gvk = GroupVersionKind::gvk(&rule.group, &rule.version, &rule.kind);
@@ -439,7 +556,7 @@ fn follow_custom(
         rule,
         warned: false,
     };
-    follow(table, api, state.clone(), ready)
+    follow(table, api, state.clone(), told)
 }
 
 /// One resource followed for the rules.
@@ -470,19 +587,34 @@ impl Needs {
     }
 }
 
-/// Starts following `what` into `state`; `ready` is told after its first list.
+/// Who a follower tells about its first list: the round's [`Ready`], and the [`Progress`] it
+/// is counted in (as follower `id`).
+type Told = (Option<Ready>, Progress, u64);
+
+/// Starts following `what` into `state`; `ready` is told after its first list, `progress` how
+/// the list goes (the follower is counted there before this returns, so that the state is
+/// never complete while a follower has not started).
 fn start_following(
     what: &Followed,
     client: &kube::Client,
     state: &SharedCluster,
-    ready: Option<Ready>,
+    (ready, progress): (Option<Ready>, Progress),
 ) -> tokio::task::JoinHandle<()> {
+    let resource = match what {
+        Followed::Volumes => Volumes.resource(),
+        Followed::Attachments => Attachments.resource(),
+        Followed::Namespaces => Namespaces.resource(),
+        Followed::Pods => Pods.resource(),
+        Followed::Custom(rule) => custom_resource(rule),
+    };
+    let id = progress.start(resource);
+    let told = (ready, progress, id);
     match what {
-        Followed::Volumes => tokio::spawn(follow_all(Volumes, client, state, ready)),
-        Followed::Attachments => tokio::spawn(follow_all(Attachments, client, state, ready)),
-        Followed::Namespaces => tokio::spawn(follow_all(Namespaces, client, state, ready)),
-        Followed::Pods => tokio::spawn(follow_all(Pods, client, state, ready)),
-        Followed::Custom(rule) => tokio::spawn(follow_custom(rule.clone(), client, state, ready)),
+        Followed::Volumes => tokio::spawn(follow_all(Volumes, client, state, told)),
+        Followed::Attachments => tokio::spawn(follow_all(Attachments, client, state, told)),
+        Followed::Namespaces => tokio::spawn(follow_all(Namespaces, client, state, told)),
+        Followed::Pods => tokio::spawn(follow_all(Pods, client, state, told)),
+        Followed::Custom(rule) => tokio::spawn(follow_custom(rule.clone(), client, state, told)),
     }
 }
 
@@ -507,9 +639,16 @@ pub struct Keeper {
     /// The refreshes the last round served (it read `asked` before the needs), and the first
     /// lists of the followers it started.
     rounds: tokio::sync::watch::Receiver<(u64, Ready)>,
+    /// How the first lists of everything followed now go.
+    progress: Progress,
 }
 
 impl Keeper {
+    /// Whether the state is complete, and how its lists go.
+    pub fn progress(&self) -> Progress {
+        self.progress.clone()
+    }
+
     /// The first lists of the last round's new followers (at start: every follower's).
     pub fn ready(&self) -> Ready {
         self.rounds.borrow().1.clone()
@@ -547,10 +686,12 @@ pub fn start(
     let (rounds_tx, rounds) = tokio::sync::watch::channel((0, ready.clone()));
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let progress = Progress::default();
     let keeper = Keeper {
         wake: wake.clone(),
         asked: asked.clone(),
         rounds,
+        progress: progress.clone(),
     };
     let keep = async move {
         let mut following = Following(Vec::new());
@@ -573,7 +714,8 @@ pub fn start(
                 ready.add(started.len());
             }
             for what in started {
-                let task = start_following(what, &client, &state, Some(ready.clone()));
+                let told = (Some(ready.clone()), progress.clone());
+                let task = start_following(what, &client, &state, told);
                 following.0.push((what.clone(), task));
             }
             if round > 0 && now != before {

@@ -765,15 +765,21 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
                         state.discovery_wait,
                     )
                 );
-                if state.ready.load(Ordering::SeqCst) {
-                    text(
-                        StatusCode::OK,
-                        &format!("ready: certificate loaded, configuration valid\n{cluster}"),
-                    )
-                } else {
+                if !state.ready.load(Ordering::SeqCst) {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!("not ready: starting or shutting down\n{cluster}"),
+                    )
+                } else if !state.cluster.is_ready() {
+                    // What the cluster side claims is not true yet (the lines say what).
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("not ready: mirroring is not ready yet\n{cluster}"),
+                    )
+                } else {
+                    text(
+                        StatusCode::OK,
+                        &format!("ready: certificate loaded, configuration valid\n{cluster}"),
                     )
                 }
             }),

@@ -64,6 +64,9 @@ pub struct Store {
     pub objects: BTreeMap<(String, String, String), Value>,
     /// Namespaces being deleted: creating in them is refused as the API server does.
     pub terminating: BTreeSet<String>,
+    /// Each page of a LIST of this resource answers after this long (a busy API server
+    /// listing 150,000 Pods).
+    pub list_delay: Option<(String, Duration)>,
     /// The field selector of every LIST and WATCH, as sent (empty for none): (resource,
     /// namespace or "" for all, selector).
     pub field_selectors: Vec<(String, String, String)>,
@@ -471,10 +474,12 @@ impl FakeApiServer {
                 Some("pod-uid-0"),
             ),
         );
+        let status = Arc::new(clusterscope::status::StatusLine::default());
         let task = tokio::spawn(clusterscope::mirror::controller::run(
             syncer.with_own_events(own_events),
             metrics.clone(),
             options,
+            status.clone(),
             async {
                 let _ = rx.await;
             },
@@ -484,6 +489,7 @@ impl FakeApiServer {
             task,
             recorder_writers,
             metrics,
+            status,
         }
     }
 
@@ -716,6 +722,8 @@ pub struct RunningController {
     task: tokio::task::JoinHandle<()>,
     recorder_writers: tokio::task::JoinSet<()>,
     pub metrics: Arc<clusterscope::metrics::Metrics>,
+    /// The `/readyz` line the controller holds while it cannot deliver yet.
+    pub status: Arc<clusterscope::status::StatusLine>,
 }
 
 impl RunningController {
@@ -1074,6 +1082,10 @@ async fn list_objects(
         Ok(f) => f,
         Err(e) => return status(400, "BadRequest", &e),
     };
+    let slow = store.lock().unwrap().list_delay.clone();
+    if let Some((_, delay)) = slow.filter(|(r, _)| r == resource) {
+        tokio::time::sleep(delay).await;
+    }
     let s = store.lock().unwrap();
     // Pages as the API server serves them: `limit` items in key order, then a `continue`
     // token naming the last one (kube-runtime's watcher lists in pages of 500).
