@@ -564,7 +564,7 @@ impl Metrics {
         };
         drop(self.delivery_queue_full.get_or_create(&labels));
         drop(self.delivery_queue_depth.get_or_create(&labels));
-        for result in ["create", "update", "error", "given_up", "dropped"] {
+        for result in ["create", "update", "error", "given_up", "dropped", "paced"] {
             drop(self.deliveries.get_or_create(&SinkResultLabels {
                 sink: sink.to_owned(),
                 result: result.to_owned(),

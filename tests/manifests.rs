@@ -487,6 +487,76 @@ fn check_grants(
     }
 }
 
+/// Whether the shipped FlowSchema puts `call` (verb, group, resource, namespace), made by the
+/// Deployment's service account, in clusterscope's own priority level.
+fn flow_schema_matches(
+    objs: &[Value],
+    (verb, group, resource, ns): &(String, String, String, String),
+) -> bool {
+    let schema = find(objs, "FlowSchema", "clusterscope-copies");
+    let deployment = find(objs, "Deployment", "clusterscope");
+    let account = deployment["spec"]["template"]["spec"]["serviceAccountName"].clone();
+    let account_ns = deployment["metadata"]["namespace"].clone();
+    let has = |list: &Value, v: &str| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|x| x == v || x == "*"))
+    };
+    schema["spec"]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|rule| {
+            let ours = rule["subjects"].as_array().unwrap().iter().any(|s| {
+                s["kind"] == "ServiceAccount"
+                    && s["serviceAccount"]["name"] == account
+                    && s["serviceAccount"]["namespace"] == account_ns
+            });
+            ours && rule["resourceRules"].as_array().is_some_and(|rules| {
+                rules.iter().any(|r| {
+                    has(&r["verbs"], verb)
+                        && has(&r["apiGroups"], group)
+                        && has(&r["resources"], resource)
+                        && has(&r["namespaces"], if ns.is_empty() { "" } else { ns })
+                })
+            })
+        })
+}
+
+/// API Priority and Fairness: every event write a run makes is served at clusterscope's own
+/// priority level, and nothing else it asks (reads, its Lease) is; that level is below the
+/// system and workload ones and never borrows their seats; the schema wins over the suggested
+/// `service-accounts` one (9000) and over no system one (up to 1000).
+fn check_flow_schema(objs: &[Value], calls: &BTreeSet<(String, String, String, String)>) {
+    for call in calls {
+        let write = ["create", "update", "patch", "delete"].contains(&call.0.as_str())
+            && call.1.is_empty()
+            && call.2 == "events";
+        assert_eq!(
+            flow_schema_matches(objs, call),
+            write,
+            "{call:?} is {}in clusterscope's priority level",
+            if write { "not " } else { "" }
+        );
+    }
+    let schema = find(objs, "FlowSchema", "clusterscope-copies");
+    let precedence = schema["spec"]["matchingPrecedence"].as_u64().unwrap();
+    assert!((1001..9000).contains(&precedence), "{precedence}");
+    let level = find(objs, "PriorityLevelConfiguration", "clusterscope-copies");
+    assert_eq!(
+        schema["spec"]["priorityLevelConfiguration"]["name"],
+        "clusterscope-copies"
+    );
+    let limited = &level["spec"]["limited"];
+    assert_eq!(level["spec"]["type"], "Limited");
+    // workload-low has 100 shares, global-default 20, leader-election 10.
+    assert!(limited["nominalConcurrencyShares"].as_u64().unwrap() <= 10);
+    assert_eq!(
+        limited["borrowingLimitPercent"], 0,
+        "it must not grow into others' seats"
+    );
+    assert_eq!(limited["limitResponse"]["type"], "Queue");
+}
+
 fn node_event(ns: &str, name: &str, count: i64, type_: &str) -> Value {
     serde_json::json!({
         "apiVersion": "v1", "kind": "Event",
@@ -527,9 +597,6 @@ async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
         new_style["reportingComponent"] = "kubelet".into();
         new_style["reportingInstance"] = "node1".into();
         new_style["action"] = "StatusChange".into();
-        new_style["reportingComponent"] = "kubelet".into();
-        new_style["reportingInstance"] = "node1".into();
-        new_style["action"] = "StatusChange".into();
         api.put("kube-system", new_style);
         wait(|| api.events_in("team-infra").len() == 2).await;
         // A count bump: the copy is updated.
@@ -537,6 +604,7 @@ async fn rbac_covers_every_api_call_and_grants_nothing_unused() {
         wait(|| api.events_in("team-infra").iter().any(|c| c["count"] == 2)).await;
     })
     .await;
+    check_flow_schema(&objs, &calls);
     check_grants(
         &granted,
         &calls,

@@ -75,9 +75,9 @@ async fn an_api_server_outage_loses_nothing() {
 async fn a_429_storm_loses_nothing() {
     let api = FakeApiServer::start(&["default", "team-infra"]).await;
     let running = api.run_controller(CONFIG, options().retry_base);
-    // Writes are throttled: 24 creates answered 429. kube's client retries a 429 itself (up
-    // to 3 times with a growing sleep, holding the worker); past that the controller's
-    // per-event backoff takes over.
+    // Writes are throttled: 24 creates answered 429 (no Retry-After). kube's client retries a
+    // 429 itself (up to 15 times from 5 ms, doubling, holding the worker; it honours a
+    // Retry-After); past that the controller's per-event backoff takes over.
     api.inject_for("create", 429, "TooManyRequests", 24);
     for i in 0..40 {
         api.put("default", node_event(i, 1));
@@ -98,6 +98,35 @@ async fn a_429_storm_loses_nothing() {
     assert!(
         api.store.lock().unwrap().faults.is_empty(),
         "the storm was not even felt"
+    );
+    running.stop().await;
+}
+
+/// Writes rejected as API Priority and Fairness rejects them (429, `Retry-After: 1`) wait what
+/// the API server asked before they are tried again, rather than the controller's 50 ms retry,
+/// and are never counted as failed tries: the copy arrives, no error, nothing given up.
+#[tokio::test]
+async fn apf_rejections_are_waited_out() {
+    let api = FakeApiServer::start(&["default", "team-infra"]).await;
+    let running = api.run_controller(CONFIG, options().retry_base);
+    api.throttle("create", 1, 3);
+    let stored = Instant::now();
+    api.put("default", node_event(1, 1));
+    assert!(eventually(20, || exactly_one_copy_each(&api, 1)).await);
+    let waited = stored.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2_900),
+        "three 1 s Retry-Afters took {waited:?}"
+    );
+    assert!(api.store.lock().unwrap().faults.is_empty());
+    assert_eq!(
+        running.metric(r#"clusterscope_deliveries_total{sink="kubernetes",result="error"}"#),
+        0.0,
+        "a paced write counted as failed"
+    );
+    assert_eq!(
+        running.metric(r#"clusterscope_mirror_given_up_total{channel="nodes"}"#),
+        0.0
     );
     running.stop().await;
 }

@@ -199,6 +199,10 @@ impl Observer for Report {
     fn depth(&self, sink: Sink, held: usize) {
         self.metrics.delivery_queue_depth(sink.name, held);
     }
+
+    fn paced(&self, sink: Sink, _delivery: &Delivery, _after: Duration) {
+        self.metrics.delivery(sink.name, "paced");
+    }
 }
 
 /// What a worker of the controller works with.

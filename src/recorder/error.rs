@@ -66,6 +66,13 @@ pub enum SinkError {
         reason: String,
         message: String,
     },
+    /// The API server asked to come back later: 429 with `retryAfterSeconds` (API Priority and
+    /// Fairness rejecting a request its priority level has no room for, or the max-in-flight
+    /// filter). Pacing, not a failure: the write waits that long, and is not counted as a try.
+    Throttled {
+        retry_after: std::time::Duration,
+        message: String,
+    },
     /// The API server refused to create anything in the namespace because it is being deleted
     /// (403 with the cause `NamespaceTerminating`, from the NamespaceLifecycle admission plugin):
     /// a namespace being deleted never opens again, so no writer tries again.
@@ -97,6 +104,14 @@ impl std::fmt::Display for SinkError {
                 reason,
                 message,
             } => write!(f, "API server answered {code} {reason}: {message}"),
+            SinkError::Throttled {
+                retry_after,
+                message,
+            } => write!(
+                f,
+                "API server answered 429 TooManyRequests, retry after {}s: {message}",
+                retry_after.as_secs()
+            ),
             SinkError::NamespaceTerminating(message) => write!(
                 f,
                 "the namespace is being deleted, nothing more is written there: API server answered 403 NamespaceTerminating: {message}"
@@ -117,7 +132,9 @@ impl std::error::Error for SinkError {
             | SinkError::Invalid(c)
             | SinkError::Stream(c) => c.source(),
             SinkError::Store { cause, .. } => cause.source(),
-            SinkError::Status { .. } | SinkError::NamespaceTerminating(_) => None,
+            SinkError::Status { .. }
+            | SinkError::Throttled { .. }
+            | SinkError::NamespaceTerminating(_) => None,
         }
     }
 }
@@ -141,7 +158,10 @@ impl SinkError {
     /// classification; each sink names its writer).
     pub fn retryable_for(&self, writer: Writer) -> bool {
         match self {
-            SinkError::Transport(_) | SinkError::Unreadable(_) | SinkError::Stream(_) => true,
+            SinkError::Transport(_)
+            | SinkError::Unreadable(_)
+            | SinkError::Stream(_)
+            | SinkError::Throttled { .. } => true,
             SinkError::Invalid(_) | SinkError::NamespaceTerminating(_) => false,
             SinkError::Store { transient, .. } => *transient,
             SinkError::Status { code, .. } => match writer {
@@ -156,6 +176,14 @@ impl SinkError {
     /// [`Self::retryable_for`] the recorder.
     pub fn is_retryable(&self) -> bool {
         self.retryable_for(Writer::Recorder)
+    }
+
+    /// How long the API server asked to wait before the next write, when it did.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            SinkError::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        }
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -173,6 +201,10 @@ impl From<kube::Error> for SinkError {
             kube::Error::Api(status) if namespace_terminating(&status) => {
                 SinkError::NamespaceTerminating(status.message)
             }
+            kube::Error::Api(status) if retry_after(&status).is_some() => SinkError::Throttled {
+                retry_after: retry_after(&status).unwrap_or_default(),
+                message: status.message,
+            },
             kube::Error::Api(status) => SinkError::Status {
                 code: status.code,
                 reason: status.reason,
@@ -182,6 +214,14 @@ impl From<kube::Error> for SinkError {
             other => SinkError::Transport(Cause::new(other.to_string(), other)),
         }
     }
+}
+
+/// The wait a 429 asks for (`details.retryAfterSeconds`, which API Priority and Fairness
+/// sets with the `Retry-After` header: apimachinery's `NewTooManyRequests`), at most 5 minutes.
+fn retry_after(status: &kube::core::Status) -> Option<std::time::Duration> {
+    let seconds = status.details.as_ref()?.retry_after_seconds;
+    (status.code == 429 && seconds > 0)
+        .then(|| std::time::Duration::from_secs(u64::from(seconds).min(300)))
 }
 
 /// A 403 whose cause is `NamespaceTerminating` (the NamespaceLifecycle admission plugin's
@@ -238,5 +278,26 @@ mod tests {
         let e = SinkError::from(kube::Error::Api(Box::new(other)));
         assert!(matches!(e, SinkError::Status { code: 403, .. }));
         assert!(e.retryable_for(Writer::Mirror));
+    }
+
+    #[test]
+    fn an_apf_rejection_is_pacing_with_its_wait() {
+        // apimachinery's NewTooManyRequests, as API Priority and Fairness answers.
+        let status: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "Too many requests, please try again later.",
+            "reason": "TooManyRequests", "details": {"retryAfterSeconds": 3}, "code": 429
+        }))
+        .unwrap();
+        let e = SinkError::from(kube::Error::Api(Box::new(status.clone())));
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(3)));
+        assert!(e.retryable_for(Writer::Mirror) && e.retryable_for(Writer::Recorder));
+        assert!(e.to_string().contains("retry after 3s"), "{e}");
+        // A 429 that asks for no wait is an ordinary retryable answer.
+        let mut plain = status;
+        plain.details = None;
+        let e = SinkError::from(kube::Error::Api(Box::new(plain)));
+        assert_eq!(e.retry_after(), None);
+        assert!(matches!(e, SinkError::Status { code: 429, .. }));
     }
 }

@@ -286,6 +286,9 @@ pub trait Observer: Send + Sync {
     fn relisting(&self, sink: Sink);
     /// Keys the lane holds now.
     fn depth(&self, sink: Sink, held: usize);
+    /// The sink's store asked to wait `after` before the next write (an API server's 429 with
+    /// Retry-After): the delivery waits that long, no try counted, no failure.
+    fn paced(&self, _sink: Sink, _delivery: &Delivery, _after: Duration) {}
 }
 
 /// Settings of one lane.
@@ -644,6 +647,13 @@ fn settle(
         }
         Err(failure) => failure,
     };
+    if let Some(after) = failure.error.retry_after() {
+        // Pacing the API server asked for (API Priority and Fairness): honoured, not failed.
+        observer.paced(lane.about, &delivery, after);
+        lane.queue
+            .done(key, Done::Later(delivery, after), &lane.options.retry);
+        return;
+    }
     if failure.retryable {
         lane.answers.store(false, Ordering::Relaxed);
     }
@@ -754,6 +764,14 @@ mod tests {
                 .push(format!("{} relisting", sink.name));
         }
         fn depth(&self, _: Sink, _: usize) {}
+        fn paced(&self, sink: Sink, d: &Delivery, after: Duration) {
+            self.0.lock().unwrap().push(format!(
+                "{} {} paced {}s",
+                sink.name,
+                d.key,
+                after.as_secs()
+            ));
+        }
     }
 
     fn delivery(key: &str, count: i32) -> Delivery {
@@ -791,6 +809,45 @@ mod tests {
             error: SinkError::Transport("down".into()),
             retryable,
         }
+    }
+
+    /// An API server's 429 with Retry-After (API Priority and Fairness) is pacing: the
+    /// delivery waits what was asked, no try is counted (more of them than `max_attempts` do
+    /// not give it up), and nothing is reported as failed.
+    #[tokio::test(start_paused = true)]
+    async fn a_429_with_retry_after_is_waited_out_not_counted_as_a_failure() {
+        let throttled = || {
+            Err(Failure {
+                operation: "create",
+                error: SinkError::Throttled {
+                    retry_after: Duration::from_secs(30),
+                    message: "Too many requests, please try again later.".into(),
+                },
+                retryable: true,
+            })
+        };
+        let sink = Arc::new(Scripted {
+            answers: Mutex::new((0..5).map(|_| throttled()).collect()),
+            seen: Mutex::default(),
+        });
+        let seen = Arc::new(Seen::default());
+        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(10, 3));
+        let mut tasks = tokio::task::JoinSet::new();
+        p.start(&mut tasks);
+        p.offer("scripted", delivery("a", 1)).unwrap();
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert_eq!(
+            sink.seen.lock().unwrap().len(),
+            1,
+            "tried again before 30 s"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(sink.seen.lock().unwrap().len(), 2);
+        tokio::time::sleep(Duration::from_secs(200)).await;
+        let mut expected = vec!["scripted a paced 30s".to_owned(); 5];
+        expected.push("scripted a create".to_owned());
+        assert_eq!(*seen.0.lock().unwrap(), expected);
+        assert_eq!(p.held("scripted"), 0);
     }
 
     #[tokio::test(start_paused = true)]

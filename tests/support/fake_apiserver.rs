@@ -129,6 +129,26 @@ fn terminating(ns: &str, name: &str) -> Response {
     (StatusCode::FORBIDDEN, axum::Json(body)).into_response()
 }
 
+/// The reason of an injected fault that answers as API Priority and Fairness does.
+const APF: &str = "APF rejection, retry after ";
+
+/// API Priority and Fairness's answer to a request it rejects: 429, `Retry-After`, and the
+/// seconds in the Status's details too.
+fn too_many_requests(secs: u32) -> Response {
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "Too many requests, please try again later.",
+        "reason": "TooManyRequests",
+        "details": {"retryAfterSeconds": secs},
+        "code": 429,
+    });
+    let mut response = (StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+    response
+        .headers_mut()
+        .insert("retry-after", axum::http::HeaderValue::from(secs));
+    response
+}
+
 fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
@@ -526,6 +546,13 @@ impl FakeApiServer {
         }
     }
 
+    /// The next `times` calls of `verb` are rejected as API Priority and Fairness rejects a
+    /// request its priority level has no room for: 429 with `Retry-After: secs` and
+    /// `details.retryAfterSeconds` (apimachinery's `NewTooManyRequests`).
+    pub fn throttle(&self, verb: &str, secs: u32, times: usize) {
+        self.inject_for(verb, 429, &format!("{APF}{secs}"), times);
+    }
+
     /// Waits until the API server has been asked nothing for 300 ms (discovery included),
     /// Leases aside (a replica renews its lease all the time): what a controller does after an event is done,
     /// so a check that something did NOT happen reads a settled state. Fails the test when the
@@ -881,7 +908,10 @@ async fn gate(
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    fault.map(|(code, reason)| status(code, &reason, "injected fault"))
+    fault.map(|(code, reason)| match reason.strip_prefix(APF) {
+        Some(secs) => too_many_requests(secs.parse().unwrap_or(1)),
+        None => status(code, &reason, "injected fault"),
+    })
 }
 
 fn bump(s: &mut Store, ev: &mut Value) {
