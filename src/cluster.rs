@@ -183,6 +183,13 @@ pub struct Args {
     #[arg(long, env = "CLUSTERSCOPE_MIRROR_WORKERS", default_value_t = 8,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
     pub mirror_workers: usize,
+    /// Copies written to the API server a second at most (creates and updates; 0: no
+    /// budget). Copies past it wait, Warnings first; none is dropped that the delivery queue
+    /// can hold.
+    #[arg(long, env = "CLUSTERSCOPE_MAX_WRITES_PER_SECOND",
+          default_value_t = crate::mirror::budget::DEFAULT_PER_SECOND,
+          value_parser = clap::builder::RangedU64ValueParser::<u32>::new().range(0..=100_000))]
+    pub max_writes_per_second: u32,
 }
 
 impl Args {
@@ -203,6 +210,7 @@ impl Args {
             lease_namespace: self.pod_namespace,
             controller: ControllerOptions {
                 workers: self.mirror_workers.max(1),
+                max_writes_per_second: self.max_writes_per_second,
                 ..Default::default()
             },
             ..Default::default()

@@ -134,6 +134,12 @@ pub struct Metrics {
     pub shed_requests: Family<WhyLabels, Counter>,
     pub connections_rejected_by_peer: Counter,
     pub mirror_lag: Histogram,
+    /// The write budget (writes a second; 0 for none), and its use.
+    pub write_budget: Gauge,
+    pub budgeted_writes: Counter,
+    pub budget_wait: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// How long the oldest delivery each sink holds has been waiting.
+    pub delivery_backlog_age: Family<SinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub mirror_watch_errors: Counter,
     pub mirror_leader: Gauge,
     pub recorder_dropped: Counter,
@@ -277,12 +283,37 @@ impl Metrics {
             mirror_queue_depth.clone(),
         );
         let mirror_lag = Histogram::new([
-            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0,
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 300.0, 900.0,
         ]);
         registry.register(
             "mirror_lag_seconds",
             "From a stored event reaching the controller to its copy written",
             mirror_lag.clone(),
+        );
+        let write_budget = Gauge::default();
+        registry.register(
+            "write_budget_per_second",
+            "Copies the mirror may write to the API server a second (--max-writes-per-second; 0: no budget)",
+            write_budget.clone(),
+        );
+        let budgeted_writes = Counter::default();
+        registry.register(
+            "budgeted_writes",
+            "Copy writes made within the write budget",
+            budgeted_writes.clone(),
+        );
+        let budget_wait = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "write_budget_wait_seconds",
+            "Time copy writes waited for the write budget, added up",
+            budget_wait.clone(),
+        );
+        let delivery_backlog_age =
+            Family::<SinkLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "delivery_backlog_age_seconds",
+            "How long the oldest delivery a sink holds (queued, or waiting for a retry or the write budget) has waited; 0 when it holds none",
+            delivery_backlog_age.clone(),
         );
         let mirror_watch_errors = Counter::default();
         registry.register(
@@ -472,6 +503,10 @@ impl Metrics {
             shed_requests,
             connections_rejected_by_peer,
             mirror_lag,
+            write_budget,
+            budgeted_writes,
+            budget_wait,
+            delivery_backlog_age,
             mirror_watch_errors,
             mirror_leader,
             recorder_dropped,
@@ -564,6 +599,7 @@ impl Metrics {
         };
         drop(self.delivery_queue_full.get_or_create(&labels));
         drop(self.delivery_queue_depth.get_or_create(&labels));
+        drop(self.delivery_backlog_age.get_or_create(&labels));
         for result in ["create", "update", "error", "given_up", "dropped", "paced"] {
             drop(self.deliveries.get_or_create(&SinkResultLabels {
                 sink: sink.to_owned(),
@@ -684,6 +720,21 @@ impl Metrics {
     /// From a stored event reaching the mirror to its copy written.
     pub fn mirror_lag(&self, lag: std::time::Duration) {
         self.mirror_lag.observe(lag.as_secs_f64());
+    }
+
+    /// One copy write made within the budget, after waiting `waited` for it.
+    pub fn budgeted_write(&self, waited: std::time::Duration) {
+        self.budgeted_writes.inc();
+        self.budget_wait.inc_by(waited.as_secs_f64());
+    }
+
+    /// The oldest delivery `sink` holds has waited `age`.
+    pub fn delivery_backlog_age(&self, sink: &str, age: std::time::Duration) {
+        self.delivery_backlog_age
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .set(age.as_secs_f64());
     }
 
     /// One request answered 503 to protect the server.

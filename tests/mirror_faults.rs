@@ -131,6 +131,81 @@ async fn apf_rejections_are_waited_out() {
     running.stop().await;
 }
 
+/// The write budget holds: copies past it wait (none is lost), no second sees many more
+/// creates than the budget, and when copies wait, Warnings go first even when they came last.
+#[tokio::test]
+async fn the_write_budget_paces_copies_warnings_first() {
+    let api = FakeApiServer::start(&["default", "team-infra"]).await;
+    // Stored before the start, Normal ones first (the order they are listed in).
+    for i in 0..60 {
+        let mut ev = node_event(i, 1);
+        ev["metadata"]["name"] = format!("n{i:03}.x").into();
+        ev["type"] = if i < 30 { "Normal" } else { "Warning" }.into();
+        api.put("default", ev);
+    }
+    let started = Instant::now();
+    let running = api.run_controller_with(
+        CONFIG,
+        ControllerOptions {
+            max_writes_per_second: 20,
+            ..options()
+        },
+    );
+    assert!(eventually(30, || exactly_one_copy_each(&api, 60)).await);
+    let took = started.elapsed();
+    // 60 creates at 20 a second (one at once): about 3 s.
+    assert!(
+        took >= Duration::from_millis(2_500),
+        "60 copies in {took:?}"
+    );
+    let created: Vec<(Instant, bool)> = {
+        let s = api.store.lock().unwrap();
+        s.created_at
+            .iter()
+            .filter(|((ns, _), _)| ns == "team-infra")
+            .map(|((_, name), at)| {
+                (
+                    *at,
+                    s.events[&("team-infra".to_owned(), name.clone())]["type"] == "Warning",
+                )
+            })
+            .collect()
+    };
+    let mut times: Vec<Instant> = created.iter().map(|(t, _)| *t).collect();
+    times.sort();
+    let busiest = times
+        .iter()
+        .map(|t| {
+            times
+                .iter()
+                .filter(|u| **u >= *t && u.duration_since(*t) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest <= 24,
+        "{busiest} creates within one second, budget 20"
+    );
+    let last_warning = created
+        .iter()
+        .filter(|(_, w)| *w)
+        .map(|(t, _)| *t)
+        .max()
+        .unwrap();
+    let normals_before = created
+        .iter()
+        .filter(|(t, w)| !*w && *t < last_warning)
+        .count();
+    assert!(
+        normals_before <= 15,
+        "{normals_before} of 30 Normal copies were written before the last Warning one"
+    );
+    assert_eq!(running.metric("clusterscope_write_budget_per_second"), 20.0);
+    assert_eq!(running.metric("clusterscope_budgeted_writes_total"), 60.0);
+    running.stop().await;
+}
+
 /// The copy sink's queue fills up (every create fails, so every key it holds waits for a
 /// retry) and refuses further deliveries; the controller offers them again later. Once the
 /// API server takes writes again, every source has exactly one copy: what the full queue

@@ -62,6 +62,9 @@ pub struct ControllerOptions {
     pub full_wait: Duration,
     /// When a sink refused a delivery (full), the source is planned again after this.
     pub full_retry: Duration,
+    /// Copy writes a second the mirror may ask of the API server (0: no budget); see
+    /// [`crate::mirror::budget`].
+    pub max_writes_per_second: u32,
     /// How long the first sync waits for the accepted Subscriptions' first list (then it syncs
     /// without them, and lists the stored events again once they are in). The owner state has
     /// no such deadline: deliveries wait until it is listed.
@@ -82,6 +85,7 @@ impl Default for ControllerOptions {
             queue_capacity: 10_000,
             full_wait: Duration::from_secs(1),
             full_retry: Duration::from_secs(5),
+            max_writes_per_second: crate::mirror::budget::DEFAULT_PER_SECOND,
             subscriptions_wait: Duration::from_secs(30),
             owners_every: Duration::from_secs(10),
         }
@@ -202,6 +206,10 @@ impl Observer for Report {
 
     fn paced(&self, sink: Sink, _delivery: &Delivery, _after: Duration) {
         self.metrics.delivery(sink.name, "paced");
+    }
+
+    fn backlog(&self, sink: Sink, age: Duration) {
+        self.metrics.delivery_backlog_age(sink.name, age);
     }
 }
 
@@ -497,6 +505,9 @@ pub async fn run(
             () = &mut shutdown => return,
         }
     }
+    syncer
+        .budget
+        .set(options.max_writes_per_second, metrics.clone());
     let queue = Arc::new(WorkQueue::unbounded());
     let report = Arc::new(Report {
         metrics: metrics.clone(),
@@ -536,6 +547,13 @@ pub async fn run(
             tasks.spawn(hold_until_listed(keeper.progress(), held, complete_tx));
         }
         None => drop(starting),
+    }
+    // The stored events are listed once the state they are judged against is: the first
+    // sync runs from a complete state, and nothing piles up in the queue meanwhile.
+    let mut first = complete.clone();
+    tokio::select! {
+        _ = first.wait_for(|complete| *complete) => {}
+        () = &mut shutdown => return,
     }
     follow_sources(&syncer, &queue, &pipeline, &metrics, &mut tasks);
     if let Some(live) = syncer.subscriptions.clone() {

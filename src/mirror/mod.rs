@@ -19,6 +19,7 @@ use crate::decide::Classified;
 use crate::labels::MAX_SUBDOMAIN_LEN;
 use crate::owners::How;
 
+pub mod budget;
 pub mod controller;
 pub mod copies;
 pub mod sink;

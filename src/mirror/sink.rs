@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kube::api::{Api, PostParams};
 
 use crate::config::{Keys, SharedConfig};
+use crate::mirror::budget::WriteBudget;
 use crate::mirror::copies::{CopyIndex, Lookup};
 use crate::mirror::{copy_is_current, is_copy_of};
 use crate::recorder::SinkError;
@@ -38,16 +39,19 @@ pub struct CopySink {
     config: SharedConfig,
     /// The copies already stored, as far as known.
     pub copies: Arc<CopyIndex>,
+    /// Every create and update waits for room in it.
+    budget: Arc<WriteBudget>,
 }
 
 type Step<T> = Result<T, (&'static str, SinkError)>;
 
 impl CopySink {
-    pub fn new(client: kube::Client, config: SharedConfig) -> Self {
+    pub fn new(client: kube::Client, config: SharedConfig, budget: Arc<WriteBudget>) -> Self {
         CopySink {
             client,
             config,
             copies: Arc::new(CopyIndex::new()),
+            budget,
         }
     }
 
@@ -78,6 +82,7 @@ impl CopySink {
                 }
                 let mut wanted = copy.clone();
                 wanted.metadata.resource_version = Some(known.resource_version.into());
+                self.budget.take().await;
                 match api.replace(name, &PostParams::default(), &wanted).await {
                     Ok(stored) => {
                         self.copies.record(&stored, keys);
@@ -91,6 +96,7 @@ impl CopySink {
                 }
             }
             Lookup::Absent | Lookup::Unknown => {
+                self.budget.take().await;
                 match api.create(&PostParams::default(), copy).await {
                     Ok(stored) => {
                         self.copies.record(&stored, keys);
@@ -119,6 +125,7 @@ impl CopySink {
                 Ok(s) => s,
                 Err(kube::Error::Api(s)) if s.code == 404 => {
                     // Expired meanwhile: create again.
+                    self.budget.take().await;
                     let stored = api
                         .create(&PostParams::default(), copy)
                         .await
@@ -137,6 +144,7 @@ impl CopySink {
             }
             let mut wanted = copy.clone();
             wanted.metadata.resource_version = stored.metadata.resource_version.clone();
+            self.budget.take().await;
             match api.replace(name, &PostParams::default(), &wanted).await {
                 Ok(stored) => {
                     self.copies.record(&stored, keys);

@@ -58,6 +58,8 @@ pub struct Syncer {
     pub cluster: Option<crate::owners::SharedCluster>,
     /// The tenants' accepted Subscriptions, when something keeps them.
     pub subscriptions: Option<Arc<crate::subscription::Live>>,
+    /// What the copy sink may write a second (set by the controller from its options).
+    pub budget: Arc<crate::mirror::budget::WriteBudget>,
 }
 
 /// A namespace a copy goes to, how it got there (the delivery label) and why.
@@ -145,8 +147,14 @@ impl Syncer {
         config: crate::config::SharedConfig,
         resolver: Arc<ScopeResolver>,
     ) -> Self {
+        let budget = Arc::new(crate::mirror::budget::WriteBudget::default());
         Syncer {
-            sinks: vec![Arc::new(CopySink::new(client.clone(), config.clone()))],
+            sinks: vec![Arc::new(CopySink::new(
+                client.clone(),
+                config.clone(),
+                budget.clone(),
+            ))],
+            budget,
             client,
             config,
             resolver,

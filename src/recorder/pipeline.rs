@@ -289,7 +289,13 @@ pub trait Observer: Send + Sync {
     /// The sink's store asked to wait `after` before the next write (an API server's 429 with
     /// Retry-After): the delivery waits that long, no try counted, no failure.
     fn paced(&self, _sink: Sink, _delivery: &Delivery, _after: Duration) {}
+    /// The oldest delivery the lane holds has waited `age` (zero when it holds none); told
+    /// every [`BACKLOG_EVERY`].
+    fn backlog(&self, _sink: Sink, _age: Duration) {}
 }
+
+/// How often each lane's backlog age is told.
+pub const BACKLOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Settings of one lane.
 #[derive(Debug, Clone, PartialEq)]
@@ -393,7 +399,7 @@ impl Pipeline {
         if self.lane(sink.name()).is_none() {
             let options = sink.lane(defaults);
             self.lanes.push(Arc::new(Lane {
-                queue: Arc::new(KeyedQueue::bounded(options.capacity)),
+                queue: Arc::new(KeyedQueue::bounded(options.capacity).urgent_first(is_warning)),
                 about: Sink {
                     name: sink.name(),
                     counted: sink.counted(),
@@ -595,6 +601,16 @@ impl Pipeline {
                 tasks.spawn(async move { work(&lane, observer.as_ref(), &relist).await });
             }
         }
+        let (lanes, observer) = (self.lanes.clone(), self.observer.clone());
+        tasks.spawn(async move {
+            loop {
+                for lane in &lanes {
+                    let age = lane.queue.oldest().map_or(Duration::ZERO, |t| t.elapsed());
+                    observer.backlog(lane.about, age);
+                }
+                tokio::time::sleep(BACKLOG_EVERY).await;
+            }
+        });
     }
 }
 
@@ -627,6 +643,11 @@ async fn work(lane: &Lane, observer: &dyn Observer, relist: &tokio::sync::Notify
         observer.depth(lane.about, lane.queue.held());
         ask_for_relist(lane, observer, relist);
     }
+}
+
+/// Warnings go before Normal events when deliveries wait (a burst, a budget, a slow sink).
+fn is_warning(delivery: &Delivery) -> bool {
+    delivery.event.type_.as_deref() == Some("Warning")
 }
 
 /// Reports one delivery's result and tells the queue: done, retried later, or given up.

@@ -67,11 +67,14 @@ pub struct KeyedQueue<K, V> {
     state: Mutex<State<K, V>>,
     ready: Notify,
     capacity: Option<usize>,
+    /// Which values go before the others (Warnings before Normal events, when work waits).
+    urgent: Option<fn(&V) -> bool>,
 }
 
 struct State<K, V> {
     latest: HashMap<K, V>,
-    order: VecDeque<K>,
+    /// Keys waiting to be worked on, in order: urgent ones (`[0]`) before the rest (`[1]`).
+    order: [VecDeque<K>; 2],
     queued: HashSet<K>,
     active: HashSet<K>,
     failures: HashMap<K, u32>,
@@ -89,7 +92,7 @@ impl<K, V> Default for State<K, V> {
     fn default() -> Self {
         State {
             latest: HashMap::new(),
-            order: VecDeque::new(),
+            order: [VecDeque::new(), VecDeque::new()],
             queued: HashSet::new(),
             active: HashSet::new(),
             failures: HashMap::new(),
@@ -102,6 +105,23 @@ impl<K, V> Default for State<K, V> {
 }
 
 impl<K: Eq + Hash, V> State<K, V> {
+    /// Queues `key` behind the others of its urgency.
+    fn push(&mut self, key: K, urgent: Option<fn(&V) -> bool>) {
+        let first = urgent.is_some_and(|f| self.latest.get(&key).is_some_and(f));
+        self.order[usize::from(!first)].push_back(key);
+    }
+
+    /// The next key queued, urgent ones first.
+    fn pop(&mut self) -> Option<K> {
+        self.order[0]
+            .pop_front()
+            .or_else(|| self.order[1].pop_front())
+    }
+
+    fn queued_len(&self) -> usize {
+        self.order[0].len() + self.order[1].len()
+    }
+
     /// Drops every trace of `key` (finished, given up, or forgotten).
     fn release(&mut self, key: &K) {
         self.failures.remove(key);
@@ -122,6 +142,16 @@ impl<K, V> KeyedQueue<K, V> {
             state: Mutex::new(State::default()),
             ready: Notify::new(),
             capacity: None,
+            urgent: None,
+        }
+    }
+
+    /// Values for which `urgent` holds are worked on before the others waiting (each group in
+    /// the order it came).
+    pub fn urgent_first(self, urgent: fn(&V) -> bool) -> Self {
+        KeyedQueue {
+            urgent: Some(urgent),
+            ..self
         }
     }
 
@@ -159,7 +189,7 @@ where
         s.latest.insert(key.clone(), value);
         s.since.entry(key.clone()).or_insert_with(Instant::now);
         if !s.active.contains(&key) && s.queued.insert(key.clone()) {
-            s.order.push_back(key);
+            s.push(key, self.urgent);
             drop(s);
             self.ready.notify_one();
         }
@@ -168,11 +198,17 @@ where
 
     /// Number of keys waiting to be worked on.
     pub fn len(&self) -> usize {
-        self.lock().order.len()
+        self.lock().queued_len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Since when the key that has waited longest (queued, in work or waiting for a retry)
+    /// waits; None when none is held.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.lock().since.values().min().copied()
     }
 
     /// Number of keys held in any state (what the capacity bounds).
@@ -194,7 +230,7 @@ where
     /// The next key to work on, if one is queued now.
     fn try_next(&self) -> Option<(K, V, Instant)> {
         let mut s = self.lock();
-        while let Some(key) = s.order.pop_front() {
+        while let Some(key) = s.pop() {
             s.queued.remove(&key);
             if let Some(value) = s.latest.remove(&key) {
                 s.waiting.remove(&key);
@@ -224,7 +260,7 @@ where
         }
         // Every wake-up this batch took came with a key it took; still, keys a full batch
         // left queued are said to another worker rather than left for the next add.
-        if max > 1 && batch.len() == max && !self.lock().order.is_empty() {
+        if max > 1 && batch.len() == max && self.lock().queued_len() > 0 {
             self.ready.notify_one();
         }
         batch
@@ -244,7 +280,7 @@ where
             // A newer value came in while this one was worked on: it gets a fresh start.
             s.failures.remove(&key);
             if s.queued.insert(key.clone()) {
-                s.order.push_back(key);
+                s.push(key, self.urgent);
             }
             drop(s);
             self.ready.notify_one();
@@ -285,7 +321,7 @@ where
             {
                 s.latest.insert(key.clone(), value);
                 if !s.active.contains(&key) && s.queued.insert(key.clone()) {
-                    s.order.push_back(key);
+                    s.push(key, queue.urgent);
                     drop(s);
                     queue.ready.notify_one();
                 }
@@ -300,7 +336,9 @@ where
         s.latest.remove(key);
         s.waiting.remove(key);
         if s.queued.remove(key) {
-            s.order.retain(|k| k != key);
+            for order in &mut s.order {
+                order.retain(|k| k != key);
+            }
         }
         if s.active.contains(key) {
             // Released when its worker is done.
@@ -331,6 +369,31 @@ mod tests {
             max_attempts,
             jitter_first: false,
         }
+    }
+
+    #[tokio::test]
+    async fn urgent_values_are_worked_on_first_each_group_in_order() {
+        let q = Arc::new(Q::unbounded().urgent_first(|v| *v < 0));
+        for (k, v) in [("a", 1), ("b", -1), ("c", 2), ("d", -2)] {
+            q.add(k, v).unwrap();
+        }
+        let mut order = Vec::new();
+        for _ in 0..4 {
+            let (k, _, _) = q.next().await;
+            order.push(k);
+            q.done(k, Done::Finished, &policy(3));
+        }
+        assert_eq!(order, ["b", "d", "a", "c"]);
+        // A key that turns urgent while it waits keeps its place; a newer value of a queued
+        // key does not queue it twice.
+        q.add("e", 1).unwrap();
+        q.add("e", 2).unwrap();
+        assert_eq!(q.len(), 1);
+        // Forgotten, it is gone from either group.
+        q.add("f", -1).unwrap();
+        q.forget(&"f");
+        q.forget(&"e");
+        assert_eq!(q.len(), 0);
     }
 
     #[tokio::test]
