@@ -289,12 +289,21 @@ pub struct Progress {
 struct Lists {
     next: u64,
     by_follower: std::collections::BTreeMap<u64, (String, usize, bool)>,
+    /// Followers promised but not started yet (the keeper's first round starts them when it
+    /// first runs): the state is not complete while any is.
+    promised: usize,
 }
 
 impl Progress {
+    /// `n` followers will start: the state is incomplete from now on, not from when they do.
+    fn promise(&self, n: usize) {
+        crate::locks::lock(&self.lists).promised += n;
+    }
+
     /// A follower of `resource` starts; its id.
     fn start(&self, resource: String) -> u64 {
         let mut lists = crate::locks::lock(&self.lists);
+        lists.promised = lists.promised.saturating_sub(1);
         let id = lists.next;
         lists.next += 1;
         lists.by_follower.insert(id, (resource, 0, false));
@@ -326,10 +335,8 @@ impl Progress {
 
     /// Whether every resource followed now has listed once.
     pub fn is_complete(&self) -> bool {
-        crate::locks::lock(&self.lists)
-            .by_follower
-            .values()
-            .all(|(_, _, done)| *done)
+        let lists = crate::locks::lock(&self.lists);
+        lists.promised == 0 && lists.by_follower.values().all(|(_, _, done)| *done)
     }
 
     /// `pods: 45000 so far, namespaces: 3000 listed`, in resource order.
@@ -345,10 +352,10 @@ impl Progress {
             .collect();
         parts.sort();
         let parts: Vec<String> = parts.into_iter().map(|(_, p)| p).collect();
-        if parts.is_empty() {
-            "nothing followed".to_owned()
-        } else {
-            parts.join(", ")
+        match (parts.is_empty(), lists.promised) {
+            (true, 0) => "nothing followed".to_owned(),
+            (true, _) => "starting its watches".to_owned(),
+            _ => parts.join(", "),
         }
     }
 
@@ -687,6 +694,8 @@ pub fn start(
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let progress = Progress::default();
+    // Complete only once the first round's followers, started when `keep` first runs, listed.
+    progress.promise(first.followed().len());
     let keeper = Keeper {
         wake: wake.clone(),
         asked: asked.clone(),
@@ -737,6 +746,46 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The keeper's watches start when its future first runs; the state is incomplete from
+    /// the moment it is made, not from then (a mirror asking in between would otherwise start
+    /// on an empty state as if it were complete).
+    #[tokio::test]
+    async fn the_state_is_incomplete_before_the_first_watches_start() {
+        let url: hyper::Uri = "http://127.0.0.1:9".parse().unwrap();
+        let client = kube::Client::try_from(kube::Config::new(url)).unwrap();
+        let needs = || Needs {
+            pods: true,
+            namespaces: true,
+            ..Needs::default()
+        };
+        let (keeper, keep) = start(
+            client,
+            SharedCluster::default(),
+            needs,
+            std::time::Duration::from_secs(10),
+        );
+        let progress = keeper.progress();
+        assert!(!progress.is_complete());
+        assert_eq!(progress.describe(), "starting its watches");
+        // Started, not yet listed (nothing answers there): still incomplete, by resource.
+        let keeping = tokio::spawn(keep);
+        for _ in 0..100 {
+            if progress.describe().contains("pods") {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(!progress.is_complete());
+        assert_eq!(
+            progress.describe(),
+            "namespaces: 0 so far, pods: 0 so far"
+        );
+        keeping.abort();
+        // Stopped followers are not waited for.
+        let _ = keeping.await;
+        assert!(progress.is_complete());
+    }
 
     #[test]
     fn needs_follow_the_rules() {
