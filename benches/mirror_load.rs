@@ -35,7 +35,8 @@ async fn main() {
         &api,
         dir.path(),
         "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n",
-        &[],
+        // What the mirror can do: the write budget off.
+        &["--max-writes-per-second".to_owned(), "0".to_owned()],
     );
     let pid = child.id();
     // Wait for the lease.

@@ -301,7 +301,7 @@ async fn the_leader_killed_mid_work_is_replaced_and_nothing_is_lost_or_doubled()
     let holder =
         api.store.lock().unwrap().leases.values().next().unwrap()["spec"]["holderIdentity"].clone();
     let (dead, survivor) = if holder == "a" { (a, b) } else { (b, a) };
-    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(eventually(10, || !api.events_in("team-infra").is_empty()).await);
     dead.abort();
     for i in 50..80 {
         api.put("default", node_event(i, 1));

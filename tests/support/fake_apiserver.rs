@@ -67,6 +67,12 @@ pub struct Store {
     /// Each page of a LIST of this resource answers after this long (a busy API server
     /// listing 150,000 Pods).
     pub list_delay: Option<(String, Duration)>,
+    /// At most this many event creates and updates a second are accepted; more are answered
+    /// as API Priority and Fairness answers (429, Retry-After: 1) and counted in `throttled`.
+    pub write_limit: Option<u32>,
+    /// The current second of `write_limit` and the writes accepted in it.
+    pub write_window: Option<(std::time::Instant, u32)>,
+    pub throttled: usize,
     /// The field selector of every LIST and WATCH, as sent (empty for none): (resource,
     /// namespace or "" for all, selector).
     pub field_selectors: Vec<(String, String, String)>,
@@ -131,6 +137,23 @@ fn terminating(ns: &str, name: &str) -> Response {
 
 /// The reason of an injected fault that answers as API Priority and Fairness does.
 const APF: &str = "APF rejection, retry after ";
+
+/// A write past [`Store::write_limit`]: its 429, counted.
+fn over_write_limit(s: &mut Store) -> Option<Response> {
+    let limit = s.write_limit?;
+    let now = std::time::Instant::now();
+    let (start, count) = s
+        .write_window
+        .filter(|(start, _)| now.duration_since(*start) < Duration::from_secs(1))
+        .unwrap_or((now, 0));
+    if count >= limit {
+        s.write_window = Some((start, count));
+        s.throttled += 1;
+        return Some(too_many_requests(1));
+    }
+    s.write_window = Some((start, count + 1));
+    None
+}
 
 /// API Priority and Fairness's answer to a request it rejects: 429, `Retry-After`, and the
 /// seconds in the Status's details too.
@@ -1207,6 +1230,9 @@ async fn create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Respon
         return status(400, "BadRequest", "body is not JSON");
     };
     let mut s = store.lock().unwrap();
+    if let Some(r) = over_write_limit(&mut s) {
+        return r;
+    }
     if !s.namespaces.contains(&ns) {
         return status(404, "NotFound", &format!("namespaces \"{ns}\" not found"));
     }
@@ -1253,6 +1279,9 @@ async fn update(
         return status(400, "BadRequest", "body is not JSON");
     };
     let mut s = store.lock().unwrap();
+    if let Some(r) = over_write_limit(&mut s) {
+        return r;
+    }
     let key = (ns.clone(), name.clone());
     let Some(current) = s.events.get(&key) else {
         return status(404, "NotFound", &format!("events \"{name}\" not found"));

@@ -42,6 +42,25 @@ pub fn populate(api: &FakeApiServer, namespaces: usize, nodes: usize, pods: usiz
     }
 }
 
+/// The storm's cluster: `pods_per_node` Running Pods on each of `nodes` Nodes, the pods of
+/// node n in namespaces `team-<(n * pods_per_node + j) mod namespaces>` (so each node's pods
+/// are in `pods_per_node` namespaces, when there are that many).
+pub fn populate_nodes(api: &FakeApiServer, nodes: usize, pods_per_node: usize, namespaces: usize) {
+    for n in 0..nodes {
+        for j in 0..pods_per_node {
+            api.put_object(
+                "pods",
+                json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": format!("pod-{n}-{j}"),
+                        "namespace": format!("team-{}", (n * pods_per_node + j) % namespaces)},
+                    "spec": {"nodeName": format!("node-{n}"),
+                        "containers": [{"name": "app", "image": "registry.example.com/app:1.0"}]},
+                    "status": {"phase": "Running"}}),
+            );
+        }
+    }
+}
+
 /// When `serve` (process `pid`) started mirroring: the time since `start` at which it watched
 /// the stored events (it lists what delivery needs first), and its RSS at start and then.
 pub async fn wait_until_mirroring(
@@ -76,11 +95,13 @@ pub async fn wait_until_mirroring(
     (listed_after, rss_start, vm(pid, "VmRSS:"))
 }
 
-/// One event of a load: its name, the kind and name of its object, and the copies it must get.
+/// One event of a load: its name, the kind and name of its object, its type, and the copies
+/// it must get.
 pub struct Planned {
     pub name: String,
     pub kind: &'static str,
     pub object: String,
+    pub type_: &'static str,
     pub copies: usize,
 }
 
@@ -94,6 +115,7 @@ pub fn volume_or_node(i: usize, volumes: usize, nodes: usize, copies_per_node: u
             name: format!("{pv}.{i:016x}"),
             kind: "PersistentVolume",
             object: pv,
+            type_: "Warning",
             copies: 1,
         }
     } else {
@@ -102,6 +124,7 @@ pub fn volume_or_node(i: usize, volumes: usize, nodes: usize, copies_per_node: u
             name: format!("{node}.{i:016x}"),
             kind: "Node",
             object: node,
+            type_: "Warning",
             copies: copies_per_node,
         }
     }
@@ -114,7 +137,7 @@ pub struct Written {
     pub secs: f64,
 }
 
-/// Writes `events` Warning events into `default` at `rate` a second, the i-th as `plan(i)`.
+/// Writes `events` events into `default` at `rate` a second, the i-th as `plan(i)`.
 pub async fn write_at_rate(
     api: &FakeApiServer,
     events: usize,
@@ -138,7 +161,7 @@ pub async fn write_at_rate(
                 "apiVersion": "v1", "kind": "Event",
                 "metadata": {"name": p.name, "namespace": "default"},
                 "involvedObject": {"kind": p.kind, "name": p.object, "apiVersion": "v1"},
-                "reason": "FailedMount", "message": "it failed", "count": 1, "type": "Warning",
+                "reason": "FailedMount", "message": "it failed", "count": 1, "type": p.type_,
                 "source": {"component": "bench"},
                 "firstTimestamp": "2026-11-20T10:00:00Z", "lastTimestamp": "2026-11-20T10:00:00Z"
             }),
@@ -193,6 +216,16 @@ impl Arrived {
 /// Waits (90 s at most) until every copy `written` expects is in a team namespace, then
 /// measures.
 pub async fn wait_for_copies(api: &FakeApiServer, written: &Written, started: Instant) -> Arrived {
+    wait_for_copies_within(api, written, started, Duration::from_secs(90)).await
+}
+
+/// As [`wait_for_copies`], waiting `longest` at most.
+pub async fn wait_for_copies_within(
+    api: &FakeApiServer,
+    written: &Written,
+    started: Instant,
+    longest: Duration,
+) -> Arrived {
     let copies_made = |api: &FakeApiServer| {
         api.store
             .lock()
@@ -202,7 +235,7 @@ pub async fn wait_for_copies(api: &FakeApiServer, written: &Written, started: In
             .filter(|(ns, _)| ns.starts_with("team-"))
             .count()
     };
-    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline = Instant::now() + longest;
     while copies_made(api) < written.expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
