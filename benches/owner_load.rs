@@ -144,14 +144,7 @@ async fn storm() {
     let pid = child.id();
     let started = Instant::now();
     let (listed_after, rss_start, rss_listed) = wait_until_mirroring(&api, pid, started).await;
-    let pages = api
-        .store
-        .lock()
-        .unwrap()
-        .calls
-        .iter()
-        .filter(|c| c.0 == "list" && c.2 == "pods")
-        .count();
+    let pages = api.calls_of("list", "pods");
     let load_start = Instant::now();
     // All at once: the Normal events first, then the Warnings, about other nodes.
     let written = write_at_rate(&api, STORM_NORMALS + STORM_WARNINGS, 50_000, |i| {

@@ -353,14 +353,7 @@ async fn the_state_is_read_past_the_first_page() {
     api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
     assert!(eventually(10, || api.copies_of("team-z", "node1.1").len() == 1).await);
     assert!(api.copies_of("team-a", "node1.1").is_empty());
-    let pages = api
-        .store
-        .lock()
-        .unwrap()
-        .calls
-        .iter()
-        .filter(|c| c.0 == "list" && c.2 == "pods")
-        .count();
+    let pages = api.calls_of("list", "pods");
     assert!(pages >= 3, "{pages} list calls for 1,101 pods");
     running.stop().await;
 }

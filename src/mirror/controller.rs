@@ -81,8 +81,9 @@ impl Default for ControllerOptions {
             // 1 + 2 + 4 + ... + 256 s, then 5 min: about 19 minutes of trying, longer than
             // the default event TTL (1 h) leaves an expired source's copy any use.
             max_attempts: 12,
-            // About 15 MB of copies at most; a re-sync of a larger backlog is offered in turns.
-            queue_capacity: 10_000,
+            // 10 s of copies at the default write budget: a larger backlog waits in the work
+            // queue as its sources (one event, not 30 copies of it), offered in turns.
+            queue_capacity: 2_000,
             full_wait: Duration::from_secs(1),
             full_retry: Duration::from_secs(5),
             max_writes_per_second: crate::mirror::budget::DEFAULT_PER_SECOND,
@@ -483,6 +484,10 @@ fn sourced(
     metrics.mirror_queue_depth.set(queue.len() as i64);
 }
 
+fn is_warning(event: &Event) -> bool {
+    event.type_.as_deref() == Some("Warning")
+}
+
 /// Runs until `shutdown` resolves. `status` (the `/readyz` line of the cluster side) is held
 /// not ready from the start until the first sync can run from complete inputs, and again while
 /// the owner state is incomplete.
@@ -508,7 +513,8 @@ pub async fn run(
     syncer
         .budget
         .set(options.max_writes_per_second, metrics.clone());
-    let queue = Arc::new(WorkQueue::unbounded());
+    // Warnings first here too: a source handed back by a full lane waits here.
+    let queue = Arc::new(WorkQueue::unbounded().urgent_first(is_warning));
     let report = Arc::new(Report {
         metrics: metrics.clone(),
         own_events: syncer.own_events.clone(),

@@ -777,10 +777,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert!(!progress.is_complete());
-        assert_eq!(
-            progress.describe(),
-            "namespaces: 0 so far, pods: 0 so far"
-        );
+        assert_eq!(progress.describe(), "namespaces: 0 so far, pods: 0 so far");
         keeping.abort();
         // Stopped followers are not waited for.
         let _ = keeping.await;

@@ -569,6 +569,15 @@ impl FakeApiServer {
         }
     }
 
+    /// How many `verb` calls were made on `resource` (RBAC's words: `list`, `pods`).
+    pub fn calls_of(&self, verb: &str, resource: &str) -> usize {
+        let s = self.store.lock().unwrap();
+        s.calls
+            .iter()
+            .filter(|c| c.0 == verb && c.2 == resource)
+            .count()
+    }
+
     /// The next `times` calls of `verb` are rejected as API Priority and Fairness rejects a
     /// request its priority level has no room for: 429 with `Retry-After: secs` and
     /// `details.retryAfterSeconds` (apimachinery's `NewTooManyRequests`).
