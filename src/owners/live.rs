@@ -52,13 +52,6 @@ impl Needs {
         self.volumes || self.namespaces || self.pods
     }
 
-    fn watchers(&self) -> usize {
-        2 * usize::from(self.volumes)
-            + usize::from(self.namespaces)
-            + usize::from(self.pods)
-            + self.custom.len()
-    }
-
     /// The resources, for logs.
     pub fn describe(&self) -> String {
         let mut what = Vec::new();
@@ -237,43 +230,6 @@ impl Table for Pods {
     }
 }
 
-/// Watchers whose first list is not in yet; [`Ready::wait`] returns once there are none.
-#[derive(Clone, Default)]
-pub struct Ready {
-    pending: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    listed: std::sync::Arc<tokio::sync::Notify>,
-}
-
-impl Ready {
-    fn add(&self, n: usize) {
-        self.pending
-            .fetch_add(n, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn done(&self) {
-        self.pending
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.listed.notify_waiters();
-    }
-
-    /// Whether every watcher started so far has listed once.
-    pub fn is_ready(&self) -> bool {
-        self.pending.load(std::sync::atomic::Ordering::SeqCst) == 0
-    }
-
-    pub async fn wait(&self) {
-        loop {
-            let listed = self.listed.notified();
-            tokio::pin!(listed);
-            listed.as_mut().enable();
-            if self.is_ready() {
-                return;
-            }
-            listed.await;
-        }
-    }
-}
-
 /// What the owner state has listed: for each resource followed now, the objects of its first
 /// list so far and whether that list is in. Complete when every one is in (a rule added by a
 /// reload starts a follower, and the state is incomplete again until it has listed): the
@@ -359,6 +315,19 @@ impl Progress {
         }
     }
 
+    /// Waits until every resource followed now has listed once.
+    pub async fn complete(&self) {
+        loop {
+            let changed = self.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.is_complete() {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Resolves at the next start, first list or stop of a follower (enable it before
     /// reading [`Self::is_complete`], as with any [`tokio::sync::Notify`]).
     pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
@@ -376,7 +345,7 @@ async fn follow<T: Table>(
     table: T,
     api: Api<T::Object>,
     state: SharedCluster,
-    (ready, progress, id): Told,
+    (progress, id): Told,
 ) {
     let how = crate::follow::Follow {
         what: table.resource(),
@@ -386,7 +355,6 @@ async fn follow<T: Table>(
     let mut lister = Lister {
         table,
         state,
-        ready,
         relist: None,
         progress,
         id,
@@ -406,7 +374,6 @@ async fn follow<T: Table>(
 struct Lister<T: Table> {
     table: T,
     state: SharedCluster,
-    ready: Option<Ready>,
     /// A list being collected: applied whole at its end.
     relist: Option<Vec<T::Trimmed>>,
     /// Where the first list's progress is told, as follower `id`.
@@ -451,9 +418,6 @@ impl<T: Table> Lister<T> {
                 tracing::info!(resource = %self.table.resource(), count, "owner delivery: listed");
                 if std::mem::take(&mut self.first) {
                     self.progress.listed(self.id, count);
-                }
-                if let Some(r) = self.ready.take() {
-                    r.done();
                 }
             }
             watcher::Event::Apply(o) => {
@@ -594,18 +558,17 @@ impl Needs {
     }
 }
 
-/// Who a follower tells about its first list: the round's [`Ready`], and the [`Progress`] it
-/// is counted in (as follower `id`).
-type Told = (Option<Ready>, Progress, u64);
+/// Where a follower tells how its first list goes: the [`Progress`], as follower `id`.
+type Told = (Progress, u64);
 
-/// Starts following `what` into `state`; `ready` is told after its first list, `progress` how
-/// the list goes (the follower is counted there before this returns, so that the state is
-/// never complete while a follower has not started).
+/// Starts following `what` into `state`, telling `progress` how its first list goes (the
+/// follower is counted there before this returns, so that the state is never complete while a
+/// follower has not started).
 fn start_following(
     what: &Followed,
     client: &kube::Client,
     state: &SharedCluster,
-    (ready, progress): (Option<Ready>, Progress),
+    progress: &Progress,
 ) -> tokio::task::JoinHandle<()> {
     let resource = match what {
         Followed::Volumes => Volumes.resource(),
@@ -615,7 +578,7 @@ fn start_following(
         Followed::Custom(rule) => custom_resource(rule),
     };
     let id = progress.start(resource);
-    let told = (ready, progress, id);
+    let told = (progress.clone(), id);
     match what {
         Followed::Volumes => tokio::spawn(follow_all(Volumes, client, state, told)),
         Followed::Attachments => tokio::spawn(follow_all(Attachments, client, state, told)),
@@ -643,9 +606,8 @@ pub struct Keeper {
     wake: std::sync::Arc<tokio::sync::Notify>,
     /// Refreshes asked for so far.
     asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The refreshes the last round served (it read `asked` before the needs), and the first
-    /// lists of the followers it started.
-    rounds: tokio::sync::watch::Receiver<(u64, Ready)>,
+    /// The refreshes the last round served (it read `asked` before the needs).
+    rounds: tokio::sync::watch::Receiver<u64>,
     /// How the first lists of everything followed now go.
     progress: Progress,
 }
@@ -656,27 +618,21 @@ impl Keeper {
         self.progress.clone()
     }
 
-    /// The first lists of the last round's new followers (at start: every follower's).
-    pub fn ready(&self) -> Ready {
-        self.rounds.borrow().1.clone()
-    }
-
-    /// Reads what the rules need now rather than at the next tick, and waits until what that
-    /// started has listed once (a new subscription's relation, say).
+    /// Reads what the rules need now rather than at the next tick, and waits until the state
+    /// is complete again (what that started has listed once: a new subscription's relation).
     pub async fn refresh(&self) {
         let mut rounds = self.rounds.clone();
         let asked = self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
         self.wake.notify_one();
-        let ready = match rounds.wait_for(|(served, _)| *served >= asked).await {
-            Ok(round) => round.1.clone(),
-            Err(_) => return,
-        };
-        ready.wait().await;
+        if rounds.wait_for(|served| *served >= asked).await.is_err() {
+            return;
+        }
+        self.progress.complete().await;
     }
 }
 
 /// Starts keeping `state` current for what `needs()` says the rules in use need: the watchers
-/// needed now at once (the returned [`Keeper`]'s [`Ready`] counts their first lists), then
+/// needed now at once (the returned [`Keeper`]'s [`Progress`] counts their first lists), then
 /// every `every`, or at once when [`Keeper::refresh`] asks (the configuration may have been
 /// reloaded, subscriptions may have come), the ones needed since are started and the ones no
 /// rule needs any more stopped (their first list on a later start refills their part of the
@@ -688,9 +644,7 @@ pub fn start(
     every: std::time::Duration,
 ) -> (Keeper, impl std::future::Future<Output = ()> + Send) {
     let first = needs();
-    let ready = Ready::default();
-    ready.add(first.watchers());
-    let (rounds_tx, rounds) = tokio::sync::watch::channel((0, ready.clone()));
+    let (rounds_tx, rounds) = tokio::sync::watch::channel(0);
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let progress = Progress::default();
@@ -705,7 +659,7 @@ pub fn start(
     let keep = async move {
         let mut following = Following(Vec::new());
         let mut wanted = first;
-        let (mut round, mut served, mut ready) = (0u64, 0u64, ready);
+        let (mut round, mut served) = (0u64, 0u64);
         loop {
             let now = wanted.followed();
             let before: Vec<Followed> = following.0.iter().map(|(w, _)| w.clone()).collect();
@@ -717,20 +671,14 @@ pub fn start(
                 keep
             });
             let started: Vec<&Followed> = now.iter().filter(|w| !before.contains(w)).collect();
-            // The first round's lists were counted before it ran (the caller waits on them).
-            if round > 0 {
-                ready = Ready::default();
-                ready.add(started.len());
-            }
             for what in started {
-                let told = (Some(ready.clone()), progress.clone());
-                let task = start_following(what, &client, &state, told);
+                let task = start_following(what, &client, &state, &progress);
                 following.0.push((what.clone(), task));
             }
             if round > 0 && now != before {
                 tracing::info!(now = %wanted.describe(), "owner delivery: following what the rules in use need now");
             }
-            rounds_tx.send_replace((served, ready.clone()));
+            rounds_tx.send_replace(served);
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 () = wake.notified() => {}
