@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use clusterscope::delivery::{Delivery, Sink};
 use clusterscope::history::{PostgresSink, SinkOptions, Store};
-use clusterscope::recorder::pipeline::{Delivery, Destination};
 use fake_apiserver::FakeApiServer;
 use serde_json::json;
 use support::serve::{percentile, vm};

@@ -1,7 +1,7 @@
 //! The one backoff policy for reconnecting to what clusterscope depends on (the API server at
 //! start, the history database): 1 s, doubling, at most 30 s, for ever, with jitter so that
 //! replicas started together do not retry in step. kube-runtime's watchers keep their own
-//! (`default_backoff`); a delivery's retries follow its lane's policy (`recorder::queue`).
+//! (`default_backoff`); a delivery's retries follow its lane's policy (`delivery::queue`).
 
 use std::time::Duration;
 

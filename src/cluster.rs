@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use crate::classify::{DiscoveryState, ScopeResolver};
 use crate::discovery::DiscoveryOptions;
+use crate::event::EventType;
 use crate::leader::{LeaseLock, LeaseOptions, run_while_leader};
 use crate::metrics::Metrics;
 use crate::mirror::controller::{self, ControllerOptions};
+use crate::mirror::outputs::Output;
 use crate::mirror::sync::Syncer;
-use crate::recorder::pipeline::Destination;
-use crate::recorder::{KubeSink, LogSink, Recorder, RecorderOptions, SystemClock, WARNING};
+use crate::recorder::{KubeSink, LogSink, Recorder, RecorderOptions, SystemClock};
 use k8s_openapi::api::core::v1::ObjectReference;
 use tokio_util::sync::CancellationToken;
 
@@ -396,8 +397,8 @@ pub struct Shared {
     pub state: Arc<crate::status::StatusLine>,
     /// clusterscope's own events: connected here once the API server answers.
     pub own_events: Arc<crate::recorder::OwnEvents>,
-    /// Sinks besides the copies and the log stream (the history database, when configured).
-    pub sinks: Vec<Arc<dyn Destination>>,
+    /// Outputs besides the copies and the log stream (the history database, when configured).
+    pub outputs: Vec<Arc<dyn Output>>,
 }
 
 /// Starts discovery and the leader-elected mirror controller; they stop when `stop` turns true.
@@ -502,13 +503,13 @@ fn leadership_said(
         metrics.mirror_leader.set(i64::from(leading));
         let (type_, reason, message) = if leading {
             (
-                "Normal",
+                EventType::Normal,
                 "LeaderElected",
                 format!("{identity} now mirrors events"),
             )
         } else {
             (
-                WARNING,
+                EventType::Warning,
                 "LeaderLost",
                 format!("{identity} stopped mirroring events"),
             )
@@ -540,7 +541,7 @@ fn start(
         metrics,
         state,
         own_events,
-        sinks,
+        outputs,
     } = shared;
     let discovery = tokio::spawn(crate::discovery::run(
         client.clone(),
@@ -552,15 +553,15 @@ fn start(
     ));
     let own_recorder = record_own_events(&client, &options, &own_events);
     // Delivery rules read live cluster state; the controller keeps it (on the leader only).
-    let log_sink: Arc<dyn Destination> = Arc::new(LogSink::stdout());
+    let log_sink: Arc<dyn Output> = Arc::new(LogSink::stdout());
     let subscriptions = Arc::new(crate::subscription::Live::default());
-    let syncer = sinks.into_iter().fold(
+    let syncer = outputs.into_iter().fold(
         Syncer::new(client.clone(), config.clone(), resolver)
-            .with_sink(log_sink)
+            .with_output(log_sink)
             .with_own_events(own_events)
             .with_cluster(crate::owners::SharedCluster::default())
             .with_subscriptions(subscriptions.clone()),
-        Syncer::with_sink,
+        Syncer::with_output,
     );
     let lease = options
         .lease

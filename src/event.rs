@@ -8,6 +8,50 @@
 use std::borrow::Cow;
 use std::fmt;
 
+/// The two event types the API server accepts (client-go's `EventTypeNormal` and
+/// `EventTypeWarning`); anything else is refused, as client-go's recorder refuses it.
+#[derive(
+    serde::Serialize,
+    serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    schemars::JsonSchema,
+)]
+// What `kubectl explain csub.spec.types` says: the Subscription CRD is generated from this.
+#[schemars(description = "An event type a subscription may ask for.")]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Normal => "Normal",
+            EventType::Warning => "Warning",
+        }
+    }
+
+    /// The type an event's `type` field names, if it is one of the two.
+    pub fn of(type_: Option<&str>) -> Option<Self> {
+        match type_? {
+            "Normal" => Some(EventType::Normal),
+            "Warning" => Some(EventType::Warning),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 

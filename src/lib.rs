@@ -19,6 +19,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod decide;
+pub mod delivery;
 pub mod discovery;
 pub mod event;
 pub mod explain;

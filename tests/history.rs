@@ -9,8 +9,8 @@ use support::postgres;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clusterscope::delivery::{Action, Delivered, Delivery, Sink};
 use clusterscope::history::{PostgresSink, Row, SinkOptions, Store};
-use clusterscope::recorder::pipeline::{Delivered, Delivery, Destination};
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use postgres::Postgres;
@@ -372,7 +372,11 @@ async fn a_refused_row_fails_alone_and_final() {
     let mut failed = Vec::new();
     for (i, result) in sink.deliver_batch(&batch).await.into_iter().enumerate() {
         if let Err(f) = result {
-            assert!(!f.retryable, "refused data is not retried: {f}");
+            assert_eq!(
+                f.action(sink.writer()),
+                Action::GiveUp,
+                "refused data is not retried: {f}"
+            );
             assert!(f.to_string().contains("no_poison"), "{f}");
             failed.push(i);
         }

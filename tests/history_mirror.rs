@@ -60,7 +60,7 @@ fn sink(
     store: &Store,
     buffer: usize,
     metrics: &Arc<Metrics>,
-) -> Arc<dyn clusterscope::recorder::pipeline::Destination> {
+) -> Arc<dyn clusterscope::mirror::outputs::Output> {
     Arc::new(PostgresSink::start(
         store.clone(),
         SinkOptions {
@@ -92,7 +92,7 @@ async fn stored_events_of_a_history_channel_become_rows_that_follow_their_count(
         api.put("default", other_event(i));
     }
     let metrics = Arc::new(Metrics::new());
-    let syncer = api.syncer(CONFIG).with_sink(sink(&store, 1000, &metrics));
+    let syncer = api.syncer(CONFIG).with_output(sink(&store, 1000, &metrics));
     let running = api.run_syncer_with(syncer, options(), metrics);
     assert!(
         until(10, async || row_count(&store).await == 20).await,
@@ -161,7 +161,9 @@ async fn the_database_down_for_30s_under_load_loses_no_row() {
     }
     let buffer = 300;
     let metrics = Arc::new(Metrics::new());
-    let syncer = api.syncer(CONFIG).with_sink(sink(&store, buffer, &metrics));
+    let syncer = api
+        .syncer(CONFIG)
+        .with_output(sink(&store, buffer, &metrics));
     let running = api.run_syncer_with(syncer, options(), metrics);
     assert!(until(10, async || row_count(&store).await == 100).await);
 

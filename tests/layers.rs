@@ -21,22 +21,23 @@ const LAYERS: &[(&str, u8)] = &[
     ("route", 1),
     ("owners", 1),
     // Plain services over the leaves.
-    ("recorder", 2),
+    ("delivery", 2),
     ("metrics", 2),
     ("classify", 2),
     ("config", 2),
-    // The decision, and what feeds or reloads it.
+    // The decision, and what feeds or reloads it; the recorder over the delivery engine.
+    ("recorder", 3),
     ("decide", 3),
     ("subscription", 3),
     ("discovery", 3),
     ("tls", 3),
-    ("reload", 3),
     ("history", 3),
     // Uses of the decision.
     ("admission", 4),
     ("explain", 4),
     ("certs", 4),
     ("mirror", 4),
+    ("reload", 4),
     // What runs beside the webhook, then the server, then the commands.
     ("cluster", 5),
     ("server", 6),
@@ -209,6 +210,6 @@ fn submodules_of_a_module_form_no_circle() {
 
 #[test]
 fn the_sibling_checker_sees_super_and_crate_paths_but_not_parent_items() {
-    let text = "use super::queue::X;\nuse crate::recorder::error::E;\nuse super::Row;\n#[cfg(test)]\nuse super::sink;";
-    assert_eq!(sibling_uses("recorder", text), ["queue", "error"]);
+    let text = "use super::queue::X;\nuse crate::delivery::error::E;\nuse super::Row;\n#[cfg(test)]\nuse super::sink;";
+    assert_eq!(sibling_uses("delivery", text), ["queue", "error"]);
 }

@@ -6,8 +6,8 @@ mod support;
 use support::{fake_apiserver, fixtures};
 
 use clusterscope::config::Config;
+use clusterscope::delivery::SinkError;
 use clusterscope::mirror::copy_name;
-use clusterscope::recorder::SinkError;
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, PostParams};
@@ -58,8 +58,8 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
         let typed: Event = serde_json::from_value(source.clone()).unwrap();
         let plan = syncer.plan(&typed, std::time::Instant::now());
         let channel = config.channel(plan.channel.as_deref().unwrap()).unwrap();
-        let copies: Vec<Event> = plan
-            .deliveries
+        let copies: Vec<Event> = syncer
+            .deliveries(&plan)
             .into_iter()
             .filter(|(sink, _)| *sink == "kubernetes")
             .map(|(_, d)| d.event)
@@ -85,7 +85,10 @@ async fn copies_pass_validation_for_old_and_new_style_events() {
         );
         // The same source always aims at the same copy.
         let again = create(copy).await.unwrap_err();
-        assert!(again.is_already_exists(), "{fixture}: {again}");
+        assert!(
+            matches!(&again, SinkError::Status { code: 409, reason, .. } if reason == "AlreadyExists"),
+            "{fixture}: {again}"
+        );
         // Without the namespace fix the API server refuses the copy.
         let mut unfixed = copy.clone();
         unfixed.involved_object.namespace = None;
@@ -116,8 +119,8 @@ async fn a_new_style_copy_that_lost_a_required_field_is_refused() {
     .unwrap();
     assert!(source.event_time.is_some(), "the fixture is new-style");
     let plan = syncer.plan(&source, std::time::Instant::now());
-    let copy = plan
-        .deliveries
+    let copy = syncer
+        .deliveries(&plan)
         .into_iter()
         .find(|(sink, _)| *sink == "kubernetes")
         .map(|(_, d)| d.event)

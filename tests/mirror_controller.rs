@@ -4,6 +4,10 @@
 
 mod support;
 
+use clusterscope::delivery::{
+    BatchFuture, DeliverFuture, Delivered, Delivery, LaneOptions, Sink, Writer,
+};
+use clusterscope::mirror::outputs::{Output, Routed};
 use support::events::node_event;
 
 use support::fake_apiserver;
@@ -294,7 +298,7 @@ async fn a_log_channel_writes_through_its_own_lane() {
         ),
         Arc::new(clusterscope::classify::ScopeResolver::new()),
     )
-    .with_sink(Arc::new(clusterscope::recorder::LogSink::new(Box::new(
+    .with_output(Arc::new(clusterscope::recorder::LogSink::new(Box::new(
         lines.clone(),
     ))));
     let running = api.run_syncer(
@@ -367,38 +371,26 @@ struct Memo {
     batches: std::sync::Mutex<Vec<Vec<(String, i32)>>>,
 }
 
-impl clusterscope::recorder::pipeline::Destination for Memo {
+impl Sink for Memo {
     fn name(&self) -> &'static str {
         "memo"
     }
 
-    fn plan(
-        &self,
-        routed: &clusterscope::recorder::pipeline::Routed<'_>,
-    ) -> Vec<clusterscope::recorder::pipeline::Delivery> {
-        if routed.event.involved_object.kind.as_deref() != Some("Node") {
-            return Vec::new();
-        }
-        vec![routed.delivery(routed.source_key(), routed.event.clone(), Vec::new())]
+    fn writer(&self) -> Writer {
+        Writer::Mirror
     }
 
-    fn deliver<'a>(
-        &'a self,
-        delivery: &'a clusterscope::recorder::pipeline::Delivery,
-    ) -> clusterscope::recorder::pipeline::DeliverFuture<'a> {
+    fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
         Box::pin(async move {
             self.batches.lock().unwrap().push(vec![(
                 delivery.key.clone(),
                 delivery.event.count.unwrap_or(0),
             )]);
-            Ok(clusterscope::recorder::pipeline::Delivered::Appended)
+            Ok(Delivered::Appended)
         })
     }
 
-    fn deliver_batch<'a>(
-        &'a self,
-        batch: &'a [clusterscope::recorder::pipeline::Delivery],
-    ) -> clusterscope::recorder::pipeline::BatchFuture<'a> {
+    fn deliver_batch<'a>(&'a self, batch: &'a [Delivery]) -> BatchFuture<'a> {
         Box::pin(async move {
             self.batches.lock().unwrap().push(
                 batch
@@ -406,23 +398,29 @@ impl clusterscope::recorder::pipeline::Destination for Memo {
                     .map(|d| (d.key.clone(), d.event.count.unwrap_or(0)))
                     .collect(),
             );
-            vec![Ok(clusterscope::recorder::pipeline::Delivered::Appended); batch.len()]
+            vec![Ok(Delivered::Appended); batch.len()]
         })
     }
 
-    fn lane(
-        &self,
-        defaults: &clusterscope::recorder::pipeline::LaneOptions,
-    ) -> clusterscope::recorder::pipeline::LaneOptions {
+    fn lane(&self, defaults: &LaneOptions) -> LaneOptions {
         // A stream: the lane remembers what it wrote, so the source's label patch (the same
         // state once labelled) is not written twice.
-        clusterscope::recorder::pipeline::LaneOptions {
+        LaneOptions {
             workers: 1,
             skip_repeats: true,
             batch: 25,
             linger: Duration::from_millis(100),
             ..defaults.clone()
         }
+    }
+}
+
+impl Output for Memo {
+    fn plan(&self, routed: &Routed) -> Vec<Delivery> {
+        if routed.event.involved_object.kind.as_deref() != Some("Node") {
+            return Vec::new();
+        }
+        vec![routed.delivery(routed.source_key(), routed.event.clone(), Vec::new())]
     }
 }
 
@@ -437,7 +435,7 @@ async fn a_sink_defined_in_a_test_alone_gets_its_deliveries_from_the_controller(
         .syncer(
             "channels:\n  - name: nodes\n    namespace: team-infra\nroutes:\n  - channel: nodes\n",
         )
-        .with_sink(memo.clone());
+        .with_output(memo.clone());
     let running = api.run_syncer(
         syncer,
         clusterscope::mirror::controller::ControllerOptions {

@@ -8,8 +8,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clusterscope::recorder::pipeline::{DeliverFuture, Delivered, Delivery, Destination, Failure};
-use clusterscope::recorder::{ManualClock, Recorder, RecorderOptions, SinkError};
+use clusterscope::delivery::{
+    DeliverFuture, Delivered, Delivery, Failure, Operation, Sink, SinkError, Writer,
+};
+use clusterscope::event::EventType;
+use clusterscope::recorder::{ManualClock, Recorder, RecorderOptions};
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use tokio::time::Instant;
 
@@ -48,9 +51,12 @@ impl ScriptedSink {
     }
 }
 
-impl Destination for ScriptedSink {
+impl Sink for ScriptedSink {
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn writer(&self) -> Writer {
+        Writer::Recorder
     }
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
         Box::pin(async move {
@@ -63,11 +69,7 @@ impl Destination for ScriptedSink {
                 .push((Instant::now(), delivery.event.clone()));
             match self.answers.lock().unwrap().pop_front() {
                 None => Ok(Delivered::Created),
-                Some(error) => Err(Failure {
-                    operation: "create",
-                    retryable: error.is_retryable(),
-                    error,
-                }),
+                Some(error) => Err(Failure::new(Operation::Create, error)),
             }
         })
     }
@@ -93,7 +95,7 @@ fn node_ref(name: &str) -> ObjectReference {
 /// A recorder writing to `sinks` as production does (client-go's defaults unless `options`
 /// say otherwise), its writers running.
 fn recorder(
-    sinks: Vec<Arc<dyn Destination>>,
+    sinks: Vec<Arc<dyn Sink>>,
     options: RecorderOptions,
     clock: Arc<ManualClock>,
 ) -> (Arc<Recorder>, tokio::task::JoinSet<()>) {
@@ -134,7 +136,7 @@ async fn record_one(sink: Arc<ScriptedSink>) -> Arc<Recorder> {
         RecorderOptions::default(),
         Arc::new(ManualClock::new()),
     );
-    assert!(r.event(&node_ref("n1"), "Warning", "R", "message"));
+    assert!(r.event(&node_ref("n1"), EventType::Warning, "R", "message"));
     assert!(r.drain(Duration::from_secs(3600)).await, "drained");
     r
 }
@@ -194,7 +196,7 @@ async fn final_answers_are_not_retried() {
 async fn a_repeat_is_the_stored_event_with_the_next_count() {
     let (clock, sink, r, _writers) = answering();
     for _ in 0..3 {
-        assert!(r.event(&node_ref("n1"), "Warning", "R", "message"));
+        assert!(r.event(&node_ref("n1"), EventType::Warning, "R", "message"));
         assert!(r.drain(Duration::from_secs(60)).await);
         clock.advance(Duration::from_secs(5));
     }
@@ -226,17 +228,13 @@ async fn a_full_lane_drops_and_counts_without_blocking() {
     );
     let mut accepted = 0;
     for i in 0..100 {
-        if r.event(&node_ref(&format!("n{i}")), "Normal", "R", "m") {
+        if r.event(&node_ref(&format!("n{i}")), EventType::Normal, "R", "m") {
             accepted += 1;
         }
     }
     // The lane holds ten events (one of them in the stuck write); the rest are dropped.
     assert_eq!(accepted, 10);
     assert_eq!(r.stats().dropped.load(Ordering::Relaxed), 90);
-    assert!(
-        !r.event(&node_ref("x"), "Bogus", "R", "m"),
-        "bad type refused"
-    );
     assert!(
         !r.drain(Duration::from_millis(50)).await,
         "a stuck sink is not drained"
@@ -252,7 +250,7 @@ async fn events_reach_every_sink_as_client_go_makes_them() {
         RecorderOptions::default(),
         Arc::new(ManualClock::new()),
     );
-    assert!(r.event(&node_ref("n1"), "Normal", "Started", "m"));
+    assert!(r.event(&node_ref("n1"), EventType::Normal, "Started", "m"));
     assert!(r.drain(Duration::from_secs(5)).await);
     assert_eq!((a.calls().len(), b.calls().len()), (1, 1));
     let ev = &a.calls()[0].1;
@@ -275,7 +273,7 @@ async fn the_spam_filter_drops_past_the_burst() {
     let (clock, sink, r, _writers) = answering();
     // Distinct reasons, one object: 25 pass the token bucket, the rest are filtered.
     for i in 0..30 {
-        assert!(r.event(&node_ref("n1"), "Normal", &format!("R{i}"), "m"));
+        assert!(r.event(&node_ref("n1"), EventType::Normal, &format!("R{i}"), "m"));
         // Each its own name (named by the time, as client-go names them).
         clock.advance(Duration::from_millis(1));
     }

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clusterscope::delivery::{Action, SinkError, Writer};
 use clusterscope::recorder::name::event_name;
-use clusterscope::recorder::{Correlated, Correlator, CorrelatorOptions, ManualClock, SinkError};
+use clusterscope::recorder::{Correlated, Correlator, CorrelatorOptions, ManualClock};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::jiff::Timestamp;
 
@@ -347,6 +348,7 @@ fn client_go_retry_cases() {
         ("429 (ours): retried", api(429, "TooManyRequests"), true),
     ];
     for (name, error, retried) in cases {
-        assert_eq!(error.is_retryable(), retried, "{name}: {error}");
+        let retries = error.action(Writer::Recorder) == Action::Retry;
+        assert_eq!(retries, retried, "{name}: {error}");
     }
 }

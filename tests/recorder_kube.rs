@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clusterscope::recorder::pipeline::{Delivered, Delivery, Destination};
-use clusterscope::recorder::{KubeSink, ManualClock, Recorder, RecorderOptions, SinkError};
+use clusterscope::delivery::{Action, Delivered, Delivery, Failure, Sink, SinkError};
+use clusterscope::event::EventType;
+use clusterscope::recorder::{KubeSink, ManualClock, Recorder, RecorderOptions};
 use fake_apiserver::FakeApiServer;
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 
@@ -69,7 +70,7 @@ impl Rig {
     async fn record(&self, reason: &str) {
         assert!(
             self.recorder
-                .event(&node_ref(), "Warning", reason, "disk pressure")
+                .event(&node_ref(), EventType::Warning, reason, "disk pressure")
         );
         assert!(self.recorder.drain(Duration::from_secs(10)).await);
     }
@@ -130,10 +131,7 @@ async fn faults_are_retried_and_lose_nothing() {
 }
 
 /// One try of the sink alone, for an event made by hand.
-async fn deliver(
-    sink: &KubeSink,
-    event: Event,
-) -> Result<Delivered, clusterscope::recorder::pipeline::Failure> {
+async fn deliver(sink: &KubeSink, event: Event) -> Result<Delivered, Failure> {
     sink.deliver(&Delivery::new("k".into(), event, &node_ref()))
         .await
 }
@@ -145,13 +143,13 @@ async fn final_answers_are_reported_not_retried() {
     let made = |namespace: &str| {
         let mut ev = r
             .recorder
-            .make_event(&node_ref(), "Warning", "Misplaced", "m");
+            .make_event(&node_ref(), EventType::Warning, "Misplaced", "m");
         ev.metadata.namespace = Some(namespace.into());
         ev
     };
     // A cluster-scoped reference stored outside default: the API server's validation refuses it.
     let failure = deliver(&sink, made("kube-system")).await.unwrap_err();
-    assert!(!failure.retryable);
+    assert_eq!(failure.action(sink.writer()), Action::GiveUp);
     match failure.error {
         SinkError::Status {
             code: 422, message, ..
@@ -166,7 +164,7 @@ async fn final_answers_are_reported_not_retried() {
     lost.involved_object.namespace = Some("missing".into());
     let failure = deliver(&sink, lost).await.unwrap_err();
     assert!(matches!(failure.error, SinkError::Status { code: 404, .. }));
-    assert!(!failure.retryable);
+    assert_eq!(failure.action(sink.writer()), Action::GiveUp);
     // An event without a name is not sent at all.
     let mut nameless = made("default");
     nameless.metadata.name = None;
@@ -189,14 +187,16 @@ async fn an_unreachable_api_server_is_a_transport_error_and_retried() {
         "h",
         clock.clone(),
     )
-    .make_event(&node_ref(), "Warning", "X", "m");
-    let failure = deliver(&KubeSink::new(dead.clone()), ev).await.unwrap_err();
+    .make_event(&node_ref(), EventType::Warning, "X", "m");
+    let sink = KubeSink::new(dead.clone());
+    let failure = deliver(&sink, ev).await.unwrap_err();
     assert!(
-        matches!(failure.error, SinkError::Transport(_)) && failure.retryable,
+        matches!(failure.error, SinkError::Transport(_))
+            && failure.action(sink.writer()) == Action::Retry,
         "{failure:?}"
     );
     let (recorder, _writers) = recorder_for(dead, 3, clock);
-    assert!(recorder.event(&node_ref(), "Warning", "X", "m"));
+    assert!(recorder.event(&node_ref(), EventType::Warning, "X", "m"));
     assert!(recorder.drain(Duration::from_secs(10)).await);
     assert_eq!(recorder.stats().retries.load(Ordering::Relaxed), 2);
     assert_eq!(recorder.stats().failed.load(Ordering::Relaxed), 1);

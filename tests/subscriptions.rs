@@ -467,30 +467,36 @@ async fn without_a_ceiling_subscriptions_are_not_watched() {
 /// delivery naming where the event went.
 struct HistoryProbe;
 
-impl clusterscope::recorder::pipeline::Destination for HistoryProbe {
+impl clusterscope::delivery::Sink for HistoryProbe {
     fn name(&self) -> &'static str {
         "history-probe"
     }
 
+    fn writer(&self) -> clusterscope::delivery::Writer {
+        clusterscope::delivery::Writer::Mirror
+    }
+
+    fn deliver<'a>(
+        &'a self,
+        _delivery: &'a clusterscope::delivery::Delivery,
+    ) -> clusterscope::delivery::DeliverFuture<'a> {
+        Box::pin(async { Ok(clusterscope::delivery::Delivered::Created) })
+    }
+}
+
+impl clusterscope::mirror::outputs::Output for HistoryProbe {
     fn plan(
         &self,
-        routed: &clusterscope::recorder::pipeline::Routed<'_>,
-    ) -> Vec<clusterscope::recorder::pipeline::Delivery> {
-        if !routed.switched("history") {
+        routed: &clusterscope::mirror::outputs::Routed,
+    ) -> Vec<clusterscope::delivery::Delivery> {
+        if !routed.switches.history {
             return Vec::new();
         }
         vec![routed.delivery(
             "probe".into(),
             routed.event.clone(),
-            routed.namespaces.to_vec(),
+            routed.namespaces.clone(),
         )]
-    }
-
-    fn deliver<'a>(
-        &'a self,
-        _delivery: &'a clusterscope::recorder::pipeline::Delivery,
-    ) -> clusterscope::recorder::pipeline::DeliverFuture<'a> {
-        Box::pin(async { Ok(clusterscope::recorder::pipeline::Delivered::Created) })
     }
 }
 
@@ -527,7 +533,7 @@ async fn a_subscription_asking_for_history_has_its_events_recorded() {
             .syncer(&format!("{ROUTES}subscriptions: {{history: true}}\n"))
             .with_cluster(state.clone())
             .with_subscriptions(live)
-            .with_sink(Arc::new(HistoryProbe));
+            .with_output(Arc::new(HistoryProbe));
         let source: k8s_openapi::api::core::v1::Event = serde_json::from_value(event(
             "node1.1",
             "Node",
@@ -537,24 +543,22 @@ async fn a_subscription_asking_for_history_has_its_events_recorded() {
             1,
         ))
         .unwrap();
-        syncer.plan(&source, std::time::Instant::now())
+        syncer.deliveries(&syncer.plan(&source, std::time::Instant::now()))
     };
     let recorded = plan_with(true);
     let probe: Vec<_> = recorded
-        .deliveries
         .iter()
         .filter(|(sink, _)| *sink == "history-probe")
         .collect();
-    assert_eq!(probe.len(), 1, "{:?}", recorded.deliveries);
+    assert_eq!(probe.len(), 1, "{recorded:?}");
     assert_eq!(probe[0].1.namespaces, ["team-a"]);
     let not_recorded = plan_with(false);
     assert!(
         not_recorded
-            .deliveries
             .iter()
             .all(|(sink, _)| *sink != "history-probe")
     );
-    assert_eq!(not_recorded.deliveries.len(), 1, "the copy only");
+    assert_eq!(not_recorded.len(), 1, "the copy only");
 }
 
 /// The admin narrows the ceiling (a configuration reload): a subscription it no longer allows

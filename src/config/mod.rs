@@ -122,14 +122,23 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// The channel's switches that are on, by their names here (`log`, `history`): a sink such
-    /// a switch turns on takes the channel's events only when it is on.
-    pub fn switches(&self) -> Vec<&'static str> {
-        [("log", self.log), ("history", self.history)]
-            .into_iter()
-            .filter_map(|(name, on)| on.then_some(name))
-            .collect()
+    /// The channel's switches (`log`, `history`): an output such a switch turns on takes the
+    /// channel's events only when it is on.
+    pub fn switches(&self) -> Switches {
+        Switches {
+            log: self.log,
+            history: self.history,
+        }
     }
+}
+
+/// The outputs a channel turns on besides its copies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Switches {
+    /// `log: true`: the log stream.
+    pub log: bool,
+    /// `history: true`: the history database.
+    pub history: bool,
 }
 
 /// The full keys clusterscope writes, `<labelPrefix>/<name>`, computed once.

@@ -1,5 +1,5 @@
-//! The `postgres` destination of the recorder pipeline, and the retention task. The sink takes
-//! the deliveries of `history: true` channels; its lane hands it batches (up to `batch_rows`,
+//! The `postgres` delivery sink, and the retention task. The mirror hands it the deliveries of
+//! `history: true` channels; its lane hands it batches (up to `batch_rows`,
 //! or what arrived within `linger`, one batch per writer at a time) and it writes each batch as
 //! one upsert, so the lane keeps its per-delivery retries and reports while the database sees
 //! few statements.
@@ -13,19 +13,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::ObjectReference;
-
 use super::store::{Store, describe, transient};
 use super::{POSTGRES, Row};
-use crate::recorder::SinkError;
-use crate::recorder::error::Cause;
-use crate::recorder::pipeline::{
-    BatchFuture, Counted, DeliverFuture, Delivered, Delivery, Destination, Failure, LaneOptions,
-    Overflow, Routed,
+use crate::delivery::{
+    BatchFuture, Cause, DeliverFuture, Delivered, Delivery, Failure, LaneOptions, Operation,
+    Overflow, Sink, SinkError, Writer,
 };
-
-/// The channel switch that turns this sink on (`history: true`).
-pub const SWITCH: &str = "history";
 
 /// How the sink batches and buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,28 +128,32 @@ impl PostgresSink {
 const STORE: &str = "history database";
 
 fn stopped() -> Failure {
-    Failure {
-        operation: "upsert",
-        error: SinkError::Store {
+    Failure::new(
+        Operation::Upsert,
+        SinkError::Store {
             store: STORE,
             cause: "not prepared (serve is stopping)".into(),
             transient: true,
         },
-        retryable: true,
-    }
+    )
 }
 
+/// The database answered fewer rows than it was given: the rest are not known to be written.
+fn unanswered() -> Failure {
+    Failure::new(Operation::Upsert, SinkError::Unanswered { sink: POSTGRES })
+}
+
+/// Down or busy is retried; refused data is not.
 fn failure(e: sqlx::Error) -> Failure {
-    let retryable = transient(&e);
-    Failure {
-        operation: "upsert",
-        error: SinkError::Store {
+    let transient = transient(&e);
+    Failure::new(
+        Operation::Upsert,
+        SinkError::Store {
             store: STORE,
             cause: Cause::new(describe(&e), e),
-            transient: retryable,
+            transient,
         },
-        retryable,
-    }
+    )
 }
 
 /// Writes `rows` as one statement; one result per row, in order.
@@ -195,7 +192,7 @@ async fn write(
                 let one = store.upsert(&[row]).await;
                 observer.batch(1, started.elapsed(), one.is_ok());
                 answers.push(match one {
-                    Ok(mut done) => Ok(done.pop().unwrap_or(Delivered::Unchanged)),
+                    Ok(mut done) => done.pop().ok_or_else(unanswered),
                     Err(e) => Err(failure(e)),
                 });
             }
@@ -208,27 +205,19 @@ async fn write(
             answers
                 .get(slot)
                 .cloned()
-                .unwrap_or(Ok(Delivered::Unchanged))
+                .unwrap_or_else(|| Err(unanswered()))
         })
         .collect()
 }
 
-impl Destination for PostgresSink {
+impl Sink for PostgresSink {
     fn name(&self) -> &'static str {
         POSTGRES
     }
 
-    /// One row per source, keyed by its uid, with the namespaces its channel delivered to.
-    fn plan(&self, routed: &Routed<'_>) -> Vec<Delivery> {
-        if !routed.switched(SWITCH) {
-            return Vec::new();
-        }
-        let key = routed
-            .source
-            .uid
-            .clone()
-            .unwrap_or_else(|| routed.source_key());
-        vec![routed.delivery(key, routed.event.clone(), routed.namespaces.to_vec())]
+    /// Its store's errors say themselves whether they pass ([`SinkError::Store`]).
+    fn writer(&self) -> Writer {
+        Writer::Mirror
     }
 
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
@@ -236,7 +225,7 @@ impl Destination for PostgresSink {
             self.write_batch(std::slice::from_ref(delivery))
                 .await
                 .pop()
-                .unwrap_or(Ok(Delivered::Unchanged))
+                .unwrap_or_else(|| Err(unanswered()))
         })
     }
 
@@ -256,16 +245,6 @@ impl Destination for PostgresSink {
             overflow: Overflow::DropWhileFailing,
             ..defaults.clone()
         }
-    }
-
-    /// History rows are not mirror writes: the sink measures their lag itself.
-    fn counted(&self) -> Counted {
-        Counted::Apart
-    }
-
-    /// A deleted (expired) source's pending row is still written.
-    fn forget(&self, _source: &ObjectReference) -> Vec<String> {
-        Vec::new()
     }
 }
 

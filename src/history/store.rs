@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use time::OffsetDateTime;
 
 use super::Row;
-use crate::recorder::pipeline::Delivered;
+use crate::delivery::Delivered;
 
 /// How to reach the database.
 #[derive(Clone)]

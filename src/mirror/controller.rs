@@ -1,7 +1,7 @@
 //! The mirror controller: list+watch events in `default` and `kube-system` (the only places
 //! events about cluster-scoped objects can be stored), and sync each one through a keyed work
-//! queue: plan it, label the source if needed, and hand its deliveries (copies, log lines) to
-//! the recorder's [`Pipeline`], which writes them. Driven by what was stored, not by admission: dry-runs and writes the API server
+//! queue: plan it, label the source if needed, and hand the routed event to the outputs'
+//! lanes (a delivery [`Pipeline`]), each of which plans and writes its own deliveries. Driven by what was stored, not by admission: dry-runs and writes the API server
 //! refused never reach it, and events written while the webhook or the controller was down
 //! are caught up by the list that starts every watch (and every watch restart).
 
@@ -14,13 +14,17 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use tracing::Instrument;
 
-use crate::metrics::Metrics;
-use crate::mirror::sync::Syncer;
-use crate::recorder::pipeline::{
-    Counted, Delivered, Delivery, Failure, LaneOptions, Observer, Pipeline, Sink,
+use crate::delivery::{
+    Action, Delivered, Delivery, Done, Failure, Given, KeyedQueue, LaneOptions, Observer,
+    RetryPolicy, Writer,
 };
-use crate::recorder::queue::{Done, Given, KeyedQueue, RetryPolicy};
+use crate::metrics::Metrics;
+use crate::mirror::outputs::{Counted, Output};
+use crate::mirror::sync::Syncer;
 use crate::status::StatusLine;
+
+/// The lanes of the mirror's outputs.
+type Pipeline = crate::delivery::Pipeline<dyn Output>;
 
 pub use crate::decide::SOURCE_NAMESPACES;
 /// Only events whose involved object has no namespace: everything else is not ours.
@@ -104,16 +108,16 @@ impl ControllerOptions {
         }
     }
 
-    /// The delivery pipeline for `syncer`'s sinks: each lane as its sink runs it (see
-    /// [`crate::recorder::pipeline::Destination::lane`]) from these defaults: `workers`
-    /// workers, `queue_capacity` keys, the controller's retries.
-    fn pipeline(&self, syncer: &Syncer, observer: Arc<dyn Observer>) -> Pipeline {
+    /// A lane for each of `syncer`'s outputs, as the output runs it (see
+    /// [`crate::delivery::Sink::lane`]) from these defaults: `workers` workers,
+    /// `queue_capacity` keys, the controller's retries.
+    fn pipeline(&self, syncer: &Syncer, observer: Arc<dyn Observer<dyn Output>>) -> Pipeline {
         let defaults = LaneOptions::new(self.queue_capacity, self.workers, self.retry());
         syncer
-            .sinks
+            .outputs
             .iter()
-            .fold(Pipeline::new(observer), |pipeline, sink| {
-                pipeline.with_sink(sink.clone(), &defaults)
+            .fold(Pipeline::new(observer), |pipeline, output| {
+                pipeline.with_sink(output.clone(), &defaults)
             })
     }
 }
@@ -145,10 +149,10 @@ impl Report {
     }
 }
 
-impl Observer for Report {
-    fn delivered(&self, sink: Sink, delivery: &Delivery, how: Delivered) {
-        self.metrics.delivery(sink.name, how.as_str());
-        if sink.counted == Counted::Apart {
+impl Observer<dyn Output> for Report {
+    fn delivered(&self, sink: &dyn Output, delivery: &Delivery, how: Delivered) {
+        self.metrics.delivery(sink.name(), how.as_str());
+        if sink.counted() == Counted::Apart {
             return;
         }
         if how.wrote() {
@@ -161,24 +165,24 @@ impl Observer for Report {
         }
     }
 
-    fn failed(&self, sink: Sink, delivery: &Delivery, failure: &Failure, given_up: bool) {
-        self.metrics.delivery(sink.name, "error");
-        let mirrored = sink.counted == Counted::AsMirrorWrites;
+    fn failed(&self, sink: &dyn Output, delivery: &Delivery, failure: &Failure, given_up: bool) {
+        self.metrics.delivery(sink.name(), "error");
+        let mirrored = sink.counted() == Counted::AsMirrorWrites;
         if mirrored {
             self.metrics
-                .mirror_write(&delivery.channel, failure.operation, "error");
+                .mirror_write(&delivery.channel, failure.metric_operation(), "error");
         }
         if !given_up {
             return;
         }
-        self.metrics.delivery(sink.name, "given_up");
+        self.metrics.delivery(sink.name(), "given_up");
         if mirrored {
             self.metrics.mirror_given_up(&delivery.channel);
         }
         let message = format!(
             "gave up delivering event {} to {} ({}, channel {}) until it changes again: {}",
-            crate::recorder::pipeline::key_of_source(&delivery.source),
-            sink.name,
+            crate::delivery::key_of_source(&delivery.source),
+            sink.name(),
             delivery.key,
             delivery.channel,
             crate::telemetry::clip(&failure.to_string(), 512)
@@ -188,29 +192,29 @@ impl Observer for Report {
         }
     }
 
-    fn full(&self, sink: Sink, _delivery: &Delivery) {
-        self.metrics.delivery_queue_full(sink.name);
+    fn full(&self, sink: &dyn Output, _delivery: &Delivery) {
+        self.metrics.delivery_queue_full(sink.name());
     }
 
-    fn dropped(&self, sink: Sink, _delivery: &Delivery) {
-        self.metrics.delivery(sink.name, "dropped");
+    fn dropped(&self, sink: &dyn Output, _delivery: &Delivery) {
+        self.metrics.delivery(sink.name(), "dropped");
     }
 
-    fn relisting(&self, _sink: Sink) {
+    fn relisting(&self, _sink: &dyn Output) {
         // The one metric of these re-lists (only the history sink drops today).
         self.metrics.history_resyncs.inc();
     }
 
-    fn depth(&self, sink: Sink, held: usize) {
-        self.metrics.delivery_queue_depth(sink.name, held);
+    fn depth(&self, sink: &dyn Output, held: usize) {
+        self.metrics.delivery_queue_depth(sink.name(), held);
     }
 
-    fn paced(&self, sink: Sink, _delivery: &Delivery, _after: Duration) {
-        self.metrics.delivery(sink.name, "paced");
+    fn paced(&self, sink: &dyn Output, _delivery: &Delivery, _after: Duration) {
+        self.metrics.delivery(sink.name(), "paced");
     }
 
-    fn backlog(&self, sink: Sink, age: Duration) {
-        self.metrics.delivery_backlog_age(sink.name, age);
+    fn backlog(&self, sink: &dyn Output, age: Duration) {
+        self.metrics.delivery_backlog_age(sink.name(), age);
     }
 }
 
@@ -274,20 +278,31 @@ impl Worker {
         let labelled = syncer.label(&ev, &plan).await;
         match (&labelled, &plan.label) {
             (Ok(true), Some((operation, _))) => {
-                metrics.mirror_write(&channel, operation, "success")
+                metrics.mirror_write(&channel, operation.as_str(), "success")
             }
-            (Err(e), _) => metrics.mirror_write(&channel, e.operation, "error"),
+            (Err(e), _) => metrics.mirror_write(&channel, e.metric_operation(), "error"),
             _ => {}
         }
-        let refused = pipeline.hand(plan.deliveries, options.full_wait).await;
+        let refused = match &plan.routed {
+            Some(routed) => {
+                pipeline
+                    .hand(options.full_wait, |output| output.plan(routed))
+                    .await
+            }
+            None => false,
+        };
         let done = match &labelled {
             // Offered again later: the full sink has room by then, or it is offered again.
             _ if refused => Done::Later(ev, options.full_retry),
             // A namespace's subscription rate held a copy back: planned again when it has room.
             Ok(_) if plan.deferred > 0 => Done::Later(ev, DEFERRED_RETRY),
             Ok(_) => Done::Finished,
-            Err(e) if e.retryable => Done::Retry(ev),
-            Err(_) => Done::GiveUp,
+            // The label patch is decided as every write is.
+            Err(e) => match e.action(Writer::Mirror) {
+                Action::Retry => Done::Retry(ev),
+                Action::WaitFor(after) => Done::Later(ev, after),
+                Action::GiveUp => Done::GiveUp,
+            },
         };
         let given = queue.done(key.clone(), done, &options.retry());
         if let Err(e) = &labelled {
@@ -470,7 +485,7 @@ fn sourced(
             // A (re-)list of the sources: the sinks stop trusting what they believe they hold
             // (the copies are listed again, once per channel namespace, when first needed): it
             // may have changed meanwhile.
-            pipeline.relisted();
+            relisted(pipeline);
         }
         watcher::Event::InitDone => {
             tracing::info!(namespace = ns, "mirror: caught up with stored events");
@@ -478,14 +493,22 @@ fn sourced(
         watcher::Event::Delete(ev) => {
             // Expired (TTL) or deleted: nothing more to copy, nothing to retry.
             queue.forget(&key_of(&ev));
-            pipeline.forget(&crate::mirror::source_reference(&ev));
+            let source = crate::mirror::source_reference(&ev);
+            pipeline.forget(|output| output.forget(&source));
         }
     }
     metrics.mirror_queue_depth.set(queue.len() as i64);
 }
 
 fn is_warning(event: &Event) -> bool {
-    event.type_.as_deref() == Some("Warning")
+    crate::event::EventType::of(event.type_.as_deref()) == Some(crate::event::EventType::Warning)
+}
+
+/// Every output is told the stored events are listed again (see [`Output::relisted`]).
+fn relisted(pipeline: &Pipeline) {
+    for output in pipeline.sinks() {
+        output.relisted();
+    }
 }
 
 /// Runs until `shutdown` resolves. `status` (the `/readyz` line of the cluster side) is held
@@ -522,11 +545,11 @@ pub async fn run(
         config: syncer.config.clone(),
     });
     let pipeline = Arc::new(options.pipeline(&syncer, report));
-    for sink in pipeline.sinks() {
-        metrics.delivery_sink(sink);
+    for output in pipeline.sinks() {
+        metrics.delivery_sink(output.name());
     }
     // What another leader (or an earlier run) wrote is not known: list it again.
-    pipeline.relisted();
+    relisted(&pipeline);
     // Every task of this run stops when the run ends, however it ends (lease lost, shutdown,
     // or the run itself dropped).
     let mut tasks = tokio::task::JoinSet::new();

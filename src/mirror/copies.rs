@@ -26,7 +26,7 @@ const PAGE: u32 = 500;
 
 /// The fields the mirror writes into a copy, hashed: equal fingerprints mean the stored copy
 /// already says what the wanted one says (the pipeline's fingerprint of what a delivery says).
-pub use crate::recorder::pipeline::fingerprint;
+pub use crate::delivery::fingerprint;
 
 /// Which source a copy belongs to, hashed (0 when it names none: not a copy of ours).
 pub fn owner(copy: &Event, keys: &Keys) -> u64 {

@@ -22,6 +22,7 @@ use crate::owners::How;
 pub mod budget;
 pub mod controller;
 pub mod copies;
+pub mod outputs;
 pub mod sink;
 pub mod sync;
 

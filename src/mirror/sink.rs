@@ -13,25 +13,16 @@ use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use kube::api::{Api, PostParams};
 
 use crate::config::{Keys, SharedConfig};
+use crate::delivery::{
+    DeliverFuture, Delivered, Delivery, Failure, Operation, Sink, SinkError, Writer,
+};
 use crate::mirror::budget::WriteBudget;
 use crate::mirror::copies::{CopyIndex, Lookup};
+use crate::mirror::outputs::{Output, Routed};
 use crate::mirror::{copy_is_current, is_copy_of};
-use crate::recorder::SinkError;
-use crate::recorder::error::Writer;
-use crate::recorder::pipeline::{DeliverFuture, Delivered, Delivery, Destination, Failure, Routed};
-
-/// The operation reported when an event that is not clusterscope's copy of the source holds
-/// the copy's name (left alone, never retried).
-pub const FOREIGN: &str = "foreign";
 
 /// Conflicts tolerated while updating one copy before the try counts as failed.
 const UPDATE_ATTEMPTS: usize = 3;
-
-/// Whether a failed `operation` can succeed on a later try: as the mirror retries (see
-/// [`Writer::Mirror`]), except that a foreign event is never retried.
-pub fn retryable(operation: &str, error: &SinkError) -> bool {
-    operation != FOREIGN && error.retryable_for(Writer::Mirror)
-}
 
 /// Writes copies through the Kubernetes API.
 pub struct CopySink {
@@ -43,7 +34,7 @@ pub struct CopySink {
     budget: Arc<WriteBudget>,
 }
 
-type Step<T> = Result<T, (&'static str, SinkError)>;
+type Step<T> = Result<T, Failure>;
 
 impl CopySink {
     pub fn new(client: kube::Client, config: SharedConfig, budget: Arc<WriteBudget>) -> Self {
@@ -59,13 +50,7 @@ impl CopySink {
     /// [`crate::mirror::copies::fingerprint`] of `copy` (the planner computed it already).
     async fn upsert(&self, copy: &Event, fingerprint: u64) -> Result<Delivered, Failure> {
         let config = self.config.load_full();
-        self.write(&config.keys, copy, fingerprint)
-            .await
-            .map_err(|(operation, error)| Failure {
-                operation,
-                retryable: retryable(operation, &error),
-                error,
-            })
+        self.write(&config.keys, copy, fingerprint).await
     }
 
     async fn write(&self, keys: &Keys, copy: &Event, fingerprint: u64) -> Step<Delivered> {
@@ -92,7 +77,7 @@ impl CopySink {
                     Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
                         self.copies.forget(ns, name);
                     }
-                    Err(e) => return Err(("update", e.into())),
+                    Err(e) => return Err(Failure::new(Operation::Update, e)),
                 }
             }
             Lookup::Absent | Lookup::Unknown => {
@@ -104,7 +89,7 @@ impl CopySink {
                     }
                     // Written meanwhile (another replica, or before the listing): update it.
                     Err(kube::Error::Api(s)) if s.code == 409 && s.reason == "AlreadyExists" => {}
-                    Err(e) => return Err(("create", e.into())),
+                    Err(e) => return Err(Failure::new(Operation::Create, e)),
                 }
             }
         }
@@ -129,11 +114,11 @@ impl CopySink {
                     let stored = api
                         .create(&PostParams::default(), copy)
                         .await
-                        .map_err(|e| ("create", e.into()))?;
+                        .map_err(|e| Failure::new(Operation::Create, e))?;
                     self.copies.record(&stored, keys);
                     return Ok(Delivered::Created);
                 }
-                Err(e) => return Err(("update", e.into())),
+                Err(e) => return Err(Failure::new(Operation::Update, e)),
             };
             if !is_copy_of(&stored, copy, keys) {
                 return Err(foreign(ns, name));
@@ -151,11 +136,11 @@ impl CopySink {
                     return Ok(Delivered::Updated);
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
-                Err(e) => return Err(("update", e.into())),
+                Err(e) => return Err(Failure::new(Operation::Update, e)),
             }
         }
-        Err((
-            "update",
+        Err(Failure::new(
+            Operation::Update,
             SinkError::Status {
                 code: 409,
                 reason: "Conflict".into(),
@@ -166,26 +151,33 @@ impl CopySink {
 }
 
 /// An event that is not our copy of this source holds the copy's name: left alone.
-fn foreign(ns: &str, name: &str) -> (&'static str, SinkError) {
-    (
-        FOREIGN,
-        SinkError::Status {
-            code: 409,
-            reason: "AlreadyExists".into(),
-            message: format!(
-                "{ns}/{name} exists and is not clusterscope's copy of this source (no mirror label, or it names another source); it is left alone"
-            ),
-        },
+fn foreign(ns: &str, name: &str) -> Failure {
+    Failure::new(
+        Operation::Update,
+        SinkError::Foreign(format!(
+            "{ns}/{name} exists and is not clusterscope's copy of this source (no mirror label, or it names another source); it is left alone"
+        )),
     )
 }
 
-impl Destination for CopySink {
+impl Sink for CopySink {
     fn name(&self) -> &'static str {
         KUBERNETES
     }
 
+    /// What the mirror owns it keeps in line: see [`Writer::Mirror`].
+    fn writer(&self) -> Writer {
+        Writer::Mirror
+    }
+
+    fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
+        Box::pin(self.upsert(&delivery.event, delivery.fingerprint))
+    }
+}
+
+impl Output for CopySink {
     /// One delivery per copy, keyed by the copy's namespace and name.
-    fn plan(&self, routed: &Routed<'_>) -> Vec<Delivery> {
+    fn plan(&self, routed: &Routed) -> Vec<Delivery> {
         routed
             .copies
             .iter()
@@ -198,10 +190,6 @@ impl Destination for CopySink {
                 routed.delivery(key, copy.clone(), Vec::new())
             })
             .collect()
-    }
-
-    fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
-        Box::pin(self.upsert(&delivery.event, delivery.fingerprint))
     }
 
     /// The copies in every channel namespace are forgotten by the index, and their keys
@@ -236,6 +224,7 @@ pub const KUBERNETES: &str = "kubernetes";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::Action;
 
     #[test]
     fn retry_classes_of_copy_writes() {
@@ -244,14 +233,21 @@ mod tests {
             reason: String::new(),
             message: String::new(),
         };
+        let action = |e: SinkError| Failure::new(Operation::Create, e).action(Writer::Mirror);
         for code in [403, 404, 408, 409, 429, 500, 503] {
-            assert!(retryable("create", &status(code)), "{code}");
+            assert_eq!(action(status(code)), Action::Retry, "{code}");
         }
         for code in [400, 401, 410, 413, 422] {
-            assert!(!retryable("create", &status(code)), "{code}");
+            assert_eq!(action(status(code)), Action::GiveUp, "{code}");
         }
-        assert!(retryable("update", &SinkError::Transport("x".into())));
-        assert!(!retryable("update", &SinkError::Invalid("x".into())));
-        assert!(!retryable(FOREIGN, &status(409)), "a foreign event stays");
+        assert_eq!(action(SinkError::Transport("x".into())), Action::Retry);
+        assert_eq!(action(SinkError::Invalid("x".into())), Action::GiveUp);
+        let foreign = foreign("team-a", "n1.abc");
+        assert_eq!(
+            foreign.action(Writer::Mirror),
+            Action::GiveUp,
+            "a foreign event stays"
+        );
+        assert_eq!(foreign.metric_operation(), "foreign");
     }
 }

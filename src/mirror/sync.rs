@@ -1,8 +1,8 @@
 //! Bringing one stored event in line: decide what it needs ([`Syncer::plan`]): its own labels
 //! if it was written without them (the webhook was down, or failed open), and its deliveries
-//! (copies, a log line, a history row: each sink plans its own from one [`Routed`] event). The
-//! controller labels the source ([`Syncer::label`]) and hands the deliveries to the recorder's
-//! pipeline. Idempotent: running it twice, from two replicas, or after a restart changes
+//! (the [`Routed`] event every output plans its own deliveries from: copies, a log line, a
+//! history row). The controller labels the source ([`Syncer::label`]) and hands the routed
+//! event to the outputs' lanes. Idempotent: running it twice, from two replicas, or after a restart changes
 //! nothing more.
 
 use std::sync::Arc;
@@ -13,34 +13,12 @@ use kube::api::{Api, Patch, PatchParams};
 
 use crate::classify::ScopeResolver;
 use crate::decide::{Changes, Outcome, decide};
-use crate::mirror::sink::{CopySink, retryable};
+use crate::delivery::{Delivery, Failure, Operation};
+use crate::mirror::outputs::{Output, Routed};
+use crate::mirror::sink::CopySink;
 use crate::mirror::{Target, make_copy};
 use crate::owners::How;
-use crate::recorder::SinkError;
-use crate::recorder::pipeline::{Delivery, Destination, Routed};
 use crate::subscription::Wanted;
-
-/// A failed label patch of a source: which operation, why, and whether a later try can
-/// succeed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SyncError {
-    /// `label` or `unlabel`.
-    pub operation: &'static str,
-    pub error: SinkError,
-    pub retryable: bool,
-}
-
-impl std::fmt::Display for SyncError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} failed: {}", self.operation, self.error)
-    }
-}
-
-impl std::error::Error for SyncError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
 
 /// Syncs stored events; cheap to clone.
 #[derive(Clone)]
@@ -48,9 +26,9 @@ pub struct Syncer {
     pub client: kube::Client,
     pub config: crate::config::SharedConfig,
     pub resolver: Arc<ScopeResolver>,
-    /// Where deliveries go, the copy sink first: each sink plans its own deliveries of a
-    /// routed event; none is named here.
-    pub sinks: Vec<Arc<dyn Destination>>,
+    /// Where deliveries go, the copy sink first: each output plans its own deliveries of a
+    /// routed event and gets its own lane; none is named here.
+    pub outputs: Vec<Arc<dyn Output>>,
     /// clusterscope's own events (given-up deliveries).
     pub own_events: Arc<crate::recorder::OwnEvents>,
     /// What delivery rules read of the cluster (owners, pods on nodes, namespaces), when
@@ -127,11 +105,13 @@ pub struct Plan {
     pub channel: Option<String>,
     /// The event is not one of ours (namespaced, mirror copy, ...).
     pub skipped: bool,
-    /// A change of the source's own labels, with its operation: `label` (add ours) or
-    /// `unlabel` (remove ours from an event that is not about a cluster-scoped object).
-    pub label: Option<(&'static str, Changes)>,
-    /// What to write where: (sink name, delivery).
-    pub deliveries: Vec<(&'static str, Delivery)>,
+    /// A change of the source's own labels, with its operation: [`Operation::Label`] (add
+    /// ours) or [`Operation::Unlabel`] (remove ours from an event that is not about a
+    /// cluster-scoped object).
+    pub label: Option<(Operation, Changes)>,
+    /// The event as routed, which every output plans its deliveries from (none when it was
+    /// skipped or routed to no channel).
+    pub routed: Option<Routed>,
     /// Namespaces a delivery rule's cap left out.
     pub cut: usize,
     /// Subscription copies held back by their namespace's delivery rate: the source is
@@ -141,7 +121,7 @@ pub struct Plan {
 
 impl Syncer {
     /// Syncs through the copy sink (copies into channel namespaces, with its copy index);
-    /// more sinks with [`Self::with_sink`].
+    /// more outputs with [`Self::with_output`].
     pub fn new(
         client: kube::Client,
         config: crate::config::SharedConfig,
@@ -149,7 +129,7 @@ impl Syncer {
     ) -> Self {
         let budget = Arc::new(crate::mirror::budget::WriteBudget::default());
         Syncer {
-            sinks: vec![Arc::new(CopySink::new(
+            outputs: vec![Arc::new(CopySink::new(
                 client.clone(),
                 config.clone(),
                 budget.clone(),
@@ -164,10 +144,23 @@ impl Syncer {
         }
     }
 
-    /// Delivers to `sink` too (the log stream, the history database, ...).
-    pub fn with_sink(mut self, sink: Arc<dyn Destination>) -> Self {
-        self.sinks.push(sink);
+    /// Delivers to `output` too (the log stream, the history database, ...): its one
+    /// registration.
+    pub fn with_output(mut self, output: Arc<dyn Output>) -> Self {
+        self.outputs.push(output);
         self
+    }
+
+    /// What each output would deliver of `plan`, with its name (for looking, as `explain` and
+    /// the tests do; the controller hands each output its own share).
+    pub fn deliveries(&self, plan: &Plan) -> Vec<(&'static str, Delivery)> {
+        let Some(routed) = &plan.routed else {
+            return Vec::new();
+        };
+        self.outputs
+            .iter()
+            .flat_map(|o| o.plan(routed).into_iter().map(|d| (o.name(), d)))
+            .collect()
     }
 
     /// Resolves delivery rules against `cluster`.
@@ -206,7 +199,7 @@ impl Syncer {
             return Plan {
                 skipped: true,
                 label: (decision.outcome == Outcome::Unlabelled)
-                    .then(|| label("unlabel"))
+                    .then(|| label(Operation::Unlabel))
                     .flatten(),
                 ..Plan::default()
             };
@@ -214,7 +207,7 @@ impl Syncer {
         let mut plan = Plan {
             channel: classified.channel.clone(),
             label: (decision.outcome == Outcome::Patched)
-                .then(|| label("label"))
+                .then(|| label(Operation::Label))
                 .flatten(),
             ..Plan::default()
         };
@@ -250,23 +243,16 @@ impl Syncer {
             .collect();
         let namespaces: Vec<String> = targets.places.into_iter().map(|p| p.namespace).collect();
         let mut switches = channel.switches();
-        if targets.history && !switches.contains(&"history") {
-            switches.push("history");
-        }
-        let routed = Routed {
-            source: &reference,
-            event: &labelled,
-            channel: &channel.name,
-            switches: &switches,
-            copies: &copies,
-            namespaces: &namespaces,
+        switches.history |= targets.history;
+        plan.routed = Some(Routed {
+            source: reference,
+            event: labelled,
+            channel: channel.name.clone(),
+            switches,
+            copies,
+            namespaces,
             since,
-        };
-        plan.deliveries = self
-            .sinks
-            .iter()
-            .flat_map(|sink| sink.plan(&routed).into_iter().map(|d| (sink.name(), d)))
-            .collect();
+        });
         plan
     }
 
@@ -331,7 +317,7 @@ impl Syncer {
 
     /// Applies the plan's label changes to the stored source (as a merge patch): false when
     /// there are none or the source is gone already (TTL), which needs nothing more.
-    pub async fn label(&self, source: &Event, plan: &Plan) -> Result<bool, SyncError> {
+    pub async fn label(&self, source: &Event, plan: &Plan) -> Result<bool, Failure> {
         let Some((operation, changes)) = &plan.label else {
             return Ok(false);
         };
@@ -348,14 +334,7 @@ impl Syncer {
         {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-            Err(e) => {
-                let error = SinkError::from(e);
-                Err(SyncError {
-                    operation,
-                    retryable: retryable(operation, &error),
-                    error,
-                })
-            }
+            Err(e) => Err(Failure::new(*operation, e)),
         }
     }
 }

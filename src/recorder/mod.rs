@@ -1,12 +1,9 @@
-//! The recorder: how clusterscope writes events, modelled on client-go's `tools/record`.
-//! Every write goes one way: a [`pipeline::Destination`] per sink, run in a lane of a
-//! [`pipeline::Pipeline`] (a bounded keyed [`queue`], workers, the lane's retry policy, one
-//! report of each delivery); the mirror plans its deliveries into one pipeline, the recorder
-//! hands its own events to another.
+//! The recorder: how clusterscope writes its own events, modelled on client-go's
+//! `tools/record`, on top of the [`crate::delivery`] engine (its own lanes: client-go's queue
+//! size and retries).
 //!
-//! - [`pipeline`]: lanes per sink, and the [`pipeline::Destination`] trait a sink implements.
-//! - [`sink`]: the recorder's sinks ([`KubeSink`] through the API, [`LogSink`] as JSON lines).
-//! - [`error`]: why a write failed, and the one table of what is retried.
+//! - [`sink`]: the recorder's sinks ([`KubeSink`] through the API, [`LogSink`] as JSON lines),
+//!   delivery [`crate::delivery::Sink`]s like every output.
 //! - [`correlator`]: client-go's aggregation, deduplication and spam filter.
 //! - [`record`]: the [`Recorder`] (makes events as client-go does, correlates them, hands them
 //!   to its lanes without blocking: client-go's queue size of 1000 and its retries, 12 tries,
@@ -21,10 +18,7 @@
 //! Usable on its own: nothing here depends on the webhook.
 
 pub mod correlator;
-pub mod error;
 pub mod name;
-pub mod pipeline;
-pub mod queue;
 pub mod record;
 pub mod sink;
 
@@ -36,7 +30,7 @@ use k8s_openapi::jiff::Timestamp;
 
 pub use correlator::{Correlated, Correlator, CorrelatorOptions};
 pub use record::{OwnEvents, Recorder, RecorderOptions, RecorderStats};
-pub use sink::{KubeSink, LogSink, SinkError};
+pub use sink::{KubeSink, LogSink};
 
 /// The time, as the recorder sees it.
 pub trait Clock: Send + Sync {
@@ -83,10 +77,6 @@ impl Clock for ManualClock {
         *crate::locks::lock(&self.0)
     }
 }
-
-/// Event types the API server accepts.
-pub const NORMAL: &str = "Normal";
-pub const WARNING: &str = "Warning";
 
 /// A reference to a pod (this replica), as its own events name it; `uid` lets
 /// `kubectl describe pod` find them.

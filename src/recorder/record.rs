@@ -9,13 +9,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 
+use super::Clock;
 use super::correlator::{Correlated, Correlator, CorrelatorOptions};
-use super::pipeline::{
-    Delivered, Delivery, Destination, Failure, LaneOptions, Observer, Pipeline, Refused, Sink,
-    key_of_source,
+use crate::delivery::{
+    Delivered, Delivery, Failure, LaneOptions, Observer, Pipeline, RetryPolicy, Sink, key_of_source,
 };
-use super::queue::RetryPolicy;
-use super::{Clock, NORMAL, WARNING};
+use crate::event::EventType;
 
 /// Recorder settings; the defaults are client-go's.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,11 +75,11 @@ pub struct RecorderStats {
 
 /// The recorder's lanes report here (its own events are never about its own failures: a
 /// write given up is logged by the lane, not recorded again).
-impl Observer for RecorderStats {
-    fn delivered(&self, _sink: Sink, _delivery: &Delivery, _how: Delivered) {
+impl Observer<dyn Sink> for RecorderStats {
+    fn delivered(&self, _sink: &dyn Sink, _delivery: &Delivery, _how: Delivered) {
         self.written.fetch_add(1, Ordering::Relaxed);
     }
-    fn failed(&self, _sink: Sink, _delivery: &Delivery, _failure: &Failure, given_up: bool) {
+    fn failed(&self, _sink: &dyn Sink, _delivery: &Delivery, _failure: &Failure, given_up: bool) {
         let counter = if given_up {
             &self.failed
         } else {
@@ -88,14 +87,14 @@ impl Observer for RecorderStats {
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
-    fn full(&self, _sink: Sink, _delivery: &Delivery) {
+    fn full(&self, _sink: &dyn Sink, _delivery: &Delivery) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
-    fn dropped(&self, _sink: Sink, _delivery: &Delivery) {
+    fn dropped(&self, _sink: &dyn Sink, _delivery: &Delivery) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
     }
-    fn relisting(&self, _sink: Sink) {}
-    fn depth(&self, _sink: Sink, _held: usize) {}
+    fn relisting(&self, _sink: &dyn Sink) {}
+    fn depth(&self, _sink: &dyn Sink, _held: usize) {}
 }
 
 /// Makes events as client-go's recorder does, correlates them (aggregation, deduplication,
@@ -112,7 +111,7 @@ impl Recorder {
     /// Records to `sinks`; `component` reports the events (also `reportingController`),
     /// `host` is the instance. Nothing is written before [`Self::start`].
     pub fn new(
-        sinks: Vec<Arc<dyn Destination>>,
+        sinks: Vec<Arc<dyn Sink>>,
         options: &RecorderOptions,
         component: &str,
         host: &str,
@@ -157,7 +156,7 @@ impl Recorder {
     pub fn make_event(
         &self,
         reference: &ObjectReference,
-        type_: &str,
+        type_: EventType,
         reason: &str,
         message: &str,
     ) -> Event {
@@ -182,7 +181,7 @@ impl Recorder {
             first_timestamp: Some(Time(now)),
             last_timestamp: Some(Time(now)),
             count: Some(1),
-            type_: Some(type_.to_owned()),
+            type_: Some(type_.as_str().to_owned()),
             source: Some(self.source.clone()),
             reporting_component: self.source.component.clone(),
             reporting_instance: self.source.host.clone(),
@@ -190,19 +189,15 @@ impl Recorder {
         }
     }
 
-    /// Records an event; never blocks. Types other than Normal and Warning are refused (false),
-    /// as client-go does; false too when a full lane dropped it (counted, logged).
+    /// Records an event; never blocks (client-go refuses types other than Normal and Warning:
+    /// here they cannot be asked for). False when a full lane dropped it (counted, logged).
     pub fn event(
         &self,
         reference: &ObjectReference,
-        type_: &str,
+        type_: EventType,
         reason: &str,
         message: &str,
     ) -> bool {
-        if type_ != NORMAL && type_ != WARNING {
-            tracing::error!(type_, reason, "unsupported event type; event not recorded");
-            return false;
-        }
         let event = self.make_event(reference, type_, reason, message);
         let event = match crate::locks::lock(&self.correlator).correlate(event) {
             Correlated::Skip => {
@@ -221,21 +216,16 @@ impl Recorder {
 
     /// Offers `delivery` to every sink's lane; a full lane drops it.
     fn hand(&self, delivery: Delivery) -> bool {
-        let mut all = true;
-        for sink in self.pipeline.sinks() {
-            if let Err(Refused::Full(_) | Refused::NoSink(_)) =
-                self.pipeline.offer(sink, delivery.clone())
-            {
-                all = false;
-                let dropped = self.stats.dropped.load(Ordering::Relaxed);
-                // One line for the first drop and every 100th after it, not a flood.
-                if dropped % 100 == 1 {
-                    tracing::warn!(sink, dropped_total = dropped, reason = ?delivery.event.reason,
-                        "event dropped: the recorder's queue is full (the sink is slow or failing)");
-                }
+        let refused = self.pipeline.offer(&delivery);
+        for full in &refused {
+            let dropped = self.stats.dropped.load(Ordering::Relaxed);
+            // One line for the first drop and every 100th after it, not a flood.
+            if dropped % 100 == 1 {
+                tracing::warn!(sink = full.sink, dropped_total = dropped, reason = ?delivery.event.reason,
+                    "event dropped: the recorder's queue is full (the sink is slow or failing)");
             }
         }
-        all
+        refused.is_empty()
     }
 }
 
@@ -274,7 +264,7 @@ impl OwnEvents {
         Some(
             connected
                 .recorder
-                .event(&connected.about, WARNING, reason, message),
+                .event(&connected.about, EventType::Warning, reason, message),
         )
     }
 }

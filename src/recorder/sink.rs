@@ -1,17 +1,16 @@
 //! Where the recorder's events are written: the Kubernetes API ([`KubeSink`]) or the log
-//! stream ([`LogSink`]). Both are pipeline [`Destination`]s, run in lanes as every sink is;
-//! the log stream is also a sink of the mirror (a channel's `log: true`).
+//! stream ([`LogSink`]). Both are delivery [`Sink`]s, run in lanes as every sink is; the log
+//! stream is also an output of the mirror (a channel's `log: true`).
 
 use std::io::Write;
 use std::sync::Mutex;
 
-use k8s_openapi::api::core::v1::{Event, ObjectReference};
+use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 
-pub use super::error::SinkError;
-use super::error::{Cause, Writer};
-use super::pipeline::{
-    DeliverFuture, Delivered, Delivery, Destination, Failure, LaneOptions, Routed,
+use crate::delivery::{
+    Cause, DeliverFuture, Delivered, Delivery, Failure, LaneOptions, Operation, Sink, SinkError,
+    Writer,
 };
 
 /// Writes events through the Kubernetes API, each into its own namespace, as client-go's
@@ -24,6 +23,9 @@ pub struct KubeSink {
 }
 
 impl KubeSink {
+    /// Retried as client-go's recorder retries.
+    const WRITER: Writer = Writer::Recorder;
+
     pub fn new(client: kube::Client) -> Self {
         KubeSink { client }
     }
@@ -41,7 +43,7 @@ impl KubeSink {
             .create(&PostParams::default(), &event)
             .await
             .map(|_| Delivered::Created)
-            .map_err(|e| failure("create", SinkError::from(e)))
+            .map_err(|e| Failure::new(Operation::Create, e))
     }
 
     async fn patch(&self, event: &Event, name: &str) -> Result<Delivered, Failure> {
@@ -59,31 +61,26 @@ impl KubeSink {
             Ok(_) => Ok(Delivered::Updated),
             // The stored event expired (its TTL): the repeat creates it again.
             Err(e) if e.is_not_found() => self.create(event).await,
-            Err(e) => Err(failure("patch", e)),
+            Err(e) => Err(Failure::new(Operation::Patch, e)),
         }
     }
 }
 
-/// A failed write, retried as client-go's recorder retries.
-fn failure(operation: &'static str, error: SinkError) -> Failure {
-    Failure {
-        operation,
-        retryable: error.retryable_for(Writer::Recorder),
-        error,
-    }
-}
-
-impl Destination for KubeSink {
+impl Sink for KubeSink {
     fn name(&self) -> &'static str {
         "kubernetes"
+    }
+
+    fn writer(&self) -> Writer {
+        Self::WRITER
     }
 
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
         Box::pin(async move {
             let event = &delivery.event;
             match event.metadata.name.as_deref().filter(|n| !n.is_empty()) {
-                None => Err(failure(
-                    "create",
+                None => Err(Failure::new(
+                    Operation::Create,
                     SinkError::Invalid("the event has no name".into()),
                 )),
                 Some(name) if event.count.unwrap_or(1) > 1 => self.patch(event, name).await,
@@ -133,25 +130,22 @@ impl LogSink {
 /// The channel switch that turns the log stream on (`log: true`).
 pub const LOG_SWITCH: &str = "log";
 
-/// The log stream as a pipeline destination: one line per source state (the source once
-/// labelled), never retried for long (a broken standard output does not heal).
-impl Destination for LogSink {
+/// The log stream as a delivery sink: one line per source state (the source once labelled),
+/// never retried for long (a broken standard output does not heal).
+impl Sink for LogSink {
     fn name(&self) -> &'static str {
         "log"
     }
 
-    fn plan(&self, routed: &Routed<'_>) -> Vec<Delivery> {
-        if !routed.switched(LOG_SWITCH) {
-            return Vec::new();
-        }
-        vec![routed.delivery(routed.source_key(), routed.event.clone(), Vec::new())]
+    fn writer(&self) -> Writer {
+        Writer::Recorder
     }
 
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a> {
         Box::pin(async move {
             self.write(&delivery.event)
                 .map(|()| Delivered::Appended)
-                .map_err(|error| failure("append", error))
+                .map_err(|error| Failure::new(Operation::Append, error))
         })
     }
 
@@ -164,15 +158,13 @@ impl Destination for LogSink {
             ..defaults.clone()
         }
     }
-
-    fn forget(&self, source: &ObjectReference) -> Vec<String> {
-        vec![super::pipeline::key_of_source(source)]
-    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::delivery::Action;
+    use k8s_openapi::api::core::v1::ObjectReference;
 
     #[test]
     fn retry_classes() {
@@ -181,16 +173,16 @@ pub(crate) mod tests {
             reason: reason.into(),
             message: String::new(),
         };
-        assert!(SinkError::Transport("x".into()).is_retryable());
-        assert!(status(500, "InternalError").is_retryable());
-        assert!(status(503, "ServiceUnavailable").is_retryable());
-        assert!(status(429, "TooManyRequests").is_retryable());
-        assert!(!status(409, "AlreadyExists").is_retryable());
-        assert!(status(409, "AlreadyExists").is_already_exists());
-        assert!(!status(422, "Invalid").is_retryable());
-        assert!(!status(403, "Forbidden").is_retryable());
+        let action = |e: SinkError| e.action(KubeSink::WRITER);
+        assert_eq!(action(SinkError::Transport("x".into())), Action::Retry);
+        assert_eq!(action(status(500, "InternalError")), Action::Retry);
+        assert_eq!(action(status(503, "ServiceUnavailable")), Action::Retry);
+        assert_eq!(action(status(429, "TooManyRequests")), Action::Retry);
+        assert_eq!(action(status(409, "AlreadyExists")), Action::GiveUp);
+        assert_eq!(action(status(422, "Invalid")), Action::GiveUp);
+        assert_eq!(action(status(403, "Forbidden")), Action::GiveUp);
         assert!(status(404, "NotFound").is_not_found());
-        assert!(!SinkError::Invalid("x".into()).is_retryable());
+        assert_eq!(action(SinkError::Invalid("x".into())), Action::GiveUp);
     }
 
     /// A writer whose bytes the test reads back.

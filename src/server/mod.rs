@@ -318,7 +318,7 @@ impl Server {
                             stop.clone(),
                         );
                         history_task = Some(task);
-                        sink as Arc<dyn crate::recorder::pipeline::Destination>
+                        sink as Arc<dyn crate::mirror::outputs::Output>
                     },
                 );
                 crate::cluster::spawn(
@@ -329,7 +329,7 @@ impl Server {
                         metrics: self.state.metrics.clone(),
                         state: self.state.cluster.clone(),
                         own_events: self.own_events.clone(),
-                        sinks: history.into_iter().collect(),
+                        outputs: history.into_iter().collect(),
                     },
                     self.options.cluster.clone(),
                     pokes,

@@ -856,7 +856,7 @@ pub fn spawn_cluster(
         metrics,
         state: Arc::new(clusterscope::status::StatusLine::default()),
         own_events: Arc::default(),
-        sinks: Vec::new(),
+        outputs: Vec::new(),
     };
     let options = clusterscope::cluster::ClusterOptions {
         identity: "replica-0".into(),

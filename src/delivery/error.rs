@@ -1,4 +1,7 @@
-//! Why a write failed, and the one classification of whether trying again can help.
+//! Why a write failed ([`SinkError`], [`Failure`]), and the one decision of what happens next
+//! ([`SinkError::action`]): try again with backoff, wait what the server asked, or give up.
+//! Every sink and the mirror's label patches return these; none decides retries itself
+//! (kube-runtime's `error_policy -> Action`, with the writer's rules as its argument).
 
 use std::sync::Arc;
 
@@ -84,6 +87,12 @@ pub enum SinkError {
     Unreadable(Cause),
     /// The write could not even be built.
     Invalid(Cause),
+    /// An object that is not the writer's holds the name it writes (an event that is not
+    /// clusterscope's copy of this source): left alone, never retried. Says which.
+    Foreign(String),
+    /// A batch sink answered fewer results than it was given deliveries: the ones without an
+    /// answer are not known to be written, so they are tried again.
+    Unanswered { sink: &'static str },
     /// The log stream (standard output) could not be written.
     Stream(Cause),
     /// A sink's own store (a database...) failed (`transient`: down or busy) or refused the
@@ -118,6 +127,11 @@ impl std::fmt::Display for SinkError {
             ),
             SinkError::Unreadable(m) => write!(f, "cannot read the API server's answer: {m}"),
             SinkError::Invalid(m) => write!(f, "invalid event: {m}"),
+            SinkError::Foreign(m) => f.write_str(m),
+            SinkError::Unanswered { sink } => write!(
+                f,
+                "the {sink} sink gave no result for this delivery; it is tried again"
+            ),
             SinkError::Stream(m) => write!(f, "cannot write the log stream: {m}"),
             SinkError::Store { store, cause, .. } => write!(f, "{store}: {cause}"),
         }
@@ -134,7 +148,9 @@ impl std::error::Error for SinkError {
             SinkError::Store { cause, .. } => cause.source(),
             SinkError::Status { .. }
             | SinkError::Throttled { .. }
-            | SinkError::NamespaceTerminating(_) => None,
+            | SinkError::NamespaceTerminating(_)
+            | SinkError::Foreign(_)
+            | SinkError::Unanswered { .. } => None,
         }
     }
 }
@@ -153,16 +169,41 @@ pub enum Writer {
     Mirror,
 }
 
+/// What follows a failed try: the one decision, from the error and the writer's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Try again after the lane's backoff (a try is counted; the tries are capped).
+    Retry,
+    /// Try again after this wait, which the server asked for (pacing: no try is counted).
+    WaitFor(std::time::Duration),
+    /// No later try can succeed (until the source changes again).
+    GiveUp,
+}
+
 impl SinkError {
-    /// Whether a later try of the same write can succeed, for `writer` (the one retry
-    /// classification; each sink names its writer).
-    pub fn retryable_for(&self, writer: Writer) -> bool {
+    /// What to do after this error, for `writer`: the one place retries are decided.
+    pub fn action(&self, writer: Writer) -> Action {
+        if let SinkError::Throttled { retry_after, .. } = self {
+            return Action::WaitFor(*retry_after);
+        }
+        if self.retryable_for(writer) {
+            Action::Retry
+        } else {
+            Action::GiveUp
+        }
+    }
+
+    /// Whether a later try of the same write can succeed, for `writer`.
+    fn retryable_for(&self, writer: Writer) -> bool {
         match self {
             SinkError::Transport(_)
             | SinkError::Unreadable(_)
             | SinkError::Stream(_)
-            | SinkError::Throttled { .. } => true,
-            SinkError::Invalid(_) | SinkError::NamespaceTerminating(_) => false,
+            | SinkError::Throttled { .. }
+            | SinkError::Unanswered { .. } => true,
+            SinkError::Invalid(_) | SinkError::NamespaceTerminating(_) | SinkError::Foreign(_) => {
+                false
+            }
             SinkError::Store { transient, .. } => *transient,
             SinkError::Status { code, .. } => match writer {
                 Writer::Recorder => *code >= 500 || *code == 429,
@@ -173,25 +214,89 @@ impl SinkError {
         }
     }
 
-    /// [`Self::retryable_for`] the recorder.
-    pub fn is_retryable(&self) -> bool {
-        self.retryable_for(Writer::Recorder)
-    }
-
-    /// How long the API server asked to wait before the next write, when it did.
-    pub fn retry_after(&self) -> Option<std::time::Duration> {
-        match self {
-            SinkError::Throttled { retry_after, .. } => Some(*retry_after),
-            _ => None,
-        }
-    }
-
+    /// Whether the API server said the object is not there.
     pub fn is_not_found(&self) -> bool {
         matches!(self, SinkError::Status { code: 404, .. })
     }
+}
 
-    pub fn is_already_exists(&self) -> bool {
-        matches!(self, SinkError::Status { code: 409, reason, .. } if reason == "AlreadyExists")
+/// What a write was doing when it failed (`mirror_writes_total{operation}` names it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Create,
+    Update,
+    /// A strategic-merge patch of a repeat (the recorder's own events).
+    Patch,
+    /// A line of the log stream.
+    Append,
+    /// A row of the history database.
+    Upsert,
+    /// The mirror's labels put on a stored source.
+    Label,
+    /// The mirror's labels taken off a stored event that is not about a cluster-scoped object.
+    Unlabel,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::Patch => "patch",
+            Operation::Append => "append",
+            Operation::Upsert => "upsert",
+            Operation::Label => "label",
+            Operation::Unlabel => "unlabel",
+        }
+    }
+}
+
+impl std::fmt::Display for Operation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed delivery or label patch: which step failed and why. What follows is
+/// [`Failure::action`], decided from the error alone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub operation: Operation,
+    pub error: SinkError,
+}
+
+impl Failure {
+    pub fn new(operation: Operation, error: impl Into<SinkError>) -> Self {
+        Failure {
+            operation,
+            error: error.into(),
+        }
+    }
+
+    /// See [`SinkError::action`].
+    pub fn action(&self, writer: Writer) -> Action {
+        self.error.action(writer)
+    }
+
+    /// The operation as `mirror_writes_total{operation}` counts it: a name held by an object
+    /// that is not ours is counted apart, as `foreign`.
+    pub fn metric_operation(&self) -> &'static str {
+        match self.error {
+            SinkError::Foreign(_) => "foreign",
+            _ => self.operation.as_str(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.operation, self.error)
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
     }
 }
 
@@ -244,7 +349,7 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let kube_error = kube::Error::Service(Box::new(io));
         let e = SinkError::from(kube_error);
-        assert!(e.is_retryable());
+        assert_eq!(e.action(Writer::Recorder), Action::Retry);
         assert!(e.to_string().starts_with("cannot reach the API server: "));
         let source = e.source().expect("the kube error is kept");
         assert!(source.downcast_ref::<kube::Error>().is_some(), "{source:?}");
@@ -267,7 +372,8 @@ mod tests {
         .unwrap();
         let e = SinkError::from(kube::Error::Api(Box::new(status.clone())));
         assert!(matches!(e, SinkError::NamespaceTerminating(_)), "{e:?}");
-        assert!(!e.retryable_for(Writer::Mirror) && !e.retryable_for(Writer::Recorder));
+        assert_eq!(e.action(Writer::Mirror), Action::GiveUp);
+        assert_eq!(e.action(Writer::Recorder), Action::GiveUp);
         assert!(
             e.to_string().contains("being deleted") && e.to_string().contains("in namespace gone"),
             "{e}"
@@ -277,7 +383,8 @@ mod tests {
         other.details = None;
         let e = SinkError::from(kube::Error::Api(Box::new(other)));
         assert!(matches!(e, SinkError::Status { code: 403, .. }));
-        assert!(e.retryable_for(Writer::Mirror));
+        assert_eq!(e.action(Writer::Mirror), Action::Retry);
+        assert_eq!(e.action(Writer::Recorder), Action::GiveUp);
     }
 
     #[test]
@@ -290,14 +397,15 @@ mod tests {
         }))
         .unwrap();
         let e = SinkError::from(kube::Error::Api(Box::new(status.clone())));
-        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(3)));
-        assert!(e.retryable_for(Writer::Mirror) && e.retryable_for(Writer::Recorder));
+        let three = Action::WaitFor(std::time::Duration::from_secs(3));
+        assert_eq!(e.action(Writer::Mirror), three);
+        assert_eq!(e.action(Writer::Recorder), three);
         assert!(e.to_string().contains("retry after 3s"), "{e}");
         // A 429 that asks for no wait is an ordinary retryable answer.
         let mut plain = status;
         plain.details = None;
         let e = SinkError::from(kube::Error::Api(Box::new(plain)));
-        assert_eq!(e.retry_after(), None);
+        assert_eq!(e.action(Writer::Mirror), Action::Retry);
         assert!(matches!(e, SinkError::Status { code: 429, .. }));
     }
 }

@@ -1,11 +1,11 @@
-//! The delivery pipeline: every event clusterscope forwards (a mirror copy, a log line, a
-//! history row, and later ones) travels as a [`Delivery`] through a lane per sink: a bounded
-//! keyed queue ([`KeyedQueue`]), workers, the lane's retry policy, and one report of what
-//! happened to each delivery ([`Observer`]). What decides deliveries (the mirror controller)
-//! never writes and never names a sink: each sink is one [`Destination`] type that says which
-//! deliveries of a routed event it takes ([`Destination::plan`]), how its lane runs
-//! ([`Destination::lane`]: workers, capacity, batches, what a full lane does), and how its
-//! deliveries are counted; registering it is one [`Pipeline::with_sink`].
+//! Lanes: every event clusterscope forwards (a mirror copy, a log line, a history row, its
+//! own events) travels as a [`Delivery`] through the lane of one [`Sink`]: a bounded keyed
+//! queue ([`KeyedQueue`]), workers, the lane's retry policy, and one report of what happened
+//! to each delivery ([`Observer`]). A sink is one type: how it writes one delivery or a batch,
+//! how its lane runs ([`Sink::lane`]: workers, capacity, batches, what a full lane does), and
+//! whose retry rules apply to its failures ([`Sink::writer`]); registering it is one
+//! [`Pipeline::with_sink`]. What the deliveries are is the caller's: [`Pipeline::hand`] asks
+//! each registered sink's own type for its share, so nothing links a delivery to a lane by name.
 //!
 //! Nothing is lost silently: a delivery refused because its lane is full is handed back to
 //! the caller (which offers it again later), counted and logged; a lane that drops while its
@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 
-use super::error::SinkError;
+use super::error::{Action, Failure, SinkError, Writer};
 use super::queue::{Done, Full, Given, KeyedQueue, RetryPolicy};
 
 /// One event on its way to one sink.
@@ -34,7 +34,8 @@ pub struct Delivery {
     pub key: String,
     /// What to write.
     pub event: Event,
-    /// The channel it was routed to (for metrics and logs).
+    /// What routed it, for metrics and logs (the mirror's channel; empty for the recorder's
+    /// own events).
     pub channel: String,
     /// The stored event it comes from (for logs and clusterscope's own events).
     pub source: ObjectReference,
@@ -44,8 +45,8 @@ pub struct Delivery {
     /// ([`LaneOptions::skip_repeats`]) does not write a key again with the fingerprint it last
     /// wrote.
     pub fingerprint: u64,
-    /// The namespaces the channel delivers the event to (its own, its owners'...), for sinks
-    /// that record where it went (history); empty for the others.
+    /// The namespaces the event concerns (its channel's, its owners'...), for sinks that
+    /// record where it went (history); empty for the others.
     pub namespaces: Vec<String>,
 }
 
@@ -62,6 +63,12 @@ impl Delivery {
             since: Instant::now(),
             namespaces: Vec::new(),
         }
+    }
+
+    /// Warnings go before Normal events when deliveries wait (a burst, a budget, a slow sink).
+    pub fn is_warning(&self) -> bool {
+        crate::event::EventType::of(self.event.type_.as_deref())
+            == Some(crate::event::EventType::Warning)
     }
 }
 
@@ -84,51 +91,6 @@ pub fn fingerprint(event: &Event) -> u64 {
     .unwrap_or_default();
     text.hash(&mut h);
     h.finish()
-}
-
-/// One stored event as the controller routed it: what every sink plans its deliveries from.
-#[derive(Debug, Clone, Copy)]
-pub struct Routed<'a> {
-    /// Where the source is stored (namespace, name, uid).
-    pub source: &'a ObjectReference,
-    /// The source as it is once labelled (what a line or a row records).
-    pub event: &'a Event,
-    /// The channel it was routed to.
-    pub channel: &'a str,
-    /// The channel's switches that are on, by their name in the configuration (`log`,
-    /// `history`): a sink a switch turns on takes deliveries only when it is on.
-    pub switches: &'a [&'static str],
-    /// The copies to write, one per namespace the channel delivers to.
-    pub copies: &'a [Event],
-    /// The namespaces the channel delivers to.
-    pub namespaces: &'a [String],
-    /// When this state of the source was first seen.
-    pub since: Instant,
-}
-
-impl Routed<'_> {
-    /// Whether the channel's switch `name` is on.
-    pub fn switched(&self, name: &str) -> bool {
-        self.switches.contains(&name)
-    }
-
-    /// A delivery of `event` under `key`, routed as this event is.
-    pub fn delivery(&self, key: String, event: Event, namespaces: Vec<String>) -> Delivery {
-        Delivery {
-            key,
-            fingerprint: fingerprint(&event),
-            event,
-            channel: self.channel.to_owned(),
-            source: self.source.clone(),
-            since: self.since,
-            namespaces,
-        }
-    }
-
-    /// `namespace/name` of the source (the key of a sink that holds one record per source).
-    pub fn source_key(&self) -> String {
-        key_of_source(self.source)
-    }
 }
 
 /// `namespace/name` of a stored event.
@@ -168,43 +130,12 @@ impl Delivered {
     }
 }
 
-/// A failed delivery: which step failed, why, and whether a later try can succeed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    /// `create`, `update`, `append`, `foreign`, ...
-    pub operation: &'static str,
-    pub error: SinkError,
-    pub retryable: bool,
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} failed: {}", self.operation, self.error)
-    }
-}
-
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.error)
-    }
-}
-
-/// The future a destination returns for one delivery.
+/// The future a sink returns for one delivery.
 pub type DeliverFuture<'a> = Pin<Box<dyn Future<Output = Result<Delivered, Failure>> + Send + 'a>>;
 
-/// The future a destination returns for a batch: one result per delivery, in order.
+/// The future a sink returns for a batch: one result per delivery, in order.
 pub type BatchFuture<'a> =
     Pin<Box<dyn Future<Output = Vec<Result<Delivered, Failure>>> + Send + 'a>>;
-
-/// How a sink's deliveries are counted besides `deliveries_total{sink}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counted {
-    /// As the mirror's writes (`mirror_writes_total`, `mirror_lag_seconds`,
-    /// `mirror_given_up_total`): copies and log lines.
-    AsMirrorWrites,
-    /// Apart: the sink reports what it measures itself (history rows: their own lag).
-    Apart,
-}
 
 /// What a full lane does with a new delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -218,23 +149,14 @@ pub enum Overflow {
     DropWhileFailing,
 }
 
-/// A sink as its lane's observer sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sink {
-    pub name: &'static str,
-    pub counted: Counted,
-}
-
-/// Where deliveries go: one type per sink, registered once with [`Pipeline::with_sink`].
-pub trait Destination: Send + Sync {
+/// Where deliveries are written: one type per output, registered once with
+/// [`Pipeline::with_sink`].
+pub trait Sink: Send + Sync {
     /// A short name for metrics and logs (`kubernetes`, `log`, `postgres`...).
     fn name(&self) -> &'static str;
 
-    /// Its deliveries of one routed event (none when the channel does not select it; none
-    /// ever for a sink only the recorder writes to, which offers its events directly).
-    fn plan(&self, _routed: &Routed<'_>) -> Vec<Delivery> {
-        Vec::new()
-    }
+    /// Whose rules decide what follows a failed try ([`SinkError::action`]).
+    fn writer(&self) -> Writer;
 
     /// Writes one delivery (one try; the lane retries).
     fn deliver<'a>(&'a self, delivery: &'a Delivery) -> DeliverFuture<'a>;
@@ -251,47 +173,33 @@ pub trait Destination: Send + Sync {
         })
     }
 
-    /// How its lane runs, given the pipeline's defaults (the controller's workers, capacity
-    /// and retries); the default takes them as they are.
+    /// How its lane runs, given the pipeline's defaults (the caller's workers, capacity and
+    /// retries); the default takes them as they are.
     fn lane(&self, defaults: &LaneOptions) -> LaneOptions {
         defaults.clone()
     }
-
-    /// How its deliveries are counted.
-    fn counted(&self) -> Counted {
-        Counted::AsMirrorWrites
-    }
-
-    /// A stored source was deleted (it expired): what the sink knows of it goes, and the
-    /// keys its deliveries hold here are returned (the lane drops what it still holds).
-    fn forget(&self, _source: &ObjectReference) -> Vec<String> {
-        Vec::new()
-    }
-
-    /// The stored events are being listed again (a new leader, a watch restart): what the
-    /// sink believes it holds may have changed meanwhile.
-    fn relisted(&self) {}
 }
 
-/// Told what happened to every delivery (metrics, logs, clusterscope's own events).
-pub trait Observer: Send + Sync {
-    fn delivered(&self, sink: Sink, delivery: &Delivery, how: Delivered);
+/// Told what happened to every delivery (metrics, logs, clusterscope's own events), with the
+/// sink as registered (`S`: the registering side's own sink type).
+pub trait Observer<S: ?Sized>: Send + Sync {
+    fn delivered(&self, sink: &S, delivery: &Delivery, how: Delivered);
     /// A try failed; `given_up` when no more will be made.
-    fn failed(&self, sink: Sink, delivery: &Delivery, failure: &Failure, given_up: bool);
+    fn failed(&self, sink: &S, delivery: &Delivery, failure: &Failure, given_up: bool);
     /// Refused because the lane was full (handed back).
-    fn full(&self, sink: Sink, delivery: &Delivery);
+    fn full(&self, sink: &S, delivery: &Delivery);
     /// Dropped because the lane was full while its sink failed ([`Overflow::DropWhileFailing`]).
-    fn dropped(&self, sink: Sink, delivery: &Delivery);
+    fn dropped(&self, sink: &S, delivery: &Delivery);
     /// A lane that dropped deliveries drained into a sink that answers: a re-list follows.
-    fn relisting(&self, sink: Sink);
+    fn relisting(&self, sink: &S);
     /// Keys the lane holds now.
-    fn depth(&self, sink: Sink, held: usize);
+    fn depth(&self, sink: &S, held: usize);
     /// The sink's store asked to wait `after` before the next write (an API server's 429 with
     /// Retry-After): the delivery waits that long, no try counted, no failure.
-    fn paced(&self, _sink: Sink, _delivery: &Delivery, _after: Duration) {}
+    fn paced(&self, _sink: &S, _delivery: &Delivery, _after: Duration) {}
     /// The oldest delivery the lane holds has waited `age` (zero when it holds none); told
     /// every [`BACKLOG_EVERY`].
-    fn backlog(&self, _sink: Sink, _age: Duration) {}
+    fn backlog(&self, _sink: &S, _age: Duration) {}
 }
 
 /// How often each lane's backlog age is told.
@@ -307,8 +215,8 @@ pub struct LaneOptions {
     /// Remember the fingerprint last written per key and skip a delivery that repeats it
     /// (for sinks that cannot tell themselves, such as a stream).
     pub skip_repeats: bool,
-    /// Deliveries a worker hands the sink at once ([`Destination::deliver_batch`]), and how
-    /// long it waits for more once it has one.
+    /// Deliveries a worker hands the sink at once ([`Sink::deliver_batch`]), and how long it
+    /// waits for more once it has one.
     pub batch: usize,
     pub linger: Duration,
     pub overflow: Overflow,
@@ -329,18 +237,20 @@ impl LaneOptions {
     }
 }
 
-/// Why [`Pipeline::offer`] did not take a delivery; it is handed back.
+/// A delivery [`Pipeline::offer`] did not take, because its lane holds its capacity: it is
+/// handed back, to be offered again later (or dropped and counted, as the recorder does).
 #[derive(Debug)]
-pub enum Refused {
-    /// The lane holds its capacity: offer it again later.
-    Full(Box<Delivery>),
-    /// No lane has this name.
-    NoSink(Box<Delivery>),
+pub struct Refused {
+    /// The sink whose lane was full.
+    pub sink: &'static str,
+    pub delivery: Box<Delivery>,
 }
 
-struct Lane {
-    sink: Arc<dyn Destination>,
-    about: Sink,
+struct Lane<S: ?Sized> {
+    sink: Arc<S>,
+    /// The sink's name, for logs.
+    name: &'static str,
+    writer: Writer,
     queue: Arc<KeyedQueue<String, Delivery>>,
     options: LaneOptions,
     refused: AtomicU64,
@@ -358,7 +268,7 @@ struct Lane {
     drop_log: crate::telemetry::Throttle,
 }
 
-impl Lane {
+impl<S: ?Sized> Lane<S> {
     fn repeats(&self, delivery: &Delivery) -> bool {
         self.options.skip_repeats
             && crate::locks::lock(&self.written).get(&delivery.key) == Some(&delivery.fingerprint)
@@ -374,18 +284,28 @@ impl Lane {
     fn drops_now(&self) -> bool {
         self.options.overflow == Overflow::DropWhileFailing && !self.answers.load(Ordering::Relaxed)
     }
+
+    /// Queues `delivery` without waiting; a full lane hands it back.
+    fn add(&self, delivery: Delivery) -> Result<(), Box<Delivery>> {
+        let key = delivery.key.clone();
+        self.queue
+            .add(key, delivery)
+            .map_err(|Full(back)| Box::new(back))
+    }
 }
 
-/// Lanes by sink; cheap to share in an [`Arc`].
-pub struct Pipeline {
-    lanes: Vec<Arc<Lane>>,
-    observer: Arc<dyn Observer>,
+/// A lane per registered sink; cheap to share in an [`Arc`]. `S` is the registering side's
+/// sink type (the mirror's outputs, or any [`Sink`]), which [`Pipeline::hand`] and the
+/// [`Observer`] see as it is.
+pub struct Pipeline<S: ?Sized + Sink + 'static = dyn Sink> {
+    lanes: Vec<Arc<Lane<S>>>,
+    observer: Arc<dyn Observer<S>>,
     /// Woken when a lane that dropped deliveries asks for a re-list.
     relist: Arc<tokio::sync::Notify>,
 }
 
-impl Pipeline {
-    pub fn new(observer: Arc<dyn Observer>) -> Self {
+impl<S: ?Sized + Sink + 'static> Pipeline<S> {
+    pub fn new(observer: Arc<dyn Observer<S>>) -> Self {
         Pipeline {
             lanes: Vec::new(),
             observer,
@@ -393,62 +313,45 @@ impl Pipeline {
         }
     }
 
-    /// Adds a lane for `sink`, run as [`Destination::lane`] makes of `defaults` (a second
-    /// sink with the same name is ignored).
-    pub fn with_sink(mut self, sink: Arc<dyn Destination>, defaults: &LaneOptions) -> Self {
-        if self.lane(sink.name()).is_none() {
-            let options = sink.lane(defaults);
-            self.lanes.push(Arc::new(Lane {
-                queue: Arc::new(KeyedQueue::bounded(options.capacity).urgent_first(is_warning)),
-                about: Sink {
-                    name: sink.name(),
-                    counted: sink.counted(),
-                },
-                sink,
-                options,
-                refused: AtomicU64::new(0),
-                written: Mutex::new(HashMap::new()),
-                room: tokio::sync::Notify::new(),
-                failure_log: crate::telemetry::Throttle::new(Duration::from_secs(1)),
-                answers: AtomicBool::new(true),
-                dropped: AtomicBool::new(false),
-                drop_log: crate::telemetry::Throttle::new(Duration::from_secs(60)),
-            }));
-        }
+    /// Adds a lane for `sink`, run as [`Sink::lane`] makes of `defaults`.
+    pub fn with_sink(mut self, sink: Arc<S>, defaults: &LaneOptions) -> Self {
+        let options = sink.lane(defaults);
+        self.lanes.push(Arc::new(Lane {
+            queue: Arc::new(
+                KeyedQueue::bounded(options.capacity).urgent_first(Delivery::is_warning),
+            ),
+            name: sink.name(),
+            writer: sink.writer(),
+            sink,
+            options,
+            refused: AtomicU64::new(0),
+            written: Mutex::new(HashMap::new()),
+            room: tokio::sync::Notify::new(),
+            failure_log: crate::telemetry::Throttle::new(Duration::from_secs(1)),
+            answers: AtomicBool::new(true),
+            dropped: AtomicBool::new(false),
+            drop_log: crate::telemetry::Throttle::new(Duration::from_secs(60)),
+        }));
         self
     }
 
-    fn lane(&self, sink: &str) -> Option<&Arc<Lane>> {
-        self.lanes.iter().find(|l| l.about.name == sink)
+    /// The registered sinks, in the order they were registered.
+    pub fn sinks(&self) -> impl Iterator<Item = &Arc<S>> + '_ {
+        self.lanes.iter().map(|l| &l.sink)
     }
 
-    /// The sinks, by name.
-    pub fn sinks(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.lanes.iter().map(|l| l.about.name)
-    }
-
-    /// Every sink's deliveries of `routed`, with the sink's name.
-    pub fn plan(&self, routed: &Routed<'_>) -> Vec<(&'static str, Delivery)> {
-        self.lanes
-            .iter()
-            .flat_map(|l| l.sink.plan(routed).into_iter().map(|d| (l.about.name, d)))
-            .collect()
-    }
-
-    /// Hands a plan's deliveries to their lanes: each waits up to `wait` for room in a full
-    /// lane, except in a lane that drops while its sink fails (see [`Overflow`]). True when one
-    /// was refused: the caller offers its source again later.
-    pub async fn hand(&self, deliveries: Vec<(&'static str, Delivery)>, wait: Duration) -> bool {
+    /// Hands each sink its share (`share_of(sink)`: its deliveries, straight into its own lane):
+    /// each waits up to `wait` for room in a full lane, except in a lane that drops while its
+    /// sink fails (see [`Overflow`]). True when one was refused: the caller offers its source
+    /// again later.
+    pub async fn hand(&self, wait: Duration, share_of: impl Fn(&S) -> Vec<Delivery>) -> bool {
         let mut refused = false;
-        for (sink, delivery) in deliveries {
-            match self.lane(sink) {
-                Some(lane) if lane.drops_now() => self.drop_if_full(lane, delivery),
-                Some(_) => match self.offer_within(sink, delivery, wait).await {
-                    Ok(()) | Err(Refused::NoSink(_)) => {}
-                    Err(Refused::Full(_)) => refused = true,
-                },
-                None => {
-                    tracing::debug!(sink, key = %delivery.key, "no such sink; delivery dropped");
+        for lane in &self.lanes {
+            for delivery in share_of(&lane.sink) {
+                if lane.drops_now() {
+                    self.drop_if_full(lane, delivery);
+                } else if self.offer_within(lane, delivery, wait).await.is_err() {
+                    refused = true;
                 }
             }
         }
@@ -457,53 +360,49 @@ impl Pipeline {
 
     /// Offers without waiting; a full lane drops the delivery, counts it and marks itself for
     /// a re-list once it drains.
-    fn drop_if_full(&self, lane: &Lane, delivery: Delivery) {
-        let key = delivery.key.clone();
-        let Err(Full(delivery)) = lane.queue.add(key, delivery) else {
-            self.observer.depth(lane.about, lane.queue.held());
+    fn drop_if_full(&self, lane: &Lane<S>, delivery: Delivery) {
+        let Err(delivery) = lane.add(delivery) else {
+            self.observer.depth(&lane.sink, lane.queue.held());
             return;
         };
-        self.observer.dropped(lane.about, &delivery);
+        self.observer.dropped(&lane.sink, &delivery);
         lane.dropped.store(true, Ordering::Relaxed);
         if let Some(held) = lane.drop_log.allow() {
-            tracing::warn!(sink = lane.about.name, source = %key_of_source(&delivery.source),
+            tracing::warn!(sink = lane.name, source = %key_of_source(&delivery.source),
                 channel = %delivery.channel, buffer = lane.options.capacity, similar_since_last = held,
                 "delivery buffer full while the sink fails (slow or down); this event is delivered at the re-list once it drains");
         }
     }
 
-    /// Queues `delivery` for `sink` without waiting. A full lane hands it back (reported to
-    /// the observer as full); what to do with it is the caller's: the recorder drops it, as
+    /// Queues `delivery` for every sink without waiting. A full lane hands it back (reported
+    /// to the observer as full); what to do with it is the caller's: the recorder drops it, as
     /// client-go's broadcaster does, and counts it.
-    pub fn offer(&self, sink: &str, delivery: Delivery) -> Result<(), Refused> {
-        let Some(lane) = self.lane(sink) else {
-            return Err(Refused::NoSink(Box::new(delivery)));
-        };
-        let key = delivery.key.clone();
-        match lane.queue.add(key, delivery) {
-            Ok(()) => {
-                self.observer.depth(lane.about, lane.queue.held());
-                Ok(())
-            }
-            Err(Full(delivery)) => {
-                self.observer.full(lane.about, &delivery);
-                Err(Refused::Full(Box::new(delivery)))
+    pub fn offer(&self, delivery: &Delivery) -> Vec<Refused> {
+        let mut refused = Vec::new();
+        for lane in &self.lanes {
+            match lane.add(delivery.clone()) {
+                Ok(()) => self.observer.depth(&lane.sink, lane.queue.held()),
+                Err(back) => {
+                    self.observer.full(&lane.sink, &back);
+                    refused.push(Refused {
+                        sink: lane.name,
+                        delivery: back,
+                    });
+                }
             }
         }
+        refused
     }
 
-    /// Queues `delivery` for `sink`, waiting up to `wait` for room when the lane is full (the
+    /// Queues `delivery` in `lane`, waiting up to `wait` for room when the lane is full (the
     /// pipeline's backpressure). Still full then, it is refused (counted, logged for the first
     /// refusal and every 1,000th) and handed back: the caller keeps it and offers it again.
-    pub async fn offer_within(
+    async fn offer_within(
         &self,
-        sink: &str,
+        lane: &Lane<S>,
         delivery: Delivery,
         wait: Duration,
     ) -> Result<(), Refused> {
-        let Some(lane) = self.lane(sink) else {
-            return Err(Refused::NoSink(Box::new(delivery)));
-        };
         let deadline = tokio::time::Instant::now() + wait;
         let mut delivery = delivery;
         loop {
@@ -511,12 +410,12 @@ impl Pipeline {
             let room = lane.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match lane.queue.add(delivery.key.clone(), delivery) {
+            match lane.add(delivery) {
                 Ok(()) => {
-                    self.observer.depth(lane.about, lane.queue.held());
+                    self.observer.depth(&lane.sink, lane.queue.held());
                     return Ok(());
                 }
-                Err(Full(back)) => delivery = back,
+                Err(back) => delivery = *back,
             }
             if tokio::time::timeout_at(deadline, room).await.is_err() {
                 return Err(self.refuse(lane, delivery));
@@ -524,37 +423,32 @@ impl Pipeline {
         }
     }
 
-    fn refuse(&self, lane: &Lane, delivery: Delivery) -> Refused {
-        self.observer.full(lane.about, &delivery);
+    fn refuse(&self, lane: &Lane<S>, delivery: Delivery) -> Refused {
+        self.observer.full(&lane.sink, &delivery);
         let refused = lane.refused.fetch_add(1, Ordering::Relaxed) + 1;
         if refused % 1000 == 1 {
             tracing::warn!(
-                sink = lane.about.name,
+                sink = lane.name,
                 capacity = lane.options.capacity,
                 refused_total = refused,
                 "delivery queue full: deliveries are offered again later (the sink is slower than the events arrive, or failing)"
             );
         }
-        Refused::Full(Box::new(delivery))
+        Refused {
+            sink: lane.name,
+            delivery: Box::new(delivery),
+        }
     }
 
-    /// A stored source is gone (it expired): every sink forgets it, and each lane drops what
-    /// it holds for it (queued, pending retries, the fingerprint last written).
-    pub fn forget(&self, source: &ObjectReference) {
+    /// Each lane drops what it holds under the keys `keys_of(sink)` names (queued, pending
+    /// retries, the fingerprint last written): their source is gone.
+    pub fn forget(&self, keys_of: impl Fn(&S) -> Vec<String>) {
         for lane in &self.lanes {
-            for key in lane.sink.forget(source) {
+            for key in keys_of(&lane.sink) {
                 lane.queue.forget(&key);
                 crate::locks::lock(&lane.written).remove(&key);
             }
             lane.room.notify_waiters();
-        }
-    }
-
-    /// The stored events are being listed again: every sink is told (see
-    /// [`Destination::relisted`]).
-    pub fn relisted(&self) {
-        for lane in &self.lanes {
-            lane.sink.relisted();
         }
     }
 
@@ -564,10 +458,11 @@ impl Pipeline {
         self.relist.clone()
     }
 
-    /// Keys `sink` holds (the tests look; the recorder waits with [`Self::drain`]).
+    /// Keys the lanes hold, all together (the tests look; the recorder waits with
+    /// [`Self::drain`]).
     #[cfg(test)]
-    pub fn held(&self, sink: &str) -> usize {
-        self.lane(sink).map_or(0, |l| l.queue.held())
+    pub fn held(&self) -> usize {
+        self.lanes.iter().map(|l| l.queue.held()).sum()
     }
 
     /// Waits until every lane holds nothing (written, or given up), for `within` at most:
@@ -606,7 +501,7 @@ impl Pipeline {
             loop {
                 for lane in &lanes {
                     let age = lane.queue.oldest().map_or(Duration::ZERO, |t| t.elapsed());
-                    observer.backlog(lane.about, age);
+                    observer.backlog(&lane.sink, age);
                 }
                 tokio::time::sleep(BACKLOG_EVERY).await;
             }
@@ -616,7 +511,11 @@ impl Pipeline {
 
 /// One worker of a lane: take a batch, deliver it, then report and retry each delivery as
 /// the lane's policy says.
-async fn work(lane: &Lane, observer: &dyn Observer, relist: &tokio::sync::Notify) {
+async fn work<S: ?Sized + Sink>(
+    lane: &Lane<S>,
+    observer: &dyn Observer<S>,
+    relist: &tokio::sync::Notify,
+) {
     loop {
         let taken = lane
             .queue
@@ -625,35 +524,37 @@ async fn work(lane: &Lane, observer: &dyn Observer, relist: &tokio::sync::Notify
         let mut batch = Vec::with_capacity(taken.len());
         for (key, delivery, _) in taken {
             if lane.repeats(&delivery) {
-                observer.delivered(lane.about, &delivery, Delivered::Unchanged);
+                observer.delivered(&lane.sink, &delivery, Delivered::Unchanged);
                 lane.queue.done(key, Done::Finished, &lane.options.retry);
             } else {
                 batch.push(delivery);
             }
         }
         if !batch.is_empty() {
-            let results = lane.sink.deliver_batch(&batch).await;
-            let mut results = results.into_iter();
+            let mut results = lane.sink.deliver_batch(&batch).await.into_iter();
             for delivery in batch {
-                let result = results.next().unwrap_or(Ok(Delivered::Unchanged));
+                // A sink that answered fewer results than deliveries: the rest are not known
+                // to be written, and are tried again.
+                let result = results.next().unwrap_or_else(|| {
+                    Err(Failure::new(
+                        super::error::Operation::Create,
+                        SinkError::Unanswered { sink: lane.name },
+                    ))
+                });
                 settle(lane, observer, delivery, result);
             }
         }
         lane.room.notify_waiters();
-        observer.depth(lane.about, lane.queue.held());
+        observer.depth(&lane.sink, lane.queue.held());
         ask_for_relist(lane, observer, relist);
     }
 }
 
-/// Warnings go before Normal events when deliveries wait (a burst, a budget, a slow sink).
-fn is_warning(delivery: &Delivery) -> bool {
-    delivery.event.type_.as_deref() == Some("Warning")
-}
-
-/// Reports one delivery's result and tells the queue: done, retried later, or given up.
-fn settle(
-    lane: &Lane,
-    observer: &dyn Observer,
+/// Reports one delivery's result and tells the queue what follows, as the failure's
+/// [`Action`] says: done, paced, retried later, or given up.
+fn settle<S: ?Sized>(
+    lane: &Lane<S>,
+    observer: &dyn Observer<S>,
     delivery: Delivery,
     result: Result<Delivered, Failure>,
 ) {
@@ -662,51 +563,54 @@ fn settle(
         Ok(how) => {
             lane.answers.store(true, Ordering::Relaxed);
             lane.wrote(&delivery);
-            observer.delivered(lane.about, &delivery, how);
+            observer.delivered(&lane.sink, &delivery, how);
             lane.queue.done(key, Done::Finished, &lane.options.retry);
             return;
         }
         Err(failure) => failure,
     };
-    if let Some(after) = failure.error.retry_after() {
-        // Pacing the API server asked for (API Priority and Fairness): honoured, not failed.
-        observer.paced(lane.about, &delivery, after);
-        lane.queue
-            .done(key, Done::Later(delivery, after), &lane.options.retry);
-        return;
-    }
-    if failure.retryable {
-        lane.answers.store(false, Ordering::Relaxed);
-    }
-    let done = if failure.retryable {
-        Done::Retry(delivery.clone())
-    } else {
-        Done::GiveUp
+    let done = match failure.action(lane.writer) {
+        Action::WaitFor(after) => {
+            // Pacing the API server asked for (API Priority and Fairness): honoured, not failed.
+            observer.paced(&lane.sink, &delivery, after);
+            lane.queue
+                .done(key, Done::Later(delivery, after), &lane.options.retry);
+            return;
+        }
+        Action::Retry => {
+            lane.answers.store(false, Ordering::Relaxed);
+            Done::Retry(delivery.clone())
+        }
+        Action::GiveUp => Done::GiveUp,
     };
     let given_up = lane.queue.done(key.clone(), done, &lane.options.retry) == Given::Up;
-    observer.failed(lane.about, &delivery, &failure, given_up);
+    observer.failed(&lane.sink, &delivery, &failure, given_up);
     if let Some(held) = lane.failure_log.allow() {
         let what = if given_up {
             "delivery given up (until its source changes again)"
         } else {
             "delivery failed; will retry"
         };
-        tracing::warn!(sink = lane.about.name, key = %key, source = %key_of_source(&delivery.source),
+        tracing::warn!(sink = lane.name, key = %key, source = %key_of_source(&delivery.source),
             channel = %delivery.channel, error = %failure, similar_since_last = held, "{what}");
     }
 }
 
 /// A lane that dropped deliveries and has drained into a sink that answers asks for a
 /// re-list: it re-delivers every stored event, and the sink writes only what it lacks.
-fn ask_for_relist(lane: &Lane, observer: &dyn Observer, relist: &tokio::sync::Notify) {
+fn ask_for_relist<S: ?Sized>(
+    lane: &Lane<S>,
+    observer: &dyn Observer<S>,
+    relist: &tokio::sync::Notify,
+) {
     if lane.dropped.load(Ordering::Relaxed)
         && lane.answers.load(Ordering::Relaxed)
         && lane.queue.held() == 0
         && lane.dropped.swap(false, Ordering::Relaxed)
     {
-        observer.relisting(lane.about);
+        observer.relisting(&lane.sink);
         tracing::info!(
-            sink = lane.about.name,
+            sink = lane.name,
             "the delivery buffer drained; re-listing the stored events to deliver what it dropped"
         );
         relist.notify_waiters();
@@ -724,16 +628,12 @@ mod tests {
         seen: Mutex<Vec<(String, Option<i32>)>>,
     }
 
-    impl Destination for Scripted {
+    impl Sink for Scripted {
         fn name(&self) -> &'static str {
             "scripted"
         }
-        fn plan(&self, _: &Routed<'_>) -> Vec<Delivery> {
-            Vec::new()
-        }
-        /// Its keys are the sources' names.
-        fn forget(&self, source: &ObjectReference) -> Vec<String> {
-            source.name.clone().into_iter().collect()
+        fn writer(&self) -> Writer {
+            Writer::Mirror
         }
         fn deliver<'a>(&'a self, d: &'a Delivery) -> DeliverFuture<'a> {
             Box::pin(async move {
@@ -753,42 +653,44 @@ mod tests {
 
     #[derive(Default)]
     struct Seen(Mutex<Vec<String>>);
-    impl Observer for Seen {
-        fn delivered(&self, sink: Sink, d: &Delivery, how: Delivered) {
+    impl Observer<dyn Sink> for Seen {
+        fn delivered(&self, sink: &dyn Sink, d: &Delivery, how: Delivered) {
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("{} {} {}", sink.name, d.key, how.as_str()));
+                .push(format!("{} {} {}", sink.name(), d.key, how.as_str()));
         }
-        fn failed(&self, sink: Sink, d: &Delivery, f: &Failure, given_up: bool) {
+        fn failed(&self, sink: &dyn Sink, d: &Delivery, f: &Failure, given_up: bool) {
             self.0.lock().unwrap().push(format!(
                 "{} {} {} given_up={given_up}",
-                sink.name, d.key, f.operation
+                sink.name(),
+                d.key,
+                f.operation
             ));
         }
-        fn full(&self, sink: Sink, d: &Delivery) {
+        fn full(&self, sink: &dyn Sink, d: &Delivery) {
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("{} {} full", sink.name, d.key));
+                .push(format!("{} {} full", sink.name(), d.key));
         }
-        fn dropped(&self, sink: Sink, d: &Delivery) {
+        fn dropped(&self, sink: &dyn Sink, d: &Delivery) {
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("{} {} dropped", sink.name, d.key));
+                .push(format!("{} {} dropped", sink.name(), d.key));
         }
-        fn relisting(&self, sink: Sink) {
+        fn relisting(&self, sink: &dyn Sink) {
             self.0
                 .lock()
                 .unwrap()
-                .push(format!("{} relisting", sink.name));
+                .push(format!("{} relisting", sink.name()));
         }
-        fn depth(&self, _: Sink, _: usize) {}
-        fn paced(&self, sink: Sink, d: &Delivery, after: Duration) {
+        fn depth(&self, _: &dyn Sink, _: usize) {}
+        fn paced(&self, sink: &dyn Sink, d: &Delivery, after: Duration) {
             self.0.lock().unwrap().push(format!(
                 "{} {} paced {}s",
-                sink.name,
+                sink.name(),
                 d.key,
                 after.as_secs()
             ));
@@ -825,11 +727,16 @@ mod tests {
     }
 
     fn failure(retryable: bool) -> Failure {
-        Failure {
-            operation: "create",
-            error: SinkError::Transport("down".into()),
-            retryable,
-        }
+        let error = if retryable {
+            SinkError::Transport("down".into())
+        } else {
+            SinkError::Invalid("refused".into())
+        };
+        Failure::new(super::super::error::Operation::Create, error)
+    }
+
+    fn pipeline(seen: &Arc<Seen>, sink: &Arc<Scripted>, options: &LaneOptions) -> Pipeline {
+        Pipeline::new(seen.clone()).with_sink(sink.clone(), options)
     }
 
     /// An API server's 429 with Retry-After (API Priority and Fairness) is pacing: the
@@ -838,24 +745,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_429_with_retry_after_is_waited_out_not_counted_as_a_failure() {
         let throttled = || {
-            Err(Failure {
-                operation: "create",
-                error: SinkError::Throttled {
+            Err(Failure::new(
+                super::super::error::Operation::Create,
+                SinkError::Throttled {
                     retry_after: Duration::from_secs(30),
                     message: "Too many requests, please try again later.".into(),
                 },
-                retryable: true,
-            })
+            ))
         };
         let sink = Arc::new(Scripted {
             answers: Mutex::new((0..5).map(|_| throttled()).collect()),
             seen: Mutex::default(),
         });
         let seen = Arc::new(Seen::default());
-        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(10, 3));
+        let p = pipeline(&seen, &sink, &options(10, 3));
         let mut tasks = tokio::task::JoinSet::new();
         p.start(&mut tasks);
-        p.offer("scripted", delivery("a", 1)).unwrap();
+        assert!(p.offer(&delivery("a", 1)).is_empty());
         tokio::time::sleep(Duration::from_secs(29)).await;
         assert_eq!(
             sink.seen.lock().unwrap().len(),
@@ -868,7 +774,7 @@ mod tests {
         let mut expected = vec!["scripted a paced 30s".to_owned(); 5];
         expected.push("scripted a create".to_owned());
         assert_eq!(*seen.0.lock().unwrap(), expected);
-        assert_eq!(p.held("scripted"), 0);
+        assert_eq!(p.held(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -882,10 +788,10 @@ mod tests {
             seen: Mutex::default(),
         });
         let seen = Arc::new(Seen::default());
-        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(10, 3));
+        let p = pipeline(&seen, &sink, &options(10, 3));
         let mut tasks = tokio::task::JoinSet::new();
         p.start(&mut tasks);
-        p.offer("scripted", delivery("a", 1)).unwrap();
+        assert!(p.offer(&delivery("a", 1)).is_empty());
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(
             *seen.0.lock().unwrap(),
@@ -895,9 +801,9 @@ mod tests {
                 "scripted a create given_up=true"
             ]
         );
-        assert_eq!(p.held("scripted"), 0, "a given-up key is released");
+        assert_eq!(p.held(), 0, "a given-up key is released");
         // A new state of the key starts over and is delivered.
-        p.offer("scripted", delivery("a", 2)).unwrap();
+        assert!(p.offer(&delivery("a", 2)).is_empty());
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(seen.0.lock().unwrap().last().unwrap(), "scripted a create");
     }
@@ -909,10 +815,10 @@ mod tests {
             seen: Mutex::default(),
         });
         let seen = Arc::new(Seen::default());
-        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(10, 12));
+        let p = pipeline(&seen, &sink, &options(10, 12));
         let mut tasks = tokio::task::JoinSet::new();
         p.start(&mut tasks);
-        p.offer("scripted", delivery("a", 1)).unwrap();
+        assert!(p.offer(&delivery("a", 1)).is_empty());
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert_eq!(*seen.0.lock().unwrap(), ["scripted a create given_up=true"]);
         assert_eq!(sink.seen.lock().unwrap().len(), 1);
@@ -925,19 +831,17 @@ mod tests {
             seen: Mutex::default(),
         });
         let seen = Arc::new(Seen::default());
-        let p = Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(2, 3));
+        let p = pipeline(&seen, &sink, &options(2, 3));
         // No workers yet: everything stays queued.
-        p.offer("scripted", delivery("a", 1)).unwrap();
-        p.offer("scripted", delivery("b", 1)).unwrap();
-        p.offer("scripted", delivery("a", 2)).unwrap();
-        match p.offer("scripted", delivery("c", 1)) {
-            Err(Refused::Full(d)) => assert_eq!(d.key, "c"),
-            other => panic!("expected a full lane, got {other:?}"),
-        }
-        assert!(matches!(
-            p.offer("elsewhere", delivery("a", 1)),
-            Err(Refused::NoSink(_))
-        ));
+        assert!(p.offer(&delivery("a", 1)).is_empty());
+        assert!(p.offer(&delivery("b", 1)).is_empty());
+        assert!(p.offer(&delivery("a", 2)).is_empty());
+        let refused = p.offer(&delivery("c", 1));
+        assert_eq!(refused.len(), 1, "expected a full lane");
+        assert_eq!(
+            (refused[0].sink, refused[0].delivery.key.as_str()),
+            ("scripted", "c")
+        );
         let mut tasks = tokio::task::JoinSet::new();
         p.start(&mut tasks);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -961,19 +865,20 @@ mod tests {
             seen: Mutex::default(),
         });
         let seen = Arc::new(Seen::default());
-        let p = Arc::new(Pipeline::new(seen.clone()).with_sink(sink.clone(), &options(1, 3)));
-        p.offer("scripted", delivery("a", 1)).unwrap();
+        let p = Arc::new(pipeline(&seen, &sink, &options(1, 3)));
+        assert!(p.offer(&delivery("a", 1)).is_empty());
         // Full, and no worker to make room: refused once the wait is over.
         let refused = p
-            .offer_within("scripted", delivery("b", 1), Duration::from_millis(100))
+            .hand(Duration::from_millis(100), |_| vec![delivery("b", 1)])
             .await;
-        assert!(matches!(refused, Err(Refused::Full(_))));
+        assert!(refused, "still full after the wait");
         // With a worker, "a" is written and leaves room for "b" within the wait.
         let mut tasks = tokio::task::JoinSet::new();
         p.start(&mut tasks);
-        p.offer_within("scripted", delivery("b", 1), Duration::from_secs(1))
-            .await
-            .expect("room within the wait");
+        let refused = p
+            .hand(Duration::from_secs(1), |_| vec![delivery("b", 1)])
+            .await;
+        assert!(!refused, "room within the wait");
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(sink.seen.lock().unwrap().len(), 2);
         assert_eq!(
@@ -1005,7 +910,7 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         p.start(&mut tasks);
         for count in [1, 1, 2, 2] {
-            p.offer("scripted", delivery("a", count)).unwrap();
+            assert!(p.offer(&delivery("a", count)).is_empty());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(
@@ -1013,12 +918,8 @@ mod tests {
             [("a".to_owned(), Some(1)), ("a".to_owned(), Some(2))]
         );
         // Forgotten (the source was deleted): a later delivery is written again.
-        p.forget(&ObjectReference {
-            namespace: Some("default".into()),
-            name: Some("a".into()),
-            ..ObjectReference::default()
-        });
-        p.offer("scripted", delivery("a", 2)).unwrap();
+        p.forget(|_| vec!["a".to_owned()]);
+        assert!(p.offer(&delivery("a", 2)).is_empty());
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(sink.seen.lock().unwrap().len(), 3);
         assert_eq!(
@@ -1030,5 +931,50 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    /// Answers only the first delivery of every batch.
+    struct Short;
+
+    impl Sink for Short {
+        fn name(&self) -> &'static str {
+            "short"
+        }
+        fn writer(&self) -> Writer {
+            Writer::Mirror
+        }
+        fn deliver<'a>(&'a self, _: &'a Delivery) -> DeliverFuture<'a> {
+            Box::pin(async { Ok(Delivered::Created) })
+        }
+        fn deliver_batch<'a>(&'a self, _batch: &'a [Delivery]) -> BatchFuture<'a> {
+            Box::pin(async { vec![Ok(Delivered::Created)] })
+        }
+    }
+
+    /// A batch sink that answers fewer results than it was given: the deliveries without an
+    /// answer are not counted as delivered; they fail (retryable) and are written again.
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_a_batch_sink_did_not_answer_is_tried_again_not_counted() {
+        let seen = Arc::new(Seen::default());
+        let options = LaneOptions {
+            batch: 2,
+            linger: Duration::from_millis(10),
+            ..options(10, 3)
+        };
+        let p = Pipeline::<dyn Sink>::new(seen.clone()).with_sink(Arc::new(Short), &options);
+        assert!(p.offer(&delivery("a", 1)).is_empty());
+        assert!(p.offer(&delivery("b", 1)).is_empty());
+        let mut tasks = tokio::task::JoinSet::new();
+        p.start(&mut tasks);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(
+            *seen.0.lock().unwrap(),
+            [
+                "short a create",
+                "short b create given_up=false",
+                "short b create"
+            ]
+        );
+        assert_eq!(p.held(), 0);
     }
 }
