@@ -452,16 +452,20 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     args.server.certificates.check().map_err(refused)?;
     crate::telemetry::init(args.log.log_format, &args.log.log_level).map_err(refused)?;
     let history = args.history.options();
-    let options = args.server.options(args.cluster.options(hostname), history);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let options = crate::runtime::ServeOptions::from_flags(
+        args.server,
+        args.cluster.options(hostname),
+        history,
+    );
+    let executor = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| io_failure(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async {
+    executor.block_on(async {
         // Installed first: a SIGTERM during start-up ends the server cleanly once it runs.
         let stop = crate::telemetry::shutdown_signal();
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new());
-        let server = crate::server::Server::bind(options, metrics)
+        let runtime = crate::runtime::Runtime::bind(options, metrics)
             .await
             .map_err(|e| {
                 let said = crate::telemetry::error_chain(&e);
@@ -471,7 +475,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
                     refused(said)
                 }
             })?;
-        server
+        runtime
             .run(stop)
             .await
             .map_err(|e| io_failure(crate::telemetry::error_chain(&e)))
@@ -585,9 +589,11 @@ mod tests {
         assert_eq!(args.log.log_format, crate::telemetry::LogFormat::Json);
         let history = args.history.options().expect("a database is named");
         assert_eq!(history.sink.batch_rows, 9);
-        let options = args
-            .server
-            .options(args.cluster.options(|| "host".into()), Some(history));
+        let options = crate::runtime::ServeOptions::from_flags(
+            args.server,
+            args.cluster.options(|| "host".into()),
+            Some(history),
+        );
         assert_eq!(options.limits.max_in_flight, 7);
         assert_eq!(options.limits.max_connections, 2048);
         assert_eq!(

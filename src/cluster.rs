@@ -412,7 +412,7 @@ pub fn spawn(
     options: ClusterOptions,
     pokes: tokio::sync::mpsc::Receiver<()>,
     stop: CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<(&'static str, tokio::task::JoinHandle<()>)> {
     // Settles discovery's first answer: past the wait, unknown kinds count as cluster-scoped.
     let discovery_timer = {
         let resolver = shared.resolver.clone();
@@ -421,6 +421,9 @@ pub fn spawn(
         tokio::spawn(async move {
             stop.run_until_cancelled(await_discovery(&resolver, wait))
                 .await;
+            // Settled: it lives on until the stop, as every supervised task does (one that
+            // ends before is reported as stopped).
+            stop.cancelled().await;
         })
     };
     let supervisor = tokio::spawn(async move {
@@ -428,15 +431,21 @@ pub fn spawn(
             return;
         }
         let own_events = shared.own_events.clone();
+        let mut supervised =
+            crate::tasks::Tasks::new(stop.clone(), shared.metrics.clone(), shared.state.clone());
         let (tasks, recorder) = start(target.client, shared, options, pokes, stop);
-        for task in tasks {
-            let _ = task.await;
+        for (name, task) in tasks {
+            supervised.watch(name, Duration::from_secs(5), task);
         }
+        supervised.join().await;
         // The last own events (LeaderLost) are queued by now: nothing more is recorded.
         own_events.disconnect();
         recorder.stop().await;
     });
-    vec![discovery_timer, supervisor]
+    vec![
+        ("discovery-timer", discovery_timer),
+        ("cluster", supervisor),
+    ]
 }
 
 /// The recorder of clusterscope's own events, and its writers.
@@ -534,7 +543,10 @@ fn start(
     options: ClusterOptions,
     pokes: tokio::sync::mpsc::Receiver<()>,
     stop: CancellationToken,
-) -> (Vec<tokio::task::JoinHandle<()>>, OwnRecorder) {
+) -> (
+    Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    OwnRecorder,
+) {
     let Shared {
         config,
         resolver,
@@ -603,5 +615,8 @@ fn start(
         on_change,
         stop,
     ));
-    (vec![discovery, mirror], own_recorder)
+    (
+        vec![("discovery", discovery), ("mirror", mirror)],
+        own_recorder,
+    )
 }

@@ -93,6 +93,11 @@ pub struct SinkLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SubscriptionLabels {
     /// `accepted` or `refused`.
     pub state: String,
@@ -115,6 +120,19 @@ pub struct SinkResultLabels {
 pub struct BuildLabels {
     pub version: String,
 }
+
+/// The background tasks `serve` supervises (`runtime`, and the cluster side once the API
+/// server answers): their `background_task_stops_total` series exist from the start.
+pub const BACKGROUND_TASKS: &[&str] = &[
+    "certificate-reloader",
+    "configuration-reloader",
+    "admin-server",
+    "history",
+    "discovery-timer",
+    "cluster",
+    "discovery",
+    "mirror",
+];
 
 /// Every metric clusterscope exports.
 pub struct Metrics {
@@ -162,6 +180,8 @@ pub struct Metrics {
     pub history_lag: Histogram,
     pub subscriptions: Family<SubscriptionLabels, Gauge>,
     pub subscription_deliveries: Family<OutcomeLabels, Counter>,
+    /// Background tasks that stopped before shutdown, by task (see `runtime::tasks`).
+    background_task_stops: Family<TaskLabels, Counter>,
     custom_kinds: Mutex<HashSet<String>>,
     reasons: Mutex<HashSet<String>>,
 }
@@ -486,7 +506,19 @@ impl Metrics {
                 drop(requests.get_or_create(&RequestLabels { operation, outcome }));
             }
         }
+        let background_task_stops = Family::<TaskLabels, Counter>::default();
+        registry.register(
+            "background_task_stops",
+            "Background tasks (reloaders, admin server, cluster side, history) that stopped before shutdown, by task: what they did is no longer done",
+            background_task_stops.clone(),
+        );
+        for task in BACKGROUND_TASKS {
+            drop(background_task_stops.get_or_create(&TaskLabels {
+                task: (*task).to_owned(),
+            }));
+        }
         let metrics = Metrics {
+            background_task_stops,
             registry,
             requests,
             duration,
@@ -588,6 +620,15 @@ impl Metrics {
             .get_or_create(&SinkResultLabels {
                 sink: sink.to_owned(),
                 result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A background task stopped before shutdown.
+    pub fn background_task_stopped(&self, task: &str) {
+        self.background_task_stops
+            .get_or_create(&TaskLabels {
+                task: task.to_owned(),
             })
             .inc();
     }

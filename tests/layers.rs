@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("discovery", 3),
     ("tls", 3),
     ("history", 3),
+    ("tasks", 3),
     // Uses of the decision.
     ("admission", 4),
     ("explain", 4),
@@ -41,7 +42,8 @@ const LAYERS: &[(&str, u8)] = &[
     // What runs beside the webhook, then the server, then the commands.
     ("cluster", 5),
     ("server", 6),
-    ("cli", 7),
+    ("runtime", 7),
+    ("cli", 8),
 ];
 
 fn src() -> PathBuf {

@@ -415,7 +415,7 @@ async fn calls_of_a_run(
     .unwrap();
     let bundle = clusterscope::certs::generate(&["localhost".into()]).unwrap();
     clusterscope::certs::write(dir.path(), &bundle).unwrap();
-    let options = clusterscope::server::ServeOptions {
+    let options = clusterscope::runtime::ServeOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_listen: "127.0.0.1:0".parse().unwrap(),
         config: Some(cfg),
@@ -442,7 +442,7 @@ async fn calls_of_a_run(
             ..Default::default()
         },
     };
-    let server = clusterscope::server::Server::bind(
+    let server = clusterscope::runtime::Runtime::bind(
         options,
         Arc::new(clusterscope::metrics::Metrics::new()),
     )

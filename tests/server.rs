@@ -17,7 +17,7 @@ use clusterscope::certs::{self, Bundle};
 use clusterscope::classify::ScopeResolver;
 use clusterscope::config::Config;
 use clusterscope::metrics::Metrics;
-use clusterscope::server::{ServeOptions, Server};
+use clusterscope::runtime::{Runtime, ServeOptions};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -38,7 +38,7 @@ struct TestServer {
     dir: tempfile::TempDir,
     ca_pem: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), clusterscope::server::ServeError>>,
+    task: tokio::task::JoinHandle<Result<(), clusterscope::runtime::ServeError>>,
 }
 
 fn localhost_bundle() -> Bundle {
@@ -140,7 +140,7 @@ async fn start_tuned(
         },
     };
     tune(&mut options);
-    let server = Server::bind(options, Arc::new(Metrics::new()))
+    let server = Runtime::bind(options, Arc::new(Metrics::new()))
         .await
         .unwrap();
     let webhook = server.webhook_addr().unwrap();
@@ -702,10 +702,17 @@ async fn with_a_cluster_the_leader_mirrors_and_a_stalled_api_server_never_slows_
     }
     assert!(copied, "the leader never mirrored the stored event");
     let (status, ready) = admin_get(&server, "/readyz").await;
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{ready}");
     assert!(ready.contains("mirroring: on"), "{ready}");
+    // Discovery settled, the mirror runs: no supervised task ended before shutdown.
+    assert!(ready.contains("background tasks: running"), "{ready}");
+    assert!(!ready.contains("stopped"), "{ready}");
     let (_, m) = admin_get(&server, "/metrics").await;
     assert_eq!(metric(&m, "clusterscope_mirror_leader"), 1.0, "{m}");
+    for task in clusterscope::metrics::BACKGROUND_TASKS {
+        let series = format!("clusterscope_background_task_stops_total{{task=\"{task}\"}}");
+        assert_eq!(metric(&m, &series), 0.0, "{series}");
+    }
     // The recorder wrote an event about the lease, as client-go would.
     let mut recorded = Vec::new();
     for _ in 0..100 {

@@ -144,41 +144,6 @@ impl CertificateArgs {
     }
 }
 
-impl Args {
-    /// The server's options, with the cluster side and the history as their own flags made
-    /// them.
-    pub fn options(
-        self,
-        cluster: crate::cluster::ClusterOptions,
-        history: Option<crate::history::HistoryOptions>,
-    ) -> super::ServeOptions {
-        let c = self.certificates;
-        let l = self.limits;
-        super::ServeOptions {
-            listen: self.listen,
-            admin_listen: self.admin_listen,
-            config: self.config,
-            certificates: Certificates {
-                pair: c.tls_cert.zip(c.tls_key),
-                dir: c.cert_dir,
-                reload_interval: c.cert_reload_interval,
-                client_ca: c.client_ca,
-            },
-            limits: Limits {
-                max_connections: l.max_connections,
-                max_in_flight: l.max_in_flight,
-                body_memory: l.max_body_memory,
-                max_connections_per_peer: l.max_connections_per_peer,
-                header_read_timeout: l.header_read_timeout,
-                drain_timeout: l.drain_timeout,
-                ..Limits::default()
-            },
-            cluster,
-            history,
-        }
-    }
-}
-
 /// `--max-body-memory`: a size from one largest body (7 MiB) to 4 GiB (`16MiB`, `64Mi`).
 fn body_memory(text: &str) -> Result<usize, String> {
     let size: bytesize::ByteSize = text

@@ -1,8 +1,9 @@
-//! The HTTPS admission server and the plain-HTTP admin server.
+//! The HTTPS admission server and the plain-HTTP admin server, and nothing else (the program
+//! is assembled in [`crate::runtime`]).
 //!
-//! Lifecycle: [`Server::bind`] loads what the server needs (configuration, certificate) and
-//! binds both listeners, so every start-up problem is reported before anything is served;
-//! [`Server::run`] serves until the shutdown future resolves, then turns readiness off, stops
+//! Lifecycle: [`Server::listen`] binds both listeners and [`serving_certificate`] loads (or
+//! makes) the serving pair, so that start-up problems are reported before anything is served;
+//! [`Server::serve`] serves until the shutdown future resolves, then turns readiness off, stops
 //! accepting, lets requests in flight finish, closes idle keep-alive connections at once
 //! (HTTP/1 `Connection: close`, HTTP/2 GOAWAY) and returns within the drain time.
 
@@ -33,8 +34,6 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::Reviewer;
-use crate::classify::ScopeResolver;
-use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::tls::{CertReloader, CertResolver, TlsError};
 
@@ -58,25 +57,9 @@ pub const MAX_TIMEOUT: Duration = Duration::from_secs(30);
 /// Used when the request names no `timeout`.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Everything `serve` can be told.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub listen: SocketAddr,
-    pub admin_listen: SocketAddr,
-    pub config: Option<PathBuf>,
-    pub certificates: Certificates,
-    pub limits: Limits,
-    /// The cluster side: discovery and mirroring.
-    pub cluster: crate::cluster::ClusterOptions,
-    /// Event history in PostgreSQL (`--postgres-url`); recorded by the mirror controller.
-    pub history: Option<crate::history::HistoryOptions>,
-}
-
-/// A start-up failure, in an operator's words, with its cause.
+/// A failure to bind the server: a port, or its serving certificate.
 #[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("invalid configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+pub enum BindError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     /// Generating or writing the self-signed pair failed.
@@ -90,22 +73,16 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot use the cluster")]
-    Cluster(#[from] crate::cluster::ClusterError),
-    #[error("cannot use the history database: {0}")]
-    History(#[from] crate::history::StoreError),
 }
 
-impl ServeError {
-    /// Whether the system failed rather than the input (exit 1, not 2): a port in use, a file
-    /// that cannot be read or written. A refused configuration, certificate or flag is input.
+impl BindError {
+    /// Whether the system failed rather than the input: a port in use, a file that cannot be
+    /// read or written. A refused certificate is input.
     pub fn is_io(&self) -> bool {
         match self {
-            ServeError::Listen { .. } | ServeError::SelfSigned(_) => true,
-            ServeError::Tls(TlsError::Read { .. }) => true,
-            ServeError::Config(c) => c.unreadable(),
-            ServeError::Cluster(c) => c.unreadable(),
-            ServeError::Tls(_) | ServeError::History(_) => false,
+            BindError::Listen { .. } | BindError::SelfSigned(_) => true,
+            BindError::Tls(TlsError::Read { .. }) => true,
+            BindError::Tls(_) => false,
         }
     }
 }
@@ -122,6 +99,8 @@ pub struct AppState {
     pub config_status: Arc<crate::status::StatusLine>,
     /// What `/readyz` says about the history database.
     pub history_status: Arc<crate::status::StatusLine>,
+    /// What `/readyz` says about the background tasks (held once one stopped early).
+    pub background: Arc<crate::status::StatusLine>,
     /// Pokes discovery when a review meets a kind nobody knows.
     pub discovery: Option<crate::discovery::Trigger>,
     /// How long the cluster side waits for discovery's first answer (for `/readyz`).
@@ -136,98 +115,58 @@ pub struct AppState {
     pub refusal_log: crate::telemetry::Throttle,
 }
 
-/// A bound, not yet serving, server.
+/// The two listeners, bound.
+pub struct Bound {
+    webhook: TcpListener,
+    admin: TcpListener,
+}
+
+/// Request body memory, in units of [`BUDGET_UNIT`] bytes.
+pub fn body_budget(bytes: usize) -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(
+        (bytes / BUDGET_UNIT).clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+    ))
+}
+
+/// A bound, not yet serving, server: the HTTPS webhook and the plain-HTTP admin endpoints.
 pub struct Server {
     state: Arc<AppState>,
     webhook: TcpListener,
-    /// Moved into the admin server's task by [`Server::run`].
+    /// Moved into the admin server's task by [`Server::serve_admin`].
     admin: Option<TcpListener>,
+    admin_addr: String,
     acceptor: TlsAcceptor,
-    reloader: Option<CertReloader>,
-    config_reloader: Option<crate::reload::ConfigReloader>,
-    options: ServeOptions,
-    /// The cluster to use and discovery's poke receiver, when one is configured.
-    cluster: Option<(crate::cluster::Target, tokio::sync::mpsc::Receiver<()>)>,
-    /// clusterscope's own events (connected by the cluster side).
-    own_events: Arc<crate::recorder::OwnEvents>,
-    /// The history database, when `--postgres-url` names one (connected when first used).
-    history: Option<crate::history::Store>,
+    limits: Limits,
 }
 
 impl Server {
-    /// Loads the configuration and certificate and binds both listeners.
-    pub async fn bind(options: ServeOptions, metrics: Arc<Metrics>) -> Result<Server, ServeError> {
-        let (config, config_text) = match &options.config {
-            Some(path) => Config::read(path),
-            None => Ok((Config::embedded_default(), Vec::new())),
-        }?;
-        // The ports first: an address in use is said before any certificate is made.
+    /// Binds both listeners.
+    pub async fn listen(webhook: SocketAddr, admin: SocketAddr) -> Result<Bound, BindError> {
         let listen = |addr: SocketAddr, flag: &'static str| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|source| ServeError::Listen { addr, flag, source })
+                .map_err(|source| BindError::Listen { addr, flag, source })
         };
-        let webhook = listen(options.listen, "--listen").await?;
-        let admin = listen(options.admin_listen, "--admin-listen").await?;
-        let (acceptor, reloader) = serving_certificate(&options, &metrics)?;
-        let cluster_state = Arc::new(crate::status::StatusLine::default());
-        let (cluster, discovery) = plan_cluster(&options, &cluster_state).await?;
-        let history_status = Arc::new(crate::status::StatusLine::default());
-        let history = open_history(&options, &metrics, &history_status, cluster.is_some())?;
-        metrics.channels(config.channels.iter().map(|c| c.name.as_str()));
-        for warning in config.warnings(&crate::classify::builtin_kind_names()) {
-            tracing::warn!(%warning, "configuration: a route that can never match");
-        }
-        let shared_config = crate::config::shared(config);
-        let config_status = Arc::new(crate::status::StatusLine::default());
-        config_status.set("configuration: the embedded default");
-        let own_events = Arc::new(crate::recorder::OwnEvents::new());
-        let config_reloader = options.config.clone().map(|path| {
-            crate::reload::ConfigReloader::new(
-                path,
-                shared_config.clone(),
-                metrics.clone(),
-                config_status.clone(),
-                config_text,
-            )
-            .with_own_events(own_events.clone())
-        });
-        // With a cluster, kinds nobody knows stay undetermined until discovery answers.
-        let scope_resolver = if cluster.is_some() {
-            ScopeResolver::awaiting_discovery()
-        } else {
-            ScopeResolver::new()
-        };
-        let state = Arc::new(AppState {
-            reviewer: Reviewer::with_shared(shared_config, Arc::new(scope_resolver)),
-            config_status,
-            history_status,
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
-            max_in_flight: options.limits.max_in_flight.max(1),
-            body_budget: Arc::new(tokio::sync::Semaphore::new(
-                (options.limits.body_memory / BUDGET_UNIT)
-                    .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
-            )),
-            body_memory: options.limits.body_memory,
-            refusal_log: crate::telemetry::Throttle::new(Duration::from_secs(1)),
-            metrics,
-            ready: AtomicBool::new(false),
-            cluster: cluster_state,
-            discovery,
-            discovery_wait: options.cluster.discovery_wait,
-        });
-        Ok(Server {
-            state,
-            webhook,
-            admin: Some(admin),
-            acceptor,
-            reloader: Some(reloader),
-            config_reloader,
-            options,
-            cluster,
-            own_events,
-            history,
+        Ok(Bound {
+            webhook: listen(webhook, "--listen").await?,
+            admin: listen(admin, "--admin-listen").await?,
         })
+    }
+
+    /// A server on `bound`, serving the webhook through `acceptor` within `limits`.
+    pub fn new(bound: Bound, acceptor: TlsAcceptor, state: Arc<AppState>, limits: Limits) -> Self {
+        let admin_addr = bound
+            .admin
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        Server {
+            state,
+            webhook: bound.webhook,
+            admin: Some(bound.admin),
+            admin_addr,
+            acceptor,
+            limits,
+        }
     }
 
     /// The HTTPS address actually bound (useful with port 0).
@@ -237,115 +176,46 @@ impl Server {
 
     /// The admin address actually bound.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+        self.admin_addr.parse().ok()
     }
 
     pub fn state(&self) -> Arc<AppState> {
         self.state.clone()
     }
 
-    /// Serves until `shutdown` resolves, then drains: starts what runs beside the webhook,
-    /// accepts connections until told to stop, then drains and stops the rest.
-    pub async fn run(
-        mut self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), ServeError> {
-        let background = self.start_background();
+    /// Serves `/healthz`, `/readyz` and `/metrics` until `stop` is cancelled.
+    pub fn serve_admin(&mut self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let listener = self.admin.take();
+        let app = admin_router(self.state.clone());
+        tokio::spawn(async move {
+            let Some(listener) = listener else { return };
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "admin server stopped");
+            }
+        })
+    }
+
+    /// Ready, serves the webhook until `shutdown` resolves, then drains: readiness off, no
+    /// new connections, requests in flight finished (within the drain time), idle keep-alive
+    /// connections closed at once.
+    pub async fn serve(mut self, shutdown: impl Future<Output = ()> + Send) {
         let graceful = GracefulShutdown::new();
         self.state.ready.store(true, Ordering::SeqCst);
-        let bound = |addr: std::io::Result<SocketAddr>| {
-            addr.map_or_else(|_| "?".to_owned(), |a| a.to_string())
-        };
-        let (webhook_addr, admin_addr) = (
-            bound(self.webhook.local_addr()),
-            background.admin_addr.clone(),
-        );
+        let webhook_addr = self
+            .webhook
+            .local_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let admin_addr = &self.admin_addr;
         tracing::info!(
             listen = %webhook_addr,
             admin = %admin_addr,
             "serving admission reviews on https://{webhook_addr}/mutate, health and metrics on http://{admin_addr}"
         );
         self.accept_until(shutdown, &graceful).await;
-        self.drain(graceful, background).await;
-        Ok(())
-    }
-
-    /// The certificate and configuration reloaders, the admin server and the cluster side, all
-    /// stopped by one token once the webhook has drained.
-    fn start_background(&mut self) -> Background {
-        let stop = CancellationToken::new();
-        let interval = self.options.certificates.reload_interval;
-        let mut reloaders: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-        reloaders.extend(
-            self.reloader
-                .take()
-                .map(|r| r.spawn(interval, stop.clone())),
-        );
-        reloaders.extend(self.config_reloader.take().map(|mut r| {
-            let paths = vec![r.path.clone()];
-            crate::watch::spawn(paths, interval, stop.clone(), move || {
-                r.check();
-            })
-        }));
-        let admin_addr = self
-            .admin_addr()
-            .map_or_else(|| "?".to_owned(), |a| a.to_string());
-        let listener = self.admin.take();
-        let app = admin_router(self.state.clone());
-        let admin = tokio::spawn({
-            let stop = stop.clone();
-            async move {
-                let Some(listener) = listener else { return };
-                let served = axum::serve(listener, app)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-                if let Err(e) = served {
-                    tracing::warn!(error = %e, "admin server stopped");
-                }
-            }
-        });
-        let mut history_task = None;
-        let cluster = match self.cluster.take() {
-            Some((target, pokes)) => {
-                let history = self.history.take().zip(self.options.history.as_ref()).map(
-                    |(store, options)| {
-                        let (sink, task) = crate::history::spawn(
-                            store,
-                            options,
-                            self.state.reviewer.config.clone(),
-                            self.state.metrics.clone(),
-                            self.state.history_status.clone(),
-                            stop.clone(),
-                        );
-                        history_task = Some(task);
-                        sink as Arc<dyn crate::mirror::outputs::Output>
-                    },
-                );
-                crate::cluster::spawn(
-                    target,
-                    crate::cluster::Shared {
-                        config: self.state.reviewer.config.clone(),
-                        resolver: self.state.reviewer.resolver.clone(),
-                        metrics: self.state.metrics.clone(),
-                        state: self.state.cluster.clone(),
-                        own_events: self.own_events.clone(),
-                        outputs: history.into_iter().collect(),
-                    },
-                    self.options.cluster.clone(),
-                    pokes,
-                    stop.clone(),
-                )
-            }
-            None => Vec::new(),
-        };
-        Background {
-            stop,
-            reloaders,
-            admin,
-            admin_addr,
-            cluster,
-            history: history_task,
-        }
+        self.drain(graceful).await;
     }
 
     /// Accepts webhook connections until `shutdown`, each within the connection limits and
@@ -356,12 +226,12 @@ impl Server {
         graceful: &GracefulShutdown,
     ) {
         let app = webhook_service(self.state.clone());
-        let builder = Arc::new(connection_builder(self.options.limits.header_read_timeout));
+        let builder = Arc::new(connection_builder(self.limits.header_read_timeout));
         let connections = Arc::new(tokio::sync::Semaphore::new(
-            self.options.limits.max_connections.max(1),
+            self.limits.max_connections.max(1),
         ));
         let peers = Arc::new(PeerCounts::default());
-        let per_peer = self.options.limits.max_connections_per_peer.max(1);
+        let per_peer = self.limits.max_connections_per_peer.max(1);
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
@@ -381,7 +251,7 @@ impl Server {
                 // At the cap: close at once rather than queue behind the others.
                 let rejected = self.state.metrics.connections_rejected.inc() + 1;
                 if rejected % 100 == 1 {
-                    tracing::warn!(%peer, max = self.options.limits.max_connections, rejected_total = rejected, "connection limit reached; closing new connections");
+                    tracing::warn!(%peer, max = self.limits.max_connections, rejected_total = rejected, "connection limit reached; closing new connections");
                 }
                 continue;
             };
@@ -406,7 +276,7 @@ impl Server {
                 builder.clone(),
                 TowerToHyperService::new(app.clone()),
                 graceful.watcher(),
-                self.options.limits.handshake_timeout,
+                self.limits.handshake_timeout,
                 open,
             );
             tokio::spawn(tracing::Instrument::instrument(serve, span));
@@ -414,142 +284,37 @@ impl Server {
     }
 
     /// Readiness off, no new connections, requests in flight finished (within the drain
-    /// time), then the admin server, the reloaders and the cluster side stopped.
-    async fn drain(self, graceful: GracefulShutdown, background: Background) {
+    /// time).
+    async fn drain(self, graceful: GracefulShutdown) {
         self.state.ready.store(false, Ordering::SeqCst);
         drop(self.webhook);
         tracing::info!(
-            drain_timeout = ?self.options.limits.drain_timeout,
+            drain_timeout = ?self.limits.drain_timeout,
             "shutting down: readiness off, draining connections"
         );
-        let drained =
-            tokio::time::timeout(self.options.limits.drain_timeout, graceful.shutdown()).await;
+        let drained = tokio::time::timeout(self.limits.drain_timeout, graceful.shutdown()).await;
         if drained.is_err() {
             tracing::warn!("drain time over; closing the remaining connections");
         }
-        // Everything beside the webhook stops; mirroring hands its lease over.
-        background.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), background.admin).await;
-        for task in background.reloaders.into_iter().chain(background.history) {
-            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
-        }
-        for task in background.cluster {
-            if tokio::time::timeout(Duration::from_secs(5), task)
-                .await
-                .is_err()
-            {
-                tracing::warn!("a cluster task did not stop in time");
-            }
-        }
-        tracing::info!("stopped");
     }
 }
 
 /// The serving pair (given, or made self-signed in `--cert-dir`), the TLS acceptor over it,
 /// and the reloader that follows its files.
-fn serving_certificate(
-    options: &ServeOptions,
+pub fn serving_certificate(
+    certificates: &Certificates,
     metrics: &Arc<Metrics>,
-) -> Result<(TlsAcceptor, CertReloader), ServeError> {
-    let (cert_path, key_path, (loaded, fingerprint)) = match &options.certificates.pair {
+) -> Result<(TlsAcceptor, CertReloader), BindError> {
+    let (cert_path, key_path, (loaded, fingerprint)) = match &certificates.pair {
         Some((cert, key)) => (cert.clone(), key.clone(), crate::tls::load_pair(cert, key)?),
-        None => self_signed_pair(&options.certificates.dir)?,
+        None => self_signed_pair(&certificates.dir)?,
     };
     metrics.cert_expiry.set(loaded.not_after);
     let resolver = Arc::new(CertResolver::new(loaded.key));
     let tls_config =
-        crate::tls::server_config(resolver.clone(), options.certificates.client_ca.as_deref())?;
+        crate::tls::server_config(resolver.clone(), certificates.client_ca.as_deref())?;
     let reloader = CertReloader::new(cert_path, key_path, resolver, metrics.clone(), fingerprint);
     Ok((TlsAcceptor::from(Arc::new(tls_config)), reloader))
-}
-
-/// The cluster to connect to in the background, resolved from local files and the
-/// environment only (binding never waits on the API server, see `cluster::spawn`), and the
-/// trigger that asks discovery for a refresh; said on `state`. A cluster asked for explicitly
-/// that cannot be used stops the start: starting without it would hide the mistake.
-async fn plan_cluster(
-    options: &ServeOptions,
-    state: &crate::status::StatusLine,
-) -> Result<Cluster, ServeError> {
-    let mode = &options.cluster.mode;
-    match crate::cluster::plan(mode, options.cluster.connect_timeout).await {
-        Ok(Some(target)) => {
-            tracing::info!(
-                server = %target.server,
-                source = %target.source,
-                context = target.context.as_deref().unwrap_or(""),
-                "cluster configured ({}): connecting to {} in the background",
-                target.source,
-                target.server
-            );
-            let (trigger, pokes) = crate::discovery::trigger();
-            state.set(format!("mirroring: connecting to {}", target.server));
-            Ok((Some((target, pokes)), Some(trigger)))
-        }
-        Ok(None) => {
-            let why = match mode {
-                crate::cluster::ClusterMode::Off => "--cluster off",
-                _ => "not running in a pod; --cluster on or --kubeconfig uses a kubeconfig",
-            };
-            tracing::info!(
-                "no cluster ({why}): mirroring and discovery are off; the webhook serves with the built-in kind table"
-            );
-            state.set(format!("mirroring: off ({why})"));
-            Ok((None, None))
-        }
-        Err(reason) if mode.required() => Err(ServeError::Cluster(reason)),
-        Err(reason) => {
-            let reason = crate::telemetry::error_chain(&reason);
-            tracing::warn!(
-                %reason,
-                "no cluster: mirroring and discovery are off; the webhook serves with the built-in kind table"
-            );
-            state.set(format!("mirroring: off ({reason})"));
-            Ok((None, None))
-        }
-    }
-}
-
-/// The history database when `--postgres-url` names one (connected when first used: a URL
-/// that cannot be right stops the start, a database that does not answer yet does not), said
-/// on `status`.
-fn open_history(
-    options: &ServeOptions,
-    metrics: &Metrics,
-    status: &crate::status::StatusLine,
-    with_cluster: bool,
-) -> Result<Option<crate::history::Store>, ServeError> {
-    let Some(h) = &options.history else {
-        status.set("history: off (no --postgres-url)");
-        return Ok(None);
-    };
-    let store = crate::history::Store::connect_lazy(&h.store)?;
-    metrics.delivery_sink(crate::history::POSTGRES);
-    if !with_cluster {
-        tracing::warn!(
-            "history: --postgres-url is set but there is no cluster: nothing is recorded (the mirror controller records history)"
-        );
-        status.set("history: off (no cluster: the mirror controller records history)");
-    }
-    Ok(Some(store))
-}
-
-/// What [`plan_cluster`] found: the target with discovery's pokes, and discovery's trigger.
-type Cluster = (
-    Option<(crate::cluster::Target, tokio::sync::mpsc::Receiver<()>)>,
-    Option<crate::discovery::Trigger>,
-);
-
-/// What runs beside the webhook while it serves.
-struct Background {
-    /// The one shutdown token of everything here.
-    stop: CancellationToken,
-    reloaders: Vec<tokio::task::JoinHandle<()>>,
-    admin: tokio::task::JoinHandle<()>,
-    admin_addr: String,
-    cluster: Vec<tokio::task::JoinHandle<()>>,
-    /// Migrations and retention of the history database.
-    history: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// HTTP/1.1 and HTTP/2 settings of every webhook connection.
@@ -644,7 +409,7 @@ async fn serve_connection<S>(
 /// but does not load is moved aside (`*.invalid`), with a warning saying why.
 pub fn self_signed_pair(
     dir: &std::path::Path,
-) -> Result<(PathBuf, PathBuf, crate::tls::LoadedPair), ServeError> {
+) -> Result<(PathBuf, PathBuf, crate::tls::LoadedPair), BindError> {
     let (ca, cert, key) = crate::certs::paths(dir);
     if cert.exists() || key.exists() {
         match crate::tls::load_pair(&cert, &key) {
@@ -679,9 +444,9 @@ pub fn self_signed_pair(
         }
     }
     let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let bundle = crate::certs::generate(&names).map_err(ServeError::SelfSigned)?;
+    let bundle = crate::certs::generate(&names).map_err(BindError::SelfSigned)?;
     crate::certs::write(dir, &bundle)
-        .map_err(|e| ServeError::SelfSigned(format!("--cert-dir: {e}")))?;
+        .map_err(|e| BindError::SelfSigned(format!("--cert-dir: {e}")))?;
     tracing::info!(
         ca = %ca.display(),
         "no --tls-cert/--tls-key given: created a self-signed CA and a certificate for localhost and 127.0.0.1; trust {} to call the webhook",
@@ -756,10 +521,11 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
             "/readyz",
             get(|State(state): State<Arc<AppState>>| async move {
                 let cluster = format!(
-                    "{}\n{}\n{}\n{}",
+                    "{}\n{}\n{}\n{}\n{}",
                     state.config_status.get(),
                     state.cluster.get(),
                     state.history_status.get(),
+                    state.background.get(),
                     crate::cluster::discovery_line(
                         state.reviewer.resolver.discovery_state(),
                         state.discovery_wait,
@@ -775,6 +541,11 @@ pub fn admin_router(state: Arc<AppState>) -> Router {
                     text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         &format!("not ready: mirroring is not ready yet\n{cluster}"),
+                    )
+                } else if !state.background.is_ready() {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("not ready: a background task stopped\n{cluster}"),
                     )
                 } else {
                     text(

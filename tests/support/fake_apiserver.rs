@@ -873,7 +873,7 @@ pub fn spawn_cluster(
         pokes,
         stop.clone(),
     );
-    (stop, tasks)
+    (stop, tasks.into_iter().map(|(_, task)| task).collect())
 }
 
 /// `yaml` as a shared configuration (what `serve` reloads in place).
