@@ -8,7 +8,7 @@
 # Needs wrk and h2load (`apt-get install wrk nghttp2-client`), oha for latency at a fixed rate
 # (`cargo install oha --locked`), taskset, bc and python3. Bounded: each run lasts DURATION seconds.
 #
-# Usage: bench/load.sh [--bin PATH | --profile release|dist] [--against URL --against-pid PID]
+# Usage: benches/load.sh [--bin PATH | --profile release|dist] [--against URL --against-pid PID]
 #                      [--duration SECONDS]
 #   --bin PATH        the binary to run (no build); default: build --profile (release)
 #   --against URL     also load this webhook URL (a reference server, e.g. kube-rs's
@@ -25,20 +25,20 @@ while [ $# -gt 0 ]; do
     --against-pid) against_pid=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     [0-9]*) duration=$1; shift ;;
-    *) echo "bench/load.sh: unknown argument $1 (see the usage at the top of the script)" >&2; exit 2 ;;
+    *) echo "benches/load.sh: unknown argument $1 (see the usage at the top of the script)" >&2; exit 2 ;;
   esac
 done
 for tool in wrk h2load oha taskset bc python3; do
-  command -v "$tool" >/dev/null || { echo "bench/load.sh: $tool not found (see the top of the script)" >&2; exit 1; }
+  command -v "$tool" >/dev/null || { echo "benches/load.sh: $tool not found (see the top of the script)" >&2; exit 1; }
 done
 if [ -z "$bin" ]; then
   cargo build --profile "$profile" --locked -q --bin clusterscope
   dir=$profile; [ "$profile" = dev ] && dir=debug
   bin=target/$dir/clusterscope
 fi
-[ -x "$bin" ] || { echo "bench/load.sh: $bin is not an executable" >&2; exit 1; }
+[ -x "$bin" ] || { echo "benches/load.sh: $bin is not an executable" >&2; exit 1; }
 if [ -n "$against" ] && [ -z "$against_pid" ]; then
-  echo "bench/load.sh: --against needs --against-pid (its CPU seconds are measured)" >&2; exit 2
+  echo "benches/load.sh: --against needs --against-pid (its CPU seconds are measured)" >&2; exit 2
 fi
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT

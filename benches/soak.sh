@@ -5,11 +5,11 @@
 # symlink swap), and 1% malformed requests (20/s) mixed in. Then 10,000 idle TLS connections are
 # opened at once. Reports errors on valid requests, latency, RSS and open file descriptors.
 # Needs oha (`cargo install oha --locked`) and python3. Bounded in time; loopback only.
-# Usage: bench/soak.sh [DURATION]
+# Usage: benches/soak.sh [DURATION]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-300}
-command -v oha >/dev/null || { echo "bench/soak.sh: oha not found (cargo install oha --locked)" >&2; exit 1; }
+command -v oha >/dev/null || { echo "benches/soak.sh: oha not found (cargo install oha --locked)" >&2; exit 1; }
 cargo build --profile dist --locked -q
 bin=target/dist/clusterscope
 work=$(mktemp -d)
