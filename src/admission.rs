@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::classify::ScopeResolver;
 use crate::config::Config;
 use crate::decide::{Decision, SkipReason, decide};
-use crate::event::Event;
+use crate::event::EventView;
 
 pub const ADMISSION_V1: &str = "admission.k8s.io/v1";
 pub const ADMISSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
@@ -254,7 +254,7 @@ impl Reviewer {
             }
         })?;
         check_is_object(text)?;
-        if let Ok(review) = serde_json::from_str::<AdmissionReview<Event>>(text) {
+        if let Ok(review) = serde_json::from_str::<AdmissionReview<EventView>>(text) {
             let request = check_header(&review)?;
             let decision = match skip_before_object(request) {
                 Some(reason) => Decision::skipped(reason),
@@ -274,7 +274,7 @@ impl Reviewer {
                         // `object_text` is a slice of `text`: its offset locates errors.
                         let offset =
                             (object_text.as_ptr() as usize).saturating_sub(text.as_ptr() as usize);
-                        Some(decode::<Event>(
+                        Some(decode::<EventView>(
                             object_text,
                             "request.object",
                             line_column(text, offset),
@@ -287,7 +287,11 @@ impl Reviewer {
         respond(&review, request, decision)
     }
 
-    fn decide_object<O>(&self, request: &Request<'_, O>, event: Option<&Event<'_>>) -> Decision {
+    fn decide_object<O>(
+        &self,
+        request: &Request<'_, O>,
+        event: Option<&EventView<'_>>,
+    ) -> Decision {
         let Some(event) = event else {
             return Decision::skipped(SkipReason::NoObject);
         };

@@ -351,7 +351,7 @@ mod tests {
     use super::*;
 
     fn r<'a>(api_version: &'a str, kind: &'a str, namespace: &'a str) -> ObjectRef<'a> {
-        ObjectRef::for_test(api_version, kind, namespace, "x")
+        ObjectRef::new(api_version, kind, namespace, "x")
     }
 
     #[test]

@@ -116,20 +116,20 @@ pub struct CertsArgs {
 }
 
 /// A failure the command reports on stderr, with its exit code.
-struct Failure {
+struct CommandError {
     code: u8,
     message: String,
 }
 
-fn refused(message: impl Into<String>) -> Failure {
-    Failure {
+fn refused(message: impl Into<String>) -> CommandError {
+    CommandError {
         code: 2,
         message: message.into(),
     }
 }
 
-fn io_failure(message: impl Into<String>) -> Failure {
-    Failure {
+fn io_failure(message: impl Into<String>) -> CommandError {
+    CommandError {
         code: 1,
         message: message.into(),
     }
@@ -147,7 +147,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<(), Failure> {
+fn run(command: Command) -> Result<(), CommandError> {
     match command {
         Command::Serve(args) => serve(*args),
         Command::Certs(args) => certs(&args),
@@ -174,7 +174,7 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, crate::config::ConfigE
     Config::read(path).map(|(config, _)| config)
 }
 
-fn read_input(input: Option<&Path>) -> Result<Vec<u8>, Failure> {
+fn read_input(input: Option<&Path>) -> Result<Vec<u8>, CommandError> {
     let mut buf = Vec::new();
     let (name, result) = match input {
         None => (
@@ -208,7 +208,7 @@ fn read_limited(r: impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     Ok(buf.len() as u64 <= MAX_REVIEW_BYTES)
 }
 
-fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
+fn write_stdout(bytes: &[u8]) -> Result<(), CommandError> {
     let mut out = std::io::stdout().lock();
     match out
         .write_all(bytes)
@@ -225,7 +225,7 @@ fn review(
     config: Option<&Path>,
     patched_object: bool,
     input: Option<&Path>,
-) -> Result<(), Failure> {
+) -> Result<(), CommandError> {
     let config = load_config(config).map_err(|e| refused(e.to_string()))?;
     let body = as_review(read_input(input)?)?;
     let reviewer = Reviewer::new(Arc::new(config), Arc::new(ScopeResolver::new()));
@@ -244,7 +244,7 @@ fn review(
 
 /// An AdmissionReview as it is; a bare Event (`kubectl get event NAME -o json`) wrapped in the
 /// AdmissionReview its CREATE would send. A list is refused with a pointer to `explain`.
-fn as_review(body: Vec<u8>) -> Result<Vec<u8>, Failure> {
+fn as_review(body: Vec<u8>) -> Result<Vec<u8>, CommandError> {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
         let first = body.iter().find(|b| !b.is_ascii_whitespace());
         if first.is_some_and(|b| *b == b'{' || *b == b'[') {
@@ -337,7 +337,7 @@ fn in_words(decision: &crate::decide::Decision, body: &[u8]) -> String {
 fn patched_object_of(
     body: &[u8],
     patch: &[json_patch::PatchOperation],
-) -> Result<serde_json::Value, Failure> {
+) -> Result<serde_json::Value, CommandError> {
     let review: serde_json::Value = serde_json::from_slice(body)
         .map_err(|e| refused(format!("invalid AdmissionReview: {e}")))?;
     let request = review.get("request");
@@ -363,7 +363,7 @@ fn explain(
     config: Option<&Path>,
     output: ExplainFormat,
     input: Option<&Path>,
-) -> Result<(), Failure> {
+) -> Result<(), CommandError> {
     let config = load_config(config).map_err(|e| refused(e.to_string()))?;
     let body = read_input(input)?;
     let explained = crate::explain::explain(&body, &config).map_err(|e| refused(e.to_string()))?;
@@ -384,7 +384,7 @@ fn explain(
     write_stdout(&text)
 }
 
-fn check_config(file: Option<&Path>) -> Result<(), Failure> {
+fn check_config(file: Option<&Path>) -> Result<(), CommandError> {
     let (bytes, source) = match file {
         Some(path) if path != Path::new("-") => {
             // A file that cannot be read is not a refused configuration (exit 1, as documented).
@@ -410,7 +410,7 @@ const STDIN: &str = "<standard input>";
 
 /// Standard input, as a configuration: refused when it is empty (a command before the pipe
 /// that failed hands over nothing, and nothing is not a valid configuration).
-fn read_config_stdin() -> Result<Vec<u8>, Failure> {
+fn read_config_stdin() -> Result<Vec<u8>, CommandError> {
     let mut bytes = Vec::new();
     std::io::stdin()
         .lock()
@@ -440,7 +440,7 @@ fn stdin_carries_input() -> bool {
 }
 
 /// Prints the summary of a configuration that passed, with its warnings on stderr.
-fn say_valid(config: &Config) -> Result<(), Failure> {
+fn say_valid(config: &Config) -> Result<(), CommandError> {
     // Valid, but surely not meant: said on stderr, the exit status stays 0.
     for warning in config.warnings(&crate::classify::builtin_kind_names()) {
         eprintln!("warning: {warning}");
@@ -448,7 +448,7 @@ fn say_valid(config: &Config) -> Result<(), Failure> {
     write_stdout(config.summary().trim_end().as_bytes())
 }
 
-fn serve(args: ServeArgs) -> Result<(), Failure> {
+fn serve(args: ServeArgs) -> Result<(), CommandError> {
     args.server.certificates.check().map_err(refused)?;
     crate::telemetry::init(args.log.log_format, &args.log.log_level).map_err(refused)?;
     let history = args.history.options();
@@ -482,7 +482,7 @@ fn serve(args: ServeArgs) -> Result<(), Failure> {
     })
 }
 
-fn certs(args: &CertsArgs) -> Result<(), Failure> {
+fn certs(args: &CertsArgs) -> Result<(), CommandError> {
     crate::labels::check_dns1123_label(&args.service)
         .map_err(|e| refused(format!("--service {e}")))?;
     crate::labels::check_dns1123_label(&args.namespace)

@@ -63,7 +63,7 @@ impl std::fmt::Debug for ClusterMode {
 
 /// The cluster to talk to: a client (built, not yet used) and where it points, for the log.
 #[derive(Clone)]
-pub struct Target {
+pub struct ApiServer {
     pub client: kube::Client,
     /// `in-cluster service account`, `kubeconfig <path>`, ...
     pub source: String,
@@ -71,10 +71,10 @@ pub struct Target {
     pub server: String,
 }
 
-impl Target {
+impl ApiServer {
     /// A client given by the caller (tests, embedding).
     pub fn client(client: kube::Client) -> Self {
-        Target {
+        ApiServer {
             client,
             source: "a client given by the caller".to_owned(),
             context: None,
@@ -322,9 +322,12 @@ async fn configure(
 /// Resolves `mode` to a target without contacting it (local files and environment only, so
 /// the webhook never waits on the API server to start). `Ok(None)`: no cluster to use (off,
 /// or not in a pod with `InCluster`).
-pub async fn plan(mode: &ClusterMode, timeout: Duration) -> Result<Option<Target>, ClusterError> {
+pub async fn plan(
+    mode: &ClusterMode,
+    timeout: Duration,
+) -> Result<Option<ApiServer>, ClusterError> {
     if let ClusterMode::Client(c) = mode {
-        return Ok(Some(Target::client(c.clone())));
+        return Ok(Some(ApiServer::client(c.clone())));
     }
     let Some((config, source, context)) = configure(mode, timeout).await? else {
         return Ok(None);
@@ -334,7 +337,7 @@ pub async fn plan(mode: &ClusterMode, timeout: Duration) -> Result<Option<Target
         server: server.clone(),
         source,
     })?;
-    Ok(Some(Target {
+    Ok(Some(ApiServer {
         client,
         source,
         context,
@@ -345,7 +348,7 @@ pub async fn plan(mode: &ClusterMode, timeout: Duration) -> Result<Option<Target
 /// Waits until the API server answers, retrying with a growing delay (1 s to 30 s) and saying
 /// so in the log and on `/readyz`; false if `stop` came first.
 async fn wait_for_api_server(
-    target: &Target,
+    target: &ApiServer,
     timeout: Duration,
     state: &crate::status::StatusLine,
     stop: &CancellationToken,
@@ -407,7 +410,7 @@ pub struct Shared {
 /// not wait for it), then runs the rest until `stop`; the discovery timer runs from now, so a
 /// cluster that never answers does not leave unknown kinds undetermined for ever.
 pub fn spawn(
-    target: Target,
+    target: ApiServer,
     shared: Shared,
     options: ClusterOptions,
     pokes: tokio::sync::mpsc::Receiver<()>,
@@ -566,12 +569,12 @@ fn start(
     let own_recorder = record_own_events(&client, &options, &own_events);
     // Delivery rules read live cluster state; the controller keeps it (on the leader only).
     let log_sink: Arc<dyn Output> = Arc::new(LogSink::stdout());
-    let subscriptions = Arc::new(crate::subscription::Live::default());
+    let subscriptions = Arc::new(crate::subscription::SharedSubscriptions::default());
     let syncer = outputs.into_iter().fold(
         Syncer::new(client.clone(), config.clone(), resolver)
             .with_output(log_sink)
             .with_own_events(own_events)
-            .with_cluster(crate::owners::SharedCluster::default())
+            .with_cluster(crate::owners::SharedOwnerState::default())
             .with_subscriptions(subscriptions.clone()),
         Syncer::with_output,
     );

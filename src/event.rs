@@ -127,13 +127,8 @@ impl<'a> ObjectRef<'a> {
         or_empty(&self.name)
     }
 
-    /// A reference built from plain strings, for tests and benchmarks.
-    pub fn for_test(
-        api_version: &'a str,
-        kind: &'a str,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> Self {
+    /// A reference built from plain strings.
+    pub fn new(api_version: &'a str, kind: &'a str, namespace: &'a str, name: &'a str) -> Self {
         Self {
             api_version: Some(Text(Cow::Borrowed(api_version))),
             kind: Some(Text(Cow::Borrowed(kind))),
@@ -213,7 +208,7 @@ impl Metadata<'_> {
 /// An Event in either API shape.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Event<'a> {
+pub struct EventView<'a> {
     #[serde(borrow, default)]
     api_version: Str<'a>,
     #[serde(borrow, default)]
@@ -258,12 +253,12 @@ fn borrowed_map(m: &Option<std::collections::BTreeMap<String, String>>) -> Optio
     })
 }
 
-impl<'a> From<&'a k8s_openapi::api::core::v1::Event> for Event<'a> {
+impl<'a> From<&'a k8s_openapi::api::core::v1::Event> for EventView<'a> {
     /// The view of a stored core/v1 Event (as the mirror lists it), borrowing from it: the
     /// same decision as for an admission request, without a JSON round trip.
     fn from(e: &'a k8s_openapi::api::core::v1::Event) -> Self {
         let r = &e.involved_object;
-        Event {
+        EventView {
             api_version: Some(Text(Cow::Borrowed("v1"))),
             kind: Some(Text(Cow::Borrowed("Event"))),
             metadata: Some(Metadata {
@@ -303,7 +298,7 @@ fn first_set<'s>(candidates: [&'s Str<'_>; 2]) -> &'s str {
         .unwrap_or("")
 }
 
-impl<'a> Event<'a> {
+impl<'a> EventView<'a> {
     /// The object's own `kind`, empty when absent.
     pub fn kind(&self) -> &str {
         or_empty(&self.kind)
@@ -393,7 +388,7 @@ mod tests {
         let json = r#"{"kind":"Event","apiVersion":"v1","metadata":{"generateName":"node1.","labels":null},
             "involvedObject":{"kind":"Node","name":"node1","uid":"node1"},"eventTime":null,
             "source":{"component":"kubelet","host":"node1"},"reportingComponent":"","message":"m","whatever":[1,{"a":2}]}"#;
-        let ev: Event = serde_json::from_str(json).unwrap();
+        let ev: EventView = serde_json::from_str(json).unwrap();
         let r = ev.reference().unwrap();
         assert_eq!((r.kind(), r.api_version(), r.namespace()), ("Node", "", ""));
         assert_eq!(ev.reporter(), "kubelet");
@@ -407,7 +402,7 @@ mod tests {
         let json = r#"{"apiVersion":"events.k8s.io/v1","regarding":{"kind":"PersistentVolume","name":"pv1"},
             "note":"n","reportingController":"csi.example.com/provisioner","deprecatedSource":{"component":"old"},
             "metadata":{"name":"e","labels":{"a":"1","a":"2"}}}"#;
-        let ev: Event = serde_json::from_str(json).unwrap();
+        let ev: EventView = serde_json::from_str(json).unwrap();
         assert_eq!(ev.reference().unwrap().kind(), "PersistentVolume");
         assert_eq!(ev.message(), "n");
         assert_eq!(ev.reporter(), "csi.example.com/provisioner");
@@ -418,7 +413,7 @@ mod tests {
     fn escaped_strings_are_decoded() {
         let json =
             r#"{"metadata":{"labels":{"a\/b":"\u0041"}},"involvedObject":{"kind":"No\u0064e"}}"#;
-        let ev: Event = serde_json::from_str(json).unwrap();
+        let ev: EventView = serde_json::from_str(json).unwrap();
         assert_eq!(ev.labels().unwrap().get("a/b"), Some("A"));
         assert_eq!(ev.reference().unwrap().kind(), "Node");
     }
@@ -442,8 +437,8 @@ mod borrow_tests {
         let typed: k8s_openapi::api::core::v1::Event =
             serde_json::from_value(json.clone()).unwrap();
         let text = json.to_string();
-        let decoded: Event = serde_json::from_str(&text).unwrap();
-        let view = Event::from(&typed);
+        let decoded: EventView = serde_json::from_str(&text).unwrap();
+        let view = EventView::from(&typed);
         let (a, b) = (&view, &decoded);
         assert_eq!(a.kind(), b.kind());
         assert_eq!(a.reason(), b.reason());
@@ -466,7 +461,7 @@ mod borrow_tests {
     #[test]
     fn strings_without_escapes_are_borrowed_from_the_document() {
         let doc = r#"{"metadata":{"labels":{"a":"b"}},"message":"plain","reason":"esc\u0041ped"}"#;
-        let ev: Event = serde_json::from_str(doc).unwrap();
+        let ev: EventView = serde_json::from_str(doc).unwrap();
         assert!(matches!(ev.message, Some(Text(Cow::Borrowed("plain")))));
         assert!(matches!(ev.reason, Some(Text(Cow::Owned(_)))));
         assert_eq!(ev.reason(), "escAped");
@@ -475,7 +470,7 @@ mod borrow_tests {
             labels.0[0],
             (Cow::Borrowed("a"), Cow::Borrowed("b"))
         ));
-        let ev: Event = serde_json::from_str(r#"{"message":null}"#).unwrap();
+        let ev: EventView = serde_json::from_str(r#"{"message":null}"#).unwrap();
         assert_eq!(ev.message(), "");
     }
 }

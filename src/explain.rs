@@ -74,7 +74,7 @@ fn explain_one(
         namespace,
         object["metadata"]["name"].as_str().unwrap_or("")
     );
-    let view: crate::event::Event<'_> = match serde_json::from_str(&text) {
+    let view: crate::event::EventView<'_> = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => return json!({"event": name, "error": format!("not an Event: {e}")}),
     };

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 
 /// What is followed, for the log, and what to do about a failing watch.
 #[derive(Debug, Clone)]
-pub struct Follow {
+pub struct WatchSpec {
     /// `events in default`, `persistentvolumes`, ...
     pub what: String,
     /// Said with every failure: what it means for the caller and what to check.
@@ -36,7 +36,7 @@ pub struct Follow {
 pub async fn follow<K>(
     api: Api<K>,
     config: watcher::Config,
-    how: Follow,
+    how: WatchSpec,
     mut handle: impl FnMut(watcher::Event<K>),
     mut failed: impl FnMut(),
 ) where

@@ -29,8 +29,8 @@ async fn custom_kinds_get_their_real_scope() {
     crd(&api, "Widget", "widgets", true);
     crd(&api, "Gizmo", "gizmos", false);
     let resolver = ScopeResolver::new();
-    let widget = ObjectRef::for_test("example.com/v1", "Widget", "", "w1");
-    let gizmo = ObjectRef::for_test("example.com/v1", "Gizmo", "", "g1");
+    let widget = ObjectRef::new("example.com/v1", "Widget", "", "w1");
+    let gizmo = ObjectRef::new("example.com/v1", "Gizmo", "", "g1");
     assert!(matches!(
         resolver.classify(&widget),
         Verdict::Cluster {
@@ -92,7 +92,7 @@ async fn an_unknown_kind_triggers_a_rate_limited_refresh() {
     for _ in 0..5 {
         poke.poke();
     }
-    let gizmo = ObjectRef::for_test("example.com/v1", "Gizmo", "", "g1");
+    let gizmo = ObjectRef::new("example.com/v1", "Gizmo", "", "g1");
     let mut learned = false;
     for _ in 0..200 {
         if matches!(resolver.classify(&gizmo), Verdict::NamespacedKind { .. }) {

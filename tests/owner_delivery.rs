@@ -25,9 +25,9 @@ fn start_with_state(
     api: &FakeApiServer,
 ) -> (
     fake_apiserver::RunningController,
-    clusterscope::owners::SharedCluster,
+    clusterscope::owners::SharedOwnerState,
 ) {
-    let state = clusterscope::owners::SharedCluster::default();
+    let state = clusterscope::owners::SharedOwnerState::default();
     let syncer = api.syncer(CONFIG).with_cluster(state.clone());
     (run(api, syncer), state)
 }
@@ -49,8 +49,8 @@ fn run(
 
 /// Waits until the controller's owner state satisfies `cond`.
 async fn state_knows(
-    state: &clusterscope::owners::SharedCluster,
-    cond: impl Fn(&clusterscope::owners::Cluster) -> bool,
+    state: &clusterscope::owners::SharedOwnerState,
+    cond: impl Fn(&clusterscope::owners::OwnerState) -> bool,
 ) {
     assert!(
         eventually(10, || cond(&state.read().unwrap())).await,
@@ -250,7 +250,7 @@ async fn deliveries_wait_for_the_whole_owner_state_and_readiness_says_so() {
     api.store.lock().unwrap().list_delay = Some(("pods".into(), Duration::from_millis(700)));
     api.put("default", event("node1.1", "Node", "node1", "Warning", 1));
     let config = "channels:\n  - name: nodes\n    deliver: {nodePods: {maxNamespaces: 10}}\nroutes:\n  - channel: nodes\n    match: {kinds: [Node]}\n";
-    let state = clusterscope::owners::SharedCluster::default();
+    let state = clusterscope::owners::SharedOwnerState::default();
     let running = run(&api, api.syncer(config).with_cluster(state));
     // Listing: the pods so far (0, 500 or 1000 of 1,500) and namespaces are said.
     assert!(
@@ -449,7 +449,7 @@ async fn custom_kinds_follow_their_rule_field() {
         json!({"apiVersion": "example.com/v1", "kind": "Disk", "metadata": {"name": "disk-2"},
             "spec": {"claimRef": {"namespace": 42}}}),
     );
-    let state = clusterscope::owners::SharedCluster::default();
+    let state = clusterscope::owners::SharedOwnerState::default();
     let running = api.run_syncer(
         api.syncer(yaml).with_cluster(state.clone()),
         ControllerOptions {
@@ -568,7 +568,7 @@ async fn an_api_server_outage_loses_nothing_and_doubles_nothing() {
 async fn a_reloaded_configuration_starts_and_stops_what_the_owner_state_follows() {
     let api = FakeApiServer::start(&["default", "kube-system", "team-a"]).await;
     api.put_object("pods", pod("team-a", "web-1", "node1", "Running"));
-    let state = clusterscope::owners::SharedCluster::default();
+    let state = clusterscope::owners::SharedOwnerState::default();
     let syncer = api.syncer(CONFIG).with_cluster(state.clone());
     let config = syncer.config.clone();
     let running = api.run_syncer(

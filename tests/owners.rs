@@ -3,11 +3,11 @@
 //! namespace an event is delivered to exists, is not being deleted, and is tied to the object
 //! by the rule that names it; and, with no cap in the way, every such namespace gets it.
 //!
-//! The oracle below is written from the rules' definitions, apart from `owners::Cluster`.
+//! The oracle below is written from the rules' definitions, apart from `owners::OwnerState`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use clusterscope::owners::{Claim, Cluster, How, Namespace, NodePods, Object, Rules};
+use clusterscope::owners::{Claim, How, Namespace, NodePods, Object, OwnerState, Rules};
 use kube::core::{Selector, SelectorExt};
 use proptest::prelude::*;
 
@@ -15,7 +15,7 @@ const NAMESPACES: &[&str] = &["team-a", "team-b", "team-c", "ops", "web"];
 const NODES: &[&str] = &["node1", "node2", "node3"];
 const VOLUMES: &[&str] = &["pv-1", "pv-2", "pv-3", "pv-4"];
 
-fn cluster() -> impl Strategy<Value = Cluster> {
+fn cluster() -> impl Strategy<Value = OwnerState> {
     let namespaces = prop::collection::btree_map(
         prop::sample::select(NAMESPACES),
         (any::<bool>(), prop::sample::select(&["a", "b"][..])),
@@ -40,7 +40,7 @@ fn cluster() -> impl Strategy<Value = Cluster> {
         0..20,
     );
     (namespaces, volumes, attachments, pods).prop_map(|(namespaces, volumes, attachments, pods)| {
-        let mut c = Cluster::default();
+        let mut c = OwnerState::default();
         for (name, (terminating, team)) in namespaces {
             c.namespaces.insert(
                 name.to_owned(),
@@ -126,7 +126,7 @@ fn rules() -> impl Strategy<Value = Rules> {
 
 /// The namespaces each rule ties the object to, from the definitions.
 fn oracle(
-    c: &Cluster,
+    c: &OwnerState,
     rules: &Rules,
     (group, kind, name): (&str, &str, &str),
     type_: &str,

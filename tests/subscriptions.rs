@@ -250,6 +250,89 @@ async fn a_team_gets_what_it_asked_for_and_nothing_more() {
     cluster.stop().await;
 }
 
+/// `status.delivered` counts the copies written for an event (creates and repeats), not the
+/// rewrites of a copy that another subscription of the namespace coming or going causes (its
+/// labels and `delivered-because` change, the event does not): on a real API server 7 copies
+/// written for `node-failures` once read `delivered: 14`.
+#[tokio::test]
+async fn a_copy_rewritten_for_another_subscription_is_not_counted_again() {
+    let api = cluster_with_pods().await;
+    api.put_subscription("team-a", "node-failures", nodes(&["Failed*"]), 1);
+    let cluster = Cluster::start(&api, &format!("{ROUTES}subscriptions: {{}}\n"));
+    assert!(
+        eventually(10, || accepted(
+            &api,
+            "team-a",
+            "node-failures",
+            "True",
+            "Accepted"
+        ))
+        .await
+    );
+    api.put(
+        "default",
+        event("node1.1", "Node", "node1", "Warning", "FailedMount", 1),
+    );
+    let delivered = |name: &str| {
+        api.object("subscriptions", "team-a", name).unwrap()["status"]["delivered"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert!(eventually(10, || delivered("node-failures") == 1).await);
+    // A second subscription of team-a wants the same event: the copy is rewritten (labelled
+    // with the first by name now), and nothing new is delivered.
+    api.put_subscription("team-a", "all-node-events", nodes(&[]), 2);
+    assert!(
+        eventually(10, || api
+            .copies_of("team-a", "node1.1")
+            .first()
+            .is_some_and(
+                |c| c["metadata"]["labels"]["clusterscope.dev/subscription"] == "all-node-events"
+            ))
+        .await,
+        "the copy was not rewritten: {:?}",
+        api.copies_of("team-a", "node1.1")
+    );
+    // Once nothing more is asked of the API server (statuses are written every 200 ms here,
+    // when they change), still one delivery.
+    assert!(
+        eventually(10, || accepted(
+            &api,
+            "team-a",
+            "all-node-events",
+            "True",
+            "Accepted"
+        ))
+        .await
+    );
+    api.quiet().await;
+    assert_eq!(
+        cluster.metric("clusterscope_subscription_deliveries_total{outcome=\"delivered\"}"),
+        1.0,
+        "a rewrite counted as a delivery"
+    );
+    assert_eq!(
+        delivered("node-failures"),
+        1,
+        "a rewrite counted as a delivery"
+    );
+    assert_eq!(delivered("all-node-events"), 0);
+    // A repeat of the event is a delivery for both.
+    api.put(
+        "default",
+        event("node1.1", "Node", "node1", "Warning", "FailedMount", 2),
+    );
+    assert!(
+        eventually(15, || delivered("node-failures") == 2
+            && delivered("all-node-events") == 1)
+        .await,
+        "{} {}",
+        delivered("node-failures"),
+        delivered("all-node-events")
+    );
+    cluster.stop().await;
+}
+
 /// What the admin's ceiling refuses says why in the status and gets nothing; a namespace over
 /// its cap keeps its oldest, and the next one takes the place of one deleted.
 #[tokio::test]
@@ -504,16 +587,18 @@ impl clusterscope::mirror::outputs::Output for HistoryProbe {
 /// in history, naming its namespace, though its channel does not record; one without does not.
 #[tokio::test]
 async fn a_subscription_asking_for_history_has_its_events_recorded() {
-    use clusterscope::subscription::{Accepted, Live, Relation, Subscribers, SubscriptionSpec};
+    use clusterscope::subscription::{
+        Accepted, Relation, SharedSubscriptions, Subscribers, SubscriptionSpec,
+    };
     let api = FakeApiServer::start(&NAMESPACES).await;
-    let state = clusterscope::owners::SharedCluster::default();
+    let state = clusterscope::owners::SharedOwnerState::default();
     {
         let mut s = state.write().unwrap();
         s.namespaces.insert("team-a".into(), Default::default());
         s.set_pod("team-a", "web-1", Some("node1"));
     }
     let plan_with = |history: bool| {
-        let live = Arc::new(Live::default());
+        let live = Arc::new(SharedSubscriptions::default());
         let mut subscribers = Subscribers::default();
         subscribers.insert(
             "team-a",

@@ -858,7 +858,7 @@ impl Checker<'_> {
         &self,
         raw: &Spanned<RawOwnerRule>,
     ) -> Result<crate::owners::CustomRule, ConfigError> {
-        use crate::owners::Follows;
+        use crate::owners::FieldHolds;
         let r = &raw.value;
         let what = |e: String| self.err(raw, format!("ownerRules: {}/{}: {e}", r.group, r.kind));
         check_dns1123_subdomain(&r.group).map_err(|e| {
@@ -877,8 +877,8 @@ impl Checker<'_> {
             return Err(what(format!("kind {:?} is not a Kind name", r.kind)));
         }
         let (field, follows) = match (&r.namespace_field, &r.node_field) {
-            (Some(f), None) => (f, Follows::Namespace),
-            (None, Some(f)) => (f, Follows::Node),
+            (Some(f), None) => (f, FieldHolds::Namespace),
+            (None, Some(f)) => (f, FieldHolds::Node),
             _ => {
                 return Err(what(
                     "give exactly one of namespaceField (a field holding a namespace) and nodeField (a field holding a Node's name)".to_owned(),
@@ -1315,7 +1315,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.owner_rules.len(), 2);
-        assert_eq!(c.owner_rules[0].follows, crate::owners::Follows::Node);
+        assert_eq!(c.owner_rules[0].follows, crate::owners::FieldHolds::Node);
         assert_eq!(c.owner_rules[1].field, ["spec", "claimRef", "namespace"]);
         let rule = |body: &str| format!("channels: [{{name: a}}]\nownerRules:\n  - {{{body}}}\n");
         for (body, says) in [

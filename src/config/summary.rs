@@ -29,8 +29,9 @@ impl Config {
                 rule.kind,
                 rule.field_path(),
                 match rule.follows {
-                    crate::owners::Follows::Namespace => "a namespace (for channels with owners)",
-                    crate::owners::Follows::Node => "a Node (for channels with nodePods)",
+                    crate::owners::FieldHolds::Namespace =>
+                        "a namespace (for channels with owners)",
+                    crate::owners::FieldHolds::Node => "a Node (for channels with nodePods)",
                 }
             ));
         }

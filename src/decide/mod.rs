@@ -14,7 +14,7 @@ pub use changes::{Change, Changes, MapChanges};
 
 use crate::classify::{KindSource, ScopeResolver, Verdict};
 use crate::config::Config;
-use crate::event::{Event, StringMap};
+use crate::event::{EventView, StringMap};
 use crate::labels::safe_label_value;
 use crate::route::EventFacts;
 
@@ -191,7 +191,7 @@ fn diff_map(current: Option<&StringMap<'_>>, desired: &Desired<'_, '_>) -> MapCh
 /// The decision for an event that is not about a cluster-scoped object: skipped, and if it
 /// carries clusterscope's labels or annotation (or the extras of the channel its label names,
 /// with the configured values), a patch that removes them so a misjudged event heals.
-fn not_ours(event: &Event<'_>, config: &Config, reason: SkipReason) -> Decision {
+fn not_ours(event: &EventView<'_>, config: &Config, reason: SkipReason) -> Decision {
     let keys = &config.keys;
     let mut decision = Decision::skipped(reason);
     let labels = event.labels();
@@ -249,7 +249,7 @@ pub const SOURCE_NAMESPACES: [&str; 2] = ["default", "kube-system"];
 /// The mirror label marks a copy only where copies are written: in a source namespace anyone
 /// who may create events could set it, so there it is ignored and the event is judged as any.
 pub fn decide(
-    event: &Event<'_>,
+    event: &EventView<'_>,
     namespace: &str,
     config: &Config,
     resolver: &ScopeResolver,
@@ -297,7 +297,7 @@ pub fn decide(
 
 /// The decision for an event about a cluster-scoped object: its route, and the changes
 /// that make it carry clusterscope's labels and annotation (and its channel's extras).
-fn labelled(event: &Event<'_>, mut classified: Classified, config: &Config) -> Decision {
+fn labelled(event: &EventView<'_>, mut classified: Classified, config: &Config) -> Decision {
     let keys = &config.keys;
     let channel = config.route(&EventFacts {
         group: &classified.group,
@@ -349,7 +349,7 @@ mod tests {
     use serde_json::Value;
 
     fn decide_json(json: &str) -> Decision {
-        let ev: Event = serde_json::from_str(json).unwrap();
+        let ev: EventView = serde_json::from_str(json).unwrap();
         decide(
             &ev,
             "default",
@@ -415,7 +415,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let ev: Event = serde_json::from_str(
+        let ev: EventView = serde_json::from_str(
             r#"{"metadata":{"labels":{"clusterscope.dev/channel":"a"}},"involvedObject":{"kind":"Namespace","name":"ns"}}"#,
         )
         .unwrap();
@@ -444,7 +444,7 @@ mod tests {
         );
         // The mirror label counts only outside the source namespaces.
         let copy = r#"{"metadata":{"labels":{"clusterscope.dev/mirror":"true"}},"involvedObject":{"kind":"Node","namespace":"team-a"}}"#;
-        let ev: Event = serde_json::from_str(copy).unwrap();
+        let ev: EventView = serde_json::from_str(copy).unwrap();
         let config = Config::embedded_default();
         let resolver = ScopeResolver::new();
         assert_eq!(
@@ -452,7 +452,7 @@ mod tests {
             Some(SkipReason::Mirror)
         );
         let disguised = r#"{"metadata":{"namespace":"default","labels":{"clusterscope.dev/mirror":"true"}},"involvedObject":{"kind":"Node"}}"#;
-        let ev: Event = serde_json::from_str(disguised).unwrap();
+        let ev: EventView = serde_json::from_str(disguised).unwrap();
         for ns in ["default", "kube-system", ""] {
             let d = decide(&ev, ns, &config, &resolver);
             assert_eq!(d.outcome, Outcome::Patched, "in {ns:?}");
@@ -469,7 +469,7 @@ mod tests {
         let labelled = r#"{"metadata":{"labels":{"app":"w","team":"other","clusterscope.dev/scope":"cluster","clusterscope.dev/kind":"Widget","clusterscope.dev/channel":"crs"},
                 "annotations":{"note":"keep","owner":"infra","clusterscope.dev/involved-object":"example.com/Widget/w1"}},
                 "involvedObject":{"apiVersion":"example.com/v1","kind":"Widget","name":"w1"}}"#;
-        let ev: Event = serde_json::from_str(labelled).unwrap();
+        let ev: EventView = serde_json::from_str(labelled).unwrap();
         // While the kind was unknown it was judged cluster-scoped; discovery says namespaced.
         let resolver = ScopeResolver::new();
         resolver.learn([(
@@ -497,7 +497,7 @@ mod tests {
         let mut healed: Value = serde_json::from_str(labelled).unwrap();
         json_patch::patch(&mut healed, &d.changes.json_patch()).unwrap();
         let text = healed.to_string();
-        let ev: Event = serde_json::from_str(&text).unwrap();
+        let ev: EventView = serde_json::from_str(&text).unwrap();
         let again = decide(&ev, "default", &config, &resolver);
         assert_eq!(again.outcome, Outcome::Skipped);
         assert!(again.changes.is_empty());
@@ -507,7 +507,7 @@ mod tests {
 
     #[test]
     fn an_unknown_kind_waits_for_discovery() {
-        let ev: Event = serde_json::from_str(
+        let ev: EventView = serde_json::from_str(
             r#"{"metadata":{"labels":{"clusterscope.dev/scope":"cluster"}},"involvedObject":{"apiVersion":"example.com/v1","kind":"Widget","name":"w1"}}"#,
         )
         .unwrap();

@@ -4,7 +4,7 @@
 //! to each delivery ([`Observer`]). A sink is one type: how it writes one delivery or a batch,
 //! how its lane runs ([`Sink::lane`]: workers, capacity, batches, what a full lane does), and
 //! whose retry rules apply to its failures ([`Sink::writer`]); registering it is one
-//! [`Pipeline::with_sink`]. What the deliveries are is the caller's: [`Pipeline::hand`] asks
+//! [`Pipeline::with_sink`]. What the deliveries are is the caller's: [`Pipeline::enqueue`] asks
 //! each registered sink's own type for its share, so nothing links a delivery to a lane by name.
 //!
 //! Nothing is lost silently: a delivery refused because its lane is full is handed back to
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 
 use super::error::{Action, Failure, SinkError, Writer};
-use super::queue::{Done, Full, Given, KeyedQueue, RetryPolicy};
+use super::queue::{Done, Full, KeyedQueue, RetryPolicy};
 
 /// One event on its way to one sink.
 #[derive(Debug, Clone)]
@@ -72,11 +72,36 @@ impl Delivery {
     }
 }
 
-/// The fields an event says (what a copy or a line carries), hashed: equal fingerprints mean
-/// a sink already holds what a delivery says.
+/// The fields an event says (what a copy or a line carries) and the labels and annotations
+/// it is written with, hashed: equal fingerprints mean a sink already holds what a delivery
+/// says.
 pub fn fingerprint(event: &Event) -> u64 {
-    let mut h = DefaultHasher::new();
-    let text = serde_json::to_string(&(
+    hash(&(
+        says(event),
+        &event.metadata.labels,
+        &event.metadata.annotations,
+    ))
+}
+
+/// What the event itself says (its occurrence: count, times, message, reason, type), hashed,
+/// without the labels and annotations a writer adds: equal when only those changed.
+pub fn content_fingerprint(event: &Event) -> u64 {
+    hash(&says(event))
+}
+
+type Says<'a> = (
+    &'a Option<i32>,
+    &'a Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    &'a Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    &'a Option<String>,
+    &'a Option<k8s_openapi::api::core::v1::EventSeries>,
+    &'a Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime>,
+    &'a Option<String>,
+    &'a Option<String>,
+);
+
+fn says(event: &Event) -> Says<'_> {
+    (
         &event.count,
         &event.last_timestamp,
         &event.first_timestamp,
@@ -85,11 +110,12 @@ pub fn fingerprint(event: &Event) -> u64 {
         &event.event_time,
         &event.reason,
         &event.type_,
-        &event.metadata.labels,
-        &event.metadata.annotations,
-    ))
-    .unwrap_or_default();
-    text.hash(&mut h);
+    )
+}
+
+fn hash(what: &impl serde::Serialize) -> u64 {
+    let mut h = DefaultHasher::new();
+    serde_json::to_string(what).unwrap_or_default().hash(&mut h);
     h.finish()
 }
 
@@ -106,7 +132,11 @@ pub fn key_of_source(source: &ObjectReference) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivered {
     Created,
+    /// Updated with a new occurrence of the event (a count, a time, a message).
     Updated,
+    /// Updated, but only what the writer adds changed (labels, annotations: another
+    /// subscription of the namespace wants it now, say), not what the event says.
+    Relabelled,
     /// The destination already held it.
     Unchanged,
     /// Appended (a stream: every delivery is a new record).
@@ -118,7 +148,7 @@ impl Delivered {
     pub fn as_str(self) -> &'static str {
         match self {
             Delivered::Created => "create",
-            Delivered::Updated => "update",
+            Delivered::Updated | Delivered::Relabelled => "update",
             Delivered::Unchanged => "unchanged",
             Delivered::Appended => "append",
         }
@@ -295,7 +325,7 @@ impl<S: ?Sized> Lane<S> {
 }
 
 /// A lane per registered sink; cheap to share in an [`Arc`]. `S` is the registering side's
-/// sink type (the mirror's outputs, or any [`Sink`]), which [`Pipeline::hand`] and the
+/// sink type (the mirror's outputs, or any [`Sink`]), which [`Pipeline::enqueue`] and the
 /// [`Observer`] see as it is.
 pub struct Pipeline<S: ?Sized + Sink + 'static = dyn Sink> {
     lanes: Vec<Arc<Lane<S>>>,
@@ -344,7 +374,7 @@ impl<S: ?Sized + Sink + 'static> Pipeline<S> {
     /// each waits up to `wait` for room in a full lane, except in a lane that drops while its
     /// sink fails (see [`Overflow`]). True when one was refused: the caller offers its source
     /// again later.
-    pub async fn hand(&self, wait: Duration, share_of: impl Fn(&S) -> Vec<Delivery>) -> bool {
+    pub async fn enqueue(&self, wait: Duration, share_of: impl Fn(&S) -> Vec<Delivery>) -> bool {
         let mut refused = false;
         for lane in &self.lanes {
             for delivery in share_of(&lane.sink) {
@@ -583,7 +613,7 @@ fn settle<S: ?Sized>(
         }
         Action::GiveUp => Done::GiveUp,
     };
-    let given_up = lane.queue.done(key.clone(), done, &lane.options.retry) == Given::Up;
+    let given_up = lane.queue.done(key.clone(), done, &lane.options.retry);
     observer.failed(&lane.sink, &delivery, &failure, given_up);
     if let Some(held) = lane.failure_log.allow() {
         let what = if given_up {
@@ -869,14 +899,14 @@ mod tests {
         assert!(p.offer(&delivery("a", 1)).is_empty());
         // Full, and no worker to make room: refused once the wait is over.
         let refused = p
-            .hand(Duration::from_millis(100), |_| vec![delivery("b", 1)])
+            .enqueue(Duration::from_millis(100), |_| vec![delivery("b", 1)])
             .await;
         assert!(refused, "still full after the wait");
         // With a worker, "a" is written and leaves room for "b" within the wait.
         let mut tasks = tokio::task::JoinSet::new();
         p.start(&mut tasks);
         let refused = p
-            .hand(Duration::from_secs(1), |_| vec![delivery("b", 1)])
+            .enqueue(Duration::from_secs(1), |_| vec![delivery("b", 1)])
             .await;
         assert!(!refused, "room within the wait");
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -21,6 +21,6 @@ pub mod queue;
 pub use error::{Action, Cause, Failure, Operation, SinkError, Writer};
 pub use lanes::{
     BatchFuture, DeliverFuture, Delivered, Delivery, LaneOptions, Observer, Overflow, Pipeline,
-    Refused, Sink, fingerprint, key_of_source,
+    Refused, Sink, content_fingerprint, fingerprint, key_of_source,
 };
-pub use queue::{Done, Given, KeyedQueue, RetryPolicy};
+pub use queue::{Done, KeyedQueue, RetryPolicy};

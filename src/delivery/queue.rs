@@ -51,13 +51,6 @@ pub enum Done<V> {
     GiveUp,
 }
 
-/// Whether [`KeyedQueue::done`] gave up on the key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Given {
-    Up,
-    Not,
-}
-
 /// The queue held as many keys as its capacity allows; the value is handed back.
 #[derive(Debug)]
 pub struct Full<V>(pub V);
@@ -268,13 +261,13 @@ where
 
     /// Marks `key` done. A failure comes back after the policy's delay unless a newer value
     /// arrived meanwhile (queued at once, with a fresh count), up to `max_attempts`; past that,
-    /// or for [`Done::GiveUp`], the key is dropped. Returns [`Given::Up`] when it was.
-    pub fn done(self: &Arc<Self>, key: K, done: Done<V>, retry: &RetryPolicy) -> Given {
+    /// or for [`Done::GiveUp`], the key is dropped. Returns true when it was (given up).
+    pub fn done(self: &Arc<Self>, key: K, done: Done<V>, retry: &RetryPolicy) -> bool {
         let mut s = self.lock();
         s.active.remove(&key);
         if s.forgotten.remove(&key) {
             s.release(&key);
-            return Given::Not;
+            return false;
         }
         if s.latest.contains_key(&key) {
             // A newer value came in while this one was worked on: it gets a fresh start.
@@ -284,16 +277,16 @@ where
             }
             drop(s);
             self.ready.notify_one();
-            return Given::Not;
+            return false;
         }
         let (value, delay, failures) = match done {
             Done::Finished => {
                 s.release(&key);
-                return Given::Not;
+                return false;
             }
             Done::GiveUp => {
                 s.release(&key);
-                return Given::Up;
+                return true;
             }
             Done::Later(value, after) => (value, after, s.failures.get(&key).copied()),
             Done::Retry(value) => {
@@ -302,7 +295,7 @@ where
                 let failures = *n;
                 if failures >= retry.max_attempts.max(1) {
                     s.release(&key);
-                    return Given::Up;
+                    return true;
                 }
                 (value, retry.delay(failures), Some(failures))
             }
@@ -327,7 +320,7 @@ where
                 }
             }
         });
-        Given::Not
+        false
     }
 
     /// Forgets `key`: a queued value and a pending retry are dropped.
@@ -437,16 +430,16 @@ mod tests {
         let q = Arc::new(Q::unbounded());
         q.add("a", 1).unwrap();
         let (k, v, _) = q.next().await;
-        assert_eq!(q.done(k, Done::Retry(v), &policy(2)), Given::Not);
+        assert!(!q.done(k, Done::Retry(v), &policy(2)), "kept");
         let (k, v, _) = q.next().await;
-        assert_eq!(q.done(k, Done::Retry(v), &policy(2)), Given::Up);
+        assert!(q.done(k, Done::Retry(v), &policy(2)), "given up");
         assert_eq!(q.failing(), 0, "forgotten after giving up");
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert!(q.is_empty(), "a given-up key never comes back by itself");
         // A new value starts over.
         q.add("a", 2).unwrap();
         let (k, _, _) = q.next().await;
-        assert_eq!(q.done(k, Done::GiveUp, &policy(10)), Given::Up);
+        assert!(q.done(k, Done::GiveUp, &policy(10)), "given up");
         assert!(q.is_empty());
     }
 
@@ -496,9 +489,9 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_millis(250));
         assert_eq!(q.failing(), 0);
         // Later never gives up, even with a cap of one attempt.
-        assert_eq!(
-            q.done(k, Done::Later(v, Duration::from_millis(1)), &policy(1)),
-            Given::Not
+        assert!(
+            !q.done(k, Done::Later(v, Duration::from_millis(1)), &policy(1)),
+            "kept"
         );
         let (k, _, _) = q.next().await;
         q.done(k, Done::Finished, &policy(1));

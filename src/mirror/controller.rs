@@ -15,8 +15,8 @@ use kube::runtime::watcher;
 use tracing::Instrument;
 
 use crate::delivery::{
-    Action, Delivered, Delivery, Done, Failure, Given, KeyedQueue, LaneOptions, Observer,
-    RetryPolicy, Writer,
+    Action, Delivered, Delivery, Done, Failure, KeyedQueue, LaneOptions, Observer, RetryPolicy,
+    Writer,
 };
 use crate::metrics::Metrics;
 use crate::mirror::outputs::{Counted, Output};
@@ -127,7 +127,7 @@ impl ControllerOptions {
 struct Report {
     metrics: Arc<Metrics>,
     own_events: Arc<crate::recorder::OwnEvents>,
-    subscriptions: Option<Arc<crate::subscription::Live>>,
+    subscriptions: Option<Arc<crate::subscription::SharedSubscriptions>>,
     config: crate::config::SharedConfig,
 }
 
@@ -159,6 +159,9 @@ impl Observer<dyn Output> for Report {
             self.metrics
                 .mirror_write(&delivery.channel, how.as_str(), "success");
         }
+        // An occurrence of the event written: its lag, and the subscriptions' counts (a copy
+        // only relabelled, because another subscription of its namespace came or went, is not
+        // a delivery of anything new).
         if matches!(how, Delivered::Created | Delivered::Updated) {
             self.metrics.mirror_lag(delivery.since.elapsed());
             self.subscription_copy(&delivery.event);
@@ -286,7 +289,7 @@ impl Worker {
         let refused = match &plan.routed {
             Some(routed) => {
                 pipeline
-                    .hand(options.full_wait, |output| output.plan(routed))
+                    .enqueue(options.full_wait, |output| output.plan(routed))
                     .await
             }
             None => false,
@@ -304,9 +307,9 @@ impl Worker {
                 Action::GiveUp => Done::GiveUp,
             },
         };
-        let given = queue.done(key.clone(), done, &options.retry());
+        let given_up = queue.done(key.clone(), done, &options.retry());
         if let Err(e) = &labelled {
-            if given == Given::Up {
+            if given_up {
                 metrics.mirror_given_up(&channel);
                 tracing::warn!(channel, error = %e,
                     "mirror: gave up labelling this event (until its source changes again)");
@@ -365,15 +368,15 @@ async fn hold_until_listed(
 
 /// Keeps the owner state delivery rules read (what the configuration's rules and the accepted
 /// subscriptions need, followed in `tasks`, and its size in the metrics every 2 s); its
-/// [`Keeper`], or None when nothing keeps a state.
+/// [`OwnerWatches`], or None when nothing keeps a state.
 ///
-/// [`Keeper`]: crate::owners::live::Keeper
+/// [`OwnerWatches`]: crate::owners::live::OwnerWatches
 fn keep_owner_state(
     syncer: &Syncer,
     metrics: &Arc<Metrics>,
     options: &ControllerOptions,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> Option<crate::owners::live::Keeper> {
+) -> Option<crate::owners::live::OwnerWatches> {
     let state = syncer.cluster.clone()?;
     let (config, subscriptions) = (syncer.config.clone(), syncer.subscriptions.clone());
     let needs = move || {
@@ -417,8 +420,8 @@ const SUBSCRIBED_RELIST_GAP: Duration = Duration::from_secs(2);
 /// the stored events are listed again, so that a new subscription gets the events already
 /// stored (copies that exist cost nothing: the copy index knows them).
 async fn relist_for_subscriptions(
-    live: Arc<crate::subscription::Live>,
-    keeper: Option<crate::owners::live::Keeper>,
+    live: Arc<crate::subscription::SharedSubscriptions>,
+    keeper: Option<crate::owners::live::OwnerWatches>,
     pipeline: Arc<Pipeline>,
 ) {
     // Changes from now on: what is accepted already is planned with the first list.
@@ -446,7 +449,7 @@ fn follow_sources(
     for ns in SOURCE_NAMESPACES {
         let api: Api<Event> = Api::namespaced(syncer.client.clone(), ns);
         let (queue, metrics, pipeline) = (queue.clone(), metrics.clone(), pipeline.clone());
-        let how = crate::follow::Follow {
+        let how = crate::follow::WatchSpec {
             what: format!("events in {ns}"),
             hint: "mirroring waits; what is stored meanwhile is caught up by the next list",
             // A new list whenever a lane that dropped deliveries asks for one.

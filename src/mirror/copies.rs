@@ -43,6 +43,8 @@ pub fn owner(copy: &Event, keys: &Keys) -> u64 {
 pub struct Known {
     pub resource_version: Box<str>,
     pub fingerprint: u64,
+    /// [`crate::delivery::content_fingerprint`] of the stored copy: what its event says.
+    pub content: u64,
     /// [`owner`] of the stored copy.
     pub owner: u64,
 }
@@ -52,6 +54,7 @@ impl Known {
         Some(Known {
             resource_version: stored.metadata.resource_version.as_deref()?.into(),
             fingerprint: fingerprint(stored),
+            content: crate::delivery::content_fingerprint(stored),
             owner: owner(stored, keys),
         })
     }

@@ -71,7 +71,7 @@ pub fn copy_name(source_namespace: &str, source_name: &str) -> String {
 
 /// Where a copy goes, and how it got there.
 #[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
+pub struct Placement<'a> {
     pub namespace: &'a str,
     /// The delivery label: `channel` (the channel's namespace), `owner`, `node`, `selector`,
     /// `subscription`.
@@ -82,10 +82,10 @@ pub struct Target<'a> {
     pub subscription: Option<&'a str>,
 }
 
-impl<'a> Target<'a> {
+impl<'a> Placement<'a> {
     /// The channel's own namespace.
     pub fn channel(namespace: &'a str) -> Self {
-        Target {
+        Placement {
             namespace,
             how: How::Channel,
             why: None,
@@ -101,7 +101,7 @@ pub fn make_copy(
     classified: &Classified,
     channel: &Channel,
     config: &Config,
-    target: Target<'_>,
+    target: Placement<'_>,
 ) -> Option<Event> {
     let namespace = target.namespace.to_owned();
     let source_name = source.metadata.name.as_deref().filter(|n| !n.is_empty())?;
@@ -225,7 +225,7 @@ mod tests {
 
     /// The copy of `source` for the first channel, in its namespace.
     fn channel_copy(source: &Event, config: &Config) -> Option<Event> {
-        let target = Target::channel("team-infra");
+        let target = Placement::channel("team-infra");
         make_copy(source, &classified(), &config.channels[0], config, target)
     }
 

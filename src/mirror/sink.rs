@@ -65,13 +65,14 @@ impl CopySink {
                 if known.fingerprint == fingerprint {
                     return Ok(Delivered::Unchanged);
                 }
+                let how = updated(known.content, copy);
                 let mut wanted = copy.clone();
                 wanted.metadata.resource_version = Some(known.resource_version.into());
                 self.budget.take().await;
                 match api.replace(name, &PostParams::default(), &wanted).await {
                     Ok(stored) => {
                         self.copies.record(&stored, keys);
-                        return Ok(Delivered::Updated);
+                        return Ok(how);
                     }
                     // Changed or gone since it was seen: read it.
                     Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
@@ -127,13 +128,14 @@ impl CopySink {
                 self.copies.record(&stored, keys);
                 return Ok(Delivered::Unchanged);
             }
+            let how = updated(crate::delivery::content_fingerprint(&stored), copy);
             let mut wanted = copy.clone();
             wanted.metadata.resource_version = stored.metadata.resource_version.clone();
             self.budget.take().await;
             match api.replace(name, &PostParams::default(), &wanted).await {
                 Ok(stored) => {
                     self.copies.record(&stored, keys);
-                    return Ok(Delivered::Updated);
+                    return Ok(how);
                 }
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(Failure::new(Operation::Update, e)),
@@ -147,6 +149,16 @@ impl CopySink {
                 message: format!("copy {ns}/{name} kept changing while being updated"),
             },
         ))
+    }
+}
+
+/// What an update of a stored copy whose event said `stored` (its content fingerprint) to
+/// `wanted` is: a new occurrence, or only our labels and annotations.
+fn updated(stored: u64, wanted: &Event) -> Delivered {
+    if stored == crate::delivery::content_fingerprint(wanted) {
+        Delivered::Relabelled
+    } else {
+        Delivered::Updated
     }
 }
 

@@ -16,7 +16,7 @@ use crate::decide::{Changes, Outcome, decide};
 use crate::delivery::{Delivery, Failure, Operation};
 use crate::mirror::outputs::{Output, Routed};
 use crate::mirror::sink::CopySink;
-use crate::mirror::{Target, make_copy};
+use crate::mirror::{Placement, make_copy};
 use crate::owners::How;
 use crate::subscription::Wanted;
 
@@ -33,9 +33,9 @@ pub struct Syncer {
     pub own_events: Arc<crate::recorder::OwnEvents>,
     /// What delivery rules read of the cluster (owners, pods on nodes, namespaces), when
     /// something keeps it.
-    pub cluster: Option<crate::owners::SharedCluster>,
+    pub cluster: Option<crate::owners::SharedOwnerState>,
     /// The tenants' accepted Subscriptions, when something keeps them.
-    pub subscriptions: Option<Arc<crate::subscription::Live>>,
+    pub subscriptions: Option<Arc<crate::subscription::SharedSubscriptions>>,
     /// What the copy sink may write a second (set by the controller from its options).
     pub budget: Arc<crate::mirror::budget::WriteBudget>,
 }
@@ -75,7 +75,7 @@ impl Targets {
 
     /// Adds what a namespace's subscriptions want, if its delivery rate lets one more through
     /// now (else it is counted as deferred: the source is planned again later).
-    fn subscribed(&mut self, live: &crate::subscription::Live, wanted: Wanted) {
+    fn subscribed(&mut self, live: &crate::subscription::SharedSubscriptions, wanted: Wanted) {
         let taken = self.places.iter().any(|p| p.namespace == wanted.namespace);
         if taken {
             return;
@@ -164,13 +164,16 @@ impl Syncer {
     }
 
     /// Resolves delivery rules against `cluster`.
-    pub fn with_cluster(mut self, cluster: crate::owners::SharedCluster) -> Self {
+    pub fn with_cluster(mut self, cluster: crate::owners::SharedOwnerState) -> Self {
         self.cluster = Some(cluster);
         self
     }
 
     /// Delivers what the tenants' Subscriptions in `live` ask for (read at each plan).
-    pub fn with_subscriptions(mut self, live: Arc<crate::subscription::Live>) -> Self {
+    pub fn with_subscriptions(
+        mut self,
+        live: Arc<crate::subscription::SharedSubscriptions>,
+    ) -> Self {
         self.subscriptions = Some(live);
         self
     }
@@ -185,7 +188,7 @@ impl Syncer {
     /// is when this state of it was first seen.
     pub fn plan(&self, source: &Event, since: Instant) -> Plan {
         // The same view the webhook decides on, borrowed from the typed event.
-        let view = crate::event::Event::from(source);
+        let view = crate::event::EventView::from(source);
         // One consistent configuration for the whole plan, even if it is reloaded meanwhile.
         let config = self.config.load_full();
         let source_ns = source.metadata.namespace.as_deref().unwrap_or("default");
@@ -232,7 +235,7 @@ impl Syncer {
             .places
             .iter()
             .filter_map(|place| {
-                let target = Target {
+                let target = Placement {
                     namespace: &place.namespace,
                     how: place.how,
                     why: place.why.as_deref(),

@@ -1,4 +1,4 @@
-//! Keeping [`Cluster`] current: one kube-runtime watcher per resource the enabled rules need
+//! Keeping [`OwnerState`] current: one kube-runtime watcher per resource the enabled rules need
 //! (PersistentVolumes and VolumeAttachments for `owners`; Namespaces for every rule; Pods
 //! only for `nodePods`), each object trimmed to the names the rules read as it arrives. A
 //! re-list (start, 410 Gone) is collected trimmed and swapped in whole when it is done, so
@@ -15,7 +15,9 @@ use kube::api::Api;
 use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 
-use super::{Claim, Cluster, CustomObjects, CustomRule, Follows, Namespace, Rules, SharedCluster};
+use super::{
+    Claim, CustomObjects, CustomRule, FieldHolds, Namespace, OwnerState, Rules, SharedOwnerState,
+};
 
 /// Which resources the rules in use need watched.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,8 +42,8 @@ impl Needs {
         needs.custom = custom
             .iter()
             .filter(|c| match c.follows {
-                Follows::Namespace => needs.volumes,
-                Follows::Node => needs.pods,
+                FieldHolds::Namespace => needs.volumes,
+                FieldHolds::Node => needs.pods,
             })
             .cloned()
             .collect();
@@ -92,9 +94,9 @@ trait Table: Send + 'static {
     }
     fn trim(&mut self, o: &Self::Object) -> Self::Trimmed;
     /// Forgets everything this table put in (before a re-list is swapped in).
-    fn clear(&self, c: &mut Cluster);
-    fn apply(&self, c: &mut Cluster, t: Self::Trimmed);
-    fn remove(&self, c: &mut Cluster, t: Self::Trimmed);
+    fn clear(&self, c: &mut OwnerState);
+    fn apply(&self, c: &mut OwnerState, t: Self::Trimmed);
+    fn remove(&self, c: &mut OwnerState, t: Self::Trimmed);
 }
 
 fn name<K: kube::Resource>(o: &K) -> String {
@@ -122,10 +124,10 @@ impl Table for Volumes {
             });
         (name(o), claim)
     }
-    fn clear(&self, c: &mut Cluster) {
+    fn clear(&self, c: &mut OwnerState) {
         c.volumes.clear();
     }
-    fn apply(&self, c: &mut Cluster, (name, claim): Self::Trimmed) {
+    fn apply(&self, c: &mut OwnerState, (name, claim): Self::Trimmed) {
         match claim {
             Some(claim) => {
                 c.volumes.insert(name, claim);
@@ -135,7 +137,7 @@ impl Table for Volumes {
             }
         }
     }
-    fn remove(&self, c: &mut Cluster, (name, _): Self::Trimmed) {
+    fn remove(&self, c: &mut OwnerState, (name, _): Self::Trimmed) {
         c.volumes.remove(&name);
     }
 }
@@ -150,10 +152,10 @@ impl Table for Attachments {
     fn trim(&mut self, o: &VolumeAttachment) -> Self::Trimmed {
         (name(o), o.spec.source.persistent_volume_name.clone())
     }
-    fn clear(&self, c: &mut Cluster) {
+    fn clear(&self, c: &mut OwnerState) {
         c.attachments.clear();
     }
-    fn apply(&self, c: &mut Cluster, (name, pv): Self::Trimmed) {
+    fn apply(&self, c: &mut OwnerState, (name, pv): Self::Trimmed) {
         match pv {
             Some(pv) => {
                 c.attachments.insert(name, pv);
@@ -163,7 +165,7 @@ impl Table for Attachments {
             }
         }
     }
-    fn remove(&self, c: &mut Cluster, (name, _): Self::Trimmed) {
+    fn remove(&self, c: &mut OwnerState, (name, _): Self::Trimmed) {
         c.attachments.remove(&name);
     }
 }
@@ -186,13 +188,13 @@ impl Table for Namespaces {
             },
         )
     }
-    fn clear(&self, c: &mut Cluster) {
+    fn clear(&self, c: &mut OwnerState) {
         c.namespaces.clear();
     }
-    fn apply(&self, c: &mut Cluster, (name, ns): Self::Trimmed) {
+    fn apply(&self, c: &mut OwnerState, (name, ns): Self::Trimmed) {
         c.namespaces.insert(name, ns);
     }
-    fn remove(&self, c: &mut Cluster, (name, _): Self::Trimmed) {
+    fn remove(&self, c: &mut OwnerState, (name, _): Self::Trimmed) {
         c.namespaces.remove(&name);
     }
 }
@@ -219,13 +221,13 @@ impl Table for Pods {
             node,
         )
     }
-    fn clear(&self, c: &mut Cluster) {
+    fn clear(&self, c: &mut OwnerState) {
         c.clear_pods();
     }
-    fn apply(&self, c: &mut Cluster, (ns, name, node): Self::Trimmed) {
+    fn apply(&self, c: &mut OwnerState, (ns, name, node): Self::Trimmed) {
         c.set_pod(&ns, &name, node.as_deref());
     }
-    fn remove(&self, c: &mut Cluster, (ns, name, _): Self::Trimmed) {
+    fn remove(&self, c: &mut OwnerState, (ns, name, _): Self::Trimmed) {
         c.remove_pod(&ns, &name);
     }
 }
@@ -344,10 +346,10 @@ const PROGRESS_EVERY: usize = 500;
 async fn follow<T: Table>(
     table: T,
     api: Api<T::Object>,
-    state: SharedCluster,
+    state: SharedOwnerState,
     (progress, id): Told,
 ) {
-    let how = crate::follow::Follow {
+    let how = crate::follow::WatchSpec {
         what: table.resource(),
         hint: "owner delivery uses what was last seen; is the resource served, and may clusterscope list and watch it?",
         relist: None,
@@ -373,7 +375,7 @@ async fn follow<T: Table>(
 /// What [`follow`] keeps between events.
 struct Lister<T: Table> {
     table: T,
-    state: SharedCluster,
+    state: SharedOwnerState,
     /// A list being collected: applied whole at its end.
     relist: Option<Vec<T::Trimmed>>,
     /// Where the first list's progress is told, as follower `id`.
@@ -461,13 +463,13 @@ impl Table for Custom {
         }
         (name, value)
     }
-    fn clear(&self, c: &mut Cluster) {
+    fn clear(&self, c: &mut OwnerState) {
         if let Some(known) = c.custom.get_mut(&self.key) {
             known.values.clear();
             known.skipped.clear();
         }
     }
-    fn apply(&self, c: &mut Cluster, (name, value): Self::Trimmed) {
+    fn apply(&self, c: &mut OwnerState, (name, value): Self::Trimmed) {
         let entry = c
             .custom
             .entry(self.key.clone())
@@ -487,7 +489,7 @@ impl Table for Custom {
             }
         }
     }
-    fn remove(&self, c: &mut Cluster, (name, _): Self::Trimmed) {
+    fn remove(&self, c: &mut OwnerState, (name, _): Self::Trimmed) {
         if let Some(entry) = c.custom.get_mut(&self.key) {
             entry.values.remove(&name);
             entry.skipped.remove(&name);
@@ -499,7 +501,7 @@ impl Table for Custom {
 fn follow_all<T: Table>(
     table: T,
     client: &kube::Client,
-    state: &SharedCluster,
+    state: &SharedOwnerState,
     told: Told,
 ) -> impl std::future::Future<Output = ()> + Send + use<T>
 where
@@ -513,7 +515,7 @@ where
 fn follow_custom(
     rule: CustomRule,
     client: &kube::Client,
-    state: &SharedCluster,
+    state: &SharedOwnerState,
     told: Told,
 ) -> impl std::future::Future<Output = ()> + Send + use<> {
     use kube::api::{ApiResource, GroupVersionKind};
@@ -532,7 +534,7 @@ fn follow_custom(
 
 /// One resource followed for the rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Followed {
+enum Watched {
     Volumes,
     Attachments,
     Namespaces,
@@ -542,18 +544,18 @@ enum Followed {
 
 impl Needs {
     /// The resources these needs follow.
-    fn followed(&self) -> Vec<Followed> {
+    fn followed(&self) -> Vec<Watched> {
         let mut all = Vec::new();
         if self.volumes {
-            all.extend([Followed::Volumes, Followed::Attachments]);
+            all.extend([Watched::Volumes, Watched::Attachments]);
         }
         if self.namespaces {
-            all.push(Followed::Namespaces);
+            all.push(Watched::Namespaces);
         }
         if self.pods {
-            all.push(Followed::Pods);
+            all.push(Watched::Pods);
         }
-        all.extend(self.custom.iter().cloned().map(Followed::Custom));
+        all.extend(self.custom.iter().cloned().map(Watched::Custom));
         all
     }
 }
@@ -565,33 +567,33 @@ type Told = (Progress, u64);
 /// follower is counted there before this returns, so that the state is never complete while a
 /// follower has not started).
 fn start_following(
-    what: &Followed,
+    what: &Watched,
     client: &kube::Client,
-    state: &SharedCluster,
+    state: &SharedOwnerState,
     progress: &Progress,
 ) -> tokio::task::JoinHandle<()> {
     let resource = match what {
-        Followed::Volumes => Volumes.resource(),
-        Followed::Attachments => Attachments.resource(),
-        Followed::Namespaces => Namespaces.resource(),
-        Followed::Pods => Pods.resource(),
-        Followed::Custom(rule) => custom_resource(rule),
+        Watched::Volumes => Volumes.resource(),
+        Watched::Attachments => Attachments.resource(),
+        Watched::Namespaces => Namespaces.resource(),
+        Watched::Pods => Pods.resource(),
+        Watched::Custom(rule) => custom_resource(rule),
     };
     let id = progress.start(resource);
     let told = (progress.clone(), id);
     match what {
-        Followed::Volumes => tokio::spawn(follow_all(Volumes, client, state, told)),
-        Followed::Attachments => tokio::spawn(follow_all(Attachments, client, state, told)),
-        Followed::Namespaces => tokio::spawn(follow_all(Namespaces, client, state, told)),
-        Followed::Pods => tokio::spawn(follow_all(Pods, client, state, told)),
-        Followed::Custom(rule) => tokio::spawn(follow_custom(rule.clone(), client, state, told)),
+        Watched::Volumes => tokio::spawn(follow_all(Volumes, client, state, told)),
+        Watched::Attachments => tokio::spawn(follow_all(Attachments, client, state, told)),
+        Watched::Namespaces => tokio::spawn(follow_all(Namespaces, client, state, told)),
+        Watched::Pods => tokio::spawn(follow_all(Pods, client, state, told)),
+        Watched::Custom(rule) => tokio::spawn(follow_custom(rule.clone(), client, state, told)),
     }
 }
 
 /// Stops what it follows when dropped.
-struct Following(Vec<(Followed, tokio::task::JoinHandle<()>)>);
+struct RunningWatches(Vec<(Watched, tokio::task::JoinHandle<()>)>);
 
-impl Drop for Following {
+impl Drop for RunningWatches {
     fn drop(&mut self) {
         for (_, task) in &self.0 {
             task.abort();
@@ -602,7 +604,7 @@ impl Drop for Following {
 /// The handle of what keeps the owner state: its first lists, and a way to make it read what
 /// the rules need at once.
 #[derive(Clone)]
-pub struct Keeper {
+pub struct OwnerWatches {
     wake: std::sync::Arc<tokio::sync::Notify>,
     /// Refreshes asked for so far.
     asked: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -612,7 +614,7 @@ pub struct Keeper {
     progress: Progress,
 }
 
-impl Keeper {
+impl OwnerWatches {
     /// Whether the state is complete, and how its lists go.
     pub fn progress(&self) -> Progress {
         self.progress.clone()
@@ -632,17 +634,17 @@ impl Keeper {
 }
 
 /// Starts keeping `state` current for what `needs()` says the rules in use need: the watchers
-/// needed now at once (the returned [`Keeper`]'s [`Progress`] counts their first lists), then
-/// every `every`, or at once when [`Keeper::refresh`] asks (the configuration may have been
+/// needed now at once (the returned [`OwnerWatches`]'s [`Progress`] counts their first lists), then
+/// every `every`, or at once when [`OwnerWatches::refresh`] asks (the configuration may have been
 /// reloaded, subscriptions may have come), the ones needed since are started and the ones no
 /// rule needs any more stopped (their first list on a later start refills their part of the
 /// state). The returned future runs until dropped, and its watchers with it.
 pub fn start(
     client: kube::Client,
-    state: SharedCluster,
+    state: SharedOwnerState,
     needs: impl Fn() -> Needs + Send + 'static,
     every: std::time::Duration,
-) -> (Keeper, impl std::future::Future<Output = ()> + Send) {
+) -> (OwnerWatches, impl std::future::Future<Output = ()> + Send) {
     let first = needs();
     let (rounds_tx, rounds) = tokio::sync::watch::channel(0);
     let wake = std::sync::Arc::new(tokio::sync::Notify::new());
@@ -650,19 +652,19 @@ pub fn start(
     let progress = Progress::default();
     // Complete only once the first round's followers, started when `keep` first runs, listed.
     progress.promise(first.followed().len());
-    let keeper = Keeper {
+    let keeper = OwnerWatches {
         wake: wake.clone(),
         asked: asked.clone(),
         rounds,
         progress: progress.clone(),
     };
     let keep = async move {
-        let mut following = Following(Vec::new());
+        let mut following = RunningWatches(Vec::new());
         let mut wanted = first;
         let (mut round, mut served) = (0u64, 0u64);
         loop {
             let now = wanted.followed();
-            let before: Vec<Followed> = following.0.iter().map(|(w, _)| w.clone()).collect();
+            let before: Vec<Watched> = following.0.iter().map(|(w, _)| w.clone()).collect();
             following.0.retain(|(what, task)| {
                 let keep = now.contains(what);
                 if !keep {
@@ -670,7 +672,7 @@ pub fn start(
                 }
                 keep
             });
-            let started: Vec<&Followed> = now.iter().filter(|w| !before.contains(w)).collect();
+            let started: Vec<&Watched> = now.iter().filter(|w| !before.contains(w)).collect();
             for what in started {
                 let task = start_following(what, &client, &state, &progress);
                 following.0.push((what.clone(), task));
@@ -709,7 +711,7 @@ mod tests {
         };
         let (keeper, keep) = start(
             client,
-            SharedCluster::default(),
+            SharedOwnerState::default(),
             needs,
             std::time::Duration::from_secs(10),
         );
@@ -761,13 +763,13 @@ mod tests {
             field: vec!["spec".into(), "where".into()],
             follows,
         };
-        let custom = [rule(Follows::Namespace), rule(Follows::Node)];
+        let custom = [rule(FieldHolds::Namespace), rule(FieldHolds::Node)];
         // A namespace field is read for `owners`, a Node field for `nodePods`.
         assert_eq!(
             Needs::of([&owners], &custom).custom,
-            [rule(Follows::Namespace)]
+            [rule(FieldHolds::Namespace)]
         );
-        assert_eq!(Needs::of([&pods], &custom).custom, [rule(Follows::Node)]);
+        assert_eq!(Needs::of([&pods], &custom).custom, [rule(FieldHolds::Node)]);
     }
 
     #[test]

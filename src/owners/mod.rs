@@ -28,7 +28,7 @@ mod reach;
 pub use reach::{Reach, Rule};
 
 /// The cluster state shared by whatever keeps it and whoever resolves against it.
-pub type SharedCluster = std::sync::Arc<std::sync::RwLock<Cluster>>;
+pub type SharedOwnerState = std::sync::Arc<std::sync::RwLock<OwnerState>>;
 
 /// A volume's claim, as its `spec.claimRef` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ pub type Counts = Vec<(String, usize)>;
 
 /// What a custom rule's field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Follows {
+pub enum FieldHolds {
     /// A namespace: the object belongs there (with `owners`).
     Namespace,
     /// The name of a Node: the object goes where the node's events go (with `nodePods`).
@@ -96,10 +96,10 @@ impl Relation {
     }
 
     /// What a custom rule's field must name for this relation.
-    pub fn follows(self) -> Follows {
+    pub fn follows(self) -> FieldHolds {
         match self {
-            Relation::Owned => Follows::Namespace,
-            Relation::Nodes => Follows::Node,
+            Relation::Owned => FieldHolds::Namespace,
+            Relation::Nodes => FieldHolds::Node,
         }
     }
 
@@ -124,7 +124,7 @@ pub struct CustomRule {
     pub resource: String,
     /// The field's path, split at the dots (`status.nodeName` → `[status, nodeName]`).
     pub field: Vec<String>,
-    pub follows: Follows,
+    pub follows: FieldHolds,
 }
 
 impl CustomRule {
@@ -155,7 +155,7 @@ pub struct CustomObjects {
 
 /// What the rules need to know of the cluster (names only, no objects).
 #[derive(Debug, Clone, Default)]
-pub struct Cluster {
+pub struct OwnerState {
     /// Custom kinds with a rule: (group, kind) → their objects' field values.
     pub custom: HashMap<(String, String), CustomObjects>,
     /// PersistentVolume name → its claim.
@@ -255,7 +255,7 @@ pub struct Object<'a> {
 /// The destinations found so far for one object: each open namespace once, in the order
 /// found.
 struct Found<'c> {
-    cluster: &'c Cluster,
+    cluster: &'c OwnerState,
     seen: BTreeSet<String>,
     out: Resolution,
 }
@@ -272,7 +272,7 @@ impl Found<'_> {
     }
 }
 
-impl Cluster {
+impl OwnerState {
     /// Records where a pod runs: `node` is `None` for a pod not bound to a node or terminated
     /// (Succeeded or Failed), which no longer counts.
     pub fn set_pod(&mut self, namespace: &str, name: &str, node: Option<&str>) {
@@ -387,7 +387,7 @@ impl Cluster {
     }
 
     /// What a custom rule reads of `object`: whom it follows, the value, and the field.
-    fn custom_value(&self, object: Object<'_>) -> Option<(Follows, &str, String)> {
+    fn custom_value(&self, object: Object<'_>) -> Option<(FieldHolds, &str, String)> {
         if self.custom.is_empty() {
             return None;
         }
@@ -403,13 +403,13 @@ impl Cluster {
     fn owners_of(
         &self,
         object: Object<'_>,
-        custom: Option<&(Follows, &str, String)>,
+        custom: Option<&(FieldHolds, &str, String)>,
         found: &mut Found<'_>,
     ) {
         if let Some((namespace, why)) = self.owner(object) {
             found.add(&namespace, How::Owner, why);
         }
-        if let Some((Follows::Namespace, namespace, field)) = custom {
+        if let Some((FieldHolds::Namespace, namespace, field)) = custom {
             let why = format!(
                 "{} {} names namespace {namespace} in {field}",
                 object.kind, object.name
@@ -424,12 +424,12 @@ impl Cluster {
         &self,
         node_pods: &NodePods,
         object: Object<'_>,
-        custom: Option<&(Follows, &str, String)>,
+        custom: Option<&(FieldHolds, &str, String)>,
         found: &mut Found<'_>,
     ) {
         // A custom object that names a Node goes where that node's events go.
         let (node, via) = match custom {
-            Some((Follows::Node, node, field)) => (
+            Some((FieldHolds::Node, node, field)) => (
                 Some(*node),
                 format!(
                     "{} {} runs on Node {node} ({field}), which",
@@ -520,8 +520,8 @@ fn node_of<'a>(object: Object<'a>) -> Option<&'a str> {
 mod tests {
     use super::*;
 
-    fn cluster() -> Cluster {
-        let mut c = Cluster::default();
+    fn cluster() -> OwnerState {
+        let mut c = OwnerState::default();
         for (name, terminating, team) in [
             ("team-a", false, "a"),
             ("team-b", false, "b"),
@@ -668,7 +668,7 @@ mod tests {
 
     #[test]
     fn a_node_with_5000_pods_in_2000_namespaces_is_cut_to_the_cap() {
-        let mut c = Cluster::default();
+        let mut c = OwnerState::default();
         for i in 0..2_000 {
             c.namespaces
                 .insert(format!("ns-{i:04}"), Namespace::default());
@@ -705,21 +705,21 @@ mod tests {
             (
                 "Disk",
                 "spec.claimRef.namespace",
-                Follows::Namespace,
+                FieldHolds::Namespace,
                 "disk-1",
                 "team-b",
             ),
             (
                 "Disk",
                 "spec.claimRef.namespace",
-                Follows::Namespace,
+                FieldHolds::Namespace,
                 "disk-2",
                 "going",
             ),
             (
                 "NodeClaim",
                 "status.nodeName",
-                Follows::Node,
+                FieldHolds::Node,
                 "nc-1",
                 "node1",
             ),
@@ -771,7 +771,7 @@ mod tests {
                 .is_empty()
         );
         // The field's value is read as a string only.
-        let r = rule("Disk", "spec.claimRef.namespace", Follows::Namespace);
+        let r = rule("Disk", "spec.claimRef.namespace", FieldHolds::Namespace);
         let doc =
             |v: serde_json::Value| serde_json::json!({"spec": {"claimRef": {"namespace": v}}});
         assert_eq!(r.value_in(&doc("team-a".into())), Some("team-a"));
@@ -782,7 +782,7 @@ mod tests {
 
     #[test]
     fn pods_are_counted_where_they_run_and_move_and_leave_cleanly() {
-        let mut c = Cluster::default();
+        let mut c = OwnerState::default();
         c.set_pod("team-a", "web-1", Some("node1"));
         c.set_pod("team-a", "web-2", Some("node1"));
         c.set_pod("team-b", "db-1", Some("node1"));

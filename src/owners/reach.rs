@@ -1,8 +1,8 @@
 //! Which of a channel's delivery rules can deliver an event, whatever the cluster holds now: the
-//! gate [`super::Cluster::resolve`] applies before it reads the state, and the words `explain`
+//! gate [`super::OwnerState::resolve`] applies before it reads the state, and the words `explain`
 //! says of each rule (including why one does not deliver), so the two never disagree.
 
-use super::{CustomRule, Follows, NodePods, Object, Rules};
+use super::{CustomRule, FieldHolds, NodePods, Object, Rules};
 
 /// A delivery rule of a channel (`deliver:`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,7 @@ fn owner_tie<'a>(object: Object<'_>, custom: Option<&'a CustomRule>) -> Option<O
         ("", "PersistentVolume", _) => Some(OwnerTie::Claim),
         ("storage.k8s.io", "VolumeAttachment", _) => Some(OwnerTie::AttachedClaim),
         ("", "Namespace", _) => Some(OwnerTie::Itself),
-        (_, _, Some(rule)) if rule.follows == Follows::Namespace => Some(OwnerTie::Field(rule)),
+        (_, _, Some(rule)) if rule.follows == FieldHolds::Namespace => Some(OwnerTie::Field(rule)),
         _ => None,
     }
 }
@@ -67,14 +67,14 @@ fn node_tie<'a>(
     }
     match (object.group, object.kind, custom) {
         ("", "Node", _) | ("storage.k8s.io", "CSINode", _) => Ok(None),
-        (_, _, Some(rule)) if rule.follows == Follows::Node => Ok(Some(rule)),
+        (_, _, Some(rule)) if rule.follows == FieldHolds::Node => Ok(Some(rule)),
         _ => Err(NodeMiss::Kind),
     }
 }
 
 impl Rules {
     /// The enabled rules that can deliver an event of `type_` about `object` (`custom`: the
-    /// admin's `ownerRules` entry for its kind): what [`super::Cluster::resolve`] then resolves.
+    /// admin's `ownerRules` entry for its kind): what [`super::OwnerState::resolve`] then resolves.
     pub fn gate(&self, object: Object<'_>, type_: &str, custom: Option<&CustomRule>) -> [bool; 3] {
         [
             self.owners && owner_tie(object, custom).is_some(),

@@ -211,11 +211,11 @@ impl Recorder {
             name: event.metadata.name.clone(),
             ..ObjectReference::default()
         });
-        self.hand(Delivery::new(key, event, reference))
+        self.enqueue(Delivery::new(key, event, reference))
     }
 
     /// Offers `delivery` to every sink's lane; a full lane drops it.
-    fn hand(&self, delivery: Delivery) -> bool {
+    fn enqueue(&self, delivery: Delivery) -> bool {
         let refused = self.pipeline.offer(&delivery);
         for full in &refused {
             let dropped = self.stats.dropped.load(Ordering::Relaxed);

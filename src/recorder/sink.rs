@@ -127,9 +127,6 @@ impl LogSink {
     }
 }
 
-/// The channel switch that turns the log stream on (`log: true`).
-pub const LOG_SWITCH: &str = "log";
-
 /// The log stream as a delivery sink: one line per source state (the source once labelled),
 /// never retried for long (a broken standard output does not heal).
 impl Sink for LogSink {

@@ -105,7 +105,7 @@ pub struct Runtime {
     cert_reloader: Option<CertReloader>,
     config_reloader: Option<crate::reload::ConfigReloader>,
     /// The cluster to use and discovery's poke receiver, when one is configured.
-    cluster: Option<(crate::cluster::Target, tokio::sync::mpsc::Receiver<()>)>,
+    cluster: Option<(crate::cluster::ApiServer, tokio::sync::mpsc::Receiver<()>)>,
     /// clusterscope's own events (connected by the cluster side).
     own_events: Arc<crate::recorder::OwnEvents>,
     /// The history database, when `--postgres-url` names one (connected when first used).
@@ -343,6 +343,6 @@ fn open_history(
 
 /// What [`plan_cluster`] found: the target with discovery's pokes, and discovery's trigger.
 type Cluster = (
-    Option<(crate::cluster::Target, tokio::sync::mpsc::Receiver<()>)>,
+    Option<(crate::cluster::ApiServer, tokio::sync::mpsc::Receiver<()>)>,
     Option<crate::discovery::Trigger>,
 );

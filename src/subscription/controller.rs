@@ -1,7 +1,7 @@
 //! The subscription controller (on the replica holding the lease, beside the mirror): follows
 //! every Subscription into a kube-runtime reflector store, judges each namespace's against the
 //! admin's ceiling (oldest first, so a namespace over its cap keeps its oldest), hands the
-//! accepted ones to the mirror ([`Live::replace`]) and writes each status that changed with
+//! accepted ones to the mirror ([`SharedSubscriptions::replace`]) and writes each status that changed with
 //! server-side apply: on every change of a Subscription, and every `status_every` (counts of
 //! delivered copies, a reloaded configuration).
 
@@ -13,7 +13,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 
-use super::{Accepted, Live, Refusal, Subscribers, Subscription, accept, status};
+use super::{Accepted, Refusal, SharedSubscriptions, Subscribers, Subscription, accept, status};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -40,13 +40,13 @@ impl Default for Options {
 }
 
 /// One subscription judged: where it stands and what its status should say.
-struct Judged {
+struct Judgement {
     subscription: Arc<Subscription>,
     verdict: Result<(), Refusal>,
 }
 
 /// Judges every subscription against `config`'s ceiling, each namespace's oldest first.
-fn judge(all: Vec<Arc<Subscription>>, config: &Config) -> (Subscribers, Vec<Judged>) {
+fn judge(all: Vec<Arc<Subscription>>, config: &Config) -> (Subscribers, Vec<Judgement>) {
     let mut by_namespace: BTreeMap<String, Vec<Arc<Subscription>>> = BTreeMap::new();
     for s in all {
         let ns = s.metadata.namespace.clone().unwrap_or_default();
@@ -75,7 +75,7 @@ fn judge(all: Vec<Arc<Subscription>>, config: &Config) -> (Subscribers, Vec<Judg
                 let spec = subscription.spec.clone();
                 subscribers.insert(&namespace, Accepted { name, spec });
             }
-            judged.push(Judged {
+            judged.push(Judgement {
                 subscription,
                 verdict,
             });
@@ -85,7 +85,7 @@ fn judge(all: Vec<Arc<Subscription>>, config: &Config) -> (Subscribers, Vec<Judg
 }
 
 /// How many are accepted, and refused for each reason (0 for the reasons none has).
-fn tally(judged: &[Judged]) -> Vec<(&'static str, &'static str, usize)> {
+fn tally(judged: &[Judgement]) -> Vec<(&'static str, &'static str, usize)> {
     let accepted = judged.iter().filter(|j| j.verdict.is_ok()).count();
     let mut counts = vec![("accepted", "Accepted", accepted)];
     for reason in Refusal::REASONS {
@@ -99,10 +99,10 @@ fn tally(judged: &[Judged]) -> Vec<(&'static str, &'static str, usize)> {
 }
 
 /// What one run of the controller keeps between rounds.
-struct Round {
+struct StatusWriter {
     api_client: kube::Client,
     config: crate::config::SharedConfig,
-    live: Arc<Live>,
+    live: Arc<SharedSubscriptions>,
     metrics: Arc<Metrics>,
     /// `status.delivered` of each subscription (by uid) when this run first saw it: the
     /// run's own counts add to it.
@@ -111,7 +111,7 @@ struct Round {
     seen: HashSet<(String, String)>,
 }
 
-impl Round {
+impl StatusWriter {
     /// Judges `store`'s subscriptions, hands the accepted to the mirror and applies every
     /// status that changed.
     async fn run(&mut self, store: &Store<Subscription>) {
@@ -186,7 +186,7 @@ impl Round {
 pub async fn run(
     client: kube::Client,
     config: crate::config::SharedConfig,
-    live: Arc<Live>,
+    live: Arc<SharedSubscriptions>,
     metrics: Arc<Metrics>,
     options: Options,
     shutdown: impl std::future::Future<Output = ()>,
@@ -207,7 +207,7 @@ pub async fn run(
     );
     let (store, mut writer) = reflector::store::<Subscription>();
     let changed = Arc::new(tokio::sync::Notify::new());
-    let how = crate::follow::Follow {
+    let how = crate::follow::WatchSpec {
         what: "subscriptions.clusterscope.dev".to_owned(),
         hint: "subscriptions keep what was last seen; is the Subscription CRD installed (manifests/components/subscriptions), and may clusterscope list and watch subscriptions?",
         relist: None,
@@ -226,7 +226,7 @@ pub async fn run(
             errors.inc();
         },
     );
-    let mut round = Round {
+    let mut round = StatusWriter {
         api_client: client,
         config,
         live,

@@ -21,7 +21,7 @@ pub mod controller;
 pub mod status;
 mod subscribers;
 
-pub use subscribers::{Accepted, Live, Subscribers, Wanted};
+pub use subscribers::{Accepted, SharedSubscriptions, Subscribers, Wanted};
 
 /// What a team asks for in its namespace.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -229,7 +229,7 @@ fn listed(items: &[impl AsRef<str>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::owners::Follows;
+    use crate::owners::FieldHolds;
 
     fn spec(relation: Relation, kinds: &[&str]) -> SubscriptionSpec {
         SubscriptionSpec {
@@ -311,7 +311,7 @@ mod tests {
             version: "v1".into(),
             kind: "GpuSlice".into(),
             resource: "gpuslices".into(),
-            follows: Follows::Node,
+            follows: FieldHolds::Node,
             field: vec!["spec".into(), "node".into()],
         };
         assert!(Relation::Nodes.covers("GpuSlice", std::slice::from_ref(&rule)));

@@ -1,5 +1,5 @@
 //! The accepted subscriptions as delivery reads them ([`Subscribers`]), and what the
-//! controller and the mirror share of them ([`Live`]): the set itself, the copies delivered
+//! controller and the mirror share of them ([`SharedSubscriptions`]): the set itself, the copies delivered
 //! for each (for its status), and each namespace's delivery rate.
 
 use std::collections::{BTreeMap, HashMap};
@@ -9,7 +9,7 @@ use std::sync::{Mutex, RwLock};
 use k8s_openapi::api::core::v1::Event;
 
 use super::{Relation, SubscriptionSpec};
-use crate::owners::{Cluster, CustomRule, Object, Rules};
+use crate::owners::{CustomRule, Object, OwnerState, Rules};
 
 /// An accepted subscription, as delivery reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,7 +109,7 @@ impl Subscribers {
     /// subscription there wants it.
     pub fn wanted(
         &self,
-        cluster: &Cluster,
+        cluster: &OwnerState,
         object: Object<'_>,
         type_: &str,
         reason: &str,
@@ -209,7 +209,7 @@ fn namespace_limiter(rate: u32) -> Limiter {
 /// controller writes them, the planner reads them), the copies delivered for each (the mirror
 /// counts, the controller writes them into statuses), and the per-namespace delivery rate.
 #[derive(Default)]
-pub struct Live {
+pub struct SharedSubscriptions {
     subscribers: RwLock<Subscribers>,
     counts: Mutex<HashMap<(String, String), Count>>,
     /// The admin's deliveries per second into one namespace, and its limiter.
@@ -220,15 +220,15 @@ pub struct Live {
     listed: tokio::sync::watch::Sender<bool>,
 }
 
-impl std::fmt::Debug for Live {
+impl std::fmt::Debug for SharedSubscriptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Live")
+        f.debug_struct("SharedSubscriptions")
             .field("subscribers", &self.subscribers)
             .finish_non_exhaustive()
     }
 }
 
-impl Live {
+impl SharedSubscriptions {
     /// The accepted subscriptions now.
     pub fn subscribers(&self) -> std::sync::RwLockReadGuard<'_, Subscribers> {
         crate::locks::read(&self.subscribers)
@@ -317,7 +317,7 @@ mod tests {
     /// has taken about 50 more, never the 100 a full burst allowed.
     #[tokio::test]
     async fn a_namespace_gets_its_rate_without_a_burst_of_the_whole_rate() {
-        let live = Live::default();
+        let live = SharedSubscriptions::default();
         live.replace(Subscribers::default(), 50);
         let at_once = (0..100).filter(|_| live.admit("team-a")).count();
         assert_eq!(at_once, 2);

@@ -867,7 +867,7 @@ pub fn spawn_cluster(
     let (_pokes, pokes) = tokio::sync::mpsc::channel(1);
     let stop = tokio_util::sync::CancellationToken::new();
     let tasks = clusterscope::cluster::spawn(
-        clusterscope::cluster::Target::client(api.client()),
+        clusterscope::cluster::ApiServer::client(api.client()),
         shared,
         options,
         pokes,
