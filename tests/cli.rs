@@ -13,6 +13,22 @@ fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_clusterscope"))
 }
 
+/// `clusterscope serve` on ephemeral loopback ports, with no log filter and no in-cluster
+/// environment inherited: the start of every `serve` these tests run.
+fn serve() -> Command {
+    let mut cmd = bin();
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .env_remove("RUST_LOG")
+    .env_remove("KUBERNETES_SERVICE_HOST");
+    cmd
+}
+
 fn run(args: &[&str]) -> Output {
     bin().args(args).output().unwrap()
 }
@@ -75,19 +91,10 @@ struct Serving {
 /// Starts `serve` in `dir`; `extra` adds arguments and environment.
 fn start_serve(dir: &std::path::Path, extra: impl FnOnce(&mut Command)) -> Serving {
     use std::io::BufRead;
-    let mut cmd = bin();
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-    ])
-    .args(["--log-format", "json"])
-    .current_dir(dir)
-    .env_remove("RUST_LOG")
-    .env_remove("KUBERNETES_SERVICE_HOST")
-    .stderr(Stdio::piped());
+    let mut cmd = serve();
+    cmd.args(["--log-format", "json"])
+        .current_dir(dir)
+        .stderr(Stdio::piped());
     extra(&mut cmd);
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
@@ -689,14 +696,7 @@ fn serve_with_an_unusable_kubeconfig_exits_1_or_2() {
     )
     .unwrap();
     for (file, code) in [(missing, 1), (empty, 2)] {
-        let out = bin()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+        let out = serve()
             .arg("--kubeconfig")
             .arg(&file)
             .current_dir(dir.path())
@@ -748,16 +748,8 @@ fn serve_with_an_unusable_client_ca_exits_1_or_2() {
     let not_pem = dir.path().join("ca.pem");
     std::fs::write(&not_pem, "not a certificate").unwrap();
     for (file, code) in [(dir.path().join("missing.pem"), 1), (not_pem, 2)] {
-        let out = bin()
-            .args([
-                "serve",
-                "--cluster",
-                "off",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
+        let out = serve()
+            .args(["--cluster", "off"])
             .arg("--client-ca")
             .arg(&file)
             .current_dir(dir.path())
@@ -810,16 +802,8 @@ fn serve_does_not_wait_for_an_absent_api_server() {
 fn serve_survives_a_closed_stderr() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = bin()
-        .args([
-            "serve",
-            "--cluster",
-            "off",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = serve()
+        .args(["--cluster", "off"])
         .current_dir(dir.path())
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())
@@ -1213,17 +1197,10 @@ fn a_cert_dir_that_is_a_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("certs");
     std::fs::write(&file, "not a directory").unwrap();
-    let out = run(&[
-        "serve",
-        "--cluster",
-        "off",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--cert-dir",
-        file.to_str().unwrap(),
-    ]);
+    let out = serve()
+        .args(["--cluster", "off", "--cert-dir", file.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
