@@ -53,7 +53,7 @@ pub struct Request<'a, O> {
     pub operation: Cow<'a, str>,
     #[serde(default)]
     pub dry_run: Option<bool>,
-    /// An [`Event`], or `&RawValue` to decode it only when the request is about an Event.
+    /// An [`EventView`], or `&RawValue` to decode it only when the request is about an Event.
     #[serde(default)]
     pub object: Option<O>,
 }
@@ -235,7 +235,7 @@ impl Reviewer {
 
     /// Reviews one AdmissionReview given as bytes.
     ///
-    /// The common case is decoded in one pass, the object straight into an [`Event`]. When
+    /// The common case is decoded in one pass, the object straight into an [`EventView`]. When
     /// that fails, the document is decoded again with the object kept raw: a request that is
     /// not about an Event is then skipped without looking at its object, and anything else
     /// gets an error naming the path and position of the problem.

@@ -5,41 +5,48 @@
 //! The decision pipeline, each step its own module:
 //! [`admission`] decodes an AdmissionReview and answers it; [`event`] reads the Event in
 //! either API shape; [`classify`] decides whether the involved object is cluster-scoped;
-//! [`route`] picks its channel from the [`config`]; [`decide`] computes the label patch;
+//! `route` picks its channel from the [`config`]; `decide` computes the label patch;
 //! [`labels`] holds the Kubernetes name rules every written label obeys.
 //!
-//! Serving: [`server`] (HTTPS webhook and admin endpoints), [`tls`] (certificate loading and
-//! rotation), [`certs`] (certificate generation), [`metrics`], [`telemetry`] (logs).
+//! Beside the webhook: [`mirror`] (copies and the other outputs, over the [`delivery`]
+//! engine), [`recorder`] (client-go's recorder, for clusterscope's own events), [`owners`]
+//! and [`subscription`] (where an event goes), [`history`] (PostgreSQL).
+//!
+//! Serving: [`runtime`] (where `serve` is assembled), [`server`] (HTTPS webhook and admin
+//! endpoints), [`tls`] (certificate loading and rotation), [`certs`] (certificate
+//! generation), [`metrics`], `telemetry` (logs).
+//!
+//! Public: what the binary and the tests use; the rest is `pub(crate)`.
 
 pub mod admission;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod certs;
 pub mod classify;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod decide;
+pub(crate) mod decide;
 pub mod delivery;
 pub mod discovery;
 pub mod event;
-pub mod explain;
-pub mod flags;
-pub mod follow;
+pub(crate) mod explain;
+pub(crate) mod flags;
+pub(crate) mod follow;
 pub mod history;
 pub mod labels;
 pub mod leader;
-pub mod locks;
+pub(crate) mod locks;
 pub mod metrics;
 pub mod mirror;
 pub mod owners;
 pub mod recorder;
-pub mod reload;
-pub mod route;
+pub(crate) mod reload;
+pub(crate) mod route;
 pub mod runtime;
 pub mod server;
 pub mod status;
 pub mod subscription;
-pub mod tasks;
-pub mod telemetry;
+pub(crate) mod tasks;
+pub(crate) mod telemetry;
 pub mod tls;
-pub mod watch;
+pub(crate) mod watch;

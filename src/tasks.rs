@@ -5,7 +5,6 @@
 //! `clusterscope_background_task_stops_total{task}` metric, and a `/readyz` line held not
 //! ready (what it did is no longer done).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,16 +45,6 @@ impl Tasks {
     /// The one shutdown token: every task stops when it is cancelled.
     pub fn token(&self) -> CancellationToken {
         self.stop.clone()
-    }
-
-    /// Runs `task` (which stops on [`Self::token`]) as `name`, given `grace` to stop at shutdown.
-    pub fn spawn(
-        &mut self,
-        name: &'static str,
-        grace: Duration,
-        task: impl Future<Output = ()> + Send + 'static,
-    ) {
-        self.watch(name, grace, tokio::spawn(task));
     }
 
     /// Supervises a task already running as `name` (one of [`crate::metrics::BACKGROUND_TASKS`],
@@ -130,12 +119,10 @@ mod tests {
         let line = Arc::new(StatusLine::default());
         let mut tasks = Tasks::new(CancellationToken::new(), metrics.clone(), line.clone());
         let stop = tasks.token();
-        tasks.spawn("cluster", Duration::from_secs(1), async move {
-            stop.cancelled().await;
-        });
-        tasks.spawn("history", Duration::from_secs(1), async {
-            panic!("the watch channel closed");
-        });
+        let steady = tokio::spawn(async move { stop.cancelled().await });
+        tasks.watch("cluster", Duration::from_secs(1), steady);
+        let broken = tokio::spawn(async { panic!("the watch channel closed") });
+        tasks.watch("history", Duration::from_secs(1), broken);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while line.is_ready() {
             assert!(tokio::time::Instant::now() < deadline, "never reported");

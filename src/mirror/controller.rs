@@ -1,7 +1,7 @@
 //! The mirror controller: list+watch events in `default` and `kube-system` (the only places
 //! events about cluster-scoped objects can be stored), and sync each one through a keyed work
 //! queue: plan it, label the source if needed, and hand the routed event to the outputs'
-//! lanes (a delivery [`Pipeline`]), each of which plans and writes its own deliveries. Driven by what was stored, not by admission: dry-runs and writes the API server
+//! lanes (a delivery `Pipeline`), each of which plans and writes its own deliveries. Driven by what was stored, not by admission: dry-runs and writes the API server
 //! refused never reach it, and events written while the webhook or the controller was down
 //! are caught up by the list that starts every watch (and every watch restart).
 

@@ -2,7 +2,7 @@
 //! loads what the program needs (configuration, certificate, cluster, history database) and
 //! binds the server's listeners, so every start-up problem is reported before anything is
 //! served; [`Runtime::run`] starts what runs beside the webhook (the reloaders, the admin
-//! server, the cluster side, history) as supervised [`crate::tasks`] on one shutdown token, serves
+//! server, the cluster side, history) as supervised tasks (`crate::tasks`) on one shutdown token, serves
 //! until the shutdown future resolves, lets the webhook drain, then stops the rest.
 //!
 //! [`crate::server`] is the HTTP server only; nothing else assembles the program.
