@@ -72,6 +72,12 @@ pub enum Command {
         #[arg(value_name = "FILE", env = "CLUSTERSCOPE_CONFIG")]
         file: Option<PathBuf>,
     },
+    /// Print a shell completion script: `source <(clusterscope completion bash)`, or write it
+    /// where your shell loads completions from.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// How `explain` prints.
@@ -162,6 +168,7 @@ fn run(command: Command) -> Result<(), CommandError> {
             output,
             input,
         } => explain(config.as_deref(), output, input.as_deref()),
+        Command::Completion { shell } => completion(shell),
     }
 }
 
@@ -206,6 +213,18 @@ fn read_input(input: Option<&Path>) -> Result<Vec<u8>, CommandError> {
 fn read_limited(r: impl Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     r.take(MAX_REVIEW_BYTES + 1).read_to_end(buf)?;
     Ok(buf.len() as u64 <= MAX_REVIEW_BYTES)
+}
+
+/// The completion script for `shell`, from the commands and flags as clap knows them.
+fn completion(shell: clap_complete::Shell) -> Result<(), CommandError> {
+    let mut script = Vec::new();
+    clap_complete::generate(
+        shell,
+        &mut <Cli as clap::CommandFactory>::command(),
+        "clusterscope",
+        &mut script,
+    );
+    write_stdout(script.trim_ascii_end())
 }
 
 fn write_stdout(bytes: &[u8]) -> Result<(), CommandError> {

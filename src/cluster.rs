@@ -161,8 +161,9 @@ pub enum ClusterFlag {
 pub struct Args {
     /// Cluster side (mirroring, discovery): `auto` uses the pod's service account when running
     /// in a pod and nothing otherwise; `on` also uses a kubeconfig (KUBECONFIG or
-    /// ~/.kube/config, as kubectl does) and refuses to start if no API server answers; `off`
-    /// runs the webhook alone.
+    /// ~/.kube/config, as kubectl does) and refuses to start without a usable one (an API
+    /// server that does not answer yet is waited for: the webhook serves, /readyz says so);
+    /// `off` runs the webhook alone.
     #[arg(long, env = "CLUSTERSCOPE_CLUSTER", value_enum, default_value_t = ClusterFlag::Auto)]
     pub cluster: ClusterFlag,
     /// Use this kubeconfig (implies `--cluster on`; never read unless given).

@@ -84,14 +84,28 @@ pub struct Args {
     pub log_level: String,
 }
 
+/// kube's client logs every failed request at ERROR (`failed with error client error
+/// (Connect)`), beside clusterscope's own line for the same failure at the level it deserves
+/// (a WARN, naming what waits, once every ten tries): silenced unless a filter names it.
+const QUIET: &str = "kube_client::client::builder=off";
+
+/// The filter: `RUST_LOG` when set (as given), else `level` with kube's request errors off
+/// (unless `level` names `kube_client`).
+fn filter(rust_log: Option<&str>, level: &str) -> Result<EnvFilter, String> {
+    if let Some(v) = rust_log.filter(|v| !v.is_empty()) {
+        return EnvFilter::try_new(v).map_err(|e| format!("RUST_LOG {v:?}: {e}"));
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?;
+    if level.contains("kube_client") {
+        return Ok(filter);
+    }
+    let quiet = QUIET.parse().map_err(|e| format!("{QUIET}: {e}"))?;
+    Ok(filter.add_directive(quiet))
+}
+
 /// Installs the global subscriber: `RUST_LOG` when set, else `level`.
 pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => {
-            EnvFilter::try_new(&v).map_err(|e| format!("RUST_LOG {v:?}: {e}"))?
-        }
-        _ => EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?,
-    };
+    let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), level)?;
     // A log line that cannot be written (stderr closed) is dropped: by default the subscriber
     // would report it with `eprintln!`, which panics the task that logged.
     // Colours only for a person at a terminal: a pod's log or a file gets plain text.
@@ -161,6 +175,21 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn kubes_request_errors_are_off_unless_a_filter_names_them() {
+        let said = |rust_log: Option<&str>, level: &str| {
+            filter(rust_log, level).map(|f| f.to_string()).unwrap()
+        };
+        assert!(said(None, "info").contains(QUIET), "{}", said(None, "info"));
+        assert!(!said(None, "info,kube_client=debug").contains(QUIET));
+        assert!(
+            !said(Some("debug"), "info").contains(QUIET),
+            "RUST_LOG is taken as given"
+        );
+        assert!(filter(None, "info,=bad=").is_err());
+    }
+
     use super::*;
 
     #[test]

@@ -784,7 +784,9 @@ fn serve_does_not_wait_for_an_absent_api_server() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    let (status, _) = serving.stop();
+    let mut lines = serving.started.clone();
+    let (status, after) = serving.stop();
+    lines.extend(after);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
         answer.contains(&format!(
@@ -793,6 +795,19 @@ fn serve_does_not_wait_for_an_absent_api_server() {
         "{answer}"
     );
     assert!(status.success(), "{status:?}");
+    // One line per failure, clusterscope's own WARN: not kube's ERROR beside it for each try.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("the API server does not answer")),
+        "{lines:?}"
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("kube_client") || l.contains("\"level\":\"ERROR\"")),
+        "{lines:?}"
+    );
 }
 
 /// A log line that cannot be written (stderr closed by whoever started `serve`) is dropped;
@@ -1325,4 +1340,42 @@ fn the_documented_flag_tables_agree_with_help() {
             previous = Some((*line, at));
         }
     }
+}
+
+/// `completion` prints a script each shell loads: bash's defines the completion function, and
+/// every shell's knows the commands and `serve`'s flags; an unknown shell is refused.
+#[test]
+fn completion_scripts_know_the_commands_and_flags() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completion", shell]);
+        assert!(out.status.success(), "{shell}: {out:?}");
+        let script = String::from_utf8(out.stdout).unwrap();
+        for word in [
+            "check-config",
+            "explain",
+            "max-writes-per-second",
+            "kubeconfig",
+        ] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("clusterscope.bash");
+    std::fs::write(&script, run(&["completion", "bash"]).stdout).unwrap();
+    let loaded = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p clusterscope",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{loaded:?}");
+    assert!(
+        String::from_utf8_lossy(&loaded.stdout).contains("_clusterscope"),
+        "{loaded:?}"
+    );
+    let refused = run(&["completion", "tcsh"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("possible values"));
 }
