@@ -242,6 +242,8 @@ pub struct Subscriptions {
     pub max_per_namespace: usize,
     /// Copies per second at most into one namespace from its subscriptions.
     pub deliveries_per_second: u32,
+    /// Where `subscriptions:` is written (0: not written), for warnings.
+    pub line: u64,
 }
 
 impl Default for Subscriptions {
@@ -255,6 +257,7 @@ impl Default for Subscriptions {
             history: false,
             max_per_namespace: 10,
             deliveries_per_second: 50,
+            line: 0,
         }
     }
 }
@@ -495,7 +498,38 @@ impl Config {
                 message,
             }));
         }
+        out.extend(self.ceiling_warning());
         out
+    }
+
+    /// A subscription ceiling whose kinds no allowed relation covers: no subscription can
+    /// ever be accepted for them (`relations: [owned], kinds: [Node]`).
+    fn ceiling_warning(&self) -> Option<ConfigWarning> {
+        let ceiling = self.subscriptions.as_ref()?;
+        let uncovered: Vec<&str> = ceiling
+            .kinds
+            .iter()
+            .filter(|kind| {
+                !ceiling
+                    .relations
+                    .iter()
+                    .any(|r| r.covers(kind, &self.owner_rules))
+            })
+            .map(String::as_str)
+            .collect();
+        if uncovered.is_empty() {
+            return None;
+        }
+        let relations: Vec<&str> = ceiling.relations.iter().map(|r| r.as_str()).collect();
+        Some(ConfigWarning {
+            source: self.source.clone(),
+            line: ceiling.line,
+            message: format!(
+                "subscriptions: no allowed relation ({}) covers {}: no subscription can be accepted for it (Node and CSINode need nodes; PersistentVolume, VolumeAttachment and Namespace need owned)",
+                relations.join(", "),
+                uncovered.join(", ")
+            ),
+        })
     }
 }
 
@@ -636,7 +670,10 @@ impl Checker<'_> {
                 None => History::default(),
             },
             subscriptions: match &raw.subscriptions {
-                Some(s) => Some(self.check_subscriptions(&s.value)?),
+                Some(s) => Some(Subscriptions {
+                    line: s.referenced.line(),
+                    ..self.check_subscriptions(&s.value)?
+                }),
                 None => None,
             },
         })
@@ -849,6 +886,7 @@ impl Checker<'_> {
                 10_000,
                 u64::from(defaults.deliveries_per_second),
             )? as u32,
+            line: defaults.line,
         })
     }
 
@@ -1465,7 +1503,13 @@ routes:
         let base = "channels:\n  - name: a\n";
         assert_eq!(Config::from_yaml(base, "t").unwrap().subscriptions, None);
         let on = Config::from_yaml(&format!("{base}subscriptions: {{}}\n"), "t").unwrap();
-        assert_eq!(on.subscriptions, Some(Subscriptions::default()));
+        assert_eq!(
+            on.subscriptions,
+            Some(Subscriptions {
+                line: 3,
+                ..Subscriptions::default()
+            })
+        );
         let set = Config::from_yaml(
             &format!(
                 "{base}subscriptions:\n  relations: [nodes]\n  kinds: [Node]\n  history: true\n  maxPerNamespace: 3\n  deliveriesPerSecond: 20\n"
@@ -1481,8 +1525,33 @@ routes:
                 history: true,
                 max_per_namespace: 3,
                 deliveries_per_second: 20,
+                line: 4,
             })
         );
+    }
+
+    #[test]
+    fn a_ceiling_no_relation_can_meet_is_warned_about() {
+        let yaml = |relations: &str| {
+            format!(
+                "channels:\n  - name: a\nsubscriptions:\n  relations: [{relations}]\n  kinds: [Node, PersistentVolume]\n"
+            )
+        };
+        let warned = |relations: &str| {
+            Config::from_yaml(&yaml(relations), "t")
+                .unwrap()
+                .warnings(&[])
+                .into_iter()
+                .map(|w| w.to_string())
+                .collect::<Vec<_>>()
+        };
+        let owned = warned("owned");
+        assert_eq!(owned.len(), 1, "{owned:?}");
+        assert!(
+            owned[0].starts_with("t:4: subscriptions: no allowed relation (owned) covers Node:"),
+            "{owned:?}"
+        );
+        assert!(warned("owned, nodes").is_empty());
     }
 
     #[test]

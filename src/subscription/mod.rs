@@ -33,6 +33,7 @@ pub use subscribers::{Accepted, SharedSubscriptions, Subscribers, Wanted};
     status = "SubscriptionStatus",
     shortname = "csub",
     category = "clusterscope",
+    doc = "A team's request, in its own namespace, for copies of the events about cluster-scoped objects that concern it (the Nodes its pods run on, the volumes its claims hold), within the ceiling the cluster admin sets. Its status says whether it is accepted, and how many copies were delivered.",
     printcolumn = r#"{"name":"Relation","type":"string","jsonPath":".spec.relation"}"#,
     printcolumn = r#"{"name":"Accepted","type":"string","jsonPath":".status.conditions[?(@.type==\"Accepted\")].status"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
@@ -248,6 +249,7 @@ mod tests {
             history: false,
             max_per_namespace: 2,
             deliveries_per_second: 50,
+            line: 0,
         }
     }
 
