@@ -46,6 +46,11 @@ impl EventType {
     }
 }
 
+/// Whether an event's `type` field says Warning.
+pub fn is_warning(type_: Option<&str>) -> bool {
+    EventType::of(type_) == Some(EventType::Warning)
+}
+
 impl fmt::Display for EventType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

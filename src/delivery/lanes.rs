@@ -67,8 +67,7 @@ impl Delivery {
 
     /// Warnings go before Normal events when deliveries wait (a burst, a budget, a slow sink).
     pub fn is_warning(&self) -> bool {
-        crate::event::EventType::of(self.event.type_.as_deref())
-            == Some(crate::event::EventType::Warning)
+        crate::event::is_warning(self.event.type_.as_deref())
     }
 }
 
@@ -76,11 +75,12 @@ impl Delivery {
 /// it is written with, hashed: equal fingerprints mean a sink already holds what a delivery
 /// says.
 pub fn fingerprint(event: &Event) -> u64 {
-    hash(&(
-        says(event),
-        &event.metadata.labels,
-        &event.metadata.annotations,
-    ))
+    fingerprint_with(content_fingerprint(event), event)
+}
+
+/// [`fingerprint`] of `event` whose [`content_fingerprint`] is `content` (known already).
+pub fn fingerprint_with(content: u64, event: &Event) -> u64 {
+    hash(&(content, &event.metadata.labels, &event.metadata.annotations))
 }
 
 /// What the event itself says (its occurrence: count, times, message, reason, type), hashed,
@@ -89,7 +89,9 @@ pub fn content_fingerprint(event: &Event) -> u64 {
     hash(&says(event))
 }
 
-type Says<'a> = (
+/// The fields that say what an event is an occurrence of, and when: the one list every
+/// comparison of what two events say uses.
+pub type Says<'a> = (
     &'a Option<i32>,
     &'a Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     &'a Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
@@ -100,7 +102,8 @@ type Says<'a> = (
     &'a Option<String>,
 );
 
-fn says(event: &Event) -> Says<'_> {
+/// See [`Says`].
+pub fn says(event: &Event) -> Says<'_> {
     (
         &event.count,
         &event.last_timestamp,

@@ -21,6 +21,6 @@ pub mod queue;
 pub use error::{Action, Cause, Failure, Operation, SinkError, Writer};
 pub use lanes::{
     BatchFuture, DeliverFuture, Delivered, Delivery, LaneOptions, Observer, Overflow, Pipeline,
-    Refused, Sink, content_fingerprint, fingerprint, key_of_source,
+    Refused, Says, Sink, content_fingerprint, fingerprint, fingerprint_with, key_of_source, says,
 };
 pub use queue::{Done, KeyedQueue, RetryPolicy};

@@ -504,7 +504,7 @@ fn sourced(
 }
 
 fn is_warning(event: &Event) -> bool {
-    crate::event::EventType::of(event.type_.as_deref()) == Some(crate::event::EventType::Warning)
+    crate::event::is_warning(event.type_.as_deref())
 }
 
 /// Every output is told the stored events are listed again (see [`Output::relisted`]).

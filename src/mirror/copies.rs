@@ -51,10 +51,11 @@ pub struct Known {
 
 impl Known {
     pub fn of(stored: &Event, keys: &Keys) -> Option<Known> {
+        let content = crate::delivery::content_fingerprint(stored);
         Some(Known {
             resource_version: stored.metadata.resource_version.as_deref()?.into(),
-            fingerprint: fingerprint(stored),
-            content: crate::delivery::content_fingerprint(stored),
+            fingerprint: crate::delivery::fingerprint_with(content, stored),
+            content,
             owner: owner(stored, keys),
         })
     }

@@ -172,14 +172,7 @@ pub fn is_copy_of(stored: &Event, wanted: &Event, keys: &Keys) -> bool {
 /// True when `stored` (a copy read back) already says what `wanted` says: the fields a
 /// source changes over its life, and our labels and annotations.
 pub fn copy_is_current(stored: &Event, wanted: &Event) -> bool {
-    stored.count == wanted.count
-        && stored.last_timestamp == wanted.last_timestamp
-        && stored.first_timestamp == wanted.first_timestamp
-        && stored.message == wanted.message
-        && stored.series == wanted.series
-        && stored.event_time == wanted.event_time
-        && stored.reason == wanted.reason
-        && stored.type_ == wanted.type_
+    crate::delivery::says(stored) == crate::delivery::says(wanted)
         && stored.metadata.labels == wanted.metadata.labels
         && stored.metadata.annotations == wanted.metadata.annotations
 }
