@@ -474,13 +474,14 @@ fn record_own_events(
     client: &kube::Client,
     options: &ClusterOptions,
     own_events: &crate::recorder::OwnEvents,
+    metrics: &Metrics,
 ) -> OwnRecorder {
     let recorder = Arc::new(Recorder::new(
         vec![Arc::new(KubeSink::new(client.clone()))],
         &RecorderOptions::default(),
-        "clusterscope",
-        &options.identity,
+        ("clusterscope", &options.identity),
         Arc::new(SystemClock),
+        metrics.recorder.clone(),
     ));
     let mut writers = tokio::task::JoinSet::new();
     recorder.start(&mut writers);
@@ -513,7 +514,7 @@ fn leadership_said(
     };
     let (state, metrics, identity) = (state.clone(), metrics.clone(), identity.to_owned());
     move |leading: bool| {
-        metrics.mirror_leader.set(i64::from(leading));
+        metrics.mirror.leader.set(i64::from(leading));
         let (type_, reason, message) = if leading {
             (
                 EventType::Normal,
@@ -527,9 +528,8 @@ fn leadership_said(
                 format!("{identity} stopped mirroring events"),
             )
         };
-        if !recorder.event(&lease_ref, type_, reason, &message) {
-            metrics.recorder_dropped.inc();
-        }
+        // A full queue drops it; the recorder counts that.
+        let _ = recorder.event(&lease_ref, type_, reason, &message);
         state.set(if leading {
             "mirroring: on (this replica holds the lease)"
         } else {
@@ -562,12 +562,12 @@ fn start(
     let discovery = tokio::spawn(crate::discovery::run(
         client.clone(),
         resolver.clone(),
-        metrics.clone(),
+        metrics.runtime.discovery_refreshes.clone(),
         pokes,
         options.discovery.clone(),
         stop.clone().cancelled_owned(),
     ));
-    let own_recorder = record_own_events(&client, &options, &own_events);
+    let own_recorder = record_own_events(&client, &options, &own_events, &metrics);
     // Delivery rules read live cluster state; the controller keeps it (on the leader only).
     let log_sink: Arc<dyn Output> = Arc::new(LogSink::stdout());
     let subscriptions = Arc::new(crate::subscription::SharedSubscriptions::default());

@@ -10,7 +10,7 @@ use kube::discovery::{Discovery, Scope as KubeScope};
 use tokio::sync::mpsc;
 
 use crate::classify::{Scope, ScopeResolver};
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::ByResult;
 
 /// Runs discovery once and teaches `resolver` what it found; returns how many kinds.
 pub async fn refresh(
@@ -72,7 +72,7 @@ impl Default for DiscoveryOptions {
 pub async fn run(
     client: kube::Client,
     resolver: Arc<ScopeResolver>,
-    metrics: Arc<Metrics>,
+    refreshes: ByResult,
     mut pokes: mpsc::Receiver<()>,
     options: DiscoveryOptions,
     shutdown: impl Future<Output = ()>,
@@ -94,12 +94,7 @@ pub async fn run(
                 "error"
             }
         };
-        metrics
-            .discovery_refreshes
-            .get_or_create(&ResultLabels {
-                result: label.to_owned(),
-            })
-            .inc();
+        refreshes.count(label);
         // A failed refresh is tried again sooner than the periodic one.
         let next = if result.is_ok() {
             options.interval

@@ -17,13 +17,44 @@ use kube::Resource;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::de::DeserializeOwned;
+
+/// Every watch's failures, counted by the resource watched (one family, registered by
+/// `metrics` as `watch_errors`).
+#[derive(Clone, Debug, Default)]
+pub struct WatchErrors(Family<ResourceLabel, Counter>);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResourceLabel {
+    pub resource: String,
+}
+
+impl WatchErrors {
+    /// The family, to register.
+    pub fn family(&self) -> Family<ResourceLabel, Counter> {
+        self.0.clone()
+    }
+
+    /// The failure counter of `resource`'s watch, present (at zero) from now on.
+    pub fn of(&self, resource: &str) -> Counter {
+        self.0
+            .get_or_create(&ResourceLabel {
+                resource: resource.to_owned(),
+            })
+            .clone()
+    }
+}
 
 /// What is followed, for the log, and what to do about a failing watch.
 #[derive(Debug, Clone)]
 pub struct WatchSpec {
     /// `events in default`, `persistentvolumes`, ...
     pub what: String,
+    /// Counts every failure (from [`WatchErrors::of`] the resource).
+    pub errors: Counter,
     /// Said with every failure: what it means for the caller and what to check.
     pub hint: &'static str,
     /// Woken when the caller wants everything listed again (a new watcher, so a new list).
@@ -32,13 +63,13 @@ pub struct WatchSpec {
 
 /// Follows `api` with `config` until the watch stream ends (it does not on its own: the
 /// caller drops or stops the future): every event goes to `handle`, every failure is logged as
-/// one warning naming what is followed and counted by `failed`; the watcher retries by itself.
+/// one warning naming what is followed and counted in `how.errors`; the watcher retries by
+/// itself.
 pub async fn follow<K>(
     api: Api<K>,
     config: watcher::Config,
     how: WatchSpec,
     mut handle: impl FnMut(watcher::Event<K>),
-    mut failed: impl FnMut(),
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
@@ -64,7 +95,7 @@ pub async fn follow<K>(
                 None => return,
                 Some(Ok(event)) => handle(event),
                 Some(Err(e)) => {
-                    failed();
+                    how.errors.inc();
                     tracing::warn!(watch = %how.what, error = %e,
                         "watch failed; retrying with backoff ({})", how.hint);
                 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError, SharedConfig};
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::Metrics;
 use crate::status::StatusLine;
 
 /// Re-reads the configuration file when it changes and swaps it in; a file that does not
@@ -50,12 +50,7 @@ impl ConfigReloader {
     }
 
     fn count(&self, result: &str) {
-        self.metrics
-            .config_reloads
-            .get_or_create(&ResultLabels {
-                result: result.to_owned(),
-            })
-            .inc();
+        self.metrics.runtime.config_reloads.count(result);
     }
 
     /// Checks the file once: `None` when unchanged, else whether the new version was taken.
@@ -88,9 +83,8 @@ impl ConfigReloader {
                     self.path.display(),
                     crate::telemetry::clip(&e.to_string(), 768)
                 );
-                if self.own_events.warn("ConfigurationRefused", &message) == Some(false) {
-                    self.metrics.recorder_dropped.inc();
-                }
+                // A full queue drops it; the recorder counts that.
+                let _ = self.own_events.warn("ConfigurationRefused", &message);
                 Some(Err(e))
             }
         }
@@ -117,9 +111,9 @@ mod tests {
         let recorder = Arc::new(Recorder::new(
             vec![Arc::new(LogSink::new(Box::new(written.clone())))],
             &RecorderOptions::default(),
-            "clusterscope",
-            "host",
+            ("clusterscope", "host"),
             Arc::new(crate::recorder::SystemClock),
+            crate::metrics::RecorderMetrics::default(),
         ));
         let mut writers = tokio::task::JoinSet::new();
         recorder.start(&mut writers);

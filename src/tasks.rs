@@ -95,7 +95,7 @@ fn report(
         Err(_) => "it was cancelled".to_owned(),
     };
     tracing::error!(task = name, %why, "a background task stopped before shutdown; what it did is no longer done (restart the pod)");
-    metrics.background_task_stopped(name);
+    metrics.runtime.task_stopped(name);
     let hold: Hold = line.hold(format!("background task {name} stopped: {why}"));
     // Held until the process ends: nothing restarts it.
     std::mem::forget(hold);

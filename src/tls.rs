@@ -17,7 +17,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::metrics::{Metrics, ResultLabels};
+use crate::metrics::TlsMetrics;
 
 /// A certificate, key or CA file that was refused: which file, why, and the cause.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +213,7 @@ pub struct CertReloader {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub resolver: Arc<CertResolver>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: TlsMetrics,
     /// The pair's files and what was last seen in them (loaded or refused).
     files: crate::watch::Files,
 }
@@ -223,7 +223,7 @@ impl CertReloader {
         cert: PathBuf,
         key: PathBuf,
         resolver: Arc<CertResolver>,
-        metrics: Arc<Metrics>,
+        metrics: TlsMetrics,
         loaded: Vec<Vec<u8>>,
     ) -> Self {
         CertReloader {
@@ -236,12 +236,7 @@ impl CertReloader {
     }
 
     fn count(&self, result: &str) {
-        self.metrics
-            .cert_reloads
-            .get_or_create(&ResultLabels {
-                result: result.to_owned(),
-            })
-            .inc();
+        self.metrics.reloads.count(result);
     }
 
     /// Checks the files once; returns `Some(Ok)` when a new pair was loaded, `Some(Err)` when
@@ -259,7 +254,7 @@ impl CertReloader {
         ) {
             Ok(loaded) => {
                 self.resolver.set(loaded.key);
-                self.metrics.cert_expiry.set(loaded.not_after);
+                self.metrics.expiry.set(loaded.not_after);
                 self.count("success");
                 tracing::info!(
                     cert = %self.cert.display(),

@@ -67,7 +67,7 @@ async fn an_unknown_kind_triggers_a_rate_limited_refresh() {
     let task = tokio::spawn(run(
         api.client(),
         resolver.clone(),
-        metrics.clone(),
+        metrics.runtime.discovery_refreshes.clone(),
         pokes,
         options,
         async {

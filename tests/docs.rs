@@ -184,3 +184,54 @@ fn the_architecture_names_real_code() {
     }
     assert!(checked >= 10, "only {checked} names checked");
 }
+
+/// The metric names of an exposition: `# TYPE <name> <type>` lines, counters with `_total`
+/// (as scraped).
+fn exported_metrics(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let (name, kind) = (words.next()?, words.next()?);
+            Some(if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            })
+        })
+        .collect()
+}
+
+/// Every metric `/metrics` exports has its row in docs/operations.md's table, and every row
+/// names a metric that is exported: an operator reads there what each one means.
+#[test]
+fn every_exported_metric_is_documented_and_every_documented_one_exported() {
+    let metrics = clusterscope::metrics::Metrics::new();
+    // The families whose series come with their first value.
+    metrics.channels(["nodes"]);
+    metrics
+        .admission
+        .classified("Node", Some("Node"), "NodeNotReady", "nodes");
+    metrics.owners.state(
+        &[("pods".to_owned(), 1)],
+        &[("Widget.example.com".to_owned(), 1)],
+    );
+    metrics
+        .subscriptions
+        .standing(&[("accepted", "Accepted", 1)]);
+    let exported = exported_metrics(&metrics.encode());
+    assert!(exported.len() > 40, "{exported:?}");
+    let page = std::fs::read_to_string(root().join("docs/operations.md")).unwrap();
+    let documented: std::collections::BTreeSet<String> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `clusterscope_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("clusterscope_{name}"))
+        .collect();
+    let undocumented: Vec<&String> = exported.difference(&documented).collect();
+    let gone: Vec<&String> = documented.difference(&exported).collect();
+    assert!(
+        undocumented.is_empty() && gone.is_empty(),
+        "exported but not in docs/operations.md: {undocumented:?}; in docs/operations.md but not exported: {gone:?}"
+    );
+}

@@ -69,7 +69,7 @@ fn sink(
             writers: 2,
             buffer,
         },
-        metrics.clone(),
+        Arc::new(metrics.history.clone()),
     ))
 }
 

@@ -561,6 +561,31 @@ async fn an_api_server_outage_loses_nothing_and_doubles_nothing() {
     running.stop().await;
 }
 
+/// The owner state's watches count their failures as every watch does, by resource (they
+/// were reported nowhere), and the watcher's retry still brings the state in.
+#[tokio::test]
+async fn a_failing_owner_watch_is_counted_under_its_resource() {
+    let api = FakeApiServer::start(&["default", "kube-system", "team-a"]).await;
+    api.put_object("persistentvolumes", volume("pv-a", "team-a", "data"));
+    api.inject_on("list", "persistentvolumes", 500, "InternalError", 2);
+    let running = start(&api);
+    api.put(
+        "default",
+        event("pv-a.0", "PersistentVolume", "pv-a", "Warning", 1),
+    );
+    assert!(eventually(30, || api.copies_of("team-a", "pv-a.0").len() == 1).await);
+    let errors = r#"clusterscope_watch_errors_total{resource="persistentvolumes"}"#;
+    assert_eq!(running.metric(errors), 2.0);
+    for quiet in [
+        r#"clusterscope_watch_errors_total{resource="volumeattachments"}"#,
+        r#"clusterscope_watch_errors_total{resource="events"}"#,
+        "clusterscope_mirror_watch_errors_total",
+    ] {
+        assert_eq!(running.metric(quiet), 0.0, "{quiet}");
+    }
+    running.stop().await;
+}
+
 /// The configuration is reloaded: the owner state follows what the new rules need, stops the
 /// watches no rule needs any more, and starts them again (refilled by their first list) when a
 /// rule needs them again.

@@ -4,7 +4,6 @@
 //! that never blocks its caller.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -102,9 +101,9 @@ fn recorder(
     let recorder = Arc::new(Recorder::new(
         sinks,
         &options,
-        "clusterscope",
-        "pod-1",
+        ("clusterscope", "pod-1"),
         clock,
+        clusterscope::metrics::RecorderMetrics::default(),
     ));
     let mut writers = tokio::task::JoinSet::new();
     recorder.start(&mut writers);
@@ -156,10 +155,10 @@ async fn transport_errors_are_retried_12_times_first_sleep_jittered_then_10s() {
         gaps[1..].iter().all(|g| *g == Duration::from_secs(10)),
         "{gaps:?}"
     );
-    let stats = r.stats();
-    assert_eq!(stats.retries.load(Ordering::Relaxed), 11);
-    assert_eq!(stats.failed.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.written.load(Ordering::Relaxed), 0);
+    let stats = r.metrics();
+    assert_eq!(stats.writes.get("retried"), 11);
+    assert_eq!(stats.writes.get("given_up"), 1);
+    assert_eq!(stats.writes.get("success"), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -171,8 +170,8 @@ async fn server_errors_and_429_are_retried_until_success() {
     ]);
     let r = record_one(sink.clone()).await;
     assert_eq!(sink.calls().len(), 4);
-    assert_eq!(r.stats().written.load(Ordering::Relaxed), 1);
-    assert_eq!(r.stats().retries.load(Ordering::Relaxed), 3);
+    assert_eq!(r.metrics().writes.get("success"), 1);
+    assert_eq!(r.metrics().writes.get("retried"), 3);
 }
 
 #[tokio::test(start_paused = true)]
@@ -187,8 +186,36 @@ async fn final_answers_are_not_retried() {
         let sink = ScriptedSink::failing(vec![err.clone()]);
         let r = record_one(sink.clone()).await;
         assert_eq!(sink.calls().len(), 1, "{err}");
-        assert_eq!(r.stats().failed.load(Ordering::Relaxed), 1, "{err}");
-        assert_eq!(r.stats().retries.load(Ordering::Relaxed), 0, "{err}");
+        assert_eq!(r.metrics().writes.get("given_up"), 1, "{err}");
+        assert_eq!(r.metrics().writes.get("retried"), 0, "{err}");
+    }
+}
+
+/// `RecorderStats` used to be read by tests only: what the recorder did is now in `/metrics`.
+#[tokio::test(start_paused = true)]
+async fn what_the_recorder_did_is_in_the_metrics_exposition() {
+    let metrics = clusterscope::metrics::Metrics::new();
+    let sink = ScriptedSink::failing(vec![status(500, "InternalError"), status(422, "Invalid")]);
+    let r = Arc::new(Recorder::new(
+        vec![sink.clone()],
+        &RecorderOptions::default(),
+        ("clusterscope", "pod-1"),
+        Arc::new(ManualClock::new()),
+        metrics.recorder.clone(),
+    ));
+    let mut writers = tokio::task::JoinSet::new();
+    r.start(&mut writers);
+    assert!(r.event(&node_ref("n1"), EventType::Warning, "R", "message"));
+    assert!(r.drain(Duration::from_secs(3600)).await, "drained");
+    let text = metrics.encode();
+    for series in [
+        r#"clusterscope_recorder_writes_total{result="retried"} 1"#,
+        r#"clusterscope_recorder_writes_total{result="given_up"} 1"#,
+        r#"clusterscope_recorder_writes_total{result="success"} 0"#,
+        "clusterscope_recorder_dropped_events_total 0",
+        "clusterscope_recorder_filtered_events_total 0",
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
     }
 }
 
@@ -234,7 +261,7 @@ async fn a_full_lane_drops_and_counts_without_blocking() {
     }
     // The lane holds ten events (one of them in the stuck write); the rest are dropped.
     assert_eq!(accepted, 10);
-    assert_eq!(r.stats().dropped.load(Ordering::Relaxed), 90);
+    assert_eq!(r.metrics().dropped.get(), 90);
     assert!(
         !r.drain(Duration::from_millis(50)).await,
         "a stuck sink is not drained"
@@ -279,5 +306,5 @@ async fn the_spam_filter_drops_past_the_burst() {
     }
     assert!(r.drain(Duration::from_secs(5)).await);
     assert_eq!(sink.calls().len(), 25);
-    assert_eq!(r.stats().filtered.load(Ordering::Relaxed), 5);
+    assert_eq!(r.metrics().filtered.get(), 5);
 }

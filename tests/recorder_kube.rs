@@ -8,7 +8,6 @@ mod support;
 use support::fake_apiserver;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clusterscope::delivery::{Action, Delivered, Delivery, Failure, Sink, SinkError};
@@ -42,9 +41,9 @@ fn recorder_for(client: kube::Client, max_tries: u32, clock: Arc<ManualClock>) -
             max_tries,
             ..RecorderOptions::default()
         },
-        "clusterscope",
-        "clusterscope-0",
+        ("clusterscope", "clusterscope-0"),
         clock,
+        clusterscope::metrics::RecorderMetrics::default(),
     ));
     let mut writers = tokio::task::JoinSet::new();
     recorder.start(&mut writers);
@@ -112,7 +111,7 @@ async fn create_then_count_patches_then_recreate_after_ttl() {
         .expect("re-created under the same name");
     assert_eq!(again["count"], 3);
     assert_eq!(r.methods(), ["POST", "PATCH", "PATCH", "POST"]);
-    assert_eq!(r.recorder.stats().written.load(Ordering::Relaxed), 3);
+    assert_eq!(r.recorder.metrics().writes.get("success"), 3);
 }
 
 #[tokio::test]
@@ -123,11 +122,11 @@ async fn faults_are_retried_and_lose_nothing() {
     r.record("Rebooted").await;
     assert_eq!(r.only_event()["reason"], "Rebooted");
     assert_eq!(r.methods().len(), 4);
-    let stats = r.recorder.stats();
-    assert_eq!(stats.written.load(Ordering::Relaxed), 1);
-    assert_eq!(stats.failed.load(Ordering::Relaxed), 0);
+    let stats = r.recorder.metrics();
+    assert_eq!(stats.writes.get("success"), 1);
+    assert_eq!(stats.writes.get("given_up"), 0);
     // The two 500s are the recorder's retries; kube's client retries a 429 itself.
-    assert!(stats.retries.load(Ordering::Relaxed) >= 2);
+    assert!(stats.writes.get("retried") >= 2);
 }
 
 /// One try of the sink alone, for an event made by hand.
@@ -183,9 +182,9 @@ async fn an_unreachable_api_server_is_a_transport_error_and_retried() {
     let ev = Recorder::new(
         Vec::new(),
         &RecorderOptions::default(),
-        "c",
-        "h",
+        ("c", "h"),
         clock.clone(),
+        clusterscope::metrics::RecorderMetrics::default(),
     )
     .make_event(&node_ref(), EventType::Warning, "X", "m");
     let sink = KubeSink::new(dead.clone());
@@ -198,6 +197,6 @@ async fn an_unreachable_api_server_is_a_transport_error_and_retried() {
     let (recorder, _writers) = recorder_for(dead, 3, clock);
     assert!(recorder.event(&node_ref(), EventType::Warning, "X", "m"));
     assert!(recorder.drain(Duration::from_secs(10)).await);
-    assert_eq!(recorder.stats().retries.load(Ordering::Relaxed), 2);
-    assert_eq!(recorder.stats().failed.load(Ordering::Relaxed), 1);
+    assert_eq!(recorder.metrics().writes.get("retried"), 2);
+    assert_eq!(recorder.metrics().writes.get("given_up"), 1);
 }

@@ -98,7 +98,7 @@ pub fn spawn(
     store: Store,
     options: &HistoryOptions,
     config: crate::config::SharedConfig,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: crate::metrics::HistoryMetrics,
     status: std::sync::Arc<crate::status::StatusLine>,
     stop: tokio_util::sync::CancellationToken,
 ) -> (std::sync::Arc<PostgresSink>, tokio::task::JoinHandle<()>) {
@@ -106,7 +106,7 @@ pub fn spawn(
     let sink = std::sync::Arc::new(PostgresSink::start_when(
         store.clone(),
         options.sink,
-        metrics.clone(),
+        std::sync::Arc::new(metrics.clone()),
         ready,
     ));
     let where_ = store::redacted(&options.store.url);
@@ -127,7 +127,7 @@ pub fn spawn(
             }
         };
         let version = migrated.version;
-        metrics.history_schema_version.set(version);
+        metrics.schema_version.set(version);
         tracing::info!(database = %where_, schema_version = version, applied = ?migrated.applied,
             created_schema = migrated.created_schema, "history: recording into PostgreSQL");
         status.set(format!(
@@ -135,7 +135,7 @@ pub fn spawn(
         ));
         let _ = ready_tx.send(true);
         sink::expire_forever(store, config, every, |pass| {
-            metrics.history_retention(pass.ok());
+            metrics.retention(pass.ok());
         })
         .await;
     };

@@ -59,12 +59,12 @@ impl BatchObserver for () {
     fn written(&self, _: Duration) {}
 }
 
-impl BatchObserver for crate::metrics::Metrics {
+impl BatchObserver for crate::metrics::HistoryMetrics {
     fn batch(&self, rows: usize, took: Duration, ok: bool) {
-        self.history_batch(rows, took, ok);
+        Self::batch(self, rows, took, ok);
     }
     fn written(&self, lag: Duration) {
-        self.history_lag(lag);
+        self.lag(lag);
     }
 }
 

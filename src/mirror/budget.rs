@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::metrics::Metrics;
+use crate::metrics::MirrorMetrics;
 
 /// Writes a second when nothing else is said: about a sixth of what a 2-core control plane
 /// wrote at saturation, so that copies never take more than a small part of it.
@@ -28,13 +28,13 @@ pub struct WriteBudget {
 
 struct Budgeted {
     limiter: DefaultDirectRateLimiter,
-    metrics: Arc<Metrics>,
+    metrics: MirrorMetrics,
 }
 
 impl WriteBudget {
     /// `per_second` writes a second (0: unlimited), said and counted in `metrics`. Bursts are
     /// a twentieth of a second's worth, so that no second sees much more than the budget.
-    pub fn set(&self, per_second: u32, metrics: Arc<Metrics>) {
+    pub fn set(&self, per_second: u32, metrics: MirrorMetrics) {
         metrics.write_budget.set(i64::from(per_second));
         let budgeted = NonZeroU32::new(per_second).map(|rate| {
             let burst = NonZeroU32::new(per_second / 20).unwrap_or(NonZeroU32::MIN);
@@ -66,9 +66,9 @@ mod tests {
 
     #[tokio::test]
     async fn writes_past_the_budget_wait_and_none_is_refused() {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = crate::metrics::Metrics::new();
         let budget = WriteBudget::default();
-        budget.set(40, metrics.clone());
+        budget.set(40, metrics.mirror.clone());
         let started = Instant::now();
         for _ in 0..22 {
             budget.take().await;
@@ -86,7 +86,7 @@ mod tests {
             "{text}"
         );
         // Unlimited: nothing waits.
-        budget.set(0, metrics.clone());
+        budget.set(0, metrics.mirror.clone());
         let started = Instant::now();
         for _ in 0..1_000 {
             budget.take().await;

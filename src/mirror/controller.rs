@@ -144,43 +144,45 @@ impl Report {
             && label(&keys.delivery) == Some(crate::owners::How::Subscription.as_str())
         {
             live.credit(copy);
-            self.metrics.subscription_deliveries("delivered", 1);
+            self.metrics.subscriptions.deliveries("delivered", 1);
         }
     }
 }
 
 impl Observer<dyn Output> for Report {
     fn delivered(&self, sink: &dyn Output, delivery: &Delivery, how: Delivered) {
-        self.metrics.delivery(sink.name(), how.as_str());
+        self.metrics.delivery.delivery(sink.name(), how.as_str());
         if sink.counted() == Counted::Apart {
             return;
         }
         if how.wrote() {
             self.metrics
-                .mirror_write(&delivery.channel, how.as_str(), "success");
+                .mirror
+                .write(&delivery.channel, how.as_str(), "success");
         }
         // An occurrence of the event written: its lag, and the subscriptions' counts (a copy
         // only relabelled, because another subscription of its namespace came or went, is not
         // a delivery of anything new).
         if matches!(how, Delivered::Created | Delivered::Updated) {
-            self.metrics.mirror_lag(delivery.since.elapsed());
+            self.metrics.mirror.lag(delivery.since.elapsed());
             self.subscription_copy(&delivery.event);
         }
     }
 
     fn failed(&self, sink: &dyn Output, delivery: &Delivery, failure: &Failure, given_up: bool) {
-        self.metrics.delivery(sink.name(), "error");
+        self.metrics.delivery.delivery(sink.name(), "error");
         let mirrored = sink.counted() == Counted::AsMirrorWrites;
         if mirrored {
             self.metrics
-                .mirror_write(&delivery.channel, failure.metric_operation(), "error");
+                .mirror
+                .write(&delivery.channel, failure.metric_operation(), "error");
         }
         if !given_up {
             return;
         }
-        self.metrics.delivery(sink.name(), "given_up");
+        self.metrics.delivery.delivery(sink.name(), "given_up");
         if mirrored {
-            self.metrics.mirror_given_up(&delivery.channel);
+            self.metrics.mirror.given_up(&delivery.channel);
         }
         let message = format!(
             "gave up delivering event {} to {} ({}, channel {}) until it changes again: {}",
@@ -190,34 +192,33 @@ impl Observer<dyn Output> for Report {
             delivery.channel,
             crate::telemetry::clip(&failure.to_string(), 512)
         );
-        if self.own_events.warn("DeliveryGivenUp", &message) == Some(false) {
-            self.metrics.recorder_dropped.inc();
-        }
+        // A full queue drops it; the recorder counts that.
+        let _ = self.own_events.warn("DeliveryGivenUp", &message);
     }
 
     fn full(&self, sink: &dyn Output, _delivery: &Delivery) {
-        self.metrics.delivery_queue_full(sink.name());
+        self.metrics.delivery.queue_full(sink.name());
     }
 
     fn dropped(&self, sink: &dyn Output, _delivery: &Delivery) {
-        self.metrics.delivery(sink.name(), "dropped");
+        self.metrics.delivery.delivery(sink.name(), "dropped");
     }
 
     fn relisting(&self, _sink: &dyn Output) {
         // The one metric of these re-lists (only the history sink drops today).
-        self.metrics.history_resyncs.inc();
+        self.metrics.history.resyncs.inc();
     }
 
     fn depth(&self, sink: &dyn Output, held: usize) {
-        self.metrics.delivery_queue_depth(sink.name(), held);
+        self.metrics.delivery.queue_depth(sink.name(), held);
     }
 
     fn paced(&self, sink: &dyn Output, _delivery: &Delivery, _after: Duration) {
-        self.metrics.delivery(sink.name(), "paced");
+        self.metrics.delivery.delivery(sink.name(), "paced");
     }
 
     fn backlog(&self, sink: &dyn Output, age: Duration) {
-        self.metrics.delivery_backlog_age(sink.name(), age);
+        self.metrics.delivery.backlog_age(sink.name(), age);
     }
 }
 
@@ -242,7 +243,7 @@ impl Worker {
             // each source at its newest state). Its sender ends only with this run.
             let _ = self.complete.wait_for(|complete| *complete).await;
             let (key, ev, since) = self.queue.next().await;
-            self.metrics.mirror_queue_depth.set(self.queue.len() as i64);
+            self.metrics.mirror.queued(self.queue.len());
             // Every line about this source carries it, as kube-runtime's controller does.
             let span =
                 tracing::info_span!("mirror", object.ref = %format_args!("{}/{}", key.0, key.1));
@@ -265,7 +266,7 @@ impl Worker {
         let plan = syncer.plan(&ev, since);
         let channel = plan.channel.clone().unwrap_or_default();
         if plan.cut > 0 {
-            metrics.delivery_cut(&channel, plan.cut);
+            metrics.delivery.cut(&channel, plan.cut);
             if let Some(held) = cut_log.allow() {
                 tracing::warn!(
                     channel,
@@ -276,14 +277,18 @@ impl Worker {
             }
         }
         if plan.deferred > 0 {
-            metrics.subscription_deliveries("deferred", plan.deferred);
+            metrics.subscriptions.deliveries("deferred", plan.deferred);
         }
         let labelled = syncer.label(&ev, &plan).await;
         match (&labelled, &plan.label) {
             (Ok(true), Some((operation, _))) => {
-                metrics.mirror_write(&channel, operation.as_str(), "success")
+                metrics
+                    .mirror
+                    .write(&channel, operation.as_str(), "success")
             }
-            (Err(e), _) => metrics.mirror_write(&channel, e.metric_operation(), "error"),
+            (Err(e), _) => metrics
+                .mirror
+                .write(&channel, e.metric_operation(), "error"),
             _ => {}
         }
         let refused = match &plan.routed {
@@ -310,7 +315,7 @@ impl Worker {
         let given_up = queue.done(key.clone(), done, &options.retry());
         if let Err(e) = &labelled {
             if given_up {
-                metrics.mirror_given_up(&channel);
+                metrics.mirror.given_up(&channel);
                 tracing::warn!(channel, error = %e,
                     "mirror: gave up labelling this event (until its source changes again)");
             } else {
@@ -399,13 +404,14 @@ fn keep_owner_state(
         state.clone(),
         needs,
         options.owners_every,
+        metrics.watches.clone(),
     );
     tasks.spawn(keep);
     let (metrics, every) = (metrics.clone(), Duration::from_secs(2));
     tasks.spawn(async move {
         loop {
             let (known, skipped) = crate::locks::read(&state).counts();
-            metrics.owner_state(&known, &skipped);
+            metrics.owners.state(&known, &skipped);
             tokio::time::sleep(every).await;
         }
     });
@@ -454,18 +460,13 @@ fn follow_sources(
             hint: "mirroring waits; what is stored meanwhile is caught up by the next list",
             // A new list whenever a lane that dropped deliveries asks for one.
             relist: Some(pipeline.relists()),
+            // Also read as mirror_watch_errors.
+            errors: metrics.watches.of("events"),
         };
-        let errors = metrics.mirror_watch_errors.clone();
         let config = watcher::Config::default().fields(FIELD_SELECTOR);
-        tasks.spawn(crate::follow::follow(
-            api,
-            config,
-            how,
-            move |event| sourced(event, ns, &queue, &pipeline, &metrics),
-            move || {
-                errors.inc();
-            },
-        ));
+        tasks.spawn(crate::follow::follow(api, config, how, move |event| {
+            sourced(event, ns, &queue, &pipeline, &metrics)
+        }));
     }
 }
 
@@ -500,7 +501,7 @@ fn sourced(
             pipeline.forget(|output| output.forget(&source));
         }
     }
-    metrics.mirror_queue_depth.set(queue.len() as i64);
+    metrics.mirror.queued(queue.len());
 }
 
 fn is_warning(event: &Event) -> bool {
@@ -538,7 +539,7 @@ pub async fn run(
     }
     syncer
         .budget
-        .set(options.max_writes_per_second, metrics.clone());
+        .set(options.max_writes_per_second, metrics.mirror.clone());
     // Warnings first here too: a source handed back by a full lane waits here.
     let queue = Arc::new(WorkQueue::unbounded().urgent_first(is_warning));
     let report = Arc::new(Report {
@@ -549,7 +550,7 @@ pub async fn run(
     });
     let pipeline = Arc::new(options.pipeline(&syncer, report));
     for output in pipeline.sinks() {
-        metrics.delivery_sink(output.name());
+        metrics.delivery.sink(output.name());
     }
     // What another leader (or an earlier run) wrote is not known: list it again.
     relisted(&pipeline);

@@ -347,10 +347,15 @@ async fn follow<T: Table>(
     table: T,
     api: Api<T::Object>,
     state: SharedOwnerState,
-    (progress, id): Told,
+    Told {
+        progress,
+        id,
+        errors,
+    }: Told,
 ) {
     let how = crate::follow::WatchSpec {
         what: table.resource(),
+        errors,
         hint: "owner delivery uses what was last seen; is the resource served, and may clusterscope list and watch it?",
         relist: None,
     };
@@ -362,14 +367,7 @@ async fn follow<T: Table>(
         id,
         first: true,
     };
-    crate::follow::follow(
-        api,
-        watcher::Config::default(),
-        how,
-        |e| lister.take(e),
-        || {},
-    )
-    .await;
+    crate::follow::follow(api, watcher::Config::default(), how, |e| lister.take(e)).await;
 }
 
 /// What [`follow`] keeps between events.
@@ -560,8 +558,13 @@ impl Needs {
     }
 }
 
-/// Where a follower tells how its first list goes: the [`Progress`], as follower `id`.
-type Told = (Progress, u64);
+/// Where a follower tells how its first list goes (the [`Progress`], as follower `id`) and
+/// counts its watch's failures.
+struct Told {
+    progress: Progress,
+    id: u64,
+    errors: prometheus_client::metrics::counter::Counter,
+}
 
 /// Starts following `what` into `state`, telling `progress` how its first list goes (the
 /// follower is counted there before this returns, so that the state is never complete while a
@@ -571,6 +574,7 @@ fn start_following(
     client: &kube::Client,
     state: &SharedOwnerState,
     progress: &Progress,
+    errors: &crate::follow::WatchErrors,
 ) -> tokio::task::JoinHandle<()> {
     let resource = match what {
         Watched::Volumes => Volumes.resource(),
@@ -579,8 +583,11 @@ fn start_following(
         Watched::Pods => Pods.resource(),
         Watched::Custom(rule) => custom_resource(rule),
     };
-    let id = progress.start(resource);
-    let told = (progress.clone(), id);
+    let told = Told {
+        errors: errors.of(&resource),
+        id: progress.start(resource),
+        progress: progress.clone(),
+    };
     match what {
         Watched::Volumes => tokio::spawn(follow_all(Volumes, client, state, told)),
         Watched::Attachments => tokio::spawn(follow_all(Attachments, client, state, told)),
@@ -644,6 +651,7 @@ pub fn start(
     state: SharedOwnerState,
     needs: impl Fn() -> Needs + Send + 'static,
     every: std::time::Duration,
+    errors: crate::follow::WatchErrors,
 ) -> (OwnerWatches, impl std::future::Future<Output = ()> + Send) {
     let first = needs();
     let (rounds_tx, rounds) = tokio::sync::watch::channel(0);
@@ -674,7 +682,7 @@ pub fn start(
             });
             let started: Vec<&Watched> = now.iter().filter(|w| !before.contains(w)).collect();
             for what in started {
-                let task = start_following(what, &client, &state, &progress);
+                let task = start_following(what, &client, &state, &progress, &errors);
                 following.0.push((what.clone(), task));
             }
             if round > 0 && now != before {
@@ -714,6 +722,7 @@ mod tests {
             SharedOwnerState::default(),
             needs,
             std::time::Duration::from_secs(10),
+            crate::follow::WatchErrors::default(),
         );
         let progress = keeper.progress();
         assert!(!progress.is_complete());

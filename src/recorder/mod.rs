@@ -29,7 +29,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::jiff::Timestamp;
 
 pub use correlator::{Correlated, Correlator, CorrelatorOptions};
-pub use record::{OwnEvents, Recorder, RecorderOptions, RecorderStats};
+pub use record::{OwnEvents, Recorder, RecorderOptions};
 pub use sink::{KubeSink, LogSink};
 
 /// The time, as the recorder sees it.

@@ -2,7 +2,6 @@
 //! correlated, and handed to the recorder's own [`Pipeline`]: a lane per sink, client-go's
 //! queue size and retry policy, never blocking whoever records.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use crate::delivery::{
     Delivered, Delivery, Failure, LaneOptions, Observer, Pipeline, RetryPolicy, Sink, key_of_source,
 };
 use crate::event::EventType;
+use crate::metrics::RecorderMetrics;
 
 /// Recorder settings; the defaults are client-go's.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,40 +58,24 @@ impl RecorderOptions {
     }
 }
 
-/// What the recorder did, all sinks together.
-#[derive(Debug, Default)]
-pub struct RecorderStats {
-    /// Events dropped because a sink's lane was full.
-    pub dropped: AtomicU64,
-    /// Writes that succeeded (creates and patches).
-    pub written: AtomicU64,
-    /// Events dropped by the spam filter.
-    pub filtered: AtomicU64,
-    /// Writes given up: a final error, or the tries ran out.
-    pub failed: AtomicU64,
-    /// Tries that failed and were retried.
-    pub retries: AtomicU64,
-}
+/// The recorder's lanes report into its metrics (its own events are never about its own
+/// failures: a write given up is logged by the lane, not recorded again).
+struct Counts(RecorderMetrics);
 
-/// The recorder's lanes report here (its own events are never about its own failures: a
-/// write given up is logged by the lane, not recorded again).
-impl Observer<dyn Sink> for RecorderStats {
+impl Observer<dyn Sink> for Counts {
     fn delivered(&self, _sink: &dyn Sink, _delivery: &Delivery, _how: Delivered) {
-        self.written.fetch_add(1, Ordering::Relaxed);
+        self.0.writes.count("success");
     }
     fn failed(&self, _sink: &dyn Sink, _delivery: &Delivery, _failure: &Failure, given_up: bool) {
-        let counter = if given_up {
-            &self.failed
-        } else {
-            &self.retries
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        self.0
+            .writes
+            .count(if given_up { "given_up" } else { "retried" });
     }
     fn full(&self, _sink: &dyn Sink, _delivery: &Delivery) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.0.dropped.inc();
     }
     fn dropped(&self, _sink: &dyn Sink, _delivery: &Delivery) {
-        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.0.dropped.inc();
     }
     fn relisting(&self, _sink: &dyn Sink) {}
     fn depth(&self, _sink: &dyn Sink, _held: usize) {}
@@ -101,7 +85,7 @@ impl Observer<dyn Sink> for RecorderStats {
 /// spam filter) and hands them to its sinks' lanes. Share it in an [`Arc`].
 pub struct Recorder {
     pipeline: Pipeline,
-    stats: Arc<RecorderStats>,
+    metrics: RecorderMetrics,
     correlator: Mutex<Correlator>,
     source: EventSource,
     clock: Arc<dyn Clock>,
@@ -109,24 +93,23 @@ pub struct Recorder {
 
 impl Recorder {
     /// Records to `sinks`; `component` reports the events (also `reportingController`),
-    /// `host` is the instance. Nothing is written before [`Self::start`].
+    /// `host` is the instance; what it does is counted in `metrics`. Nothing is written before
+    /// [`Self::start`].
     pub fn new(
         sinks: Vec<Arc<dyn Sink>>,
         options: &RecorderOptions,
-        component: &str,
-        host: &str,
+        (component, host): (&str, &str),
         clock: Arc<dyn Clock>,
+        metrics: RecorderMetrics,
     ) -> Self {
-        let stats = Arc::new(RecorderStats::default());
         let lane = options.lane();
-        let pipeline = sinks
-            .into_iter()
-            .fold(Pipeline::new(stats.clone()), |pipeline, sink| {
-                pipeline.with_sink(sink, &lane)
-            });
+        let pipeline = sinks.into_iter().fold(
+            Pipeline::new(Arc::new(Counts(metrics.clone()))),
+            |pipeline, sink| pipeline.with_sink(sink, &lane),
+        );
         Recorder {
             pipeline,
-            stats,
+            metrics,
             correlator: Mutex::new(Correlator::new(options.correlator.clone(), clock.clone())),
             source: EventSource {
                 component: Some(component.to_owned()),
@@ -147,8 +130,9 @@ impl Recorder {
         self.pipeline.drain(within).await
     }
 
-    pub fn stats(&self) -> &RecorderStats {
-        &self.stats
+    /// What it did so far.
+    pub fn metrics(&self) -> &RecorderMetrics {
+        &self.metrics
     }
 
     /// client-go `makeEvent`: named as [`super::name::event_name`] says, in the object's namespace or
@@ -201,7 +185,7 @@ impl Recorder {
         let event = self.make_event(reference, type_, reason, message);
         let event = match crate::locks::lock(&self.correlator).correlate(event) {
             Correlated::Skip => {
-                self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.filtered.inc();
                 return true;
             }
             Correlated::Create(event) | Correlated::Patch(event) => event,
@@ -218,7 +202,7 @@ impl Recorder {
     fn enqueue(&self, delivery: Delivery) -> bool {
         let refused = self.pipeline.offer(&delivery);
         for full in &refused {
-            let dropped = self.stats.dropped.load(Ordering::Relaxed);
+            let dropped = self.metrics.dropped.get();
             // One line for the first drop and every 100th after it, not a flood.
             if dropped % 100 == 1 {
                 tracing::warn!(sink = full.sink, dropped_total = dropped, reason = ?delivery.event.reason,

@@ -123,7 +123,7 @@ impl Runtime {
         // The ports first: an address in use is said before any certificate is made.
         let bound = Server::listen(options.listen, options.admin_listen).await?;
         let (acceptor, cert_reloader) =
-            crate::server::serving_certificate(&options.certificates, &metrics)?;
+            crate::server::serving_certificate(&options.certificates, &metrics.tls)?;
         let cluster_state = Arc::new(StatusLine::default());
         let (cluster, discovery) = plan_cluster(&options, &cluster_state).await?;
         let history_status = Arc::new(StatusLine::default());
@@ -246,7 +246,7 @@ impl Runtime {
                         store,
                         options,
                         state.reviewer.config.clone(),
-                        state.metrics.clone(),
+                        state.metrics.history.clone(),
                         state.history_status.clone(),
                         stop.clone(),
                     );
@@ -331,7 +331,7 @@ fn open_history(
         return Ok(None);
     };
     let store = crate::history::Store::connect_lazy(&h.store)?;
-    metrics.delivery_sink(crate::history::POSTGRES);
+    metrics.delivery.sink(crate::history::POSTGRES);
     if !with_cluster {
         tracing::warn!(
             "history: --postgres-url is set but there is no cluster: nothing is recorded (the mirror controller records history)"

@@ -249,21 +249,21 @@ impl Server {
             };
             let Ok(permit) = connections.clone().try_acquire_owned() else {
                 // At the cap: close at once rather than queue behind the others.
-                let rejected = self.state.metrics.connections_rejected.inc() + 1;
+                let rejected = self.state.metrics.server.connections_rejected.inc() + 1;
                 if rejected % 100 == 1 {
                     tracing::warn!(%peer, max = self.limits.max_connections, rejected_total = rejected, "connection limit reached; closing new connections");
                 }
                 continue;
             };
             let Some(peer_slot) = peers.clone().enter(peer.ip(), per_peer) else {
-                let rejected = self.state.metrics.connections_rejected_by_peer.inc() + 1;
+                let rejected = self.state.metrics.server.connections_rejected_by_peer.inc() + 1;
                 if rejected % 100 == 1 {
                     tracing::warn!(%peer, max = per_peer, rejected_total = rejected, "connection limit for one address reached; closing its new connections");
                 }
                 continue;
             };
             let open = OpenConnection::new(
-                self.state.metrics.connections_open.clone(),
+                self.state.metrics.server.connections_open.clone(),
                 permit,
                 peer_slot,
             );
@@ -303,13 +303,13 @@ impl Server {
 /// and the reloader that follows its files.
 pub fn serving_certificate(
     certificates: &Certificates,
-    metrics: &Arc<Metrics>,
+    metrics: &crate::metrics::TlsMetrics,
 ) -> Result<(TlsAcceptor, CertReloader), BindError> {
     let (cert_path, key_path, (loaded, fingerprint)) = match &certificates.pair {
         Some((cert, key)) => (cert.clone(), key.clone(), crate::tls::load_pair(cert, key)?),
         None => self_signed_pair(&certificates.dir)?,
     };
-    metrics.cert_expiry.set(loaded.not_after);
+    metrics.expiry.set(loaded.not_after);
     let resolver = Arc::new(CertResolver::new(loaded.key));
     let tls_config =
         crate::tls::server_config(resolver.clone(), certificates.client_ca.as_deref())?;
@@ -506,7 +506,7 @@ pub fn recovered(
     let caught = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(answer));
     futures_util::FutureExt::map(caught, move |answered| {
         answered.unwrap_or_else(|_panic| {
-            metrics.panics.inc();
+            metrics.server.panics.inc();
             tracing::error!("a request handler panicked; answered 500");
             text(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
         })
@@ -673,7 +673,7 @@ struct InFlight<'a>(&'a AppState);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.metrics.in_flight.dec();
+        self.0.metrics.admission.in_flight.dec();
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -683,7 +683,7 @@ async fn mutate(state: Arc<AppState>, request: Request<Body>) -> Response<Body> 
     let (parts, body) = request.into_parts();
     let started = Instant::now();
     let metrics = &state.metrics;
-    metrics.in_flight.inc();
+    metrics.admission.in_flight.inc();
     let now_in_flight = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     let _in_flight = InFlight(&state);
     if now_in_flight > state.max_in_flight {
@@ -705,12 +705,15 @@ async fn mutate(state: Arc<AppState>, request: Request<Body>) -> Response<Body> 
     let response =
         tracing::Instrument::instrument(answer(&state, &parts.uri, &parts.headers, body), span)
             .await;
-    metrics.duration.observe(started.elapsed().as_secs_f64());
+    metrics
+        .admission
+        .duration
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
 fn refuse(state: &AppState, status: StatusCode, reason: &str) -> Response<Body> {
-    state.metrics.request("unknown", "invalid");
+    state.metrics.admission.request("unknown", "invalid");
     // Anyone who can reach the port can send garbage: one line a second, of bounded length.
     if let Some(held_back) = state.refusal_log.allow() {
         tracing::warn!(
@@ -726,8 +729,8 @@ fn refuse(state: &AppState, status: StatusCode, reason: &str) -> Response<Body> 
 /// Answers 503 with `Retry-After: 1` when the server sheds load; the API server then fails
 /// open (`failurePolicy: Ignore`) and the mirror labels the event later.
 fn shed(state: &AppState, why: &'static str, message: &str) -> Response<Body> {
-    state.metrics.request("unknown", "error");
-    state.metrics.shed(why);
+    state.metrics.admission.request("unknown", "error");
+    state.metrics.admission.shed(why);
     if let Some(held_back) = state.refusal_log.allow() {
         tracing::warn!(why, held_back, "{message}; answered 503");
     }
@@ -972,7 +975,7 @@ async fn read_request(
         }
         Ok(Err((BodyError::Broken(e), _))) => {
             // The client went away or broke the stream mid-body: not a bad AdmissionReview.
-            state.metrics.request("unknown", "error");
+            state.metrics.admission.request("unknown", "error");
             tracing::debug!(error = %e, "request body could not be read");
             Err(text(
                 StatusCode::BAD_REQUEST,
@@ -998,7 +1001,7 @@ fn reviewed_response(
     span.record("outcome", d.outcome.as_str());
     if let Some(c) = c {
         span.record("kind", c.kind.as_str());
-        state.metrics.classified(
+        state.metrics.admission.classified(
             &c.kind_label,
             c.builtin_kind(),
             &c.reason,
@@ -1012,6 +1015,7 @@ fn reviewed_response(
     }
     state
         .metrics
+        .admission
         .request(&reviewed.operation, d.outcome.as_str());
     tracing::debug!(
         uid = %reviewed.uid,

@@ -122,7 +122,7 @@ impl StatusWriter {
             .as_ref()
             .map_or(1, |c| c.deliveries_per_second);
         self.live.replace(subscribers, rate);
-        self.metrics.subscriptions(&tally(&judged));
+        self.metrics.subscriptions.standing(&tally(&judged));
         let mut seen = HashSet::new();
         for j in &judged {
             let meta = &j.subscription.metadata;
@@ -211,8 +211,8 @@ pub async fn run(
         what: "subscriptions.clusterscope.dev".to_owned(),
         hint: "subscriptions keep what was last seen; is the Subscription CRD installed (manifests/components/subscriptions), and may clusterscope list and watch subscriptions?",
         relist: None,
+        errors: metrics.watches.of("subscriptions.clusterscope.dev"),
     };
-    let errors = metrics.mirror_watch_errors.clone();
     let told = changed.clone();
     let follow = crate::follow::follow(
         Api::<Subscription>::all(client.clone()),
@@ -221,9 +221,6 @@ pub async fn run(
         move |event| {
             writer.apply_watcher_event(&event);
             told.notify_one();
-        },
-        move || {
-            errors.inc();
         },
     );
     let mut round = StatusWriter {

@@ -502,9 +502,9 @@ impl FakeApiServer {
         let recorder = Arc::new(Recorder::new(
             vec![Arc::new(KubeSink::new(self.client()))],
             &Default::default(),
-            "clusterscope",
-            "test",
+            ("clusterscope", "test"),
             Arc::new(SystemClock),
+            metrics.recorder.clone(),
         ));
         let mut recorder_writers = tokio::task::JoinSet::new();
         recorder.start(&mut recorder_writers);
@@ -567,6 +567,11 @@ impl FakeApiServer {
             s.faults
                 .push_back((Some(verb.to_owned()), code, reason.to_owned()));
         }
+    }
+
+    /// As [`Self::inject_for`], for calls of one verb on one resource (`list`, `pods`).
+    pub fn inject_on(&self, verb: &str, resource: &str, code: u16, reason: &str, times: usize) {
+        self.inject_for(&format!("{verb} {resource}"), code, reason, times);
     }
 
     /// How many `verb` calls were made on `resource` (RBAC's words: `list`, `pods`).
@@ -925,13 +930,13 @@ async fn gate(
         }
         let down = s.down_until.is_some_and(|t| std::time::Instant::now() < t);
         let verb = rbac.map(|r| r.0);
+        let verb_on = rbac.map(|(verb, _, resource, _)| format!("{verb} {resource}"));
         let fault = if down {
             Some((503, "ServiceUnavailable".to_owned()))
         } else {
-            let at = s
-                .faults
-                .iter()
-                .position(|(only, _, _)| only.is_none() || only.as_deref() == verb);
+            let at = s.faults.iter().position(|(only, _, _)| {
+                only.is_none() || only.as_deref() == verb || *only == verb_on
+            });
             at.and_then(|i| s.faults.remove(i))
                 .map(|(_, code, reason)| (code, reason))
         };
