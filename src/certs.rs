@@ -42,12 +42,43 @@ pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-fn err(what: &str, e: rcgen::Error) -> String {
-    format!("cannot generate the {what}: {e}")
+/// Why certificates could not be made or written: its own words, the cause as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    #[error("cannot generate the {what}")]
+    Generate {
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("{name:?} is not a valid DNS name")]
+    Name {
+        name: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("{} is a file, not a directory: give a directory for the certificates (it is created if missing)", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("cannot create {}", path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn err(what: &'static str) -> impl FnOnce(rcgen::Error) -> CertsError {
+    move |source| CertsError::Generate { what, source }
 }
 
 /// Generates a CA and a serving certificate for `names` (DNS names or IP addresses).
-pub fn generate(names: &[String]) -> Result<Bundle, String> {
+pub fn generate(names: &[String]) -> Result<Bundle, CertsError> {
     let now = OffsetDateTime::now_utc();
     let mut ca_params = CertificateParams::default();
     let mut ca_dn = DistinguishedName::new();
@@ -57,8 +88,8 @@ pub fn generate(names: &[String]) -> Result<Bundle, String> {
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca_params.not_before = now - Duration::hours(1);
     ca_params.not_after = now + Duration::days(CA_DAYS);
-    let ca_key = KeyPair::generate().map_err(|e| err("CA key", e))?;
-    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(|e| err("CA", e))?;
+    let ca_key = KeyPair::generate().map_err(err("CA key"))?;
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(err("CA"))?;
 
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
@@ -75,7 +106,10 @@ pub fn generate(names: &[String]) -> Result<Bundle, String> {
                 .clone()
                 .try_into()
                 .map(SanType::DnsName)
-                .map_err(|e| format!("{n:?} is not a valid DNS name: {e}")),
+                .map_err(|source| CertsError::Name {
+                    name: n.clone(),
+                    source,
+                }),
         })
         .collect::<Result<_, _>>()?;
     params.key_usages = vec![
@@ -85,10 +119,10 @@ pub fn generate(names: &[String]) -> Result<Bundle, String> {
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.not_before = now - Duration::hours(1);
     params.not_after = now + Duration::days(SERVING_DAYS);
-    let key = KeyPair::generate().map_err(|e| err("serving key", e))?;
+    let key = KeyPair::generate().map_err(err("serving key"))?;
     let cert = params
         .signed_by(&key, &ca)
-        .map_err(|e| err("serving certificate", e))?;
+        .map_err(err("serving certificate"))?;
     Ok(Bundle {
         ca_pem: ca.pem(),
         cert_pem: cert.pem(),
@@ -103,14 +137,14 @@ pub fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 
 /// Writes `ca.crt`, `tls.crt` and `tls.key` (the key with mode 0600) into `dir`, creating
 /// it; each file is replaced whole (written beside it, then renamed over it).
-pub fn write(dir: &Path, bundle: &Bundle) -> Result<(), String> {
+pub fn write(dir: &Path, bundle: &Bundle) -> Result<(), CertsError> {
     if dir.exists() && !dir.is_dir() {
-        return Err(format!(
-            "{} is a file, not a directory: give a directory for the certificates (it is created if missing)",
-            dir.display()
-        ));
+        return Err(CertsError::NotADirectory(dir.to_owned()));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(|source| CertsError::CreateDir {
+        path: dir.to_owned(),
+        source,
+    })?;
     let (ca, cert, key) = paths(dir);
     replace_file(&ca, bundle.ca_pem.as_bytes(), false)?;
     replace_file(&cert, bundle.cert_pem.as_bytes(), false)?;
@@ -119,7 +153,7 @@ pub fn write(dir: &Path, bundle: &Bundle) -> Result<(), String> {
 
 /// Replaces `path` with `bytes` at once: a reader sees the old file or the new one, never
 /// half of one. `private`: mode 0600.
-pub fn replace_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), String> {
+pub fn replace_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), CertsError> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -137,9 +171,12 @@ pub fn replace_file(path: &Path, bytes: &[u8], private: bool) -> Result<(), Stri
     opts.open(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
         .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| {
+        .map_err(|source| {
             let _ = std::fs::remove_file(&tmp);
-            format!("cannot write {}: {e}", path.display())
+            CertsError::Write {
+                path: path.to_owned(),
+                source,
+            }
         })
 }
 

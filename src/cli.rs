@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use crate::admission::Reviewer;
 use crate::classify::ScopeResolver;
 use crate::config::Config;
+use crate::errors::error_chain;
 
 /// Largest AdmissionReview `review` reads (the API server's own request limit is 3 MiB for
 /// objects; webhooks conventionally accept 7 MiB).
@@ -469,7 +470,8 @@ fn say_valid(config: &Config) -> Result<(), CommandError> {
 
 fn serve(args: ServeArgs) -> Result<(), CommandError> {
     args.server.certificates.check().map_err(refused)?;
-    crate::telemetry::init(args.log.log_format, &args.log.log_level).map_err(refused)?;
+    crate::telemetry::init(args.log.log_format, &args.log.log_level)
+        .map_err(|e| refused(error_chain(&e)))?;
     let history = args.history.options();
     let options = crate::runtime::ServeOptions::from_flags(
         args.server,
@@ -487,7 +489,7 @@ fn serve(args: ServeArgs) -> Result<(), CommandError> {
         let runtime = crate::runtime::Runtime::bind(options, metrics)
             .await
             .map_err(|e| {
-                let said = crate::telemetry::error_chain(&e);
+                let said = crate::errors::error_chain(&e);
                 if e.is_io() {
                     io_failure(said)
                 } else {
@@ -497,7 +499,7 @@ fn serve(args: ServeArgs) -> Result<(), CommandError> {
         runtime
             .run(stop)
             .await
-            .map_err(|e| io_failure(crate::telemetry::error_chain(&e)))
+            .map_err(|e| io_failure(crate::errors::error_chain(&e)))
     })
 }
 
@@ -521,7 +523,7 @@ fn certs(args: &CertsArgs) -> Result<(), CommandError> {
         )));
     }
     let names = crate::certs::service_names(&args.service, &args.namespace);
-    let bundle = crate::certs::generate(&names).map_err(io_failure)?;
+    let bundle = crate::certs::generate(&names).map_err(|e| io_failure(error_chain(&e)))?;
     let ca_bundle = bundle.ca_bundle();
     let webhook_config = match &args.webhook_config {
         Some(path) => {
@@ -538,9 +540,10 @@ fn certs(args: &CertsArgs) -> Result<(), CommandError> {
         }
         None => None,
     };
-    crate::certs::write(&args.out, &bundle).map_err(io_failure)?;
+    crate::certs::write(&args.out, &bundle).map_err(|e| io_failure(error_chain(&e)))?;
     if let Some((path, updated, count)) = webhook_config {
-        crate::certs::replace_file(path, updated.as_bytes(), false).map_err(io_failure)?;
+        crate::certs::replace_file(path, updated.as_bytes(), false)
+            .map_err(|e| io_failure(error_chain(&e)))?;
         eprintln!("set caBundle in {} ({count} webhook(s))", path.display());
         // The shipped overlay's patch is a tracked file: say so before it is committed.
         eprintln!(

@@ -368,7 +368,7 @@ async fn wait_for_api_server(
                 );
                 return true;
             }
-            Ok(Err(e)) => e.to_string(),
+            Ok(Err(e)) => crate::errors::error_chain(&e),
             Err(_) => format!("no answer within {}", humantime::format_duration(timeout)),
         };
         failures += 1;

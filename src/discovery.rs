@@ -90,7 +90,7 @@ pub async fn run(
                 "success"
             }
             Err(e) => {
-                tracing::warn!(error = %e, "discovery failed; the built-in kind table stays in use");
+                tracing::warn!(error = %crate::errors::Chain(&e), "discovery failed; the built-in kind table stays in use");
                 "error"
             }
         };

@@ -96,7 +96,7 @@ pub async fn follow<K>(
                 Some(Ok(event)) => handle(event),
                 Some(Err(e)) => {
                     how.errors.inc();
-                    tracing::warn!(watch = %how.what, error = %e,
+                    tracing::warn!(watch = %how.what, error = %crate::errors::Chain(&e),
                         "watch failed; retrying with backoff ({})", how.hint);
                 }
             }

@@ -217,7 +217,7 @@ pub async fn run_while_leader<L, F>(
                 held
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "leader election: cannot reach the lease");
+                tracing::warn!(error = %crate::errors::Chain(&e), "leader election: cannot reach the lease");
                 // Keep leading until the renew deadline passes without a renewal.
                 leading.is_some() && last_renewed.elapsed() < deadline
             }

@@ -28,6 +28,7 @@ pub mod config;
 pub(crate) mod decide;
 pub mod delivery;
 pub mod discovery;
+pub(crate) mod errors;
 pub mod event;
 pub(crate) mod explain;
 pub(crate) mod flags;

@@ -89,22 +89,49 @@ pub struct Args {
 /// (a WARN, naming what waits, once every ten tries): silenced unless a filter names it.
 const QUIET: &str = "kube_client::client::builder=off";
 
+/// Why logging could not be set up: which setting, the parser's words as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// `setting` is `RUST_LOG` or `--log-level`.
+    #[error("{setting} {value:?} is not a log filter")]
+    Filter {
+        setting: &'static str,
+        value: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot install the logger")]
+    Install(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
 /// The filter: `RUST_LOG` when set (as given), else `level` with kube's request errors off
 /// (unless `level` names `kube_client`).
-fn filter(rust_log: Option<&str>, level: &str) -> Result<EnvFilter, String> {
+fn filter(rust_log: Option<&str>, level: &str) -> Result<EnvFilter, LogError> {
+    let parse = |setting: &'static str, value: &str| {
+        EnvFilter::try_new(value).map_err(|source| LogError::Filter {
+            setting,
+            value: value.to_owned(),
+            source,
+        })
+    };
     if let Some(v) = rust_log.filter(|v| !v.is_empty()) {
-        return EnvFilter::try_new(v).map_err(|e| format!("RUST_LOG {v:?}: {e}"));
+        return parse("RUST_LOG", v);
     }
-    let filter = EnvFilter::try_new(level).map_err(|e| format!("--log-level {level:?}: {e}"))?;
+    let filter = parse("--log-level", level)?;
     if level.contains("kube_client") {
         return Ok(filter);
     }
-    let quiet = QUIET.parse().map_err(|e| format!("{QUIET}: {e}"))?;
-    Ok(filter.add_directive(quiet))
+    Ok(
+        filter.add_directive(QUIET.parse().map_err(|source| LogError::Filter {
+            setting: "the built-in filter",
+            value: QUIET.to_owned(),
+            source,
+        })?),
+    )
 }
 
 /// Installs the global subscriber: `RUST_LOG` when set, else `level`.
-pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
+pub fn init(format: LogFormat, level: &str) -> Result<(), LogError> {
     let filter = filter(std::env::var("RUST_LOG").ok().as_deref(), level)?;
     // A log line that cannot be written (stderr closed) is dropped: by default the subscriber
     // would report it with `eprintln!`, which panics the task that logged.
@@ -119,7 +146,7 @@ pub fn init(format: LogFormat, level: &str) -> Result<(), String> {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    result.map_err(|e| format!("cannot install the logger: {e}"))
+    result.map_err(LogError::Install)
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C). The handlers are installed by this call, not when
@@ -155,22 +182,6 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send {
             std::future::pending::<()>().await;
         }
     }
-}
-
-/// An error and its causes in one line, each cause once (a message that already quotes its
-/// cause is not followed by it again).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
 }
 
 #[cfg(test)]

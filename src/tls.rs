@@ -23,14 +23,14 @@ use crate::metrics::TlsMetrics;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// `flag` names the command-line flag that gave the path, when one did.
-    #[error("cannot read {flag}{}: {source}", path.display())]
+    #[error("cannot read {flag}{}", path.display())]
     Read {
         flag: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{file}: not a PEM certificate: {source}")]
+    #[error("{file}: not a PEM certificate")]
     Pem {
         file: String,
         #[source]
@@ -39,7 +39,7 @@ pub enum TlsError {
     /// The file holds no usable certificate or key, or they do not belong together.
     #[error("{file}: {reason}")]
     Content { file: String, reason: String },
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration refused")]
     Config(#[source] rustls::Error),
 }
 
@@ -266,7 +266,7 @@ impl CertReloader {
             Err(e) => {
                 self.count("error");
                 tracing::warn!(
-                    error = %e,
+                    error = %crate::errors::Chain(&e),
                     "new serving certificate refused; the previous one keeps serving"
                 );
                 Some(Err(e))

@@ -5,39 +5,21 @@
 
 use std::sync::Arc;
 
-/// What went wrong, in words, with the error it comes from (kept for its chain of sources;
-/// shared, so that a failure reported for every row of a batch is one error).
-#[derive(Debug, Clone)]
+/// What went wrong, in words: the error it comes from put in words whole, with its causes
+/// ([`Cause::of`]), or translated ([`describe`](crate::history::describe)). Not kept beside
+/// them as a source, which would have every line say it twice. Shared, so that a failure
+/// reported for every row of a batch is one string.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cause {
-    said: String,
-    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    said: Arc<str>,
 }
 
 impl Cause {
-    /// `said` puts `source` in words.
-    pub fn new(said: String, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Cause {
-            said,
-            source: Some(Arc::new(source)),
-        }
-    }
-
-    /// The underlying error, if any.
-    pub fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
+    /// `error` and its causes, each once.
+    pub fn of(error: &dyn std::error::Error) -> Self {
+        crate::errors::error_chain(error).into()
     }
 }
-
-/// Two causes are the same when they say the same (sources are not comparable).
-impl PartialEq for Cause {
-    fn eq(&self, other: &Self) -> bool {
-        self.said == other.said
-    }
-}
-
-impl Eq for Cause {}
 
 impl std::fmt::Display for Cause {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +29,7 @@ impl std::fmt::Display for Cause {
 
 impl From<String> for Cause {
     fn from(said: String) -> Self {
-        Cause { said, source: None }
+        Cause { said: said.into() }
     }
 }
 
@@ -138,22 +120,8 @@ impl std::fmt::Display for SinkError {
     }
 }
 
-impl std::error::Error for SinkError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            SinkError::Transport(c)
-            | SinkError::Unreadable(c)
-            | SinkError::Invalid(c)
-            | SinkError::Stream(c) => c.source(),
-            SinkError::Store { cause, .. } => cause.source(),
-            SinkError::Status { .. }
-            | SinkError::Throttled { .. }
-            | SinkError::NamespaceTerminating(_)
-            | SinkError::Foreign(_)
-            | SinkError::Unanswered { .. } => None,
-        }
-    }
-}
+/// Its causes are in its words ([`Cause`]): no source.
+impl std::error::Error for SinkError {}
 
 /// Who writes: the two ways clusterscope writes to the API server retry different answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,8 +283,8 @@ impl From<kube::Error> for SinkError {
                 reason: status.reason,
                 message: status.message,
             },
-            kube::Error::SerdeError(e) => SinkError::Unreadable(Cause::new(e.to_string(), e)),
-            other => SinkError::Transport(Cause::new(other.to_string(), other)),
+            kube::Error::SerdeError(e) => SinkError::Unreadable(Cause::of(&e)),
+            other => SinkError::Transport(Cause::of(&other)),
         }
     }
 }
@@ -344,19 +312,35 @@ mod tests {
     use super::*;
     use std::error::Error as _;
 
+    /// An error that says its own part and gives its cause as its source, as hyper's do.
+    #[derive(Debug)]
+    struct Connect(std::io::Error);
+    impl std::fmt::Display for Connect {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+    impl std::error::Error for Connect {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
     #[test]
-    fn a_transport_error_keeps_the_kube_error_as_its_source() {
+    fn a_transport_error_says_the_kube_error_and_every_cause_once() {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let kube_error = kube::Error::Service(Box::new(io));
+        let kube_error = kube::Error::Service(Box::new(Connect(io)));
         let e = SinkError::from(kube_error);
         assert_eq!(e.action(Writer::Recorder), Action::Retry);
-        assert!(e.to_string().starts_with("cannot reach the API server: "));
-        let source = e.source().expect("the kube error is kept");
-        assert!(source.downcast_ref::<kube::Error>().is_some(), "{source:?}");
-        assert_eq!(
-            SinkError::Transport("x".into()),
-            SinkError::Transport(Cause::new("x".into(), std::fmt::Error))
+        let said = e.to_string();
+        assert!(
+            said.starts_with("cannot reach the API server: ")
+                && said.contains("client error (Connect)")
+                && said.ends_with(": refused"),
+            "{said}"
         );
+        assert_eq!(said.matches("refused").count(), 1, "{said}");
+        assert!(e.source().is_none(), "its causes are in its words");
     }
 
     #[test]

@@ -119,7 +119,7 @@ pub fn spawn(
                 Ok(done) => break done,
                 Err(e) => {
                     let wait = delays.next().unwrap_or(std::time::Duration::from_secs(30));
-                    tracing::warn!(database = %where_, error = %e, retry_in = %humantime::format_duration(wait),
+                    tracing::warn!(database = %where_, error = %crate::errors::Chain(&e), retry_in = %humantime::format_duration(wait),
                         "history: cannot prepare the PostgreSQL schema yet; events wait in the buffer");
                     status.set(format!("history: waiting for PostgreSQL at {where_}: {e}"));
                     tokio::time::sleep(wait).await;

@@ -123,7 +123,7 @@ pub struct Adopted {
 pub async fn migrate_to(store: &Store, up_to: i64) -> Result<Migrated, StoreError> {
     let mut conn = PgConnection::connect_with(&store.pool().connect_options())
         .await
-        .map_err(|e| StoreError::migrating_as(store.explain(&e), e))?;
+        .map_err(|e| StoreError::migrating_as(store.explain(&e)))?;
     let done = migrate_locked(&mut conn, up_to).await;
     let _ = conn.close().await;
     let done = done?;
@@ -177,7 +177,7 @@ async fn ensure_schema(conn: &mut PgConnection) -> Result<bool, StoreError> {
     )
     .fetch_one(&mut *conn)
     .await
-    .map_err(StoreError::migrating)?;
+    .map_err(|e| StoreError::migrating(&e))?;
     if exists {
         return Ok(false);
     }
@@ -193,9 +193,9 @@ async fn ensure_schema(conn: &mut PgConnection) -> Result<bool, StoreError> {
                  administrator run CREATE SCHEMA {SCHEMA} AUTHORIZATION <the role>",
                 describe(&e)
             );
-            Err(StoreError::migrating_as(said, e))
+            Err(StoreError::migrating_as(said))
         }
-        Err(e) => Err(StoreError::migrating(e)),
+        Err(e) => Err(StoreError::migrating(&e)),
     }
 }
 
@@ -224,7 +224,7 @@ async fn adopt_earlier_records(conn: &mut PgConnection) -> Result<Vec<Adopted>, 
     )
     .fetch_all(&mut *conn)
     .await
-    .map_err(StoreError::migrating)?;
+    .map_err(|e| StoreError::migrating(&e))?;
     let ours = migrations(schema_version());
     let mut adopted = Vec::new();
     for table in tables {
@@ -241,9 +241,8 @@ async fn adopt_table(
     table: &str,
     ours: &[Migration],
 ) -> Result<Option<Adopted>, StoreError> {
-    let fail = |e: sqlx::Error| {
-        StoreError::migrating_as(format!("repairing {table}: {}", describe(&e)), e)
-    };
+    let fail =
+        |e: sqlx::Error| StoreError::migrating_as(format!("repairing {table}: {}", describe(&e)));
     let mut tx = conn.begin().await.map_err(fail)?;
     let records: Vec<Record> = sqlx::query_as(AssertSqlSafe(format!(
         "SELECT version, description, installed_on::text, success, checksum, execution_time
@@ -307,9 +306,9 @@ async fn refuse_unrecorded_tables(conn: &mut PgConnection) -> Result<(), StoreEr
     )
     .fetch_one(&mut *conn)
     .await
-    .map_err(StoreError::migrating)?;
+    .map_err(|e| StoreError::migrating(&e))?;
     if tables && !recorded {
-        return Err(StoreError::refused(format!(
+        return Err(StoreError::migrating_as(format!(
             "the table clusterscope.events exists but no record of schema version 1 was found in \
              {BOOKKEEPING} nor in a _sqlx_migrations table this role owns elsewhere; restore \
              that record (or rename the schema {SCHEMA} to start a new history)"
@@ -325,7 +324,7 @@ async fn applied_versions(conn: &mut PgConnection) -> Result<Vec<i64>, StoreErro
     )
     .fetch_all(&mut *conn)
     .await
-    .map_err(StoreError::migrating)
+    .map_err(|e| StoreError::migrating(&e))
 }
 
 /// The version a database is at (0 when it has no history schema yet).
@@ -335,7 +334,7 @@ pub async fn version(pool: &PgPool) -> Result<i64, StoreError> {
     )
     .fetch_one(pool)
     .await
-    .map_err(StoreError::database)?;
+    .map_err(|e| StoreError::database(&e))?;
     if !recorded {
         return Ok(0);
     }
@@ -344,7 +343,7 @@ pub async fn version(pool: &PgPool) -> Result<i64, StoreError> {
     )
     .fetch_one(pool)
     .await
-    .map_err(StoreError::database)
+    .map_err(|e| StoreError::database(&e))
 }
 
 fn migrate_error(e: MigrateError) -> StoreError {
@@ -364,7 +363,7 @@ fn migrate_error(e: MigrateError) -> StoreError {
         ),
         other => other.to_string(),
     };
-    StoreError::migrating_as(said, e)
+    StoreError::migrating_as(said)
 }
 
 /// The repairs in words, for the log line.

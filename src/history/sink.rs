@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use super::store::{Store, describe, transient};
 use super::{POSTGRES, Row};
 use crate::delivery::{
-    BatchFuture, Cause, DeliverFuture, Delivered, Delivery, Failure, LaneOptions, Operation,
-    Overflow, Sink, SinkError, Writer,
+    BatchFuture, DeliverFuture, Delivered, Delivery, Failure, LaneOptions, Operation, Overflow,
+    Sink, SinkError, Writer,
 };
 
 /// How the sink batches and buffers.
@@ -150,7 +150,7 @@ fn failure(e: sqlx::Error) -> Failure {
         Operation::Upsert,
         SinkError::Store {
             store: STORE,
-            cause: Cause::new(describe(&e), e),
+            cause: describe(&e).into(),
             transient,
         },
     )

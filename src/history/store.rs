@@ -64,55 +64,34 @@ pub fn redacted(url: &str) -> String {
 /// What went wrong with the database, in words an operator can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the PostgreSQL URL {url} is not valid: {source}")]
+    #[error("the PostgreSQL URL {url} is not valid")]
     Url {
         url: String,
         #[source]
         source: sqlx::Error,
     },
-    /// Migrating the schema failed: `said` says why in words an operator can act on; the
-    /// error it comes from, when there is one, is its source.
+    /// Migrating the schema failed: `said` says why in words an operator can act on (it
+    /// translates the driver's error, [`describe`], which is therefore not kept as a source:
+    /// the line would say it twice).
     #[error("migrating the history schema failed: {said}")]
-    Migrate {
-        said: String,
-        #[source]
-        source: Option<Box<dyn std::error::Error + Send + Sync>>,
-    },
-    /// The database failed: `said` in words ([`describe`]), the driver's error as its source.
+    Migrate { said: String },
+    /// The database failed: `said` puts the driver's error in words ([`describe`]).
     #[error("{said}")]
-    Database {
-        said: String,
-        #[source]
-        source: sqlx::Error,
-    },
+    Database { said: String },
 }
 
 impl StoreError {
-    pub(super) fn database(e: sqlx::Error) -> Self {
-        StoreError::Database {
-            said: describe(&e),
-            source: e,
-        }
+    pub(super) fn database(e: &sqlx::Error) -> Self {
+        StoreError::Database { said: describe(e) }
     }
 
-    pub(super) fn migrating(e: sqlx::Error) -> Self {
-        Self::migrating_as(describe(&e), e)
+    pub(super) fn migrating(e: &sqlx::Error) -> Self {
+        Self::migrating_as(describe(e))
     }
 
-    /// Migrating failed with `said`, which puts what `source` says in words.
-    pub(super) fn migrating_as(
-        said: String,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> Self {
-        StoreError::Migrate {
-            said,
-            source: Some(source.into()),
-        }
-    }
-
-    /// Migrating was refused for a reason of its own (the database said nothing wrong).
-    pub(super) fn refused(said: String) -> Self {
-        StoreError::Migrate { said, source: None }
+    /// Migrating failed, or was refused, with `said`.
+    pub(super) fn migrating_as(said: String) -> Self {
+        StoreError::Migrate { said }
     }
 }
 

@@ -117,13 +117,12 @@ impl LogSink {
     }
 
     fn write(&self, event: &Event) -> Result<(), SinkError> {
-        let mut line = serde_json::to_vec(event)
-            .map_err(|e| SinkError::Invalid(Cause::new(e.to_string(), e)))?;
+        let mut line = serde_json::to_vec(event).map_err(|e| SinkError::Invalid(Cause::of(&e)))?;
         line.push(b'\n');
         let mut out = crate::locks::lock(&self.out);
         out.write_all(&line)
             .and_then(|()| out.flush())
-            .map_err(|e| SinkError::Stream(Cause::new(e.to_string(), e)))
+            .map_err(|e| SinkError::Stream(Cause::of(&e)))
     }
 }
 

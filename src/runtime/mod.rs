@@ -74,13 +74,13 @@ impl ServeOptions {
 /// A start-up failure, in an operator's words, with its cause.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error("cannot use the cluster")]
     Cluster(#[from] crate::cluster::ClusterError),
-    #[error("cannot use the history database: {0}")]
+    #[error("cannot use the history database")]
     History(#[from] crate::history::StoreError),
 }
 
@@ -306,7 +306,7 @@ async fn plan_cluster(options: &ServeOptions, state: &StatusLine) -> Result<Clus
         }
         Err(reason) if mode.required() => Err(ServeError::Cluster(reason)),
         Err(reason) => {
-            let reason = crate::telemetry::error_chain(&reason);
+            let reason = crate::errors::error_chain(&reason);
             tracing::warn!(
                 %reason,
                 "no cluster: mirroring and discovery are off; the webhook serves with the built-in kind table"

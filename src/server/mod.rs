@@ -62,9 +62,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum BindError {
     #[error(transparent)]
     Tls(#[from] TlsError),
-    /// Generating or writing the self-signed pair failed.
-    #[error("{0}")]
-    SelfSigned(String),
+    /// Generating or writing the self-signed pair in `--cert-dir` failed.
+    #[error("cannot make a self-signed pair in --cert-dir")]
+    SelfSigned(#[source] crate::certs::CertsError),
     #[error("cannot listen on {addr} ({flag})")]
     Listen {
         addr: SocketAddr,
@@ -437,7 +437,7 @@ pub fn self_signed_pair(
                         moved.push(aside.display().to_string());
                     }
                 }
-                tracing::warn!(error = %e, moved_to = %moved.join(", "),
+                tracing::warn!(error = %crate::errors::Chain(&e), moved_to = %moved.join(", "),
                     "the certificate pair in {} does not load; moved it aside and creating a new self-signed pair (give --tls-cert/--tls-key to use a pair of your own)",
                     dir.display());
             }
@@ -445,8 +445,7 @@ pub fn self_signed_pair(
     }
     let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
     let bundle = crate::certs::generate(&names).map_err(BindError::SelfSigned)?;
-    crate::certs::write(dir, &bundle)
-        .map_err(|e| BindError::SelfSigned(format!("--cert-dir: {e}")))?;
+    crate::certs::write(dir, &bundle).map_err(BindError::SelfSigned)?;
     tracing::info!(
         ca = %ca.display(),
         "no --tls-cert/--tls-key given: created a self-signed CA and a certificate for localhost and 127.0.0.1; trust {} to call the webhook",

@@ -174,7 +174,7 @@ impl StatusWriter {
             // Deleted meanwhile: its deliveries stopped with it.
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => {
-                tracing::warn!(subscription = %format_args!("{namespace}/{name}"), error = %e,
+                tracing::warn!(subscription = %format_args!("{namespace}/{name}"), error = %crate::errors::Chain(&e),
                 "subscriptions: cannot write the status (tried again at the next round); may clusterscope patch subscriptions/status?")
             }
         }
