@@ -354,7 +354,7 @@ async fn wait_for_api_server(
     state: &crate::status::StatusLine,
     stop: &CancellationToken,
 ) -> bool {
-    let mut delays = crate::backoff::reconnect();
+    let mut delays = crate::backoff::RetryPolicy::reconnect().delays();
     let mut failures = 0u32;
     loop {
         let error = match tokio::time::timeout(timeout, target.client.apiserver_version()).await {

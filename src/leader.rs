@@ -7,6 +7,28 @@
 //! stops leading, which is before anyone else may take over (`renew_deadline` <
 //! `lease_duration`). Mirroring is idempotent, so a short overlap during a handover costs a
 //! few redundant writes, never a duplicate.
+//!
+//! Why not a crate. kubert's `LeaseManager` and kube-lease-manager were read side by side
+//! with this file; adopting either would change what was checked on a real API server:
+//!
+//! - **Expiry without trusting clocks.** Both judge a claim by the holder's `renewTime` plus
+//!   the duration against the local wall clock (kubert's `Claim::is_current`; kube-lease-manager
+//!   with a configurable skew allowance). Here a lease is taken over only after
+//!   `lease_duration` of this replica's monotonic clock without seeing the record change, as
+//!   client-go does, so a node whose clock runs ahead cannot steal a live lease.
+//! - **Stepping down before anyone may step up.** The holder stops leading (the mirror and
+//!   subscription controllers are cancelled) once `renew_deadline` passes without a renewal,
+//!   every API call bounded by it; the others wait `lease_duration` > `renew_deadline`.
+//!   kubert publishes the claim on a watch channel and leaves stopping to the caller.
+//! - **The Lease is created when missing** (kubert's `init` answers 404 and needs it made
+//!   beforehand); with the RBAC of `manifests/` nothing else has to exist.
+//! - **Leadership is said**: the `clusterscope_mirror_leader` gauge, LeaderElected/LeaderLost
+//!   events about the Lease, the `/readyz` line (`cluster::leadership_said`).
+//!
+//! Shared with both: updates carry the resourceVersion read (kubert and kube-lease-manager
+//! through server-side apply), and the lease is given up on shutdown ([`LeaseLock::release`])
+//! so another replica takes over at once. Not taken over: kubert's lease diagnostics on its
+//! admin server; `/readyz` says who mirrors.
 
 use std::future::Future;
 use std::sync::Mutex;

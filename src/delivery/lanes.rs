@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Event, ObjectReference};
 
 use super::error::{Action, Failure, SinkError, Writer};
-use super::queue::{Done, Full, KeyedQueue, RetryPolicy};
+use super::queue::{Done, Full, KeyedQueue};
+use crate::backoff::RetryPolicy;
 
 /// One event on its way to one sink.
 #[derive(Debug, Clone)]
@@ -754,7 +755,7 @@ mod tests {
                 factor: 2,
                 max_delay: Duration::from_secs(60),
                 max_attempts,
-                jitter_first: false,
+                jitter: crate::backoff::Jitter::None,
             },
         )
     }

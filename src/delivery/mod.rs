@@ -18,9 +18,10 @@ pub mod error;
 pub mod lanes;
 pub mod queue;
 
+pub use crate::backoff::{Jitter, RetryPolicy};
 pub use error::{Action, Cause, Failure, Operation, SinkError, Writer};
 pub use lanes::{
     BatchFuture, DeliverFuture, Delivered, Delivery, LaneOptions, Observer, Overflow, Pipeline,
     Refused, Says, Sink, content_fingerprint, fingerprint, fingerprint_with, key_of_source, says,
 };
-pub use queue::{Done, KeyedQueue, RetryPolicy};
+pub use queue::{Done, KeyedQueue};

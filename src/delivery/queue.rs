@@ -10,33 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-/// Retry delays and the cap on attempts.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Delay after the first failure.
-    pub base: Duration,
-    /// Each further failure multiplies the delay by this (1: a constant delay).
-    pub factor: u32,
-    pub max_delay: Duration,
-    /// Tries of one value before it is given up (a newer value of the key starts over).
-    pub max_attempts: u32,
-    /// The first delay is a random part of `base` (client-go's recorder: writers that failed
-    /// together do not retry in step after an outage).
-    pub jitter_first: bool,
-}
-
-impl RetryPolicy {
-    /// The delay after `failures` failures (1 for the first).
-    pub fn delay(&self, failures: u32) -> Duration {
-        if failures <= 1 && self.jitter_first {
-            return self.base.mul_f64(fastrand::f64()).min(self.max_delay);
-        }
-        let steps = failures.saturating_sub(1).min(20);
-        self.base
-            .saturating_mul(self.factor.max(1).saturating_pow(steps))
-            .min(self.max_delay)
-    }
-}
+use crate::backoff::RetryPolicy;
 
 /// How work on a key ended.
 #[derive(Debug)]
@@ -360,7 +334,7 @@ mod tests {
             factor: 2,
             max_delay: Duration::from_secs(300),
             max_attempts,
-            jitter_first: false,
+            jitter: crate::backoff::Jitter::None,
         }
     }
 
@@ -495,25 +469,6 @@ mod tests {
         );
         let (k, _, _) = q.next().await;
         q.done(k, Done::Finished, &policy(1));
-    }
-
-    #[test]
-    fn delays_grow_by_the_factor_up_to_the_cap() {
-        let p = policy(12);
-        assert_eq!(p.delay(1), Duration::from_secs(1));
-        assert_eq!(p.delay(4), Duration::from_secs(8));
-        assert_eq!(p.delay(12), Duration::from_secs(300));
-        let constant = RetryPolicy { factor: 1, ..p };
-        assert_eq!(constant.delay(7), Duration::from_secs(1));
-        // client-go's recorder: the first delay a random part of the base, then the base.
-        let jittered = RetryPolicy {
-            jitter_first: true,
-            ..constant
-        };
-        let firsts: Vec<Duration> = (0..50).map(|_| jittered.delay(1)).collect();
-        assert!(firsts.iter().all(|d| *d <= Duration::from_secs(1)));
-        assert!(firsts.windows(2).any(|w| w[0] != w[1]), "{firsts:?}");
-        assert_eq!(jittered.delay(2), Duration::from_secs(1));
     }
 
     #[tokio::test(start_paused = true)]

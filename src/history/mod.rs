@@ -113,7 +113,7 @@ pub fn spawn(
     let every = options.retention_every;
     status.set(format!("history: connecting to PostgreSQL at {where_}"));
     let work = async move {
-        let mut delays = crate::backoff::reconnect();
+        let mut delays = crate::backoff::RetryPolicy::reconnect().delays();
         let migrated = loop {
             match store.migrate().await {
                 Ok(done) => break done,

@@ -104,7 +104,7 @@ impl ControllerOptions {
             factor: 2,
             max_delay: Duration::from_secs(300),
             max_attempts: self.max_attempts.max(1),
-            jitter_first: false,
+            jitter: crate::backoff::Jitter::None,
         }
     }
 

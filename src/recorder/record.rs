@@ -52,7 +52,7 @@ impl RecorderOptions {
                 factor: 1,
                 max_delay: self.retry_sleep,
                 max_attempts: self.max_tries,
-                jitter_first: true,
+                jitter: crate::backoff::Jitter::First,
             },
         )
     }
