@@ -911,6 +911,31 @@ pub async fn eventually(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
 /// One API call as RBAC sees it: (verb, API group, resource, namespace).
 pub type Call = (String, String, String, String);
 
+/// Answers the request with the fault or outage it meets, if any ([`gate`]), and returns;
+/// `admit!(discovery path)` for discovery documents, which RBAC does not name.
+macro_rules! admit {
+    (discovery $store:expr, $path:expr) => {
+        if let Some(r) = discovery_gate($store, $path).await {
+            return r;
+        }
+    };
+    ($store:expr, $method:expr, $path:expr, $rbac:expr $(,)?) => {
+        if let Some(r) = gate($store, $method, $path, $rbac).await {
+            return r;
+        }
+    };
+}
+
+/// The request's body as JSON, or the 400 the API server answers.
+macro_rules! json_body {
+    ($body:expr, $what:expr) => {
+        match serde_json::from_slice::<Value>(&$body) {
+            Ok(v) => v,
+            Err(_) => return status(400, "BadRequest", &format!("{} is not JSON", $what)),
+        }
+    };
+}
+
 async fn gate(
     store: &Arc<Mutex<Store>>,
     method: &str,
@@ -964,16 +989,12 @@ async fn list(
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
         return watch(store, ns, q).await;
     }
-    if let Some(r) = gate(
+    admit!(
         &store,
         "LIST",
         ns.clone(),
         Some(("list", "", "events", &ns)),
-    )
-    .await
-    {
-        return r;
-    }
+    );
     let fields = match field_selector(&store, ("events", &ns), &q) {
         Ok(f) => f,
         Err(e) => return status(400, "BadRequest", &e),
@@ -1061,16 +1082,12 @@ async fn apply_status(
         return r;
     }
     let subresource = format!("{plural}/status");
-    if let Some(r) = gate(
+    admit!(
         &store,
         "PATCH",
         format!("{ns}/{name}/status"),
         Some(("patch", &group, &subresource, &ns)),
-    )
-    .await
-    {
-        return r;
-    }
+    );
     let ct = content_type(&headers);
     if ct != "application/apply-patch+yaml" {
         return status(
@@ -1135,16 +1152,12 @@ async fn list_objects(
     if q.get("watch").is_some_and(|w| w == "true" || w == "1") {
         return watch_as(store, stream_key, q, (group, resource)).await;
     }
-    if let Some(r) = gate(
+    admit!(
         &store,
         "LIST",
         resource.to_owned(),
         Some(("list", group, resource, "")),
-    )
-    .await
-    {
-        return r;
-    }
+    );
     let fields = match field_selector(&store, (resource, ""), &q) {
         Ok(f) => f,
         Err(e) => return status(400, "BadRequest", &e),
@@ -1212,16 +1225,12 @@ fn label_selects(selector: &str, obj: &Value) -> Result<bool, String> {
 }
 
 async fn get_one(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {
-    if let Some(r) = gate(
+    admit!(
         &store,
         "GET",
         format!("{ns}/{name}"),
         Some(("get", "", "events", &ns)),
-    )
-    .await
-    {
-        return r;
-    }
+    );
     let s = store.lock().unwrap();
     match s.events.get(&(ns, name.clone())) {
         Some(v) => axum::Json(v.clone()).into_response(),
@@ -1230,19 +1239,13 @@ async fn get_one(State(store): St, Path((ns, name)): Path<(String, String)>) -> 
 }
 
 async fn create(State(store): St, Path(ns): Path<String>, body: Bytes) -> Response {
-    if let Some(r) = gate(
+    admit!(
         &store,
         "POST",
         ns.clone(),
         Some(("create", "", "events", &ns)),
-    )
-    .await
-    {
-        return r;
-    }
-    let Ok(mut ev) = serde_json::from_slice::<Value>(&body) else {
-        return status(400, "BadRequest", "body is not JSON");
-    };
+    );
+    let mut ev = json_body!(body, "body");
     let mut s = store.lock().unwrap();
     if let Some(r) = over_write_limit(&mut s) {
         return r;
@@ -1279,19 +1282,13 @@ async fn update(
     Path((ns, name)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(
+    admit!(
         &store,
         "PUT",
         format!("{ns}/{name}"),
         Some(("update", "", "events", &ns)),
-    )
-    .await
-    {
-        return r;
-    }
-    let Ok(mut ev) = serde_json::from_slice::<Value>(&body) else {
-        return status(400, "BadRequest", "body is not JSON");
-    };
+    );
+    let mut ev = json_body!(body, "body");
     let mut s = store.lock().unwrap();
     if let Some(r) = over_write_limit(&mut s) {
         return r;
@@ -1321,16 +1318,12 @@ async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(r) = gate(
+    admit!(
         &store,
         "PATCH",
         format!("{ns}/{name}"),
         Some(("patch", "", "events", &ns)),
-    )
-    .await
-    {
-        return r;
-    }
+    );
     let ct = content_type(&headers);
     if !ct.starts_with("application/strategic-merge-patch+json")
         && !ct.starts_with("application/merge-patch+json")
@@ -1341,9 +1334,7 @@ async fn patch(
             &format!("patch type {ct:?} not supported by the fake"),
         );
     }
-    let Ok(p) = serde_json::from_slice::<Value>(&body) else {
-        return status(400, "BadRequest", "patch is not JSON");
-    };
+    let p = json_body!(body, "patch");
     let mut s = store.lock().unwrap();
     let key = (ns.clone(), name.clone());
     let Some(mut ev) = s.events.get(&key).cloned() else {
@@ -1360,16 +1351,12 @@ async fn patch(
 }
 
 async fn delete(State(store): St, Path((ns, name)): Path<(String, String)>) -> Response {
-    if let Some(r) = gate(
+    admit!(
         &store,
         "DELETE",
         format!("{ns}/{name}"),
         Some(("delete", "", "events", &ns)),
-    )
-    .await
-    {
-        return r;
-    }
+    );
     let mut s = store.lock().unwrap();
     match s.events.remove(&(ns.clone(), name.clone())) {
         Some(mut ev) => {
@@ -1510,16 +1497,12 @@ async fn watch_as(
     (group, resource): (&str, &str),
 ) -> Response {
     let rbac_ns = if ns.starts_with('@') { "" } else { ns.as_str() };
-    if let Some(r) = gate(
+    admit!(
         &store,
         "WATCH",
         ns.clone(),
         Some(("watch", group, resource, rbac_ns)),
-    )
-    .await
-    {
-        return r;
-    }
+    );
     let fields = match field_selector(&store, (resource, rbac_ns), &q) {
         Ok(f) => f,
         Err(e) => return status(400, "BadRequest", &e),
@@ -1603,16 +1586,12 @@ async fn lease_get(
     headers: HeaderMap,
 ) -> Response {
     lease_stall(&store, &headers).await;
-    if let Some(r) = gate(
+    admit!(
         &store,
         "GET",
         format!("lease {ns}/{name}"),
         Some(("get", "coordination.k8s.io", "leases", &ns)),
-    )
-    .await
-    {
-        return r;
-    }
+    );
     match store.lock().unwrap().leases.get(&(ns, name.clone())) {
         Some(l) => axum::Json(l.clone()).into_response(),
         None => status(
@@ -1630,32 +1609,21 @@ async fn lease_create(
     body: Bytes,
 ) -> Response {
     lease_stall(&store, &headers).await;
-    if let Some(r) = gate(
+    admit!(
         &store,
         "POST",
         format!("lease {ns}"),
         Some(("create", "coordination.k8s.io", "leases", &ns)),
-    )
-    .await
-    {
-        return r;
-    }
-    let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
-        return status(400, "BadRequest", "body is not JSON");
-    };
-    let mut s = store.lock().unwrap();
+    );
+    let lease = json_body!(body, "body");
     let name = str_at(&lease, &["metadata", "name"]).to_owned();
-    if s.leases.contains_key(&(ns.clone(), name.clone())) {
-        return status(
-            409,
-            "AlreadyExists",
-            &format!("leases \"{name}\" already exists"),
-        );
-    }
-    s.resource_version += 1;
-    lease["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
-    s.leases.insert((ns, name), lease.clone());
-    (StatusCode::CREATED, axum::Json(lease)).into_response()
+    let mut s = store.lock().unwrap();
+    let Store {
+        leases,
+        resource_version,
+        ..
+    } = &mut *s;
+    store_new(leases, resource_version, (ns, name), lease, "leases")
 }
 
 async fn lease_put(
@@ -1665,25 +1633,65 @@ async fn lease_put(
     body: Bytes,
 ) -> Response {
     lease_stall(&store, &headers).await;
-    if let Some(r) = gate(
+    admit!(
         &store,
         "PUT",
         format!("lease {ns}/{name}"),
         Some(("update", "coordination.k8s.io", "leases", &ns)),
-    )
-    .await
-    {
-        return r;
-    }
-    let Ok(mut lease) = serde_json::from_slice::<Value>(&body) else {
-        return status(400, "BadRequest", "body is not JSON");
-    };
+    );
+    let lease = json_body!(body, "body");
     let mut s = store.lock().unwrap();
-    let key = (ns, name.clone());
-    let Some(current) = s.leases.get(&key) else {
-        return status(404, "NotFound", &format!("leases \"{name}\" not found"));
+    let Store {
+        leases,
+        resource_version,
+        ..
+    } = &mut *s;
+    store_over(leases, resource_version, (ns, name), lease, "leases")
+}
+
+/// Objects of one resource by (namespace, name).
+type Keyed = BTreeMap<(String, String), Value>;
+
+/// Stores `obj` as a new object of `resource` under `key`, with the next resourceVersion, and
+/// answers 201 with it: 409 AlreadyExists when one is there.
+fn store_new(
+    map: &mut Keyed,
+    version: &mut u64,
+    key: (String, String),
+    mut obj: Value,
+    resource: &str,
+) -> Response {
+    if map.contains_key(&key) {
+        return status(
+            409,
+            "AlreadyExists",
+            &format!("{resource} \"{}\" already exists", key.1),
+        );
+    }
+    *version += 1;
+    obj["metadata"]["resourceVersion"] = json!(version.to_string());
+    map.insert(key, obj.clone());
+    (StatusCode::CREATED, axum::Json(obj)).into_response()
+}
+
+/// Replaces the object of `resource` under `key` with `obj` (an update: PUT), with the next
+/// resourceVersion, and answers 200 with it: 404 when there is none, 409 Conflict when `obj`
+/// was read at another resourceVersion than the stored one.
+fn store_over(
+    map: &mut Keyed,
+    version: &mut u64,
+    key: (String, String),
+    mut obj: Value,
+    resource: &str,
+) -> Response {
+    let Some(current) = map.get(&key) else {
+        return status(
+            404,
+            "NotFound",
+            &format!("{resource} \"{}\" not found", key.1),
+        );
     };
-    if str_at(&lease, &["metadata", "resourceVersion"])
+    if str_at(&obj, &["metadata", "resourceVersion"])
         != str_at(current, &["metadata", "resourceVersion"])
     {
         return status(
@@ -1692,10 +1700,10 @@ async fn lease_put(
             "the object has been modified; please apply your changes to the latest version",
         );
     }
-    s.resource_version += 1;
-    lease["metadata"]["resourceVersion"] = json!(s.resource_version.to_string());
-    s.leases.insert(key, lease.clone());
-    axum::Json(lease).into_response()
+    *version += 1;
+    obj["metadata"]["resourceVersion"] = json!(version.to_string());
+    map.insert(key, obj.clone());
+    axum::Json(obj).into_response()
 }
 
 fn resource_list(s: &Store, group: &str, version: &str) -> Value {
@@ -1726,25 +1734,19 @@ async fn discovery_gate(store: &Arc<Mutex<Store>>, path: String) -> Option<Respo
 }
 
 async fn api_versions(State(store): St) -> Response {
-    if let Some(r) = discovery_gate(&store, "/api".into()).await {
-        return r;
-    }
+    admit!(discovery & store, "/api".into());
     axum::Json(json!({"kind": "APIVersions", "versions": ["v1"],
         "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1:6443"}]}))
     .into_response()
 }
 
 async fn core_resources(State(store): St) -> Response {
-    if let Some(r) = discovery_gate(&store, "/api/v1".into()).await {
-        return r;
-    }
+    admit!(discovery & store, "/api/v1".into());
     axum::Json(resource_list(&store.lock().unwrap(), "", "v1")).into_response()
 }
 
 async fn api_groups(State(store): St) -> Response {
-    if let Some(r) = discovery_gate(&store, "/apis".into()).await {
-        return r;
-    }
+    admit!(discovery & store, "/apis".into());
     let s = store.lock().unwrap();
     let mut groups: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (g, v, ..) in s.discovery.iter().filter(|d| !d.0.is_empty()) {
@@ -1769,8 +1771,6 @@ async fn group_resources(
     State(store): St,
     Path((group, version)): Path<(String, String)>,
 ) -> Response {
-    if let Some(r) = discovery_gate(&store, format!("/apis/{group}/{version}")).await {
-        return r;
-    }
+    admit!(discovery & store, format!("/apis/{group}/{version}"));
     axum::Json(resource_list(&store.lock().unwrap(), &group, &version)).into_response()
 }
