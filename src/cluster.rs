@@ -565,7 +565,7 @@ fn start(
         metrics.runtime.discovery_refreshes.clone(),
         pokes,
         options.discovery.clone(),
-        stop.clone().cancelled_owned(),
+        stop.clone(),
     ));
     let own_recorder = record_own_events(&client, &options, &own_events, &metrics);
     // Delivery rules read live cluster state; the controller keeps it (on the leader only).
@@ -602,7 +602,7 @@ fn start(
                 metrics.clone(),
                 controller_options.clone(),
                 state.clone(),
-                lost.clone().cancelled_owned(),
+                lost.clone(),
             );
             let subscriptions = crate::subscription::controller::run(
                 client.clone(),
@@ -610,7 +610,7 @@ fn start(
                 subscriptions.clone(),
                 metrics.clone(),
                 subscription_options.clone(),
-                lost.cancelled_owned(),
+                lost,
             );
             async move {
                 tokio::join!(mirror, subscriptions);

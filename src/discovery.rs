@@ -2,7 +2,6 @@
 //! or aggregated, with its real scope. Refreshed periodically and when the webhook meets a
 //! kind nobody knows (rate-limited); without a cluster the built-in table alone is used.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,15 +67,16 @@ impl Default for DiscoveryOptions {
 }
 
 /// Refreshes every `interval`, and on [`Trigger`] pokes at most every `min_gap` (pokes in
-/// between are folded into one refresh), until `shutdown`.
+/// between are folded into one refresh), until `stop` is cancelled.
 pub async fn run(
     client: kube::Client,
     resolver: Arc<ScopeResolver>,
     refreshes: ByResult,
     mut pokes: mpsc::Receiver<()>,
     options: DiscoveryOptions,
-    shutdown: impl Future<Output = ()>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
+    let shutdown = stop.cancelled();
     tokio::pin!(shutdown);
     loop {
         let result = refresh(&client, &resolver).await;

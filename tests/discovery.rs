@@ -59,7 +59,7 @@ async fn an_unknown_kind_triggers_a_rate_limited_refresh() {
     let resolver = Arc::new(ScopeResolver::new());
     let metrics = Arc::new(Metrics::new());
     let (poke, pokes) = trigger();
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let stop = tokio_util::sync::CancellationToken::new();
     let options = DiscoveryOptions {
         interval: Duration::from_secs(3600),
         min_gap: Duration::from_millis(200),
@@ -70,9 +70,7 @@ async fn an_unknown_kind_triggers_a_rate_limited_refresh() {
         metrics.runtime.discovery_refreshes.clone(),
         pokes,
         options,
-        async {
-            let _ = rx.await;
-        },
+        stop.clone(),
     ));
     let refreshes = |m: &Metrics| {
         fake_apiserver::metric(
@@ -105,7 +103,7 @@ async fn an_unknown_kind_triggers_a_rate_limited_refresh() {
     // Whatever the other four pokes would start has been asked by then.
     api.quiet().await;
     assert_eq!(refreshes(&metrics), 2.0, "five pokes, one refresh");
-    let _ = stop.send(());
+    stop.cancel();
     task.await.unwrap();
 }
 

@@ -284,7 +284,7 @@ async fn the_leader_killed_mid_work_is_replaced_and_nothing_is_lost_or_doubled()
                     Arc::new(Metrics::new()),
                     options(),
                     Arc::default(),
-                    lost.cancelled_owned(),
+                    lost,
                 )
             },
             |_| {},

@@ -5,7 +5,6 @@
 //! refused never reach it, and events written while the webhook or the controller was down
 //! are caught up by the list that starts every watch (and every watch restart).
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -515,7 +514,7 @@ fn relisted(pipeline: &Pipeline) {
     }
 }
 
-/// Runs until `shutdown` resolves. `status` (the `/readyz` line of the cluster side) is held
+/// Runs until `stop` is cancelled. `status` (the `/readyz` line of the cluster side) is held
 /// not ready from the start until the first sync can run from complete inputs, and again while
 /// the owner state is incomplete.
 pub async fn run(
@@ -523,8 +522,9 @@ pub async fn run(
     metrics: Arc<Metrics>,
     options: ControllerOptions,
     status: Arc<StatusLine>,
-    shutdown: impl Future<Output = ()>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
+    let shutdown = stop.cancelled();
     tokio::pin!(shutdown);
     let starting = status.hold("mirroring is starting");
     // Never act on a guess: until discovery answers (or is given up on, see

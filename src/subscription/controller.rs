@@ -181,7 +181,7 @@ impl StatusWriter {
     }
 }
 
-/// Runs until `shutdown` resolves: follows the Subscriptions, keeps `live` and the statuses
+/// Runs until `stop` is cancelled: follows the Subscriptions, keeps `live` and the statuses
 /// current.
 pub async fn run(
     client: kube::Client,
@@ -189,8 +189,9 @@ pub async fn run(
     live: Arc<SharedSubscriptions>,
     metrics: Arc<Metrics>,
     options: Options,
-    shutdown: impl std::future::Future<Output = ()>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
+    let shutdown = stop.cancelled();
     tokio::pin!(shutdown);
     // A new run counts from the statuses as stored: nothing is counted twice.
     live.restart_counts();

@@ -497,7 +497,7 @@ impl FakeApiServer {
         // As `serve` does: every channel's series exist from the start, at zero.
         let config = syncer.config.load_full();
         metrics.channels(config.channels.iter().map(|c| c.name.as_str()));
-        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = tokio_util::sync::CancellationToken::new();
         // clusterscope's own events (given-up deliveries) are written to this server too.
         let recorder = Arc::new(Recorder::new(
             vec![Arc::new(KubeSink::new(self.client()))],
@@ -523,9 +523,7 @@ impl FakeApiServer {
             metrics.clone(),
             options,
             status.clone(),
-            async {
-                let _ = rx.await;
-            },
+            stop.clone(),
         ));
         RunningController {
             stop,
@@ -782,7 +780,7 @@ type St = State<Arc<Mutex<Store>>>;
 
 /// A mirror controller started by [`FakeApiServer::run_controller`].
 pub struct RunningController {
-    stop: tokio::sync::oneshot::Sender<()>,
+    stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
     recorder_writers: tokio::task::JoinSet<()>,
     pub metrics: Arc<clusterscope::metrics::Metrics>,
@@ -792,7 +790,7 @@ pub struct RunningController {
 
 impl RunningController {
     pub async fn stop(self) {
-        let _ = self.stop.send(());
+        self.stop.cancel();
         let _ = self.task.await;
         drop(self.recorder_writers);
     }
