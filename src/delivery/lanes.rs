@@ -656,7 +656,10 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    use crate::delivery::error::Operation;
+
     /// Answers each try from a script (then success), recording what it was asked.
+    #[derive(Default)]
     struct Scripted {
         answers: Mutex<Vec<Result<Delivered, Failure>>>,
         seen: Mutex<Vec<(String, Option<i32>)>>,
@@ -685,34 +688,31 @@ mod tests {
         }
     }
 
+    /// What the observer was told, one line each: `<sink> <key> <what>`.
     #[derive(Default)]
     struct Seen(Mutex<Vec<String>>);
+
+    impl Seen {
+        fn note(&self, sink: &dyn Sink, d: &Delivery, what: impl std::fmt::Display) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{} {} {what}", sink.name(), d.key));
+        }
+    }
+
     impl Observer<dyn Sink> for Seen {
         fn delivered(&self, sink: &dyn Sink, d: &Delivery, how: Delivered) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("{} {} {}", sink.name(), d.key, how.as_str()));
+            self.note(sink, d, how.as_str());
         }
         fn failed(&self, sink: &dyn Sink, d: &Delivery, f: &Failure, given_up: bool) {
-            self.0.lock().unwrap().push(format!(
-                "{} {} {} given_up={given_up}",
-                sink.name(),
-                d.key,
-                f.operation
-            ));
+            self.note(sink, d, format!("{} given_up={given_up}", f.operation));
         }
         fn full(&self, sink: &dyn Sink, d: &Delivery) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("{} {} full", sink.name(), d.key));
+            self.note(sink, d, "full");
         }
         fn dropped(&self, sink: &dyn Sink, d: &Delivery) {
-            self.0
-                .lock()
-                .unwrap()
-                .push(format!("{} {} dropped", sink.name(), d.key));
+            self.note(sink, d, "dropped");
         }
         fn relisting(&self, sink: &dyn Sink) {
             self.0
@@ -722,12 +722,57 @@ mod tests {
         }
         fn depth(&self, _: &dyn Sink, _: usize) {}
         fn paced(&self, sink: &dyn Sink, d: &Delivery, after: Duration) {
-            self.0.lock().unwrap().push(format!(
-                "{} {} paced {}s",
-                sink.name(),
-                d.key,
-                after.as_secs()
-            ));
+            self.note(sink, d, format!("paced {}s", after.as_secs()));
+        }
+    }
+
+    /// One lane over a scripted sink, what its observer was told, and its workers once started.
+    struct Rig {
+        sink: Arc<Scripted>,
+        seen: Arc<Seen>,
+        pipeline: Arc<Pipeline>,
+        workers: tokio::task::JoinSet<()>,
+    }
+
+    impl Rig {
+        /// The sink answers `answers` first; no worker runs before [`Rig::start`].
+        fn new(answers: Vec<Result<Delivered, Failure>>, options: &LaneOptions) -> Rig {
+            let sink = Arc::new(Scripted {
+                answers: Mutex::new(answers),
+                ..Scripted::default()
+            });
+            let seen = Arc::new(Seen::default());
+            let pipeline = Arc::new(Pipeline::new(seen.clone()).with_sink(sink.clone(), options));
+            Rig {
+                sink,
+                seen,
+                pipeline,
+                workers: tokio::task::JoinSet::new(),
+            }
+        }
+
+        fn started(answers: Vec<Result<Delivered, Failure>>, options: &LaneOptions) -> Rig {
+            let mut rig = Rig::new(answers, options);
+            rig.start();
+            rig
+        }
+
+        fn start(&mut self) {
+            self.pipeline.start(&mut self.workers);
+        }
+
+        fn offer(&self, key: &str, count: i32) {
+            assert!(self.pipeline.offer(&delivery(key, count)).is_empty());
+        }
+
+        /// What the observer was told so far.
+        fn told(&self) -> Vec<String> {
+            self.seen.0.lock().unwrap().clone()
+        }
+
+        /// The tries the sink saw: (key, count).
+        fn tries(&self) -> Vec<(String, Option<i32>)> {
+            self.sink.seen.lock().unwrap().clone()
         }
     }
 
@@ -760,17 +805,13 @@ mod tests {
         )
     }
 
-    fn failure(retryable: bool) -> Failure {
+    fn failure(retryable: bool) -> Result<Delivered, Failure> {
         let error = if retryable {
             SinkError::Transport("down".into())
         } else {
             SinkError::Invalid("refused".into())
         };
-        Failure::new(super::super::error::Operation::Create, error)
-    }
-
-    fn pipeline(seen: &Arc<Seen>, sink: &Arc<Scripted>, options: &LaneOptions) -> Pipeline {
-        Pipeline::new(seen.clone()).with_sink(sink.clone(), options)
+        Err(Failure::new(Operation::Create, error))
     }
 
     /// An API server's 429 with Retry-After (API Priority and Fairness) is pacing: the
@@ -780,191 +821,127 @@ mod tests {
     async fn a_429_with_retry_after_is_waited_out_not_counted_as_a_failure() {
         let throttled = || {
             Err(Failure::new(
-                super::super::error::Operation::Create,
+                Operation::Create,
                 SinkError::Throttled {
                     retry_after: Duration::from_secs(30),
                     message: "Too many requests, please try again later.".into(),
                 },
             ))
         };
-        let sink = Arc::new(Scripted {
-            answers: Mutex::new((0..5).map(|_| throttled()).collect()),
-            seen: Mutex::default(),
-        });
-        let seen = Arc::new(Seen::default());
-        let p = pipeline(&seen, &sink, &options(10, 3));
-        let mut tasks = tokio::task::JoinSet::new();
-        p.start(&mut tasks);
-        assert!(p.offer(&delivery("a", 1)).is_empty());
+        let lane = Rig::started((0..5).map(|_| throttled()).collect(), &options(10, 3));
+        lane.offer("a", 1);
         tokio::time::sleep(Duration::from_secs(29)).await;
-        assert_eq!(
-            sink.seen.lock().unwrap().len(),
-            1,
-            "tried again before 30 s"
-        );
+        assert_eq!(lane.tries().len(), 1, "tried again before 30 s");
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_eq!(sink.seen.lock().unwrap().len(), 2);
+        assert_eq!(lane.tries().len(), 2);
         tokio::time::sleep(Duration::from_secs(200)).await;
         let mut expected = vec!["scripted a paced 30s".to_owned(); 5];
         expected.push("scripted a create".to_owned());
-        assert_eq!(*seen.0.lock().unwrap(), expected);
-        assert_eq!(p.held(), 0);
+        assert_eq!(lane.told(), expected);
+        assert_eq!(lane.pipeline.held(), 0);
     }
 
     #[tokio::test(start_paused = true)]
     async fn retryable_failures_are_retried_then_given_up_and_reported() {
-        let sink = Arc::new(Scripted {
-            answers: Mutex::new(vec![
-                Err(failure(true)),
-                Err(failure(true)),
-                Err(failure(true)),
-            ]),
-            seen: Mutex::default(),
-        });
-        let seen = Arc::new(Seen::default());
-        let p = pipeline(&seen, &sink, &options(10, 3));
-        let mut tasks = tokio::task::JoinSet::new();
-        p.start(&mut tasks);
-        assert!(p.offer(&delivery("a", 1)).is_empty());
+        let lane = Rig::started(vec![failure(true); 3], &options(10, 3));
+        lane.offer("a", 1);
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(
-            *seen.0.lock().unwrap(),
+            lane.told(),
             [
                 "scripted a create given_up=false",
                 "scripted a create given_up=false",
                 "scripted a create given_up=true"
             ]
         );
-        assert_eq!(p.held(), 0, "a given-up key is released");
+        assert_eq!(lane.pipeline.held(), 0, "a given-up key is released");
         // A new state of the key starts over and is delivered.
-        assert!(p.offer(&delivery("a", 2)).is_empty());
+        lane.offer("a", 2);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(seen.0.lock().unwrap().last().unwrap(), "scripted a create");
+        assert_eq!(lane.told().last().unwrap(), "scripted a create");
     }
 
     #[tokio::test(start_paused = true)]
     async fn final_failures_are_given_up_at_once() {
-        let sink = Arc::new(Scripted {
-            answers: Mutex::new(vec![Err(failure(false))]),
-            seen: Mutex::default(),
-        });
-        let seen = Arc::new(Seen::default());
-        let p = pipeline(&seen, &sink, &options(10, 12));
-        let mut tasks = tokio::task::JoinSet::new();
-        p.start(&mut tasks);
-        assert!(p.offer(&delivery("a", 1)).is_empty());
+        let lane = Rig::started(vec![failure(false)], &options(10, 12));
+        lane.offer("a", 1);
         tokio::time::sleep(Duration::from_secs(100)).await;
-        assert_eq!(*seen.0.lock().unwrap(), ["scripted a create given_up=true"]);
-        assert_eq!(sink.seen.lock().unwrap().len(), 1);
+        assert_eq!(lane.told(), ["scripted a create given_up=true"]);
+        assert_eq!(lane.tries().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_lane_hands_the_delivery_back_and_a_newer_state_replaces_a_queued_one() {
-        let sink = Arc::new(Scripted {
-            answers: Mutex::default(),
-            seen: Mutex::default(),
-        });
-        let seen = Arc::new(Seen::default());
-        let p = pipeline(&seen, &sink, &options(2, 3));
         // No workers yet: everything stays queued.
-        assert!(p.offer(&delivery("a", 1)).is_empty());
-        assert!(p.offer(&delivery("b", 1)).is_empty());
-        assert!(p.offer(&delivery("a", 2)).is_empty());
-        let refused = p.offer(&delivery("c", 1));
+        let mut lane = Rig::new(Vec::new(), &options(2, 3));
+        lane.offer("a", 1);
+        lane.offer("b", 1);
+        lane.offer("a", 2);
+        let refused = lane.pipeline.offer(&delivery("c", 1));
         assert_eq!(refused.len(), 1, "expected a full lane");
         assert_eq!(
             (refused[0].sink, refused[0].delivery.key.as_str()),
             ("scripted", "c")
         );
-        let mut tasks = tokio::task::JoinSet::new();
-        p.start(&mut tasks);
+        lane.start();
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(
-            *sink.seen.lock().unwrap(),
+            lane.tries(),
             [("a".to_owned(), Some(2)), ("b".to_owned(), Some(1))],
             "one write per key, with its latest state"
         );
-        assert!(
-            seen.0
-                .lock()
-                .unwrap()
-                .contains(&"scripted c full".to_owned())
-        );
+        assert!(lane.told().contains(&"scripted c full".to_owned()));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_offer_takes_the_room_a_finished_key_leaves_and_only_then_is_refused() {
-        let sink = Arc::new(Scripted {
-            answers: Mutex::default(),
-            seen: Mutex::default(),
-        });
-        let seen = Arc::new(Seen::default());
-        let p = Arc::new(pipeline(&seen, &sink, &options(1, 3)));
-        assert!(p.offer(&delivery("a", 1)).is_empty());
+        let mut lane = Rig::new(Vec::new(), &options(1, 3));
+        lane.offer("a", 1);
         // Full, and no worker to make room: refused once the wait is over.
-        let refused = p
+        let refused = lane
+            .pipeline
             .enqueue(Duration::from_millis(100), |_| vec![delivery("b", 1)])
             .await;
         assert!(refused, "still full after the wait");
         // With a worker, "a" is written and leaves room for "b" within the wait.
-        let mut tasks = tokio::task::JoinSet::new();
-        p.start(&mut tasks);
-        let refused = p
+        lane.start();
+        let refused = lane
+            .pipeline
             .enqueue(Duration::from_secs(1), |_| vec![delivery("b", 1)])
             .await;
         assert!(!refused, "room within the wait");
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(sink.seen.lock().unwrap().len(), 2);
-        assert_eq!(
-            seen.0
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.ends_with("full"))
-                .count(),
-            1,
-            "only the refusal counts"
-        );
+        assert_eq!(lane.tries().len(), 2);
+        let full = lane.told().iter().filter(|l| l.ends_with("full")).count();
+        assert_eq!(full, 1, "only the refusal counts");
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lane_that_skips_repeats_writes_a_key_again_only_when_it_changed() {
-        let sink = Arc::new(Scripted {
-            answers: Mutex::default(),
-            seen: Mutex::default(),
-        });
-        let seen = Arc::new(Seen::default());
-        let p = Pipeline::new(seen.clone()).with_sink(
-            sink.clone(),
-            &LaneOptions {
-                skip_repeats: true,
-                ..options(10, 3)
-            },
-        );
-        let mut tasks = tokio::task::JoinSet::new();
-        p.start(&mut tasks);
+        let skipping = LaneOptions {
+            skip_repeats: true,
+            ..options(10, 3)
+        };
+        let lane = Rig::started(Vec::new(), &skipping);
         for count in [1, 1, 2, 2] {
-            assert!(p.offer(&delivery("a", count)).is_empty());
+            lane.offer("a", count);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(
-            *sink.seen.lock().unwrap(),
+            lane.tries(),
             [("a".to_owned(), Some(1)), ("a".to_owned(), Some(2))]
         );
         // Forgotten (the source was deleted): a later delivery is written again.
-        p.forget(|_| vec!["a".to_owned()]);
-        assert!(p.offer(&delivery("a", 2)).is_empty());
+        lane.pipeline.forget(|_| vec!["a".to_owned()]);
+        lane.offer("a", 2);
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert_eq!(sink.seen.lock().unwrap().len(), 3);
-        assert_eq!(
-            seen.0
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|l| l.ends_with("unchanged"))
-                .count(),
-            2
-        );
+        assert_eq!(lane.tries().len(), 3);
+        let unchanged = lane
+            .told()
+            .iter()
+            .filter(|l| l.ends_with("unchanged"))
+            .count();
+        assert_eq!(unchanged, 2);
     }
 
     /// Answers only the first delivery of every batch.
