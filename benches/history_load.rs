@@ -178,7 +178,11 @@ fn delivery(uid: String) -> Delivery {
         source: Default::default(),
         since: Instant::now(),
         fingerprint: 0,
-        namespaces: vec!["team-a".into()],
+        destinations: vec![clusterscope::owners::Destination {
+            namespace: "team-a".into(),
+            how: clusterscope::owners::How::Owner,
+            why: String::new(),
+        }],
     }
 }
 

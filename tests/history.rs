@@ -45,6 +45,18 @@ fn event(uid: &str, kind: &str, name: &str, reason: &str, count: i32, last: &str
     }
 }
 
+/// The namespaces an event reached (by its channel: how does not matter to history).
+fn reached(namespaces: &[&str]) -> Vec<clusterscope::owners::Destination> {
+    namespaces
+        .iter()
+        .map(|ns| clusterscope::owners::Destination {
+            namespace: (*ns).to_owned(),
+            how: clusterscope::owners::How::Channel,
+            why: String::new(),
+        })
+        .collect()
+}
+
 fn delivery(ev: Event, channel: &str, namespaces: &[&str]) -> Delivery {
     Delivery {
         key: ev.metadata.uid.clone().unwrap(),
@@ -53,7 +65,7 @@ fn delivery(ev: Event, channel: &str, namespaces: &[&str]) -> Delivery {
         channel: channel.into(),
         source: ObjectReference::default(),
         since: Instant::now(),
-        namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+        destinations: reached(namespaces),
     }
 }
 
@@ -176,7 +188,7 @@ async fn ten_updates_of_one_event_are_one_row_with_its_count_and_times() {
             "2026-11-20T10:50:00Z",
         ),
         "nodes",
-        &["team-b".into()],
+        &reached(&["team-b"]),
     );
     assert_eq!(store.upsert(&[&moved]).await.unwrap(), [Delivered::Updated]);
 }
@@ -236,7 +248,7 @@ async fn hostile_strings_in_every_field_land_as_data() {
         let mut labels = std::collections::BTreeMap::new();
         labels.insert("k".to_owned(), s.to_string());
         ev.metadata.labels = Some(labels);
-        rows.push(Row::of(&ev, s, &[s.to_string()]));
+        rows.push(Row::of(&ev, s, &reached(&[s])));
     }
     let refs: Vec<&Row> = rows.iter().collect();
     let done = store.upsert(&refs).await.unwrap();
@@ -400,17 +412,17 @@ async fn a_team_role_reads_only_its_namespaces_rows() {
         Row::of(
             &event("u1", "Node", "n1", "R", 1, at),
             "nodes",
-            &["team-a".into()],
+            &reached(&["team-a"]),
         ),
         Row::of(
             &event("u2", "Node", "n2", "R", 1, at),
             "nodes",
-            &["team-b".into()],
+            &reached(&["team-b"]),
         ),
         Row::of(
             &event("u3", "PersistentVolume", "pv", "R", 1, at),
             "storage",
-            &["team-b".into(), "team-a".into()],
+            &reached(&["team-b", "team-a"]),
         ),
         Row::of(&event("u4", "Node", "n4", "R", 1, at), "nodes", &[]),
     ];

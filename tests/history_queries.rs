@@ -149,8 +149,16 @@ async fn seeded() -> Option<Postgres> {
                 count: Some(s.count),
                 ..Event::default()
             };
-            let ns: Vec<String> = s.namespaces.iter().map(|n| n.to_string()).collect();
-            Row::of(&ev, "cluster", &ns)
+            let reached: Vec<clusterscope::owners::Destination> = s
+                .namespaces
+                .iter()
+                .map(|n| clusterscope::owners::Destination {
+                    namespace: (*n).to_owned(),
+                    how: clusterscope::owners::How::Owner,
+                    why: String::new(),
+                })
+                .collect();
+            Row::of(&ev, "cluster", &reached)
         })
         .collect();
     let refs: Vec<&Row> = rows.iter().collect();

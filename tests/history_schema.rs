@@ -32,7 +32,12 @@ fn row(uid: &str, count: i32) -> Row {
         count: Some(count),
         ..Event::default()
     };
-    Row::of(&event, "nodes", &["team-a".into()])
+    let team_a = clusterscope::owners::Destination {
+        namespace: "team-a".into(),
+        how: clusterscope::owners::How::Owner,
+        why: String::new(),
+    };
+    Row::of(&event, "nodes", &[team_a])
 }
 
 /// A new pool, as a new start of `serve` makes.

@@ -578,7 +578,7 @@ impl clusterscope::mirror::outputs::Output for HistoryProbe {
         vec![routed.delivery(
             "probe".into(),
             routed.event.clone(),
-            routed.namespaces.clone(),
+            routed.destinations.clone(),
         )]
     }
 }
@@ -636,7 +636,16 @@ async fn a_subscription_asking_for_history_has_its_events_recorded() {
         .filter(|(sink, _)| *sink == "history-probe")
         .collect();
     assert_eq!(probe.len(), 1, "{recorded:?}");
-    assert_eq!(probe[0].1.namespaces, ["team-a"]);
+    let reached: Vec<(&str, clusterscope::owners::How)> = probe[0]
+        .1
+        .destinations
+        .iter()
+        .map(|d| (d.namespace.as_str(), d.how))
+        .collect();
+    assert_eq!(
+        reached,
+        [("team-a", clusterscope::owners::How::Subscription)]
+    );
     let not_recorded = plan_with(false);
     assert!(
         not_recorded

@@ -46,9 +46,10 @@ pub struct Delivery {
     /// ([`LaneOptions::skip_repeats`]) does not write a key again with the fingerprint it last
     /// wrote.
     pub fingerprint: u64,
-    /// The namespaces the event concerns (its channel's, its owners'...), for sinks that
-    /// record where it went (history); empty for the others.
-    pub namespaces: Vec<String>,
+    /// The namespaces the event concerns and how it reached each (its channel's, its owners',
+    /// a subscription's...), for sinks that record where it went (history); a copy's delivery
+    /// has the one its copy goes to; empty for what no channel routed.
+    pub destinations: Vec<crate::owners::Destination>,
 }
 
 impl Delivery {
@@ -62,7 +63,7 @@ impl Delivery {
             channel: String::new(),
             source: about.clone(),
             since: Instant::now(),
-            namespaces: Vec::new(),
+            destinations: Vec::new(),
         }
     }
 
@@ -787,7 +788,7 @@ mod tests {
             source: ObjectReference::default(),
             since: Instant::now(),
             fingerprint: count as u64,
-            namespaces: Vec::new(),
+            destinations: Vec::new(),
         }
     }
 

@@ -186,7 +186,7 @@ fn field(text: Option<&str>) -> String {
 impl Row {
     /// The row of `event` (a stored core/v1 Event, as the mirror controller sees it), routed to
     /// `channel` and delivered to `namespaces`.
-    pub fn of(event: &Event, channel: &str, namespaces: &[String]) -> Row {
+    pub fn of(event: &Event, channel: &str, destinations: &[crate::owners::Destination]) -> Row {
         let meta = &event.metadata;
         let involved = &event.involved_object;
         let namespace = meta.namespace.as_deref().unwrap_or("default");
@@ -251,7 +251,10 @@ impl Row {
                     .filter(|c| !c.is_empty())
                     .or(source.and_then(|s| s.host.as_deref())),
             ),
-            namespaces: namespaces.iter().map(|n| storable(n)).collect(),
+            namespaces: destinations
+                .iter()
+                .map(|d| storable(&d.namespace))
+                .collect(),
             first_time: first,
             last_time: last,
             count,
@@ -303,7 +306,12 @@ mod tests {
 
     #[test]
     fn a_core_event_gives_its_filter_columns_and_loses_nul_and_managed_fields() {
-        let row = Row::of(&node_event(), "nodes", &["team-a".to_owned()]);
+        let team_a = crate::owners::Destination {
+            namespace: "team-a".to_owned(),
+            how: crate::owners::How::Owner,
+            why: String::new(),
+        };
+        let row = Row::of(&node_event(), "nodes", &[team_a]);
         assert_eq!(row.uid, "u-1");
         assert_eq!(
             (row.involved_group.as_str(), row.involved_kind.as_str()),

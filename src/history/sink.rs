@@ -112,7 +112,7 @@ impl PostgresSink {
         }
         let rows: Vec<Row> = batch
             .iter()
-            .map(|d| Row::of(&d.event, &d.channel, &d.namespaces))
+            .map(|d| Row::of(&d.event, &d.channel, &d.destinations))
             .collect();
         let results = write(&self.store, &rows, self.observer.as_ref()).await;
         for (delivery, result) in batch.iter().zip(&results) {

@@ -127,22 +127,22 @@ struct Report {
     metrics: Arc<Metrics>,
     own_events: Arc<crate::recorder::OwnEvents>,
     subscriptions: Option<Arc<crate::subscription::SharedSubscriptions>>,
-    config: crate::config::SharedConfig,
 }
 
 impl Report {
-    /// A copy a subscription asked for, written: counted for the subscriptions that wanted it.
-    fn subscription_copy(&self, copy: &k8s_openapi::api::core::v1::Event) {
+    /// A copy written, if a subscription asked for it: counted for the subscriptions that
+    /// wanted it (the copy's one destination says; a copy only the channel or a rule put there
+    /// is not theirs).
+    fn subscription_copy(&self, delivery: &Delivery) {
         let Some(live) = &self.subscriptions else {
             return;
         };
-        let keys = &self.config.load().keys;
-        let labels = copy.metadata.labels.as_ref();
-        let label = |key: &String| labels.and_then(|l| l.get(key)).map(String::as_str);
-        if label(&keys.mirror) == Some("true")
-            && label(&keys.delivery) == Some(crate::owners::How::Subscription.as_str())
-        {
-            live.credit(copy);
+        let subscribed = delivery
+            .destinations
+            .iter()
+            .any(|d| d.how == crate::owners::How::Subscription);
+        if subscribed {
+            live.credit(&delivery.event);
             self.metrics.subscriptions.deliveries("delivered", 1);
         }
     }
@@ -164,13 +164,15 @@ impl Observer<dyn Output> for Report {
         // a delivery of anything new).
         if matches!(how, Delivered::Created | Delivered::Updated) {
             self.metrics.mirror.lag(delivery.since.elapsed());
-            self.subscription_copy(&delivery.event);
+            if sink.counted() == Counted::AsCopies {
+                self.subscription_copy(delivery);
+            }
         }
     }
 
     fn failed(&self, sink: &dyn Output, delivery: &Delivery, failure: &Failure, given_up: bool) {
         self.metrics.delivery.delivery(sink.name(), "error");
-        let mirrored = sink.counted() == Counted::AsMirrorWrites;
+        let mirrored = sink.counted() != Counted::Apart;
         if mirrored {
             self.metrics
                 .mirror
@@ -546,7 +548,6 @@ pub async fn run(
         metrics: metrics.clone(),
         own_events: syncer.own_events.clone(),
         subscriptions: syncer.subscriptions.clone(),
-        config: syncer.config.clone(),
     });
     let pipeline = Arc::new(options.pipeline(&syncer, report));
     for output in pipeline.sinks() {

@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use crate::config::Switches;
 use crate::delivery::{Delivery, Sink, fingerprint, key_of_source};
 use crate::history::sink::PostgresSink;
+use crate::owners::Destination;
 use crate::recorder::LogSink;
 
 /// One stored event as the controller routed it: what every output plans its deliveries from.
@@ -26,17 +27,17 @@ pub struct Routed {
     pub channel: String,
     /// The outputs the channel (or a subscription) turns on besides copies.
     pub switches: Switches,
-    /// The copies to write, one per namespace the event goes to.
-    pub copies: Vec<Event>,
-    /// The namespaces the event goes to.
-    pub namespaces: Vec<String>,
+    /// The copies to write, one per namespace the event goes to, with where and why.
+    pub copies: Vec<(Destination, Event)>,
+    /// The namespaces the event goes to, and how it reached each.
+    pub destinations: Vec<Destination>,
     /// When this state of the source was first seen.
     pub since: Instant,
 }
 
 impl Routed {
     /// A delivery of `event` under `key`, routed as this event is.
-    pub fn delivery(&self, key: String, event: Event, namespaces: Vec<String>) -> Delivery {
+    pub fn delivery(&self, key: String, event: Event, destinations: Vec<Destination>) -> Delivery {
         Delivery {
             key,
             fingerprint: fingerprint(&event),
@@ -44,7 +45,7 @@ impl Routed {
             channel: self.channel.clone(),
             source: self.source.clone(),
             since: self.since,
-            namespaces,
+            destinations,
         }
     }
 
@@ -58,8 +59,11 @@ impl Routed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
     /// As the mirror's writes (`mirror_writes_total`, `mirror_lag_seconds`,
-    /// `mirror_given_up_total`): copies and log lines.
+    /// `mirror_given_up_total`): log lines.
     AsMirrorWrites,
+    /// As the mirror's writes, and a copy a subscription asked for as one of its deliveries
+    /// (`status.delivered`, `subscription_deliveries_total`): copies.
+    AsCopies,
     /// Apart: the output reports what it measures itself (history rows: their own lag).
     Apart,
 }
@@ -112,7 +116,7 @@ impl Output for PostgresSink {
             .uid
             .clone()
             .unwrap_or_else(|| routed.source_key());
-        vec![routed.delivery(key, routed.event.clone(), routed.namespaces.clone())]
+        vec![routed.delivery(key, routed.event.clone(), routed.destinations.clone())]
     }
 
     /// History rows are not mirror writes: the sink measures their lag itself.

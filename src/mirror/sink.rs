@@ -18,7 +18,7 @@ use crate::delivery::{
 };
 use crate::mirror::budget::WriteBudget;
 use crate::mirror::copies::{CopyIndex, Lookup};
-use crate::mirror::outputs::{Output, Routed};
+use crate::mirror::outputs::{Counted, Output, Routed};
 use crate::mirror::{copy_is_current, is_copy_of};
 
 /// Conflicts tolerated while updating one copy before the try counts as failed.
@@ -189,17 +189,21 @@ impl Sink for CopySink {
 
 impl Output for CopySink {
     /// One delivery per copy, keyed by the copy's namespace and name.
+    fn counted(&self) -> Counted {
+        Counted::AsCopies
+    }
+
     fn plan(&self, routed: &Routed) -> Vec<Delivery> {
         routed
             .copies
             .iter()
-            .map(|copy| {
+            .map(|(destination, copy)| {
                 let key = format!(
                     "{}/{}",
                     copy.metadata.namespace.as_deref().unwrap_or_default(),
                     copy.metadata.name.as_deref().unwrap_or_default()
                 );
-                routed.delivery(key, copy.clone(), Vec::new())
+                routed.delivery(key, copy.clone(), vec![destination.clone()])
             })
             .collect()
     }

@@ -17,7 +17,7 @@ use crate::delivery::{Delivery, Failure, Operation};
 use crate::mirror::outputs::{Output, Routed};
 use crate::mirror::sink::CopySink;
 use crate::mirror::{Placement, make_copy};
-use crate::owners::How;
+use crate::owners::{Destination, How};
 use crate::subscription::Wanted;
 
 /// Syncs stored events; cheap to clone.
@@ -48,6 +48,20 @@ struct Place {
     why: Option<String>,
     /// The Subscription that asked for it (the first by name).
     subscription: Option<String>,
+}
+
+impl Place {
+    /// Where and why, as every output is told.
+    fn destination(&self) -> Destination {
+        Destination {
+            namespace: self.namespace.clone(),
+            how: self.how,
+            why: self
+                .why
+                .clone()
+                .unwrap_or_else(|| "the channel's namespace".to_owned()),
+        }
+    }
 }
 
 /// Where one event's copies go.
@@ -231,7 +245,7 @@ impl Syncer {
         if let Some((_, changes)) = &plan.label {
             changes.apply(&mut labelled.metadata);
         }
-        let copies: Vec<Event> = targets
+        let copies: Vec<(Destination, Event)> = targets
             .places
             .iter()
             .filter_map(|place| {
@@ -241,10 +255,12 @@ impl Syncer {
                     why: place.why.as_deref(),
                     subscription: place.subscription.as_deref(),
                 };
-                make_copy(source, classified, channel, &config, target)
+                let copy = make_copy(source, classified, channel, &config, target)?;
+                Some((place.destination(), copy))
             })
             .collect();
-        let namespaces: Vec<String> = targets.places.into_iter().map(|p| p.namespace).collect();
+        let destinations: Vec<Destination> =
+            targets.places.iter().map(Place::destination).collect();
         let mut switches = channel.switches();
         switches.history |= targets.history;
         plan.routed = Some(Routed {
@@ -253,7 +269,7 @@ impl Syncer {
             channel: channel.name.clone(),
             switches,
             copies,
-            namespaces,
+            destinations,
             since,
         });
         plan
