@@ -97,6 +97,7 @@ async fn run(name: &str, subscribed: bool) {
     println!(
         "[{name}] serve RSS: at start {rss_start}, what delivery needs listed {rss_listed}, after the load {rss_end}, peak {hwm}"
     );
+    println!("[{name}] API calls: {}", support::load::calls_by_verb(&api));
     assert_eq!(
         arrived.copies, written.expected,
         "copies missing or doubled"

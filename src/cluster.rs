@@ -572,7 +572,7 @@ fn start(
     let log_sink: Arc<dyn Output> = Arc::new(LogSink::stdout());
     let subscriptions = Arc::new(crate::subscription::SharedSubscriptions::default());
     let syncer = outputs.into_iter().fold(
-        Syncer::new(client.clone(), config.clone(), resolver)
+        Syncer::new(client.clone(), config.clone(), resolver.clone())
             .with_output(log_sink)
             .with_own_events(own_events)
             .with_cluster(crate::owners::SharedOwnerState::default())
@@ -606,7 +606,7 @@ fn start(
             );
             let subscriptions = crate::subscription::controller::run(
                 client.clone(),
-                config.clone(),
+                (config.clone(), resolver.clone()),
                 subscriptions.clone(),
                 metrics.clone(),
                 subscription_options.clone(),

@@ -546,6 +546,71 @@ async fn without_a_ceiling_subscriptions_are_not_watched() {
     cluster.stop().await;
 }
 
+/// The Subscription CRD installed, but no `subscriptions:` in the configuration: a tenant's
+/// Subscription says why nothing arrives (Accepted False, SubscriptionsDisabled, the ceiling
+/// it lacks) instead of blank columns, and gets nothing; once the admin sets a ceiling, it is
+/// accepted and delivered to without being touched.
+#[tokio::test]
+async fn a_subscription_the_admin_has_not_allowed_says_so_in_its_status() {
+    let api = cluster_with_pods().await;
+    api.put_subscription("team-a", "node-failures", nodes(&[]), 1);
+    let cluster = Cluster::start(&api, ROUTES);
+    assert!(
+        eventually(10, || accepted(
+            &api,
+            "team-a",
+            "node-failures",
+            "False",
+            "SubscriptionsDisabled"
+        ))
+        .await,
+        "{:?}",
+        condition(&api, "team-a", "node-failures", "Accepted")
+    );
+    let said = condition(&api, "team-a", "node-failures", "Accepted").unwrap();
+    assert!(
+        said["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("has not enabled subscriptions")),
+        "{said}"
+    );
+    api.put(
+        "default",
+        event("node1.1", "Node", "node1", "Warning", "NodeNotReady", 1),
+    );
+    api.quiet().await;
+    assert!(api.copies_of("team-a", "node1.1").is_empty());
+    assert_eq!(
+        cluster.metric(
+            r#"clusterscope_subscriptions{state="refused",reason="SubscriptionsDisabled"}"#
+        ),
+        1.0
+    );
+    // The admin allows them: the same Subscription is accepted and gets what it asked for.
+    let allowed = clusterscope::config::Config::from_yaml(
+        &format!("{ROUTES}subscriptions:\n  relations: [nodes]\n"),
+        "reloaded",
+    )
+    .unwrap();
+    cluster.config.store(Arc::new(allowed));
+    assert!(
+        eventually(10, || accepted(
+            &api,
+            "team-a",
+            "node-failures",
+            "True",
+            "Accepted"
+        ))
+        .await
+    );
+    api.put(
+        "default",
+        event("node1.2", "Node", "node1", "Warning", "NodeNotReady", 1),
+    );
+    assert!(eventually(10, || api.copies_of("team-a", "node1.2").len() == 1).await);
+    cluster.stop().await;
+}
+
 /// A sink switched on by the channel's `history` switch, as the history sink is: it plans one
 /// delivery naming where the event went.
 struct HistoryProbe;

@@ -14,6 +14,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 
 use super::{Accepted, Refusal, SharedSubscriptions, Subscribers, Subscription, accept, status};
+use crate::classify::ScopeResolver;
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -113,8 +114,11 @@ struct StatusWriter {
 
 impl StatusWriter {
     /// Judges `store`'s subscriptions, hands the accepted to the mirror and applies every
-    /// status that changed.
-    async fn run(&mut self, store: &Store<Subscription>) {
+    /// status that changed. `counts`: bring `delivered` and `lastDelivery` up to date too (the
+    /// periodic round); a round for a change of the Subscriptions writes only verdicts, so
+    /// that the statuses it writes (each a change it sees) do not start round after round
+    /// while copies are being counted.
+    async fn run(&mut self, store: &Store<Subscription>, counts: bool) {
         let config = self.config.load_full();
         let (subscribers, judged) = judge(store.state(), &config);
         let rate = config
@@ -134,12 +138,18 @@ impl StatusWriter {
                 .bases
                 .entry(meta.uid.clone().unwrap_or_default())
                 .or_insert_with(|| j.subscription.status.as_ref().map_or(0, |s| s.delivered));
-            let count = self.live.count(&ns, &name);
+            let (delivered, last) = if counts {
+                let count = self.live.count(&ns, &name);
+                (base + count.delivered, count.last)
+            } else {
+                let stored = j.subscription.status.as_ref();
+                (stored.map_or(base, |s| s.delivered), None)
+            };
             let wanted = status::desired(
                 &j.subscription,
                 &j.verdict,
-                base + count.delivered,
-                count.last,
+                delivered,
+                last,
                 SystemTime::now(),
             );
             if j.subscription.status.as_ref() != Some(&wanted) {
@@ -181,11 +191,22 @@ impl StatusWriter {
     }
 }
 
+/// Whether the Subscriptions are followed: the admin set a ceiling, or the Subscription CRD is
+/// served (discovery found it), so that a tenant's Subscription says `SubscriptionsDisabled`
+/// in its status instead of nothing. Neither: nothing about them is asked of the API server.
+fn followed(config: &crate::config::SharedConfig, resolver: &ScopeResolver) -> bool {
+    use kube::Resource as _;
+    config.load().subscriptions.is_some()
+        || resolver
+            .scope_of(&Subscription::group(&()), &Subscription::kind(&()))
+            .is_some()
+}
+
 /// Runs until `stop` is cancelled: follows the Subscriptions, keeps `live` and the statuses
 /// current.
 pub async fn run(
     client: kube::Client,
-    config: crate::config::SharedConfig,
+    (config, resolver): (crate::config::SharedConfig, Arc<ScopeResolver>),
     live: Arc<SharedSubscriptions>,
     metrics: Arc<Metrics>,
     options: Options,
@@ -195,17 +216,22 @@ pub async fn run(
     tokio::pin!(shutdown);
     // A new run counts from the statuses as stored: nothing is counted twice.
     live.restart_counts();
-    // Nothing is watched until the admin sets a ceiling (the CRD may not be installed).
-    while config.load().subscriptions.is_none() {
+    while !followed(&config, &resolver) {
         live.replace(Subscribers::default(), 1);
         tokio::select! {
             () = tokio::time::sleep(options.status_every) => {}
             () = &mut shutdown => return,
         }
     }
-    tracing::info!(
-        "subscriptions: allowed by the configuration; following Subscriptions in every namespace"
-    );
+    if config.load().subscriptions.is_some() {
+        tracing::info!(
+            "subscriptions: allowed by the configuration; following Subscriptions in every namespace"
+        );
+    } else {
+        tracing::info!(
+            "subscriptions: the Subscription CRD is installed but the configuration allows none (no `subscriptions:`); following Subscriptions to tell each so in its status (SubscriptionsDisabled)"
+        );
+    }
     let (store, mut writer) = reflector::store::<Subscription>();
     let changed = Arc::new(tokio::sync::Notify::new());
     let how = crate::follow::WatchSpec {
@@ -236,12 +262,20 @@ pub async fn run(
         if store.wait_until_ready().await.is_err() {
             return;
         }
+        // Counts on a fixed beat, whatever changes in between.
+        let mut beat = tokio::time::interval(options.status_every);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        beat.tick().await;
+        let mut counts = true;
         loop {
-            round.run(&store).await;
-            tokio::select! {
-                () = changed.notified() => tokio::time::sleep(options.settle).await,
-                () = tokio::time::sleep(options.status_every) => {}
-            }
+            round.run(&store, counts).await;
+            counts = tokio::select! {
+                () = changed.notified() => {
+                    tokio::time::sleep(options.settle).await;
+                    false
+                }
+                _ = beat.tick() => true,
+            };
         }
     };
     tokio::select! {

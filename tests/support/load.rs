@@ -276,3 +276,19 @@ pub async fn wait_for_copies_within(
     arrived.lags.sort();
     arrived
 }
+
+/// The API calls `api` answered, by verb and resource, most first: `create events 60000, ...`
+/// (what a run asked of the API server, beside what it achieved).
+pub fn calls_by_verb(api: &FakeApiServer) -> String {
+    let mut counts: std::collections::BTreeMap<(String, String), usize> = Default::default();
+    for (verb, _, resource, _) in api.store.lock().unwrap().calls.iter() {
+        *counts.entry((verb.clone(), resource.clone())).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts
+        .iter()
+        .map(|((verb, resource), n)| format!("{verb} {resource} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
