@@ -1,5 +1,7 @@
 //! Certificate generation: a private CA and a serving certificate it signs, for a Kubernetes
-//! Service or for local use, plus writing the caBundle into a webhook configuration.
+//! Service or for local use, plus writing the caBundle into a webhook configuration. The CA's
+//! key is kept beside it (`ca.key`), so a new serving pair can be issued by the same CA
+//! ([`renew`]): the cluster's `caBundle` stays right through a rotation.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,7 +9,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SigningKey,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -20,6 +22,8 @@ pub const SERVING_DAYS: i64 = 365;
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub ca_pem: String,
+    /// The CA's private key (PKCS#8), to issue the next serving pair with ([`renew`]).
+    pub ca_key_pem: String,
     pub cert_pem: String,
     /// PKCS#8, ECDSA P-256.
     pub key_pem: String,
@@ -50,6 +54,19 @@ pub enum CertsError {
         what: &'static str,
         #[source]
         source: rcgen::Error,
+    },
+    #[error("{} is not a usable CA ({what})", path.display())]
+    Ca {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("{name:?} is not a valid DNS name")]
     Name {
@@ -89,8 +106,53 @@ pub fn generate(names: &[String]) -> Result<Bundle, CertsError> {
     ca_params.not_before = now - Duration::hours(1);
     ca_params.not_after = now + Duration::days(CA_DAYS);
     let ca_key = KeyPair::generate().map_err(err("CA key"))?;
+    let ca_key_pem = ca_key.serialize_pem();
     let ca = CertifiedIssuer::self_signed(ca_params, ca_key).map_err(err("CA"))?;
+    let (cert_pem, key_pem) = serving_pair(names, &ca)?;
+    Ok(Bundle {
+        ca_pem: ca.pem(),
+        ca_key_pem,
+        cert_pem,
+        key_pem,
+    })
+}
 
+/// A new serving certificate for `names`, issued by the CA already in `dir` (`ca.crt`,
+/// `ca.key`): the CA, and so the cluster's `caBundle`, stays as it is.
+pub fn renew(names: &[String], dir: &Path) -> Result<Bundle, CertsError> {
+    let files = paths(dir);
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|source| CertsError::Read {
+            path: path.clone(),
+            source,
+        })
+    };
+    let (ca_pem, ca_key_pem) = (read(&files.ca)?, read(&files.ca_key)?);
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|source| CertsError::Ca {
+        path: files.ca_key.clone(),
+        what: "not a PEM private key",
+        source,
+    })?;
+    let ca = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|source| CertsError::Ca {
+        path: files.ca.clone(),
+        what: "not a PEM CA certificate, or not the one ca.key belongs to",
+        source,
+    })?;
+    let (cert_pem, key_pem) = serving_pair(names, &ca)?;
+    Ok(Bundle {
+        ca_pem,
+        ca_key_pem,
+        cert_pem,
+        key_pem,
+    })
+}
+
+/// A serving certificate for `names` signed by `ca`, and its key: (certificate, key) in PEM.
+fn serving_pair(
+    names: &[String],
+    ca: &Issuer<'_, impl SigningKey>,
+) -> Result<(String, String), CertsError> {
+    let now = OffsetDateTime::now_utc();
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(
@@ -121,22 +183,34 @@ pub fn generate(names: &[String]) -> Result<Bundle, CertsError> {
     params.not_after = now + Duration::days(SERVING_DAYS);
     let key = KeyPair::generate().map_err(err("serving key"))?;
     let cert = params
-        .signed_by(&key, &ca)
+        .signed_by(&key, ca)
         .map_err(err("serving certificate"))?;
-    Ok(Bundle {
-        ca_pem: ca.pem(),
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
-/// Paths of the three files in `dir`.
-pub fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    (dir.join("ca.crt"), dir.join("tls.crt"), dir.join("tls.key"))
+/// Where the files of a pair and its CA are.
+#[derive(Debug, Clone)]
+pub struct Files {
+    pub ca: PathBuf,
+    /// The CA's key, mode 0600: kept by whoever rotates, never put into the cluster.
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
-/// Writes `ca.crt`, `tls.crt` and `tls.key` (the key with mode 0600) into `dir`, creating
-/// it; each file is replaced whole (written beside it, then renamed over it).
+/// The files in `dir`.
+pub fn paths(dir: &Path) -> Files {
+    Files {
+        ca: dir.join("ca.crt"),
+        ca_key: dir.join("ca.key"),
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    }
+}
+
+/// Writes `ca.crt`, `ca.key`, `tls.crt` and `tls.key` (the keys with mode 0600) into `dir`,
+/// creating it; each file is replaced whole (written beside it, then renamed over it), the
+/// serving pair last.
 pub fn write(dir: &Path, bundle: &Bundle) -> Result<(), CertsError> {
     if dir.exists() && !dir.is_dir() {
         return Err(CertsError::NotADirectory(dir.to_owned()));
@@ -145,10 +219,11 @@ pub fn write(dir: &Path, bundle: &Bundle) -> Result<(), CertsError> {
         path: dir.to_owned(),
         source,
     })?;
-    let (ca, cert, key) = paths(dir);
-    replace_file(&ca, bundle.ca_pem.as_bytes(), false)?;
-    replace_file(&cert, bundle.cert_pem.as_bytes(), false)?;
-    replace_file(&key, bundle.key_pem.as_bytes(), true)
+    let files = paths(dir);
+    replace_file(&files.ca, bundle.ca_pem.as_bytes(), false)?;
+    replace_file(&files.ca_key, bundle.ca_key_pem.as_bytes(), true)?;
+    replace_file(&files.cert, bundle.cert_pem.as_bytes(), false)?;
+    replace_file(&files.key, bundle.key_pem.as_bytes(), true)
 }
 
 /// Replaces `path` with `bytes` at once: a reader sees the old file or the new one, never

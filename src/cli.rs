@@ -52,13 +52,15 @@ pub enum Command {
         input: Option<PathBuf>,
     },
     /// Explain what clusterscope would do with events: cluster-scoped or not and why, the
-    /// channel and route, the labels, where they would be delivered, or why they are skipped.
-    /// Reads an AdmissionReview, an Event, or `kubectl get events -A -o json` output.
+    /// channel and route, the labels, where they would be delivered, or why they are skipped;
+    /// then a summary. Reads an AdmissionReview, an Event, or `kubectl get events -A -o json`
+    /// (or `-o yaml`) output of any size, one event at a time.
     Explain {
         /// Routing configuration (YAML); the embedded default when omitted.
         #[arg(long, env = "CLUSTERSCOPE_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
-        /// `text` (one block per event) or `json` (a JSON array).
+        /// `text` (one block per event, then the summary) or `json` (one document:
+        /// `{"events": [...], "summary": {...}}`).
         #[arg(short = 'o', long = "output", value_enum, default_value_t = ExplainFormat::Text)]
         output: ExplainFormat,
         /// The events to read; `-` or nothing for standard input.
@@ -109,17 +111,21 @@ pub struct CertsArgs {
     /// Namespace of the Service.
     #[arg(long, default_value = "clusterscope-system")]
     pub namespace: String,
-    /// Where to write ca.crt, tls.crt and tls.key (apart from `certs/`, where `serve` keeps
-    /// its self-signed localhost pair).
+    /// Where to write ca.crt, ca.key, tls.crt and tls.key (apart from `certs/`, where `serve`
+    /// keeps its self-signed localhost pair).
     #[arg(long, default_value = "certs/webhook", value_name = "DIR")]
     pub out: PathBuf,
     /// Also set every `caBundle:` in this MutatingWebhookConfiguration YAML file.
     #[arg(long, value_name = "FILE")]
     pub webhook_config: Option<PathBuf>,
-    /// Replace a pair already in --out (rotation: a new CA, so the webhook configuration's
-    /// caBundle must be applied again too).
-    #[arg(long)]
+    /// Replace a pair already in --out with a new CA and pair (the webhook configuration's
+    /// caBundle must then be applied again too).
+    #[arg(long, conflicts_with = "renew")]
     pub force: bool,
+    /// Rotate: a new serving pair issued by the CA already in --out (ca.crt, ca.key); the
+    /// caBundle stays, so only the Secret changes.
+    #[arg(long)]
+    pub renew: bool,
 }
 
 /// A failure the command reports on stderr, with its exit code.
@@ -385,23 +391,27 @@ fn explain(
     input: Option<&Path>,
 ) -> Result<(), CommandError> {
     let config = load_config(config).map_err(|e| refused(e.to_string()))?;
-    let body = read_input(input)?;
-    let explained = crate::explain::explain(&body, &config).map_err(|e| refused(e.to_string()))?;
-    if explained.is_empty() && output == ExplainFormat::Text {
-        eprintln!("explain: the input holds no events");
-        return Ok(());
-    }
-    let text = match output {
-        ExplainFormat::Json => serde_json::to_vec_pretty(&explained)
-            .map_err(|e| io_failure(format!("cannot encode the explanation: {e}")))?,
-        ExplainFormat::Text => explained
-            .iter()
-            .map(crate::explain::to_text)
-            .collect::<Vec<_>>()
-            .join("\n\n")
-            .into_bytes(),
+    // Read as it comes, however large: a cluster's `kubectl get events -A` output.
+    let source: Box<dyn Read> = match input {
+        Some(p) if p != Path::new("-") => Box::new(
+            std::fs::File::open(p)
+                .map_err(|e| io_failure(format!("cannot read {}: {e}", p.display())))?,
+        ),
+        _ => Box::new(std::io::stdin().lock()),
     };
-    write_stdout(&text)
+    let format = match output {
+        ExplainFormat::Text => crate::explain::Format::Text,
+        ExplainFormat::Json => crate::explain::Format::Json,
+    };
+    let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut out = crate::explain::Output::new(format, stdout);
+    let explained = crate::explain::explain_each(source, &config, &mut |e| out.event(e));
+    let finished = explained.and_then(|(_, summary)| out.finish(&summary));
+    match finished {
+        Err(_) if out.reader_gone() => Ok(()),
+        Err(e) => Err(refused(e.to_string())),
+        Ok(()) => Ok(()),
+    }
 }
 
 fn check_config(file: Option<&Path>) -> Result<(), CommandError> {
@@ -509,35 +519,18 @@ fn certs(args: &CertsArgs) -> Result<(), CommandError> {
     crate::labels::check_dns1123_label(&args.namespace)
         .map_err(|e| refused(format!("--namespace {e}")))?;
     // Everything is checked before anything is written: a refusal leaves no half-done files.
-    let (ca, cert, key) = crate::certs::paths(&args.out);
-    let existing: Vec<String> = [&ca, &cert, &key]
-        .iter()
-        .filter(|p| p.exists())
-        .map(|p| p.display().to_string())
-        .collect();
-    if !existing.is_empty() && !args.force {
-        return Err(refused(format!(
-            "{} already holds a pair ({}); pass --force to replace it (a rotation: apply the webhook configuration's new caBundle too), or choose another --out",
-            args.out.display(),
-            existing.join(", ")
-        )));
-    }
+    let files = crate::certs::paths(&args.out);
+    certs_may_write(args, &files)?;
     let names = crate::certs::service_names(&args.service, &args.namespace);
-    let bundle = crate::certs::generate(&names).map_err(|e| io_failure(error_chain(&e)))?;
+    let made = if args.renew {
+        crate::certs::renew(&names, &args.out)
+    } else {
+        crate::certs::generate(&names)
+    };
+    let bundle = made.map_err(|e| io_failure(error_chain(&e)))?;
     let ca_bundle = bundle.ca_bundle();
     let webhook_config = match &args.webhook_config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| io_failure(format!("cannot read {}: {e}", path.display())))?;
-            let (updated, count) = crate::certs::set_ca_bundle(&text, &ca_bundle);
-            if count == 0 {
-                return Err(refused(format!(
-                    "{}: no `caBundle:` line to set; add `caBundle: \"\"` under each webhook's clientConfig (nothing was written)",
-                    path.display()
-                )));
-            }
-            Some((path, updated, count))
-        }
+        Some(path) => Some(with_ca_bundle(path, &ca_bundle)?),
         None => None,
     };
     crate::certs::write(&args.out, &bundle).map_err(|e| io_failure(error_chain(&e)))?;
@@ -552,14 +545,70 @@ fn certs(args: &CertsArgs) -> Result<(), CommandError> {
             path.display()
         );
     }
-    eprintln!(
-        "wrote {}, {}, {} for {}",
-        ca.display(),
-        cert.display(),
-        key.display(),
-        names.join(", ")
-    );
+    if args.renew {
+        eprintln!(
+            "issued a new serving certificate from the CA in {} for {}: the caBundle is unchanged; put {} and {} into the Secret",
+            files.ca.display(),
+            names.join(", "),
+            files.cert.display(),
+            files.key.display()
+        );
+    } else {
+        eprintln!(
+            "wrote {}, {} (keep it: `certs --renew` issues the next pair from it), {}, {} for {}",
+            files.ca.display(),
+            files.ca_key.display(),
+            files.cert.display(),
+            files.key.display(),
+            names.join(", ")
+        );
+    }
     write_stdout(ca_bundle.as_bytes())
+}
+
+/// Whether `certs` may write into --out: a new directory, `--force` (a new CA) or `--renew`
+/// (the CA there, which needs its key).
+fn certs_may_write(args: &CertsArgs, files: &crate::certs::Files) -> Result<(), CommandError> {
+    if args.renew {
+        return match [&files.ca, &files.ca_key].into_iter().find(|p| !p.exists()) {
+            Some(missing) => Err(refused(format!(
+                "--renew issues the next pair from the CA in {}, but {} is not there (a pair written by an older clusterscope has no ca.key); --force makes a new CA instead (then apply the webhook configuration's new caBundle too)",
+                args.out.display(),
+                missing.display()
+            ))),
+            None => Ok(()),
+        };
+    }
+    let existing: Vec<String> = [&files.ca, &files.ca_key, &files.cert, &files.key]
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if existing.is_empty() || args.force {
+        return Ok(());
+    }
+    Err(refused(format!(
+        "{} already holds a pair ({}); pass --renew for a new serving pair from the same CA (the caBundle stays), --force for a new CA (apply the webhook configuration's new caBundle too), or choose another --out",
+        args.out.display(),
+        existing.join(", ")
+    )))
+}
+
+/// The webhook configuration at `path` with every `caBundle:` set: (path, text, how many).
+fn with_ca_bundle<'a>(
+    path: &'a Path,
+    ca_bundle: &str,
+) -> Result<(&'a Path, String, usize), CommandError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| io_failure(format!("cannot read {}: {e}", path.display())))?;
+    let (updated, count) = crate::certs::set_ca_bundle(&text, ca_bundle);
+    if count == 0 {
+        return Err(refused(format!(
+            "{}: no `caBundle:` line to set; add `caBundle: \"\"` under each webhook's clientConfig (nothing was written)",
+            path.display()
+        )));
+    }
+    Ok((path, updated, count))
 }
 
 /// The host name, for a lease identity outside Kubernetes.

@@ -42,8 +42,16 @@ fn run_with_input(args: &[&str], input: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
+    // Written beside the reading: a command that answers as it reads (explain) fills its
+    // output pipe before it has read all of a long input.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
 }
 
 fn fixture(name: &str) -> String {
@@ -343,8 +351,16 @@ fn check_config_with_input(args: &[&str], input: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
-    child.wait_with_output().unwrap()
+    // Written beside the reading: a command that answers as it reads (explain) fills its
+    // output pipe before it has read all of a long input.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
 }
 
 /// What is handed to `check-config` on standard input is what it checks: `-`, or a pipe with
@@ -923,11 +939,14 @@ fn explain_reads_an_event_list_and_says_why() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let explained: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let explained = doc["events"].as_array().unwrap();
     assert_eq!(explained.len(), 2);
     assert_eq!(explained[0]["outcome"], "patched");
     assert_eq!(explained[0]["channel"], "nodes");
     assert_eq!(explained[1]["skip"], "namespaced");
+    assert_eq!(doc["summary"]["events"], 2);
+    assert_eq!(doc["summary"]["outcomes"]["skipped"], 1);
     let out = bin()
         .arg("explain")
         .arg(&file)
@@ -937,6 +956,7 @@ fn explain_reads_an_event_list_and_says_why() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("channel: nodes (route 1"), "{text}");
     assert!(text.contains("skipped (namespaced)"), "{text}");
+    assert!(text.contains("\nsummary: 2 events\n"), "{text}");
     let out = run(&["explain", &fixture("kubelet-node-not-ready.json")]);
     assert!(out.status.success());
     let pod = dir.path().join("pod.json");
@@ -1027,6 +1047,77 @@ fn review_takes_a_bare_event_and_points_a_list_to_explain() {
     let out = run(&["review", list.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr_line(&out).contains("`clusterscope explain` takes a whole list"));
+}
+
+/// `certs --renew` rotates the serving pair and keeps the CA: the caBundle it prints (and the
+/// one the cluster holds) stays, the new certificate is issued by that CA (openssl verifies
+/// it), and the CA's key stays beside it; without ca.key it refuses, naming the file, and
+/// writes nothing.
+#[test]
+fn certs_renew_issues_a_new_pair_from_the_same_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let read = |name: &str| std::fs::read(dir.path().join("certs/webhook").join(name)).unwrap();
+    let first = bin().arg("certs").current_dir(dir.path()).output().unwrap();
+    assert!(first.status.success(), "{first:?}");
+    let (ca, ca_key, cert) = (read("ca.crt"), read("ca.key"), read("tls.crt"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("certs/webhook/ca.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the CA's key is private");
+    }
+    let renewed = bin()
+        .args(["certs", "--renew"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(renewed.status.success(), "{renewed:?}");
+    assert_eq!(renewed.stdout, first.stdout, "the caBundle stays");
+    assert_eq!(
+        (read("ca.crt"), read("ca.key")),
+        (ca, ca_key),
+        "the CA stays"
+    );
+    assert_ne!(read("tls.crt"), cert, "a new serving certificate");
+    assert!(
+        stderr_line(&renewed).contains("the caBundle is unchanged"),
+        "{renewed:?}"
+    );
+    if let Some(openssl) = support::tools::openssl("the check that the CA issued it is") {
+        let verified = Command::new(openssl)
+            .args(["verify", "-CAfile", "ca.crt", "tls.crt"])
+            .current_dir(dir.path().join("certs/webhook"))
+            .output()
+            .unwrap();
+        assert!(
+            verified.status.success() && String::from_utf8_lossy(&verified.stdout).contains("OK"),
+            "{verified:?}"
+        );
+    }
+    // A pair without the CA's key (an older clusterscope wrote none): refused, nothing written.
+    std::fs::remove_file(dir.path().join("certs/webhook/ca.key")).unwrap();
+    let before = read("tls.crt");
+    let out = bin()
+        .args(["certs", "--renew"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        stderr_line(&out).contains("ca.key is not there") && out.stdout.is_empty(),
+        "{out:?}"
+    );
+    assert_eq!(read("tls.crt"), before);
+    // --renew and --force ask for opposite things.
+    let out = bin()
+        .args(["certs", "--renew", "--force"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
 /// `certs` keeps apart from serve's quick-start pair, never replaces a pair unasked, and
@@ -1180,6 +1271,69 @@ fn review_on_something_not_json_says_so_and_what_it_takes() {
     let err = stderr_line(&out);
     assert!(err.contains("input is not JSON"), "{err}");
     assert!(err.contains("a bare Event"), "{err}");
+}
+
+/// A cluster's events as `kubectl get events -A -o yaml` prints them (`items` before `kind`,
+/// block style) are read as the JSON list is, and summed up.
+#[test]
+fn explain_reads_kubectl_yaml_output() {
+    let yaml = "apiVersion: v1\nitems:\n- apiVersion: v1\n  kind: Event\n  metadata:\n    name: node1.17a\n    namespace: default\n    resourceVersion: \"123\"\n  involvedObject:\n    kind: Node\n    name: node1\n  reason: NodeNotReady\n  type: Warning\n  count: 3\n  message: 'Node node1 status is now: NodeNotReady'\n- apiVersion: v1\n  kind: Event\n  metadata:\n    name: web.17b\n    namespace: team-a\n  involvedObject:\n    kind: Pod\n    namespace: team-a\n    name: web\n  reason: Started\n  type: Normal\nkind: List\nmetadata:\n  resourceVersion: \"\"\n";
+    let out = run_with_input(&["explain", "-o", "json", "-"], yaml.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["events"][0]["event"], "default/node1.17a");
+    assert_eq!(doc["events"][0]["outcome"], "patched");
+    assert_eq!(doc["events"][1]["skip"], "namespaced");
+    assert_eq!(doc["summary"]["events"], 2);
+    // Not YAML either: refused, saying so.
+    let out = run_with_input(&["explain", "-"], b"items: [unclosed\n");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr_line(&out).contains("neither JSON nor YAML"),
+        "{out:?}"
+    );
+}
+
+/// A long list goes through a pipe and comes out whole, counted; a reader that stops early
+/// (`| head`) ends it quietly.
+#[test]
+fn explain_streams_a_long_list_through_a_pipe() {
+    let n = 20_000;
+    let mut list = String::from("{\"apiVersion\":\"v1\",\"items\":[");
+    for i in 0..n {
+        if i > 0 {
+            list.push(',');
+        }
+        list.push_str(&format!(
+            "{{\"kind\":\"Event\",\"metadata\":{{\"name\":\"n{i}.1\",\"namespace\":\"default\"}},\"involvedObject\":{{\"kind\":\"Node\",\"name\":\"n{i}\"}},\"reason\":\"NodeNotReady\",\"type\":\"Warning\"}}"
+        ));
+    }
+    list.push_str("],\"kind\":\"List\"}");
+    let out = run_with_input(&["explain", "-o", "json", "-"], list.as_bytes());
+    assert!(out.status.success(), "{out:?}");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["events"].as_array().unwrap().len(), n);
+    assert_eq!(doc["summary"]["events"], n);
+    assert_eq!(doc["summary"]["channels"]["nodes"], n);
+    let mut child = bin()
+        .args(["explain", "-"])
+        .env_remove("CLUSTERSCOPE_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(list.as_bytes());
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 64];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    drop(stdout);
+    let status = child.wait().unwrap();
+    let _ = writer.join();
+    assert!(status.success(), "a reader that went away is not a failure");
 }
 
 #[test]

@@ -2,9 +2,18 @@
 //! as JSON, so a configuration can be tried on a cluster's real events before installing.
 //!
 //! Takes an AdmissionReview, an Event (core/v1 or events.k8s.io/v1), or a list of events as
-//! `kubectl get events -A -o json` prints it. Judged with the built-in kind table (no cluster
+//! `kubectl get events -A -o json` (or `-o yaml`) prints it, read one event at a time
+//! ([`input`]), and ends with a [`Summary`]. Judged with the built-in kind table (no cluster
 //! is contacted): a kind outside it, with no namespace in its reference, counts as
 //! cluster-scoped, as the webhook does when discovery is off.
+
+mod input;
+mod output;
+mod summary;
+
+pub use input::Shape;
+pub use output::{Format, Output};
+pub use summary::Summary;
 
 use serde_json::{Value, json};
 
@@ -18,46 +27,10 @@ use crate::route::EventFacts;
 #[error("{0}")]
 pub struct ExplainError(String);
 
-/// The events in `input` (an AdmissionReview, an Event, or an EventList/List), each with the
-/// namespace it is (or would be) stored in.
-fn events(input: &[u8]) -> Result<Vec<(String, Value)>, ExplainError> {
-    let doc: Value = serde_json::from_slice(input)
-        .map_err(|e| ExplainError(format!("input is not JSON: {e}")))?;
-    let kind = doc["kind"].as_str().unwrap_or("");
-    let namespace_of = |event: &Value| {
-        event["metadata"]["namespace"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned()
-    };
-    match kind {
-        "AdmissionReview" => {
-            let request = &doc["request"];
-            let object = request
-                .get("object")
-                .filter(|o| o.is_object())
-                .ok_or_else(|| {
-                    ExplainError(
-                        "request.object: absent (a DELETE carries none): nothing to explain"
-                            .to_owned(),
-                    )
-                })?;
-            let ns = request["namespace"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| namespace_of(object));
-            Ok(vec![(ns, object.clone())])
-        }
-        "Event" => Ok(vec![(namespace_of(&doc), doc.clone())]),
-        "EventList" | "List" => {
-            let items = doc["items"]
-                .as_array()
-                .ok_or_else(|| ExplainError(format!("{kind}: no `items` array")))?;
-            Ok(items.iter().map(|e| (namespace_of(e), e.clone())).collect())
-        }
-        other => Err(ExplainError(format!(
-            "kind is {other:?}: give an AdmissionReview, an Event, or an event list (kubectl get events -A -o json)"
-        ))),
+impl ExplainError {
+    /// Writing the explanation failed (`what` says where).
+    pub fn output(what: &str, e: &std::io::Error) -> Self {
+        ExplainError(format!("cannot write {what}: {e}"))
     }
 }
 
@@ -168,24 +141,25 @@ fn labels_of(classified: &Classified, channel: Option<&Channel>, config: &Config
     Value::Object(labels)
 }
 
-/// Where `channel` delivers an event of `type_`, in words: its namespace, the log, history,
-/// and what each delivery rule does with this kind and type (the gate the controller applies,
-/// `owners::Rules::reach`), "not delivered" included.
+/// Where `channel` delivers an event of `type_`: its namespace, the log, history, and what
+/// each delivery rule does with this kind and type (the gate the controller applies,
+/// `owners::Rules::reach`), "not delivered" included. Each is `{"to": ..., "says": ...}`
+/// with what it names as fields (`namespace`, `rule`, `delivers`).
 fn deliveries_of(
     ch: &Channel,
     classified: &Classified,
     type_: &str,
     config: &Config,
-) -> Vec<String> {
+) -> Vec<Value> {
     let mut deliveries = Vec::new();
     if let Some(ns) = &ch.namespace {
-        deliveries.push(format!("a copy in namespace {ns}"));
+        deliveries.push(json!({"to": "namespace", "namespace": ns, "says": format!("a copy in namespace {ns}")}));
     }
     if ch.log {
-        deliveries.push("a line on the log stream".to_owned());
+        deliveries.push(json!({"to": "log", "says": "a line on the log stream"}));
     }
     if ch.history {
-        deliveries.push("a row in the history database (when serve has --postgres-url)".to_owned());
+        deliveries.push(json!({"to": "history", "says": "a row in the history database (when serve has --postgres-url)"}));
     }
     let object = crate::owners::Object {
         group: &classified.group,
@@ -197,18 +171,31 @@ fn deliveries_of(
         .iter()
         .find(|r| r.group == classified.group && r.kind == classified.kind);
     for reach in ch.deliver.reach(object, type_, custom) {
-        deliveries.push(format!("{}: {}", reach.rule.as_str(), reach.says));
+        deliveries.push(json!({
+            "to": "rule",
+            "rule": reach.rule.as_str(),
+            "delivers": reach.delivers,
+            "says": format!("{}: {}", reach.rule.as_str(), reach.says),
+        }));
     }
     deliveries
 }
 
-/// Explains every event in `input` under `config`: one JSON object per event.
-pub fn explain(input: &[u8], config: &Config) -> Result<Vec<Value>, ExplainError> {
+/// Explains every event in `input` under `config` as it is read, handing each explanation
+/// (one JSON object) to `each`; what was read and how it was judged, summed up.
+pub fn explain_each(
+    input: impl std::io::Read,
+    config: &Config,
+    each: &mut dyn FnMut(&Value) -> Result<(), ExplainError>,
+) -> Result<(Shape, Summary), ExplainError> {
     let resolver = ScopeResolver::new();
-    Ok(events(input)?
-        .iter()
-        .map(|(ns, object)| explain_one(ns, object, config, &resolver))
-        .collect())
+    let mut summary = Summary::default();
+    let shape = input::read(input, &mut |(ns, object)| {
+        let explained = explain_one(&ns, &object, config, &resolver);
+        summary.add(&explained);
+        each(&explained)
+    })?;
+    Ok((shape, summary))
 }
 
 /// One explained event in words, one line per fact.
@@ -253,7 +240,7 @@ pub fn to_text(explained: &Value) -> String {
     }
     let deliveries: Vec<String> = explained["deliveries"]
         .as_array()
-        .map(|d| d.iter().map(s).collect())
+        .map(|d| d.iter().map(|d| s(&d["says"])).collect())
         .unwrap_or_default();
     for delivery in deliveries {
         out.push_str(&format!("\n  delivery: {delivery}"));
@@ -264,6 +251,16 @@ pub fn to_text(explained: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every event in `input` explained, in memory: one JSON object per event.
+    fn explain(input: &[u8], config: &Config) -> Result<Vec<Value>, ExplainError> {
+        let mut all = Vec::new();
+        explain_each(input, config, &mut |explained| {
+            all.push(explained.clone());
+            Ok(())
+        })?;
+        Ok(all)
+    }
 
     fn node(ns: &str, involved_ns: Option<&str>) -> Value {
         let mut e = json!({"apiVersion": "v1", "kind": "Event",
@@ -292,7 +289,8 @@ mod tests {
         assert_eq!(out[0]["channel"], "nodes");
         assert_eq!(out[0]["route"]["index"], 1);
         assert_eq!(out[0]["labels"]["clusterscope.dev/scope"], "cluster");
-        assert_eq!(out[0]["deliveries"][0], "a copy in namespace team-infra");
+        assert_eq!(out[0]["deliveries"][0]["to"], "namespace");
+        assert_eq!(out[0]["deliveries"][0]["namespace"], "team-infra");
         assert_eq!(out[1]["skip"], "namespaced");
         let text = to_text(&out[0]);
         assert!(text.contains("channel: nodes (route 1, line 5)"), "{text}");

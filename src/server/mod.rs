@@ -410,7 +410,7 @@ async fn serve_connection<S>(
 pub fn self_signed_pair(
     dir: &std::path::Path,
 ) -> Result<(PathBuf, PathBuf, crate::tls::LoadedPair), BindError> {
-    let (ca, cert, key) = crate::certs::paths(dir);
+    let crate::certs::Files { ca, cert, key, .. } = crate::certs::paths(dir);
     if cert.exists() || key.exists() {
         match crate::tls::load_pair(&cert, &key) {
             Ok(pair) if ca.exists() => {
