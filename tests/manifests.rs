@@ -1054,7 +1054,8 @@ fn explain_says_what_the_owner_delivery_rules_really_do() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let explained: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let explained = doc["events"].as_array().unwrap();
     let deliveries = |name_start: &str| -> Vec<String> {
         let e = explained
             .iter()
@@ -1062,7 +1063,11 @@ fn explain_says_what_the_owner_delivery_rules_really_do() {
             .unwrap_or_else(|| panic!("no {name_start}"));
         e["deliveries"]
             .as_array()
-            .map(|d| d.iter().map(|v| v.as_str().unwrap().to_owned()).collect())
+            .map(|d| {
+                d.iter()
+                    .map(|v| v["says"].as_str().unwrap().to_owned())
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let expect = [
