@@ -406,7 +406,7 @@ fn explain(
     let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     let mut out = crate::explain::Output::new(format, stdout);
     let explained = crate::explain::explain_each(source, &config, &mut |e| out.event(e));
-    let finished = explained.and_then(|(_, summary)| out.finish(&summary));
+    let finished = explained.and_then(|summary| out.finish(&summary));
     match finished {
         Err(_) if out.reader_gone() => Ok(()),
         Err(e) => Err(refused(e.to_string())),

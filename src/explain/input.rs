@@ -14,21 +14,12 @@ use super::ExplainError;
 /// An event and the namespace it is (or would be) stored in.
 pub type Found = (String, Value);
 
-/// What the input held, once read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    Review,
-    Event,
-    /// A list: how many items it held.
-    List(usize),
-}
-
 /// Reads `input` (JSON, or YAML when it does not start with `{`), handing each event to `each`
 /// as it is read; a list's items are explained before the next is read.
 pub fn read(
     input: impl Read,
     each: &mut dyn FnMut(Found) -> Result<(), ExplainError>,
-) -> Result<Shape, ExplainError> {
+) -> Result<(), ExplainError> {
     let mut input = std::io::BufReader::with_capacity(1 << 16, input);
     let json = first_byte(&mut input)? == Some(b'{');
     let mut seed = Top { each, failed: None };
@@ -52,10 +43,9 @@ pub fn read(
     if let Some(failed) = seed.failed.take() {
         return Err(failed);
     }
-    let (rest, items) = read?;
-    match items {
-        Some(n) => Ok(Shape::List(n)),
-        None => single(rest, each),
+    match read? {
+        (_, true) => Ok(()),
+        (rest, false) => single(rest, each),
     }
 }
 
@@ -80,7 +70,7 @@ fn first_byte(input: &mut impl BufRead) -> Result<Option<u8>, ExplainError> {
 fn single(
     doc: Map<String, Value>,
     each: &mut dyn FnMut(Found) -> Result<(), ExplainError>,
-) -> Result<Shape, ExplainError> {
+) -> Result<(), ExplainError> {
     let kind = doc.get("kind").and_then(Value::as_str).unwrap_or("");
     match kind {
         "AdmissionReview" => {
@@ -97,13 +87,11 @@ fn single(
             let ns = request["namespace"]
                 .as_str()
                 .map_or_else(|| namespace_of(object), str::to_owned);
-            each((ns, object.clone()))?;
-            Ok(Shape::Review)
+            each((ns, object.clone()))
         }
         "Event" => {
             let event = Value::Object(doc);
-            each((namespace_of(&event), event))?;
-            Ok(Shape::Event)
+            each((namespace_of(&event), event))
         }
         "EventList" | "List" => Err(ExplainError(format!("{kind}: no `items` array"))),
         other => Err(ExplainError(format!(
@@ -120,7 +108,7 @@ fn namespace_of(event: &Value) -> String {
 }
 
 /// The top-level map: `items` streamed through `each`, every other field kept (an Event's or
-/// a review's fields; a list's `kind` and `metadata`).
+/// a review's fields; a list's `kind` and `metadata`), and whether there were `items`.
 struct Top<'a> {
     each: &'a mut dyn FnMut(Found) -> Result<(), ExplainError>,
     /// Why `each` stopped the reading, if it did.
@@ -128,7 +116,7 @@ struct Top<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for &mut Top<'_> {
-    type Value = (Map<String, Value>, Option<usize>);
+    type Value = (Map<String, Value>, bool);
 
     fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
         de.deserialize_map(self)
@@ -136,7 +124,7 @@ impl<'de> DeserializeSeed<'de> for &mut Top<'_> {
 }
 
 impl<'de> Visitor<'de> for &mut Top<'_> {
-    type Value = (Map<String, Value>, Option<usize>);
+    type Value = (Map<String, Value>, bool);
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an AdmissionReview, an Event or an event list (a map)")
@@ -144,15 +132,16 @@ impl<'de> Visitor<'de> for &mut Top<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut rest = Map::new();
-        let mut items = None;
+        let mut listed = false;
         while let Some(key) = map.next_key::<String>()? {
             if key == "items" {
-                items = Some(map.next_value_seed(Items { top: &mut *self })?);
+                map.next_value_seed(Items { top: &mut *self })?;
+                listed = true;
             } else {
                 rest.insert(key, map.next_value::<Value>()?);
             }
         }
-        Ok((rest, items))
+        Ok((rest, listed))
     }
 }
 
@@ -162,38 +151,36 @@ struct Items<'t, 'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for Items<'_, '_> {
-    type Value = usize;
+    type Value = ();
 
-    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<usize, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
         de.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for Items<'_, '_> {
-    type Value = usize;
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("`items`: a list of events")
     }
 
     /// `items: null` (an empty list, as some tools write it).
-    fn visit_unit<E: serde::de::Error>(self) -> Result<usize, E> {
-        Ok(0)
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_none<E: serde::de::Error>(self) -> Result<usize, E> {
-        Ok(0)
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<usize, S::Error> {
-        let mut n = 0;
+    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<(), S::Error> {
         while let Some(event) = seq.next_element::<Value>()? {
-            n += 1;
             if let Err(e) = (self.top.each)((namespace_of(&event), event)) {
                 self.top.failed = Some(e);
                 return Err(serde::de::Error::custom("stopped"));
             }
         }
-        Ok(n)
+        Ok(())
     }
 }

@@ -11,7 +11,6 @@ mod input;
 mod output;
 mod summary;
 
-pub use input::Shape;
 pub use output::{Format, Output};
 pub use summary::Summary;
 
@@ -187,15 +186,15 @@ pub fn explain_each(
     input: impl std::io::Read,
     config: &Config,
     each: &mut dyn FnMut(&Value) -> Result<(), ExplainError>,
-) -> Result<(Shape, Summary), ExplainError> {
+) -> Result<Summary, ExplainError> {
     let resolver = ScopeResolver::new();
     let mut summary = Summary::default();
-    let shape = input::read(input, &mut |(ns, object)| {
+    input::read(input, &mut |(ns, object)| {
         let explained = explain_one(&ns, &object, config, &resolver);
         summary.add(&explained);
         each(&explained)
     })?;
-    Ok((shape, summary))
+    Ok(summary)
 }
 
 /// One explained event in words, one line per fact.
