@@ -104,3 +104,25 @@ pub async fn follow<K>(
         tracing::info!(watch = %how.what, "listing again, as asked");
     }
 }
+
+/// Lists `api` once, page by page (`params`' limit each, the continue token followed), handing
+/// each page's objects to `page` as it arrives: the memory of one page, however many objects
+/// there are. The first failure ends it: a list's, said by `failed`, or `page`'s own.
+pub async fn list_pages<K, E>(
+    api: &Api<K>,
+    mut params: kube::api::ListParams,
+    mut page: impl FnMut(Vec<K>) -> Result<(), E>,
+    failed: impl Fn(kube::Error) -> E,
+) -> Result<(), E>
+where
+    K: Resource + Clone + DeserializeOwned + Debug,
+{
+    loop {
+        let list = api.list(&params).await.map_err(&failed)?;
+        page(list.items)?;
+        match list.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 mod support;
 
+use support::fake_apiserver::write_kubeconfig;
 use support::fixtures;
 
 use std::io::Write;
@@ -69,19 +70,6 @@ fn stderr_line(out: &Output) -> String {
         "stderr should be one line: {err:?}"
     );
     err
-}
-
-/// A kubeconfig in `dir` whose current context points at `http://<address>` with a token.
-fn write_kubeconfig(dir: &std::path::Path, address: &str) -> std::path::PathBuf {
-    let path = dir.join("kubeconfig");
-    std::fs::write(
-        &path,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{address}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
-    path
 }
 
 /// `clusterscope serve` as its own process, JSON logs, ephemeral ports: the process, its log
@@ -957,6 +945,10 @@ fn explain_reads_an_event_list_and_says_why() {
     assert!(text.contains("channel: nodes (route 1"), "{text}");
     assert!(text.contains("skipped (namespaced)"), "{text}");
     assert!(text.contains("\nsummary: 2 events\n"), "{text}");
+    assert!(
+        text.contains("\n  judged against: the built-in kind table, no cluster\n"),
+        "{text}"
+    );
     let out = run(&["explain", &fixture("kubelet-node-not-ready.json")]);
     assert!(out.status.success());
     let pod = dir.path().join("pod.json");

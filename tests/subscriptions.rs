@@ -7,7 +7,6 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::fake_apiserver::{self, FakeApiServer, eventually};
@@ -37,20 +36,7 @@ struct Cluster {
 impl Cluster {
     fn start(api: &FakeApiServer, yaml: &str) -> Cluster {
         let metrics = Arc::new(clusterscope::metrics::Metrics::new());
-        let options = clusterscope::cluster::ClusterOptions {
-            controller: clusterscope::mirror::controller::ControllerOptions {
-                workers: 2,
-                retry_base: Duration::from_millis(20),
-                subscriptions_wait: Duration::from_secs(5),
-                owners_every: Duration::from_millis(200),
-                ..Default::default()
-            },
-            subscriptions: clusterscope::subscription::controller::Options {
-                status_every: Duration::from_millis(200),
-                settle: Duration::from_millis(20),
-            },
-            ..Default::default()
-        };
+        let options = fake_apiserver::quick_cluster_options();
         let config = fake_apiserver::config(yaml);
         let (stop, tasks) = fake_apiserver::spawn_cluster(
             api,

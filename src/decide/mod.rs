@@ -243,6 +243,10 @@ fn not_ours(event: &EventView<'_>, config: &Config, reason: SkipReason) -> Decis
 /// the sources. Copies are never written there (`check-config` refuses such a channel).
 pub const SOURCE_NAMESPACES: [&str; 2] = ["default", "kube-system"];
 
+/// The stored sources read from [`SOURCE_NAMESPACES`]: only events whose involved object has no
+/// namespace; everything else is not ours.
+pub const SOURCE_FIELD_SELECTOR: &str = "involvedObject.namespace=";
+
 /// Decides what to do with an Event that is being created or updated in `namespace` (the
 /// request's namespace, or the event's own; empty when unknown).
 ///

@@ -7,19 +7,24 @@
 //! is contacted): a kind outside it, with no namespace in its reference, counts as
 //! cluster-scoped, as the webhook does when discovery is off.
 
+mod context;
 mod input;
 mod output;
 mod summary;
 
+pub use context::{Context, read_subscriptions, stored_events};
 pub use output::{Format, Output};
 pub use summary::Summary;
 
 use serde_json::{Value, json};
 
-use crate::classify::{KindSource, ScopeResolver};
+use crate::classify::KindSource;
 use crate::config::{Channel, Config};
 use crate::decide::{Classified, Outcome, decide};
+use crate::event::EventView;
+use crate::owners::{Object, OwnerState};
 use crate::route::EventFacts;
+use crate::subscription::relation_rules;
 
 /// Why explaining failed: the input is not one of the accepted shapes.
 #[derive(Debug, thiserror::Error)]
@@ -34,23 +39,18 @@ impl ExplainError {
 }
 
 /// One event explained, as JSON.
-fn explain_one(
-    namespace: &str,
-    object: &Value,
-    config: &Config,
-    resolver: &ScopeResolver,
-) -> Value {
+fn explain_one(namespace: &str, object: &Value, config: &Config, context: &Context) -> Value {
     let text = object.to_string();
     let name = format!(
         "{}/{}",
         namespace,
         object["metadata"]["name"].as_str().unwrap_or("")
     );
-    let view: crate::event::EventView<'_> = match serde_json::from_str(&text) {
+    let view: EventView<'_> = match serde_json::from_str(&text) {
         Ok(v) => v,
         Err(e) => return json!({"event": name, "error": format!("not an Event: {e}")}),
     };
-    let decision = decide(&view, namespace, config, resolver);
+    let decision = decide(&view, namespace, config, &context.resolver);
     let reference = view.reference();
     let mut out = json!({
         "event": name,
@@ -102,7 +102,7 @@ fn explain_one(
     out["labels"] = labels_of(classified, channel, config);
     out["deliveries"] = json!(
         channel
-            .map(|ch| deliveries_of(ch, classified, view.type_(), config))
+            .map(|ch| deliveries_of(ch, classified, &view, config, context))
             .unwrap_or_default()
     );
     out
@@ -140,27 +140,31 @@ fn labels_of(classified: &Classified, channel: Option<&Channel>, config: &Config
     Value::Object(labels)
 }
 
-/// Where `channel` delivers an event of `type_`: its namespace, the log, history, and what
-/// each delivery rule does with this kind and type (the gate the controller applies,
-/// `owners::Rules::reach`), "not delivered" included. Each is `{"to": ..., "says": ...}`
-/// with what it names as fields (`namespace`, `rule`, `delivers`).
+/// Where `channel` delivers the event: its namespace, the log, history, and what each delivery
+/// rule does with this kind and type (the gate the controller applies, `owners::Rules::reach`),
+/// "not delivered" included; with the cluster's state, the namespaces the rules and the
+/// tenants' subscriptions reach; with subscriptions, the ones that do not take it and why.
+/// Each is `{"to": ..., "says": ...}` with what it names as fields (`namespace`, `how`,
+/// `rule`, `delivers`, `subscription`).
 fn deliveries_of(
     ch: &Channel,
     classified: &Classified,
-    type_: &str,
+    view: &EventView<'_>,
     config: &Config,
+    context: &Context,
 ) -> Vec<Value> {
-    let mut deliveries = Vec::new();
+    let mut out = Deliveries::default();
     if let Some(ns) = &ch.namespace {
-        deliveries.push(json!({"to": "namespace", "namespace": ns, "says": format!("a copy in namespace {ns}")}));
+        out.copy(ns, "channel", "the channel's namespace", None);
     }
     if ch.log {
-        deliveries.push(json!({"to": "log", "says": "a line on the log stream"}));
+        out.list
+            .push(json!({"to": "log", "says": "a line on the log stream"}));
     }
     if ch.history {
-        deliveries.push(json!({"to": "history", "says": "a row in the history database (when serve has --postgres-url)"}));
+        out.list.push(json!({"to": "history", "says": "a row in the history database (when serve has --postgres-url)"}));
     }
-    let object = crate::owners::Object {
+    let object = Object {
         group: &classified.group,
         kind: &classified.kind,
         name: &classified.name,
@@ -169,32 +173,190 @@ fn deliveries_of(
         .owner_rules
         .iter()
         .find(|r| r.group == classified.group && r.kind == classified.kind);
-    for reach in ch.deliver.reach(object, type_, custom) {
-        deliveries.push(json!({
+    for reach in ch.deliver.reach(object, view.type_(), custom) {
+        out.list.push(json!({
             "to": "rule",
             "rule": reach.rule.as_str(),
             "delivers": reach.delivers,
             "says": format!("{}: {}", reach.rule.as_str(), reach.says),
         }));
     }
-    deliveries
+    if let Some(state) = &context.owners {
+        let resolution = state.resolve(&ch.deliver, object, view.type_());
+        for d in resolution.destinations {
+            out.copy(&d.namespace, d.how.as_str(), &d.why, None);
+        }
+        if resolution.cut > 0 {
+            out.list.push(json!({"to": "not", "cut": resolution.cut,
+                "says": format!("{} more namespaces left out: nodePods.maxNamespaces caps the namespaces of one event", resolution.cut)}));
+        }
+    }
+    if let Some(judged) = &context.subscriptions {
+        subscribed(
+            judged,
+            context.owners.as_ref(),
+            object,
+            view,
+            config,
+            &mut out,
+        );
+    }
+    out.list
 }
 
-/// Explains every event in `input` under `config` as it is read, handing each explanation
-/// (one JSON object) to `each`; what was read and how it was judged, summed up.
+/// The deliveries said so far, and the namespaces given a copy (each gets one, from the first
+/// to name it, as the mirror's targets do).
+#[derive(Default)]
+struct Deliveries {
+    list: Vec<Value>,
+    namespaces: std::collections::BTreeSet<String>,
+}
+
+impl Deliveries {
+    /// A copy in `namespace`, `how` it got there (the delivery label's value) and why; a
+    /// source namespace is said not to get one.
+    fn copy(&mut self, namespace: &str, how: &str, why: &str, subscriptions: Option<&[String]>) {
+        if crate::decide::SOURCE_NAMESPACES.contains(&namespace) {
+            self.list.push(json!({"to": "not", "namespace": namespace, "how": how,
+                "says": format!("not to {namespace} ({how}: {why}): copies are never written where the sources are stored")}));
+            return;
+        }
+        if !self.namespaces.insert(namespace.to_owned()) {
+            return;
+        }
+        let mut copy = json!({"to": "namespace", "namespace": namespace, "how": how, "why": why,
+            "says": format!("a copy in namespace {namespace} ({how}: {why})")});
+        if let Some(names) = subscriptions {
+            let listed = names.join(", ");
+            copy["says"] = json!(format!(
+                "a copy in namespace {namespace} (subscription {listed}: {why})"
+            ));
+            copy["subscriptions"] = json!(names);
+        }
+        self.list.push(copy);
+    }
+
+    /// Not to `namespace` for `subscription`, and why.
+    fn not_for(&mut self, namespace: &str, subscription: &str, why: String) {
+        self.list.push(
+            json!({"to": "not", "namespace": namespace, "subscription": subscription,
+            "says": format!("not for subscription {namespace}/{subscription}: {why}")}),
+        );
+    }
+}
+
+/// What the tenants' subscriptions do with the event. With the cluster's state: a copy in each
+/// namespace their relation ties the object to where one of them takes it (the mirror's own
+/// `Subscribers::wanted`), and, in the other tied namespaces, which subscription turned it
+/// away and why (its filters, or the admin's ceiling). Without it: each subscription whose
+/// relation covers the kind, with what it would do where the relation ties the object.
+fn subscribed(
+    judged: &context::Judged,
+    state: Option<&OwnerState>,
+    object: Object<'_>,
+    view: &EventView<'_>,
+    config: &Config,
+    out: &mut Deliveries,
+) {
+    let (kind, type_, reason) = (object.kind, view.type_(), view.reason());
+    let tied = |relation| {
+        state.map(|s| {
+            s.resolve(&relation_rules(relation), object, type_)
+                .destinations
+                .into_iter()
+                .map(|d| d.namespace)
+                .collect::<Vec<_>>()
+        })
+    };
+    let tied = [
+        (
+            crate::owners::Relation::Owned,
+            tied(crate::owners::Relation::Owned),
+        ),
+        (
+            crate::owners::Relation::Nodes,
+            tied(crate::owners::Relation::Nodes),
+        ),
+    ];
+    if let Some(state) = state {
+        for w in judged.subscribers.wanted(state, object, type_, reason) {
+            out.copy(&w.namespace, "subscription", &w.why, Some(&w.subscriptions));
+        }
+    }
+    for j in &judged.verdicts {
+        let spec = &j.subscription.spec;
+        if !spec.relation.covers(kind, &config.owner_rules) {
+            continue;
+        }
+        let namespace = j.subscription.metadata.namespace.as_deref().unwrap_or("");
+        let name = j.subscription.metadata.name.as_deref().unwrap_or("");
+        let is_tied = tied
+            .iter()
+            .find(|(r, _)| *r == spec.relation)
+            .and_then(|(_, t)| t.as_ref())
+            .map(|t| t.iter().any(|ns| ns == namespace));
+        if is_tied == Some(false) {
+            continue;
+        }
+        let accepted = crate::subscription::Accepted {
+            name: name.to_owned(),
+            spec: spec.clone(),
+        };
+        match (&j.verdict, accepted.filtered_by(kind, type_, reason)) {
+            (Err(refusal), _) => out.not_for(namespace, name, format!("refused ({}): {refusal}", refusal.reason())),
+            (Ok(()), Some(filtered)) => out.not_for(namespace, name, filtered),
+            (Ok(()), None) if is_tied.is_none() => out.list.push(json!({
+                "to": "subscription", "namespace": namespace, "subscription": name,
+                "says": format!("subscription {namespace}/{name} takes it where its relation ({}) ties {kind} {} to {namespace}; explain --cluster on knows whether it does", spec.relation.as_str(), object.name)})),
+            (Ok(()), None) => {}
+        }
+    }
+}
+
+/// Explains events one at a time under a configuration and a [`Context`], summing them up.
+pub struct Explainer<'a> {
+    config: &'a Config,
+    context: &'a Context,
+    summary: Summary,
+}
+
+impl<'a> Explainer<'a> {
+    pub fn new(config: &'a Config, context: &'a Context) -> Self {
+        Explainer {
+            config,
+            context,
+            summary: Summary::default(),
+        }
+    }
+
+    /// One event (stored, or to be stored, in `namespace`) explained, as JSON.
+    pub fn explain(&mut self, namespace: &str, object: &Value) -> Value {
+        let explained = explain_one(namespace, object, self.config, self.context);
+        self.summary.add(&explained);
+        explained
+    }
+
+    /// What was read and how it was judged, summed up.
+    pub fn summary(self) -> Summary {
+        let mut summary = self.summary;
+        summary.against = self.context.describe();
+        summary
+    }
+}
+
+/// Explains every event in `input` under `config` and `context` as it is read, handing each
+/// explanation (one JSON object) to `each`; what was read and how it was judged, summed up.
 pub fn explain_each(
     input: impl std::io::Read,
     config: &Config,
+    context: &Context,
     each: &mut dyn FnMut(&Value) -> Result<(), ExplainError>,
 ) -> Result<Summary, ExplainError> {
-    let resolver = ScopeResolver::new();
-    let mut summary = Summary::default();
+    let mut explainer = Explainer::new(config, context);
     input::read(input, &mut |(ns, object)| {
-        let explained = explain_one(&ns, &object, config, &resolver);
-        summary.add(&explained);
-        each(&explained)
+        each(&explainer.explain(&ns, &object))
     })?;
-    Ok(summary)
+    Ok(explainer.summary())
 }
 
 /// One explained event in words, one line per fact.
@@ -254,7 +416,7 @@ mod tests {
     /// Every event in `input` explained, in memory: one JSON object per event.
     fn explain(input: &[u8], config: &Config) -> Result<Vec<Value>, ExplainError> {
         let mut all = Vec::new();
-        explain_each(input, config, &mut |explained| {
+        explain_each(input, config, &Context::offline(), &mut |explained| {
             all.push(explained.clone());
             Ok(())
         })?;

@@ -8,6 +8,8 @@ use serde_json::Value;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct Summary {
+    /// What the events were judged against: the built-in kind table, or the cluster read.
+    pub against: String,
     pub events: usize,
     /// By outcome (`patched`, `skipped`, ...).
     pub outcomes: BTreeMap<String, usize>,
@@ -39,6 +41,15 @@ impl Summary {
                 "namespace" => format!("namespace {}", text(&d["namespace"])),
                 "rule" if d["delivers"] == true => format!("rule {}", text(&d["rule"])),
                 "rule" => format!("rule {}: not delivered", text(&d["rule"])),
+                "not" if d.get("namespace").is_some() => {
+                    format!("not to namespace {}", text(&d["namespace"]))
+                }
+                "not" => "not: left out by nodePods.maxNamespaces".to_owned(),
+                "subscription" => format!(
+                    "subscription {}/{}, where its relation ties the object",
+                    text(&d["namespace"]),
+                    text(&d["subscription"])
+                ),
                 other => other.to_owned(),
             };
             *self.deliveries.entry(key).or_default() += 1;
@@ -48,6 +59,9 @@ impl Summary {
     /// In words, a line per count.
     pub fn to_text(&self) -> String {
         let mut out = format!("summary: {} events", self.events);
+        if !self.against.is_empty() {
+            out.push_str(&format!("\n  judged against: {}", self.against));
+        }
         let mut section = |title: &str, counts: &BTreeMap<String, usize>| {
             if counts.is_empty() {
                 return;

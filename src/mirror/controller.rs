@@ -25,9 +25,7 @@ use crate::status::StatusLine;
 /// The lanes of the mirror's outputs.
 type Pipeline = crate::delivery::Pipeline<dyn Output>;
 
-pub use crate::decide::SOURCE_NAMESPACES;
-/// Only events whose involved object has no namespace: everything else is not ours.
-pub const FIELD_SELECTOR: &str = "involvedObject.namespace=";
+pub use crate::decide::{SOURCE_FIELD_SELECTOR as FIELD_SELECTOR, SOURCE_NAMESPACES};
 
 type Key = (String, String);
 

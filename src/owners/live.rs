@@ -509,13 +509,11 @@ where
     follow(table, api, state.clone(), told)
 }
 
-/// Follows the objects of one custom rule's kind.
-fn follow_custom(
+/// The table of one custom rule's kind, and the API of its objects.
+fn custom_table(
     rule: CustomRule,
     client: &kube::Client,
-    state: &SharedOwnerState,
-    told: Told,
-) -> impl std::future::Future<Output = ()> + Send + use<> {
+) -> (Custom, Api<kube::api::DynamicObject>) {
     use kube::api::{ApiResource, GroupVersionKind};
     let gvk = GroupVersionKind::gvk(&rule.group, &rule.version, &rule.kind);
     let api = Api::all_with(
@@ -527,7 +525,82 @@ fn follow_custom(
         rule,
         warned: false,
     };
+    (table, api)
+}
+
+/// Follows the objects of one custom rule's kind.
+fn follow_custom(
+    rule: CustomRule,
+    client: &kube::Client,
+    state: &SharedOwnerState,
+    told: Told,
+) -> impl std::future::Future<Output = ()> + Send + use<> {
+    let (table, api) = custom_table(rule, client);
     follow(table, api, state.clone(), told)
+}
+
+/// A list of the owner state's that failed: which resource, and the API server's answer.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot list {resource}")]
+pub struct ListError {
+    pub resource: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+/// Lists what `needs` names once, in pages of [`PROGRESS_EVERY`], into a new state trimmed as
+/// the followers trim it: the state delivery would resolve against now, for a look that keeps
+/// nothing running (`explain --cluster`). The first failing list ends it.
+pub async fn list_once(client: &kube::Client, needs: &Needs) -> Result<OwnerState, ListError> {
+    let mut state = OwnerState::default();
+    for what in needs.followed() {
+        match what {
+            Watched::Volumes => list_into(Volumes, client, &mut state).await?,
+            Watched::Attachments => list_into(Attachments, client, &mut state).await?,
+            Watched::Namespaces => list_into(Namespaces, client, &mut state).await?,
+            Watched::Pods => list_into(Pods, client, &mut state).await?,
+            Watched::Custom(rule) => {
+                let (table, api) = custom_table(rule, client);
+                list_pages(table, api, &mut state).await?
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// Lists `table`'s built-in resource cluster-wide into `state`.
+async fn list_into<T: Table>(
+    table: T,
+    client: &kube::Client,
+    state: &mut OwnerState,
+) -> Result<(), ListError>
+where
+    <T::Object as kube::Resource>::DynamicType: Default,
+{
+    let api = table.api(client.clone());
+    list_pages(table, api, state).await
+}
+
+/// Every page of `api`'s list, each object trimmed and applied to `state`.
+async fn list_pages<T: Table>(
+    mut table: T,
+    api: Api<T::Object>,
+    state: &mut OwnerState,
+) -> Result<(), ListError> {
+    let resource = table.resource();
+    let params = kube::api::ListParams::default().limit(PROGRESS_EVERY as u32);
+    let apply = |objects: Vec<T::Object>| {
+        for object in &objects {
+            let trimmed = table.trim(object);
+            table.apply(state, trimmed);
+        }
+        Ok(())
+    };
+    let failed = |source| ListError {
+        resource: resource.clone(),
+        source,
+    };
+    crate::follow::list_pages(&api, params, apply, failed).await
 }
 
 /// One resource followed for the rules.

@@ -5,7 +5,7 @@
 //! server-side apply: on every change of a Subscription, and every `status_every` (counts of
 //! delivered copies, a reloaded configuration).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,9 +13,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 
-use super::{Accepted, Refusal, SharedSubscriptions, Subscribers, Subscription, accept, status};
+use super::{Judgement, Refusal, SharedSubscriptions, Subscribers, Subscription, judge, status};
 use crate::classify::ScopeResolver;
-use crate::config::Config;
 use crate::metrics::Metrics;
 
 /// The field manager of the statuses clusterscope applies.
@@ -38,51 +37,6 @@ impl Default for Options {
             settle: Duration::from_millis(100),
         }
     }
-}
-
-/// One subscription judged: where it stands and what its status should say.
-struct Judgement {
-    subscription: Arc<Subscription>,
-    verdict: Result<(), Refusal>,
-}
-
-/// Judges every subscription against `config`'s ceiling, each namespace's oldest first.
-fn judge(all: Vec<Arc<Subscription>>, config: &Config) -> (Subscribers, Vec<Judgement>) {
-    let mut by_namespace: BTreeMap<String, Vec<Arc<Subscription>>> = BTreeMap::new();
-    for s in all {
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
-        by_namespace.entry(ns).or_default().push(s);
-    }
-    let mut subscribers = Subscribers::with_owner_rules(config.owner_rules.clone());
-    let mut judged = Vec::new();
-    for (namespace, mut list) in by_namespace {
-        list.sort_by(|a, b| {
-            let age = |s: &Subscription| s.metadata.creation_timestamp.clone().map(|t| t.0);
-            age(a)
-                .cmp(&age(b))
-                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
-        });
-        let mut rank = 0;
-        for subscription in list {
-            let verdict = accept(
-                &subscription.spec,
-                config.subscriptions.as_ref(),
-                &config.owner_rules,
-                rank,
-            );
-            if verdict.is_ok() {
-                rank += 1;
-                let name = subscription.metadata.name.clone().unwrap_or_default();
-                let spec = subscription.spec.clone();
-                subscribers.insert(&namespace, Accepted { name, spec });
-            }
-            judged.push(Judgement {
-                subscription,
-                verdict,
-            });
-        }
-    }
-    (subscribers, judged)
 }
 
 /// How many are accepted, and refused for each reason (0 for the reasons none has).
@@ -288,6 +242,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::subscription::{Relation, SubscriptionSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -13,7 +13,10 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Subscriptions;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::{Config, Subscriptions};
 use crate::owners::CustomRule;
 pub use crate::owners::Relation;
 
@@ -21,7 +24,7 @@ pub mod controller;
 pub mod status;
 mod subscribers;
 
-pub use subscribers::{Accepted, SharedSubscriptions, Subscribers, Wanted};
+pub use subscribers::{Accepted, SharedSubscriptions, Subscribers, Wanted, relation_rules};
 
 /// What a team asks for in its namespace.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -214,6 +217,53 @@ pub fn accept(
         });
     }
     Ok(())
+}
+
+/// One subscription judged: where it stands and what its status should say.
+pub struct Judgement {
+    pub subscription: Arc<Subscription>,
+    pub verdict: Result<(), Refusal>,
+}
+
+/// Judges every subscription against `config`'s ceiling, each namespace's oldest first (by
+/// creation, then name): the accepted ones as delivery reads them, and every verdict. The
+/// controller and `explain` judge with this one function.
+pub fn judge(all: Vec<Arc<Subscription>>, config: &Config) -> (Subscribers, Vec<Judgement>) {
+    let mut by_namespace: BTreeMap<String, Vec<Arc<Subscription>>> = BTreeMap::new();
+    for s in all {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        by_namespace.entry(ns).or_default().push(s);
+    }
+    let mut subscribers = Subscribers::with_owner_rules(config.owner_rules.clone());
+    let mut judged = Vec::new();
+    for (namespace, mut list) in by_namespace {
+        list.sort_by(|a, b| {
+            let age = |s: &Subscription| s.metadata.creation_timestamp.clone().map(|t| t.0);
+            age(a)
+                .cmp(&age(b))
+                .then_with(|| a.metadata.name.cmp(&b.metadata.name))
+        });
+        let mut rank = 0;
+        for subscription in list {
+            let verdict = accept(
+                &subscription.spec,
+                config.subscriptions.as_ref(),
+                &config.owner_rules,
+                rank,
+            );
+            if verdict.is_ok() {
+                rank += 1;
+                let name = subscription.metadata.name.clone().unwrap_or_default();
+                let spec = subscription.spec.clone();
+                subscribers.insert(&namespace, Accepted { name, spec });
+            }
+            judged.push(Judgement {
+                subscription,
+                verdict,
+            });
+        }
+    }
+    (subscribers, judged)
 }
 
 fn listed(items: &[impl AsRef<str>]) -> String {

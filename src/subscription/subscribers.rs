@@ -21,10 +21,27 @@ pub struct Accepted {
 impl Accepted {
     /// Whether its filters take an event of `type_` and `reason` about a `kind` object.
     pub fn wants(&self, kind: &str, type_: &str, reason: &str) -> bool {
+        self.filtered_by(kind, type_, reason).is_none()
+    }
+
+    /// Which of its filters turns away an event of `type_` and `reason` about a `kind`
+    /// object, in words (`it asks for types Warning only`); `None` when they all take it.
+    pub fn filtered_by(&self, kind: &str, type_: &str, reason: &str) -> Option<String> {
         let spec = &self.spec;
-        (spec.kinds.is_empty() || spec.kinds.iter().any(|k| k == kind))
-            && (spec.types.is_empty() || spec.types.iter().any(|t| t.as_str() == type_))
-            && (spec.reasons.is_empty() || spec.reasons.iter().any(|r| reason_matches(r, reason)))
+        let only = |what: &str, items: &[String]| {
+            Some(format!("it asks for {what} {} only", items.join(", ")))
+        };
+        if !(spec.kinds.is_empty() || spec.kinds.iter().any(|k| k == kind)) {
+            return only("kinds", &spec.kinds);
+        }
+        if !(spec.types.is_empty() || spec.types.iter().any(|t| t.as_str() == type_)) {
+            let types: Vec<String> = spec.types.iter().map(|t| t.as_str().to_owned()).collect();
+            return only("types", &types);
+        }
+        if !(spec.reasons.is_empty() || spec.reasons.iter().any(|r| reason_matches(r, reason))) {
+            return only("reasons", &spec.reasons);
+        }
+        None
     }
 }
 

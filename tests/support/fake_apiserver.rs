@@ -879,6 +879,39 @@ pub fn spawn_cluster(
     (stop, tasks.into_iter().map(|(_, task)| task).collect())
 }
 
+/// A kubeconfig in `dir` whose current context points at `http://<address>` with a token (the
+/// way a person's kubeconfig names a cluster).
+pub fn write_kubeconfig(dir: &std::path::Path, address: &str) -> std::path::PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{address}\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
+        ),
+    )
+    .expect("kubeconfig");
+    path
+}
+
+/// Cluster-side options quick enough for tests: two mirror workers, 20 ms retries, the owner
+/// state and Subscription statuses re-read every 200 ms.
+pub fn quick_cluster_options() -> clusterscope::cluster::ClusterOptions {
+    clusterscope::cluster::ClusterOptions {
+        controller: clusterscope::mirror::controller::ControllerOptions {
+            workers: 2,
+            retry_base: Duration::from_millis(20),
+            subscriptions_wait: Duration::from_secs(5),
+            owners_every: Duration::from_millis(200),
+            ..Default::default()
+        },
+        subscriptions: clusterscope::subscription::controller::Options {
+            status_every: Duration::from_millis(200),
+            settle: Duration::from_millis(20),
+        },
+        ..Default::default()
+    }
+}
+
 /// `yaml` as a shared configuration (what `serve` reloads in place).
 pub fn config(yaml: &str) -> clusterscope::config::SharedConfig {
     clusterscope::config::shared(clusterscope::config::Config::from_yaml(yaml, "test").unwrap())

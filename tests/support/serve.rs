@@ -56,15 +56,7 @@ pub fn serve_command(
     listen: (std::net::SocketAddr, std::net::SocketAddr),
     extra: &[String],
 ) -> Command {
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: http://{}\nusers:\n- name: u\n  user:\n    token: bench\ncontexts:\n- name: c\n  context:\n    cluster: fake\n    user: u\ncurrent-context: c\n",
-            api.addr
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = super::fake_apiserver::write_kubeconfig(dir, &api.addr.to_string());
     let routes = dir.join("routes.yaml");
     std::fs::write(&routes, config).expect("config");
     let mut command = Command::new(env!("CARGO_BIN_EXE_clusterscope"));

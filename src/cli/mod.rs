@@ -1,4 +1,4 @@
-//! The command line: `serve`, `review`, `certs` and `check-config`.
+//! The command line: `serve`, `review`, `explain`, `certs`, `check-config` and `completion`.
 //!
 //! Exit codes: 0 done (also when standard output is closed early); 1 the system failed (a file
 //! that cannot be read or written, a port in use); 2 input that was refused (not an
@@ -16,6 +16,8 @@ use crate::admission::Reviewer;
 use crate::classify::ScopeResolver;
 use crate::config::Config;
 use crate::errors::error_chain;
+
+mod explain;
 
 /// Largest AdmissionReview `review` reads (the API server's own request limit is 3 MiB for
 /// objects; webhooks conventionally accept 7 MiB).
@@ -54,19 +56,9 @@ pub enum Command {
     /// Explain what clusterscope would do with events: cluster-scoped or not and why, the
     /// channel and route, the labels, where they would be delivered, or why they are skipped;
     /// then a summary. Reads an AdmissionReview, an Event, or `kubectl get events -A -o json`
-    /// (or `-o yaml`) output of any size, one event at a time.
-    Explain {
-        /// Routing configuration (YAML); the embedded default when omitted.
-        #[arg(long, env = "CLUSTERSCOPE_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// `text` (one block per event, then the summary) or `json` (one document:
-        /// `{"events": [...], "summary": {...}}`).
-        #[arg(short = 'o', long = "output", value_enum, default_value_t = ExplainFormat::Text)]
-        output: ExplainFormat,
-        /// The events to read; `-` or nothing for standard input.
-        #[arg(value_name = "FILE")]
-        input: Option<PathBuf>,
-    },
+    /// (or `-o yaml`) output of any size, one event at a time; with `--cluster on`, the
+    /// cluster's stored events and the namespaces each would reach there.
+    Explain(explain::ExplainArgs),
     /// Validate a routing configuration and print its channels and routes.
     CheckConfig {
         /// The file to check (a configuration, its ConfigMap, or `kubectl kustomize` output),
@@ -81,13 +73,6 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-}
-
-/// How `explain` prints.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ExplainFormat {
-    Text,
-    Json,
 }
 
 /// `serve`'s flags: each component's own, flattened.
@@ -170,11 +155,7 @@ fn run(command: Command) -> Result<(), CommandError> {
             input,
         } => review(config.as_deref(), patched_object, input.as_deref()),
         Command::CheckConfig { file } => check_config(file.as_deref()),
-        Command::Explain {
-            config,
-            output,
-            input,
-        } => explain(config.as_deref(), output, input.as_deref()),
+        Command::Explain(args) => explain::explain(args),
         Command::Completion { shell } => completion(shell),
     }
 }
@@ -383,35 +364,6 @@ fn patched_object_of(
     json_patch::patch(&mut object, patch)
         .map_err(|e| io_failure(format!("the patch does not apply to the object: {e}")))?;
     Ok(object)
-}
-
-fn explain(
-    config: Option<&Path>,
-    output: ExplainFormat,
-    input: Option<&Path>,
-) -> Result<(), CommandError> {
-    let config = load_config(config).map_err(|e| refused(e.to_string()))?;
-    // Read as it comes, however large: a cluster's `kubectl get events -A` output.
-    let source: Box<dyn Read> = match input {
-        Some(p) if p != Path::new("-") => Box::new(
-            std::fs::File::open(p)
-                .map_err(|e| io_failure(format!("cannot read {}: {e}", p.display())))?,
-        ),
-        _ => Box::new(std::io::stdin().lock()),
-    };
-    let format = match output {
-        ExplainFormat::Text => crate::explain::Format::Text,
-        ExplainFormat::Json => crate::explain::Format::Json,
-    };
-    let stdout = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    let mut out = crate::explain::Output::new(format, stdout);
-    let explained = crate::explain::explain_each(source, &config, &mut |e| out.event(e));
-    let finished = explained.and_then(|summary| out.finish(&summary));
-    match finished {
-        Err(_) if out.reader_gone() => Ok(()),
-        Err(e) => Err(refused(e.to_string())),
-        Ok(()) => Ok(()),
-    }
 }
 
 fn check_config(file: Option<&Path>) -> Result<(), CommandError> {
