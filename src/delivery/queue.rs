@@ -45,8 +45,13 @@ struct State<K, V> {
     queued: HashSet<K>,
     active: HashSet<K>,
     failures: HashMap<K, u32>,
-    /// Keys waiting for a retry or a later try: held, neither queued nor active.
-    waiting: HashSet<K>,
+    /// Keys waiting for a retry or a later try (held, neither queued nor active), each with
+    /// the number of its wait (only the timer of the current wait brings it back) and whether
+    /// the store asked for it (paced: a newer value waits as well; a retry's wait, not asked
+    /// for, ends when a newer value comes).
+    waiting: HashMap<K, (u64, bool)>,
+    /// Waits begun so far (numbers them).
+    waits: u64,
     /// Every key held, in any state: what the capacity bounds.
     members: HashSet<K>,
     /// When each key was first queued since it was last finished (for lag).
@@ -63,7 +68,8 @@ impl<K, V> Default for State<K, V> {
             queued: HashSet::new(),
             active: HashSet::new(),
             failures: HashMap::new(),
-            waiting: HashSet::new(),
+            waiting: HashMap::new(),
+            waits: 0,
             members: HashSet::new(),
             since: HashMap::new(),
             forgotten: HashSet::new(),
@@ -155,7 +161,17 @@ where
         s.members.insert(key.clone());
         s.latest.insert(key.clone(), value);
         s.since.entry(key.clone()).or_insert_with(Instant::now);
-        if !s.active.contains(&key) && s.queued.insert(key.clone()) {
+        let paced = match s.waiting.get(&key) {
+            Some((_, true)) => true,
+            Some((_, false)) => {
+                // A newer value ends a retry's wait: it starts over.
+                s.waiting.remove(&key);
+                s.failures.remove(&key);
+                false
+            }
+            None => false,
+        };
+        if !s.active.contains(&key) && !paced && s.queued.insert(key.clone()) {
             s.push(key, self.urgent);
             drop(s);
             self.ready.notify_one();
@@ -243,7 +259,8 @@ where
             s.release(&key);
             return false;
         }
-        if s.latest.contains_key(&key) {
+        let paced = matches!(done, Done::Later(..));
+        if s.latest.contains_key(&key) && !paced {
             // A newer value came in while this one was worked on: it gets a fresh start.
             s.failures.remove(&key);
             if s.queued.insert(key.clone()) {
@@ -274,19 +291,26 @@ where
                 (value, retry.delay(failures), Some(failures))
             }
         };
-        s.waiting.insert(key.clone());
+        s.waits += 1;
+        let wait = s.waits;
+        s.waiting.insert(key.clone(), (wait, paced));
         drop(s);
         let queue = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let mut s = queue.lock();
-            // Come back only if nothing happened to the key meanwhile: no newer value, not
-            // forgotten, not finished (each of those resets or removes its state).
-            if s.waiting.remove(&key)
-                && !s.latest.contains_key(&key)
-                && s.failures.get(&key).copied() == failures
-            {
-                s.latest.insert(key.clone(), value);
+            // Only the current wait of the key brings it back: not one a newer value ended,
+            // nor one of a finished or forgotten key.
+            if s.waiting.get(&key).map(|(w, _)| *w) != Some(wait) {
+                return;
+            }
+            s.waiting.remove(&key);
+            // A retry comes back only if nothing happened to the key meanwhile (no newer value,
+            // no other try); a paced wait brings back the newest value.
+            let newer = s.latest.contains_key(&key);
+            if paced || (!newer && s.failures.get(&key).copied() == failures) {
+                // A newer value that waited with it goes in its place.
+                s.latest.entry(key.clone()).or_insert(value);
                 if !s.active.contains(&key) && s.queued.insert(key.clone()) {
                     s.push(key, queue.urgent);
                     drop(s);
@@ -469,6 +493,42 @@ mod tests {
         );
         let (k, _, _) = q.next().await;
         q.done(k, Done::Finished, &policy(1));
+    }
+
+    /// A newer value ends a retry's wait and is tried at once; when that try fails too, its
+    /// own wait brings the key back (the ended wait's timer, firing meanwhile, left it stuck).
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_ended_by_a_newer_value_does_not_swallow_the_next_one() {
+        let q = Arc::new(Q::unbounded());
+        q.add("a", 1).unwrap();
+        let (k, v, _) = q.next().await;
+        q.done(k, Done::Retry(v), &policy(10));
+        q.add("a", 2).unwrap();
+        let (k, v, _) = q.next().await;
+        assert_eq!(v, 2);
+        q.done(k, Done::Retry(v), &policy(10));
+        let back = tokio::time::timeout(Duration::from_secs(60), q.next()).await;
+        let (k, v, _) = back.expect("the key came back after its retry");
+        assert_eq!((k, v), ("a", 2));
+    }
+
+    /// A store that asked to come back later (429 Retry-After) is not asked again sooner
+    /// because a newer value came: the newer one waits its turn and goes in the old one's place,
+    /// whether it came during the wait or while the paced try was in work.
+    #[tokio::test(start_paused = true)]
+    async fn a_newer_value_of_a_paced_key_waits_its_turn() {
+        let q = Arc::new(Q::unbounded());
+        q.add("a", 1).unwrap();
+        let (k, v, _) = q.next().await;
+        let start = tokio::time::Instant::now();
+        q.add("a", 2).unwrap();
+        q.done(k, Done::Later(v, Duration::from_millis(250)), &policy(3));
+        q.add("a", 3).unwrap();
+        let (k, v, _) = q.next().await;
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        assert_eq!(v, 3, "the newest value goes");
+        q.done(k, Done::Finished, &policy(3));
+        assert_eq!(q.held(), 0);
     }
 
     #[tokio::test(start_paused = true)]
