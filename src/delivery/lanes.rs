@@ -247,8 +247,8 @@ pub struct LaneOptions {
     pub capacity: usize,
     pub workers: usize,
     pub retry: RetryPolicy,
-    /// Remember the fingerprint last written per key and skip a delivery that repeats it
-    /// (for sinks that cannot tell themselves, such as a stream).
+    /// Remember the fingerprint last written (or given up) per key and skip a delivery that
+    /// repeats it (for sinks that cannot tell themselves, such as a stream).
     pub skip_repeats: bool,
     /// Deliveries a worker hands the sink at once ([`Sink::deliver_batch`]), and how long it
     /// waits for more once it has one.
@@ -619,6 +619,11 @@ fn settle<S: ?Sized>(
         Action::GiveUp => Done::GiveUp,
     };
     let given_up = lane.queue.done(key.clone(), done, &lane.options.retry);
+    if given_up {
+        // Settled until it changes: the same state offered again (a re-plan of its source
+        // after its labels were put on, a re-list) is not tried again.
+        lane.wrote(&delivery);
+    }
     observer.failed(&lane.sink, &delivery, &failure, given_up);
     if let Some(held) = lane.failure_log.allow() {
         let what = if given_up {
@@ -869,6 +874,23 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(100)).await;
         assert_eq!(lane.told(), ["scripted a create given_up=true"]);
         assert_eq!(lane.tries().len(), 1);
+    }
+
+    /// A lane that skips repeats does not try again a state it gave up on (the same state
+    /// offered again: its source re-planned once labelled, a re-list); a new state goes.
+    #[tokio::test(start_paused = true)]
+    async fn a_state_given_up_is_not_tried_again_by_a_lane_that_skips_repeats() {
+        let mut skipping = options(10, 12);
+        skipping.skip_repeats = true;
+        let lane = Rig::started(vec![failure(false)], &skipping);
+        lane.offer("a", 1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        lane.offer("a", 1);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(lane.tries().len(), 1, "the given-up state was tried again");
+        lane.offer("a", 2);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(lane.tries().len(), 2);
     }
 
     #[tokio::test(start_paused = true)]
