@@ -604,7 +604,7 @@ fn settle<S: ?Sized>(
         }
         Err(failure) => failure,
     };
-    let done = match failure.action(lane.writer) {
+    let (done, last) = match failure.action(lane.writer) {
         Action::WaitFor(after) => {
             // Pacing the API server asked for (API Priority and Fairness): honoured, not failed.
             observer.paced(&lane.sink, &delivery, after);
@@ -614,11 +614,13 @@ fn settle<S: ?Sized>(
         }
         Action::Retry => {
             lane.answers.store(false, Ordering::Relaxed);
-            Done::Retry(delivery.clone())
+            (Done::Retry(delivery.clone()), false)
         }
-        Action::GiveUp => Done::GiveUp,
+        Action::GiveUp => (Done::GiveUp, true),
     };
-    let given_up = lane.queue.done(key.clone(), done, &lane.options.retry);
+    // Given up: a final answer (even when a newer value of the key came meanwhile and goes
+    // on), or the last of its tries.
+    let given_up = lane.queue.done(key.clone(), done, &lane.options.retry) || last;
     if given_up {
         // Settled until it changes: the same state offered again (a re-plan of its source
         // after its labels were put on, a re-list) is not tried again.
