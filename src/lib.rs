@@ -39,6 +39,7 @@ pub mod leader;
 pub(crate) mod locks;
 pub mod metrics;
 pub mod mirror;
+pub mod otlp;
 pub mod owners;
 pub mod recorder;
 pub(crate) mod reload;

@@ -34,6 +34,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("discovery", 4),
     ("tls", 4),
     ("history", 4),
+    ("otlp", 4),
     ("tasks", 4),
     // Uses of the decision.
     ("admission", 5),

@@ -5,6 +5,7 @@
 //! annotation keys. Every error names the file, line and column and says what is wrong.
 
 mod document;
+mod otlp;
 mod summary;
 
 use std::collections::{BTreeMap, HashSet};
@@ -19,6 +20,8 @@ use crate::labels::{
     check_dns1123_label, check_dns1123_subdomain, check_label_value, check_qualified_name,
 };
 use crate::route::{EventFacts, Match};
+
+pub use otlp::{Header as OtlpHeader, Otlp, Protocol as OtlpProtocol, Tls as OtlpTls};
 
 /// The configuration used when no file is given.
 pub const DEFAULT_YAML: &str = include_str!("default.yaml");
@@ -119,15 +122,24 @@ pub struct Channel {
     pub annotations: Vec<(String, String)>,
     /// Delivery to the namespaces that own or use the object (`deliver:`).
     pub deliver: crate::owners::Rules,
+    /// Export each routed event as OpenTelemetry log records, one per namespace it concerns
+    /// (`otlp: true`, with the top-level `otlp:` section).
+    pub otlp: bool,
+    /// Write copies into the namespaces its `namespace:` and `deliver:` name (`copies: true`,
+    /// the default). `false`: those namespaces only attribute what the other outputs write
+    /// (OTLP records, history rows), and no copy is made; a Subscription's copies are made
+    /// still (the team asked for them).
+    pub copies: bool,
 }
 
 impl Channel {
-    /// The channel's switches (`log`, `history`): an output such a switch turns on takes the
-    /// channel's events only when it is on.
+    /// The channel's switches (`log`, `history`, `otlp`): an output such a switch turns on
+    /// takes the channel's events only when it is on.
     pub fn switches(&self) -> Switches {
         Switches {
             log: self.log,
             history: self.history,
+            otlp: self.otlp,
         }
     }
 }
@@ -139,6 +151,8 @@ pub struct Switches {
     pub log: bool,
     /// `history: true`: the history database.
     pub history: bool,
+    /// `otlp: true`: OpenTelemetry log records to the `otlp:` collector.
+    pub otlp: bool,
 }
 
 /// The full keys clusterscope writes, `<labelPrefix>/<name>`, computed once.
@@ -227,6 +241,8 @@ pub struct Config {
     pub history: History,
     /// What tenants' Subscriptions may ask for (`subscriptions:`); `None`: not allowed.
     pub subscriptions: Option<Subscriptions>,
+    /// Where channels with `otlp: true` export (`otlp:`).
+    pub otlp: Option<Otlp>,
 }
 
 /// The cluster admin's ceiling on tenants' Subscriptions (`subscriptions:`).
@@ -296,6 +312,7 @@ struct RawConfig {
     owner_rules: Vec<Spanned<RawOwnerRule>>,
     history: Option<Spanned<RawHistory>>,
     subscriptions: Option<Spanned<RawSubscriptions>>,
+    otlp: Option<Spanned<otlp::RawOtlp>>,
 }
 
 #[derive(Deserialize)]
@@ -341,6 +358,9 @@ struct RawChannel {
     #[serde(default)]
     annotations: BTreeMap<String, Spanned<String>>,
     deliver: Option<Spanned<RawDeliver>>,
+    #[serde(default)]
+    otlp: bool,
+    copies: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -499,7 +519,18 @@ impl Config {
             }));
         }
         out.extend(self.ceiling_warning());
+        out.extend(self.otlp_warning());
         out
+    }
+
+    /// An `otlp:` section no channel uses: nothing is exported.
+    fn otlp_warning(&self) -> Option<ConfigWarning> {
+        let otlp = self.otlp.as_ref()?;
+        (!self.channels.iter().any(|c| c.otlp)).then(|| ConfigWarning {
+            source: self.source.clone(),
+            line: otlp.line,
+            message: "otlp: no channel has otlp: true, so nothing is exported".to_owned(),
+        })
     }
 
     /// A subscription ceiling whose kinds no allowed relation covers: no subscription can
@@ -658,7 +689,13 @@ impl Checker<'_> {
             .map(|r| self.check_route(r, &channels))
             .collect::<Result<_, _>>()?;
         let owner_rules = self.check_owner_rules(&raw.owner_rules)?;
+        let otlp = match &raw.otlp {
+            Some(o) => Some(self.check_otlp(o)?),
+            None => None,
+        };
+        self.check_otlp_channels(raw.channels.as_ref(), otlp.is_some())?;
         Ok(Config {
+            otlp,
             source: self.source.to_owned(),
             label_prefix,
             keys,
@@ -750,7 +787,28 @@ impl Checker<'_> {
             labels,
             annotations,
             deliver,
+            otlp: ch.otlp,
+            copies: ch.copies.unwrap_or(true),
         })
+    }
+
+    /// A channel with `otlp: true` needs the `otlp:` section that says where to export.
+    fn check_otlp_channels(
+        &self,
+        raw: Option<&Spanned<Vec<RawChannel>>>,
+        section: bool,
+    ) -> Result<(), ConfigError> {
+        let wanting = raw.into_iter().flat_map(|c| &c.value).find(|c| c.otlp);
+        match wanting {
+            Some(ch) if !section => Err(self.err(
+                &ch.name,
+                format!(
+                    "channel {:?} has otlp: true, but there is no top-level otlp: section saying where to export (endpoint, protocol, ...)",
+                    ch.name.value
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// A channel's `namespace:`: a DNS label, and not where the sources live.

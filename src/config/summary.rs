@@ -35,6 +35,33 @@ impl Config {
                 }
             ));
         }
+        if let Some(o) = &config.otlp {
+            let headers: Vec<String> = o.headers.iter().map(|h| format!("{h:?}")).collect();
+            out.push_str(&format!(
+                "otlp: {} to {} ({}, timeout {}{}{}{})\n",
+                o.protocol.as_str(),
+                o.endpoint,
+                if o.gzip { "gzip" } else { "uncompressed" },
+                humantime::format_duration(o.timeout),
+                if headers.is_empty() {
+                    String::new()
+                } else {
+                    format!("; headers {}", headers.join(", "))
+                },
+                o.tls
+                    .ca_file
+                    .as_ref()
+                    .map(|c| format!("; CA {}", c.display()))
+                    .unwrap_or_default(),
+                if o.resource.is_empty() {
+                    String::new()
+                } else {
+                    let r: Vec<String> =
+                        o.resource.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("; resource {}", r.join(", "))
+                },
+            ));
+        }
         if let Some(sub) = &config.subscriptions {
             let relations: Vec<&str> = sub.relations.iter().map(|r| r.as_str()).collect();
             out.push_str(&format!(
@@ -100,18 +127,27 @@ fn channel_line(config: &Config, idx: usize, ch: &Channel) -> String {
     if ch.history {
         out.push_str(" [recorded in the history database]");
     }
+    // `copies: false`: the namespaces only attribute what the other outputs write.
+    let copied = if ch.copies {
+        "copied"
+    } else {
+        "attributed (no copy)"
+    };
     if ch.deliver.owners {
-        out.push_str(" [copied to owner namespaces: PersistentVolume and VolumeAttachment to the claim's, Namespace to itself]");
+        out.push_str(&format!(" [{copied} to owner namespaces: PersistentVolume and VolumeAttachment to the claim's, Namespace to itself]"));
     }
     if let Some(np) = &ch.deliver.node_pods {
         out.push_str(&format!(
-            " [{} about a Node or CSINode copied to the namespaces of its pods, at most {}]",
+            " [{} about a Node or CSINode {copied} to the namespaces of its pods, at most {}]",
             np.types.join(" and "),
             np.max_namespaces
         ));
     }
     if let Some(sel) = &ch.deliver.namespace_selector {
-        out.push_str(&format!(" [copied to namespaces labelled {sel}]"));
+        out.push_str(&format!(" [{copied} to namespaces labelled {sel}]"));
+    }
+    if ch.otlp {
+        out.push_str(" [exported over OTLP, a record per namespace it concerns]");
     }
     if !config.routes.iter().any(|r| r.channel == idx) {
         out.push_str(" [no route leads here]");

@@ -39,6 +39,10 @@ impl From<&str> for Cause {
     }
 }
 
+/// [`SinkError::Collector`]'s `said` when the collector said nothing (unreachable, a TLS
+/// handshake refused, no answer within the timeout).
+pub const NO_ANSWER: &str = "no answer";
+
 /// Why a write failed, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkError {
@@ -84,6 +88,21 @@ pub enum SinkError {
         cause: Cause,
         transient: bool,
     },
+    /// An OpenTelemetry collector did not take an export: `said` is its answer as its protocol
+    /// names it (`gRPC UNAVAILABLE`, `HTTP 400`, `no answer`), `retryable` as the OTLP
+    /// specification says of that answer.
+    Collector {
+        said: String,
+        message: Cause,
+        retryable: bool,
+    },
+    /// The collector asked to come back after `retry_after` (gRPC `RetryInfo`, HTTP
+    /// `Retry-After`): pacing, as an API server's 429 is.
+    CollectorPaced {
+        retry_after: std::time::Duration,
+        said: String,
+        message: Cause,
+    },
 }
 
 impl std::fmt::Display for SinkError {
@@ -116,6 +135,21 @@ impl std::fmt::Display for SinkError {
             ),
             SinkError::Stream(m) => write!(f, "cannot write the log stream: {m}"),
             SinkError::Store { store, cause, .. } => write!(f, "{store}: {cause}"),
+            SinkError::Collector { said, message, .. } if said == NO_ANSWER => {
+                write!(f, "no answer from the OTLP collector: {message}")
+            }
+            SinkError::Collector { said, message, .. } => {
+                write!(f, "the OTLP collector answered {said}: {message}")
+            }
+            SinkError::CollectorPaced {
+                retry_after,
+                said,
+                message,
+            } => write!(
+                f,
+                "the OTLP collector answered {said}, retry after {}: {message}",
+                humantime::format_duration(*retry_after)
+            ),
         }
     }
 }
@@ -135,6 +169,9 @@ pub enum Writer {
     /// 408 and 409 (a conflict is read again). Other 4xx (the API server refuses this object,
     /// e.g. 422 past the annotation limit) are final.
     Mirror,
+    /// An OTLP exporter: its errors say themselves whether a later try can pass
+    /// ([`SinkError::Collector`]), as the OTLP specification lists the answers.
+    Collector,
 }
 
 /// What follows a failed try: the one decision, from the error and the writer's rules.
@@ -151,7 +188,9 @@ pub enum Action {
 impl SinkError {
     /// What to do after this error, for `writer`: the one place retries are decided.
     pub fn action(&self, writer: Writer) -> Action {
-        if let SinkError::Throttled { retry_after, .. } = self {
+        if let SinkError::Throttled { retry_after, .. }
+        | SinkError::CollectorPaced { retry_after, .. } = self
+        {
             return Action::WaitFor(*retry_after);
         }
         if self.retryable_for(writer) {
@@ -168,13 +207,15 @@ impl SinkError {
             | SinkError::Unreadable(_)
             | SinkError::Stream(_)
             | SinkError::Throttled { .. }
+            | SinkError::CollectorPaced { .. }
             | SinkError::Unanswered { .. } => true,
+            SinkError::Collector { retryable, .. } => *retryable,
             SinkError::Invalid(_) | SinkError::NamespaceTerminating(_) | SinkError::Foreign(_) => {
                 false
             }
             SinkError::Store { transient, .. } => *transient,
             SinkError::Status { code, .. } => match writer {
-                Writer::Recorder => *code >= 500 || *code == 429,
+                Writer::Recorder | Writer::Collector => *code >= 500 || *code == 429,
                 Writer::Mirror => {
                     !(400..500).contains(code) || matches!(code, 403 | 404 | 408 | 409 | 429)
                 }
@@ -199,6 +240,8 @@ pub enum Operation {
     Append,
     /// A row of the history database.
     Upsert,
+    /// Records sent to an OTLP collector.
+    Export,
     /// The mirror's labels put on a stored source.
     Label,
     /// The mirror's labels taken off a stored event that is not about a cluster-scoped object.
@@ -213,6 +256,7 @@ impl Operation {
             Operation::Patch => "patch",
             Operation::Append => "append",
             Operation::Upsert => "upsert",
+            Operation::Export => "export",
             Operation::Label => "label",
             Operation::Unlabel => "unlabel",
         }

@@ -33,6 +33,7 @@ pub struct DeliveryMetrics {
     queue_depth: Family<SinkLabels, Gauge>,
     backlog_age: Family<SinkLabels, Gauge<f64, AtomicU64>>,
     cut: Family<ChannelLabels, Counter>,
+    relists: Family<SinkLabels, Counter>,
 }
 
 impl DeliveryMetrics {
@@ -67,12 +68,19 @@ impl DeliveryMetrics {
             "Namespaces left out of a delivery because a rule named more than its cap (deliver.nodePods.maxNamespaces)",
             cut.clone(),
         );
+        let relists = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "delivery_relists",
+            "Re-lists of the stored events a sink's lane asked for once it drained, to deliver what it dropped while its sink failed (postgres, otlp)",
+            relists.clone(),
+        );
         let metrics = DeliveryMetrics {
             deliveries,
             queue_full,
             queue_depth,
             backlog_age,
             cut,
+            relists,
         };
         // The sinks every cluster install has; `postgres` is added when it is configured.
         metrics.sink("kubernetes");
@@ -88,12 +96,23 @@ impl DeliveryMetrics {
         drop(self.queue_full.get_or_create(&labels));
         drop(self.queue_depth.get_or_create(&labels));
         drop(self.backlog_age.get_or_create(&labels));
+        drop(self.relists.get_or_create(&labels));
         for result in ["create", "update", "error", "given_up", "dropped", "paced"] {
             drop(self.deliveries.get_or_create(&SinkResultLabels {
                 sink: sink.to_owned(),
                 result: result.to_owned(),
             }));
         }
+    }
+
+    /// The re-lists `sink`'s lane asked for (shared: `history_resyncs` is the one of
+    /// `postgres`).
+    pub fn relists(&self, sink: &str) -> Counter {
+        self.relists
+            .get_or_create(&SinkLabels {
+                sink: sink.to_owned(),
+            })
+            .clone()
     }
 
     /// Makes the per-channel series present (at zero).

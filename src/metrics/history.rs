@@ -20,7 +20,8 @@ pub struct HistoryMetrics {
 }
 
 impl HistoryMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// `resyncs`: the delivery engine's re-lists of the `postgres` sink, also exported here.
+    pub fn register(registry: &mut Registry, resyncs: Counter) -> Self {
         let results = ["success", "error"];
         let batches = ByResult::register(
             registry,
@@ -54,10 +55,9 @@ impl HistoryMetrics {
             "Retention passes over the history database by result (success, error)",
             &results,
         );
-        let resyncs = Counter::default();
         registry.register(
             "resyncs",
-            "Re-lists of the stored events made to write what a full history buffer dropped",
+            "Re-lists of the stored events made to write what a full history buffer dropped (the same as delivery_relists{sink=\"postgres\"})",
             resyncs.clone(),
         );
         let schema_version = Gauge::default();

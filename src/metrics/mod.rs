@@ -9,6 +9,7 @@ mod admission;
 mod delivery;
 mod history;
 mod mirror;
+mod otlp;
 mod recorder;
 mod runtime;
 mod server;
@@ -18,6 +19,7 @@ pub use admission::AdmissionMetrics;
 pub use delivery::DeliveryMetrics;
 pub use history::HistoryMetrics;
 pub use mirror::{MirrorMetrics, OwnerMetrics};
+pub use otlp::OtlpMetrics;
 pub use recorder::RecorderMetrics;
 pub use runtime::{BACKGROUND_TASKS, RuntimeMetrics};
 pub use server::{ServerMetrics, TlsMetrics};
@@ -119,6 +121,7 @@ pub struct Metrics {
     pub mirror: MirrorMetrics,
     pub owners: OwnerMetrics,
     pub history: HistoryMetrics,
+    pub otlp: OtlpMetrics,
     pub subscriptions: SubscriptionMetrics,
     pub recorder: RecorderMetrics,
     pub runtime: RuntimeMetrics,
@@ -147,7 +150,11 @@ impl Metrics {
         let delivery = DeliveryMetrics::register(&mut registry);
         let mirror = MirrorMetrics::register(&mut registry);
         let owners = OwnerMetrics::register(&mut registry);
-        let history = HistoryMetrics::register(registry.sub_registry_with_prefix("history"));
+        let history = HistoryMetrics::register(
+            registry.sub_registry_with_prefix("history"),
+            delivery.relists("postgres"),
+        );
+        let otlp = OtlpMetrics::register(registry.sub_registry_with_prefix("otlp"));
         let subscriptions = SubscriptionMetrics::register(&mut registry);
         let recorder = RecorderMetrics::register(registry.sub_registry_with_prefix("recorder"));
         let runtime = RuntimeMetrics::register(&mut registry);
@@ -180,6 +187,7 @@ impl Metrics {
             mirror,
             owners,
             history,
+            otlp,
             subscriptions,
             recorder,
             runtime,

@@ -203,9 +203,8 @@ impl Observer<dyn Output> for Report {
         self.metrics.delivery.delivery(sink.name(), "dropped");
     }
 
-    fn relisting(&self, _sink: &dyn Output) {
-        // The one metric of these re-lists (only the history sink drops today).
-        self.metrics.history.resyncs.inc();
+    fn relisting(&self, sink: &dyn Output) {
+        self.metrics.delivery.relists(sink.name()).inc();
     }
 
     fn depth(&self, sink: &dyn Output, held: usize) {

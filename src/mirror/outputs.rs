@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Event, ObjectReference};
 use crate::config::Switches;
 use crate::delivery::{Delivery, Sink, fingerprint, key_of_source};
 use crate::history::sink::PostgresSink;
+use crate::otlp::OtlpSink;
 use crate::owners::Destination;
 use crate::recorder::LogSink;
 
@@ -120,6 +121,27 @@ impl Output for PostgresSink {
     }
 
     /// History rows are not mirror writes: the sink measures their lag itself.
+    fn counted(&self) -> Counted {
+        Counted::Apart
+    }
+}
+
+/// The OpenTelemetry export takes one delivery per source state, for channels with `otlp:
+/// true`, with every namespace the event concerns (a record each). A deleted (expired)
+/// source's pending records are still exported.
+impl Output for OtlpSink {
+    fn plan(&self, routed: &Routed) -> Vec<Delivery> {
+        if !routed.switches.otlp {
+            return Vec::new();
+        }
+        vec![routed.delivery(
+            routed.source_key(),
+            routed.event.clone(),
+            routed.destinations.clone(),
+        )]
+    }
+
+    /// Records are not mirror writes: the sink counts them itself (`otlp_records_total`).
     fn counted(&self) -> Counted {
         Counted::Apart
     }

@@ -245,9 +245,12 @@ impl Syncer {
         if let Some((_, changes)) = &plan.label {
             changes.apply(&mut labelled.metadata);
         }
+        // `copies: false`: the channel's namespaces attribute what the other outputs write,
+        // and only what a Subscription asked for is copied.
         let copies: Vec<(Destination, Event)> = targets
             .places
             .iter()
+            .filter(|place| channel.copies || place.how == How::Subscription)
             .filter_map(|place| {
                 let target = Placement {
                     namespace: &place.namespace,

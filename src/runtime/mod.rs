@@ -253,6 +253,12 @@ impl Runtime {
                     tasks.watch("history", second, task);
                     sink as Arc<dyn crate::mirror::outputs::Output>
                 });
+        // Always registered: a reloaded configuration may turn it on; idle otherwise.
+        let otlp: Arc<dyn crate::mirror::outputs::Output> = Arc::new(crate::otlp::OtlpSink::new(
+            state.reviewer.config.clone(),
+            state.metrics.otlp.clone(),
+            crate::otlp::OtlpOptions::default(),
+        ));
         let cluster = crate::cluster::spawn(
             target,
             crate::cluster::Shared {
@@ -261,7 +267,7 @@ impl Runtime {
                 metrics: state.metrics.clone(),
                 state: state.cluster.clone(),
                 own_events: self.own_events.clone(),
-                outputs: history.into_iter().collect(),
+                outputs: history.into_iter().chain([otlp]).collect(),
             },
             self.options.cluster.clone(),
             pokes,

@@ -8,6 +8,7 @@ pub mod events;
 pub mod fake_apiserver;
 pub mod fixtures;
 pub mod load;
+pub mod otlp;
 pub mod postgres;
 pub mod serve;
 pub mod tools;

@@ -1,0 +1,449 @@
+//! The OpenTelemetry logs export end to end: the mirror controller against the fake API server
+//! (owner state, delivery rules), the OTLP sink in its lane, and a receiver built from the
+//! official protocol definitions (tests/support/otlp.rs) on loopback: records attributed to the
+//! namespaces each event concerns, both protocols, gzip, headers from the environment, TLS, and
+//! the collector's failures.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clusterscope::metrics::Metrics;
+use serde_json::{Value, json};
+use support::fake_apiserver::{FakeApiServer, eventually};
+use support::otlp::{Answer, Receiver};
+
+/// Node Warnings attributed to the namespaces of the node's pods without copies; volumes and
+/// namespaces to their owner, with copies; everything exported to `endpoint` over `protocol`.
+fn config(endpoint: &str, protocol: &str, extra: &str) -> String {
+    format!(
+        "channels:
+  - name: nodes
+    copies: false
+    otlp: true
+    deliver:
+      nodePods: {{types: [Warning]}}
+  - name: storage
+    otlp: true
+    deliver:
+      owners: true
+  - name: cluster
+    otlp: true
+    deliver:
+      owners: true
+routes:
+  - channel: nodes
+    match: {{kinds: [Node]}}
+  - channel: storage
+    match: {{kinds: [PersistentVolume, StorageClass]}}
+  - channel: cluster
+otlp:
+  endpoint: {endpoint}
+  protocol: {protocol}
+  resource:
+    k8s.cluster.name: test-cluster
+{extra}"
+    )
+}
+
+fn pod(ns: &str, name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+        "status": {"phase": "Running"}})
+}
+
+fn event(
+    name: &str,
+    (api_version, kind, object): (&str, &str, &str),
+    type_: &str,
+    count: i32,
+) -> Value {
+    json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "involvedObject": {"kind": kind, "name": object, "apiVersion": api_version, "uid": format!("obj-{object}")},
+        "reason": "Checked", "message": format!("{kind} {object} checked"), "type": type_,
+        "source": {"component": "kubelet", "host": "node1"}, "count": count,
+        "firstTimestamp": "2026-12-08T10:00:00Z", "lastTimestamp": "2026-12-08T10:05:00Z"})
+}
+
+/// node1 runs pods of team-a and team-b, node2 of team-c; pv-7 is team-a's claim's.
+async fn cluster() -> FakeApiServer {
+    let api = FakeApiServer::start(&[
+        "default",
+        "kube-system",
+        "clusterscope-system",
+        "team-a",
+        "team-b",
+        "team-c",
+    ])
+    .await;
+    api.put_object("pods", pod("team-a", "web", "node1"));
+    api.put_object("pods", pod("team-b", "api", "node1"));
+    api.put_object("pods", pod("team-c", "db", "node2"));
+    api.put_object(
+        "persistentvolumes",
+        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-7"},
+            "spec": {"claimRef": {"namespace": "team-a", "name": "data"}}}),
+    );
+    api
+}
+
+/// The stored events of the scenario.
+fn put_events(api: &FakeApiServer) {
+    api.put(
+        "default",
+        event("node1.w", ("v1", "Node", "node1"), "Warning", 3),
+    );
+    api.put(
+        "default",
+        event("pv-7.w", ("v1", "PersistentVolume", "pv-7"), "Warning", 1),
+    );
+    api.put(
+        "default",
+        event("team-c.n", ("v1", "Namespace", "team-c"), "Normal", 1),
+    );
+    api.put(
+        "default",
+        event(
+            "fast-ssd.w",
+            ("storage.k8s.io/v1", "StorageClass", "fast-ssd"),
+            "Warning",
+            1,
+        ),
+    );
+}
+
+/// The mirror controller with the OTLP sink registered (as `serve` registers it), counting into
+/// the returned metrics.
+fn run(
+    api: &FakeApiServer,
+    yaml: &str,
+) -> (support::fake_apiserver::RunningController, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let syncer = api
+        .syncer(yaml)
+        .with_cluster(clusterscope::owners::SharedOwnerState::default());
+    let sink = clusterscope::otlp::OtlpSink::new(
+        syncer.config.clone(),
+        metrics.otlp.clone(),
+        clusterscope::otlp::OtlpOptions {
+            linger: Duration::from_millis(10),
+            ..Default::default()
+        },
+    );
+    let syncer = syncer.with_output(Arc::new(sink));
+    let options = clusterscope::mirror::controller::ControllerOptions {
+        workers: 2,
+        retry_base: Duration::from_millis(50),
+        owners_every: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let running = api.run_syncer_with(syncer, options, metrics.clone());
+    (running, metrics)
+}
+
+fn metric(metrics: &Metrics, line_start: &str) -> f64 {
+    support::fake_apiserver::metric(metrics, line_start)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_reaches_the_collector_once_per_namespace_it_concerns() {
+    let receiver = Receiver::grpc().await;
+    let api = cluster().await;
+    put_events(&api);
+    let yaml = config(&format!("http://{}", receiver.addr), "grpc", "");
+    let (running, metrics) = run(&api, &yaml);
+    assert!(
+        eventually(10, || receiver.records().len() == 5).await,
+        "{:?}",
+        receiver.records()
+    );
+    // A query for team-a or team-b finds the Node Warning; one for team-c does not.
+    assert_eq!(receiver.namespaces_of("node1.w"), ["team-a", "team-b"]);
+    assert_eq!(receiver.namespaces_of("pv-7.w"), ["team-a"]);
+    assert_eq!(receiver.namespaces_of("team-c.n"), ["team-c"]);
+    // Concerning no namespace: exported with the namespace it is stored in.
+    assert_eq!(receiver.namespaces_of("fast-ssd.w"), ["default"]);
+    let records = receiver.records();
+    let node = records
+        .iter()
+        .find(|r| r.attr("k8s.event.name") == "node1.w")
+        .unwrap();
+    assert_eq!(
+        (node.severity_number, node.severity_text.as_str()),
+        (13, "Warning")
+    );
+    assert_eq!(node.body, "Node node1 checked");
+    assert_eq!(node.attr("k8s.cluster.name"), "test-cluster");
+    assert_eq!(node.attr("k8s.node.name"), "node1");
+    assert_eq!(node.attr("k8s.object.kind"), "Node");
+    assert_eq!(node.attr("k8s.object.name"), "node1");
+    assert_eq!(node.attr("k8s.object.uid"), "obj-node1");
+    assert_eq!(node.attr("k8s.event.reason"), "Checked");
+    assert_eq!(node.attr("k8s.event.uid"), "uid-node1.w");
+    assert_eq!(node.attributes["k8s.event.count"], 3);
+    assert_eq!(node.attr("clusterscope.channel"), "nodes");
+    assert_eq!(node.attr("clusterscope.delivery"), "node");
+    assert!(
+        node.attr("clusterscope.delivered_because")
+            .starts_with("Node node1 runs 1 pod of namespace team-")
+    );
+    // lastTimestamp 2026-12-08T10:05:00Z
+    assert_eq!(node.time_unix_nano, 1_796_724_300_000_000_000);
+    let namespace = records
+        .iter()
+        .find(|r| r.attr("k8s.event.name") == "team-c.n")
+        .unwrap();
+    assert_eq!(
+        (namespace.severity_number, namespace.severity_text.as_str()),
+        (9, "Normal")
+    );
+    // `copies: false`: attributed, not copied; the storage channel copies as well.
+    assert!(api.copies_of("team-a", "node1.w").is_empty());
+    assert!(api.copies_of("team-b", "node1.w").is_empty());
+    assert_eq!(api.copies_of("team-a", "pv-7.w").len(), 1);
+    assert!(
+        eventually(5, || metric(
+            &metrics,
+            "clusterscope_otlp_records_total{result=\"exported\"}"
+        ) == 5.0)
+        .await
+    );
+    // A new occurrence is a new record, with its count; one already exported is not sent again.
+    api.put(
+        "default",
+        event("pv-7.w", ("v1", "PersistentVolume", "pv-7"), "Warning", 2),
+    );
+    assert!(eventually(10, || receiver.records().len() == 6).await);
+    assert_eq!(receiver.records()[5].attributes["k8s.event.count"], 2);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.records().len(), 6);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_with_gzip_and_a_header_from_the_environment() {
+    let receiver = Receiver::http().await;
+    let api = cluster().await;
+    put_events(&api);
+    // SAFETY: set before anything in this test process reads it; no other test reads it.
+    unsafe { std::env::set_var("CLUSTERSCOPE_TEST_OTLP_KEY", "Bearer s3cret") };
+    let yaml = config(
+        &format!("http://{}", receiver.addr),
+        "http/protobuf",
+        "  compression: gzip\n  headers:\n    authorization: {fromEnv: CLUSTERSCOPE_TEST_OTLP_KEY}\n",
+    );
+    let (running, _metrics) = run(&api, &yaml);
+    assert!(eventually(10, || receiver.records().len() == 5).await);
+    assert_eq!(receiver.namespaces_of("node1.w"), ["team-a", "team-b"]);
+    for request in receiver.requests() {
+        assert_eq!(request.headers["authorization"], "Bearer s3cret");
+        assert_eq!(request.headers["content-encoding"], "gzip");
+        assert_eq!(request.headers["content-type"], "application/x-protobuf");
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_final_answer_is_counted_and_not_retried_and_a_partial_success_is_counted() {
+    let receiver = Receiver::grpc().await;
+    receiver.answer([Answer::Grpc(tonic::Code::InvalidArgument, None)]);
+    let api = cluster().await;
+    api.put(
+        "default",
+        event("node1.w", ("v1", "Node", "node1"), "Warning", 1),
+    );
+    let yaml = config(&format!("http://{}", receiver.addr), "grpc", "");
+    let (running, metrics) = run(&api, &yaml);
+    assert!(
+        eventually(10, || metric(
+            &metrics,
+            "clusterscope_otlp_exports_total{result=\"final\"}"
+        ) == 1.0)
+        .await
+    );
+    assert!(
+        eventually(10, || metric(
+            &metrics,
+            "clusterscope_deliveries_total{sink=\"otlp\",result=\"given_up\"}"
+        ) == 1.0)
+        .await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        receiver.requests().len(),
+        1,
+        "a final answer is not tried again"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "clusterscope_otlp_records_total{result=\"failed\"}"
+        ),
+        2.0
+    );
+    // The next occurrence goes; the collector takes it but rejects one of its two records.
+    receiver.answer([Answer::Partial(1, "attribute too long".into())]);
+    api.put(
+        "default",
+        event("node1.w", ("v1", "Node", "node1"), "Warning", 2),
+    );
+    assert!(
+        eventually(10, || metric(
+            &metrics,
+            "clusterscope_otlp_records_total{result=\"rejected\"}"
+        ) == 1.0)
+        .await
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "clusterscope_otlp_records_total{result=\"exported\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "clusterscope_otlp_exports_total{result=\"partial\"}"
+        ),
+        1.0
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unavailable_is_retried_and_retry_after_waited_for() {
+    let receiver = Receiver::grpc().await;
+    receiver.answer([
+        Answer::Grpc(tonic::Code::Unavailable, None),
+        Answer::Grpc(tonic::Code::ResourceExhausted, Some(Duration::from_secs(2))),
+    ]);
+    let api = cluster().await;
+    api.put(
+        "default",
+        event("node1.w", ("v1", "Node", "node1"), "Warning", 1),
+    );
+    let yaml = config(&format!("http://{}", receiver.addr), "grpc", "");
+    let (running, metrics) = run(&api, &yaml);
+    assert!(eventually(15, || receiver.records().len() == 2).await);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 3);
+    let waited = requests[2].at - requests[1].at;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "RetryInfo's 2 s were not waited: {waited:?}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "clusterscope_otlp_exports_total{result=\"retry\"}"
+        ),
+        2.0
+    );
+    running.stop().await;
+
+    // HTTP: 429 with Retry-After, then 503.
+    let receiver = Receiver::http().await;
+    receiver.answer([Answer::Http(429, Some(2)), Answer::Http(503, None)]);
+    let api = cluster().await;
+    api.put(
+        "default",
+        event("node1.w", ("v1", "Node", "node1"), "Warning", 1),
+    );
+    let yaml = config(&format!("http://{}", receiver.addr), "http/protobuf", "");
+    let (running, _) = run(&api, &yaml);
+    assert!(eventually(15, || receiver.records().len() == 2).await);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 3);
+    let waited = requests[1].at - requests[0].at;
+    assert!(
+        waited >= Duration::from_secs(2),
+        "Retry-After's 2 s were not waited: {waited:?}"
+    );
+    running.stop().await;
+}
+
+/// The receiver down for 15 s: nothing is lost (the lane holds what waits, and what it drops
+/// while the collector fails is exported by the re-list once it answers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_down_for_15_seconds_loses_nothing() {
+    let receiver = Receiver::grpc().await;
+    let (addr, state) = (receiver.addr, receiver.state.clone());
+    let api = cluster().await;
+    let yaml = config(&format!("http://{addr}"), "grpc", "");
+    let (running, metrics) = run(&api, &yaml);
+    drop(receiver);
+    for i in 0..30 {
+        api.put(
+            "default",
+            event(&format!("node1.{i}"), ("v1", "Node", "node1"), "Warning", 1),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let receiver = Receiver::grpc_at(addr, None, state).await;
+    assert!(
+        eventually(30, || receiver.records().len() == 60).await,
+        "{} records; {}",
+        receiver.records().len(),
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.contains("otlp") && !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for i in 0..30 {
+        assert_eq!(
+            receiver.namespaces_of(&format!("node1.{i}")),
+            ["team-a", "team-b"]
+        );
+    }
+    running.stop().await;
+}
+
+/// TLS with a test CA: the collector's certificate issued by `otlp.tls.caFile` is trusted;
+/// another CA's is refused, in words that name the setting to look at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_trusts_the_configured_ca_and_refuses_another_naming_the_setting() {
+    let server = clusterscope::certs::generate(&["localhost".into()]).unwrap();
+    let other = clusterscope::certs::generate(&["localhost".into()]).unwrap();
+    let receiver = Receiver::grpc_at(
+        "127.0.0.1:0".parse().unwrap(),
+        Some((server.cert_pem.clone(), server.key_pem.clone())),
+        Arc::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let export = async |ca: &str| {
+        let path = dir.path().join("ca.crt");
+        std::fs::write(&path, ca).unwrap();
+        let yaml = config(
+            &format!("https://localhost:{}", receiver.addr.port()),
+            "grpc",
+            &format!("  tls:\n    caFile: {}\n", path.display()),
+        );
+        let settings = clusterscope::config::Config::from_yaml(&yaml, "t")
+            .unwrap()
+            .otlp
+            .unwrap();
+        let exporter = clusterscope::otlp::client::Exporter::new(&settings).unwrap();
+        let batch = [clusterscope::delivery::Delivery::new(
+            "default/node1.w".into(),
+            serde_json::from_value(event("node1.w", ("v1", "Node", "node1"), "Warning", 1))
+                .unwrap(),
+            &Default::default(),
+        )];
+        let (request, _) = clusterscope::otlp::record::request(&batch, &settings.resource, 0);
+        exporter.export(request).await
+    };
+    export(&server.ca_pem)
+        .await
+        .expect("the configured CA's certificate is trusted");
+    assert_eq!(receiver.records().len(), 1);
+    let refused = export(&other.ca_pem).await.unwrap_err().to_string();
+    assert!(refused.contains("the TLS handshake failed"), "{refused}");
+    assert!(refused.contains("otlp.tls.caFile"), "{refused}");
+    assert_eq!(receiver.records().len(), 1);
+}
