@@ -43,7 +43,7 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} {name}"))
 }
 
-const ENTRY_POINTS: [&str; 8] = [
+const ENTRY_POINTS: [&str; 9] = [
     "base",
     "overlays/cert-manager",
     "overlays/manual-certs",
@@ -52,6 +52,7 @@ const ENTRY_POINTS: [&str; 8] = [
     "overlays/owner-delivery",
     "overlays/history",
     "overlays/subscriptions",
+    "overlays/otlp",
 ];
 
 /// The history overlay records every channel, and hands serve the database URL and
@@ -93,6 +94,65 @@ fn the_history_overlay_records_every_channel_with_the_secret_serve_reads() {
     }
     // The base's variables are kept (a strategic merge by name, not a replacement).
     assert!(env.iter().any(|e| e["name"] == "POD_NAME"));
+}
+
+/// The otlp overlay exports every channel, hands serve the header's variable from the
+/// Secret (required: no pod exports without its credentials) and mounts the CA where the
+/// configuration reads it; without the variable, the configuration is refused, naming it.
+#[test]
+fn the_otlp_overlay_hands_serve_the_secret_and_the_ca_its_configuration_names() {
+    let Some(objs) = render("overlays/otlp") else {
+        return;
+    };
+    let config = shipped_config(&objs);
+    assert!(config.channels.iter().all(|c| c.otlp));
+    let otlp = config.otlp.as_ref().unwrap();
+    assert_eq!(otlp.headers[0].from_env, OTLP_SECRET.0);
+    assert_eq!(otlp.resource["k8s.cluster.name"], "my-cluster");
+    let deployment = find(&objs, "Deployment", "clusterscope");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let var = pod["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == OTLP_SECRET.0)
+        .expect("the header's variable");
+    assert_eq!(
+        var["valueFrom"]["secretKeyRef"]["name"],
+        "clusterscope-otlp"
+    );
+    assert_eq!(var["valueFrom"]["secretKeyRef"]["key"], "authorization");
+    assert!(var["valueFrom"]["secretKeyRef"]["optional"].is_null());
+    let ca = otlp.tls.ca_file.as_ref().unwrap();
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| ca.starts_with(m["mountPath"].as_str().unwrap()))
+        .expect("the CA file is mounted");
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(volume["configMap"]["name"], "clusterscope-otlp-ca");
+    let file =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("manifests/overlays/otlp/config.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_clusterscope"))
+        .arg("check-config")
+        .arg(&file)
+        .env_remove(OTLP_SECRET.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "otlp.headers.authorization: the environment variable OTLP_AUTHORIZATION is not set"
+        ),
+        "{said}"
+    );
 }
 
 #[test]
@@ -270,7 +330,19 @@ fn overlays_do_not_own_team_namespaces_and_metrics_are_fenced() {
 }
 
 /// The configuration an entry point ships: valid, and without a route that can never match.
+/// The variable the otlp overlay's configuration reads its header from, set as its
+/// Deployment sets it from the Secret (a configuration naming a variable that is not set is
+/// refused).
+const OTLP_SECRET: (&str, &str) = ("OTLP_AUTHORIZATION", "Bearer test-token");
+
+fn with_otlp_secret() {
+    static SET: std::sync::Once = std::sync::Once::new();
+    // SAFETY: set once, before any configuration of this process reads it.
+    SET.call_once(|| unsafe { std::env::set_var(OTLP_SECRET.0, OTLP_SECRET.1) });
+}
+
 fn shipped_config(objs: &[Value]) -> Config {
+    with_otlp_secret();
     let cm = find(objs, "ConfigMap", "clusterscope-config");
     let config =
         Config::from_yaml(cm["data"]["config.yaml"].as_str().unwrap(), "configmap").unwrap();
@@ -946,9 +1018,12 @@ fn shipped_configmaps() -> Vec<PathBuf> {
     files
 }
 
+/// `clusterscope ARGS` with the environment the Deployment gives it (the otlp overlay's
+/// Secret).
 fn clusterscope(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_clusterscope"))
         .args(args)
+        .env(OTLP_SECRET.0, OTLP_SECRET.1)
         .output()
         .unwrap()
 }

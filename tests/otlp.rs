@@ -447,3 +447,71 @@ async fn tls_trusts_the_configured_ca_and_refuses_another_naming_the_setting() {
     assert!(refused.contains("otlp.tls.caFile"), "{refused}");
     assert_eq!(receiver.records().len(), 1);
 }
+
+/// What the user does: the otlp overlay's configuration as shipped (its collector and
+/// CA replaced by the test's, over TLS, its header from the Secret's variable): a Node Warning
+/// about a node running pods of team-a and team-b is found by k8s.namespace.name = team-a and =
+/// team-b, not by team-c, and carries the credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overlays_configuration_attributes_a_node_warning_to_its_pods_namespaces() {
+    let pair = clusterscope::certs::generate(&["localhost".into()]).unwrap();
+    let receiver = Receiver::grpc_at(
+        "127.0.0.1:0".parse().unwrap(),
+        Some((pair.cert_pem.clone(), pair.key_pem.clone())),
+        Arc::default(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.crt");
+    std::fs::write(&ca, &pair.ca_pem).unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/overlays/otlp/config.yaml"
+    ))
+    .unwrap();
+    let configmap: Value = serde_saphyr::from_str(&shipped).unwrap();
+    let yaml = configmap["data"]["config.yaml"]
+        .as_str()
+        .unwrap()
+        .replace(
+            "https://otel-collector.observability.svc:4317",
+            &format!("https://localhost:{}", receiver.addr.port()),
+        )
+        .replace("/etc/clusterscope/otlp-ca/ca.crt", ca.to_str().unwrap());
+    // SAFETY: set before anything in this test process reads it; no other test reads it.
+    unsafe { std::env::set_var("OTLP_AUTHORIZATION", "Bearer team-token") };
+    let api = cluster().await;
+    put_events(&api);
+    let (running, _) = run(&api, &yaml);
+    assert!(
+        eventually(10, || receiver.namespaces_of("node1.w").len() == 2).await,
+        "{:?}",
+        receiver.records()
+    );
+    let records = receiver.records();
+    let found_by = |ns: &str| {
+        records
+            .iter()
+            .filter(|r| r.attr("k8s.namespace.name") == ns && r.attr("k8s.event.name") == "node1.w")
+            .count()
+    };
+    assert_eq!(
+        (found_by("team-a"), found_by("team-b"), found_by("team-c")),
+        (1, 1, 0)
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.attr("k8s.cluster.name") == "my-cluster")
+    );
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .all(|r| r.headers["authorization"] == "Bearer team-token")
+    );
+    // Node Warnings are attributed, not copied; the volume's event is copied too.
+    assert!(api.copies_of("team-a", "node1.w").is_empty());
+    assert!(eventually(10, || api.copies_of("team-a", "pv-7.w").len() == 1).await);
+    running.stop().await;
+}
