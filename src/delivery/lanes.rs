@@ -618,9 +618,11 @@ fn settle<S: ?Sized>(
         }
         Action::GiveUp => (Done::GiveUp, true),
     };
-    // Given up: a final answer (even when a newer value of the key came meanwhile and goes
-    // on), or the last of its tries.
-    let given_up = lane.queue.done(key.clone(), done, &lane.options.retry) || last;
+    // Given up: the last of its tries, or a final answer. A final answer while a newer value
+    // of the key waits settles this state in a lane that skips repeats (the newer value, if
+    // the same state, is skipped); elsewhere the newer value is tried, and reported.
+    let given_up = lane.queue.done(key.clone(), done, &lane.options.retry)
+        || (last && lane.options.skip_repeats);
     if given_up {
         // Settled until it changes: the same state offered again (a re-plan of its source
         // after its labels were put on, a re-list) is not tried again.
