@@ -153,7 +153,10 @@ fn deliveries_of(
     config: &Config,
     context: &Context,
 ) -> Vec<Value> {
-    let mut out = Deliveries::default();
+    let mut out = Deliveries {
+        copies: ch.copies,
+        ..Deliveries::default()
+    };
     if let Some(ns) = &ch.namespace {
         out.copy(ns, "channel", "the channel's namespace", None);
     }
@@ -201,6 +204,9 @@ fn deliveries_of(
             &mut out,
         );
     }
+    if ch.otlp {
+        out.otlp(context.owners.is_some());
+    }
     out.list
 }
 
@@ -210,6 +216,8 @@ fn deliveries_of(
 struct Deliveries {
     list: Vec<Value>,
     namespaces: std::collections::BTreeSet<String>,
+    /// The channel writes copies (`copies: true`); else its namespaces only attribute.
+    copies: bool,
 }
 
 impl Deliveries {
@@ -224,8 +232,16 @@ impl Deliveries {
         if !self.namespaces.insert(namespace.to_owned()) {
             return;
         }
+        let copied = self.copies || subscriptions.is_some();
+        let said = if copied {
+            format!("a copy in namespace {namespace} ({how}: {why})")
+        } else {
+            format!(
+                "namespace {namespace}, attributed without a copy (copies: false) ({how}: {why})"
+            )
+        };
         let mut copy = json!({"to": "namespace", "namespace": namespace, "how": how, "why": why,
-            "says": format!("a copy in namespace {namespace} ({how}: {why})")});
+            "copy": copied, "says": said});
         if let Some(names) = subscriptions {
             let listed = names.join(", ");
             copy["says"] = json!(format!(
@@ -234,6 +250,23 @@ impl Deliveries {
             copy["subscriptions"] = json!(names);
         }
         self.list.push(copy);
+    }
+
+    /// The OTLP records: one per namespace named so far, else one attributed to where the
+    /// event is stored; `resolved` when the cluster's state named them (else the delivery
+    /// rules' namespaces are not known).
+    fn otlp(&mut self, resolved: bool) {
+        let namespaces: Vec<&String> = self.namespaces.iter().collect();
+        let said = match (namespaces.is_empty(), resolved) {
+            (false, _) => format!(
+                "OTLP log records, one per namespace it concerns: {}",
+                namespaces.iter().map(|n| n.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+            (true, true) => "one OTLP log record, with the namespace it is stored in (it concerns none)".to_owned(),
+            (true, false) => "OTLP log records, one per namespace the delivery rules name (explain --cluster on names them), else one with the namespace it is stored in".to_owned(),
+        };
+        self.list
+            .push(json!({"to": "otlp", "namespaces": namespaces, "says": said}));
     }
 
     /// Not to `namespace` for `subscription`, and why.
@@ -456,6 +489,61 @@ mod tests {
         let text = to_text(&out[0]);
         assert!(text.contains("channel: nodes (route 1, line 5)"), "{text}");
         assert!(to_text(&out[1]).contains("skipped (namespaced)"));
+    }
+
+    #[test]
+    fn an_otlp_channel_says_its_records_per_namespace_and_copies_false_says_no_copy() {
+        // SAFETY: this test alone reads or writes this variable.
+        unsafe { std::env::set_var("CLUSTERSCOPE_UNIT_EXPLAIN_OTLP", "x") };
+        let config = Config::from_yaml(
+            "channels:\n  - name: nodes\n    otlp: true\n    copies: false\n    deliver: {nodePods: {}}\nroutes:\n  - channel: nodes\notlp:\n  endpoint: http://c:4317\n  headers: {a: {fromEnv: CLUSTERSCOPE_UNIT_EXPLAIN_OTLP}}\n",
+            "t",
+        )
+        .unwrap();
+        let event = node("default", None).to_string();
+        let offline = explain(event.as_bytes(), &config).unwrap();
+        let says = |e: &Value| -> Vec<String> {
+            e["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["says"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert!(
+            says(&offline[0])
+                .last()
+                .unwrap()
+                .starts_with("OTLP log records, one per namespace the delivery rules name"),
+            "{:?}",
+            says(&offline[0])
+        );
+        let mut state = OwnerState::default();
+        for ns in ["team-a", "team-b"] {
+            state.namespaces.insert(ns.into(), Default::default());
+            state.set_pod(ns, "web", Some("node1"));
+        }
+        let context = Context {
+            owners: Some(state),
+            ..Context::offline()
+        };
+        let mut explainer = Explainer::new(&config, &context);
+        let live = explainer.explain("default", &node("default", None));
+        let said = says(&live);
+        assert!(said.contains(&"namespace team-a, attributed without a copy (copies: false) (node: Node node1 runs 1 pod of namespace team-a)".to_owned()), "{said:?}");
+        assert_eq!(
+            said.last().unwrap(),
+            "OTLP log records, one per namespace it concerns: team-a, team-b"
+        );
+        assert_eq!(
+            live["deliveries"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|d| d["to"] == "otlp")
+                .unwrap()["namespaces"],
+            json!(["team-a", "team-b"])
+        );
     }
 
     #[test]
