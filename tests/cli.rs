@@ -1525,3 +1525,72 @@ fn completion_scripts_know_the_commands_and_flags() {
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("possible values"));
 }
+
+/// A bad `otlp:` section is refused by `check-config` with the line and what to write, read
+/// from a pipe, `-` or a file; a header's variable is read from the environment check-config
+/// runs in, as serve reads it from its own.
+#[test]
+fn check_config_refuses_a_bad_otlp_section_from_a_pipe_or_a_file_with_its_line() {
+    let section = |otlp: &str| {
+        format!("channels:\n  - name: c\n    otlp: true\nroutes:\n  - channel: c\notlp:\n{otlp}")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (otlp, says) in [
+        (
+            "  endpoint: otel:4317\n",
+            "<standard input>:7:13: otlp.endpoint \"otel:4317\" has no scheme",
+        ),
+        (
+            "  endpoint: http://otel:4317\n  protocol: http/json\n",
+            "<standard input>:8:13: otlp.protocol \"http/json\" is not one of grpc, http/protobuf",
+        ),
+        (
+            "  endpoint: http://otel:4317\n  headers:\n    authorization: {fromEnv: CLUSTERSCOPE_CLI_TEST_OTLP}\n",
+            "<standard input>:9:20: otlp.headers.authorization: the environment variable CLUSTERSCOPE_CLI_TEST_OTLP is not set",
+        ),
+    ] {
+        let yaml = section(otlp);
+        for args in [&["check-config"][..], &["check-config", "-"][..]] {
+            let out = run_with_input(args, yaml.as_bytes());
+            assert_eq!(out.status.code(), Some(2), "{args:?} {otlp}");
+            let said = String::from_utf8_lossy(&out.stderr);
+            assert!(said.contains(says), "{args:?}: {said}");
+        }
+        let file = dir.path().join("otlp.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+        let out = run(&["check-config", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2));
+        let said = String::from_utf8_lossy(&out.stderr);
+        let in_file = says.replace("<standard input>", &file.display().to_string());
+        assert!(said.contains(&in_file), "{said}");
+    }
+    // With the variable set, as the pod has it: valid, and the value never printed.
+    let yaml = section(
+        "  endpoint: http://otel:4317\n  headers:\n    authorization: {fromEnv: CLUSTERSCOPE_CLI_TEST_OTLP}\n",
+    );
+    let out = {
+        let mut child = bin()
+            .arg("check-config")
+            .env("CLUSTERSCOPE_CLI_TEST_OTLP", "Bearer s3cr3t")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(yaml.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("otlp: grpc to http://otel:4317/ (gzip, timeout 10s; headers authorization (from $CLUSTERSCOPE_CLI_TEST_OTLP))"), "{said}");
+    assert!(!said.contains("s3cr3t"), "{said}");
+}

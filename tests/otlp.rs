@@ -515,3 +515,71 @@ async fn the_overlays_configuration_attributes_a_node_warning_to_its_pods_namesp
     assert!(eventually(10, || api.copies_of("team-a", "pv-7.w").len() == 1).await);
     running.stop().await;
 }
+
+/// `serve` (its own process, as deployed) restarted mid-stream: every event reaches the
+/// collector, those exported before the restart are exported again (the docs' promise: what
+/// was exported is known in memory only), and a repeat carries the uid and count of the record
+/// it repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_of_serve_mid_stream_loses_nothing_and_repeats_are_recognisable() {
+    let receiver = Receiver::grpc().await;
+    let api = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(&format!("http://{}", receiver.addr), "grpc", "");
+    let first = support::serve::serve_with(&api, dir.path(), &yaml, &[]);
+    let name = |i: usize| format!("node1.{i}");
+    for i in 0..10 {
+        api.put(
+            "default",
+            event(&name(i), ("v1", "Node", "node1"), "Warning", 1),
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        eventually(30, || receiver.namespaces_of(&name(0)).len() == 2).await,
+        "serve exported nothing"
+    );
+    tokio::task::spawn_blocking(move || support::serve::stop(first))
+        .await
+        .unwrap();
+    // Written while no serve runs.
+    for i in 10..20 {
+        api.put(
+            "default",
+            event(&name(i), ("v1", "Node", "node1"), "Warning", 1),
+        );
+    }
+    let second = support::serve::serve_with(&api, dir.path(), &yaml, &[]);
+    let all_there = || {
+        (0..20).all(|i| {
+            let ns = receiver.namespaces_of(&name(i));
+            ns.contains(&"team-a".to_owned()) && ns.contains(&"team-b".to_owned())
+        })
+    };
+    let arrived = eventually(30, all_there).await;
+    tokio::task::spawn_blocking(move || support::serve::stop(second))
+        .await
+        .unwrap();
+    assert!(
+        arrived,
+        "{:?}",
+        receiver
+            .records()
+            .iter()
+            .map(|r| r.attr("k8s.event.name").to_owned())
+            .collect::<Vec<_>>()
+    );
+    // Exported before the restart and again after it: the same uid and count.
+    assert!(
+        receiver.namespaces_of(&name(0)).len() >= 4,
+        "{:?}",
+        receiver.namespaces_of(&name(0))
+    );
+    for r in receiver.records() {
+        assert_eq!(r.attributes["k8s.event.count"], 1);
+        assert_eq!(
+            r.attr("k8s.event.uid"),
+            format!("uid-{}", r.attr("k8s.event.name"))
+        );
+    }
+}
