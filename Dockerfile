@@ -8,7 +8,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src benches \
  && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
- && for b in review mirror_load resync owner_load history_load explain_load; do echo 'fn main() {}' > benches/$b.rs; done \
+ && for b in review mirror_load resync owner_load history_load explain_load otlp_load; do echo 'fn main() {}' > benches/$b.rs; done \
  && cargo build --profile dist --locked --bin clusterscope \
  && rm -rf src benches
 COPY . .

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::fake_apiserver::pod;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,12 +36,6 @@ subscriptions:
   relations: [owned, nodes]
 ";
 
-fn pod(ns: &str, name: &str, node: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
-        "status": {"phase": "Running"}})
-}
-
 fn event(name: &str, kind: &str, object: &str, type_: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Event",
         "metadata": {"name": name, "namespace": "default"},
@@ -63,9 +59,9 @@ async fn cluster() -> FakeApiServer {
         "team-c",
     ])
     .await;
-    api.put_object("pods", pod("team-a", "web", "node1"));
-    api.put_object("pods", pod("team-b", "api", "node1"));
-    api.put_object("pods", pod("team-c", "db", "node2"));
+    api.put_object("pods", pod("team-a", "web", "node1", "Running"));
+    api.put_object("pods", pod("team-b", "api", "node1", "Running"));
+    api.put_object("pods", pod("team-c", "db", "node2", "Running"));
     for (pv, ns) in [("pv-7", "team-a"), ("pv-9", "default")] {
         api.put_object(
             "persistentvolumes",

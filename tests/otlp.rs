@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::fake_apiserver::pod;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,12 +49,6 @@ otlp:
     )
 }
 
-fn pod(ns: &str, name: &str, node: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
-        "status": {"phase": "Running"}})
-}
-
 fn event(
     name: &str,
     (api_version, kind, object): (&str, &str, &str),
@@ -78,9 +74,9 @@ async fn cluster() -> FakeApiServer {
         "team-c",
     ])
     .await;
-    api.put_object("pods", pod("team-a", "web", "node1"));
-    api.put_object("pods", pod("team-b", "api", "node1"));
-    api.put_object("pods", pod("team-c", "db", "node2"));
+    api.put_object("pods", pod("team-a", "web", "node1", "Running"));
+    api.put_object("pods", pod("team-b", "api", "node1", "Running"));
+    api.put_object("pods", pod("team-c", "db", "node2", "Running"));
     api.put_object(
         "persistentvolumes",
         json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-7"},
@@ -141,6 +137,25 @@ fn run(
     };
     let running = api.run_syncer_with(syncer, options, metrics.clone());
     (running, metrics)
+}
+
+/// The scenario's cluster with one Node Warning stored, exported to `receiver` over `protocol`.
+async fn one_warning(
+    receiver: &Receiver,
+    protocol: &str,
+) -> (
+    FakeApiServer,
+    support::fake_apiserver::RunningController,
+    Arc<Metrics>,
+) {
+    let api = cluster().await;
+    api.put(
+        "default",
+        event("node1.w", ("v1", "Node", "node1"), "Warning", 1),
+    );
+    let yaml = config(&format!("http://{}", receiver.addr), protocol, "");
+    let (running, metrics) = run(&api, &yaml);
+    (api, running, metrics)
 }
 
 fn metric(metrics: &Metrics, line_start: &str) -> f64 {
@@ -249,13 +264,7 @@ async fn http_protobuf_with_gzip_and_a_header_from_the_environment() {
 async fn a_final_answer_is_counted_and_not_retried_and_a_partial_success_is_counted() {
     let receiver = Receiver::grpc().await;
     receiver.answer([Answer::Grpc(tonic::Code::InvalidArgument, None)]);
-    let api = cluster().await;
-    api.put(
-        "default",
-        event("node1.w", ("v1", "Node", "node1"), "Warning", 1),
-    );
-    let yaml = config(&format!("http://{}", receiver.addr), "grpc", "");
-    let (running, metrics) = run(&api, &yaml);
+    let (api, running, metrics) = one_warning(&receiver, "grpc").await;
     assert!(
         eventually(10, || metric(
             &metrics,
@@ -320,13 +329,7 @@ async fn unavailable_is_retried_and_retry_after_waited_for() {
         Answer::Grpc(tonic::Code::Unavailable, None),
         Answer::Grpc(tonic::Code::ResourceExhausted, Some(Duration::from_secs(2))),
     ]);
-    let api = cluster().await;
-    api.put(
-        "default",
-        event("node1.w", ("v1", "Node", "node1"), "Warning", 1),
-    );
-    let yaml = config(&format!("http://{}", receiver.addr), "grpc", "");
-    let (running, metrics) = run(&api, &yaml);
+    let (_api, running, metrics) = one_warning(&receiver, "grpc").await;
     assert!(eventually(15, || receiver.records().len() == 2).await);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 3);
@@ -347,13 +350,7 @@ async fn unavailable_is_retried_and_retry_after_waited_for() {
     // HTTP: 429 with Retry-After, then 503.
     let receiver = Receiver::http().await;
     receiver.answer([Answer::Http(429, Some(2)), Answer::Http(503, None)]);
-    let api = cluster().await;
-    api.put(
-        "default",
-        event("node1.w", ("v1", "Node", "node1"), "Warning", 1),
-    );
-    let yaml = config(&format!("http://{}", receiver.addr), "http/protobuf", "");
-    let (running, _) = run(&api, &yaml);
+    let (_api, running, _) = one_warning(&receiver, "http/protobuf").await;
     assert!(eventually(15, || receiver.records().len() == 2).await);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 3);

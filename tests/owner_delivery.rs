@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::fake_apiserver::pod;
+
 use support::fake_apiserver;
 
 use std::time::Duration;
@@ -62,12 +64,6 @@ fn volume(name: &str, claim_ns: &str, claim: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
         "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "namespace": claim_ns, "name": claim, "uid": "c-1"}},
         "status": {"phase": "Bound"}})
-}
-
-fn pod(ns: &str, name: &str, node: &str, phase: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
-        "status": {"phase": phase}})
 }
 
 fn event(name: &str, kind: &str, object: &str, type_: &str, count: i64) -> Value {

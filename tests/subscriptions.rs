@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::fake_apiserver::pod;
+
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -70,12 +72,6 @@ impl Cluster {
     }
 }
 
-fn pod(ns: &str, name: &str, node: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
-        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
-        "status": {"phase": "Running"}})
-}
-
 fn volume(name: &str, claim_ns: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
         "spec": {"claimRef": {"kind": "PersistentVolumeClaim", "namespace": claim_ns, "name": "data", "uid": "c-1"}},
@@ -128,9 +124,9 @@ fn nodes(reasons: &[&str]) -> Value {
 async fn cluster_with_pods() -> FakeApiServer {
     let api = FakeApiServer::start(&NAMESPACES).await;
     api.install_subscription_crd();
-    api.put_object("pods", pod("team-a", "web-1", "node1"));
-    api.put_object("pods", pod("team-b", "db-1", "node1"));
-    api.put_object("pods", pod("team-c", "job-1", "node2"));
+    api.put_object("pods", pod("team-a", "web-1", "node1", "Running"));
+    api.put_object("pods", pod("team-b", "db-1", "node1", "Running"));
+    api.put_object("pods", pod("team-c", "job-1", "node2", "Running"));
     api
 }
 

@@ -218,6 +218,16 @@ fn grpc_error(status: &tonic::Status, settings: &Otlp) -> SinkError {
         Code::ResourceExhausted => retry_after.is_some(),
         _ => false,
     };
+    answered(said, message, retryable, retry_after)
+}
+
+/// A collector's answer: paced when it is retryable and says when to come back.
+fn answered(
+    said: String,
+    message: String,
+    retryable: bool,
+    retry_after: Option<Duration>,
+) -> SinkError {
     match retry_after {
         Some(retry_after) if retryable => SinkError::CollectorPaced {
             retry_after,
@@ -264,18 +274,7 @@ fn http_error(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8]) 
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
         .filter(|d| !d.is_zero());
-    match retry_after {
-        Some(retry_after) if retryable => SinkError::CollectorPaced {
-            retry_after,
-            said,
-            message: message.into(),
-        },
-        _ => SinkError::Collector {
-            said,
-            message: message.into(),
-            retryable,
-        },
-    }
+    answered(said, message, retryable, retry_after)
 }
 
 /// Why the collector could not be reached, with every cause once, and the setting to look at

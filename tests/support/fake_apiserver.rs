@@ -879,6 +879,14 @@ pub fn spawn_cluster(
     (stop, tasks.into_iter().map(|(_, task)| task).collect())
 }
 
+/// A Pod in `ns` bound to `node`, in `phase` (`Running`, `Succeeded`, ...), as its
+/// controller and the kubelet leave it.
+pub fn pod(ns: &str, name: &str, node: &str, phase: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns},
+        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x"}]},
+        "status": {"phase": phase}})
+}
+
 /// A kubeconfig in `dir` whose current context points at `http://<address>` with a token (the
 /// way a person's kubeconfig names a cluster).
 pub fn write_kubeconfig(dir: &std::path::Path, address: &str) -> std::path::PathBuf {
