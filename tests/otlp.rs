@@ -580,3 +580,37 @@ async fn a_restart_of_serve_mid_stream_loses_nothing_and_repeats_are_recognisabl
         );
     }
 }
+
+/// A CA file that cannot be read fails the export with words naming the setting and the
+/// file, finally (nothing passes until the configuration or the file changes).
+#[tokio::test]
+async fn an_unreadable_ca_file_is_named_and_final() {
+    use clusterscope::delivery::Sink;
+    let yaml = config(
+        "https://localhost:4317",
+        "grpc",
+        "  tls:\n    caFile: /nonexistent/otlp-ca.crt\n",
+    );
+    let config =
+        clusterscope::config::shared(clusterscope::config::Config::from_yaml(&yaml, "t").unwrap());
+    let metrics = Metrics::new();
+    let sink = clusterscope::otlp::OtlpSink::new(config, metrics.otlp.clone(), Default::default());
+    sink.prepare();
+    let batch = [clusterscope::delivery::Delivery::new(
+        "default/node1.w".into(),
+        serde_json::from_value(event("node1.w", ("v1", "Node", "node1"), "Warning", 1)).unwrap(),
+        &Default::default(),
+    )];
+    let answer = sink.deliver_batch(&batch).await;
+    let failure = answer[0].as_ref().unwrap_err();
+    assert!(
+        failure
+            .to_string()
+            .contains("otlp.tls.caFile /nonexistent/otlp-ca.crt: cannot read"),
+        "{failure}"
+    );
+    assert_eq!(
+        failure.action(clusterscope::delivery::Writer::Collector),
+        clusterscope::delivery::Action::GiveUp
+    );
+}

@@ -76,6 +76,18 @@ impl OtlpSink {
         }
     }
 
+    /// Makes the exporter for the configuration in force now, when it has an `otlp:` section,
+    /// so that a CA or certificate file it cannot read is said at start, not at the first
+    /// event.
+    pub fn prepare(&self) {
+        if self.config.load().otlp.is_none() {
+            return;
+        }
+        if let Err(e) = self.exporter() {
+            tracing::error!(error = %e, "otlp: cannot export until the configuration or its files change; events of otlp channels are given up meanwhile");
+        }
+    }
+
     /// The exporter for the settings in force; a failure to make one is final for what waits
     /// (the configuration must change first).
     fn exporter(&self) -> Result<Arc<Exporter>, SinkError> {

@@ -254,11 +254,13 @@ impl Runtime {
                     sink as Arc<dyn crate::mirror::outputs::Output>
                 });
         // Always registered: a reloaded configuration may turn it on; idle otherwise.
-        let otlp: Arc<dyn crate::mirror::outputs::Output> = Arc::new(crate::otlp::OtlpSink::new(
+        let otlp = crate::otlp::OtlpSink::new(
             state.reviewer.config.clone(),
             state.metrics.otlp.clone(),
             crate::otlp::OtlpOptions::default(),
-        ));
+        );
+        otlp.prepare();
+        let otlp: Arc<dyn crate::mirror::outputs::Output> = Arc::new(otlp);
         let cluster = crate::cluster::spawn(
             target,
             crate::cluster::Shared {
