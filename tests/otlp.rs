@@ -176,6 +176,15 @@ async fn each_event_reaches_the_collector_once_per_namespace_it_concerns() {
     );
     // A query for team-a or team-b finds the Node Warning; one for team-c does not.
     assert_eq!(receiver.namespaces_of("node1.w"), ["team-a", "team-b"]);
+    // gRPC messages are gzip-compressed unless `compression: none`.
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .all(|r| r.headers.get("grpc-encoding").is_some_and(|v| v == "gzip")),
+        "{:?}",
+        receiver.requests()[0].headers
+    );
     assert_eq!(receiver.namespaces_of("pv-7.w"), ["team-a"]);
     assert_eq!(receiver.namespaces_of("team-c.n"), ["team-c"]);
     // Concerning no namespace: exported with the namespace it is stored in.
