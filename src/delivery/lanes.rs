@@ -289,7 +289,7 @@ struct Lane<S: ?Sized> {
     queue: Arc<KeyedQueue<String, Delivery>>,
     options: LaneOptions,
     refused: AtomicU64,
-    /// key → fingerprint last written (with `skip_repeats`).
+    /// key → fingerprint last written or given up (with `skip_repeats`).
     written: Mutex<HashMap<String, u64>>,
     /// Woken whenever a key may have been released (room for a waiting offer).
     room: tokio::sync::Notify,
@@ -309,7 +309,9 @@ impl<S: ?Sized> Lane<S> {
             && crate::locks::lock(&self.written).get(&delivery.key) == Some(&delivery.fingerprint)
     }
 
-    fn wrote(&self, delivery: &Delivery) {
+    /// Remembers `delivery`'s state as settled (written, or given up) for a lane that skips
+    /// repeats.
+    fn settled(&self, delivery: &Delivery) {
         if self.options.skip_repeats {
             crate::locks::lock(&self.written).insert(delivery.key.clone(), delivery.fingerprint);
         }
@@ -597,7 +599,7 @@ fn settle<S: ?Sized>(
     let failure = match result {
         Ok(how) => {
             lane.answers.store(true, Ordering::Relaxed);
-            lane.wrote(&delivery);
+            lane.settled(&delivery);
             observer.delivered(&lane.sink, &delivery, how);
             lane.queue.done(key, Done::Finished, &lane.options.retry);
             return;
@@ -626,7 +628,7 @@ fn settle<S: ?Sized>(
     if given_up {
         // Settled until it changes: the same state offered again (a re-plan of its source
         // after its labels were put on, a re-list) is not tried again.
-        lane.wrote(&delivery);
+        lane.settled(&delivery);
     }
     observer.failed(&lane.sink, &delivery, &failure, given_up);
     if let Some(held) = lane.failure_log.allow() {

@@ -130,13 +130,16 @@ impl Context {
     /// relations of every Subscription read (a refused one's too, to say where it would
     /// have delivered).
     fn needs(&self, config: &Config) -> crate::owners::live::Needs {
-        let mut relations: Vec<crate::owners::Rules> = self
+        let mut relations: Vec<crate::owners::Relation> = self
             .subscriptions
             .iter()
             .flat_map(|j| &j.verdicts)
-            .map(|j| relation_rules(j.subscription.spec.relation))
+            .map(|j| j.subscription.spec.relation)
             .collect();
+        relations.sort_by_key(|r| r.as_str());
         relations.dedup();
+        let relations: Vec<crate::owners::Rules> =
+            relations.into_iter().map(relation_rules).collect();
         crate::owners::live::Needs::of(
             config.channels.iter().map(|c| &c.deliver).chain(&relations),
             &config.owner_rules,
