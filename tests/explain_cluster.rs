@@ -5,8 +5,6 @@
 
 mod support;
 
-use support::fake_apiserver::pod;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,25 +48,11 @@ fn event(name: &str, kind: &str, object: &str, type_: &str) -> Value {
 /// (refused: the ceiling has none), team-c for every event of its nodes, team-b for its
 /// volumes (it has none).
 async fn cluster() -> FakeApiServer {
-    let api = FakeApiServer::start(&[
-        "default",
-        "kube-system",
-        "clusterscope-system",
-        "team-a",
-        "team-b",
-        "team-c",
-    ])
-    .await;
-    api.put_object("pods", pod("team-a", "web", "node1", "Running"));
-    api.put_object("pods", pod("team-b", "api", "node1", "Running"));
-    api.put_object("pods", pod("team-c", "db", "node2", "Running"));
-    for (pv, ns) in [("pv-7", "team-a"), ("pv-9", "default")] {
-        api.put_object(
-            "persistentvolumes",
-            json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": pv},
-                "spec": {"claimRef": {"namespace": ns, "name": "data"}}}),
-        );
-    }
+    let api = fake_apiserver::three_teams().await;
+    api.put_object(
+        "persistentvolumes",
+        fake_apiserver::volume("pv-9", "default"),
+    );
     api.install_subscription_crd();
     api.put_subscription(
         "team-a",

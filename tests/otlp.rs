@@ -6,8 +6,6 @@
 
 mod support;
 
-use support::fake_apiserver::pod;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,24 +63,7 @@ fn event(
 
 /// node1 runs pods of team-a and team-b, node2 of team-c; pv-7 is team-a's claim's.
 async fn cluster() -> FakeApiServer {
-    let api = FakeApiServer::start(&[
-        "default",
-        "kube-system",
-        "clusterscope-system",
-        "team-a",
-        "team-b",
-        "team-c",
-    ])
-    .await;
-    api.put_object("pods", pod("team-a", "web", "node1", "Running"));
-    api.put_object("pods", pod("team-b", "api", "node1", "Running"));
-    api.put_object("pods", pod("team-c", "db", "node2", "Running"));
-    api.put_object(
-        "persistentvolumes",
-        json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv-7"},
-            "spec": {"claimRef": {"namespace": "team-a", "name": "data"}}}),
-    );
-    api
+    support::fake_apiserver::three_teams().await
 }
 
 /// The stored events of the scenario.

@@ -887,6 +887,32 @@ pub fn pod(ns: &str, name: &str, node: &str, phase: &str) -> Value {
         "status": {"phase": phase}})
 }
 
+/// The cluster of the delivery tests: namespaces team-a, team-b and team-c (and the three
+/// clusterscope needs); node1 runs pods of team-a and team-b, node2 of team-c; the volume pv-7
+/// is bound to a claim of team-a.
+pub async fn three_teams() -> FakeApiServer {
+    let api = FakeApiServer::start(&[
+        "default",
+        "kube-system",
+        "clusterscope-system",
+        "team-a",
+        "team-b",
+        "team-c",
+    ])
+    .await;
+    api.put_object("pods", pod("team-a", "web", "node1", "Running"));
+    api.put_object("pods", pod("team-b", "api", "node1", "Running"));
+    api.put_object("pods", pod("team-c", "db", "node2", "Running"));
+    api.put_object("persistentvolumes", volume("pv-7", "team-a"));
+    api
+}
+
+/// A PersistentVolume bound to claim `data` of `claim_ns`.
+pub fn volume(name: &str, claim_ns: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": name},
+        "spec": {"claimRef": {"namespace": claim_ns, "name": "data"}}})
+}
+
 /// A kubeconfig in `dir` whose current context points at `http://<address>` with a token (the
 /// way a person's kubeconfig names a cluster).
 pub fn write_kubeconfig(dir: &std::path::Path, address: &str) -> std::path::PathBuf {
