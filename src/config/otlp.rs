@@ -213,7 +213,7 @@ impl Checker<'_> {
                 };
                 self.err(
                     h,
-                    format!("otlp.headers.{name}: the environment variable {var} {why} (set it from a Secret: see manifests/overlays/otlp)"),
+                    format!("otlp.headers.{name}: the environment variable {var} {why} (the pod sets it from a Secret, see manifests/overlays/otlp; to check the file elsewhere, set it to any value: {var}=x clusterscope check-config FILE)"),
                 )
             })?;
             if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
