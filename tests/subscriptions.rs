@@ -13,14 +13,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use support::fake_apiserver::{self, FakeApiServer, eventually};
 
-const NAMESPACES: [&str; 6] = [
-    "default",
-    "kube-system",
-    "clusterscope-system",
-    "team-a",
-    "team-b",
-    "team-c",
-];
+const NAMESPACES: [&str; 6] = fake_apiserver::THREE_TEAMS;
 
 /// Every cluster-scoped event goes to a channel (the default configuration's shape); none
 /// delivers by rule, so every copy in a team namespace comes from a subscription.

@@ -887,19 +887,21 @@ pub fn pod(ns: &str, name: &str, node: &str, phase: &str) -> Value {
         "status": {"phase": phase}})
 }
 
+/// The namespaces of [`three_teams`]: the three clusterscope needs and three teams'.
+pub const THREE_TEAMS: [&str; 6] = [
+    "default",
+    "kube-system",
+    "clusterscope-system",
+    "team-a",
+    "team-b",
+    "team-c",
+];
+
 /// The cluster of the delivery tests: namespaces team-a, team-b and team-c (and the three
 /// clusterscope needs); node1 runs pods of team-a and team-b, node2 of team-c; the volume pv-7
 /// is bound to a claim of team-a.
 pub async fn three_teams() -> FakeApiServer {
-    let api = FakeApiServer::start(&[
-        "default",
-        "kube-system",
-        "clusterscope-system",
-        "team-a",
-        "team-b",
-        "team-c",
-    ])
-    .await;
+    let api = FakeApiServer::start(&THREE_TEAMS).await;
     api.put_object("pods", pod("team-a", "web", "node1", "Running"));
     api.put_object("pods", pod("team-b", "api", "node1", "Running"));
     api.put_object("pods", pod("team-c", "db", "node2", "Running"));
